@@ -1,0 +1,70 @@
+# sealtrail: every entry point bootstraps what it needs, idempotently.
+#   make run    build + stream live events (sealtrail watch)
+#   make test   build + the whole test suite (lint, types, unit, kernel e2e)
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BUILD := build
+OBJDIR := agent/kernel/obj
+APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool
+PROBES := $(wildcard probes/*.bpf.c)
+OBJECTS := $(patsubst probes/%.bpf.c,$(OBJDIR)/%.bpf.o,$(PROBES))
+BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_x86 -Wall -Werror -I$(BUILD) -Iprobes
+
+.PHONY: all bootstrap apt venv probes tracefs run test lint unit kernel bench clean
+
+all: bootstrap
+
+bootstrap: apt venv probes tracefs
+
+# Install only what is missing: a second run asks apt nothing.
+apt:
+	@missing=$$(for p in $(APT_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if ! $(PYTHON) -c 'import venv, ensurepip' 2>/dev/null; then missing="$$missing python3-venv"; fi; \
+	if [ -n "$$missing" ]; then \
+	    echo "bootstrap: installing $$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[dev]'
+	touch $@
+
+probes: $(OBJECTS)
+
+# vmlinux.h comes from the build host's BTF; CO-RE relocates field offsets at load time.
+$(BUILD)/vmlinux.h:
+	mkdir -p $(BUILD)
+	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
+
+$(OBJDIR)/%.bpf.o: probes/%.bpf.c probes/sealtrail.h $(wildcard probes/lib/*.h) $(BUILD)/vmlinux.h
+	mkdir -p $(OBJDIR)
+	clang $(BPF_CFLAGS) -c $< -o $@.tmp && mv $@.tmp $@
+
+tracefs:
+	@mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
+
+run: bootstrap
+	$(VENV)/bin/sealtrail watch $(ARGS)
+
+lint: venv
+	$(VENV)/bin/ruff check agent tests bench
+	$(VENV)/bin/ruff format --check agent tests bench
+	$(VENV)/bin/mypy
+
+unit: venv
+	$(VENV)/bin/pytest -q tests/unit
+
+test: bootstrap lint
+	$(VENV)/bin/pytest -q tests
+
+bench: bootstrap
+	$(VENV)/bin/python -m bench
+
+clean:
+	rm -rf $(BUILD) $(OBJDIR)
