@@ -29,3 +29,19 @@ class KernelError(SealtrailError):
 
 class HostUnsupported(KernelError):
     """The running kernel cannot do what was asked (e.g. no BTF, LSM refused)."""
+
+
+class JournalError(SealtrailError):
+    """The journal cannot be opened, written or read as asked."""
+
+
+class JournalCorrupt(JournalError):
+    """The journal on disk is damaged beyond a torn tail; run ``sealtrail journal verify``."""
+
+
+class KeyStoreError(SealtrailError):
+    """A signing key is missing, malformed, or would be overwritten."""
+
+
+class FormatError(SealtrailError):
+    """A record, checkpoint, proof or key file does not follow docs/journal-format.md."""

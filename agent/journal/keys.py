@@ -1,0 +1,228 @@
+"""Host signing keys: the genesis Ed25519 key pair and forward-secure epoch keys.
+
+Files in the keys directory (format in docs/journal-format.md):
+
+- ``journal.pub``: the genesis public key, one line ``sealtrail-ed25519 <b64 raw key> <key id>``;
+  this is what an auditor enrolls and never changes.
+- ``epoch-<key id>.key``: the one live private key (mode 0600), one line
+  ``sealtrail-ed25519-private <b64 raw 32-byte seed> <key id>``.
+
+Forward security: when an epoch ends the writer creates the next key, writes a ``key_rotation``
+record signed by the old key, and then *erases* the old private key (overwrite with zeros, fsync,
+unlink, fsync the directory), so a later intruder cannot re-sign the past. Overwriting in place
+erases the bytes on ext4/xfs with ordinary block devices; on copy-on-write filesystems (btrfs,
+zfs) or SSD wear levelling old blocks may survive; see the format document.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from agent.errors import FormatError, KeyStoreError
+from agent.paths import PUBLIC_KEY_NAME
+
+log = logging.getLogger(__name__)
+
+KEY_ID_PREFIX = b"sealtrail/key/v1\x00"
+PUBLIC_TAG = "sealtrail-ed25519"
+PRIVATE_TAG = "sealtrail-ed25519-private"
+
+
+def key_id(raw_public: bytes) -> str:
+    """32 hex digits: the first 128 bits of SHA-256 over a prefix and the raw public key."""
+    return hashlib.sha256(KEY_ID_PREFIX + raw_public).hexdigest()[:32]
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def unb64(text: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise FormatError(f"{what} is not valid base64") from None
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    raw: bytes
+
+    def __post_init__(self) -> None:
+        if len(self.raw) != 32:
+            raise FormatError(f"an Ed25519 public key has 32 bytes, not {len(self.raw)}")
+
+    @property
+    def key_id(self) -> str:
+        return key_id(self.raw)
+
+    def verify(self, signature: bytes, message: bytes) -> bool:
+        try:
+            Ed25519PublicKey.from_public_bytes(self.raw).verify(signature, message)
+        except InvalidSignature:
+            return False
+        return True
+
+    def to_line(self) -> str:
+        return f"{PUBLIC_TAG} {b64(self.raw)} {self.key_id}\n"
+
+    @classmethod
+    def from_line(cls, text: str) -> PublicKey:
+        parts = text.split()
+        if len(parts) != 3 or parts[0] != PUBLIC_TAG:
+            raise FormatError(f"not a sealtrail public key (expected '{PUBLIC_TAG} KEY ID')")
+        key = cls(unb64(parts[1], "public key"))
+        if key.key_id != parts[2]:
+            raise FormatError(f"public key id {parts[2]} does not match the key ({key.key_id})")
+        return key
+
+    @classmethod
+    def load(cls, path: Path) -> PublicKey:
+        try:
+            return cls.from_line(path.read_text(encoding="ascii"))
+        except OSError as exc:
+            raise KeyStoreError(f"cannot read public key {path}: {exc.strerror}") from None
+        except (FormatError, UnicodeDecodeError) as exc:
+            raise KeyStoreError(f"{path}: {exc}") from None
+
+
+class SigningKey:
+    """A private epoch key in memory."""
+
+    def __init__(self, seed: bytes) -> None:
+        self._key = Ed25519PrivateKey.from_private_bytes(seed)
+        self.public = PublicKey(self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw))
+
+    @classmethod
+    def generate(cls) -> SigningKey:
+        return cls(os.urandom(32))
+
+    @property
+    def key_id(self) -> str:
+        return self.public.key_id
+
+    def sign(self, message: bytes) -> bytes:
+        return self._key.sign(message)
+
+
+def _write_new_file(path: Path, data: bytes, mode: int) -> None:
+    """Create ``path`` atomically with ``mode``; never overwrite, never visible half-written.
+
+    The temporary file is created with O_EXCL and the final mode from the first instant (the
+    umask can only narrow it, and fchmod pins it), then hard-linked into place.
+    """
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+    try:
+        os.fchmod(fd, mode)
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise KeyStoreError(f"{path} already exists; refusing to overwrite a key") from None
+    finally:
+        os.unlink(tmp)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class KeyStore:
+    """The keys directory: genesis public key plus the live epoch private key."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+
+    @property
+    def public_path(self) -> Path:
+        return self.directory / PUBLIC_KEY_NAME
+
+    def private_path(self, kid: str) -> Path:
+        return self.directory / f"epoch-{kid}.key"
+
+    def exists(self) -> bool:
+        return self.public_path.exists()
+
+    def init(self) -> PublicKey:
+        """Create the genesis key pair; refuse if one exists. Returns the public key."""
+        if self.exists():
+            raise KeyStoreError(f"{self.public_path} already exists; the genesis key is created once")
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        key = self.create_epoch_key()
+        _write_new_file(self.public_path, key.public.to_line().encode("ascii"), 0o644)
+        return key.public
+
+    def genesis(self) -> PublicKey:
+        return PublicKey.load(self.public_path)
+
+    def create_epoch_key(self) -> SigningKey:
+        """Generate a key and store its private half (0600) durably before it is used."""
+        key = SigningKey.generate()
+        seed = key._key.private_bytes_raw()
+        line = f"{PRIVATE_TAG} {b64(seed)} {key.key_id}\n".encode("ascii")
+        _write_new_file(self.private_path(key.key_id), line, 0o600)
+        return key
+
+    def load(self, kid: str) -> SigningKey:
+        path = self.private_path(kid)
+        try:
+            parts = path.read_text(encoding="ascii").split()
+        except FileNotFoundError:
+            raise KeyStoreError(
+                f"private key for epoch key {kid} is missing from {self.directory}: the journal "
+                "cannot be continued with a valid signature chain"
+            ) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise KeyStoreError(f"cannot read {path}: {exc}") from None
+        if len(parts) != 3 or parts[0] != PRIVATE_TAG:
+            raise KeyStoreError(f"{path} is not a sealtrail private key")
+        try:
+            key = SigningKey(unb64(parts[1], "private key"))
+        except (FormatError, ValueError) as exc:
+            raise KeyStoreError(f"{path}: {exc}") from None
+        if key.key_id != kid or parts[2] != kid:
+            raise KeyStoreError(f"{path} holds key {key.key_id}, not {kid}")
+        return key
+
+    def private_key_ids(self) -> list[str]:
+        return sorted(
+            p.name[len("epoch-") : -len(".key")] for p in self.directory.glob("epoch-*.key")
+        )
+
+    def erase(self, kid: str) -> None:
+        """Overwrite the private key file with zeros, fsync, unlink, fsync the directory."""
+        path = self.private_path(kid)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            size = os.fstat(fd).st_size
+            os.pwrite(fd, b"\0" * max(size, 1), 0)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        _fsync_dir(self.directory)
+        log.info("erased epoch key %s", kid)

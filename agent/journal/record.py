@@ -1,0 +1,154 @@
+"""One journal record: the model, its canonical line and its domain-separated hash.
+
+A record is one line of canonical JSON (``canonical.py``) terminated by ``\\n``. The common
+fields are ``seq`` (gapless from 0), ``ts`` (nanoseconds since the epoch, as a decimal *string*
+because RFC 8785 integers stop at 2**53, which nanosecond clocks passed in 1970+104 days), ``host``,
+``boot_id``, ``type`` and ``prev`` (hex hash of the previous record). Type-specific fields sit
+next to them at the top level (``jq .rule`` works) and may not reuse a common name.
+
+The record hash is SHA-256 over ``RECORD_PREFIX`` + the line bytes without the newline: exactly
+the bytes stored, never a re-serialisation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.errors import FormatError
+from agent.journal.canonical import JsonValue, canonical
+
+RECORD_PREFIX = b"sealtrail/record/v1\x00"
+#: ``prev`` of record 0.
+GENESIS_PREV = "0" * 64
+COMMON_FIELDS = frozenset({"seq", "ts", "host", "boot_id", "type", "prev"})
+
+#: Every record type, with the fields it must carry. Writer-owned types cannot be appended by
+#: the agent through ``JournalWriter.append``.
+REQUIRED_FIELDS: Mapping[str, frozenset[str]] = {
+    "start": frozenset(),
+    "stop": frozenset(),
+    "event": frozenset({"kind"}),
+    "verdict": frozenset({"action", "policy", "rule"}),
+    "policy_loaded": frozenset({"digest", "files"}),
+    "policy_rejected": frozenset({"errors"}),
+    "reload": frozenset(),
+    "loss": frozenset({"drops"}),
+    "recovery": frozenset(
+        {"cut_bytes", "cut_segment", "partial_seq", "last_good_seq", "last_sealed_seq"}
+    ),
+    "key_rotation": frozenset({"new_key", "new_key_id", "old_key_id", "sig"}),
+    "seal": frozenset({"size", "root", "key_id", "sig"}),
+}
+WRITER_TYPES = frozenset({"recovery", "key_rotation", "seal", "stop"})
+VERDICT_ACTIONS = frozenset({"allow", "audit", "deny", "kill", "would_deny"})
+
+
+def record_hash(line: bytes) -> bytes:
+    """Hash of one stored record: ``line`` is the canonical bytes without the newline."""
+    return hashlib.sha256(RECORD_PREFIX + line).digest()
+
+
+def _is_hex64(value: object) -> bool:
+    return (
+        isinstance(value, str)
+        and len(value) == 64
+        and all(c in "0123456789abcdef" for c in value)
+    )
+
+
+def _parse_ts(value: object) -> int:
+    if not isinstance(value, str) or not value.isdigit() or not value.isascii():
+        raise FormatError(f"ts must be a decimal string of nanoseconds, got {value!r}")
+    if len(value) > 1 and value[0] == "0":
+        raise FormatError(f"ts has a leading zero: {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Record:
+    """A validated record. ``fields`` are the type-specific fields (not copied again)."""
+
+    seq: int
+    ts: int
+    host: str
+    boot_id: str
+    type: str
+    prev: str
+    fields: Mapping[str, JsonValue] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if type(self.seq) is not int or self.seq < 0:
+            raise FormatError(f"seq must be a non-negative integer, got {self.seq!r}")
+        if type(self.ts) is not int or self.ts < 0:
+            raise FormatError(f"ts must be a non-negative integer, got {self.ts!r}")
+        for name in ("host", "boot_id"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise FormatError(f"{name} must be a non-empty string, got {value!r}")
+        required = REQUIRED_FIELDS.get(self.type)
+        if required is None:
+            raise FormatError(f"unknown record type {self.type!r}")
+        if not _is_hex64(self.prev):
+            raise FormatError(f"prev must be 64 lowercase hex digits, got {self.prev!r}")
+        clash = COMMON_FIELDS.intersection(self.fields)
+        if clash:
+            raise FormatError(f"type fields reuse common names: {sorted(clash)}")
+        missing = required.difference(self.fields)
+        if missing:
+            raise FormatError(f"{self.type} record lacks fields {sorted(missing)}")
+        if self.type == "verdict" and self.fields["action"] not in VERDICT_ACTIONS:
+            raise FormatError(f"verdict action {self.fields['action']!r} is not one of "
+                              f"{sorted(VERDICT_ACTIONS)}")
+
+    def to_dict(self) -> dict[str, JsonValue]:
+        out: dict[str, JsonValue] = dict(self.fields)
+        out.update(
+            seq=self.seq,
+            ts=str(self.ts),
+            host=self.host,
+            boot_id=self.boot_id,
+            type=self.type,
+            prev=self.prev,
+        )
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Record:
+        """Inverse of ``to_dict``: every key that is not common becomes a type field."""
+        try:
+            common = {name: data[name] for name in COMMON_FIELDS}
+        except KeyError as exc:
+            raise FormatError(f"record lacks field {exc.args[0]!r}") from None
+        fields = {k: v for k, v in data.items() if k not in COMMON_FIELDS}
+        if not isinstance(common["type"], str):
+            raise FormatError(f"type must be a string, got {common['type']!r}")
+        return cls(
+            seq=common["seq"],
+            ts=_parse_ts(common["ts"]),
+            host=common["host"],
+            boot_id=common["boot_id"],
+            type=common["type"],
+            prev=common["prev"],
+            fields=fields,
+        )
+
+    def to_line(self) -> bytes:
+        """Canonical bytes of this record, without the newline."""
+        return canonical(self.to_dict())
+
+
+def parse_line(line: bytes) -> Record:
+    """Parse stored bytes, insisting they are exactly the canonical encoding of the record."""
+    try:
+        data = json.loads(line)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise FormatError(f"not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise FormatError("not a JSON object")
+    if canonical(data) != line:
+        raise FormatError("not canonical JSON (RFC 8785)")
+    return Record.from_dict(data)

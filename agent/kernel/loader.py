@@ -1,0 +1,224 @@
+"""BPF object lifecycle over libbpf: open → configure → load → attach → use → close.
+
+Every step's failure is a KernelError that carries libbpf's own log (verifier output included).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from agent.errors import KernelError
+from agent.kernel import libbpf
+from agent.kernel.libbpf import lib
+
+log = logging.getLogger(__name__)
+
+OBJ_DIR = Path(__file__).with_name("obj")
+
+BPF_ANY = 0
+BPF_NOEXIST = 1
+BPF_EXIST = 2
+
+
+def object_path(name: str) -> Path:
+    """Path of a compiled probe object shipped in the package (``make probes`` builds them)."""
+    override = os.environ.get("SEALTRAIL_BPF_DIR")
+    path = (Path(override) if override else OBJ_DIR) / f"{name}.bpf.o"
+    if not path.is_file():
+        raise KernelError(f"{path}: compiled probe missing; run `make probes` (or `make run`)")
+    return path
+
+
+class Map:
+    """A BPF map by fd: fixed-size byte keys and values (pack them with agent.kernel.abi)."""
+
+    def __init__(self, ptr: int, name: str) -> None:
+        self._ptr = ptr
+        self.name = name
+        self.fd = libbpf.check(lib.bpf_map__fd(ptr), f"map {name}: fd")
+        self.key_size = int(lib.bpf_map__key_size(ptr))
+        self.value_size = int(lib.bpf_map__value_size(ptr))
+        self.max_entries = int(lib.bpf_map__max_entries(ptr))
+        self.map_type = int(lib.bpf_map__type(ptr))
+
+    def _key(self, key: bytes) -> ctypes.Array[ctypes.c_char]:
+        if len(key) != self.key_size:
+            raise ValueError(f"map {self.name}: key is {len(key)} bytes, want {self.key_size}")
+        return ctypes.create_string_buffer(key, self.key_size)
+
+    def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
+        if len(value) != self.value_size:
+            raise ValueError(f"map {self.name}: value is {len(value)} bytes, want {self.value_size}")
+        v = ctypes.create_string_buffer(value, self.value_size)
+        libbpf.check(lib.bpf_map_update_elem(self.fd, self._key(key), v, flags),
+                     f"map {self.name}: update")
+
+    def lookup(self, key: bytes, value_size: int | None = None) -> bytes | None:
+        """Value bytes, or None if absent. Per-CPU maps need value_size = n_cpus * roundup8."""
+        size = value_size or self.value_size
+        v = ctypes.create_string_buffer(size)
+        ret = lib.bpf_map_lookup_elem(self.fd, self._key(key), v)
+        if ret == -2:  # ENOENT
+            return None
+        libbpf.check(ret, f"map {self.name}: lookup")
+        return v.raw
+
+    def lookup_percpu(self, key: bytes) -> list[bytes]:
+        ncpu = libbpf.possible_cpus()
+        stride = (self.value_size + 7) & ~7
+        raw = self.lookup(key, stride * ncpu)
+        if raw is None:
+            return []
+        return [raw[i * stride : i * stride + self.value_size] for i in range(ncpu)]
+
+    def delete(self, key: bytes) -> bool:
+        ret = lib.bpf_map_delete_elem(self.fd, self._key(key))
+        if ret == -2:
+            return False
+        libbpf.check(ret, f"map {self.name}: delete")
+        return True
+
+    def keys(self) -> Iterator[bytes]:
+        cur: ctypes.Array[ctypes.c_char] | None = None
+        nxt = ctypes.create_string_buffer(self.key_size)
+        while lib.bpf_map_get_next_key(self.fd, cur, nxt) == 0:
+            yield nxt.raw
+            cur = ctypes.create_string_buffer(nxt.raw, self.key_size)
+
+
+@dataclass
+class Link:
+    program: str
+    ptr: int
+
+    def destroy(self) -> None:
+        if self.ptr:
+            lib.bpf_link__destroy(self.ptr)
+            self.ptr = 0
+
+
+class BpfObject:
+    """One compiled ``.bpf.o``: configure before ``load()``, attach after."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        with libbpf.LogCapture() as logs:
+            ptr = lib.bpf_object__open_file(os.fsencode(self.path), None)
+        if not ptr:
+            err = libbpf.errno_now()
+            raise KernelError(f"{self.path}: open failed: {os.strerror(err)}\n" + "\n".join(logs), err)
+        self._ptr: int | None = ptr
+        self.links: list[Link] = []
+        self.loaded = False
+
+    # ---- introspection ----
+    def _obj(self) -> int:
+        if not self._ptr:
+            raise KernelError(f"{self.path}: object is closed")
+        return self._ptr
+
+    def programs(self) -> dict[str, str]:
+        """Program name -> section name (e.g. ``tp/syscalls/sys_enter_openat``)."""
+        out: dict[str, str] = {}
+        prog = lib.bpf_object__next_program(self._obj(), None)
+        while prog:
+            out[lib.bpf_program__name(prog).decode()] = lib.bpf_program__section_name(prog).decode()
+            prog = lib.bpf_object__next_program(self._obj(), prog)
+        return out
+
+    def _prog(self, name: str) -> int:
+        prog = lib.bpf_object__find_program_by_name(self._obj(), name.encode())
+        if not prog:
+            raise KernelError(f"{self.path}: no program named {name}")
+        return int(prog)
+
+    def _map_ptr(self, name: str) -> int:
+        ptr = lib.bpf_object__find_map_by_name(self._obj(), name.encode())
+        if not ptr:
+            raise KernelError(f"{self.path}: no map named {name}")
+        return int(ptr)
+
+    # ---- configure (before load) ----
+    def set_autoload(self, program: str, enabled: bool) -> None:
+        libbpf.check(lib.bpf_program__set_autoload(self._prog(program), enabled),
+                     f"{program}: set_autoload")
+
+    def only_load(self, keep: Callable[[str, str], bool]) -> None:
+        """Load only programs for which keep(name, section) is true."""
+        for name, section in self.programs().items():
+            self.set_autoload(name, keep(name, section))
+
+    def resize_map(self, name: str, max_entries: int) -> None:
+        libbpf.check(lib.bpf_map__set_max_entries(self._map_ptr(name), max_entries),
+                     f"map {name}: set_max_entries({max_entries})")
+
+    def set_rodata(self, section: str, data: bytes) -> None:
+        """Overwrite the start of a read-only data section (e.g. ``.rodata.st``) before load."""
+        if self.loaded:
+            raise KernelError(f"{section}: rodata can only be set before load")
+        size = ctypes.c_size_t()
+        addr = lib.bpf_map__initial_value(self._map_ptr(section), ctypes.byref(size))
+        if not addr or size.value < len(data):
+            raise KernelError(f"{section}: is {size.value} bytes, cannot hold {len(data)}")
+        ctypes.memmove(addr, data, len(data))
+
+    # ---- load / attach ----
+    def load(self) -> None:
+        with libbpf.LogCapture() as logs:
+            ret = lib.bpf_object__load(self._obj())
+        if ret < 0:
+            err = -ret
+            tail = "\n".join(logs[-40:])
+            raise KernelError(f"{self.path.name}: load failed: {os.strerror(err)} (errno {err})"
+                              f"\n{tail}", err)
+        self.loaded = True
+
+    def attach(self, program: str) -> Link:
+        with libbpf.LogCapture() as logs:
+            ptr = lib.bpf_program__attach(self._prog(program))
+        if not ptr:
+            err = libbpf.errno_now()
+            raise KernelError(f"{program}: attach failed: {os.strerror(err)}\n" + "\n".join(logs),
+                              err)
+        link = Link(program, ptr)
+        self.links.append(link)
+        return link
+
+    def attach_cgroup(self, program: str, cgroup_path: str | Path) -> Link:
+        fd = os.open(cgroup_path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            with libbpf.LogCapture() as logs:
+                ptr = lib.bpf_program__attach_cgroup(self._prog(program), fd)
+            if not ptr:
+                err = libbpf.errno_now()
+                raise KernelError(f"{program}: attach to cgroup {cgroup_path} failed: "
+                                  f"{os.strerror(err)}\n" + "\n".join(logs), err)
+        finally:
+            os.close(fd)
+        link = Link(program, ptr)
+        self.links.append(link)
+        return link
+
+    def map(self, name: str) -> Map:
+        return Map(self._map_ptr(name), name)
+
+    def close(self) -> None:
+        for link in self.links:
+            link.destroy()
+        self.links.clear()
+        if self._ptr:
+            lib.bpf_object__close(self._ptr)
+            self._ptr = None
+
+    def __enter__(self) -> BpfObject:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

@@ -1,0 +1,699 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * sealtrail observation probes: process lifecycle (tp_btf sched_*), file and network
+ * syscalls (tracepoints syscalls/sys_{enter,exit}_*). Everything attaches on stock kernels
+ * (Debian 12's 6.1 and later) and on the development kernel, which refuses trampolines.
+ *
+ * Work on a miss is one array lookup: ops nobody asked for return before touching anything.
+ * Syscall arguments are saved at sys_enter (pointers only) and the record is built at
+ * sys_exit, where the result is known and, for a successful open, the kernel's own view of
+ * the file can be read from the new fd.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_endian.h>
+#include "sealtrail.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define AT_FDCWD -100
+#define AF_INET 2
+#define AF_INET6 10
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+#define O_WRONLY 01
+#define O_CREAT 0100
+#define O_TRUNC 01000
+
+/* syscall variants inside one op family (st_pending.variant) */
+enum {
+	ST_V_OPEN, ST_V_OPENAT, ST_V_OPENAT2, ST_V_CREAT,
+	ST_V_UNLINK, ST_V_UNLINKAT,
+	ST_V_RENAME, ST_V_RENAMEAT, ST_V_RENAMEAT2,
+	ST_V_CHMOD, ST_V_FCHMOD, ST_V_FCHMODAT,
+	ST_V_CHOWN, ST_V_LCHOWN, ST_V_FCHOWN, ST_V_FCHOWNAT,
+	ST_V_CONNECT, ST_V_BIND, ST_V_LISTEN, ST_V_ACCEPT,
+};
+
+const volatile struct st_rodata st_rodata SEC(".rodata.st") = {};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4 << 20); /* userspace resizes before load */
+} st_events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct st_config);
+} st_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, ST_OP_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} st_drops SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1024);
+	__type(key, struct st_prefix_key);
+	__type(value, __u8);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} st_open_prefixes SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u32);
+	__type(value, struct st_pending);
+} st_pending SEC(".maps");
+
+/* per-CPU work areas: BPF stacks are 512 bytes */
+struct scratch {
+	__u8 rec[ST_SCRATCH_SIZE];
+};
+struct pathbuf {
+	__u8 buf[2 * ST_PATH_MAX]; /* dentry walk writes backwards; masking needs the slack */
+	struct st_prefix_key key;
+};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} st_scratch SEC(".maps");
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct pathbuf);
+} st_pathbuf SEC(".maps");
+
+static __always_inline struct st_config *get_config(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&st_config, &zero);
+}
+
+static __always_inline bool wanted(__u32 op)
+{
+	struct st_config *cfg = get_config();
+	if (!cfg || !(cfg->op_mask & (1u << op)))
+		return false;
+	return (bpf_get_current_pid_tgid() >> 32) != st_rodata.self_tgid;
+}
+
+static __always_inline void count_drop(__u32 op)
+{
+	__u64 *n = bpf_map_lookup_elem(&st_drops, &op);
+	if (n)
+		*n += 1;
+}
+
+static __always_inline void fill_hdr(struct st_hdr *h, __u32 op, __u32 size)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+	__u64 pid_tgid = bpf_get_current_pid_tgid();
+	__u64 uid_gid = bpf_get_current_uid_gid();
+
+	h->op = op;
+	h->size = size;
+	h->ts_ns = bpf_ktime_get_boot_ns();
+	h->pid = pid_tgid >> 32;
+	h->tid = (__u32)pid_tgid;
+	h->ppid = BPF_CORE_READ(task, real_parent, tgid);
+	h->uid = (__u32)uid_gid;
+	h->gid = uid_gid >> 32;
+	h->_pad0 = 0;
+	h->cgroup_id = bpf_get_current_cgroup_id();
+	bpf_get_current_comm(h->comm, sizeof(h->comm));
+}
+
+static __always_inline void submit(void *rec, __u64 size, __u32 op)
+{
+	if (size > ST_SCRATCH_SIZE)
+		size = ST_SCRATCH_SIZE;
+	if (bpf_ringbuf_output(&st_events, rec, size, 0))
+		count_drop(op);
+}
+
+static __always_inline void *get_scratch(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&st_scratch, &zero);
+}
+
+static __always_inline struct pathbuf *get_pathbuf(void)
+{
+	__u32 zero = 0;
+	return bpf_map_lookup_elem(&st_pathbuf, &zero);
+}
+
+struct walk_ctx {
+	struct dentry *dentry;
+	struct vfsmount *vfsmnt;
+	struct mount *mnt;
+	__u32 off;
+	bool done;
+};
+
+/* One step of the walk (a bpf_loop callback, so the verifier checks it once, not per step). */
+static long walk_step(__u32 index, void *arg)
+{
+	struct walk_ctx *w = arg;
+	struct pathbuf *pb = get_pathbuf();
+	if (!pb)
+		return 1;
+	/* locals, not w->x, inside BPF_CORE_READ: walk_ctx is ours, not a kernel type to relocate */
+	struct dentry *dentry = w->dentry;
+	struct vfsmount *vfsmnt = w->vfsmnt;
+	struct mount *mnt = w->mnt;
+	struct dentry *mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);
+	struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
+
+	if (dentry == mnt_root || dentry == parent) {
+		struct mount *mnt_parent = BPF_CORE_READ(mnt, mnt_parent);
+		if (dentry != mnt_root || mnt_parent == mnt) {
+			w->done = true; /* global root (or a detached tree) */
+			return 1;
+		}
+		w->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
+		w->mnt = mnt_parent;
+		w->vfsmnt = &mnt_parent->mnt;
+		return 0;
+	}
+	struct qstr name = BPF_CORE_READ(dentry, d_name);
+	__u32 len = name.len & (ST_NAME_MAX - 1);
+	__u32 off = w->off;
+	if (len + 1 > off)
+		return 1; /* would not fit: truncated */
+	off -= len;
+	off &= ST_PATH_MAX - 1;
+	bpf_probe_read_kernel(&pb->buf[off], len, name.name);
+	off -= 1;
+	off &= ST_PATH_MAX - 1;
+	pb->buf[off] = '/';
+	w->off = off;
+	w->dentry = parent;
+	return 0;
+}
+
+/*
+ * Build the absolute path of @path from the kernel's dentries, like d_path(): walk d_parent
+ * to the mount root, then cross to the parent mount, up to ST_PATH_DEPTH steps. The string is
+ * written backwards, ending at pb->buf[ST_PATH_MAX - 1]; returns the offset of its first byte
+ * (< ST_PATH_MAX), and sets *truncated if the walk was cut.
+ */
+static __always_inline __u32 walk_path(struct pathbuf *pb, const struct path *path, bool *truncated)
+{
+	struct walk_ctx w = {};
+	w.dentry = BPF_CORE_READ(path, dentry);
+	w.vfsmnt = BPF_CORE_READ(path, mnt);
+	w.mnt = container_of(w.vfsmnt, struct mount, mnt);
+	w.off = ST_PATH_MAX - 1;
+
+	pb->buf[ST_PATH_MAX - 1] = 0;
+	bpf_loop(ST_PATH_DEPTH, walk_step, &w, 0);
+	if (!w.done)
+		*truncated = true;
+	__u32 off = w.off & (ST_PATH_MAX - 1);
+	if (off == ST_PATH_MAX - 1) { /* the root itself */
+		off -= 1;
+		pb->buf[off] = '/';
+	}
+	return off;
+}
+
+/* Copy a walked path into the record at @dst; returns bytes written (NUL included). */
+static __always_inline __u32 put_walked(void *dst, struct pathbuf *pb, const struct path *path,
+					bool *truncated)
+{
+	__u32 off = walk_path(pb, path, truncated);
+	__u32 len = ST_PATH_MAX - off;
+
+	if (len > ST_PATH_MAX)
+		return 0;
+	if (bpf_probe_read_kernel(dst, len, &pb->buf[off & (ST_PATH_MAX - 1)]))
+		return 0;
+	return len;
+}
+
+static __always_inline struct file *fd_file(struct task_struct *task, long fd)
+{
+	struct file *f = NULL;
+	if (fd < 0)
+		return NULL;
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	if ((unsigned long)fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	struct file **fds = BPF_CORE_READ(fdt, fd);
+	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	return f;
+}
+
+/* Kernel-resolved directory for a relative path: the cwd, or the dirfd's file. */
+static __always_inline __u32 put_base(void *dst, struct pathbuf *pb, long dirfd, bool *truncated)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+	if (dirfd == AT_FDCWD) {
+		struct path pwd = BPF_CORE_READ(task, fs, pwd);
+		return put_walked(dst, pb, &pwd, truncated);
+	}
+	struct file *f = fd_file(task, dirfd);
+	if (!f)
+		return 0;
+	struct path fpath = BPF_CORE_READ(f, f_path);
+	return put_walked(dst, pb, &fpath, truncated);
+}
+
+/* ---------------- process lifecycle ---------------- */
+
+SEC("tp_btf/sched_process_exec")
+int BPF_PROG(st_exec, struct task_struct *task, pid_t old_pid, struct linux_binprm *bprm)
+{
+	if (!wanted(ST_OP_EXEC))
+		return 0;
+	struct st_exec *e = get_scratch();
+	struct pathbuf *pb = get_pathbuf();
+	if (!e || !pb)
+		return 0;
+	bool truncated = false;
+	__u8 *data = (__u8 *)(e + 1);
+	__u32 off = 0;
+
+	struct path exe_path = BPF_CORE_READ(bprm, file, f_path);
+	__u32 n = put_walked(data, pb, &exe_path, &truncated);
+	e->exe_len = n;
+	off = n;
+
+	long r = bpf_probe_read_kernel_str(data + off, ST_PATH_MAX, BPF_CORE_READ(bprm, filename));
+	n = r > 0 ? r : 0;
+	if (n >= ST_PATH_MAX)
+		truncated = true;
+	e->filename_len = n;
+	off += n & (ST_PATH_MAX * 2 - 1);
+	if (off > 2 * ST_PATH_MAX)
+		return 0;
+
+	struct mm_struct *mm = BPF_CORE_READ(task, mm);
+	unsigned long arg_start = BPF_CORE_READ(mm, arg_start);
+	unsigned long arg_end = BPF_CORE_READ(mm, arg_end);
+	__u64 alen = arg_end - arg_start;
+	if (alen > ST_ARGS_MAX) {
+		alen = ST_ARGS_MAX;
+		truncated = true;
+	}
+	if (bpf_probe_read_user(data + off, alen, (void *)arg_start))
+		alen = 0;
+	e->args_len = alen;
+	off += alen;
+	if (off > 2 * ST_PATH_MAX + ST_ARGS_MAX)
+		return 0;
+	e->argc = BPF_CORE_READ(bprm, argc);
+
+	struct path pwd = BPF_CORE_READ(task, fs, pwd);
+	n = put_walked(data + off, pb, &pwd, &truncated);
+	e->cwd_len = n;
+	off += n;
+	e->_pad0 = 0;
+
+	fill_hdr(&e->hdr, ST_OP_EXEC, sizeof(*e) + off);
+	e->hdr.flags = ST_F_PATH_RESOLVED | (truncated ? ST_F_TRUNCATED : 0);
+	submit(e, sizeof(*e) + off, ST_OP_EXEC);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(st_fork, struct task_struct *parent, struct task_struct *child)
+{
+	if (!wanted(ST_OP_FORK))
+		return 0;
+	if (BPF_CORE_READ(child, pid) != BPF_CORE_READ(child, tgid))
+		return 0; /* a new thread, not a new process */
+	struct st_proc *e = get_scratch();
+	if (!e)
+		return 0;
+	fill_hdr(&e->hdr, ST_OP_FORK, sizeof(*e));
+	e->hdr.flags = 0;
+	e->child_pid = BPF_CORE_READ(child, tgid);
+	e->exit_code = 0;
+	e->start_ns = 0;
+	submit(e, sizeof(*e), ST_OP_FORK);
+	return 0;
+}
+
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(st_exit, struct task_struct *task)
+{
+	if (!wanted(ST_OP_EXIT))
+		return 0;
+	if (BPF_CORE_READ(task, signal, live.counter) != 0)
+		return 0; /* other threads of the process still run */
+	struct st_proc *e = get_scratch();
+	if (!e)
+		return 0;
+	fill_hdr(&e->hdr, ST_OP_EXIT, sizeof(*e));
+	e->hdr.flags = 0;
+	e->child_pid = 0;
+	e->exit_code = BPF_CORE_READ(task, exit_code);
+	e->start_ns = BPF_CORE_READ(task, start_boottime);
+	submit(e, sizeof(*e), ST_OP_EXIT);
+	return 0;
+}
+
+/* ---------------- syscalls: save at enter, build at exit ---------------- */
+
+static __always_inline int save_args(struct trace_event_raw_sys_enter *ctx, __u32 op, __u32 variant,
+				     const int nargs)
+{
+	if (!wanted(op))
+		return 0;
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct st_pending p = {};
+	p.op = op;
+	p.variant = variant;
+	p.ts_ns = bpf_ktime_get_boot_ns();
+	/*
+	 * One load per arg, and only the syscall's own args: the kernel refuses to attach a
+	 * program that reads past the tracepoint's record (EACCES), and the verifier refuses
+	 * loads through a modified ctx pointer.
+	 */
+	p.args[0] = ctx->args[0];
+	if (nargs > 1)
+		p.args[1] = ctx->args[1];
+	if (nargs > 2)
+		p.args[2] = ctx->args[2];
+	if (nargs > 3)
+		p.args[3] = ctx->args[3];
+	if (nargs > 4)
+		p.args[4] = ctx->args[4];
+	bpf_map_update_elem(&st_pending, &tid, &p, BPF_ANY);
+	return 0;
+}
+
+/* Put a user string (as passed) at dst; sets relative/truncated. */
+static __always_inline __u32 put_user_path(void *dst, __u64 uptr, bool *relative, bool *truncated)
+{
+	long r = bpf_probe_read_user_str(dst, ST_PATH_MAX, (const void *)uptr);
+	if (r <= 0) {
+		*(__u8 *)dst = 0;
+		return 1;
+	}
+	if (r >= ST_PATH_MAX)
+		*truncated = true;
+	if (*(__u8 *)dst != '/')
+		*relative = true;
+	return r;
+}
+
+static __always_inline bool open_path_filtered(struct pathbuf *pb, const __u8 *path, __u32 len)
+{
+	struct st_config *cfg = get_config();
+	if (!cfg || !cfg->open_filter)
+		return false;
+	if (len > ST_FILTER_PREFIX_MAX)
+		len = ST_FILTER_PREFIX_MAX;
+	/*
+	 * Constant-size copy (bytes past the string are ignored through prefixlen). The key
+	 * includes the NUL, so "/etc\0" matches exactly /etc and "/etc/" everything below.
+	 */
+	bpf_probe_read_kernel(pb->key.data, ST_FILTER_PREFIX_MAX, path);
+	pb->key.prefixlen = len * 8;
+	return bpf_map_lookup_elem(&st_open_prefixes, &pb->key) == NULL;
+}
+
+static __always_inline int finish_file(struct trace_event_raw_sys_exit *ctx, __u32 op)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct st_pending *p = bpf_map_lookup_elem(&st_pending, &tid);
+	if (!p)
+		return 0;
+	struct st_pending a = *p;
+	bpf_map_delete_elem(&st_pending, &tid);
+	if (a.op != op)
+		return 0;
+
+	struct st_file *e = get_scratch();
+	struct pathbuf *pb = get_pathbuf();
+	if (!e || !pb)
+		return 0;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+	long ret = ctx->ret;
+	__u8 *data = (__u8 *)(e + 1);
+	bool truncated = false, relative = false, relative2 = false, resolved = false;
+	long dirfd = AT_FDCWD, dirfd2 = AT_FDCWD;
+	__u64 upath = 0, upath2 = 0;
+	long fd = -1;
+
+	e->flags = 0;
+	e->mode = 0;
+	e->owner_uid = (__u32)-1;
+	e->owner_gid = (__u32)-1;
+	switch (a.variant) {
+	case ST_V_OPEN:
+		upath = a.args[0]; e->flags = a.args[1]; e->mode = a.args[2];
+		break;
+	case ST_V_OPENAT:
+		dirfd = (int)a.args[0]; upath = a.args[1]; e->flags = a.args[2]; e->mode = a.args[3];
+		break;
+	case ST_V_OPENAT2: {
+		struct open_how how = {};
+		bpf_probe_read_user(&how, sizeof(how), (void *)a.args[2]);
+		dirfd = (int)a.args[0]; upath = a.args[1]; e->flags = how.flags; e->mode = how.mode;
+		break;
+	}
+	case ST_V_CREAT:
+		upath = a.args[0]; e->flags = O_CREAT | O_WRONLY | O_TRUNC; e->mode = a.args[1];
+		break;
+	case ST_V_UNLINK:
+		upath = a.args[0];
+		break;
+	case ST_V_UNLINKAT:
+		dirfd = (int)a.args[0]; upath = a.args[1]; e->flags = a.args[2];
+		break;
+	case ST_V_RENAME:
+		upath = a.args[0]; upath2 = a.args[1];
+		break;
+	case ST_V_RENAMEAT:
+	case ST_V_RENAMEAT2:
+		dirfd = (int)a.args[0]; upath = a.args[1]; dirfd2 = (int)a.args[2]; upath2 = a.args[3];
+		e->flags = a.variant == ST_V_RENAMEAT2 ? a.args[4] : 0;
+		break;
+	case ST_V_CHMOD:
+		upath = a.args[0]; e->mode = a.args[1];
+		break;
+	case ST_V_FCHMOD:
+		fd = a.args[0]; e->mode = a.args[1];
+		break;
+	case ST_V_FCHMODAT:
+		dirfd = (int)a.args[0]; upath = a.args[1]; e->mode = a.args[2];
+		break;
+	case ST_V_CHOWN:
+	case ST_V_LCHOWN:
+		upath = a.args[0]; e->owner_uid = a.args[1]; e->owner_gid = a.args[2];
+		break;
+	case ST_V_FCHOWN:
+		fd = a.args[0]; e->owner_uid = a.args[1]; e->owner_gid = a.args[2];
+		break;
+	case ST_V_FCHOWNAT:
+		dirfd = (int)a.args[0]; upath = a.args[1]; e->owner_uid = a.args[2]; e->owner_gid = a.args[3];
+		e->flags = a.args[4];
+		break;
+	default:
+		return 0;
+	}
+	if (op == ST_OP_OPEN && ret >= 0)
+		fd = ret;
+
+	__u32 off = 0, n = 0;
+	struct file *f = fd >= 0 ? fd_file(task, fd) : NULL;
+	if (f) {
+		struct path fpath = BPF_CORE_READ(f, f_path);
+		n = put_walked(data, pb, &fpath, &truncated);
+		resolved = n > 0;
+	}
+	if (!resolved)
+		n = upath ? put_user_path(data, upath, &relative, &truncated) : 0;
+	e->path_len = n;
+	off = n & (ST_PATH_MAX * 2 - 1);
+	if (off > ST_PATH_MAX)
+		return 0;
+
+	if (op == ST_OP_OPEN && open_path_filtered(pb, data, n))
+		return 0;
+
+	n = upath2 ? put_user_path(data + off, upath2, &relative2, &truncated) : 0;
+	e->path2_len = n;
+	off += n & (ST_PATH_MAX * 2 - 1);
+	if (off > 2 * ST_PATH_MAX)
+		return 0;
+
+	n = relative ? put_base(data + off, pb, dirfd, &truncated) : 0;
+	e->base_len = n;
+	off += n & (ST_PATH_MAX * 2 - 1);
+	if (off > 3 * ST_PATH_MAX)
+		return 0;
+
+	n = relative2 ? put_base(data + off, pb, dirfd2, &truncated) : 0;
+	e->base2_len = n;
+	off += n & (ST_PATH_MAX * 2 - 1);
+	if (off > 4 * ST_PATH_MAX)
+		return 0;
+
+	e->ret = ret;
+	fill_hdr(&e->hdr, op, sizeof(*e) + off);
+	e->hdr.flags = (truncated ? ST_F_TRUNCATED : 0) | (resolved ? ST_F_PATH_RESOLVED : 0) |
+		       (relative || relative2 ? ST_F_PATH_RELATIVE : 0);
+	submit(e, sizeof(*e) + off, op);
+	return 0;
+}
+
+/* Socket behind an fd, or NULL if the fd is not a socket. */
+static __always_inline struct socket *fd_socket(struct task_struct *task, long fd)
+{
+	struct file *f = fd_file(task, fd);
+	if (!f)
+		return NULL;
+	umode_t mode = BPF_CORE_READ(f, f_inode, i_mode);
+	if ((mode & S_IFMT) != S_IFSOCK)
+		return NULL;
+	return (struct socket *)BPF_CORE_READ(f, private_data);
+}
+
+static __always_inline void sock_local_remote(struct st_net *e, struct socket *sock)
+{
+	struct sock *sk = BPF_CORE_READ(sock, sk);
+	if (!sk)
+		return;
+	e->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	e->protocol = BPF_CORE_READ(sk, sk_protocol);
+	e->sock_type = BPF_CORE_READ(sk, sk_type);
+	e->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	e->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	if (e->family == AF_INET) {
+		__u32 s = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		__u32 d = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+		__builtin_memcpy(e->saddr, &s, 4);
+		__builtin_memcpy(e->daddr, &d, 4);
+	} else if (e->family == AF_INET6) {
+		BPF_CORE_READ_INTO(&e->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&e->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	}
+}
+
+/* Read a user sockaddr_in/in6 into addr/port; returns its family, 0 if not INET. */
+static __always_inline __u16 read_sockaddr(__u64 uptr, __u8 *addr, __u16 *port)
+{
+	struct sockaddr_in6 sa = {};
+	if (!uptr || bpf_probe_read_user(&sa, sizeof(sa), (void *)uptr))
+		return 0;
+	*port = bpf_ntohs(sa.sin6_port);
+	if (sa.sin6_family == AF_INET) {
+		struct sockaddr_in *s4 = (struct sockaddr_in *)&sa;
+		__builtin_memcpy(addr, &s4->sin_addr.s_addr, 4);
+		return AF_INET;
+	}
+	if (sa.sin6_family == AF_INET6) {
+		__builtin_memcpy(addr, sa.sin6_addr.in6_u.u6_addr8, 16);
+		return AF_INET6;
+	}
+	return 0;
+}
+
+static __always_inline int finish_net(struct trace_event_raw_sys_exit *ctx, __u32 op)
+{
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct st_pending *p = bpf_map_lookup_elem(&st_pending, &tid);
+	if (!p)
+		return 0;
+	struct st_pending a = *p;
+	bpf_map_delete_elem(&st_pending, &tid);
+	if (a.op != op)
+		return 0;
+
+	struct st_net *e = get_scratch();
+	if (!e)
+		return 0;
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+	long ret = ctx->ret;
+	__builtin_memset(e, 0, sizeof(*e));
+
+	long fd = op == ST_OP_ACCEPT ? ret : (long)a.args[0];
+	struct socket *sock = fd_socket(task, fd);
+	if (sock)
+		sock_local_remote(e, sock);
+
+	if (op == ST_OP_CONNECT) {
+		/* the address asked for, even if the connect failed */
+		__u16 port = 0;
+		__u16 fam = read_sockaddr(a.args[1], e->daddr, &port);
+		if (!fam)
+			return 0; /* AF_UNIX and friends: not network */
+		e->family = fam;
+		e->dport = port;
+	} else if (op == ST_OP_BIND) {
+		__u16 port = 0;
+		__u8 addr[16] = {};
+		__u16 fam = read_sockaddr(a.args[1], addr, &port);
+		if (!fam)
+			return 0;
+		e->family = fam;
+		__builtin_memcpy(e->saddr, addr, 16);
+		if (ret != 0 || e->sport == 0)
+			e->sport = port; /* on success the socket holds the real port (port 0 binds) */
+		__builtin_memset(e->daddr, 0, 16);
+		e->dport = 0;
+	} else if (op == ST_OP_LISTEN) {
+		e->backlog = a.args[1];
+	}
+	if (e->family != AF_INET && e->family != AF_INET6)
+		return 0;
+	e->ret = ret;
+	fill_hdr(&e->hdr, op, sizeof(*e));
+	e->hdr.flags = 0;
+	submit(e, sizeof(*e), op);
+	return 0;
+}
+
+#define ENTER(name, op, variant, nargs)                                                 \
+	SEC("tp/syscalls/sys_enter_" #name)                                             \
+	int st_enter_##name(struct trace_event_raw_sys_enter *ctx)                      \
+	{                                                                               \
+		return save_args(ctx, op, variant, nargs);                              \
+	}
+#define EXIT_FILE(name, op)                                                             \
+	SEC("tp/syscalls/sys_exit_" #name)                                              \
+	int st_exit_##name(struct trace_event_raw_sys_exit *ctx) { return finish_file(ctx, op); }
+#define EXIT_NET(name, op)                                                              \
+	SEC("tp/syscalls/sys_exit_" #name)                                              \
+	int st_exit_##name(struct trace_event_raw_sys_exit *ctx) { return finish_net(ctx, op); }
+
+#define FILE_SYSCALL(name, nargs, op, variant) ENTER(name, op, variant, nargs) EXIT_FILE(name, op)
+#define NET_SYSCALL(name, nargs, op, variant) ENTER(name, op, variant, nargs) EXIT_NET(name, op)
+
+FILE_SYSCALL(open, 3, ST_OP_OPEN, ST_V_OPEN)
+FILE_SYSCALL(openat, 4, ST_OP_OPEN, ST_V_OPENAT)
+FILE_SYSCALL(openat2, 4, ST_OP_OPEN, ST_V_OPENAT2)
+FILE_SYSCALL(creat, 2, ST_OP_OPEN, ST_V_CREAT)
+FILE_SYSCALL(unlink, 1, ST_OP_UNLINK, ST_V_UNLINK)
+FILE_SYSCALL(unlinkat, 3, ST_OP_UNLINK, ST_V_UNLINKAT)
+FILE_SYSCALL(rename, 2, ST_OP_RENAME, ST_V_RENAME)
+FILE_SYSCALL(renameat, 4, ST_OP_RENAME, ST_V_RENAMEAT)
+FILE_SYSCALL(renameat2, 5, ST_OP_RENAME, ST_V_RENAMEAT2)
+FILE_SYSCALL(chmod, 2, ST_OP_CHMOD, ST_V_CHMOD)
+FILE_SYSCALL(fchmod, 2, ST_OP_CHMOD, ST_V_FCHMOD)
+FILE_SYSCALL(fchmodat, 3, ST_OP_CHMOD, ST_V_FCHMODAT)
+FILE_SYSCALL(chown, 3, ST_OP_CHOWN, ST_V_CHOWN)
+FILE_SYSCALL(lchown, 3, ST_OP_CHOWN, ST_V_LCHOWN)
+FILE_SYSCALL(fchown, 3, ST_OP_CHOWN, ST_V_FCHOWN)
+FILE_SYSCALL(fchownat, 5, ST_OP_CHOWN, ST_V_FCHOWNAT)
+NET_SYSCALL(connect, 3, ST_OP_CONNECT, ST_V_CONNECT)
+NET_SYSCALL(bind, 3, ST_OP_BIND, ST_V_BIND)
+NET_SYSCALL(listen, 2, ST_OP_LISTEN, ST_V_LISTEN)
+NET_SYSCALL(accept, 3, ST_OP_ACCEPT, ST_V_ACCEPT)
+NET_SYSCALL(accept4, 4, ST_OP_ACCEPT, ST_V_ACCEPT)

@@ -1,0 +1,174 @@
+/* SPDX-License-Identifier: (GPL-2.0-only OR Apache-2.0) */
+/*
+ * sealtrail kernel/user ABI: the ONE place where every struct, opcode, limit and map
+ * key/value layout shared between the BPF probes and userspace is defined.
+ *
+ * Keep in sync with agent/kernel/abi.py (the single ctypes mirror). tests/kernel/test_abi.py
+ * compares that mirror's sizes and offsets with the BTF of the compiled objects, so drift
+ * fails a test, not production.
+ *
+ * Rules for this header: fixed-width types only, explicit padding, no kernel headers (it is
+ * included from BPF C and read by people writing userspace), every struct size a multiple of 8.
+ *
+ * Wire format of one ring-buffer record: a fixed struct chosen by hdr.op (st_exec, st_file,
+ * st_net, st_proc), immediately followed by its variable data: strings back to back, each
+ * NUL-terminated, lengths (including the NUL) given by the *_len fields of the fixed part, in
+ * the order the fields are declared. hdr.size is the total record size.
+ */
+#ifndef SEALTRAIL_H
+#define SEALTRAIL_H
+
+#ifndef __VMLINUX_H__
+#include <stdint.h>
+typedef uint8_t __u8;
+typedef uint16_t __u16;
+typedef uint32_t __u32;
+typedef uint64_t __u64;
+typedef int64_t __s64;
+#endif
+
+/* ---- limits (documented in README "Event limits") ---- */
+#define ST_PATH_MAX 4096       /* bytes of one path, NUL included */
+#define ST_PATH_DEPTH 48       /* path components walked in the kernel */
+#define ST_NAME_MAX 256        /* one path component, NUL included */
+#define ST_ARGS_MAX 4096       /* bytes of argv (NUL-separated) */
+#define ST_COMM_LEN 16
+#define ST_FILTER_PREFIX_MAX 256 /* bytes of a --path-prefix key */
+#define ST_SCRATCH_SIZE 20480  /* per-CPU event assembly buffer; >= largest record */
+
+/* ---- opcodes: hdr.op ---- */
+enum st_op {
+	ST_OP_NONE = 0,
+	ST_OP_EXEC = 1,
+	ST_OP_FORK = 2,
+	ST_OP_EXIT = 3,
+	ST_OP_OPEN = 4,
+	ST_OP_UNLINK = 5,
+	ST_OP_RENAME = 6,
+	ST_OP_CHMOD = 7,
+	ST_OP_CHOWN = 8,
+	ST_OP_CONNECT = 9,
+	ST_OP_BIND = 10,
+	ST_OP_LISTEN = 11,
+	ST_OP_ACCEPT = 12,
+	ST_OP_MAX = 13, /* array size for per-op counters */
+};
+
+/* hdr.flags */
+#define ST_F_TRUNCATED 0x1      /* some string was cut at its limit */
+#define ST_F_PATH_RESOLVED 0x2  /* path(s) built from the kernel's dentries (symlinks resolved) */
+#define ST_F_PATH_RELATIVE 0x4  /* path as passed was relative; base holds the dir it is relative to */
+#define ST_F_NO_EXIT 0x8        /* result unknown (no exit event seen) */
+
+/* ---- common header of every record ---- */
+struct st_hdr {
+	__u16 op;          /* enum st_op */
+	__u16 flags;       /* ST_F_* */
+	__u32 size;        /* total bytes of this record, fixed part + data */
+	__u64 ts_ns;       /* bpf_ktime_get_boot_ns(): CLOCK_BOOTTIME */
+	__u32 pid;         /* tgid */
+	__u32 tid;
+	__u32 ppid;        /* tgid of real_parent */
+	__u32 uid;
+	__u32 gid;
+	__u32 _pad0;
+	__u64 cgroup_id;   /* cgroup v2 id of the task */
+	char comm[ST_COMM_LEN];
+};
+
+/* ST_OP_EXEC; data: exe (resolved), filename (as passed to execve), args, cwd */
+struct st_exec {
+	struct st_hdr hdr;
+	__u32 exe_len;
+	__u32 filename_len;
+	__u32 args_len;     /* NUL-separated argv; 0 if unreadable */
+	__u32 cwd_len;
+	__u32 argc;
+	__u32 _pad0;
+};
+
+/* ST_OP_FORK and ST_OP_EXIT; no data */
+struct st_proc {
+	struct st_hdr hdr;
+	__u32 child_pid;    /* FORK: new tgid */
+	__u32 exit_code;    /* EXIT: wait status (code << 8 | signal) */
+	__u64 start_ns;     /* EXIT: task start (boottime), for duration */
+};
+
+/*
+ * ST_OP_OPEN/UNLINK/RENAME/CHMOD/CHOWN; data: path, path2 (rename target), base, base2.
+ * ST_F_PATH_RESOLVED: path is the kernel's view of the object (dentry walk from the opened
+ * fd, symlinks and ".." resolved): OPEN with ret >= 0, fchmod/fchown.
+ * Otherwise path is as passed; if it is relative, base is the kernel-resolved directory it is
+ * relative to (cwd or dirfd) and ST_F_PATH_RELATIVE is set; base2 does the same for path2.
+ */
+struct st_file {
+	struct st_hdr hdr;
+	__s64 ret;          /* syscall return value: fd or -errno */
+	__u32 flags;        /* OPEN: open flags; RENAME: renameat2 flags */
+	__u32 mode;         /* OPEN(create)/CHMOD: mode */
+	__u32 owner_uid;    /* CHOWN: new uid ((u32)-1 = unchanged) */
+	__u32 owner_gid;    /* CHOWN: new gid */
+	__u32 path_len;
+	__u32 path2_len;
+	__u32 base_len;
+	__u32 base2_len;
+};
+
+/* ST_OP_CONNECT/BIND/LISTEN/ACCEPT; no data. Addresses in network byte order. */
+struct st_net {
+	struct st_hdr hdr;
+	__s64 ret;
+	__u16 family;       /* AF_INET=2, AF_INET6=10 */
+	__u16 protocol;     /* IPPROTO_TCP=6, IPPROTO_UDP=17, ... */
+	__u16 sport;        /* host byte order */
+	__u16 dport;        /* host byte order */
+	__u8 saddr[16];     /* local address (v4 in the first 4 bytes) */
+	__u8 daddr[16];     /* remote address */
+	__u32 backlog;      /* LISTEN */
+	__u32 sock_type;    /* SOCK_STREAM=1, SOCK_DGRAM=2 */
+};
+
+/* ---- maps (names as in the BPF object; st_events is the ring buffer) ---- */
+
+/* st_config (array, 1 entry, key 0): what userspace asked for; read on every event */
+struct st_config {
+	__u32 op_mask;        /* bit (1 << op) set = emit that op */
+	__u32 open_filter;    /* 1 = emit OPEN only if the path matches open_prefixes */
+};
+
+/* load-time constants (section .rodata.st, set before load; the verifier prunes on them) */
+struct st_rodata {
+	__u32 self_tgid;      /* the agent's own tgid: never reported (no feedback loop) */
+	__u32 _pad0;
+};
+
+/* st_open_prefixes (LPM trie): key = path bytes, prefixlen in bits; value = 1 */
+struct st_prefix_key {
+	__u32 prefixlen;
+	__u8 data[ST_FILTER_PREFIX_MAX];
+};
+
+/* st_pending (hash, key = tid): syscall arguments saved at sys_enter until sys_exit */
+struct st_pending {
+	__u64 args[6];
+	__u32 op;
+	__u32 variant;      /* which syscall of the op's family (BPF-internal ST_V_*) */
+	__u64 ts_ns;
+};
+
+/* st_drops (per-CPU array, key = op): records lost because the ring buffer was full */
+/* counter type: __u64 */
+
+#ifdef __VMLINUX_H__
+_Static_assert(sizeof(struct st_hdr) == 64, "st_hdr layout");
+_Static_assert(sizeof(struct st_exec) % 8 == 0, "st_exec alignment");
+_Static_assert(sizeof(struct st_file) % 8 == 0, "st_file alignment");
+_Static_assert(sizeof(struct st_net) % 8 == 0, "st_net alignment");
+_Static_assert(sizeof(struct st_proc) % 8 == 0, "st_proc alignment");
+_Static_assert(sizeof(struct st_exec) + 3 * ST_PATH_MAX + ST_ARGS_MAX <= ST_SCRATCH_SIZE,
+	       "exec record fits scratch");
+_Static_assert(sizeof(struct st_file) + 4 * ST_PATH_MAX <= ST_SCRATCH_SIZE, "file record fits scratch");
+#endif
+
+#endif /* SEALTRAIL_H */
