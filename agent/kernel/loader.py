@@ -54,10 +54,13 @@ class Map:
 
     def update(self, key: bytes, value: bytes, flags: int = BPF_ANY) -> None:
         if len(value) != self.value_size:
-            raise ValueError(f"map {self.name}: value is {len(value)} bytes, want {self.value_size}")
+            raise ValueError(
+                f"map {self.name}: value is {len(value)} bytes, want {self.value_size}"
+            )
         v = ctypes.create_string_buffer(value, self.value_size)
-        libbpf.check(lib.bpf_map_update_elem(self.fd, self._key(key), v, flags),
-                     f"map {self.name}: update")
+        libbpf.check(
+            lib.bpf_map_update_elem(self.fd, self._key(key), v, flags), f"map {self.name}: update"
+        )
 
     def lookup(self, key: bytes, value_size: int | None = None) -> bytes | None:
         """Value bytes, or None if absent. Per-CPU maps need value_size = n_cpus * roundup8."""
@@ -112,7 +115,9 @@ class BpfObject:
             ptr = lib.bpf_object__open_file(os.fsencode(self.path), None)
         if not ptr:
             err = libbpf.errno_now()
-            raise KernelError(f"{self.path}: open failed: {os.strerror(err)}\n" + "\n".join(logs), err)
+            raise KernelError(
+                f"{self.path}: open failed: {os.strerror(err)}\n" + "\n".join(logs), err
+            )
         self._ptr: int | None = ptr
         self.links: list[Link] = []
         self.loaded = False
@@ -146,8 +151,9 @@ class BpfObject:
 
     # ---- configure (before load) ----
     def set_autoload(self, program: str, enabled: bool) -> None:
-        libbpf.check(lib.bpf_program__set_autoload(self._prog(program), enabled),
-                     f"{program}: set_autoload")
+        libbpf.check(
+            lib.bpf_program__set_autoload(self._prog(program), enabled), f"{program}: set_autoload"
+        )
 
     def only_load(self, keep: Callable[[str, str], bool]) -> None:
         """Load only programs for which keep(name, section) is true."""
@@ -155,8 +161,10 @@ class BpfObject:
             self.set_autoload(name, keep(name, section))
 
     def resize_map(self, name: str, max_entries: int) -> None:
-        libbpf.check(lib.bpf_map__set_max_entries(self._map_ptr(name), max_entries),
-                     f"map {name}: set_max_entries({max_entries})")
+        libbpf.check(
+            lib.bpf_map__set_max_entries(self._map_ptr(name), max_entries),
+            f"map {name}: set_max_entries({max_entries})",
+        )
 
     def set_rodata(self, section: str, data: bytes) -> None:
         """Overwrite the start of a read-only data section (e.g. ``.rodata.st``) before load."""
@@ -175,8 +183,9 @@ class BpfObject:
         if ret < 0:
             err = -ret
             tail = "\n".join(logs[-40:])
-            raise KernelError(f"{self.path.name}: load failed: {os.strerror(err)} (errno {err})"
-                              f"\n{tail}", err)
+            raise KernelError(
+                f"{self.path.name}: load failed: {os.strerror(err)} (errno {err})\n{tail}", err
+            )
         self.loaded = True
 
     def attach(self, program: str) -> Link:
@@ -184,8 +193,9 @@ class BpfObject:
             ptr = lib.bpf_program__attach(self._prog(program))
         if not ptr:
             err = libbpf.errno_now()
-            raise KernelError(f"{program}: attach failed: {os.strerror(err)}\n" + "\n".join(logs),
-                              err)
+            raise KernelError(
+                f"{program}: attach failed: {os.strerror(err)}\n" + "\n".join(logs), err
+            )
         link = Link(program, ptr)
         self.links.append(link)
         return link
@@ -197,8 +207,11 @@ class BpfObject:
                 ptr = lib.bpf_program__attach_cgroup(self._prog(program), fd)
             if not ptr:
                 err = libbpf.errno_now()
-                raise KernelError(f"{program}: attach to cgroup {cgroup_path} failed: "
-                                  f"{os.strerror(err)}\n" + "\n".join(logs), err)
+                raise KernelError(
+                    f"{program}: attach to cgroup {cgroup_path} failed: "
+                    f"{os.strerror(err)}\n" + "\n".join(logs),
+                    err,
+                )
         finally:
             os.close(fd)
         link = Link(program, ptr)
@@ -219,6 +232,10 @@ class BpfObject:
     def __enter__(self) -> BpfObject:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()

@@ -1,0 +1,257 @@
+"""Ring-buffer records (bytes laid out per probes/sealtrail.h) → Event objects.
+
+Dispatch is by ``hdr.op``; each decoder reads the fixed struct through the ctypes mirror in
+``agent.kernel.abi`` and then the variable data (NUL-terminated strings) that follows it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import os
+import posixpath
+import socket
+import time
+from collections.abc import Callable
+
+from agent.errors import SealtrailError
+from agent.events import model
+from agent.kernel import abi
+
+OPEN_ACCMODE = 0o3
+O_WRONLY, O_RDWR, O_CREAT, O_TRUNC = 0o1, 0o2, 0o100, 0o1000
+PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp", 136: "udplite"}
+
+ExeLookup = Callable[[int, str], "str | None"]
+
+
+class DecodeError(SealtrailError):
+    """A record that does not match the ABI (a bug or a version skew, never user input)."""
+
+
+class Clock:
+    """Converts the probes' CLOCK_BOOTTIME stamps to wall-clock ns (offset taken once)."""
+
+    def __init__(self) -> None:
+        self.offset_ns = time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
+
+    def wall(self, boot_ns: int) -> int:
+        return boot_ns + self.offset_ns
+
+
+def _strings(data: bytes, lengths: list[int]) -> list[bytes]:
+    out, off = [], 0
+    for n in lengths:
+        chunk = data[off : off + n]
+        if len(chunk) != n:
+            raise DecodeError(f"record data shorter than declared ({len(data)} < {off + n})")
+        out.append(chunk.split(b"\0", 1)[0])
+        off += n
+    return out
+
+
+def _text(b: bytes) -> str:
+    return os.fsdecode(b)
+
+
+def _access(flags: int) -> tuple[str, ...]:
+    acc = flags & OPEN_ACCMODE
+    out = []
+    if acc in (0, O_RDWR):
+        out.append("read")
+    if acc in (O_WRONLY, O_RDWR):
+        out.append("write")
+    if flags & O_CREAT:
+        out.append("create")
+    if flags & O_TRUNC:
+        out.append("truncate")
+    return tuple(out)
+
+
+def _path(passed: bytes, base: bytes, resolved: bool) -> tuple[str, str]:
+    if resolved:
+        return _text(passed), model.PATH_KERNEL
+    text = _text(passed)
+    if text.startswith("/"):
+        return text, model.PATH_ARG
+    if base:
+        return posixpath.normpath(posixpath.join(_text(base), text)), model.PATH_ARG_CWD
+    return text, model.PATH_ARG
+
+
+def _addr(family: int, raw: bytes) -> str:
+    if family == socket.AF_INET:
+        return str(ipaddress.IPv4Address(raw[:4]))
+    return str(ipaddress.IPv6Address(raw[:16]))
+
+
+class Decoder:
+    def __init__(self, clock: Clock | None = None, exe_lookup: ExeLookup | None = None) -> None:
+        self.clock = clock or Clock()
+        self.exe_lookup = exe_lookup
+        self._dispatch: dict[int, Callable[[bytes], model.Event]] = {
+            abi.Op.EXEC: self._exec,
+            abi.Op.FORK: self._proc,
+            abi.Op.EXIT: self._proc,
+            abi.Op.OPEN: self._file,
+            abi.Op.UNLINK: self._file,
+            abi.Op.RENAME: self._file,
+            abi.Op.CHMOD: self._file,
+            abi.Op.CHOWN: self._file,
+            abi.Op.CONNECT: self._net,
+            abi.Op.BIND: self._net,
+            abi.Op.LISTEN: self._net,
+            abi.Op.ACCEPT: self._net,
+        }
+
+    def decode(self, raw: bytes) -> model.Event:
+        if len(raw) < _HDR_SIZE:
+            raise DecodeError(f"record of {len(raw)} bytes is shorter than its header")
+        op = int.from_bytes(raw[:2], "little")
+        fn = self._dispatch.get(op)
+        if fn is None:
+            raise DecodeError(f"unknown opcode {op}")
+        return fn(raw)
+
+    def _common(self, h: abi.Hdr, exe: str | None = None) -> dict[str, object]:
+        comm = h.comm.decode("utf-8", "replace")
+        if exe is None and self.exe_lookup is not None:
+            exe = self.exe_lookup(h.pid, comm)
+        return {
+            "ts_ns": self.clock.wall(h.ts_ns),
+            "pid": h.pid,
+            "tid": h.tid,
+            "ppid": h.ppid,
+            "uid": h.uid,
+            "gid": h.gid,
+            "cgroup_id": h.cgroup_id,
+            "comm": comm,
+            "exe": exe,
+            "truncated": bool(h.flags & abi.F_TRUNCATED),
+        }
+
+    @staticmethod
+    def _fixed(cls: type[abi._S], raw: bytes) -> abi._S:
+        size = _SIZES[cls]
+        if len(raw) < size:
+            raise DecodeError(f"{cls.__name__} record of {len(raw)} bytes, want >= {size}")
+        return cls.from_buffer_copy(raw[:size])
+
+    def _exec(self, raw: bytes) -> model.Event:
+        e = self._fixed(abi.Exec, raw)
+        assert isinstance(e, abi.Exec)
+        exe, filename, _args, cwd = _strings(
+            raw[_SIZES[abi.Exec] :], [e.exe_len, e.filename_len, e.args_len, e.cwd_len]
+        )
+        # args is argv joined by NULs; _strings cut at the first NUL, so split the raw slice
+        off = _SIZES[abi.Exec] + e.exe_len + e.filename_len
+        argv = tuple(_text(a) for a in raw[off : off + e.args_len].rstrip(b"\0").split(b"\0"))
+        if not e.args_len:
+            argv = ()
+        return model.ExecEvent(
+            **self._common(e.hdr, _text(exe)),  # type: ignore[arg-type]
+            filename=_text(filename),
+            argv=argv,
+            argc=e.argc,
+            cwd=_text(cwd),
+        )
+
+    def _proc(self, raw: bytes) -> model.Event:
+        p = self._fixed(abi.Proc, raw)
+        assert isinstance(p, abi.Proc)
+        common = self._common(p.hdr)
+        if p.hdr.op == abi.Op.FORK:
+            return model.ForkEvent(**common, child_pid=p.child_pid)  # type: ignore[arg-type]
+        status = p.exit_code
+        sig = status & 0x7F
+        return model.ExitEvent(
+            **common,  # type: ignore[arg-type]
+            exit_code=None if sig else (status >> 8) & 0xFF,
+            signal=sig or None,
+            core_dumped=bool(status & 0x80),
+            duration_ns=max(0, p.hdr.ts_ns - p.start_ns) if p.start_ns else 0,
+        )
+
+    def _file(self, raw: bytes) -> model.Event:
+        f = self._fixed(abi.File, raw)
+        assert isinstance(f, abi.File)
+        path_b, path2_b, base_b, base2_b = _strings(
+            raw[_SIZES[abi.File] :], [f.path_len, f.path2_len, f.base_len, f.base2_len]
+        )
+        resolved = bool(f.hdr.flags & abi.F_PATH_RESOLVED)
+        path, source = _path(path_b, base_b, resolved)
+        common = self._common(f.hdr)
+        common.update(path=path, path_source=source, result=f.ret)
+        op = f.hdr.op
+        if op == abi.Op.OPEN:
+            return model.OpenEvent(
+                **common,  # type: ignore[arg-type]
+                flags=f.flags,
+                mode=f.mode & 0o7777,
+                access=_access(f.flags),
+            )
+        if op == abi.Op.UNLINK:
+            return model.UnlinkEvent(**common)  # type: ignore[arg-type]
+        if op == abi.Op.RENAME:
+            new_path, new_source = _path(path2_b, base2_b, False)
+            return model.RenameEvent(
+                **common,  # type: ignore[arg-type]
+                new_path=new_path,
+                new_path_source=new_source,
+                flags=f.flags,
+            )
+        if op == abi.Op.CHMOD:
+            return model.ChmodEvent(**common, mode=f.mode & 0o7777)  # type: ignore[arg-type]
+        unchanged = 0xFFFFFFFF
+        return model.ChownEvent(
+            **common,  # type: ignore[arg-type]
+            owner_uid=None if f.owner_uid == unchanged else f.owner_uid,
+            owner_gid=None if f.owner_gid == unchanged else f.owner_gid,
+        )
+
+    def _net(self, raw: bytes) -> model.Event:
+        n = self._fixed(abi.Net, raw)
+        assert isinstance(n, abi.Net)
+        if n.family not in (socket.AF_INET, socket.AF_INET6):
+            raise DecodeError(f"network record with family {n.family}")
+        common = self._common(n.hdr)
+        common.update(
+            family="ipv4" if n.family == socket.AF_INET else "ipv6",
+            protocol=PROTOCOLS.get(n.protocol, str(n.protocol)),
+            local_addr=_addr(n.family, bytes(n.saddr)),
+            local_port=n.sport,
+            remote_addr=_addr(n.family, bytes(n.daddr)),
+            remote_port=n.dport,
+            result=n.ret,
+        )
+        op = n.hdr.op
+        if op == abi.Op.CONNECT:
+            return model.ConnectEvent(**common)  # type: ignore[arg-type]
+        if op == abi.Op.BIND:
+            return model.BindEvent(**common)  # type: ignore[arg-type]
+        if op == abi.Op.LISTEN:
+            return model.ListenEvent(**common, backlog=n.backlog)  # type: ignore[arg-type]
+        return model.AcceptEvent(**common)  # type: ignore[arg-type]
+
+
+_SIZES: dict[type[abi._S], int] = {
+    cls: ctypes.sizeof(cls) for cls in (abi.Exec, abi.Proc, abi.File, abi.Net)
+}
+_HDR_SIZE = ctypes.sizeof(abi.Hdr)
+
+OP_KIND: dict[int, str] = {
+    abi.Op.EXEC: "exec",
+    abi.Op.FORK: "fork",
+    abi.Op.EXIT: "exit",
+    abi.Op.OPEN: "open",
+    abi.Op.UNLINK: "unlink",
+    abi.Op.RENAME: "rename",
+    abi.Op.CHMOD: "chmod",
+    abi.Op.CHOWN: "chown",
+    abi.Op.CONNECT: "connect",
+    abi.Op.BIND: "bind",
+    abi.Op.LISTEN: "listen",
+    abi.Op.ACCEPT: "accept",
+}
+KIND_OP = {kind: op for op, kind in OP_KIND.items()}
+assert set(KIND_OP) == set(model.KINDS), "every event kind has an opcode"

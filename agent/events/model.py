@@ -1,0 +1,246 @@
+"""What happened on the host: one frozen dataclass per event kind.
+
+Events are built by ``agent.events.decode`` from ring-buffer records and are the one type the
+rest of the agent consumes (watch, policy, journal). ``to_dict`` is the stable JSON form used
+by ``sealtrail watch --json`` and by journal records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+# Where a path came from (documented in README "Event fields"):
+PATH_KERNEL = "kernel"  # built from the kernel's dentries: absolute, symlinks and .. resolved
+PATH_ARG_CWD = "arg+cwd"  # relative path as passed, joined (lexically) to the kernel's cwd/dirfd
+PATH_ARG = "arg"  # absolute path as passed to the syscall, not resolved
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    kind: ClassVar[str] = "event"
+
+    ts_ns: int  # wall clock, ns since the epoch
+    pid: int
+    tid: int
+    ppid: int
+    uid: int
+    gid: int
+    cgroup_id: int
+    comm: str
+    exe: str | None = None  # acting binary (from the exec we saw, or /proc via psutil)
+    truncated: bool = False  # some string hit its documented limit
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def object_text(self) -> str:
+        """The thing acted upon, for one-line human output."""
+        return ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExecEvent(Event):
+    kind: ClassVar[str] = "exec"
+    filename: str  # as passed to execve
+    argv: tuple[str, ...]
+    argc: int
+    cwd: str
+
+    def object_text(self) -> str:
+        args = " ".join(self.argv)
+        return f"{self.exe} [{args}]" + (" …" if self.truncated else "")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ForkEvent(Event):
+    kind: ClassVar[str] = "fork"
+    child_pid: int
+
+    def object_text(self) -> str:
+        return f"child {self.child_pid}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExitEvent(Event):
+    kind: ClassVar[str] = "exit"
+    exit_code: int | None  # set when the process exited normally
+    signal: int | None  # set when a signal ended it
+    core_dumped: bool
+    duration_ns: int
+
+    def object_text(self) -> str:
+        if self.signal is not None:
+            return f"killed by signal {self.signal}" + (
+                " (core dumped)" if self.core_dumped else ""
+            )
+        return f"exit {self.exit_code}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileEvent(Event):
+    path: str
+    path_source: str  # PATH_KERNEL | PATH_ARG_CWD | PATH_ARG
+    result: int  # syscall return: >= 0 success, -errno on failure
+
+    def object_text(self) -> str:
+        return f"{self.path}{_result(self.result)}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class OpenEvent(FileEvent):
+    kind: ClassVar[str] = "open"
+    flags: int
+    mode: int
+    access: tuple[str, ...]  # subset of read, write, create, truncate
+
+    def object_text(self) -> str:
+        return f"{self.path} [{','.join(self.access)}]{_result(self.result)}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class UnlinkEvent(FileEvent):
+    kind: ClassVar[str] = "unlink"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RenameEvent(FileEvent):
+    kind: ClassVar[str] = "rename"
+    new_path: str
+    new_path_source: str
+    flags: int
+
+    def object_text(self) -> str:
+        return f"{self.path} -> {self.new_path}{_result(self.result)}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChmodEvent(FileEvent):
+    kind: ClassVar[str] = "chmod"
+    mode: int
+
+    def object_text(self) -> str:
+        return f"{self.path} mode {self.mode:04o}{_result(self.result)}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChownEvent(FileEvent):
+    kind: ClassVar[str] = "chown"
+    owner_uid: int | None  # None: unchanged (-1 passed)
+    owner_gid: int | None
+
+    def object_text(self) -> str:
+        u = "-" if self.owner_uid is None else str(self.owner_uid)
+        g = "-" if self.owner_gid is None else str(self.owner_gid)
+        return f"{self.path} owner {u}:{g}{_result(self.result)}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetEvent(Event):
+    family: str  # "ipv4" | "ipv6"
+    protocol: str  # "tcp", "udp", ... or the number
+    local_addr: str
+    local_port: int
+    remote_addr: str
+    remote_port: int
+    result: int
+
+    def object_text(self) -> str:
+        return (
+            f"{self.protocol} {_hostport(self.local_addr, self.local_port)} -> "
+            f"{_hostport(self.remote_addr, self.remote_port)}{_result(self.result)}"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConnectEvent(NetEvent):
+    kind: ClassVar[str] = "connect"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BindEvent(NetEvent):
+    kind: ClassVar[str] = "bind"
+
+    def object_text(self) -> str:
+        return (
+            f"{self.protocol} {_hostport(self.local_addr, self.local_port)}{_result(self.result)}"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ListenEvent(NetEvent):
+    kind: ClassVar[str] = "listen"
+    backlog: int
+
+    def object_text(self) -> str:
+        return (
+            f"{self.protocol} {_hostport(self.local_addr, self.local_port)}{_result(self.result)}"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class AcceptEvent(NetEvent):
+    kind: ClassVar[str] = "accept"
+
+    def object_text(self) -> str:
+        return (
+            f"{self.protocol} {_hostport(self.local_addr, self.local_port)} <- "
+            f"{_hostport(self.remote_addr, self.remote_port)}{_result(self.result)}"
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class LossEvent:
+    """Records the kernel could not deliver (ring buffer full). Never silent."""
+
+    kind: ClassVar[str] = "loss"
+    ts_ns: int  # when the loss was noticed (wall clock)
+    since_ns: int  # losses counted since this time (the previous report, or start)
+    count: int
+    by_kind: dict[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "ts_ns": self.ts_ns,
+            "since_ns": self.since_ns,
+            "count": self.count,
+            "by_kind": dict(self.by_kind),
+        }
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.kind: cls
+    for cls in (
+        ExecEvent,
+        ForkEvent,
+        ExitEvent,
+        OpenEvent,
+        UnlinkEvent,
+        RenameEvent,
+        ChmodEvent,
+        ChownEvent,
+        ConnectEvent,
+        BindEvent,
+        ListenEvent,
+        AcceptEvent,
+    )
+}
+KINDS = tuple(EVENT_TYPES)
+
+
+def _result(ret: int) -> str:
+    if ret < 0:
+        import errno
+
+        return f" = {errno.errorcode.get(-ret, str(-ret))}"
+    return ""
+
+
+def _hostport(addr: str, port: int) -> str:
+    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"

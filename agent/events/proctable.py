@@ -1,0 +1,46 @@
+"""Which binary a pid runs: learned from exec/fork/exit events, else asked of /proc (psutil).
+
+The kernel only reports the exe on exec; every other event names the acting binary through
+this table. Processes that started before the agent are enriched once through psutil.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import psutil
+
+from agent.events import model
+
+
+class ProcTable:
+    def __init__(self, capacity: int = 65536) -> None:
+        self._exe: OrderedDict[int, str] = OrderedDict()
+        self._capacity = capacity
+
+    def _put(self, pid: int, exe: str) -> None:
+        self._exe[pid] = exe
+        self._exe.move_to_end(pid)
+        if len(self._exe) > self._capacity:
+            self._exe.popitem(last=False)
+
+    def lookup(self, pid: int, comm: str) -> str | None:
+        exe = self._exe.get(pid)
+        if exe is not None:
+            return exe
+        try:
+            exe = psutil.Process(pid).exe() or None
+        except (psutil.Error, OSError):
+            exe = None
+        if exe:
+            self._put(pid, exe)
+        return exe
+
+    def observe(self, event: model.Event) -> None:
+        """Update the table after an event has been decoded and handled."""
+        if isinstance(event, model.ExecEvent) and event.exe:
+            self._put(event.pid, event.exe)
+        elif isinstance(event, model.ForkEvent) and event.exe:
+            self._put(event.child_pid, event.exe)
+        elif isinstance(event, model.ExitEvent):
+            self._exe.pop(event.pid, None)
