@@ -22,7 +22,7 @@ import rfc8785
 
 from agent.errors import FormatError
 
-JsonValue: TypeAlias = "str | int | bool | None | list[JsonValue] | dict[str, JsonValue]"
+JsonValue: TypeAlias = "str | int | bool | list[JsonValue] | dict[str, JsonValue] | None"
 
 MAX_SAFE_INT = 2**53 - 1
 

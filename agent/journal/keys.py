@@ -166,7 +166,9 @@ class KeyStore:
     def init(self) -> PublicKey:
         """Create the genesis key pair; refuse if one exists. Returns the public key."""
         if self.exists():
-            raise KeyStoreError(f"{self.public_path} already exists; the genesis key is created once")
+            raise KeyStoreError(
+                f"{self.public_path} already exists; the genesis key is created once"
+            )
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         key = self.create_epoch_key()
         _write_new_file(self.public_path, key.public.to_line().encode("ascii"), 0o644)

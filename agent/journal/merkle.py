@@ -90,7 +90,7 @@ def inclusion_proof(index: int, leaves: Sequence[bytes]) -> list[bytes]:
 
 
 def root_from_inclusion(index: int, size: int, leaf: bytes, path: Sequence[bytes]) -> bytes:
-    """RFC 9162 2.1.3.2: the root that ``path`` proves for leaf hash ``leaf``; raise if malformed."""
+    """RFC 9162 2.1.3.2: the root ``path`` proves for leaf hash ``leaf``; raise if malformed."""
     if not 0 <= index < size:
         raise FormatError(f"leaf {index} is not in a tree of size {size}")
     fn, sn = index, size - 1

@@ -52,12 +52,26 @@ def record_hash(line: bytes) -> bytes:
     return hashlib.sha256(RECORD_PREFIX + line).digest()
 
 
-def _is_hex64(value: object) -> bool:
+def is_hex64(value: object) -> bool:
     return (
-        isinstance(value, str)
-        and len(value) == 64
-        and all(c in "0123456789abcdef" for c in value)
+        isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value)
     )
+
+
+def check_fields(rtype: str, fields: Mapping[str, object]) -> None:
+    """Raise FormatError unless ``fields`` suit a record of type ``rtype``."""
+    required = REQUIRED_FIELDS.get(rtype)
+    if required is None:
+        raise FormatError(f"unknown record type {rtype!r}")
+    if not COMMON_FIELDS.isdisjoint(fields):
+        clash = sorted(COMMON_FIELDS.intersection(fields))
+        raise FormatError(f"type fields reuse common names: {clash}")
+    if not required <= fields.keys():
+        raise FormatError(f"{rtype} record lacks fields {sorted(required - fields.keys())}")
+    if rtype == "verdict" and fields["action"] not in VERDICT_ACTIONS:
+        raise FormatError(
+            f"verdict action {fields['action']!r} is not one of {sorted(VERDICT_ACTIONS)}"
+        )
 
 
 def _parse_ts(value: object) -> int:
@@ -89,20 +103,9 @@ class Record:
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
                 raise FormatError(f"{name} must be a non-empty string, got {value!r}")
-        required = REQUIRED_FIELDS.get(self.type)
-        if required is None:
-            raise FormatError(f"unknown record type {self.type!r}")
-        if not _is_hex64(self.prev):
+        if not is_hex64(self.prev):
             raise FormatError(f"prev must be 64 lowercase hex digits, got {self.prev!r}")
-        clash = COMMON_FIELDS.intersection(self.fields)
-        if clash:
-            raise FormatError(f"type fields reuse common names: {sorted(clash)}")
-        missing = required.difference(self.fields)
-        if missing:
-            raise FormatError(f"{self.type} record lacks fields {sorted(missing)}")
-        if self.type == "verdict" and self.fields["action"] not in VERDICT_ACTIONS:
-            raise FormatError(f"verdict action {self.fields['action']!r} is not one of "
-                              f"{sorted(VERDICT_ACTIONS)}")
+        check_fields(self.type, self.fields)
 
     def to_dict(self) -> dict[str, JsonValue]:
         out: dict[str, JsonValue] = dict(self.fields)

@@ -1,0 +1,372 @@
+"""Journal verification as a pure state machine: lines in, findings out, no IO.
+
+Feed ``Verifier.feed`` every stored line in order (``segments.iter_lines`` does the IO), then call
+``finish``. Each finding names the seq, segment file and byte offset and what is wrong. Checked:
+the canonical encoding and hash of every record (over the bytes as received), the ``prev`` chain,
+seq gaplessness and segment numbering, host and boot consistency, every seal's signature, Merkle
+root and coverage, the key rotation chain from the genesis key, and optionally consistency with
+a checkpoint exported earlier (``against``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from agent.errors import FormatError
+from agent.journal.canonical import canonical
+from agent.journal.checkpoint import Checkpoint, SignedCheckpoint, follow_rotation
+from agent.journal.keys import PublicKey
+from agent.journal.merkle import CompactTree
+from agent.journal.record import GENESIS_PREV, RECORD_PREFIX, Record
+from agent.journal.segments import Line, segment_name, segment_number
+
+Severity = Literal["error", "warning", "info"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: Severity
+    message: str
+    seq: int | None = None
+    seq_end: int | None = None
+    segment: str | None = None
+    offset: int | None = None
+
+    def __str__(self) -> str:
+        if self.seq is None:
+            where = "journal"
+        elif self.seq_end is not None and self.seq_end != self.seq:
+            where = f"records {self.seq}\u2013{self.seq_end}"
+        else:
+            where = f"record {self.seq}"
+        if self.segment is not None:
+            where += f" in {self.segment}"
+            if self.offset is not None:
+                where += f" at byte {self.offset}"
+        return f"{where}: {self.message}"
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "severity": self.severity,
+            "seq": self.seq,
+            "seq_end": self.seq_end,
+            "segment": self.segment,
+            "offset": self.offset,
+            "message": self.message,
+        }
+
+
+@dataclass
+class Summary:
+    records: int = 0
+    seals: int = 0
+    rotations: int = 0
+    last_seal_seq: int = -1
+    unsealed: int = 0
+    errors: int = 0
+    host: str | None = None
+    key_id: str | None = None
+    boots: int = 0
+    findings: list[Finding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.errors == 0
+
+
+@dataclass
+class _Link:
+    """A broken prev link between record ``seq - 1`` and ``seq``, judged one record later."""
+
+    seq: int
+    segment: str
+    offset: int
+    before_segment: str
+    before_offset: int
+
+
+class Verifier:
+    """Streaming verifier of one host's journal against its genesis public key."""
+
+    def __init__(
+        self,
+        genesis: PublicKey,
+        *,
+        against: SignedCheckpoint | None = None,
+        strict: bool = False,
+    ) -> None:
+        self.summary = Summary(key_id=genesis.key_id)
+        self._key = genesis
+        self._strict = strict
+        self._against = against
+        self._tree = CompactTree()
+        self._expected = 0
+        self._prev = GENESIS_PREV
+        self._prev_at: tuple[str, int] = ("", 0)
+        self._host: str | None = None
+        self._boot: str | None = None
+        self._segment: str | None = None
+        self._segment_no = 0
+        self._batch_start = 0  # first seq a coming seal must cover
+        self._link: _Link | None = None
+        self._torn: Line | None = None
+        self._hashes: dict[int, str] = {}
+        if against is not None:
+            self._host = against.checkpoint.host
+            watch = [against.checkpoint.size - 1]
+            if against.tail is not None:
+                watch.append(against.tail.last_seq)
+            self._watch = frozenset(watch)
+        else:
+            self._watch = frozenset()
+
+    # ----------------------------------------------------------------------------- input
+    def feed(self, line: Line) -> Iterator[Finding]:
+        """Check one stored line; yields findings (errors also counted in the summary)."""
+        if line.segment != self._segment:
+            yield from self._new_segment(line)
+        if self._torn is not None:
+            torn, self._torn = self._torn, None
+            yield self._error("torn line in the middle of the journal", self._expected,
+                              torn.segment, torn.offset)  # fmt: skip
+        if not line.complete:
+            self._torn = line
+            return
+        data = line.data
+        digest = hashlib.sha256(RECORD_PREFIX + data).digest()
+        seq = self._expected
+        record: Record | None = None
+        try:
+            parsed = json.loads(data)
+            if type(parsed) is not dict or canonical(parsed) != data:
+                raise FormatError("not canonical JSON (RFC 8785)")
+            record = Record.from_dict(parsed)
+        except (ValueError, FormatError) as exc:
+            msg = str(exc) if isinstance(exc, FormatError) else "not valid JSON"
+            yield self._error(f"malformed record: {msg}", seq, line.segment, line.offset)
+        if record is not None:
+            yield from self._check(record, line)
+        hex_digest = digest.hex()
+        if record is not None and record.prev != self._prev:
+            yield from self._judge_link(broken=True, line=line)
+        elif self._link is not None:
+            yield from self._judge_link(broken=False, line=line)
+        self._tree.append(digest)
+        self._prev = hex_digest
+        self._prev_at = (line.segment, line.offset)
+        if self._tree.size - 1 in self._watch:
+            self._hashes[self._tree.size - 1] = hex_digest
+        self._expected += 1
+        self.summary.records += 1
+        if self._against is not None and self._tree.size == self._against.checkpoint.size:
+            yield from self._check_against(line)
+
+    def finish(self) -> Iterator[Finding]:
+        """End of input: pending judgements, the unsealed tail, truncation against a checkpoint."""
+        if self._link is not None:
+            yield from self._judge_link(broken=False, line=None)
+        if self._torn is not None:
+            torn = self._torn
+            yield self._finding(
+                "error" if self._strict else "warning",
+                f"torn last line, {len(torn.data)} bytes (crash before recovery?)",
+                self._expected, None, torn.segment, torn.offset,
+            )  # fmt: skip
+        s = self.summary
+        if s.records == 0:
+            yield self._error("journal is empty", None, None, None)
+        unsealed = s.records - 1 - s.last_seal_seq
+        s.unsealed = unsealed
+        if unsealed > 0:
+            yield self._finding(
+                "error" if self._strict else "info",
+                f"unsealed tail, {unsealed} records",
+                s.last_seal_seq + 1, s.records - 1, self._segment, None,
+            )  # fmt: skip
+        if self._against is not None:
+            yield from self._check_against_end()
+
+    # ----------------------------------------------------------------------------- checks
+    def _new_segment(self, line: Line) -> Iterator[Finding]:
+        number = segment_number(line.segment)
+        if number is None:
+            yield self._error("not a segment file name", None, line.segment, None)
+        elif number != self._segment_no + 1:
+            if number > self._segment_no + 1:
+                missing = ", ".join(
+                    segment_name(n)
+                    for n in range(self._segment_no + 1, min(number, self._segment_no + 4))
+                )
+                yield self._error(f"segment file(s) missing before it: {missing}",
+                                  self._expected, line.segment, line.offset)  # fmt: skip
+            else:
+                yield self._error("segment out of order", self._expected, line.segment, None)
+        if number is not None:
+            self._segment_no = number
+        self._segment = line.segment
+
+    def _check(self, record: Record, line: Line) -> Iterator[Finding]:
+        seq = record.seq
+        if seq != self._expected:
+            if seq > self._expected:
+                yield self._error(f"missing (next record present has seq {seq})",
+                                  self._expected, line.segment, line.offset, seq - 1)  # fmt: skip
+            else:
+                yield self._error(
+                    f"record with seq {seq} found where seq {self._expected} belongs "
+                    "(duplicated, reordered or replayed)",
+                    self._expected, line.segment, line.offset,
+                )  # fmt: skip
+        if self._host is None:
+            self._host = record.host
+            self.summary.host = record.host
+        elif record.host != self._host:
+            yield self._error(f"host {record.host!r} is not the journal's host {self._host!r}",
+                              self._expected, line.segment, line.offset)  # fmt: skip
+        if record.boot_id != self._boot:
+            if self._boot is not None and record.type not in ("start", "recovery"):
+                yield self._error(
+                    f"boot id changes to {record.boot_id} without a start or recovery record",
+                    self._expected, line.segment, line.offset,
+                )  # fmt: skip
+            self._boot = record.boot_id
+            self.summary.boots += 1
+        if record.type == "seal":
+            yield from self._check_seal(record, line)
+        elif record.type == "key_rotation":
+            try:
+                self._key = follow_rotation(self._key, record)
+                self.summary.rotations += 1
+                self.summary.key_id = self._key.key_id
+            except FormatError as exc:
+                yield self._error(f"key rotation rejected: {exc}", self._expected, line.segment,
+                                  line.offset)  # fmt: skip
+
+    def _check_seal(self, seal: Record, line: Line) -> Iterator[Finding]:
+        seq = self._expected
+        try:
+            checkpoint, signature = Checkpoint.from_seal(seal)
+        except FormatError as exc:
+            yield self._error(f"seal malformed: {exc}", seq, line.segment, line.offset)
+            return
+        batch = (self._batch_start, seq - 1)
+        self._batch_start = seq + 1
+        bad: list[str] = []
+        if checkpoint.size != self._tree.size:
+            bad.append(f"claims {checkpoint.size} records but {self._tree.size} precede it")
+        elif checkpoint.root != self._tree.root().hex():
+            bad.append("Merkle root does not match the records it covers")
+        if checkpoint.key_id != self._key.key_id:
+            yield self._error(
+                f"seal signed by a key not in the rotation chain (key id {checkpoint.key_id}, "
+                f"current epoch key {self._key.key_id})",
+                seq, line.segment, line.offset,
+            )  # fmt: skip
+        elif not self._key.verify(signature, checkpoint.signing_input()):
+            yield self._error(f"seal signature is not valid for key {self._key.key_id}", seq,
+                              line.segment, line.offset)  # fmt: skip
+        else:
+            self.summary.seals += 1
+            self.summary.last_seal_seq = seq
+        if bad:
+            yield self._error(f"{'; '.join(bad)} (seal {seq} in {line.segment} at byte "
+                              f"{line.offset})", batch[0], None, None, batch[1])  # fmt: skip
+
+    def _judge_link(self, *, broken: bool, line: Line | None) -> Iterator[Finding]:
+        """Decide which record a broken prev link incriminates.
+
+        A link ``a -> b`` breaks when ``a`` was altered or ``b``'s prev was. If the next link
+        ``b -> c`` is also broken, ``b`` itself was altered (its prev and its hash both changed);
+        otherwise ``a``'s bytes no longer hash to what ``b`` recorded.
+        """
+        pending = self._link
+        if pending is None:
+            assert line is not None and broken
+            self._link = _Link(self._expected, line.segment, line.offset, *self._prev_at)
+            return
+        self._link = None
+        if broken:
+            assert line is not None
+            yield self._error(
+                "record altered: neither its prev nor its hash fit its neighbours",
+                pending.seq, pending.segment, pending.offset,
+            )  # fmt: skip
+        else:
+            yield self._error(
+                f"hash mismatch: record {pending.seq} chains to a different hash",
+                pending.seq - 1, pending.before_segment, pending.before_offset,
+            )  # fmt: skip
+
+    def _check_against(self, line: Line) -> Iterator[Finding]:
+        assert self._against is not None
+        cp = self._against.checkpoint
+        if self._tree.root().hex() != cp.root or self._prev != cp.last:
+            yield self._error(
+                f"journal does not extend the checkpoint of size {cp.size}: history before it "
+                "was rewritten",
+                cp.size - 1, line.segment, line.offset,
+            )  # fmt: skip
+
+    def _check_against_end(self) -> Iterator[Finding]:
+        assert self._against is not None
+        cp, tail = self._against.checkpoint, self._against.tail
+        size = self._tree.size
+        if size < cp.size:
+            yield self._error(
+                f"truncated: the checkpoint covers records 0\u2013{cp.size - 1}, the journal "
+                f"ends at {size - 1}",
+                size, None, None, seq_end=cp.size - 1,
+            )  # fmt: skip
+            return
+        if tail is not None:
+            seen = self._hashes.get(tail.last_seq)
+            if seen is None:
+                yield self._error(
+                    f"unsealed tail changed: the checkpoint saw records "
+                    f"{self._against.seal_seq + 1}\u2013{tail.last_seq} after its seal, the "
+                    f"journal ends at {size - 1}",
+                    size, None, None, seq_end=tail.last_seq,
+                )  # fmt: skip
+            elif seen != tail.last_hash:
+                yield self._error(
+                    "unsealed tail changed: record differs from the one the checkpoint saw",
+                    tail.last_seq, None, None,
+                )  # fmt: skip
+
+    # ----------------------------------------------------------------------------- helpers
+    def _error(
+        self, message: str, seq: int | None, segment: str | None, offset: int | None,
+        seq_end: int | None = None,
+    ) -> Finding:  # fmt: skip
+        return self._finding("error", message, seq, seq_end, segment, offset)
+
+    def _finding(
+        self, severity: Severity, message: str, seq: int | None, seq_end: int | None,
+        segment: str | None, offset: int | None,
+    ) -> Finding:  # fmt: skip
+        finding = Finding(severity, message, seq, seq_end, segment, offset)
+        if severity == "error":
+            self.summary.errors += 1
+        self.summary.findings.append(finding)
+        return finding
+
+
+def verify_lines(
+    lines: Iterable[Line],
+    genesis: PublicKey,
+    *,
+    against: SignedCheckpoint | None = None,
+    strict: bool = False,
+) -> Summary:
+    """Run a whole verification; the findings are in ``Summary.findings``."""
+    verifier = Verifier(genesis, against=against, strict=strict)
+    for line in lines:
+        for _ in verifier.feed(line):
+            pass
+    for _ in verifier.finish():
+        pass
+    return verifier.summary

@@ -1,0 +1,476 @@
+"""The journal writer: append records, seal them in batches, rotate segments and keys, recover.
+
+The agent daemon talks to the journal only through ``JournalWriter``:
+
+    writer = JournalWriter.open(journal_dir, keys_dir, host=..., boot_id=...)
+    seq = writer.append("verdict", {"action": "deny", "policy": digest, "rule": "r1", ...})
+    writer.tick()            # from the main loop, at least every 50 ms: seals, key rotation
+    writer.close({"reason": "SIGTERM"})   # writes `stop` and a final seal
+
+Durability: ``append`` hands the line to the kernel before it returns (a crash of the agent loses
+nothing it was told was appended); a seal first fsyncs the records, then writes the signed
+checkpoint and fsyncs again, so a seal on disk always covers records on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.errors import FormatError, JournalCorrupt, JournalError
+from agent.journal import protect
+from agent.journal.canonical import JsonValue, canonical
+from agent.journal.checkpoint import Checkpoint, rotation_signing_input
+from agent.journal.keys import KeyStore, SigningKey, b64
+from agent.journal.merkle import CompactTree
+from agent.journal.record import (
+    GENESIS_PREV,
+    RECORD_PREFIX,
+    WRITER_TYPES,
+    Record,
+    check_fields,
+    parse_line,
+)
+from agent.journal.segments import list_segments, read_segment, segment_name, split_lines
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EPOCH_SECONDS = 3600.0
+DEFAULT_SEAL_INTERVAL = 0.1
+DEFAULT_SEAL_EVERY = 8192
+DEFAULT_SEGMENT_BYTES = 64 << 20
+# Lines are handed to the kernel when this much is buffered, and always before append returns
+# when ``write_through`` is on; the bench shows batching is worth ~25% of append throughput.
+_BUFFER_BYTES = 64 << 10
+_ROTATION_MARK = b'"type":"key_rotation"'
+_SEQ_RE = re.compile(rb'"seq":([0-9]+)')
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """What ``open`` found after an unclean shutdown; also written as a ``recovery`` record."""
+
+    cut_bytes: int
+    cut_segment: str | None
+    partial_seq: int | None
+    last_good_seq: int
+    last_sealed_seq: int
+    unsealed_kept: int
+
+    def fields(self) -> dict[str, JsonValue]:
+        return {
+            "cut_bytes": self.cut_bytes,
+            "cut_segment": self.cut_segment,
+            "partial_seq": self.partial_seq,
+            "last_good_seq": self.last_good_seq,
+            "last_sealed_seq": self.last_sealed_seq,
+            "unsealed_kept": self.unsealed_kept,
+        }
+
+
+@dataclass
+class _Scan:
+    """State rebuilt from the segments on open."""
+
+    tree: CompactTree
+    next_seq: int = 0
+    prev: str = GENESIS_PREV
+    host: str | None = None
+    key_id: str | None = None
+    epoch_start: int | None = None
+    last_seal_seq: int = -1
+    tail: tuple[bytes, bytes] = (b"", b"")  # the last two lines
+    recovery: Recovery | None = None
+
+
+class JournalWriter:
+    """Thread-safe appender of one host's journal. Construct with ``JournalWriter.open``."""
+
+    def __init__(
+        self,
+        directory: Path,
+        keys: KeyStore,
+        key: SigningKey,
+        scan: _Scan,
+        *,
+        host: str,
+        boot_id: str,
+        epoch_seconds: float,
+        seal_interval: float,
+        seal_every: int,
+        segment_bytes: int,
+        protect_files: bool,
+        write_through: bool,
+        clock: Callable[[], int],
+    ) -> None:
+        self.directory = directory
+        self.host = host
+        self.boot_id = boot_id
+        self.recovery = scan.recovery
+        self._keys = keys
+        self._key = key
+        self._tree = scan.tree
+        self._next_seq = scan.next_seq
+        self._prev = scan.prev
+        self._last_seal_seq = scan.last_seal_seq
+        self._epoch_ns = int(epoch_seconds * 1e9)
+        self._epoch_start = scan.epoch_start if scan.epoch_start is not None else clock()
+        self._seal_interval = seal_interval
+        self._seal_every = seal_every
+        self._segment_bytes = segment_bytes
+        self._protect = protect_files
+        self._buffer_limit = 0 if write_through else _BUFFER_BYTES
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._buf: list[bytes] = []
+        self._buf_bytes = 0
+        self._unsealed = 0
+        self._unsealed_since = 0.0
+        self._closed = False
+        self._fd = -1
+        self._segment_no = 0
+        self._segment_size = 0
+        # Bound once: the hot path then pays no attribute lookups for them.
+        self._sha256 = hashlib.sha256
+        self._common = {"host": host, "boot_id": boot_id}
+
+    # ----------------------------------------------------------------------------- opening
+    @classmethod
+    def open(
+        cls,
+        journal_dir: Path | str,
+        keys_dir: Path | str,
+        *,
+        host: str,
+        boot_id: str,
+        epoch_seconds: float = DEFAULT_EPOCH_SECONDS,
+        seal_interval: float = DEFAULT_SEAL_INTERVAL,
+        seal_every: int = DEFAULT_SEAL_EVERY,
+        segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        protect_files: bool = True,
+        write_through: bool = True,
+        create_keys: bool = True,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> JournalWriter:
+        """Open (creating if needed) the journal, recovering a torn tail after a crash.
+
+        ``create_keys``: make the genesis key pair if ``keys_dir`` has none (the agent's first
+        start). ``protect_files``: set FS_APPEND_FL / FS_IMMUTABLE_FL where supported.
+        """
+        if not host or not boot_id:
+            raise JournalError("host and boot_id must be non-empty")
+        directory = Path(journal_dir)
+        directory.mkdir(mode=0o750, parents=True, exist_ok=True)
+        keys = KeyStore(Path(keys_dir))
+        if not keys.exists():
+            if not create_keys:
+                raise JournalError(f"no genesis key in {keys_dir}; run `sealtrail keys init`")
+            public = keys.init()
+            log.warning(
+                "created genesis key %s in %s; enroll it with the collector",
+                public.key_id,
+                keys_dir,
+            )
+        scan = _scan(directory)
+        if scan.host is not None and scan.host != host:
+            raise JournalError(f"{directory} is the journal of host {scan.host!r}, not {host!r}")
+        kid = scan.key_id or keys.genesis().key_id
+        key = keys.load(kid)
+        for stray in keys.private_key_ids():
+            if stray != kid:  # from a crash in the middle of a key rotation
+                keys.erase(stray)
+        writer = cls(
+            directory, keys, key, scan, host=host, boot_id=boot_id,
+            epoch_seconds=epoch_seconds, seal_interval=seal_interval, seal_every=seal_every,
+            segment_bytes=segment_bytes, protect_files=protect_files,
+            write_through=write_through, clock=clock,
+        )  # fmt: skip
+        writer._open_live_segment()
+        if scan.recovery is not None:
+            log.warning("journal recovered after an unclean shutdown: %s", scan.recovery)
+            with writer._lock:
+                writer._emit(writer._record("recovery", scan.recovery.fields()))
+                writer._seal()
+        return writer
+
+    def _open_live_segment(self) -> None:
+        segments = list_segments(self.directory)
+        if segments:
+            number, path = segments[-1]
+            if protect.get_flags(path) & protect.FS_IMMUTABLE_FL:
+                number += 1  # crashed between sealing a segment and creating the next
+        else:
+            number = 1
+        self._open_segment(number)
+
+    def _open_segment(self, number: int) -> None:
+        path = self.directory / segment_name(number)
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        self._fd = os.open(path, flags, 0o640)
+        self._segment_no = number
+        self._segment_size = os.fstat(self._fd).st_size
+        _fsync_dir(self.directory)
+        if self._protect:
+            protect.set_flag(path, protect.FS_APPEND_FL, True)
+
+    # ----------------------------------------------------------------------------- appending
+    def append(self, type: str, fields: Mapping[str, JsonValue]) -> int:
+        """Append one record; returns its seq. Seals inline when a batch is due."""
+        if type in WRITER_TYPES:
+            raise JournalError(f"{type} records are written by the journal itself")
+        try:
+            check_fields(type, fields)
+        except FormatError as exc:
+            raise JournalError(str(exc)) from None
+        with self._lock:
+            if self._closed:
+                raise JournalError("journal is closed")
+            seq = self._emit(self._record(type, fields))
+            if self._unsealed >= self._seal_every or (
+                time.monotonic() - self._unsealed_since >= self._seal_interval
+            ):
+                self._seal()
+            return seq
+
+    def tick(self) -> None:
+        """Seal records older than the seal interval and rotate an expired epoch key."""
+        with self._lock:
+            if self._closed:
+                return
+            if self._unsealed and time.monotonic() - self._unsealed_since >= self._seal_interval:
+                self._seal()
+            elif self._buf:
+                self._flush()
+            if self._clock() - self._epoch_start >= self._epoch_ns:
+                self._rotate_key()
+
+    def flush_and_seal(self) -> int | None:
+        """Seal now; returns the seal's seq, or None if nothing was unsealed."""
+        with self._lock:
+            if self._closed:
+                raise JournalError("journal is closed")
+            return self._seal()
+
+    def close(self, fields: Mapping[str, JsonValue] | None = None) -> None:
+        """Write ``stop`` (with ``fields``) and a final seal, then close. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._emit(self._record("stop", dict(fields or {})))
+            self._seal(rotate_segment=False)
+            self._closed = True
+            os.close(self._fd)
+
+    @property
+    def next_seq(self) -> int:
+        return self._next_seq
+
+    @property
+    def key_id(self) -> str:
+        return self._key.key_id
+
+    # ----------------------------------------------------------------------------- internals
+    def _record(self, rtype: str, fields: Mapping[str, JsonValue]) -> dict[str, JsonValue]:
+        record: dict[str, JsonValue] = dict(fields)
+        record.update(self._common)
+        record["seq"] = self._next_seq
+        record["ts"] = str(self._clock())
+        record["type"] = rtype
+        record["prev"] = self._prev
+        return record
+
+    def _emit(self, record: dict[str, JsonValue]) -> int:
+        """Encode, hash, add to the tree and the buffer. Caller holds the lock."""
+        line = canonical(record)
+        digest = self._sha256(RECORD_PREFIX + line).digest()
+        self._tree.append(digest)
+        self._prev = digest.hex()
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        if not self._unsealed:
+            self._unsealed_since = time.monotonic()
+        self._unsealed += 1
+        self._buf.append(line)
+        self._buf_bytes += len(line) + 1
+        if self._buf_bytes > self._buffer_limit:
+            self._flush()
+        return seq
+
+    def _flush(self) -> None:
+        if not self._buf:
+            return
+        self._buf.append(b"")
+        data = memoryview(b"\n".join(self._buf))
+        self._buf.clear()
+        self._buf_bytes = 0
+        while data:
+            written = os.write(self._fd, data)
+            data = data[written:]
+            self._segment_size += written
+
+    def _seal(self, *, rotate_segment: bool = True) -> int | None:
+        if not self._unsealed:
+            return None
+        self._flush()
+        os.fdatasync(self._fd)  # the records a seal covers are durable before the seal exists
+        checkpoint = Checkpoint(
+            host=self.host,
+            size=self._next_seq,
+            root=self._tree.root().hex(),
+            last=self._prev,
+            ts=self._clock(),
+            key_id=self._key.key_id,
+        )
+        signature = self._key.sign(checkpoint.signing_input())
+        seal = self._record(
+            "seal",
+            {"size": checkpoint.size, "root": checkpoint.root, "key_id": checkpoint.key_id,
+             "sig": b64(signature)},
+        )  # fmt: skip
+        seal["ts"] = str(checkpoint.ts)
+        seq = self._emit(seal)
+        self._flush()
+        os.fdatasync(self._fd)
+        self._last_seal_seq = seq
+        self._unsealed = 0
+        if rotate_segment and self._segment_size >= self._segment_bytes:
+            self._rotate_segment()
+        return seq
+
+    def _rotate_segment(self) -> None:
+        os.close(self._fd)
+        path = self.directory / segment_name(self._segment_no)
+        if self._protect:
+            protect.set_flag(path, protect.FS_APPEND_FL, False)
+            protect.set_flag(path, protect.FS_IMMUTABLE_FL, True)
+        self._open_segment(self._segment_no + 1)
+
+    def _rotate_key(self) -> None:
+        """New epoch: seal with the old key, publish the new key signed by it, erase the old."""
+        self._seal()
+        old = self._key
+        new = self._keys.create_epoch_key()
+        record = self._record(
+            "key_rotation",
+            {"new_key": b64(new.public.raw), "new_key_id": new.key_id, "old_key_id": old.key_id},
+        )
+        record["sig"] = b64(old.sign(rotation_signing_input(record)))
+        self._emit(record)
+        self._flush()
+        os.fdatasync(self._fd)
+        self._keys.erase(old.key_id)
+        self._key = new
+        self._epoch_start = int(str(record["ts"]))
+        log.info("journal key rotated: %s -> %s", old.key_id, new.key_id)
+        self._seal()
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _scan(directory: Path) -> _Scan:
+    """Rebuild seq, chain, tree and key state; cut a torn tail of the last segment.
+
+    Sealed (earlier) segments are only hashed: the writer trusts its own history (auditing it
+    is ``verify``'s job). The last segment is parsed line by line; the first line that is torn,
+    unparsable or does not continue the chain starts the cut, unless a seal follows it, in
+    which case sealed evidence would be destroyed and opening fails instead.
+    """
+    scan = _Scan(tree=CompactTree())
+    segments = list_segments(directory)
+    for index, (_, path) in enumerate(segments):
+        content = read_segment(path)
+        is_last = index == len(segments) - 1
+        for line in split_lines(path.name, content):
+            if not is_last:
+                if not line.complete:
+                    raise JournalCorrupt(f"{path.name} ends in a torn line at byte {line.offset}")
+                _trust(scan, line.data)
+                continue
+            try:
+                if not line.complete:
+                    raise FormatError("torn line")
+                record = parse_line(line.data)
+                if record.seq != scan.next_seq or record.prev != scan.prev:
+                    raise FormatError("does not continue the chain")
+            except FormatError:
+                _cut(scan, path, content, line.offset)
+                return scan
+            _trust(scan, line.data, record)
+    if scan.next_seq and not _clean_end(scan):
+        scan.recovery = Recovery(0, None, None, scan.next_seq - 1, scan.last_seal_seq,
+                                 scan.next_seq - 1 - scan.last_seal_seq)  # fmt: skip
+    return scan
+
+
+def _clean_end(scan: _Scan) -> bool:
+    """Did the last run end with ``close``: a stop record followed by its seal?"""
+    before, last = scan.tail
+    try:
+        return parse_line(before).type == "stop" and parse_line(last).type == "seal"
+    except FormatError:
+        return False
+
+
+def _trust(scan: _Scan, line: bytes, record: Record | None = None) -> None:
+    digest = hashlib.sha256(RECORD_PREFIX + line).digest()
+    scan.tree.append(digest)
+    scan.prev = digest.hex()
+    if record is None and (_ROTATION_MARK in line or b'"type":"seal"' in line or not scan.host):
+        record = parse_line(line)
+    if record is not None:
+        scan.host = scan.host or record.host
+        if record.type == "key_rotation":
+            scan.key_id = str(record.fields["new_key_id"])
+            scan.epoch_start = record.ts
+        elif record.type == "seal":
+            scan.last_seal_seq = record.seq
+    scan.next_seq += 1
+    scan.tail = (scan.tail[1], line)
+
+
+def _cut(scan: _Scan, path: Path, content: bytes, offset: int) -> None:
+    tail = content[offset:]
+    for later in split_lines(path.name, tail, offset):
+        if later.offset > offset and b'"type":"seal"' in later.data:
+            try:
+                parse_line(later.data)
+            except FormatError:
+                continue
+            raise JournalCorrupt(
+                f"{path.name} is damaged at byte {offset} before a seal at byte {later.offset}; "
+                "refusing to cut sealed records (run `sealtrail journal verify`)"
+            )
+    match = _SEQ_RE.search(tail)
+    was_append_only = protect.get_flags(path) & protect.FS_APPEND_FL
+    if was_append_only:  # the append-only flag forbids truncation, even by root
+        protect.set_flag(path, protect.FS_APPEND_FL, False)
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.ftruncate(fd, offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    if was_append_only:
+        protect.set_flag(path, protect.FS_APPEND_FL, True)
+    scan.recovery = Recovery(
+        cut_bytes=len(tail),
+        cut_segment=path.name,
+        partial_seq=int(match.group(1)) if match else None,
+        last_good_seq=scan.next_seq - 1,
+        last_sealed_seq=scan.last_seal_seq,
+        unsealed_kept=scan.next_seq - 1 - scan.last_seal_seq,
+    )
+    log.warning("cut %d bytes from %s at byte %d (torn tail)", len(tail), path.name, offset)
