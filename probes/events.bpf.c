@@ -524,20 +524,26 @@ static __always_inline int finish_file(struct trace_event_raw_sys_exit *ctx, __u
 	if (off > ST_PATH_MAX)
 		return 0;
 
-	if (op == ST_OP_OPEN && open_path_filtered(pb, data, n))
-		return 0;
-
 	n = upath2 ? put_user_path(data + off, upath2, &relative2, &truncated) : 0;
 	e->path2_len = n;
 	off += n & (ST_PATH_MAX * 2 - 1);
 	if (off > 2 * ST_PATH_MAX)
 		return 0;
 
+	__u32 base_off = off;
 	n = relative ? put_base(data + off, pb, dirfd, &truncated) : 0;
 	e->base_len = n;
 	off += n & (ST_PATH_MAX * 2 - 1);
 	if (off > 3 * ST_PATH_MAX)
 		return 0;
+
+	/* a relative path is filtered by the directory it is relative to */
+	if (op == ST_OP_OPEN) {
+		if (relative && open_path_filtered(pb, data + (base_off & (4 * ST_PATH_MAX - 1)), e->base_len))
+			return 0;
+		if (!relative && open_path_filtered(pb, data, e->path_len))
+			return 0;
+	}
 
 	n = relative2 ? put_base(data + off, pb, dirfd2, &truncated) : 0;
 	e->base2_len = n;
