@@ -1,0 +1,77 @@
+"""Pure parts of `sealtrail watch`: argument checks, kernel filter keys, output lines."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agent.cli.watch import format_human, format_json, parse_kinds
+from agent.errors import UsageError
+from agent.events import model
+from agent.events.stream import StreamConfig, prefix_entries
+from agent.kernel import abi
+
+
+def test_only_rejects_unknown_kinds_naming_them() -> None:
+    assert parse_kinds("exec, connect") == {"exec", "connect"}
+    with pytest.raises(UsageError, match="unknown kind.*opne.*known: exec"):
+        parse_kinds("exec,opne")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"path_prefixes": ("etc",)}, "must be an absolute path"),
+        ({"ringbuf_bytes": 5000}, "power of two"),
+        ({"path_prefixes": ("/" + "x" * 300,)}, "longer than 255 bytes"),
+    ],
+)
+def test_stream_config_validation(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        StreamConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_prefix_matches_directory_exactly_and_everything_below() -> None:
+    exact, below = prefix_entries("/etc/")
+    assert exact == abi.prefix_key(b"/etc\0")  # /etc itself (the key includes the NUL)
+    assert below == abi.prefix_key(b"/etc/")  # /etc/... but not /etcfoo
+    assert prefix_entries("/") == [abi.prefix_key(b"/")]
+
+
+def _exec(argv: tuple[str, ...]) -> model.ExecEvent:
+    return model.ExecEvent(
+        ts_ns=0,
+        pid=42,
+        tid=42,
+        ppid=1,
+        uid=0,
+        gid=0,
+        cgroup_id=1,
+        comm="sh",
+        exe="/usr/bin/sh",
+        filename="/bin/sh",
+        argv=argv,
+        argc=len(argv),
+        cwd="/",
+    )
+
+
+def test_human_line_is_one_line_even_with_newlines_in_argv() -> None:
+    line = format_human(_exec(("sh", "-c", "echo a\necho b")))
+    assert "\n" not in line and "echo a\\x0aecho b" in line
+    assert " 42 " in line and "exec" in line and "/usr/bin/sh" in line
+
+
+def test_json_line_round_trips() -> None:
+    obj = json.loads(format_json(_exec(("ls", "-l"))))
+    assert obj["kind"] == "exec" and obj["argv"] == ["ls", "-l"] and obj["pid"] == 42
+
+
+def test_loss_line_says_how_many_what_and_since_when() -> None:
+    loss = model.LossEvent(
+        ts_ns=2_000_000_000, since_ns=1_000_000_000, count=12, by_kind={"open": 10, "exec": 2}
+    )
+    line = format_human(loss)
+    assert "LOST 12 events" in line and "exec 2, open 10" in line and "since" in line
+    assert json.loads(format_json(loss))["count"] == 12
