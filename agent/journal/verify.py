@@ -35,6 +35,9 @@ class Finding:
     seq_end: int | None = None
     segment: str | None = None
     offset: int | None = None
+    #: True for a seal whose Merkle root does not fit its batch: something in seq..seq_end
+    #: changed, but the seal alone cannot say which record.
+    batch: bool = False
 
     def __str__(self) -> str:
         if self.seq is None:
@@ -57,6 +60,7 @@ class Finding:
             "segment": self.segment,
             "offset": self.offset,
             "message": self.message,
+            "batch": self.batch,
         }
 
 
@@ -112,10 +116,17 @@ class Verifier:
         self._segment: str | None = None
         self._segment_no = 0
         self._batch_start = 0  # first seq a coming seal must cover
+        self._shifted = False  # a seq discontinuity was reported: positions no longer = seqs
         self._link: _Link | None = None
         self._torn: Line | None = None
         self._hashes: dict[int, str] = {}
+        self._initial: list[Finding] = []
         if against is not None:
+            try:
+                against.verify(genesis)
+            except FormatError as exc:
+                self._initial.append(self._error(f"--against checkpoint rejected: {exc}",
+                                                 None, None, None))  # fmt: skip
             self._host = against.checkpoint.host
             watch = [against.checkpoint.size - 1]
             if against.tail is not None:
@@ -127,6 +138,9 @@ class Verifier:
     # ----------------------------------------------------------------------------- input
     def feed(self, line: Line) -> Iterator[Finding]:
         """Check one stored line; yields findings (errors also counted in the summary)."""
+        if self._initial:
+            yield from self._initial
+            self._initial.clear()
         if line.segment != self._segment:
             yield from self._new_segment(line)
         if self._torn is not None:
@@ -148,13 +162,21 @@ class Verifier:
         except (ValueError, FormatError) as exc:
             msg = str(exc) if isinstance(exc, FormatError) else "not valid JSON"
             yield self._error(f"malformed record: {msg}", seq, line.segment, line.offset)
+        errors_before = self.summary.errors
         if record is not None:
             yield from self._check(record, line)
         hex_digest = digest.hex()
-        if record is not None and record.prev != self._prev:
-            yield from self._judge_link(broken=True, line=line)
-        elif self._link is not None:
-            yield from self._judge_link(broken=False, line=line)
+        # A broken link into a record that already has its own error (a seq gap, a foreign
+        # host) is explained by that error; otherwise it is judged one record later.
+        broken = (
+            record is not None
+            and record.prev != self._prev
+            and self.summary.errors == errors_before
+        )
+        if broken or self._link is not None:
+            yield from self._judge_link(broken=broken, line=line)
+        if record is not None:
+            self._expected = record.seq  # resynchronise after a gap or a replay
         self._tree.append(digest)
         self._prev = hex_digest
         self._prev_at = (line.segment, line.offset)
@@ -167,6 +189,8 @@ class Verifier:
 
     def finish(self) -> Iterator[Finding]:
         """End of input: pending judgements, the unsealed tail, truncation against a checkpoint."""
+        yield from self._initial
+        self._initial.clear()
         if self._link is not None:
             yield from self._judge_link(broken=False, line=None)
         if self._torn is not None:
@@ -212,13 +236,17 @@ class Verifier:
     def _check(self, record: Record, line: Line) -> Iterator[Finding]:
         seq = record.seq
         if seq != self._expected:
+            self._shifted = True
             if seq > self._expected:
                 yield self._error(f"missing (next record present has seq {seq})",
                                   self._expected, line.segment, line.offset, seq - 1)  # fmt: skip
+            elif seq == self._expected - 1:
+                yield self._error("seq appears twice (a record was inserted or duplicated)",
+                                  seq, line.segment, line.offset)  # fmt: skip
             else:
                 yield self._error(
                     f"record with seq {seq} found where seq {self._expected} belongs "
-                    "(duplicated, reordered or replayed)",
+                    "(reordered or replayed)",
                     self._expected, line.segment, line.offset,
                 )  # fmt: skip
         if self._host is None:
@@ -257,24 +285,32 @@ class Verifier:
         self._batch_start = seq + 1
         bad: list[str] = []
         if checkpoint.size != self._tree.size:
-            bad.append(f"claims {checkpoint.size} records but {self._tree.size} precede it")
+            # After a reported seq gap or replay, positions and seqs differ: that is the cause.
+            if not self._shifted:
+                bad.append(f"claims {checkpoint.size} records but {self._tree.size} precede it")
         elif checkpoint.root != self._tree.root().hex():
             bad.append("Merkle root does not match the records it covers")
+        if bad:  # the seal proves only that something in its batch changed: name the batch
+            yield self._error(
+                f"{'; '.join(bad)} (seal {seq} in {line.segment} at byte {line.offset})",
+                batch[0], None, None, seq_end=batch[1], batch=True,
+            )  # fmt: skip
         if checkpoint.key_id != self._key.key_id:
             yield self._error(
                 f"seal signed by a key not in the rotation chain (key id {checkpoint.key_id}, "
-                f"current epoch key {self._key.key_id})",
+                f"current epoch key {self._key.key_id}); records {batch[0]}\u2013{batch[1]} "
+                "are not sealed",
                 seq, line.segment, line.offset,
             )  # fmt: skip
         elif not self._key.verify(signature, checkpoint.signing_input()):
-            yield self._error(f"seal signature is not valid for key {self._key.key_id}", seq,
-                              line.segment, line.offset)  # fmt: skip
+            yield self._error(
+                f"seal signature is not valid for key {self._key.key_id}; records "
+                f"{batch[0]}\u2013{batch[1]} are not sealed",
+                seq, line.segment, line.offset,
+            )  # fmt: skip
         else:
             self.summary.seals += 1
             self.summary.last_seal_seq = seq
-        if bad:
-            yield self._error(f"{'; '.join(bad)} (seal {seq} in {line.segment} at byte "
-                              f"{line.offset})", batch[0], None, None, batch[1])  # fmt: skip
 
     def _judge_link(self, *, broken: bool, line: Line | None) -> Iterator[Finding]:
         """Decide which record a broken prev link incriminates.
@@ -340,15 +376,15 @@ class Verifier:
     # ----------------------------------------------------------------------------- helpers
     def _error(
         self, message: str, seq: int | None, segment: str | None, offset: int | None,
-        seq_end: int | None = None,
+        seq_end: int | None = None, batch: bool = False,
     ) -> Finding:  # fmt: skip
-        return self._finding("error", message, seq, seq_end, segment, offset)
+        return self._finding("error", message, seq, seq_end, segment, offset, batch)
 
     def _finding(
         self, severity: Severity, message: str, seq: int | None, seq_end: int | None,
-        segment: str | None, offset: int | None,
+        segment: str | None, offset: int | None, batch: bool = False,
     ) -> Finding:  # fmt: skip
-        finding = Finding(severity, message, seq, seq_end, segment, offset)
+        finding = Finding(severity, message, seq, seq_end, segment, offset, batch)
         if severity == "error":
             self.summary.errors += 1
         self.summary.findings.append(finding)

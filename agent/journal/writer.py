@@ -258,6 +258,13 @@ class JournalWriter:
                 raise JournalError("journal is closed")
             return self._seal()
 
+    def rotate_key(self) -> None:
+        """End the key epoch now (the daemon may do this on demand; ``tick`` does it on time)."""
+        with self._lock:
+            if self._closed:
+                raise JournalError("journal is closed")
+            self._rotate_key()
+
     def close(self, fields: Mapping[str, JsonValue] | None = None) -> None:
         """Write ``stop`` (with ``fields``) and a final seal, then close. Idempotent."""
         with self._lock:

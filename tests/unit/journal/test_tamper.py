@@ -1,0 +1,340 @@
+"""The tamper corpus of issue 5: every attack is caught, naming the first affected seq."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+
+from agent.journal.canonical import canonical
+from agent.journal.checkpoint import Checkpoint, rotation_signing_input
+from agent.journal.keys import SigningKey, b64
+from agent.journal.reader import latest_checkpoint
+from agent.journal.record import record_hash
+
+from .conftest import Journal, assert_ranges_cover, errors, first_error_seq
+
+
+def find(journal: Journal, seq: int) -> tuple[Path, int, list[bytes]]:
+    for path in journal.segments():
+        lines = path.read_bytes().splitlines()
+        for i, line in enumerate(lines):
+            if json.loads(line)["seq"] == seq:
+                return path, i, lines
+    raise AssertionError(f"seq {seq} not found")
+
+
+def seals(journal: Journal) -> list[int]:
+    return [int(json.loads(d)["seq"]) for _, _, d in journal.lines() if b'"type":"seal"' in d]
+
+
+def seq_of_type(journal: Journal, rtype: str, nth: int = 0) -> int:
+    found = [json.loads(d)["seq"] for _, _, d in journal.lines() if json.loads(d)["type"] == rtype]
+    return int(found[nth])
+
+
+def edit(line: bytes, **changes: object) -> bytes:
+    data = json.loads(line)
+    data.update(changes)
+    return canonical(data)
+
+
+def rebuild_from(journal: Journal, seq: int, signer: SigningKey | None = None) -> None:
+    """Re-chain every record from ``seq`` on with fresh hashes; re-sign seals if given a key."""
+    prev: str | None = None
+    from agent.journal.merkle import CompactTree
+
+    tree = CompactTree()
+    for path in journal.segments():
+        out = []
+        for line in path.read_bytes().splitlines():
+            data = json.loads(line)
+            if data["seq"] >= seq:
+                assert prev is not None
+                data["prev"] = prev
+                if data["type"] == "seal" and signer is not None:
+                    cp = Checkpoint(data["host"], tree.size, tree.root().hex(), prev,
+                                    int(data["ts"]), signer.key_id)  # fmt: skip
+                    data.update(key_id=signer.key_id, root=cp.root, size=cp.size,
+                                sig=b64(signer.sign(cp.signing_input())))  # fmt: skip
+                line = canonical(data)
+            digest = record_hash(line)
+            tree.append(digest)
+            prev = digest.hex()
+            out.append(line)
+        journal.rewrite(path, out)
+
+
+@pytest.fixture
+def built(journal: Journal) -> Journal:
+    journal.fill(240, seal_every=20)
+    assert journal.verify().ok, errors(journal.verify())
+    assert len(journal.segments()) >= 4
+    return journal
+
+
+TARGET = 101  # an event record in the middle of a sealed batch
+
+
+def test_untouched_journal_verifies(built: Journal) -> None:
+    summary = built.verify(strict=True)
+    assert summary.ok and summary.unsealed == 0 and summary.seals >= 12
+
+
+@pytest.mark.parametrize("trial", range(24))
+def test_one_bit_flipped(built: Journal, trial: int) -> None:
+    path, i, lines = find(built, TARGET)
+    rnd = random.Random(trial)
+    pos = rnd.randrange(len(lines[i]))
+    raw = bytearray(lines[i])
+    raw[pos] ^= 1 << rnd.randrange(8)
+    lines[i] = bytes(raw)
+    built.rewrite(path, lines)
+    summary = built.verify()
+    assert not summary.ok
+    assert first_error_seq(summary) == TARGET, errors(summary)
+    assert_ranges_cover(summary, TARGET)
+
+
+def test_field_changed_hash_not_stored(built: Journal) -> None:
+    """The record hash is not stored in the line, so 'recomputing it' changes nothing:
+    the next record's prev still names the old hash."""
+    path, i, lines = find(built, TARGET)
+    lines[i] = edit(lines[i], path="/usr/bin/innocent")
+    built.rewrite(path, lines)
+    summary = built.verify()
+    assert first_error_seq(summary) == TARGET
+    assert_ranges_cover(summary, TARGET)
+    assert "hash mismatch" in errors(summary)[0]
+
+
+def test_field_changed_and_next_link_recomputed(built: Journal) -> None:
+    """The attacker also patches the next record's prev. Then record TARGET+1's link is the
+    first broken one, and only the seal over the batch, whose Merkle root no longer matches,
+    covers TARGET: the first affected seq is named as the first of that batch."""
+    path, i, lines = find(built, TARGET)
+    lines[i] = edit(lines[i], pid=1)
+    built.rewrite(path, lines)
+    path, i, lines = find(built, TARGET + 1)
+    lines[i] = edit(
+        lines[i], prev=record_hash(find(built, TARGET)[2][find(built, TARGET)[1]]).hex()
+    )
+    built.rewrite(path, lines)
+    summary = built.verify()
+    root = [f for f in summary.findings if "Merkle root" in f.message]
+    assert root and root[0].seq is not None and root[0].seq_end is not None
+    assert root[0].seq <= TARGET <= root[0].seq_end
+    assert first_error_seq(summary) == TARGET + 1
+    assert_ranges_cover(summary, TARGET)
+
+
+def test_record_deleted(built: Journal) -> None:
+    path, i, lines = find(built, TARGET)
+    del lines[i]
+    built.rewrite(path, lines)
+    summary = built.verify()
+    assert first_error_seq(summary) == TARGET
+    assert_ranges_cover(summary, TARGET)
+    assert "missing" in errors(summary)[0]
+
+
+def test_two_records_swapped(built: Journal) -> None:
+    path, i, lines = find(built, TARGET)
+    lines[i], lines[i + 1] = lines[i + 1], lines[i]
+    built.rewrite(path, lines)
+    assert first_error_seq(built.verify()) == TARGET
+
+
+def test_record_inserted(built: Journal) -> None:
+    path, i, lines = find(built, TARGET)
+    prev_line = find(built, TARGET - 1)
+    forged = edit(lines[i], pid=4242, prev=record_hash(prev_line[2][prev_line[1]]).hex())
+    lines.insert(i, forged)
+    built.rewrite(path, lines)
+    assert first_error_seq(built.verify()) == TARGET
+
+
+def test_chain_rebuilt_without_key(built: Journal) -> None:
+    path, i, lines = find(built, TARGET)
+    lines[i] = edit(lines[i], argv=["rm", "-rf", "/"])
+    built.rewrite(path, lines)
+    rebuild_from(built, TARGET + 1)
+    summary = built.verify()
+    first = [f for f in summary.findings if f.severity == "error"][0]
+    assert first.seq is not None and first.seq_end is not None
+    assert first.seq <= TARGET <= first.seq_end, str(first)
+    assert "Merkle root" in first.message
+    assert_ranges_cover(summary, TARGET)
+    # Nothing but the seals can tell: the first single-record finding is the seal itself.
+    assert first_error_seq(summary) == first.seq_end + 1
+
+
+def test_chain_rebuilt_and_seals_signed_by_another_key(built: Journal) -> None:
+    path, i, lines = find(built, TARGET)
+    lines[i] = edit(lines[i], argv=["rm", "-rf", "/"])
+    built.rewrite(path, lines)
+    rebuild_from(built, TARGET + 1, signer=SigningKey.generate())
+    summary = built.verify()
+    # The roots are right and the chain is whole: the first evidence is the first re-signed
+    # seal, which says which batch it leaves unsealed.
+    first_seal_after = min(seq for seq in seals(built) if seq > TARGET)
+    assert first_error_seq(summary) == first_seal_after
+    assert "not in the rotation chain" in errors(summary)[0]
+
+
+def test_seal_signature_from_another_key(built: Journal) -> None:
+    seal_seq = seq_of_type(built, "seal", 5)
+    path, i, lines = find(built, seal_seq)
+    data = json.loads(lines[i])
+    cp, _ = Checkpoint.from_seal(
+        __import__("agent.journal.record").journal.record.parse_line(lines[i])
+    )
+    other = SigningKey.generate()
+    lines[i] = edit(lines[i], sig=b64(other.sign(cp.signing_input())))
+    built.rewrite(path, lines)
+    summary = built.verify()
+    assert first_error_seq(summary) == seal_seq
+    assert_ranges_cover(summary, seal_seq)
+    assert any("signature is not valid" in e for e in errors(summary))
+    assert data["key_id"] != other.key_id
+    # And with the other key's id, too: named as outside the rotation chain.
+    lines[i] = edit(lines[i], key_id=other.key_id)
+    built.rewrite(path, lines)
+    summary = built.verify()
+    assert first_error_seq(summary) == seal_seq
+    assert_ranges_cover(summary, seal_seq)
+    assert any(f"seal {seal_seq}" not in e and "not in the rotation chain" in e
+               for e in errors(summary))  # fmt: skip
+
+
+def first_seq_of(path: Path) -> int:
+    return int(json.loads(path.read_bytes().splitlines()[0])["seq"])
+
+
+def test_whole_segment_deleted(built: Journal) -> None:
+    victim = built.segments()[1]
+    first = first_seq_of(victim)
+    victim.unlink()
+    summary = built.verify()
+    assert first_error_seq(summary) == first
+    assert_ranges_cover(summary, first)
+    assert any("seg-000002.jsonl" in e and "missing" in e for e in errors(summary))
+
+
+def test_segment_from_another_host_spliced(built: Journal, tmp_path: Path) -> None:
+    other = Journal(tmp_path / "other", host="host-b")
+    other.fill(240, seal_every=20)
+    victim = built.segments()[1]
+    first = first_seq_of(victim)
+    shutil.copy(other.segments()[1], victim)
+    summary = built.verify()
+    assert first_error_seq(summary) == first
+    assert_ranges_cover(summary, first)
+    assert any("host-b" in e for e in errors(summary))
+
+
+def test_old_segment_replayed(built: Journal) -> None:
+    segs = built.segments()
+    first = first_seq_of(segs[2])
+    shutil.copy(segs[1], segs[2])
+    summary = built.verify()
+    assert first_error_seq(summary) == first
+    assert_ranges_cover(summary, first)
+
+
+def test_tail_truncated_at_a_seal_boundary_caught_against_checkpoint(built: Journal) -> None:
+    checkpoint, _ = latest_checkpoint(built.dir)
+    last = built.segments()[-1]
+    lines = last.read_bytes().splitlines()
+    seals = [i for i, ln in enumerate(lines) if json.loads(ln)["type"] == "seal"]
+    cut_after = seals[-2] if len(seals) > 1 else seals[0]
+    built.rewrite(last, lines[: cut_after + 1])
+    first_removed = int(json.loads(lines[cut_after + 1])["seq"])
+    assert built.verify(strict=True).ok  # looks like a clean, shorter journal on its own
+    summary = built.verify(against=checkpoint)
+    assert first_error_seq(summary) == first_removed
+    assert_ranges_cover(summary, first_removed)
+    assert "truncated" in errors(summary)[0]
+
+
+def test_history_rewritten_before_checkpoint(built: Journal) -> None:
+    checkpoint, _ = latest_checkpoint(built.dir)
+    path, i, lines = find(built, TARGET)
+    lines[i] = edit(lines[i], pid=7)
+    built.rewrite(path, lines)
+    summary = built.verify(against=checkpoint)
+    assert first_error_seq(summary) == TARGET
+    assert_ranges_cover(summary, TARGET)
+    assert any("does not extend the checkpoint" in e for e in errors(summary))
+
+
+def test_rotation_forged_with_erased_epoch_key(journal: Journal) -> None:
+    journal.fill(200, seal_every=20, rotate_every=60)
+    assert journal.verify().ok
+    rotation = seq_of_type(journal, "key_rotation", 1)
+    old_key_id = json.loads(find(journal, rotation)[2][find(journal, rotation)[1]])["old_key_id"]
+    # The old epoch key is gone from disk: only the live key remains in the keys directory.
+    assert not (journal.keys / f"epoch-{old_key_id}.key").exists()
+    assert len(list(journal.keys.glob("epoch-*.key"))) == 1
+    # So the attacker signs the forged rotation with a key of their own and re-signs what follows.
+    evil = SigningKey.generate()
+    path, i, lines = find(journal, rotation)
+    data = json.loads(lines[i])
+    data.update(new_key=b64(evil.public.raw), new_key_id=evil.key_id)
+    data["sig"] = b64(evil.sign(rotation_signing_input(data)))
+    lines[i] = canonical(data)
+    journal.rewrite(path, lines)
+    rebuild_from(journal, rotation + 1, signer=evil)
+    summary = journal.verify()
+    assert first_error_seq(summary) == rotation
+    assert_ranges_cover(summary, rotation)
+    assert "key rotation rejected" in errors(summary)[0]
+    assert any("not in the rotation chain" in e for e in errors(summary))
+
+
+def test_unsealed_tail_removed_caught_against_checkpoint(journal: Journal) -> None:
+    w = journal.fill(100, seal_every=20, close=False)
+    w.flush_and_seal()
+    for i in range(5):
+        w.append("event", {"kind": "exit", "pid": i})
+    w._flush()  # on disk, not sealed: the agent is running
+    checkpoint, _ = latest_checkpoint(journal.dir)
+    assert checkpoint.tail is not None and checkpoint.tail.count == 5
+    summary = journal.verify()
+    assert summary.ok and summary.unsealed == 5
+    assert not journal.verify(strict=True).ok
+    last = journal.segments()[-1]
+    lines = last.read_bytes().splitlines()
+    first_removed = int(json.loads(lines[-5])["seq"])
+    journal.rewrite(last, lines[:-5])
+    assert journal.verify(strict=True).ok
+    summary = journal.verify(against=checkpoint)
+    assert first_error_seq(summary) == first_removed
+    assert_ranges_cover(summary, first_removed)
+    assert "unsealed tail changed" in errors(summary)[0]
+    os.close(w._fd)
+
+
+def test_torn_last_line_is_recovered_not_tampering(journal: Journal) -> None:
+    w = journal.fill(50, seal_every=10, close=False)
+    w.append("event", {"kind": "exit", "pid": 1})
+    os.close(w._fd)  # crash
+    last = journal.segments()[-1]
+    whole = last.read_bytes()
+    last.write_bytes(whole[:-17])  # the tail of the last line never reached the disk
+    summary = journal.verify()
+    assert summary.ok and any("torn last line" in str(f) for f in summary.findings)
+    assert not journal.verify(strict=True).ok
+    w = journal.writer()
+    assert w.recovery is not None
+    assert w.recovery.cut_bytes == len(whole.splitlines()[-1]) + 1 - 17
+    assert w.recovery.partial_seq == w.recovery.last_good_seq + 1
+    w.close()
+    summary = journal.verify(strict=True)
+    assert summary.ok, errors(summary)
+    recovery = [json.loads(d) for _, _, d in journal.lines() if b'"recovery"' in d]
+    assert recovery and recovery[0]["cut_bytes"] == w.recovery.cut_bytes
