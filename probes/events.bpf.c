@@ -29,10 +29,10 @@ char LICENSE[] SEC("license") = "GPL";
 
 /* syscall variants inside one op family (st_pending.variant) */
 enum {
-	ST_V_OPEN, ST_V_OPENAT, ST_V_OPENAT2, ST_V_CREAT,
+	ST_V_OPEN, ST_V_OPENAT, ST_V_OPENAT2, ST_V_CREAT, ST_V_OPEN_BY_HANDLE,
 	ST_V_UNLINK, ST_V_UNLINKAT,
 	ST_V_RENAME, ST_V_RENAMEAT, ST_V_RENAMEAT2,
-	ST_V_CHMOD, ST_V_FCHMOD, ST_V_FCHMODAT,
+	ST_V_CHMOD, ST_V_FCHMOD, ST_V_FCHMODAT, ST_V_FCHMODAT2,
 	ST_V_CHOWN, ST_V_LCHOWN, ST_V_FCHOWN, ST_V_FCHOWNAT,
 	ST_V_CONNECT, ST_V_BIND, ST_V_LISTEN, ST_V_ACCEPT,
 };
@@ -467,6 +467,9 @@ static __always_inline int finish_file(struct trace_event_raw_sys_exit *ctx, __u
 		dirfd = (int)a.args[0]; upath = a.args[1]; e->flags = how.flags; e->mode = how.mode;
 		break;
 	}
+	case ST_V_OPEN_BY_HANDLE: /* no path argument: known only from the fd on success */
+		e->flags = a.args[2];
+		break;
 	case ST_V_CREAT:
 		upath = a.args[0]; e->flags = O_CREAT | O_WRONLY | O_TRUNC; e->mode = a.args[1];
 		break;
@@ -491,6 +494,7 @@ static __always_inline int finish_file(struct trace_event_raw_sys_exit *ctx, __u
 		fd = a.args[0]; e->mode = a.args[1];
 		break;
 	case ST_V_FCHMODAT:
+	case ST_V_FCHMODAT2:
 		dirfd = (int)a.args[0]; upath = a.args[1]; e->mode = a.args[2];
 		break;
 	case ST_V_CHOWN:
@@ -686,6 +690,7 @@ FILE_SYSCALL(open, 3, ST_OP_OPEN, ST_V_OPEN)
 FILE_SYSCALL(openat, 4, ST_OP_OPEN, ST_V_OPENAT)
 FILE_SYSCALL(openat2, 4, ST_OP_OPEN, ST_V_OPENAT2)
 FILE_SYSCALL(creat, 2, ST_OP_OPEN, ST_V_CREAT)
+FILE_SYSCALL(open_by_handle_at, 3, ST_OP_OPEN, ST_V_OPEN_BY_HANDLE)
 FILE_SYSCALL(unlink, 1, ST_OP_UNLINK, ST_V_UNLINK)
 FILE_SYSCALL(unlinkat, 3, ST_OP_UNLINK, ST_V_UNLINKAT)
 FILE_SYSCALL(rename, 2, ST_OP_RENAME, ST_V_RENAME)
@@ -694,6 +699,7 @@ FILE_SYSCALL(renameat2, 5, ST_OP_RENAME, ST_V_RENAMEAT2)
 FILE_SYSCALL(chmod, 2, ST_OP_CHMOD, ST_V_CHMOD)
 FILE_SYSCALL(fchmod, 2, ST_OP_CHMOD, ST_V_FCHMOD)
 FILE_SYSCALL(fchmodat, 3, ST_OP_CHMOD, ST_V_FCHMODAT)
+FILE_SYSCALL(fchmodat2, 4, ST_OP_CHMOD, ST_V_FCHMODAT2) /* 6.6+: not attached on older kernels */
 FILE_SYSCALL(chown, 3, ST_OP_CHOWN, ST_V_CHOWN)
 FILE_SYSCALL(lchown, 3, ST_OP_CHOWN, ST_V_LCHOWN)
 FILE_SYSCALL(fchown, 3, ST_OP_CHOWN, ST_V_FCHOWN)

@@ -28,16 +28,18 @@ LOSS_CHECK_INTERVAL_S = 0.25
 
 # Which programs feed which event kinds (by the op their section handles).
 _SYSCALLS: dict[str, tuple[str, ...]] = {
-    "open": ("open", "openat", "openat2", "creat"),
+    "open": ("open", "openat", "openat2", "creat", "open_by_handle_at"),
     "unlink": ("unlink", "unlinkat"),
     "rename": ("rename", "renameat", "renameat2"),
-    "chmod": ("chmod", "fchmod", "fchmodat"),
+    "chmod": ("chmod", "fchmod", "fchmodat", "fchmodat2"),
     "chown": ("chown", "lchown", "fchown", "fchownat"),
     "connect": ("connect",),
     "bind": ("bind",),
     "listen": ("listen",),
     "accept": ("accept", "accept4"),
 }
+# Syscalls newer than the oldest kernel we support (Debian 12's 6.1): missing is expected there.
+_OPTIONAL = {"fchmodat2"}
 _SCHED = {"exec": "st_exec", "fork": "st_fork", "exit": "st_exit"}
 
 StreamItem = model.Event | model.LossEvent
@@ -110,8 +112,10 @@ class EventStream:
                 try:
                     obj.attach(name)
                 except KernelError as exc:
-                    # a syscall this kernel does not have (e.g. no legacy open on arm64)
-                    log.warning("not attached: %s", exc)
+                    # a syscall this kernel does not have (fchmodat2 before 6.6, legacy open
+                    # on arm64): the others still report; say so unless it is expected
+                    optional = name.split("_", 2)[-1] in _OPTIONAL
+                    log.log(logging.DEBUG if optional else logging.WARNING, "not attached: %s", exc)
             self._rb = RingBuffer(obj.map(abi.MAP_EVENTS))
             self._drops = obj.map(abi.MAP_DROPS)
         except BaseException:
