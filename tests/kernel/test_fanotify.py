@@ -1,0 +1,77 @@
+"""fanotify permission events: real EPERM for open and exec, only on what we marked."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from agent.enforce.fanotify import FanotifyGuard, PermissionRequest
+
+pytestmark = pytest.mark.kernel
+
+
+def test_open_denied_with_eperm_and_neighbour_allowed(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    public = tmp_path / "public"
+    public.write_text("hello\n")
+    seen: list[PermissionRequest] = []
+
+    def decide(req: PermissionRequest) -> bool:
+        seen.append(req)
+        return req.path != str(secret)
+
+    with FanotifyGuard(decide) as guard:
+        guard.mark_dir(str(tmp_path))
+        denied = subprocess.run(["cat", str(secret)], capture_output=True, text=True)
+        allowed = subprocess.run(["cat", str(public)], capture_output=True, text=True)
+    assert denied.returncode != 0 and "Operation not permitted" in denied.stderr
+    assert denied.stdout == ""
+    assert allowed.returncode == 0 and allowed.stdout == "hello\n"
+    assert {r.path for r in seen} >= {str(secret), str(public)}
+    assert guard.denied >= 1
+
+
+def test_exec_denied_and_program_never_runs(tmp_path: Path) -> None:
+    tool = tmp_path / "tool"
+    shutil.copy("/usr/bin/touch", tool)
+    witness = tmp_path / "ran"
+
+    def decide(req: PermissionRequest) -> bool:
+        return not (req.is_exec and req.path == str(tool))
+
+    with FanotifyGuard(decide) as guard:
+        guard.mark_file(str(tool), open_=False, exec_=True)
+        with pytest.raises(PermissionError):
+            subprocess.run([str(tool), str(witness)], check=False)
+        ok = subprocess.run(["/usr/bin/touch", str(tmp_path / "neighbour")], check=False)
+    assert not witness.exists()
+    assert ok.returncode == 0 and (tmp_path / "neighbour").exists()
+
+
+def test_decision_error_fails_closed(tmp_path: Path) -> None:
+    f = tmp_path / "f"
+    f.write_text("x")
+
+    def decide(req: PermissionRequest) -> bool:
+        raise RuntimeError("policy bug")
+
+    with FanotifyGuard(decide) as guard:
+        guard.mark_file(str(f))
+        r = subprocess.run(["cat", str(f)], capture_output=True)
+    assert r.returncode != 0 and guard.errors == 1
+
+
+def test_agent_gone_means_allowed(tmp_path: Path) -> None:
+    """Documented limit: enforcement by fanotify ends with the agent."""
+    f = tmp_path / "f"
+    f.write_text("x")
+    guard = FanotifyGuard(lambda req: False)
+    guard.start()
+    guard.mark_file(str(f))
+    assert subprocess.run(["cat", str(f)], capture_output=True).returncode != 0
+    guard.close()
+    assert subprocess.run(["cat", str(f)], capture_output=True).returncode == 0
