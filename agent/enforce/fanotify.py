@@ -16,6 +16,7 @@ unmaintained; the interface is three syscalls and two fixed structs.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -189,10 +190,8 @@ class FanotifyGuard:
             self._thread.join(5)
             self._thread = None
         for fd in (self.fd, self._wake_r, self._wake_w):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(fd)
-            except OSError:
-                pass
 
     def __enter__(self) -> FanotifyGuard:
         self.start()
