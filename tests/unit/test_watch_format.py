@@ -15,7 +15,7 @@ from agent.kernel import abi
 
 def test_only_rejects_unknown_kinds_naming_them() -> None:
     assert parse_kinds("exec, connect") == {"exec", "connect"}
-    with pytest.raises(UsageError, match="unknown kind.*opne.*known: exec"):
+    with pytest.raises(UsageError, match=r"unknown kind.*opne.*known: exec"):
         parse_kinds("exec,opne")
 
 
