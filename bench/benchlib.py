@@ -1,0 +1,203 @@
+"""Shared pieces of the sealtrail benchmarks: build the C load generator, run it, consume an
+EventStream in a background thread, per-program BPF run time, and small statistics.
+
+Not a test helper: benchmarks print numbers, they do not assert.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.events.stream import EventStream, StreamConfig
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH_DIR = REPO / "bench"
+OUT_DIR = REPO / "build" / "bench"
+LOADGEN_SRC = BENCH_DIR / "loadgen.c"
+LOADGEN = OUT_DIR / "loadgen"
+
+
+def build_loadgen() -> Path:
+    """cc -O2 bench/loadgen.c -> build/bench/loadgen (rebuilt when the source is newer)."""
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    if LOADGEN.exists() and LOADGEN.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime:
+        return LOADGEN
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise SystemExit("bench: no C compiler (cc/gcc) found; apt-get install gcc")
+    subprocess.run(
+        [cc, "-O2", "-Wall", "-Wextra", "-o", str(LOADGEN), str(LOADGEN_SRC)], check=True
+    )
+    return LOADGEN
+
+
+def loadgen(
+    mode: str,
+    arg: str = "",
+    *,
+    iters: int,
+    rounds: int = 1,
+    cpu: int | None = None,
+    duration: float | None = None,
+) -> list[dict[str, float]]:
+    """Run the load generator; one dict per output line (round=..., or total=... in flood)."""
+    cmd = [str(LOADGEN), "-n", str(iters), "-r", str(rounds)]
+    if cpu is not None:
+        cmd += ["-c", str(cpu)]
+    if duration is not None:
+        cmd += ["-d", str(duration)]
+    cmd += [mode] + ([arg] if arg else [])
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    rows = []
+    for line in out.splitlines():
+        row: dict[str, float] = {}
+        for part in line.split():
+            if "=" in part:
+                k, v = part.split("=", 1)
+                row[k] = float(v)
+        rows.append(row)
+    return rows
+
+
+def closed_tcp_port() -> int:
+    """A loopback TCP port nobody listens on (bound once to get a free number, then closed)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# ---- the agent side: an EventStream drained by a thread ----
+
+
+@dataclass
+class Consumer:
+    """Starts an EventStream and drains it in a thread (so the ring buffer never fills)."""
+
+    config: StreamConfig
+    events: int = 0
+    losses: int = 0
+    start_s: float = 0.0
+    stream: EventStream | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> Consumer:
+        t0 = time.perf_counter()
+        self.stream = EventStream(self.config)
+        self.stream.start()
+        self.start_s = time.perf_counter() - t0
+        self._thread = threading.Thread(target=self._run, name="bench-consumer", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        assert self.stream is not None
+        from agent.events import model
+
+        while not self._stop.is_set():
+            for item in self.stream.poll(50):
+                if isinstance(item, model.LossEvent):
+                    self.losses += item.count
+                else:
+                    self.events += 1
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
+        if self.stream:
+            self.stream.close()
+
+
+# ---- BPF run-time statistics (kernel.bpf_stats via BPF_ENABLE_STATS, held by an fd) ----
+
+_BPF_ENABLE_STATS = 32
+_BPF_STATS_RUN_TIME = 0
+_NR_BPF = 321  # x86_64
+
+
+class BpfStats:
+    """Enable per-program run_time_ns/run_cnt while this context is open (restored on close).
+
+    Uses the BPF_ENABLE_STATS command: the kernel counts while the returned fd is open, so a
+    crashed benchmark cannot leave the global sysctl on.
+    """
+
+    def __enter__(self) -> BpfStats:
+        libc = ctypes.CDLL(None, use_errno=True)
+        attr = ctypes.c_uint32(_BPF_STATS_RUN_TIME)
+        fd = libc.syscall(_NR_BPF, _BPF_ENABLE_STATS, ctypes.byref(attr), 4)
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "BPF_ENABLE_STATS")
+        self.fd = int(fd)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        os.close(self.fd)
+
+
+def own_prog_stats() -> dict[str, tuple[int, int]]:
+    """name -> (run_time_ns, run_cnt) for the BPF programs whose fds this process holds."""
+    ids: set[int] = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:bpf-prog":
+                continue
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                for line in f:
+                    if line.startswith("prog_id:"):
+                        ids.add(int(line.split()[1]))
+        except OSError:
+            continue
+    out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True)
+    stats: dict[str, tuple[int, int]] = {}
+    for prog in json.loads(out.stdout or "[]"):
+        if prog.get("id") in ids:
+            stats[prog["name"]] = (int(prog.get("run_time_ns", 0)), int(prog.get("run_cnt", 0)))
+    return stats
+
+
+def foreign_bpf_programs() -> list[str]:
+    """Names of tracing programs loaded by anyone (another agent or a test run would put every
+    syscall on the slow path and spoil the no-agent baseline)."""
+    out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True)
+    try:
+        progs = json.loads(out.stdout or "[]")
+    except json.JSONDecodeError:
+        return []
+    return sorted(
+        str(p.get("name", "?"))
+        for p in progs
+        if p.get("type") in ("tracepoint", "raw_tracepoint", "tracing", "kprobe", "lsm")
+    )
+
+
+# ---- statistics ----
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    vs = sorted(values)
+    return {
+        "n": len(vs),
+        "median": statistics.median(vs),
+        "min": vs[0],
+        "max": vs[-1],
+        "stdev": statistics.stdev(vs) if len(vs) > 1 else 0.0,
+    }
+
+
+def write_json(name: str, data: object) -> Path:
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    path = OUT_DIR / name
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    return path

@@ -1,0 +1,175 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * sealtrail benchmark load generator: tight syscall loops timed with clock_gettime, so the
+ * cost of a tracepoint or a probe (tens to hundreds of ns) is not drowned by interpreter
+ * overhead. Built at bench time by bench/syscall_overhead.py (cc -O2), not by `make test`.
+ *
+ *   loadgen [-c CPU] [-r ROUNDS] [-n ITERS] [-d SECONDS] MODE [ARG]
+ *
+ * MODE
+ *   getppid            null syscall: the cost of the syscall slow path alone
+ *   open PATH          open(PATH, O_RDONLY) + close        (2 syscalls per iteration)
+ *   openfail PATH      open(PATH) failing with ENOENT      (1 syscall per iteration)
+ *   udpconnect PORT    connect() of one UDP socket to 127.0.0.1:PORT (1 syscall; no packet)
+ *   tcpconnect PORT    socket + connect to a closed 127.0.0.1:PORT (ECONNREFUSED) + close (3)
+ *   exec PATH          fork + execve(PATH) + waitpid
+ *
+ * Output: one line per round, "round=<i> iters=<n> ns_per_iter=<x> syscalls_per_iter=<k>",
+ * after one untimed warm-up round of n/10 iterations. With -d, runs ITERS-sized rounds until
+ * SECONDS have passed and prints one "total iters=<n> secs=<s>" line (flood mode).
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char *mode, *arg;
+static int udp_fd = -1;
+static struct sockaddr_in lo_addr;
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static void die(const char *what)
+{
+	perror(what);
+	exit(2);
+}
+
+static int syscalls_per_iter(void)
+{
+	if (!strcmp(mode, "open"))
+		return 2;
+	if (!strcmp(mode, "tcpconnect"))
+		return 3;
+	if (!strcmp(mode, "exec"))
+		return 0; /* hundreds, and not the point: report per exec */
+	return 1;
+}
+
+static void run(long iters)
+{
+	if (!strcmp(mode, "getppid")) {
+		for (long i = 0; i < iters; i++)
+			syscall(SYS_getppid);
+	} else if (!strcmp(mode, "open")) {
+		for (long i = 0; i < iters; i++) {
+			int fd = open(arg, O_RDONLY);
+			if (fd < 0)
+				die(arg);
+			close(fd);
+		}
+	} else if (!strcmp(mode, "openfail")) {
+		for (long i = 0; i < iters; i++)
+			if (open(arg, O_RDONLY) >= 0)
+				die("openfail: path exists");
+	} else if (!strcmp(mode, "udpconnect")) {
+		for (long i = 0; i < iters; i++)
+			if (connect(udp_fd, (struct sockaddr *)&lo_addr, sizeof(lo_addr)))
+				die("udp connect");
+	} else if (!strcmp(mode, "tcpconnect")) {
+		for (long i = 0; i < iters; i++) {
+			int s = socket(AF_INET, SOCK_STREAM, 0);
+			if (s < 0)
+				die("socket");
+			if (connect(s, (struct sockaddr *)&lo_addr, sizeof(lo_addr)) == 0 ||
+			    errno != ECONNREFUSED)
+				die("tcp connect: port is not closed");
+			close(s);
+		}
+	} else if (!strcmp(mode, "exec")) {
+		for (long i = 0; i < iters; i++) {
+			pid_t pid = fork();
+			if (pid < 0)
+				die("fork");
+			if (pid == 0) {
+				char *const argv[] = {(char *)arg, NULL};
+				char *const envp[] = {NULL};
+				execve(arg, argv, envp);
+				_exit(127);
+			}
+			int status;
+			if (waitpid(pid, &status, 0) < 0 || !WIFEXITED(status) || WEXITSTATUS(status))
+				die("exec child failed");
+		}
+	} else {
+		fprintf(stderr, "unknown mode %s\n", mode);
+		exit(2);
+	}
+}
+
+int main(int argc, char **argv)
+{
+	int opt, cpu = -1, rounds = 5;
+	long iters = 200000;
+	double duration = 0;
+
+	while ((opt = getopt(argc, argv, "c:r:n:d:")) != -1) {
+		switch (opt) {
+		case 'c': cpu = atoi(optarg); break;
+		case 'r': rounds = atoi(optarg); break;
+		case 'n': iters = atol(optarg); break;
+		case 'd': duration = atof(optarg); break;
+		default:
+			fprintf(stderr, "usage: %s [-c cpu] [-r rounds] [-n iters] [-d secs] mode [arg]\n",
+				argv[0]);
+			return 2;
+		}
+	}
+	if (optind >= argc)
+		return fprintf(stderr, "missing mode\n"), 2;
+	mode = argv[optind];
+	arg = optind + 1 < argc ? argv[optind + 1] : "";
+
+	if (cpu >= 0) {
+		cpu_set_t set;
+		CPU_ZERO(&set);
+		CPU_SET(cpu, &set);
+		if (sched_setaffinity(0, sizeof(set), &set))
+			die("sched_setaffinity");
+	}
+	if (!strcmp(mode, "udpconnect") || !strcmp(mode, "tcpconnect")) {
+		lo_addr.sin_family = AF_INET;
+		lo_addr.sin_port = htons(atoi(arg));
+		lo_addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		if (!strcmp(mode, "udpconnect") && (udp_fd = socket(AF_INET, SOCK_DGRAM, 0)) < 0)
+			die("socket");
+	}
+
+	run(iters / 10 > 0 ? iters / 10 : 1); /* warm-up: caches, dentries, page tables */
+
+	if (duration > 0) {
+		long total = 0;
+		double t0 = now_s(), t;
+		do {
+			run(iters);
+			total += iters;
+			t = now_s();
+		} while (t - t0 < duration);
+		printf("total iters=%ld secs=%.6f\n", total, t - t0);
+		return 0;
+	}
+	for (int r = 0; r < rounds; r++) {
+		double t0 = now_s();
+		run(iters);
+		double dt = now_s() - t0;
+		printf("round=%d iters=%ld ns_per_iter=%.1f syscalls_per_iter=%d\n", r, iters,
+		       dt * 1e9 / iters, syscalls_per_iter());
+		fflush(stdout);
+	}
+	return 0;
+}
