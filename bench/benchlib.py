@@ -146,8 +146,8 @@ class BpfStats:
         os.close(self.fd)
 
 
-def own_prog_stats() -> dict[str, tuple[int, int]]:
-    """name -> (run_time_ns, run_cnt) for the BPF programs whose fds this process holds."""
+def own_prog_ids() -> set[int]:
+    """Ids of the BPF programs whose fds this process holds."""
     ids: set[int] = set()
     for fd in os.listdir("/proc/self/fd"):
         try:
@@ -159,26 +159,43 @@ def own_prog_stats() -> dict[str, tuple[int, int]]:
                         ids.add(int(line.split()[1]))
         except OSError:
             continue
-    out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True)
-    stats: dict[str, tuple[int, int]] = {}
-    for prog in json.loads(out.stdout or "[]"):
-        if prog.get("id") in ids:
-            stats[prog["name"]] = (int(prog.get("run_time_ns", 0)), int(prog.get("run_cnt", 0)))
-    return stats
+    return ids
 
 
-def foreign_bpf_programs() -> list[str]:
-    """Names of tracing programs loaded by anyone (another agent or a test run would put every
-    syscall on the slow path and spoil the no-agent baseline)."""
+def _all_progs() -> list[dict[str, object]]:
     out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True)
     try:
         progs = json.loads(out.stdout or "[]")
     except json.JSONDecodeError:
         return []
+    return progs if isinstance(progs, list) else []
+
+
+def own_prog_stats() -> dict[str, tuple[int, int]]:
+    """name -> (run_time_ns, run_cnt) for the BPF programs whose fds this process holds."""
+    ids = own_prog_ids()
+    stats: dict[str, tuple[int, int]] = {}
+    for prog in _all_progs():
+        if prog.get("id") in ids:
+            run_ns = prog.get("run_time_ns", 0)
+            run_cnt = prog.get("run_cnt", 0)
+            assert isinstance(run_ns, int) and isinstance(run_cnt, int)
+            stats[str(prog["name"])] = (run_ns, run_cnt)
+    return stats
+
+
+TRACING_TYPES = ("tracepoint", "raw_tracepoint", "tracing", "kprobe", "lsm", "perf_event")
+
+
+def foreign_bpf_programs() -> list[str]:
+    """Tracing programs loaded by someone else (another agent, a kernel test run). On this
+    kernel any syscall tracepoint puts every syscall on the slow path, so they spoil the
+    no-agent baseline and add their own probes' work to every scenario."""
+    own = own_prog_ids()
     return sorted(
         str(p.get("name", "?"))
-        for p in progs
-        if p.get("type") in ("tracepoint", "raw_tracepoint", "tracing", "kprobe", "lsm")
+        for p in _all_progs()
+        if p.get("type") in TRACING_TYPES and p.get("id") not in own
     )
 
 
