@@ -16,6 +16,7 @@ inputs, and the verifier rejects every line that is not byte-identical to this e
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import TypeAlias
 
 import rfc8785
@@ -32,31 +33,36 @@ _encode = json.JSONEncoder(
 
 
 def _needs_rfc8785_sort(value: object) -> bool:
-    """Check the value domain; True if some object key sorts differently in UTF-16."""
+    """Check the value domain; True if some object key sorts differently in UTF-16.
+
+    Scalars are handled inline in the loops: this runs for every record written and verified.
+    """
     kind = type(value)
-    if kind is str or kind is bool or value is None:
-        return False
-    if kind is int:
-        if -MAX_SAFE_INT <= value <= MAX_SAFE_INT:  # type: ignore[operator]
-            return False
-        raise FormatError(f"integer {value} is outside the safe range +-(2**53 - 1)")
     if kind is dict:
-        odd = False
-        for key, item in value.items():  # type: ignore[attr-defined]
+        items: Iterable[tuple[object, object]] = value.items()  # type: ignore[attr-defined]
+    elif kind is list:
+        items = ((None, item) for item in value)  # type: ignore[attr-defined]
+    else:
+        return _needs_rfc8785_sort({"": value})
+    odd = False
+    for key, item in items:
+        if key is not None:
             if type(key) is not str:
                 raise FormatError(f"object key {key!r} is not a string")
             if not key.isascii() and max(key) > "\uffff":
                 odd = True
-            if _needs_rfc8785_sort(item):
-                odd = True
-        return odd
-    if kind is list:
-        odd = False
-        for item in value:  # type: ignore[attr-defined]
-            if _needs_rfc8785_sort(item):
-                odd = True
-        return odd
-    raise FormatError(f"value of type {kind.__name__} is not allowed in a record")
+        kind = type(item)
+        if kind is str or kind is bool or item is None:
+            continue
+        if kind is int:
+            if -MAX_SAFE_INT <= item <= MAX_SAFE_INT:  # type: ignore[operator]
+                continue
+            raise FormatError(f"integer {item} is outside the safe range +-(2**53 - 1)")
+        if kind is dict or kind is list:
+            odd = _needs_rfc8785_sort(item) or odd
+            continue
+        raise FormatError(f"value of type {kind.__name__} is not allowed in a record")
+    return odd
 
 
 def canonical(value: JsonValue) -> bytes:

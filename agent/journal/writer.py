@@ -50,7 +50,7 @@ DEFAULT_SEGMENT_BYTES = 64 << 20
 # when ``write_through`` is on; the bench shows batching is worth ~25% of append throughput.
 _BUFFER_BYTES = 64 << 10
 _ROTATION_MARK = b'"type":"key_rotation"'
-_SEQ_RE = re.compile(rb'"seq":([0-9]+)')
+_SEQ_RE = re.compile(rb'"seq":([0-9]+)[,}]')
 
 
 @dataclass(frozen=True)

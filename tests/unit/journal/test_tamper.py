@@ -164,7 +164,7 @@ def test_chain_rebuilt_without_key(built: Journal) -> None:
     built.rewrite(path, lines)
     rebuild_from(built, TARGET + 1)
     summary = built.verify()
-    first = [f for f in summary.findings if f.severity == "error"][0]
+    first = next(f for f in summary.findings if f.severity == "error")
     assert first.seq is not None and first.seq_end is not None
     assert first.seq <= TARGET <= first.seq_end, str(first)
     assert "Merkle root" in first.message

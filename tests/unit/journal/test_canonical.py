@@ -1,0 +1,57 @@
+"""Our canonical encoder is byte-identical to the rfc8785 library on the record domain."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import rfc8785
+
+from agent.errors import FormatError
+from agent.journal.canonical import MAX_SAFE_INT, JsonValue, canonical
+
+ALPHABET = (
+    'abcXYZ019 _-/.:"\\\n\r\t\b\f\x00\x01\x1f\x7f\x80\u00e9\u2028\u2029\ud7ff\ue000\uffff'
+    "\U0001f600\U00010000\U0010ffff"
+)
+
+
+def random_string(rnd: random.Random) -> str:
+    return "".join(rnd.choice(ALPHABET) for _ in range(rnd.randrange(0, 8)))
+
+
+def random_value(rnd: random.Random, depth: int = 0) -> JsonValue:
+    kind = rnd.randrange(7 if depth < 3 else 4)
+    if kind == 0:
+        return random_string(rnd)
+    if kind == 1:
+        return rnd.choice([0, 1, -1, MAX_SAFE_INT, -MAX_SAFE_INT, rnd.randrange(-(10**12), 10**12)])
+    if kind == 2:
+        return rnd.choice([True, False])
+    if kind == 3:
+        return None
+    if kind == 4:
+        return [random_value(rnd, depth + 1) for _ in range(rnd.randrange(4))]
+    return {random_string(rnd): random_value(rnd, depth + 1) for _ in range(rnd.randrange(5))}
+
+
+def test_byte_equal_to_rfc8785_on_random_values() -> None:
+    rnd = random.Random(8785)
+    for _ in range(5000):
+        value = random_value(rnd)
+        assert canonical(value) == rfc8785.dumps(value), value
+
+
+def test_keys_above_bmp_sort_by_utf16_code_units() -> None:
+    # U+1F600 is D83D DE00 in UTF-16, which sorts before U+E000 although its code point is larger.
+    value: JsonValue = {"\ue000": 1, "\U0001f600": 2}
+    assert canonical(value) == rfc8785.dumps(value)
+    assert canonical(value).index("\U0001f600".encode()) < canonical(value).index("\ue000".encode())
+
+
+@pytest.mark.parametrize(
+    "value", [1.5, MAX_SAFE_INT + 1, -MAX_SAFE_INT - 1, {1: "x"}, ("t",), "\ud800", b"x"]
+)
+def test_outside_the_record_domain_is_refused(value: object) -> None:
+    with pytest.raises(FormatError):
+        canonical(value)  # type: ignore[arg-type]
