@@ -42,7 +42,7 @@ $(BUILD)/vmlinux.h:
 	mkdir -p $(BUILD)
 	bpftool btf dump file /sys/kernel/btf/vmlinux format c > $@.tmp && mv $@.tmp $@
 
-$(OBJDIR)/%.bpf.o: probes/%.bpf.c probes/sealtrail.h $(wildcard probes/lib/*.h) $(BUILD)/vmlinux.h
+$(OBJDIR)/%.bpf.o: probes/%.bpf.c probes/sealtrail.h probes/common.h $(BUILD)/vmlinux.h
 	mkdir -p $(OBJDIR)
 	clang $(BPF_CFLAGS) -c $< -o $@.tmp && mv $@.tmp $@
 

@@ -9,23 +9,9 @@
  * sys_exit, where the result is known and, for a successful open, the kernel's own view of
  * the file can be read from the new fd.
  */
-#include "vmlinux.h"
-#include <bpf/bpf_helpers.h>
-#include <bpf/bpf_tracing.h>
-#include <bpf/bpf_core_read.h>
-#include <bpf/bpf_endian.h>
-#include "sealtrail.h"
+#include "common.h"
 
 char LICENSE[] SEC("license") = "GPL";
-
-#define AT_FDCWD -100
-#define AF_INET 2
-#define AF_INET6 10
-#define S_IFMT 00170000
-#define S_IFSOCK 0140000
-#define O_WRONLY 01
-#define O_CREAT 0100
-#define O_TRUNC 01000
 
 /* syscall variants inside one op family (st_pending.variant) */
 enum {
@@ -40,23 +26,12 @@ enum {
 const volatile struct st_rodata st_rodata SEC(".rodata.st") = {};
 
 struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 4 << 20); /* userspace resizes before load */
-} st_events SEC(".maps");
-
-struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
 	__type(value, struct st_config);
 } st_config SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, ST_OP_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} st_drops SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -73,26 +48,6 @@ struct {
 	__type(value, struct st_pending);
 } st_pending SEC(".maps");
 
-/* per-CPU work areas: BPF stacks are 512 bytes */
-struct scratch {
-	__u8 rec[ST_SCRATCH_SIZE];
-};
-struct pathbuf {
-	__u8 buf[2 * ST_PATH_MAX]; /* dentry walk writes backwards; masking needs the slack */
-	struct st_prefix_key key;
-};
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct scratch);
-} st_scratch SEC(".maps");
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct pathbuf);
-} st_pathbuf SEC(".maps");
 
 static __always_inline struct st_config *get_config(void)
 {
@@ -106,154 +61,6 @@ static __always_inline bool wanted(__u32 op)
 	if (!cfg || !(cfg->op_mask & (1u << op)))
 		return false;
 	return (bpf_get_current_pid_tgid() >> 32) != st_rodata.self_tgid;
-}
-
-static __always_inline void count_drop(__u32 op)
-{
-	__u64 *n = bpf_map_lookup_elem(&st_drops, &op);
-	if (n)
-		*n += 1;
-}
-
-static __always_inline void fill_hdr(struct st_hdr *h, __u32 op, __u32 size)
-{
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
-	__u64 pid_tgid = bpf_get_current_pid_tgid();
-	__u64 uid_gid = bpf_get_current_uid_gid();
-
-	h->op = op;
-	h->size = size;
-	h->ts_ns = bpf_ktime_get_boot_ns();
-	h->pid = pid_tgid >> 32;
-	h->tid = (__u32)pid_tgid;
-	h->ppid = BPF_CORE_READ(task, real_parent, tgid);
-	h->uid = (__u32)uid_gid;
-	h->gid = uid_gid >> 32;
-	h->_pad0 = 0;
-	h->cgroup_id = bpf_get_current_cgroup_id();
-	bpf_get_current_comm(h->comm, sizeof(h->comm));
-}
-
-static __always_inline void submit(void *rec, __u64 size, __u32 op)
-{
-	if (size > ST_SCRATCH_SIZE)
-		size = ST_SCRATCH_SIZE;
-	if (bpf_ringbuf_output(&st_events, rec, size, 0))
-		count_drop(op);
-}
-
-static __always_inline void *get_scratch(void)
-{
-	__u32 zero = 0;
-	return bpf_map_lookup_elem(&st_scratch, &zero);
-}
-
-static __always_inline struct pathbuf *get_pathbuf(void)
-{
-	__u32 zero = 0;
-	return bpf_map_lookup_elem(&st_pathbuf, &zero);
-}
-
-struct walk_ctx {
-	struct dentry *dentry;
-	struct vfsmount *vfsmnt;
-	struct mount *mnt;
-	__u32 off;
-	bool done;
-};
-
-/* One step of the walk (a bpf_loop callback, so the verifier checks it once, not per step). */
-static long walk_step(__u32 index, void *arg)
-{
-	struct walk_ctx *w = arg;
-	struct pathbuf *pb = get_pathbuf();
-	if (!pb)
-		return 1;
-	/* locals, not w->x, inside BPF_CORE_READ: walk_ctx is ours, not a kernel type to relocate */
-	struct dentry *dentry = w->dentry;
-	struct vfsmount *vfsmnt = w->vfsmnt;
-	struct mount *mnt = w->mnt;
-	struct dentry *mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);
-	struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
-
-	if (dentry == mnt_root || dentry == parent) {
-		struct mount *mnt_parent = BPF_CORE_READ(mnt, mnt_parent);
-		if (dentry != mnt_root || mnt_parent == mnt) {
-			w->done = true; /* global root (or a detached tree) */
-			return 1;
-		}
-		w->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
-		w->mnt = mnt_parent;
-		w->vfsmnt = &mnt_parent->mnt;
-		return 0;
-	}
-	struct qstr name = BPF_CORE_READ(dentry, d_name);
-	__u32 len = name.len & (ST_NAME_MAX - 1);
-	__u32 off = w->off;
-	if (len + 1 > off)
-		return 1; /* would not fit: truncated */
-	off -= len;
-	off &= ST_PATH_MAX - 1;
-	bpf_probe_read_kernel(&pb->buf[off], len, name.name);
-	off -= 1;
-	off &= ST_PATH_MAX - 1;
-	pb->buf[off] = '/';
-	w->off = off;
-	w->dentry = parent;
-	return 0;
-}
-
-/*
- * Build the absolute path of @path from the kernel's dentries, like d_path(): walk d_parent
- * to the mount root, then cross to the parent mount, up to ST_PATH_DEPTH steps. The string is
- * written backwards, ending at pb->buf[ST_PATH_MAX - 1]; returns the offset of its first byte
- * (< ST_PATH_MAX), and sets *truncated if the walk was cut.
- */
-static __always_inline __u32 walk_path(struct pathbuf *pb, const struct path *path, bool *truncated)
-{
-	struct walk_ctx w = {};
-	w.dentry = BPF_CORE_READ(path, dentry);
-	w.vfsmnt = BPF_CORE_READ(path, mnt);
-	w.mnt = container_of(w.vfsmnt, struct mount, mnt);
-	w.off = ST_PATH_MAX - 1;
-
-	pb->buf[ST_PATH_MAX - 1] = 0;
-	bpf_loop(ST_PATH_DEPTH, walk_step, &w, 0);
-	if (!w.done)
-		*truncated = true;
-	__u32 off = w.off & (ST_PATH_MAX - 1);
-	if (off == ST_PATH_MAX - 1) { /* the root itself */
-		off -= 1;
-		pb->buf[off] = '/';
-	}
-	return off;
-}
-
-/* Copy a walked path into the record at @dst; returns bytes written (NUL included). */
-static __always_inline __u32 put_walked(void *dst, struct pathbuf *pb, const struct path *path,
-					bool *truncated)
-{
-	__u32 off = walk_path(pb, path, truncated);
-	__u32 len = ST_PATH_MAX - off;
-
-	if (len > ST_PATH_MAX)
-		return 0;
-	if (bpf_probe_read_kernel(dst, len, &pb->buf[off & (ST_PATH_MAX - 1)]))
-		return 0;
-	return len;
-}
-
-static __always_inline struct file *fd_file(struct task_struct *task, long fd)
-{
-	struct file *f = NULL;
-	if (fd < 0)
-		return NULL;
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
-	if ((unsigned long)fd >= BPF_CORE_READ(fdt, max_fds))
-		return NULL;
-	struct file **fds = BPF_CORE_READ(fdt, fd);
-	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
-	return f;
 }
 
 /* Kernel-resolved directory for a relative path: the cwd, or the dirfd's file. */
