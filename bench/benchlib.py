@@ -41,6 +41,56 @@ def build_loadgen() -> Path:
     return LOADGEN
 
 
+PROBE_SRC = OUT_DIR / "probes-src"
+PROBE_OBJ = OUT_DIR / "obj"
+BPF_CFLAGS = ["-g", "-O2", "-target", "bpf", "-D__TARGET_ARCH_x86", "-Wall", "-Werror"]
+
+
+def build_probes(rev: str = "HEAD") -> dict[str, str]:
+    """Compile probes/*.bpf.c as committed at `rev` into build/bench/obj and point the agent
+    at them (SEALTRAIL_BPF_DIR), so the numbers belong to a known commit even while someone
+    edits probes/ in the working tree. Uses `make`'s build/vmlinux.h."""
+    import hashlib
+    import tarfile
+    import tempfile
+
+    commit = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", rev], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    shutil.rmtree(PROBE_SRC, ignore_errors=True)
+    PROBE_SRC.mkdir(parents=True)
+    PROBE_OBJ.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryFile() as tar:
+        subprocess.run(
+            ["git", "-C", str(REPO), "archive", commit, "probes"], check=True, stdout=tar
+        )
+        tar.seek(0)
+        with tarfile.open(fileobj=tar) as tf:
+            tf.extractall(PROBE_SRC, filter="data")
+    vmlinux = REPO / "build" / "vmlinux.h"
+    if not vmlinux.exists():
+        raise SystemExit("bench: build/vmlinux.h missing; run `make probes` once")
+    info = {"probes_commit": commit}
+    for src in sorted((PROBE_SRC / "probes").glob("*.bpf.c")):
+        obj = PROBE_OBJ / src.name.replace(".bpf.c", ".bpf.o")
+        subprocess.run(
+            [
+                "clang",
+                *BPF_CFLAGS,
+                f"-I{REPO / 'build'}",
+                f"-I{src.parent}",
+                "-c",
+                str(src),
+                "-o",
+                str(obj),
+            ],
+            check=True,
+        )
+        info[obj.name] = hashlib.sha256(obj.read_bytes()).hexdigest()[:16]
+    os.environ["SEALTRAIL_BPF_DIR"] = str(PROBE_OBJ)
+    return info
+
+
 def loadgen(
     mode: str,
     arg: str = "",

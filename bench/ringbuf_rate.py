@@ -169,14 +169,27 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=3.0, help="flood duration per run")
     ap.add_argument("--starts", type=int, default=5, help="agent starts to time (median)")
+    ap.add_argument(
+        "--working-tree-probes",
+        action="store_true",
+        help="bench agent/kernel/obj as built (default: probes/ as committed at HEAD)",
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench: needs root (loads BPF programs)")
     benchlib.build_loadgen()
+    if args.working_tree_probes:
+        probes = {"probes": "working tree (agent/kernel/obj)"}
+    else:
+        probes = benchlib.build_probes("HEAD")
+    print(f"probes: {probes}")
     TMP.mkdir(parents=True, exist_ok=True)
     FILE.touch()
 
-    result: dict[str, object] = {"foreign_bpf_programs": benchlib.foreign_bpf_programs()}
+    result: dict[str, object] = {
+        "probes": probes,
+        "foreign_bpf_programs": benchlib.foreign_bpf_programs(),
+    }
     runs = []
     for cpus in ([0, 1], [1]):
         for mode in ("raw", "decoded"):

@@ -301,12 +301,22 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="1/5 of the iterations, 3 rounds")
     ap.add_argument("--cpu", type=int, default=1, help="CPU the load generator is pinned to")
     ap.add_argument("--no-stats", action="store_true", help="skip the BPF_ENABLE_STATS pass")
+    ap.add_argument(
+        "--working-tree-probes",
+        action="store_true",
+        help="bench agent/kernel/obj as built (default: probes/ as committed at HEAD)",
+    )
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench: needs root (loads BPF programs)")
     rounds = 3 if args.quick and args.rounds == 9 else args.rounds
 
     benchlib.build_loadgen()
+    if args.working_tree_probes:
+        probes = {"probes": "working tree (agent/kernel/obj)"}
+    else:
+        probes = benchlib.build_probes("HEAD")
+    print(f"probes: {probes}")
     prepare_files()
     ncpu = os.cpu_count() or 1
     if ncpu > 1:  # the agent (consumer thread) on another CPU than the load generator
@@ -320,6 +330,7 @@ def main() -> int:
     wls = workloads(args.quick)
     print(f"syscall_overhead: {rounds} interleaved rounds x {len(SCENARIOS)} scenarios ...")
     result: dict[str, object] = {
+        "probes": probes,
         "host": {
             "kernel": platform.release(),
             "cpus": ncpu,
