@@ -47,8 +47,9 @@ def latest_checkpoint(directory: Path) -> tuple[SignedCheckpoint, list[bytes]]:
     after = hashes[upto:]
     if after:
         tail = Tail(len(after), upto + len(after) - 1, after[-1].hex())
-        signed = SignedCheckpoint(signed.checkpoint, signed.sig, signed.seal_seq,
-                                  signed.rotations, tail)  # fmt: skip
+        signed = SignedCheckpoint(
+            signed.checkpoint, signed.sig, signed.seal_seq, signed.rotations, tail
+        )
     return signed, hashes
 
 

@@ -125,9 +125,10 @@ class Verifier:
             try:
                 against.verify(genesis)
             except FormatError as exc:
-                self._initial.append(self._error(f"--against checkpoint rejected: {exc}",
-                                                 None, None, None))  # fmt: skip
-            self._host = against.checkpoint.host
+                self._initial.append(
+                    self._error(f"--against checkpoint rejected: {exc}", None, None, None)
+                )
+            self._host = self.summary.host = against.checkpoint.host
             watch = [against.checkpoint.size - 1]
             if against.tail is not None:
                 watch.append(against.tail.last_seq)
@@ -145,8 +146,9 @@ class Verifier:
             yield from self._new_segment(line)
         if self._torn is not None:
             torn, self._torn = self._torn, None
-            yield self._error("torn line in the middle of the journal", self._expected,
-                              torn.segment, torn.offset)  # fmt: skip
+            yield self._error(
+                "torn line in the middle of the journal", self._expected, torn.segment, torn.offset
+            )
         if not line.complete:
             self._torn = line
             return
@@ -198,8 +200,11 @@ class Verifier:
             yield self._finding(
                 "error" if self._strict else "warning",
                 f"torn last line, {len(torn.data)} bytes (crash before recovery?)",
-                self._expected, None, torn.segment, torn.offset,
-            )  # fmt: skip
+                self._expected,
+                None,
+                torn.segment,
+                torn.offset,
+            )
         s = self.summary
         if s.records == 0:
             yield self._error("journal is empty", None, None, None)
@@ -209,8 +214,11 @@ class Verifier:
             yield self._finding(
                 "error" if self._strict else "info",
                 f"unsealed tail, {unsealed} records",
-                s.last_seal_seq + 1, s.records - 1, self._segment, None,
-            )  # fmt: skip
+                s.last_seal_seq + 1,
+                s.records - 1,
+                self._segment,
+                None,
+            )
         if self._against is not None:
             yield from self._check_against_end()
 
@@ -225,8 +233,12 @@ class Verifier:
                     segment_name(n)
                     for n in range(self._segment_no + 1, min(number, self._segment_no + 4))
                 )
-                yield self._error(f"segment file(s) missing before it: {missing}",
-                                  self._expected, line.segment, line.offset)  # fmt: skip
+                yield self._error(
+                    f"segment file(s) missing before it: {missing}",
+                    self._expected,
+                    line.segment,
+                    line.offset,
+                )
             else:
                 yield self._error("segment out of order", self._expected, line.segment, None)
         if number is not None:
@@ -238,29 +250,46 @@ class Verifier:
         if seq != self._expected:
             self._shifted = True
             if seq > self._expected:
-                yield self._error(f"missing (next record present has seq {seq})",
-                                  self._expected, line.segment, line.offset, seq - 1)  # fmt: skip
+                yield self._error(
+                    f"missing (next record present has seq {seq})",
+                    self._expected,
+                    line.segment,
+                    line.offset,
+                    seq - 1,
+                )
             elif seq == self._expected - 1:
-                yield self._error("seq appears twice (a record was inserted or duplicated)",
-                                  seq, line.segment, line.offset)  # fmt: skip
+                yield self._error(
+                    "seq appears twice (a record was inserted or duplicated)",
+                    seq,
+                    line.segment,
+                    line.offset,
+                )
             else:
                 yield self._error(
                     f"record with seq {seq} found where seq {self._expected} belongs "
                     "(reordered or replayed)",
-                    self._expected, line.segment, line.offset,
-                )  # fmt: skip
+                    self._expected,
+                    line.segment,
+                    line.offset,
+                )
         if self._host is None:
             self._host = record.host
             self.summary.host = record.host
         elif record.host != self._host:
-            yield self._error(f"host {record.host!r} is not the journal's host {self._host!r}",
-                              self._expected, line.segment, line.offset)  # fmt: skip
+            yield self._error(
+                f"host {record.host!r} is not the journal's host {self._host!r}",
+                self._expected,
+                line.segment,
+                line.offset,
+            )
         if record.boot_id != self._boot:
             if self._boot is not None and record.type not in ("start", "recovery"):
                 yield self._error(
                     f"boot id changes to {record.boot_id} without a start or recovery record",
-                    self._expected, line.segment, line.offset,
-                )  # fmt: skip
+                    self._expected,
+                    line.segment,
+                    line.offset,
+                )
             self._boot = record.boot_id
             self.summary.boots += 1
         if record.type == "seal":
@@ -271,8 +300,9 @@ class Verifier:
                 self.summary.rotations += 1
                 self.summary.key_id = self._key.key_id
             except FormatError as exc:
-                yield self._error(f"key rotation rejected: {exc}", self._expected, line.segment,
-                                  line.offset)  # fmt: skip
+                yield self._error(
+                    f"key rotation rejected: {exc}", self._expected, line.segment, line.offset
+                )
 
     def _check_seal(self, seal: Record, line: Line) -> Iterator[Finding]:
         seq = self._expected
@@ -293,21 +323,29 @@ class Verifier:
         if bad:  # the seal proves only that something in its batch changed: name the batch
             yield self._error(
                 f"{'; '.join(bad)} (seal {seq} in {line.segment} at byte {line.offset})",
-                batch[0], None, None, seq_end=batch[1], batch=True,
-            )  # fmt: skip
+                batch[0],
+                None,
+                None,
+                seq_end=batch[1],
+                batch=True,
+            )
         if checkpoint.key_id != self._key.key_id:
             yield self._error(
                 f"seal signed by a key not in the rotation chain (key id {checkpoint.key_id}, "
                 f"current epoch key {self._key.key_id}); records {batch[0]}\u2013{batch[1]} "
                 "are not sealed",
-                seq, line.segment, line.offset,
-            )  # fmt: skip
+                seq,
+                line.segment,
+                line.offset,
+            )
         elif not self._key.verify(signature, checkpoint.signing_input()):
             yield self._error(
                 f"seal signature is not valid for key {self._key.key_id}; records "
                 f"{batch[0]}\u2013{batch[1]} are not sealed",
-                seq, line.segment, line.offset,
-            )  # fmt: skip
+                seq,
+                line.segment,
+                line.offset,
+            )
         else:
             self.summary.seals += 1
             self.summary.last_seal_seq = seq
@@ -329,13 +367,17 @@ class Verifier:
             assert line is not None
             yield self._error(
                 "record altered: neither its prev nor its hash fit its neighbours",
-                pending.seq, pending.segment, pending.offset,
-            )  # fmt: skip
+                pending.seq,
+                pending.segment,
+                pending.offset,
+            )
         else:
             yield self._error(
                 f"hash mismatch: record {pending.seq} chains to a different hash",
-                pending.seq - 1, pending.before_segment, pending.before_offset,
-            )  # fmt: skip
+                pending.seq - 1,
+                pending.before_segment,
+                pending.before_offset,
+            )
 
     def _check_against(self, line: Line) -> Iterator[Finding]:
         assert self._against is not None
@@ -344,8 +386,10 @@ class Verifier:
             yield self._error(
                 f"journal does not extend the checkpoint of size {cp.size}: history before it "
                 "was rewritten",
-                cp.size - 1, line.segment, line.offset,
-            )  # fmt: skip
+                cp.size - 1,
+                line.segment,
+                line.offset,
+            )
 
     def _check_against_end(self) -> Iterator[Finding]:
         assert self._against is not None
@@ -355,8 +399,11 @@ class Verifier:
             yield self._error(
                 f"truncated: the checkpoint covers records 0\u2013{cp.size - 1}, the journal "
                 f"ends at {size - 1}",
-                size, None, None, seq_end=cp.size - 1,
-            )  # fmt: skip
+                size,
+                None,
+                None,
+                seq_end=cp.size - 1,
+            )
             return
         if tail is not None:
             seen = self._hashes.get(tail.last_seq)
@@ -365,25 +412,41 @@ class Verifier:
                     f"unsealed tail changed: the checkpoint saw records "
                     f"{self._against.seal_seq + 1}\u2013{tail.last_seq} after its seal, the "
                     f"journal ends at {size - 1}",
-                    size, None, None, seq_end=tail.last_seq,
-                )  # fmt: skip
+                    size,
+                    None,
+                    None,
+                    seq_end=tail.last_seq,
+                )
             elif seen != tail.last_hash:
                 yield self._error(
                     "unsealed tail changed: record differs from the one the checkpoint saw",
-                    tail.last_seq, None, None,
-                )  # fmt: skip
+                    tail.last_seq,
+                    None,
+                    None,
+                )
 
     # ----------------------------------------------------------------------------- helpers
     def _error(
-        self, message: str, seq: int | None, segment: str | None, offset: int | None,
-        seq_end: int | None = None, batch: bool = False,
-    ) -> Finding:  # fmt: skip
+        self,
+        message: str,
+        seq: int | None,
+        segment: str | None,
+        offset: int | None,
+        seq_end: int | None = None,
+        batch: bool = False,
+    ) -> Finding:
         return self._finding("error", message, seq, seq_end, segment, offset, batch)
 
     def _finding(
-        self, severity: Severity, message: str, seq: int | None, seq_end: int | None,
-        segment: str | None, offset: int | None, batch: bool = False,
-    ) -> Finding:  # fmt: skip
+        self,
+        severity: Severity,
+        message: str,
+        seq: int | None,
+        seq_end: int | None,
+        segment: str | None,
+        offset: int | None,
+        batch: bool = False,
+    ) -> Finding:
         finding = Finding(severity, message, seq, seq_end, segment, offset, batch)
         if severity == "error":
             self.summary.errors += 1

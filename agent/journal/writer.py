@@ -187,11 +187,20 @@ class JournalWriter:
             if stray != kid:  # from a crash in the middle of a key rotation
                 keys.erase(stray)
         writer = cls(
-            directory, keys, key, scan, host=host, boot_id=boot_id,
-            epoch_seconds=epoch_seconds, seal_interval=seal_interval, seal_every=seal_every,
-            segment_bytes=segment_bytes, protect_files=protect_files,
-            write_through=write_through, clock=clock,
-        )  # fmt: skip
+            directory,
+            keys,
+            key,
+            scan,
+            host=host,
+            boot_id=boot_id,
+            epoch_seconds=epoch_seconds,
+            seal_interval=seal_interval,
+            seal_every=seal_every,
+            segment_bytes=segment_bytes,
+            protect_files=protect_files,
+            write_through=write_through,
+            clock=clock,
+        )
         writer._open_live_segment()
         if scan.recovery is not None:
             log.warning("journal recovered after an unclean shutdown: %s", scan.recovery)
@@ -338,9 +347,13 @@ class JournalWriter:
         signature = self._key.sign(checkpoint.signing_input())
         seal = self._record(
             "seal",
-            {"size": checkpoint.size, "root": checkpoint.root, "key_id": checkpoint.key_id,
-             "sig": b64(signature)},
-        )  # fmt: skip
+            {
+                "size": checkpoint.size,
+                "root": checkpoint.root,
+                "key_id": checkpoint.key_id,
+                "sig": b64(signature),
+            },
+        )
         seal["ts"] = str(checkpoint.ts)
         seq = self._emit(seal)
         self._flush()
@@ -417,8 +430,14 @@ def _scan(directory: Path) -> _Scan:
                 return scan
             _trust(scan, line.data, record)
     if scan.next_seq and not _clean_end(scan):
-        scan.recovery = Recovery(0, None, None, scan.next_seq - 1, scan.last_seal_seq,
-                                 scan.next_seq - 1 - scan.last_seal_seq)  # fmt: skip
+        scan.recovery = Recovery(
+            0,
+            None,
+            None,
+            scan.next_seq - 1,
+            scan.last_seal_seq,
+            scan.next_seq - 1 - scan.last_seal_seq,
+        )
     return scan
 
 

@@ -36,19 +36,33 @@ class Journal:
         return JournalWriter.open(self.dir, self.keys, **options)  # type: ignore[arg-type]
 
     def fill(
-        self, records: int = 200, *, seal_every: int = 20, rotate_every: int = 0,
-        close: bool = True, **kwargs: object,
-    ) -> JournalWriter:  # fmt: skip
+        self,
+        records: int = 200,
+        *,
+        seal_every: int = 20,
+        rotate_every: int = 0,
+        close: bool = True,
+        **kwargs: object,
+    ) -> JournalWriter:
         """Write ``records`` events with deterministic seals and key rotations."""
         w = self.writer(**kwargs)
         if w.next_seq == 0:
             w.append("start", {"version": "0.1.0", "kernel": "6.18"})
         for i in range(records):
-            w.append("event", {"kind": "exec", "pid": 1000 + i, "path": "/usr/bin/true",
-                               "argv": ["true", str(i)]})  # fmt: skip
+            w.append(
+                "event",
+                {
+                    "kind": "exec",
+                    "pid": 1000 + i,
+                    "path": "/usr/bin/true",
+                    "argv": ["true", str(i)],
+                },
+            )
             if i % 7 == 3:
-                w.append("verdict", {"action": "deny", "policy": "ab" * 32, "rule": f"r{i % 3}",
-                                     "pid": 1000 + i})  # fmt: skip
+                w.append(
+                    "verdict",
+                    {"action": "deny", "policy": "ab" * 32, "rule": f"r{i % 3}", "pid": 1000 + i},
+                )
             if (i + 1) % seal_every == 0:
                 w.flush_and_seal()
             if rotate_every and (i + 1) % rotate_every == 0:
@@ -61,8 +75,9 @@ class Journal:
         return KeyStore(self.keys).genesis()
 
     def verify(self, *, against: SignedCheckpoint | None = None, strict: bool = False) -> Summary:
-        return verify_lines(iter_lines(self.dir), KeyStore(self.keys).genesis(), against=against,
-                            strict=strict)  # fmt: skip
+        return verify_lines(
+            iter_lines(self.dir), KeyStore(self.keys).genesis(), against=against, strict=strict
+        )
 
     def segments(self) -> list[Path]:
         return [p for _, p in list_segments(self.dir)]

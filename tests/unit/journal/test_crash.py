@@ -43,8 +43,17 @@ def run_writer(journal: Path, keys: Path, ready: int, boot: int) -> None:
         os.write(ready, b"x")
         i = 0
         while True:
-            w.append("event", {"kind": "connect", "pid": i, "daddr": "10.0.0.1", "dport": 443,
-                               "comm": "curl", "exe": "/usr/bin/curl"})  # fmt: skip
+            w.append(
+                "event",
+                {
+                    "kind": "connect",
+                    "pid": i,
+                    "daddr": "10.0.0.1",
+                    "dport": 443,
+                    "comm": "curl",
+                    "exe": "/usr/bin/curl",
+                },
+            )
             if i % 40 == 0:
                 w.tick()
             i += 1
@@ -135,9 +144,10 @@ def test_kill_9_at_random_points(tmp_path: Path) -> None:
                     data = (journal / name).read_bytes()[:end]
                     assert hashlib.sha256(data).hexdigest() == digest, f"sealed data lost in {name}"
                 recovery = [
-                    json.loads(line.data) for line in iter_lines(journal)
+                    json.loads(line.data)
+                    for line in iter_lines(journal)
                     if b'"type":"recovery"' in line.data
-                ][-1]  # fmt: skip
+                ][-1]
                 assert recovery["cut_bytes"] == torn
             stats["rotations"] += summary.rotations
             stats["segments"] += len(list_segments(journal))

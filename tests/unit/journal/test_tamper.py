@@ -57,10 +57,20 @@ def rebuild_from(journal: Journal, seq: int, signer: SigningKey | None = None) -
                 assert prev is not None
                 data["prev"] = prev
                 if data["type"] == "seal" and signer is not None:
-                    cp = Checkpoint(data["host"], tree.size, tree.root().hex(), prev,
-                                    int(data["ts"]), signer.key_id)  # fmt: skip
-                    data.update(key_id=signer.key_id, root=cp.root, size=cp.size,
-                                sig=b64(signer.sign(cp.signing_input())))  # fmt: skip
+                    cp = Checkpoint(
+                        data["host"],
+                        tree.size,
+                        tree.root().hex(),
+                        prev,
+                        int(data["ts"]),
+                        signer.key_id,
+                    )
+                    data.update(
+                        key_id=signer.key_id,
+                        root=cp.root,
+                        size=cp.size,
+                        sig=b64(signer.sign(cp.signing_input())),
+                    )
                 line = canonical(data)
             digest = record_hash(line)
             tree.append(digest)
@@ -207,8 +217,9 @@ def test_seal_signature_from_another_key(built: Journal) -> None:
     summary = built.verify()
     assert first_error_seq(summary) == seal_seq
     assert_ranges_cover(summary, seal_seq)
-    assert any(f"seal {seal_seq}" not in e and "not in the rotation chain" in e
-               for e in errors(summary))  # fmt: skip
+    assert any(
+        f"seal {seal_seq}" not in e and "not in the rotation chain" in e for e in errors(summary)
+    )
 
 
 def first_seq_of(path: Path) -> int:

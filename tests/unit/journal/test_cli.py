@@ -1,0 +1,215 @@
+"""`sealtrail journal ...` and `sealtrail keys init` through ``agent.cli.main``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.cli import main
+from agent.cli.journal import parse_since
+from agent.journal.reader import latest_checkpoint
+
+from .conftest import Journal
+
+
+@pytest.fixture(autouse=True)
+def _no_stale_log_handlers() -> Iterator[None]:
+    """``main`` configures logging onto the captured stderr; drop that handler afterwards."""
+    yield
+    logging.getLogger().handlers.clear()
+
+
+@pytest.fixture
+def filled(journal: Journal) -> Journal:
+    journal.fill(120, seal_every=15, rotate_every=50)
+    return journal
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_keys_init(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = run(capsys, "keys", "init", "--keys", str(tmp_path / "k"))
+    assert rc == 0 and out.startswith("sealtrail-ed25519 ") and "enroll" in err
+    assert (tmp_path / "k" / "journal.pub").read_text() == out
+    (private,) = (tmp_path / "k").glob("epoch-*.key")
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    rc, _, err = run(capsys, "keys", "init", "--keys", str(tmp_path / "k"))
+    assert rc == 1 and "already exists" in err
+
+
+def test_verify_ok_and_json(filled: Journal, capsys: pytest.CaptureFixture[str]) -> None:
+    pub = str(filled.keys / "journal.pub")
+    rc, out, _ = run(capsys, "journal", "verify", "--journal", str(filled.dir), "--key", pub)
+    assert rc == 0 and out.startswith("journal OK:") and "2 key rotations" in out
+    rc, out, _ = run(
+        capsys,
+        "journal",
+        "verify",
+        "--journal",
+        str(filled.dir),
+        "--key",
+        pub,
+        "--json",
+        "--strict",
+    )
+    report = json.loads(out)
+    assert rc == 0 and report["ok"] and report["rotations"] == 2 and report["findings"] == []
+
+
+def test_verify_fails_naming_seq_segment_offset(
+    filled: Journal, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seg = filled.segments()[1]
+    lines = seg.read_bytes().splitlines()
+    offset = len(lines[0]) + 1 + len(lines[1]) + 1
+    seq = json.loads(lines[2])["seq"]
+    lines[2] = lines[2].replace(b'"pid":', b'"pid":9', 1)
+    filled.rewrite(seg, lines)
+    pub = str(filled.keys / "journal.pub")
+    rc, out, _ = run(capsys, "journal", "verify", "--journal", str(filled.dir), "--key", pub)
+    assert rc == 1 and "journal FAILED" in out
+    assert f"error: record {seq} in {seg.name} at byte {offset}: hash mismatch" in out
+
+
+def test_verify_against_and_unsealed_tail_strict(
+    filled: Journal, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pub = str(filled.keys / "journal.pub")
+    rc, out, _ = run(capsys, "journal", "checkpoint", "--journal", str(filled.dir))
+    cp = tmp_path / "cp.json"
+    cp.write_text(out)
+    assert rc == 0 and json.loads(out)["format"] == "sealtrail-checkpoint/v1"
+    w = filled.writer()  # a clean reopen, then records nobody sealed yet
+    w.append("event", {"kind": "exec"})
+    w._flush()
+    base = ["journal", "verify", "--journal", str(filled.dir), "--key", pub]
+    rc, out, _ = run(capsys, *base, "--against", str(cp))
+    assert rc == 0 and "unsealed tail, 1 records" in out
+    rc, out, _ = run(capsys, *base, "--strict")
+    assert rc == 1 and "unsealed tail, 1 records" in out
+    w.close()
+    for seg in filled.segments()[-2:]:
+        seg.unlink()
+    rc, out, _ = run(capsys, *base, "--against", str(cp))
+    assert rc == 1 and "truncated" in out
+
+
+def test_prove_and_verify_proof(
+    filled: Journal, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pub = str(filled.keys / "journal.pub")
+    rc, out, _ = run(capsys, "journal", "prove", "42", "--journal", str(filled.dir))
+    assert rc == 0
+    proof = tmp_path / "proof.json"
+    proof.write_text(out)
+    rc, out, _ = run(capsys, "journal", "verify-proof", str(proof), "--key", pub)
+    assert rc == 0 and out.startswith("OK: record 42 ") and "2 rotations" in out
+    doc = json.loads(proof.read_text())
+    doc["record"] = doc["record"].replace('"pid":', '"pid":1', 1)
+    proof.write_text(json.dumps(doc))
+    rc, _, err = run(capsys, "journal", "verify-proof", str(proof), "--key", pub)
+    assert rc == 1 and "not included" in err
+    other = tmp_path / "other"
+    run(capsys, "keys", "init", "--keys", str(other))
+    proof.write_text(out if out else json.dumps(doc))
+    rc, out, _ = run(capsys, "journal", "prove", "42", "--journal", str(filled.dir))
+    proof.write_text(out)
+    rc, _, err = run(
+        capsys, "journal", "verify-proof", str(proof), "--key", str(other / "journal.pub")
+    )
+    assert rc == 1 and "rotation" in err
+    signed, _ = latest_checkpoint(filled.dir)
+    rc, _, err = run(
+        capsys, "journal", "prove", str(signed.checkpoint.size + 5), "--journal", str(filled.dir)
+    )
+    assert rc == 1 and "not covered" in err
+
+
+def test_tail_filters_and_json(filled: Journal, capsys: pytest.CaptureFixture[str]) -> None:
+    j = ["--journal", str(filled.dir)]
+    rc, out, _ = run(capsys, "journal", "tail", *j, "-n", "5", "--json")
+    lines = out.splitlines()
+    assert rc == 0 and len(lines) == 5
+    stored = b"".join(p.read_bytes() for p in filled.segments()).decode().splitlines()
+    assert lines == stored[-5:]  # exactly as stored
+    rc, out, _ = run(
+        capsys, "journal", "tail", *j, "-n", "1000", "--verdict", "deny", "--rule", "r1"
+    )
+    rows = out.splitlines()
+    assert rows and all(" verdict " in r and "deny" in r and "rule=r1" in r for r in rows)
+    assert "\x1b[" not in out  # no colour when not a terminal
+    rc, out, _ = run(capsys, "journal", "tail", *j, "--type", "seal,key_rotation", "-n", "100")
+    kinds = {r.split()[3] for r in out.splitlines()}
+    assert kinds == {"seal", "key_rotation"}
+    rc, out, _ = run(capsys, "journal", "tail", *j, "--since", "1h", "--type", "start")
+    assert len(out.splitlines()) == 1
+    rc, out, _ = run(capsys, "journal", "tail", *j, "--since", "@9999999999")
+    assert out == ""
+
+
+def test_tail_rows_are_aligned(filled: Journal, capsys: pytest.CaptureFixture[str]) -> None:
+    _, out, _ = run(capsys, "journal", "tail", "--journal", str(filled.dir), "-n", "30")
+    rows = out.splitlines()
+    assert len({len(r.split(" verdict ")[0]) for r in rows if " verdict " in r}) == 1
+    starts = {r.index(r.split()[3]) for r in rows}
+    assert len(starts) == 1  # the type column starts at the same place on every row
+
+
+def test_since_forms() -> None:
+    assert parse_since("10m", now=1000.0) == int(400 * 1e9)
+    assert parse_since("@12.5") == 12_500_000_000
+    assert parse_since("2026-01-01T00:00:00+00:00") == 1767225600 * 10**9
+    with pytest.raises(Exception, match="--since"):
+        parse_since("yesterday")
+
+
+def test_tail_follow_crosses_segment_rotation(journal: Journal) -> None:
+    w = journal.writer(segment_bytes=2000)
+    w.append("start", {})
+    w.flush_and_seal()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "journal",
+            "tail",
+            "-f",
+            "-n",
+            "0",
+            "--json",
+            "--type",
+            "event",
+            "--journal",
+            str(journal.dir),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        time.sleep(0.5)  # let it reach the follow loop
+        first_segments = len(journal.segments())
+        for i in range(60):
+            w.append("event", {"kind": "exec", "pid": i})
+            if i % 10 == 9:
+                w.flush_and_seal()
+        w.close()
+        assert len(journal.segments()) > first_segments + 1
+        assert proc.stdout is not None
+        got = [json.loads(proc.stdout.readline())["pid"] for _ in range(60)]
+        assert got == list(range(60))
+    finally:
+        proc.kill()
+        proc.wait()
