@@ -51,7 +51,8 @@ enum st_op {
 	ST_OP_BIND = 10,
 	ST_OP_LISTEN = 11,
 	ST_OP_ACCEPT = 12,
-	ST_OP_MAX = 13, /* array size for per-op counters */
+	ST_OP_VERDICT = 13, /* a decision of the in-kernel guard (struct st_verdict) */
+	ST_OP_MAX = 14,     /* array size for per-op counters */
 };
 
 /* hdr.flags */
@@ -129,6 +130,25 @@ struct st_net {
 	__u32 sock_type;    /* SOCK_STREAM=1, SOCK_DGRAM=2 */
 };
 
+/*
+ * ST_OP_VERDICT: the in-kernel guard decided on an operation (connect/bind here; more hooks
+ * later). Emitted for every non-allow decision and for audit; data: exe (kernel path).
+ */
+struct st_verdict {
+	struct st_hdr hdr;
+	__u32 generation;   /* policy generation (st_guard_cfg.generation[slot]) that decided */
+	__u16 rule_index;   /* index in the compiled rule table of that generation */
+	__u8 guarded_op;    /* enum st_op of the operation judged */
+	__u8 action;        /* enum st_action actually taken */
+	__u8 rule_action;   /* enum st_action the rule asks for (differs in monitor mode) */
+	__u8 mechanism;     /* enum st_mechanism */
+	__u16 family;       /* AF_INET/AF_INET6 as the caller asked */
+	__u16 protocol;
+	__u16 port;         /* host byte order */
+	__u32 exe_len;
+	__u8 addr[16];      /* IPv4 as ::ffff:a.b.c.d */
+};
+
 /* ---- maps (names as in the BPF object; st_events is the ring buffer) ---- */
 
 /* st_config (array, 1 entry, key 0): what userspace asked for; read on every event */
@@ -160,8 +180,112 @@ struct st_pending {
 /* st_drops (per-CPU array, key = op): records lost because the ring buffer was full */
 /* counter type: __u64 */
 
+/* ---- the in-kernel guard (probes/guard.bpf.c): compiled policy tables ---- */
+
+#define ST_RULES_MAX 1024               /* rules of one policy set, all operations together */
+#define ST_MASK_WORDS (ST_RULES_MAX / 64)
+
+enum st_action {
+	ST_ACT_NONE = 0,
+	ST_ACT_ALLOW = 1,
+	ST_ACT_AUDIT = 2,
+	ST_ACT_DENY = 3,
+	ST_ACT_KILL = 4,
+};
+
+enum st_mechanism {
+	ST_MECH_NONE = 0,
+	ST_MECH_CGROUP_SOCK = 1,
+	ST_MECH_LSM = 2,
+	ST_MECH_FANOTIFY = 3,
+	ST_MECH_SIGKILL = 4,
+};
+
+/*
+ * Bit i = rule index i. Indexes are global over all operations (a rule guards one op), so a
+ * mask can gather rules of several ops (lineage). The compiler orders rules by precedence:
+ * the lowest set bit wins.
+ */
+struct st_mask {
+	__u64 w[ST_MASK_WORDS];
+};
+
+/*
+ * Every table key starts with (slot, op). Two slots let a reload write a whole new policy
+ * next to the live one and switch with a single store to st_guard_cfg.slot: a hook reads the
+ * slot once, so it never sees a half-written policy, and there is no window without one.
+ */
+struct st_guard_cfg {
+	__u32 slot;           /* 0 or 1: the live tables */
+	__u32 generation[2];  /* policy generation held by each slot */
+	__u32 _pad0;
+};
+
+/* st_rules (hash): (slot, op, index) -> rule */
+struct st_rule_key {
+	__u8 slot;
+	__u8 op;
+	__u16 index;
+};
+struct st_rule {
+	__u8 action;          /* enum st_action */
+	__u8 monitor;         /* 1 = record "would <action>", allow */
+	__u16 _pad0;
+	__u32 _pad1;
+};
+
+/* st_net_addr (LPM trie): prefixlen counts bits from slot (32 + address bits) -> st_mask */
+struct st_addr_key {
+	__u32 prefixlen;
+	__u8 slot;
+	__u8 op;
+	__u8 _pad0[2];
+	__u8 addr[16];        /* IPv4 as ::ffff:a.b.c.d, so v4-mapped v6 matches the same rules */
+};
+
+/* st_net_port (hash): (slot, op, protocol, any, port) -> st_mask; any=1 holds any-port rules */
+struct st_port_key {
+	__u8 slot;
+	__u8 op;
+	__u8 protocol;
+	__u8 any;
+	__u16 port;
+	__u16 _pad0;
+};
+
+/* st_exe (LPM trie): acting binary path (NUL included for exact paths) -> st_subject */
+#define ST_EXE_PATH_MAX 252 /* LPM trie data is at most 256 bytes: slot + pad + path */
+struct st_exe_key {
+	__u32 prefixlen;      /* 32 + path bits */
+	__u8 slot;
+	__u8 _pad0[3];
+	__u8 path[ST_EXE_PATH_MAX];
+};
+struct st_subject {
+	struct st_mask include;  /* rules whose binary condition this exe satisfies */
+	struct st_mask exclude;  /* rules that except this exe ("everyone but X") */
+	struct st_mask lineage;  /* rules this exe passes to its descendants */
+};
+
+/* st_ids (hash): (slot, kind, id) -> st_mask; id ST_ID_ANY holds rules without the condition */
+enum st_id_kind {
+	ST_ID_UID = 1,
+	ST_ID_GID = 2,
+	ST_ID_CGROUP = 3,
+};
+#define ST_ID_ANY 0xffffffffffffffffULL
+struct st_id_key {
+	__u8 slot;
+	__u8 kind;
+	__u8 _pad0[6];
+	__u64 id;
+};
+
+/* st_lineage (hash): tgid -> st_mask of rules inherited from an ancestor's binary */
+
 #ifdef __VMLINUX_H__
 _Static_assert(sizeof(struct st_hdr) == 64, "st_hdr layout");
+_Static_assert(sizeof(struct st_verdict) % 8 == 0, "st_verdict alignment");
 _Static_assert(sizeof(struct st_exec) % 8 == 0, "st_exec alignment");
 _Static_assert(sizeof(struct st_file) % 8 == 0, "st_file alignment");
 _Static_assert(sizeof(struct st_net) % 8 == 0, "st_net alignment");

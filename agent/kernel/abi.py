@@ -17,6 +17,32 @@ ARGS_MAX = 4096
 COMM_LEN = 16
 FILTER_PREFIX_MAX = 256
 SCRATCH_SIZE = 20480
+RULES_MAX = 1024
+MASK_WORDS = RULES_MAX // 64
+EXE_PATH_MAX = 252
+ID_ANY = 0xFFFFFFFFFFFFFFFF
+
+
+class Action(enum.IntEnum):
+    NONE = 0
+    ALLOW = 1
+    AUDIT = 2
+    DENY = 3
+    KILL = 4
+
+
+class Mechanism(enum.IntEnum):
+    NONE = 0
+    CGROUP_SOCK = 1
+    LSM = 2
+    FANOTIFY = 3
+    SIGKILL = 4
+
+
+class IdKind(enum.IntEnum):
+    UID = 1
+    GID = 2
+    CGROUP = 3
 
 
 class Op(enum.IntEnum):
@@ -33,9 +59,10 @@ class Op(enum.IntEnum):
     BIND = 10
     LISTEN = 11
     ACCEPT = 12
+    VERDICT = 13
 
 
-OP_MAX = 13
+OP_MAX = 14
 
 F_TRUNCATED = 0x1
 F_PATH_RESOLVED = 0x2
@@ -145,6 +172,91 @@ class Pending(_S):
     ]
 
 
+class Verdict(_S):
+    _fields_ = [
+        ("hdr", Hdr),
+        ("generation", c_uint32),
+        ("rule_index", c_uint16),
+        ("guarded_op", c_uint8),
+        ("action", c_uint8),
+        ("rule_action", c_uint8),
+        ("mechanism", c_uint8),
+        ("family", c_uint16),
+        ("protocol", c_uint16),
+        ("port", c_uint16),
+        ("exe_len", c_uint32),
+        ("addr", c_uint8 * 16),
+    ]
+
+
+class Mask(_S):
+    _fields_ = [("w", c_uint64 * MASK_WORDS)]
+
+
+class GuardCfg(_S):
+    _fields_ = [
+        ("slot", c_uint32),
+        ("generation", c_uint32 * 2),
+        ("_pad0", c_uint32),
+    ]
+
+
+class RuleKey(_S):
+    _fields_ = [("slot", c_uint8), ("op", c_uint8), ("index", c_uint16)]
+
+
+class Rule(_S):
+    _fields_ = [
+        ("action", c_uint8),
+        ("monitor", c_uint8),
+        ("_pad0", c_uint16),
+        ("_pad1", c_uint32),
+    ]
+
+
+class AddrKey(_S):
+    _fields_ = [
+        ("prefixlen", c_uint32),
+        ("slot", c_uint8),
+        ("op", c_uint8),
+        ("_pad0", c_uint8 * 2),
+        ("addr", c_uint8 * 16),
+    ]
+
+
+class PortKey(_S):
+    _fields_ = [
+        ("slot", c_uint8),
+        ("op", c_uint8),
+        ("protocol", c_uint8),
+        ("any", c_uint8),
+        ("port", c_uint16),
+        ("_pad0", c_uint16),
+    ]
+
+
+class ExeKey(_S):
+    _fields_ = [
+        ("prefixlen", c_uint32),
+        ("slot", c_uint8),
+        ("_pad0", c_uint8 * 3),
+        ("path", c_uint8 * EXE_PATH_MAX),
+    ]
+
+
+class Subject(_S):
+    _fields_ = [("include", Mask), ("exclude", Mask), ("lineage", Mask)]
+
+
+class IdKey(_S):
+    _fields_ = [
+        ("slot", c_uint8),
+        ("kind", c_uint8),
+        ("_pad0", c_uint8 * 6),
+        ("id", c_uint64),
+    ]
+
+
 # C struct name in the header -> mirror; the ABI test walks this table.
 STRUCTS: dict[str, type[ctypes.Structure]] = {
     "st_hdr": Hdr,
@@ -156,6 +268,16 @@ STRUCTS: dict[str, type[ctypes.Structure]] = {
     "st_rodata": Rodata,
     "st_prefix_key": PrefixKey,
     "st_pending": Pending,
+    "st_verdict": Verdict,
+    "st_mask": Mask,
+    "st_guard_cfg": GuardCfg,
+    "st_rule_key": RuleKey,
+    "st_rule": Rule,
+    "st_addr_key": AddrKey,
+    "st_port_key": PortKey,
+    "st_exe_key": ExeKey,
+    "st_subject": Subject,
+    "st_id_key": IdKey,
 }
 
 # Map names in the BPF objects.
@@ -164,6 +286,13 @@ MAP_CONFIG = "st_config"
 MAP_DROPS = "st_drops"
 MAP_OPEN_PREFIXES = "st_open_prefixes"
 RODATA_SECTION = ".rodata.st"
+MAP_GUARD_CFG = "st_guard_cfg"
+MAP_RULES = "st_rules"
+MAP_NET_ADDR = "st_net_addr"
+MAP_NET_PORT = "st_net_port"
+MAP_EXE = "st_exe"
+MAP_IDS = "st_ids"
+MAP_LINEAGE = "st_lineage"
 
 
 def prefix_key(prefix: bytes) -> bytes:
