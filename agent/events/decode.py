@@ -102,6 +102,7 @@ class Decoder:
             abi.Op.BIND: self._net,
             abi.Op.LISTEN: self._net,
             abi.Op.ACCEPT: self._net,
+            abi.Op.VERDICT: self._verdict,
         }
 
     def decode(self, raw: bytes) -> model.Event:
@@ -209,6 +210,26 @@ class Decoder:
             owner_gid=None if f.owner_gid == unchanged else f.owner_gid,
         )
 
+    def _verdict(self, raw: bytes) -> model.Event:
+        v = self._fixed(abi.Verdict, raw)
+        assert isinstance(v, abi.Verdict)
+        (exe,) = _strings(raw[_SIZES[abi.Verdict] :], [v.exe_len])
+        addr = bytes(v.addr)
+        mapped = addr[:12] == b"\0" * 10 + b"\xff\xff"
+        return model.GuardEvent(
+            **self._common(v.hdr, _text(exe)),  # type: ignore[arg-type]
+            op=OP_KIND.get(v.guarded_op, str(v.guarded_op)),
+            action=abi.Action(v.action).name.lower(),
+            rule_action=abi.Action(v.rule_action).name.lower(),
+            mechanism=MECHANISMS.get(v.mechanism, str(v.mechanism)),
+            generation=v.generation,
+            rule_index=v.rule_index,
+            family="ipv4" if v.family == socket.AF_INET else "ipv6",
+            protocol=PROTOCOLS.get(v.protocol, str(v.protocol)),
+            addr=_addr(socket.AF_INET, addr[12:]) if mapped else _addr(socket.AF_INET6, addr),
+            port=v.port,
+        )
+
     def _net(self, raw: bytes) -> model.Event:
         n = self._fixed(abi.Net, raw)
         assert isinstance(n, abi.Net)
@@ -234,8 +255,15 @@ class Decoder:
         return model.AcceptEvent(**common)  # type: ignore[arg-type]
 
 
+MECHANISMS = {
+    abi.Mechanism.NONE: "none",
+    abi.Mechanism.CGROUP_SOCK: "cgroup-sock",
+    abi.Mechanism.LSM: "lsm",
+    abi.Mechanism.FANOTIFY: "fanotify",
+    abi.Mechanism.SIGKILL: "sigkill",
+}
 _SIZES: dict[type[abi._S], int] = {
-    cls: ctypes.sizeof(cls) for cls in (abi.Exec, abi.Proc, abi.File, abi.Net)
+    cls: ctypes.sizeof(cls) for cls in (abi.Exec, abi.Proc, abi.File, abi.Net, abi.Verdict)
 }
 _HDR_SIZE = ctypes.sizeof(abi.Hdr)
 

@@ -195,6 +195,30 @@ class AcceptEvent(NetEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
+class GuardEvent(Event):
+    """A decision the in-kernel guard took (deny, kill, audit, or "would" in monitor mode).
+
+    ``rule_index`` is resolved to a rule id by the compiled policy of ``generation``.
+    """
+
+    kind: ClassVar[str] = "guard"
+    op: str  # the event kind judged: connect, bind, ...
+    action: str  # taken: allow, audit, deny, kill
+    rule_action: str  # asked by the rule (differs from action in monitor mode)
+    mechanism: str
+    generation: int
+    rule_index: int
+    family: str
+    protocol: str
+    addr: str
+    port: int
+
+    def object_text(self) -> str:
+        what = f"{self.protocol} {_hostport(self.addr, self.port)}"
+        return f"{self.action.upper()} {self.op} {what} (rule #{self.rule_index}, {self.mechanism})"
+
+
+@dataclass(frozen=True, kw_only=True)
 class LossEvent:
     """Records the kernel could not deliver (ring buffer full). Never silent."""
 

@@ -87,6 +87,27 @@ _fn("bpf_map__key_size", c_uint32, MapPtr)
 _fn("bpf_map__value_size", c_uint32, MapPtr)
 _fn("bpf_map__type", c_int, MapPtr)
 _fn("bpf_map__initial_value", c_void_p, MapPtr, POINTER(c_size_t))
+_fn("bpf_map__reuse_fd", c_int, MapPtr, c_int)
+
+
+class MapCreateOpts(ctypes.Structure):
+    """struct bpf_map_create_opts (libbpf >= 1.0)."""
+
+    _fields_ = [
+        ("sz", c_size_t),
+        ("btf_fd", c_uint32),
+        ("btf_key_type_id", c_uint32),
+        ("btf_value_type_id", c_uint32),
+        ("btf_vmlinux_value_type_id", c_uint32),
+        ("inner_map_fd", c_uint32),
+        ("map_flags", c_uint32),
+        ("map_extra", c_uint64),
+        ("numa_node", c_uint32),
+        ("map_ifindex", c_uint32),
+    ]
+
+
+_fn("bpf_map_create", c_int, c_int, c_char_p, c_uint32, c_uint32, c_uint32, POINTER(MapCreateOpts))
 _fn("bpf_map_update_elem", c_int, c_int, c_void_p, c_void_p, c_uint64)
 _fn("bpf_map_lookup_elem", c_int, c_int, c_void_p, c_void_p)
 _fn("bpf_map_delete_elem", c_int, c_int, c_void_p)

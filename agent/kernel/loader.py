@@ -35,17 +35,61 @@ def object_path(name: str) -> Path:
     return path
 
 
+BPF_MAP_TYPE_HASH = 1
+BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_LPM_TRIE = 11
+BPF_F_NO_PREALLOC = 1
+
+
 class Map:
     """A BPF map by fd: fixed-size byte keys and values (pack them with agent.kernel.abi)."""
 
-    def __init__(self, ptr: int, name: str) -> None:
-        self._ptr = ptr
+    def __init__(
+        self, fd: int, name: str, key_size: int, value_size: int, max_entries: int, map_type: int
+    ) -> None:
+        self.fd = fd
         self.name = name
-        self.fd = libbpf.check(lib.bpf_map__fd(ptr), f"map {name}: fd")
-        self.key_size = int(lib.bpf_map__key_size(ptr))
-        self.value_size = int(lib.bpf_map__value_size(ptr))
-        self.max_entries = int(lib.bpf_map__max_entries(ptr))
-        self.map_type = int(lib.bpf_map__type(ptr))
+        self.key_size = key_size
+        self.value_size = value_size
+        self.max_entries = max_entries
+        self.map_type = map_type
+        self._owned = False
+
+    @classmethod
+    def of_object(cls, ptr: int, name: str) -> Map:
+        return cls(
+            libbpf.check(lib.bpf_map__fd(ptr), f"map {name}: fd"),
+            name,
+            int(lib.bpf_map__key_size(ptr)),
+            int(lib.bpf_map__value_size(ptr)),
+            int(lib.bpf_map__max_entries(ptr)),
+            int(lib.bpf_map__type(ptr)),
+        )
+
+    @classmethod
+    def create(
+        cls,
+        map_type: int,
+        name: str,
+        key_size: int,
+        value_size: int,
+        max_entries: int,
+        flags: int = 0,
+    ) -> Map:
+        """A new map owned by this object (closed with ``close``), e.g. an inner map."""
+        opts = libbpf.MapCreateOpts(sz=ctypes.sizeof(libbpf.MapCreateOpts), map_flags=flags)
+        fd = lib.bpf_map_create(
+            map_type, name.encode()[:15], key_size, value_size, max_entries, ctypes.byref(opts)
+        )
+        libbpf.check(fd, f"create map {name}")
+        m = cls(fd, name, key_size, value_size, max_entries, map_type)
+        m._owned = True
+        return m
+
+    def close(self) -> None:
+        if self._owned and self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     def _key(self, key: bytes) -> ctypes.Array[ctypes.c_char]:
         if len(key) != self.key_size:
@@ -219,7 +263,11 @@ class BpfObject:
         return link
 
     def map(self, name: str) -> Map:
-        return Map(self._map_ptr(name), name)
+        return Map.of_object(self._map_ptr(name), name)
+
+    def reuse_map(self, name: str, fd: int) -> None:
+        """Before load: use an existing map (e.g. another object's ring buffer) for ``name``."""
+        libbpf.check(lib.bpf_map__reuse_fd(self._map_ptr(name), fd), f"map {name}: reuse fd")
 
     def close(self) -> None:
         for link in self.links:
