@@ -1,19 +1,19 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
- * sealtrail in-kernel guard: compiled policy tables (see sealtrail.h, "the in-kernel guard")
- * enforced at cgroup sock_addr hooks (connect4/6, bind4/6), which return EPERM to the caller
- * on every kernel that has cgroup v2, and a process lineage map that lets a rule follow the
- * descendants of a binary.
+ * sealtrail in-kernel guard: the compiled policy tables (sealtrail.h, "the in-kernel guard";
+ * agent/policy/compile.py) enforced at cgroup sock_addr hooks (connect4/6, bind4/6), which
+ * return EPERM to the caller, plus the lineage map that lets a rule follow the descendants of
+ * a binary.
  *
- * Matching cost does not depend on the number of rules: a handful of map lookups (one LPM per
- * dimension) and an AND over ST_MASK_WORDS words, then the lowest set bit wins (the compiler
- * orders rules by precedence).
+ * Matching cost does not depend on the number of rules: a fixed set of map lookups and an AND
+ * over ST_MASK_WORDS words, then the lowest set bit wins.
  */
 #include "common.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
 #define SIGKILL 9
+#define GUARDED_OPS 2 /* ops whose tables the lineage follows: connect, bind */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -22,54 +22,81 @@ struct {
 	__type(value, struct st_guard_cfg);
 } st_guard_cfg SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 2 * ST_OP_MAX * ST_RULES_MAX);
-	__type(key, struct st_rule_key);
-	__type(value, struct st_rule);
-} st_rules SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 16384);
-	__type(key, struct st_addr_key);
-	__type(value, struct st_mask);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-} st_net_addr SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct st_port_key);
-	__type(value, struct st_mask);
-} st_net_port SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 16384);
-	__type(key, struct st_exe_key);
-	__type(value, struct st_subject);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-} st_exe SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct st_id_key);
-	__type(value, struct st_mask);
-} st_ids SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+/* inner map templates: the agent creates maps of exactly these shapes on every (re)load */
+struct pol_rules {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, ST_OP_MAX * ST_RULES_PER_OP);
 	__type(key, __u32);
+	__type(value, struct st_pol_rule);
+};
+struct pol_masks {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, ST_OP_MAX);
+	__type(key, __u32);
+	__type(value, struct st_pol_masks);
+};
+struct pol_addrs {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 4096);
+	__type(key, struct st_lpm_addr_key);
 	__type(value, struct st_mask);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+};
+struct pol_ports {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 4096);
+	__type(key, struct st_lpm_port_key);
+	__type(value, struct st_mask);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+};
+struct pol_exe {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 4096);
+	__type(key, struct st_lpm_path_key);
+	__type(value, struct st_pol_exe);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+};
+struct pol_ids {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct st_pol_id_key);
+	__type(value, struct st_pol_id);
+};
+struct pol_cgroup {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct st_pol_cgroup_key);
+	__type(value, struct st_pol_id);
+};
+
+#define OUTER(name, inner)                                  \
+	struct {                                            \
+		__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);   \
+		__uint(max_entries, 2);                     \
+		__type(key, __u32);                         \
+		__array(values, struct inner);              \
+	} name SEC(".maps")
+
+OUTER(st_pol_rules, pol_rules);
+OUTER(st_pol_masks, pol_masks);
+OUTER(st_pol_addrs, pol_addrs);
+OUTER(st_pol_ports, pol_ports);
+OUTER(st_pol_exe, pol_exe);
+OUTER(st_pol_uid, pol_ids);
+OUTER(st_pol_gid, pol_ids);
+OUTER(st_pol_cgroup, pol_cgroup);
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct st_lineage_key);
+	__type(value, struct st_lineage);
 } st_lineage SEC(".maps");
 
-/* per-CPU work area: masks are too big for the 512-byte stack */
+/* per-CPU work area: keys and masks are too big for the 512-byte stack */
 struct guard_work {
+	struct st_lpm_path_key exe_key;
 	struct st_mask acc;
-	struct st_exe_key exe_key;
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -78,91 +105,102 @@ struct {
 	__type(value, struct guard_work);
 } st_guard_work SEC(".maps");
 
-static __always_inline bool mask_empty(const struct st_mask *m)
-{
-	__u64 any = 0;
-#pragma unroll
-	for (int i = 0; i < ST_MASK_WORDS; i++)
-		any |= m->w[i];
-	return any == 0;
-}
-
-/* acc &= (a | b), where a missing table entry is an empty mask */
-static __always_inline void mask_and_or(struct st_mask *acc, const struct st_mask *a,
-					const struct st_mask *b)
-{
-#pragma unroll
-	for (int i = 0; i < ST_MASK_WORDS; i++)
-		acc->w[i] &= (a ? a->w[i] : 0) | (b ? b->w[i] : 0);
-}
-
-static __always_inline int lowest_bit(const struct st_mask *m)
-{
-#pragma unroll
-	for (int i = 0; i < ST_MASK_WORDS; i++) {
-		__u64 w = m->w[i];
-		if (w) {
-			/* index of the lowest set bit: binary search (BPF has no ctz) */
-			int n = 0;
-			if (!(w & 0xffffffffULL)) { n += 32; w >>= 32; }
-			if (!(w & 0xffffULL)) { n += 16; w >>= 16; }
-			if (!(w & 0xffULL)) { n += 8; w >>= 8; }
-			if (!(w & 0xfULL)) { n += 4; w >>= 4; }
-			if (!(w & 0x3ULL)) { n += 2; w >>= 2; }
-			if (!(w & 0x1ULL)) { n += 1; }
-			return i * 64 + n;
-		}
-	}
-	return -1;
-}
-
 static __always_inline struct guard_work *get_work(void)
 {
 	__u32 zero = 0;
 	return bpf_map_lookup_elem(&st_guard_work, &zero);
 }
 
-static __always_inline void and_ids(struct st_mask *acc, __u8 slot, __u8 kind, __u64 id)
+static __always_inline void *inner(void *outer, __u32 slot)
 {
-	struct st_id_key k = {.slot = slot, .kind = kind, .id = id};
-	struct st_mask *exact = bpf_map_lookup_elem(&st_ids, &k);
-	k.id = ST_ID_ANY;
-	struct st_mask *any = bpf_map_lookup_elem(&st_ids, &k);
-	mask_and_or(acc, exact, any);
+	return bpf_map_lookup_elem(outer, &slot);
 }
 
-/*
- * acc &= rules whose subject conditions (binary, lineage, exceptions, uid, gid, cgroup) the
- * current task satisfies. Writes the exe path into the record at @exe_dst.
- */
-static __always_inline __u32 and_subject(struct guard_work *w, struct pathbuf *pb, __u8 slot,
-					 void *exe_dst)
+static __always_inline int lowest_bit(const struct st_mask *m)
+{
+	for (int i = 0; i < ST_MASK_WORDS; i++) {
+		__u64 w = m->w[i];
+		if (!w)
+			continue;
+		int n = 0; /* BPF has no ctz: binary search */
+		if (!(w & 0xffffffffULL)) { n += 32; w >>= 32; }
+		if (!(w & 0xffffULL)) { n += 16; w >>= 16; }
+		if (!(w & 0xffULL)) { n += 8; w >>= 8; }
+		if (!(w & 0xfULL)) { n += 4; w >>= 4; }
+		if (!(w & 0x3ULL)) { n += 2; w >>= 2; }
+		if (!(w & 0x1ULL)) { n += 1; }
+		return i * 64 + n;
+	}
+	return -1;
+}
+
+/* word i of a mask field of a looked-up value; a missing entry is an empty mask */
+#define F(p, field, i) ((p) ? (p)->field.w[i] : 0)
+#define W(p, i) ((p) ? (p)->w[i] : 0)
+
+/* Everything looked up for one decision; NULL = no entry = empty mask. */
+struct lookups {
+	struct st_pol_masks *m;
+	struct st_mask *addr, *port;
+	struct st_pol_exe *exe;
+	struct st_lineage *lin;
+	struct st_pol_id *uid, *gid, *cg;
+};
+
+/* Lowest set bit of T & S & ~X (compile.py's verdict function); -1 if none. */
+static __always_inline int decide(struct guard_work *w, struct lookups *l, int proto_slot)
+{
+	struct st_pol_masks *m = l->m;
+	for (int i = 0; i < ST_MASK_WORDS; i++) {
+		__u64 t = (W(l->addr, i) | m->slot[ST_SLOT_ADDR_ANY].w[i]) &
+			  (W(l->port, i) | m->slot[ST_SLOT_PORT_ANY].w[i]) &
+			  (m->slot[proto_slot & 15].w[i] | m->slot[ST_SLOT_PROTO_ANY].w[i]);
+		__u64 s = (F(l->exe, self, i) | F(l->lin, inherit, i) | m->slot[ST_SLOT_EXE_ANY].w[i]) &
+			  (F(l->uid, self, i) | m->slot[ST_SLOT_UID_ANY].w[i]) &
+			  (F(l->gid, self, i) | m->slot[ST_SLOT_GID_ANY].w[i]) &
+			  (F(l->cg, self, i) | m->slot[ST_SLOT_CGROUP_ANY].w[i]);
+		__u64 x = m->slot[ST_SLOT_HAS_EXCEPT].w[i] &
+			  (F(l->exe, xself, i) | F(l->lin, xinherit, i) | m->slot[ST_SLOT_X_EXE_ANY].w[i]) &
+			  (F(l->uid, xself, i) | m->slot[ST_SLOT_X_UID_ANY].w[i]) &
+			  (F(l->gid, xself, i) | m->slot[ST_SLOT_X_GID_ANY].w[i]) &
+			  (F(l->cg, xself, i) | m->slot[ST_SLOT_X_CGROUP_ANY].w[i]);
+		w->acc.w[i] = t & s & ~x;
+	}
+	return lowest_bit(&w->acc);
+}
+
+/* Look up the subject tables for the current task; the exe path goes into @exe_dst. */
+static __always_inline __u32 lookup_subject(struct guard_work *w, struct pathbuf *pb, __u32 slot,
+					    __u8 op, struct lookups *l, void *exe_dst)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
 	struct path exe_path = BPF_CORE_READ(task, mm, exe_file, f_path);
 	bool truncated = false;
 	__u32 n = put_walked(exe_dst, pb, &exe_path, &truncated);
 
-	__u32 len = n;
-	if (len > ST_EXE_PATH_MAX)
-		len = ST_EXE_PATH_MAX;
-	/* constant-size copy; prefixlen limits what counts (the NUL makes exact paths exact) */
-	bpf_probe_read_kernel(w->exe_key.path, ST_EXE_PATH_MAX, exe_dst);
-	w->exe_key.prefixlen = 32 + len * 8;
-	w->exe_key.slot = slot;
-	struct st_subject *subj = bpf_map_lookup_elem(&st_exe, &w->exe_key);
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	struct st_mask *lin = bpf_map_lookup_elem(&st_lineage, &tgid);
-#pragma unroll
-	for (int i = 0; i < ST_MASK_WORDS; i++) {
-		__u64 inc = (subj ? subj->include.w[i] : 0) | (lin ? lin->w[i] : 0);
-		__u64 exc = subj ? subj->exclude.w[i] : 0;
-		w->acc.w[i] &= inc & ~exc;
-	}
+	/* key data: op, path, NUL (so exact entries, which end in NUL, can match) */
+	__u32 len = n + 1;
+	if (len > sizeof(w->exe_key.data))
+		len = sizeof(w->exe_key.data);
+	w->exe_key.data[0] = op;
+	bpf_probe_read_kernel(&w->exe_key.data[1], sizeof(w->exe_key.data) - 1, exe_dst);
+	w->exe_key.prefixlen = len * 8;
+	void *exe_map = inner(&st_pol_exe, slot);
+	l->exe = exe_map ? bpf_map_lookup_elem(exe_map, &w->exe_key) : NULL;
+
+	struct st_lineage_key lk = {.tgid = bpf_get_current_pid_tgid() >> 32, .op = op};
+	l->lin = bpf_map_lookup_elem(&st_lineage, &lk);
+
 	__u64 uid_gid = bpf_get_current_uid_gid();
-	and_ids(&w->acc, slot, ST_ID_UID, (__u32)uid_gid);
-	and_ids(&w->acc, slot, ST_ID_GID, uid_gid >> 32);
-	and_ids(&w->acc, slot, ST_ID_CGROUP, bpf_get_current_cgroup_id());
+	struct st_pol_id_key ik = {.op = op, .id = (__u32)uid_gid};
+	void *uid_map = inner(&st_pol_uid, slot);
+	l->uid = uid_map ? bpf_map_lookup_elem(uid_map, &ik) : NULL;
+	ik.id = uid_gid >> 32;
+	void *gid_map = inner(&st_pol_gid, slot);
+	l->gid = gid_map ? bpf_map_lookup_elem(gid_map, &ik) : NULL;
+	struct st_pol_cgroup_key ck = {.op = op, .cgroup_id = bpf_get_current_cgroup_id()};
+	void *cg_map = inner(&st_pol_cgroup, slot);
+	l->cg = cg_map ? bpf_map_lookup_elem(cg_map, &ck) : NULL;
 	return n;
 }
 
@@ -173,74 +211,82 @@ static __always_inline int judge_sock(struct bpf_sock_addr *ctx, __u8 op, bool v
 	struct st_guard_cfg *cfg = bpf_map_lookup_elem(&st_guard_cfg, &zero);
 	if (!cfg)
 		return 1;
-	__u8 slot = cfg->slot & 1;
+	__u32 slot = cfg->slot & 1;
 	__u32 generation = cfg->generation[slot];
+	struct lookups l = {};
 
-	struct st_addr_key ak = {.slot = slot, .op = op};
-	ak.prefixlen = 32 + 128;
-	if (v6) {
-		ak.addr[0] = 0; /* copy through u32 loads: the ctx only allows 4-byte reads */
-		__u32 a0 = ctx->user_ip6[0], a1 = ctx->user_ip6[1];
-		__u32 a2 = ctx->user_ip6[2], a3 = ctx->user_ip6[3];
-		__builtin_memcpy(&ak.addr[0], &a0, 4);
-		__builtin_memcpy(&ak.addr[4], &a1, 4);
-		__builtin_memcpy(&ak.addr[8], &a2, 4);
-		__builtin_memcpy(&ak.addr[12], &a3, 4);
-	} else {
-		__u32 a = ctx->user_ip4;
-		ak.addr[10] = 0xff;
-		ak.addr[11] = 0xff;
-		__builtin_memcpy(&ak.addr[12], &a, 4);
-	}
-	struct st_mask *addr_mask = bpf_map_lookup_elem(&st_net_addr, &ak);
-	if (!addr_mask)
-		return 1; /* no rule for this op and address: the common, cheap path */
+	void *masks = inner(&st_pol_masks, slot);
+	__u32 opk = op;
+	l.m = masks ? bpf_map_lookup_elem(masks, &opk) : NULL;
+	if (!l.m)
+		return 1; /* no rule guards this op: the common, cheap path */
 
 	struct guard_work *w = get_work();
 	struct pathbuf *pb = get_pathbuf();
 	struct st_verdict *v = get_scratch();
 	if (!w || !pb || !v)
 		return 1;
-	__builtin_memcpy(&w->acc, addr_mask, sizeof(w->acc));
+
+	struct st_lpm_addr_key ak = {.prefixlen = 32 + 128};
+	ak.data[0] = op;
+	if (v6) {
+		/* the ctx allows 4-byte loads only */
+		__u32 a0 = ctx->user_ip6[0], a1 = ctx->user_ip6[1];
+		__u32 a2 = ctx->user_ip6[2], a3 = ctx->user_ip6[3];
+		__builtin_memcpy(&ak.data[4], &a0, 4);
+		__builtin_memcpy(&ak.data[8], &a1, 4);
+		__builtin_memcpy(&ak.data[12], &a2, 4);
+		__builtin_memcpy(&ak.data[16], &a3, 4);
+	} else {
+		__u32 a = ctx->user_ip4;
+		ak.data[14] = 0xff;
+		ak.data[15] = 0xff;
+		__builtin_memcpy(&ak.data[16], &a, 4);
+	}
+	void *addrs = inner(&st_pol_addrs, slot);
+	l.addr = addrs ? bpf_map_lookup_elem(addrs, &ak) : NULL;
 
 	__u16 port = bpf_ntohs((__u16)ctx->user_port);
-	__u8 proto = ctx->protocol;
-	struct st_port_key pk = {.slot = slot, .op = op, .protocol = proto, .any = 0, .port = port};
-	struct st_mask *pm = bpf_map_lookup_elem(&st_net_port, &pk);
-	pk.any = 1;
-	pk.port = 0;
-	struct st_mask *pany = bpf_map_lookup_elem(&st_net_port, &pk);
-	mask_and_or(&w->acc, pm, pany);
-	if (mask_empty(&w->acc))
-		return 1;
+	struct st_lpm_port_key pk = {.prefixlen = 32};
+	pk.data[0] = op;
+	pk.data[2] = port >> 8;
+	pk.data[3] = port & 0xff;
+	void *ports = inner(&st_pol_ports, slot);
+	l.port = ports ? bpf_map_lookup_elem(ports, &pk) : NULL;
 
-	__u32 exe_len = and_subject(w, pb, slot, (__u8 *)(v + 1));
-	int idx = lowest_bit(&w->acc);
+	__u8 proto = ctx->protocol;
+	int proto_slot = proto == IPPROTO_TCP ? ST_SLOT_PROTO_TCP
+			 : proto == IPPROTO_UDP ? ST_SLOT_PROTO_UDP : ST_SLOT_PROTO_ANY;
+
+	__u32 exe_len = lookup_subject(w, pb, slot, op, &l, (__u8 *)(v + 1));
+	int idx = decide(w, &l, proto_slot);
 	if (idx < 0)
 		return 1;
-	struct st_rule_key rk = {.slot = slot, .op = op, .index = idx};
-	struct st_rule *rule = bpf_map_lookup_elem(&st_rules, &rk);
-	if (!rule || rule->action == ST_ACT_ALLOW)
+	void *rules = inner(&st_pol_rules, slot);
+	__u32 rk = op * ST_RULES_PER_OP + idx;
+	struct st_pol_rule *rule = rules ? bpf_map_lookup_elem(rules, &rk) : NULL;
+	if (!rule || rule->action == ST_POL_ALLOW)
 		return 1;
 
-	__u8 action = rule->monitor ? ST_ACT_AUDIT : rule->action;
+	__u8 asked = rule->action + 1; /* enum st_pol_action -> enum st_action */
+	__u8 action = (rule->flags & ST_RULE_MONITOR) ? ST_ACT_AUDIT : asked;
 	v->generation = generation;
 	v->rule_index = idx;
 	v->guarded_op = op;
 	v->action = action;
-	v->rule_action = rule->action;
+	v->rule_action = asked;
 	v->mechanism = ST_MECH_CGROUP_SOCK;
 	v->family = v6 ? AF_INET6 : AF_INET;
 	v->protocol = proto;
 	v->port = port;
 	v->exe_len = exe_len;
-	__builtin_memcpy(v->addr, ak.addr, 16);
+	__builtin_memcpy(v->addr, &ak.data[4], 16);
 	fill_hdr(&v->hdr, ST_OP_VERDICT, sizeof(*v) + exe_len);
 	v->hdr.flags = ST_F_PATH_RESOLVED;
 	submit(v, sizeof(*v) + (exe_len & (ST_PATH_MAX * 2 - 1)), ST_OP_VERDICT);
 
 	if (action == ST_ACT_KILL) {
-		bpf_send_signal(SIGKILL); /* and deny: the side effect never happens */
+		bpf_send_signal(SIGKILL); /* and deny: the connection or bind never happens */
 		return 0;
 	}
 	return action == ST_ACT_DENY ? 0 : 1;
@@ -260,56 +306,77 @@ int st_guard_bind6(struct bpf_sock_addr *ctx) { return judge_sock(ctx, ST_OP_BIN
 
 /* ---- lineage: rules that follow a binary's descendants ---- */
 
+static __always_inline bool lineage_on(void)
+{
+	__u32 zero = 0;
+	struct st_guard_cfg *cfg = bpf_map_lookup_elem(&st_guard_cfg, &zero);
+	return cfg && (cfg->flags & ST_GUARD_LINEAGE);
+}
+
 SEC("tp_btf/sched_process_fork")
 int BPF_PROG(st_guard_fork, struct task_struct *parent, struct task_struct *child)
 {
-	__u32 ptgid = BPF_CORE_READ(parent, tgid);
+	if (!lineage_on())
+		return 0;
 	__u32 ctgid = BPF_CORE_READ(child, tgid);
 	if (BPF_CORE_READ(child, pid) != ctgid)
 		return 0;
-	struct st_mask *pl = bpf_map_lookup_elem(&st_lineage, &ptgid);
-	if (pl)
-		bpf_map_update_elem(&st_lineage, &ctgid, pl, BPF_ANY);
+	__u8 ops[GUARDED_OPS] = {ST_OP_CONNECT, ST_OP_BIND};
+	for (int i = 0; i < GUARDED_OPS; i++) {
+		struct st_lineage_key pk = {.tgid = BPF_CORE_READ(parent, tgid), .op = ops[i]};
+		struct st_lineage *pl = bpf_map_lookup_elem(&st_lineage, &pk);
+		if (!pl)
+			continue;
+		struct st_lineage_key ck = {.tgid = ctgid, .op = ops[i]};
+		bpf_map_update_elem(&st_lineage, &ck, pl, BPF_ANY);
+	}
 	return 0;
 }
 
 SEC("tp_btf/sched_process_exec")
 int BPF_PROG(st_guard_exec, struct task_struct *task, pid_t old_pid, struct linux_binprm *bprm)
 {
+	if (!lineage_on())
+		return 0;
 	__u32 zero = 0;
 	struct st_guard_cfg *cfg = bpf_map_lookup_elem(&st_guard_cfg, &zero);
 	struct guard_work *w = get_work();
 	struct pathbuf *pb = get_pathbuf();
-	void *rec = get_scratch();
+	__u8 *rec = get_scratch();
 	if (!cfg || !w || !pb || !rec)
 		return 0;
-	__u8 slot = cfg->slot & 1;
+	void *exe_map = inner(&st_pol_exe, cfg->slot & 1);
+	if (!exe_map)
+		return 0;
 	struct path exe_path = BPF_CORE_READ(bprm, file, f_path);
 	bool truncated = false;
 	__u32 n = put_walked(rec, pb, &exe_path, &truncated);
-	if (n > ST_EXE_PATH_MAX)
-		n = ST_EXE_PATH_MAX;
-	bpf_probe_read_kernel(w->exe_key.path, ST_EXE_PATH_MAX, rec);
-	w->exe_key.prefixlen = 32 + n * 8;
-	w->exe_key.slot = slot;
+	__u32 len = n + 1;
+	if (len > sizeof(w->exe_key.data))
+		len = sizeof(w->exe_key.data);
+	bpf_probe_read_kernel(&w->exe_key.data[1], sizeof(w->exe_key.data) - 1, rec);
+	w->exe_key.prefixlen = len * 8;
 	__u32 tgid = BPF_CORE_READ(task, tgid);
-	struct st_mask *cur = bpf_map_lookup_elem(&st_lineage, &tgid);
-	if (cur)
-		__builtin_memcpy(&w->acc, cur, sizeof(w->acc));
-	else
-		__builtin_memset(&w->acc, 0, sizeof(w->acc));
-	struct st_subject *subj = bpf_map_lookup_elem(&st_exe, &w->exe_key);
-	if (!subj)
-		return 0;
-	bool changed = false;
-#pragma unroll
-	for (int i = 0; i < ST_MASK_WORDS; i++) {
-		if (subj->lineage.w[i] & ~w->acc.w[i])
-			changed = true;
-		w->acc.w[i] |= subj->lineage.w[i];
+	__u8 ops[GUARDED_OPS] = {ST_OP_CONNECT, ST_OP_BIND};
+	for (int i = 0; i < GUARDED_OPS; i++) {
+		w->exe_key.data[0] = ops[i];
+		struct st_pol_exe *exe = bpf_map_lookup_elem(exe_map, &w->exe_key);
+		if (!exe)
+			continue;
+		struct st_lineage_key lk = {.tgid = tgid, .op = ops[i]};
+		struct st_lineage *cur = bpf_map_lookup_elem(&st_lineage, &lk);
+		if (cur) {
+			for (int j = 0; j < ST_MASK_WORDS; j++) {
+				cur->inherit.w[j] |= exe->inherit.w[j];
+				cur->xinherit.w[j] |= exe->xinherit.w[j];
+			}
+		} else {
+			struct st_lineage *fresh = (struct st_lineage *)rec; /* scratch: 256 bytes */
+			__builtin_memcpy(&fresh->inherit, &exe->inherit, sizeof(fresh->inherit));
+			__builtin_memcpy(&fresh->xinherit, &exe->xinherit, sizeof(fresh->xinherit));
+			bpf_map_update_elem(&st_lineage, &lk, fresh, BPF_ANY);
+		}
 	}
-	if (changed)
-		bpf_map_update_elem(&st_lineage, &tgid, &w->acc, BPF_ANY);
 	return 0;
 }
 
@@ -319,6 +386,9 @@ int BPF_PROG(st_guard_exit, struct task_struct *task)
 	if (BPF_CORE_READ(task, signal, live.counter) != 0)
 		return 0;
 	__u32 tgid = BPF_CORE_READ(task, tgid);
-	bpf_map_delete_elem(&st_lineage, &tgid);
+	for (__u32 op = ST_OP_CONNECT; op <= ST_OP_BIND; op++) {
+		struct st_lineage_key lk = {.tgid = tgid, .op = op};
+		bpf_map_delete_elem(&st_lineage, &lk);
+	}
 	return 0;
 }

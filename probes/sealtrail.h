@@ -180,11 +180,101 @@ struct st_pending {
 /* st_drops (per-CPU array, key = op): records lost because the ring buffer was full */
 /* counter type: __u64 */
 
-/* ---- the in-kernel guard (probes/guard.bpf.c): compiled policy tables ---- */
+/* ---- the in-kernel guard (probes/guard.bpf.c): compiled policy tables ----
+ *
+ * The layout is agent/policy/compile.py's (its docstring is the reference; its byte-level
+ * tests pin it): every rule of an operation has an index (its bit in a mask; the compiler
+ * orders rules by precedence, so the lowest set bit wins), every table maps a key to the mask
+ * of rules that key satisfies, and the verdict is the lowest set bit of T & S & ~X.
+ *
+ * Each table is an array-of-maps with two slots: a reload fills fresh inner maps in the idle
+ * slot, then flips st_guard_cfg.slot with one store. A hook reads the slot once, so it never
+ * sees a half-written policy, and there is no moment without one.
+ */
 
-#define ST_RULES_MAX 1024               /* rules of one policy set, all operations together */
-#define ST_MASK_WORDS (ST_RULES_MAX / 64)
+#define ST_RULES_PER_OP 1024
+#define ST_MASK_WORDS (ST_RULES_PER_OP / 64)
 
+struct st_mask {
+	__u64 w[ST_MASK_WORDS];   /* bit i of rule index i is bit i%64 of w[i/64] */
+};
+
+/* st_pol_masks value: fixed masks of one operation */
+enum st_slot {
+	ST_SLOT_EXE_ANY = 0, ST_SLOT_UID_ANY = 1, ST_SLOT_GID_ANY = 2, ST_SLOT_CGROUP_ANY = 3,
+	ST_SLOT_X_EXE_ANY = 4, ST_SLOT_X_UID_ANY = 5, ST_SLOT_X_GID_ANY = 6, ST_SLOT_X_CGROUP_ANY = 7,
+	ST_SLOT_HAS_EXCEPT = 8, ST_SLOT_ADDR_ANY = 9, ST_SLOT_PORT_ANY = 10, ST_SLOT_PROTO_ANY = 11,
+	ST_SLOT_PROTO_TCP = 12, ST_SLOT_PROTO_UDP = 13, ST_SLOT_ACCESS_READ = 14,
+	ST_SLOT_ACCESS_WRITE = 15, ST_SLOT_ACCESS_CREATE = 16, ST_SLOT_ACCESS_TRUNCATE = 17,
+	ST_SLOTS = 18,
+};
+struct st_pol_masks {
+	struct st_mask slot[ST_SLOTS];
+};
+
+/* st_pol_rules (array): key op * ST_RULES_PER_OP + index */
+enum st_pol_action { ST_POL_ALLOW = 0, ST_POL_AUDIT = 1, ST_POL_DENY = 2, ST_POL_KILL = 3 };
+#define ST_RULE_MONITOR 0x1
+#define ST_RULE_FALLBACK_KILL 0x2
+#define ST_RULE_FALLBACK_AUDIT 0x4
+struct st_pol_rule {
+	__u32 rule_no;     /* position in the policy set (file order) */
+	__u16 policy_no;
+	__u8 action;       /* enum st_pol_action */
+	__u8 flags;        /* ST_RULE_* */
+};
+
+/* LPM keys: data starts with the op byte */
+struct st_lpm_path_key {   /* st_pol_exe: op, path bytes[, NUL if exact] */
+	__u32 prefixlen;
+	__u8 data[256];
+};
+struct st_lpm_addr_key {   /* st_pol_addrs: op, 0, 0, 0, IPv6 (IPv4 as ::ffff:a.b.c.d) */
+	__u32 prefixlen;
+	__u8 data[20];
+};
+struct st_lpm_port_key {   /* st_pol_ports: op, 0, port (big-endian) */
+	__u32 prefixlen;
+	__u8 data[4];
+};
+struct st_pol_exe {
+	struct st_mask self;       /* rules whose binary condition this exe satisfies */
+	struct st_mask inherit;    /* ... and passes to its descendants */
+	struct st_mask xself;      /* rules that except this exe */
+	struct st_mask xinherit;
+};
+struct st_pol_id_key {     /* st_pol_uid, st_pol_gid */
+	__u32 op;
+	__u32 id;
+};
+struct st_pol_id {
+	struct st_mask self;
+	struct st_mask xself;
+};
+struct st_pol_cgroup_key { /* st_pol_cgroup: the agent resolves cgroup paths to ids */
+	__u32 op;
+	__u32 _pad0;
+	__u64 cgroup_id;
+};
+
+/* st_lineage (hash): what a task inherited from ancestors' binaries, per op */
+struct st_lineage_key {
+	__u32 tgid;
+	__u32 op;
+};
+struct st_lineage {
+	struct st_mask inherit;
+	struct st_mask xinherit;
+};
+
+#define ST_GUARD_LINEAGE 0x1  /* some rule follows descendants: maintain st_lineage */
+struct st_guard_cfg {
+	__u32 slot;           /* 0 or 1: the live inner maps */
+	__u32 generation[2];  /* policy generation held by each slot */
+	__u32 flags;          /* ST_GUARD_* of the live slot */
+};
+
+/* what the guard did (st_verdict.action) */
 enum st_action {
 	ST_ACT_NONE = 0,
 	ST_ACT_ALLOW = 1,
@@ -200,88 +290,6 @@ enum st_mechanism {
 	ST_MECH_FANOTIFY = 3,
 	ST_MECH_SIGKILL = 4,
 };
-
-/*
- * Bit i = rule index i. Indexes are global over all operations (a rule guards one op), so a
- * mask can gather rules of several ops (lineage). The compiler orders rules by precedence:
- * the lowest set bit wins.
- */
-struct st_mask {
-	__u64 w[ST_MASK_WORDS];
-};
-
-/*
- * Every table key starts with (slot, op). Two slots let a reload write a whole new policy
- * next to the live one and switch with a single store to st_guard_cfg.slot: a hook reads the
- * slot once, so it never sees a half-written policy, and there is no window without one.
- */
-struct st_guard_cfg {
-	__u32 slot;           /* 0 or 1: the live tables */
-	__u32 generation[2];  /* policy generation held by each slot */
-	__u32 _pad0;
-};
-
-/* st_rules (hash): (slot, op, index) -> rule */
-struct st_rule_key {
-	__u8 slot;
-	__u8 op;
-	__u16 index;
-};
-struct st_rule {
-	__u8 action;          /* enum st_action */
-	__u8 monitor;         /* 1 = record "would <action>", allow */
-	__u16 _pad0;
-	__u32 _pad1;
-};
-
-/* st_net_addr (LPM trie): prefixlen counts bits from slot (32 + address bits) -> st_mask */
-struct st_addr_key {
-	__u32 prefixlen;
-	__u8 slot;
-	__u8 op;
-	__u8 _pad0[2];
-	__u8 addr[16];        /* IPv4 as ::ffff:a.b.c.d, so v4-mapped v6 matches the same rules */
-};
-
-/* st_net_port (hash): (slot, op, protocol, any, port) -> st_mask; any=1 holds any-port rules */
-struct st_port_key {
-	__u8 slot;
-	__u8 op;
-	__u8 protocol;
-	__u8 any;
-	__u16 port;
-	__u16 _pad0;
-};
-
-/* st_exe (LPM trie): acting binary path (NUL included for exact paths) -> st_subject */
-#define ST_EXE_PATH_MAX 252 /* LPM trie data is at most 256 bytes: slot + pad + path */
-struct st_exe_key {
-	__u32 prefixlen;      /* 32 + path bits */
-	__u8 slot;
-	__u8 _pad0[3];
-	__u8 path[ST_EXE_PATH_MAX];
-};
-struct st_subject {
-	struct st_mask include;  /* rules whose binary condition this exe satisfies */
-	struct st_mask exclude;  /* rules that except this exe ("everyone but X") */
-	struct st_mask lineage;  /* rules this exe passes to its descendants */
-};
-
-/* st_ids (hash): (slot, kind, id) -> st_mask; id ST_ID_ANY holds rules without the condition */
-enum st_id_kind {
-	ST_ID_UID = 1,
-	ST_ID_GID = 2,
-	ST_ID_CGROUP = 3,
-};
-#define ST_ID_ANY 0xffffffffffffffffULL
-struct st_id_key {
-	__u8 slot;
-	__u8 kind;
-	__u8 _pad0[6];
-	__u64 id;
-};
-
-/* st_lineage (hash): tgid -> st_mask of rules inherited from an ancestor's binary */
 
 #ifdef __VMLINUX_H__
 _Static_assert(sizeof(struct st_hdr) == 64, "st_hdr layout");

@@ -17,10 +17,11 @@ ARGS_MAX = 4096
 COMM_LEN = 16
 FILTER_PREFIX_MAX = 256
 SCRATCH_SIZE = 20480
-RULES_MAX = 1024
-MASK_WORDS = RULES_MAX // 64
-EXE_PATH_MAX = 252
-ID_ANY = 0xFFFFFFFFFFFFFFFF
+RULES_PER_OP = 1024
+MASK_WORDS = RULES_PER_OP // 64
+SLOTS = 18
+RULE_MONITOR = 0x1
+GUARD_LINEAGE = 0x1
 
 
 class Action(enum.IntEnum):
@@ -37,12 +38,6 @@ class Mechanism(enum.IntEnum):
     LSM = 2
     FANOTIFY = 3
     SIGKILL = 4
-
-
-class IdKind(enum.IntEnum):
-    UID = 1
-    GID = 2
-    CGROUP = 3
 
 
 class Op(enum.IntEnum):
@@ -193,67 +188,60 @@ class Mask(_S):
     _fields_ = [("w", c_uint64 * MASK_WORDS)]
 
 
+class PolMasks(_S):
+    _fields_ = [("slot", Mask * SLOTS)]
+
+
+class PolRule(_S):
+    _fields_ = [
+        ("rule_no", c_uint32),
+        ("policy_no", c_uint16),
+        ("action", c_uint8),
+        ("flags", c_uint8),
+    ]
+
+
+class LpmPathKey(_S):
+    _fields_ = [("prefixlen", c_uint32), ("data", c_uint8 * 256)]
+
+
+class LpmAddrKey(_S):
+    _fields_ = [("prefixlen", c_uint32), ("data", c_uint8 * 20)]
+
+
+class LpmPortKey(_S):
+    _fields_ = [("prefixlen", c_uint32), ("data", c_uint8 * 4)]
+
+
+class PolExe(_S):
+    _fields_ = [("self", Mask), ("inherit", Mask), ("xself", Mask), ("xinherit", Mask)]
+
+
+class PolIdKey(_S):
+    _fields_ = [("op", c_uint32), ("id", c_uint32)]
+
+
+class PolId(_S):
+    _fields_ = [("self", Mask), ("xself", Mask)]
+
+
+class PolCgroupKey(_S):
+    _fields_ = [("op", c_uint32), ("_pad0", c_uint32), ("cgroup_id", c_uint64)]
+
+
+class LineageKey(_S):
+    _fields_ = [("tgid", c_uint32), ("op", c_uint32)]
+
+
+class Lineage(_S):
+    _fields_ = [("inherit", Mask), ("xinherit", Mask)]
+
+
 class GuardCfg(_S):
     _fields_ = [
         ("slot", c_uint32),
         ("generation", c_uint32 * 2),
-        ("_pad0", c_uint32),
-    ]
-
-
-class RuleKey(_S):
-    _fields_ = [("slot", c_uint8), ("op", c_uint8), ("index", c_uint16)]
-
-
-class Rule(_S):
-    _fields_ = [
-        ("action", c_uint8),
-        ("monitor", c_uint8),
-        ("_pad0", c_uint16),
-        ("_pad1", c_uint32),
-    ]
-
-
-class AddrKey(_S):
-    _fields_ = [
-        ("prefixlen", c_uint32),
-        ("slot", c_uint8),
-        ("op", c_uint8),
-        ("_pad0", c_uint8 * 2),
-        ("addr", c_uint8 * 16),
-    ]
-
-
-class PortKey(_S):
-    _fields_ = [
-        ("slot", c_uint8),
-        ("op", c_uint8),
-        ("protocol", c_uint8),
-        ("any", c_uint8),
-        ("port", c_uint16),
-        ("_pad0", c_uint16),
-    ]
-
-
-class ExeKey(_S):
-    _fields_ = [
-        ("prefixlen", c_uint32),
-        ("slot", c_uint8),
-        ("_pad0", c_uint8 * 3),
-        ("path", c_uint8 * EXE_PATH_MAX),
-    ]
-
-
-class Subject(_S):
-    _fields_ = [("include", Mask), ("exclude", Mask), ("lineage", Mask)]
-
-
-class IdKey(_S):
-    _fields_ = [
-        ("slot", c_uint8),
-        ("kind", c_uint8),
-        ("_pad0", c_uint8 * 6),
-        ("id", c_uint64),
+        ("flags", c_uint32),
     ]
 
 
@@ -270,14 +258,18 @@ STRUCTS: dict[str, type[ctypes.Structure]] = {
     "st_pending": Pending,
     "st_verdict": Verdict,
     "st_mask": Mask,
+    "st_pol_masks": PolMasks,
+    "st_pol_rule": PolRule,
+    "st_lpm_path_key": LpmPathKey,
+    "st_lpm_addr_key": LpmAddrKey,
+    "st_lpm_port_key": LpmPortKey,
+    "st_pol_exe": PolExe,
+    "st_pol_id_key": PolIdKey,
+    "st_pol_id": PolId,
+    "st_pol_cgroup_key": PolCgroupKey,
+    "st_lineage_key": LineageKey,
+    "st_lineage": Lineage,
     "st_guard_cfg": GuardCfg,
-    "st_rule_key": RuleKey,
-    "st_rule": Rule,
-    "st_addr_key": AddrKey,
-    "st_port_key": PortKey,
-    "st_exe_key": ExeKey,
-    "st_subject": Subject,
-    "st_id_key": IdKey,
 }
 
 # Map names in the BPF objects.
@@ -287,11 +279,6 @@ MAP_DROPS = "st_drops"
 MAP_OPEN_PREFIXES = "st_open_prefixes"
 RODATA_SECTION = ".rodata.st"
 MAP_GUARD_CFG = "st_guard_cfg"
-MAP_RULES = "st_rules"
-MAP_NET_ADDR = "st_net_addr"
-MAP_NET_PORT = "st_net_port"
-MAP_EXE = "st_exe"
-MAP_IDS = "st_ids"
 MAP_LINEAGE = "st_lineage"
 
 
