@@ -45,3 +45,37 @@ class KeyStoreError(SealtrailError):
 
 class FormatError(SealtrailError):
     """A record, checkpoint, proof or key file does not follow docs/journal-format.md."""
+
+
+class PolicyError(SealtrailError):
+    """A policy, a policy set or a fixture file cannot be used as written."""
+
+
+class PolicyFieldError(PolicyError):
+    """One field of a policy or fixture is wrong; ``field`` is its key path inside the file.
+
+    ``at_key`` says whether the key itself is the problem (unknown key) or its value, so the
+    location points at the right token.
+    """
+
+    def __init__(self, field: tuple[str | int, ...], message: str, *, at_key: bool = False) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+        self.at_key = at_key
+
+    def within(self, *prefix: str | int) -> PolicyFieldError:
+        """The same error seen from an enclosing table."""
+        return PolicyFieldError(prefix + self.field, self.message, at_key=self.at_key)
+
+
+class PolicyInvalid(PolicyError):
+    """One or more findings of severity error; ``findings`` holds them all, each printable."""
+
+    def __init__(self, findings: list[object]) -> None:
+        super().__init__("\n".join(str(f) for f in findings))
+        self.findings = findings
+
+
+class MechanismUnavailable(PolicyError):
+    """A rule in enforce mode has no mechanism on this host and names no fallback."""

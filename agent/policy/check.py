@@ -1,0 +1,233 @@
+"""Validate a policy set as a whole: what a person should fix before it is enforced.
+
+Single files are already checked by the model (types, values, unknown keys). Here: duplicate
+rule ids and policy names across files, rules that can never match, rules shadowed by one that
+ranks before them (same operation, that rule matches every event they match), and — with a host
+capability set — rules that no mechanism can enforce on that host. Coverage tests are
+conservative: a reported shadow is certain, an unreported one is not proof of reachability.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from agent.errors import PolicyInvalid
+from agent.policy.compile import CompiledPolicySet, compile_policy_set, lpm_key, precedence_class
+from agent.policy.mechanisms import Enforcement, HostCapabilities, plan
+from agent.policy.model import Rule, Subject, Target, parse_address, parse_path, parse_port
+from agent.policy.source import Finding, PolicySet, PolicySource, load_policy_set
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Report:
+    policy_set: PolicySet
+    findings: tuple[Finding, ...]
+    compiled: CompiledPolicySet | None  # None when there are errors
+    enforcement: tuple[Enforcement, ...] | None  # with a host only
+
+    @property
+    def ok(self) -> bool:
+        return not any(f.severity == "error" for f in self.findings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "digest": self.compiled.digest if self.compiled else None,
+            "files": [s.document.file for s in self.policy_set.sources],
+            "rules": sum(len(p.rules) for p in self.policy_set.policies),
+            "findings": [f.to_dict() for f in self.findings],
+            "enforcement": [e.to_dict() for e in self.enforcement]
+            if self.enforcement is not None
+            else None,
+        }
+
+
+def check(paths: Sequence[Path], host: HostCapabilities | None = None) -> Report:
+    """Load, validate and compile the policies under ``paths``; never raises on bad policy."""
+    policy_set, findings = load_policy_set(paths)
+    findings.extend(check_set(policy_set))
+    compiled = enforcement = None
+    if not any(f.severity == "error" for f in findings):
+        try:
+            compiled = compile_policy_set(policy_set)
+        except PolicyInvalid as exc:
+            findings.extend(f for f in exc.findings if isinstance(f, Finding))
+    if compiled is not None and host is not None:
+        enforcement = plan(compiled, host)
+        sources = {s.document.file: s for s in policy_set.sources}
+        for item in enforcement:
+            if item.error:
+                source = sources[item.rule.file]
+                findings.append(
+                    source.finding("error", item.error, ("action",), rule=item.rule.rule_in_file)
+                )
+    order = {file: n for n, file in enumerate(dict.fromkeys(f.file for f in findings))}
+    findings.sort(key=lambda f: (order[f.file], f.line or 0, f.column or 0))
+    return Report(policy_set, tuple(findings), compiled, enforcement)
+
+
+def check_set(policy_set: PolicySet) -> list[Finding]:
+    findings = _duplicates(policy_set)
+    rules = list(policy_set.rules())
+    for source, index, rule in rules:
+        findings.extend(_never_matches(source, index, rule))
+    findings.extend(_shadowed(rules))
+    return findings
+
+
+def _where(source: PolicySource, field: tuple[str | int, ...]) -> str:
+    position = source.document.locator.locate(field)
+    line = f":{position.line}" if position else ""
+    return f"{source.document.file}{line}"
+
+
+def _duplicates(policy_set: PolicySet) -> list[Finding]:
+    findings = []
+    names: dict[str, PolicySource] = {}
+    ids: dict[str, tuple[PolicySource, int]] = {}
+    for source in policy_set.sources:
+        first = names.setdefault(source.policy.name, source)
+        if first is not source:
+            message = (
+                f"policy name {source.policy.name!r} is already used in {_where(first, ('name',))}"
+                ": policy names must be unique in the set (verdicts name them)"
+            )
+            findings.append(source.finding("error", message, ("name",)))
+    for source, index, rule in policy_set.rules():
+        seen_source, seen_index = ids.setdefault(rule.id, (source, index))
+        if (seen_source, seen_index) != (source, index):
+            message = (
+                f"rule id {rule.id!r} is already used in "
+                f"{_where(seen_source, ('rules', seen_index, 'id'))}: rule ids must be unique "
+                "across the policy set (verdicts and the journal name rules by id)"
+            )
+            findings.append(source.finding("error", message, ("id",), rule=index))
+    return findings
+
+
+def _never_matches(source: PolicySource, index: int, rule: Rule) -> list[Finding]:
+    findings = []
+    subject = rule.subjects
+    if subject and subject.except_ and subject.selects and _selects(subject.except_, subject):
+        message = (
+            "can never match: except leaves out every process the subjects name; narrow the "
+            "except or remove the rule"
+        )
+        findings.append(source.finding("error", message, ("subjects", "except"), rule=index))
+    if rule.targets.protocol == "udp" and rule.operation in ("listen", "accept"):
+        message = f'can never match: {rule.operation} is TCP only; use protocol = "tcp" or omit it'
+        findings.append(source.finding("error", message, ("targets", "protocol"), rule=index))
+    return findings
+
+
+def _shadowed(rules: list[tuple[PolicySource, int, Rule]]) -> list[Finding]:
+    """Rule B is shadowed by A if A ranks first (same key as the compiler) and covers B."""
+    findings = []
+    ranked = sorted(
+        (precedence_class(source.policy.mode, rule.action), number, source, index, rule)
+        for number, (source, index, rule) in enumerate(rules)
+    )
+    for position, (_, _, source, index, rule) in enumerate(ranked):
+        for _, _, first_source, first_index, first in ranked[:position]:
+            if first.operation != rule.operation or not _covers(first, rule):
+                continue
+            where = _where(first_source, ("rules", first_index, "id"))
+            same = (first.action, first_source.policy.mode) == (rule.action, source.policy.mode)
+            if same:
+                message = f"redundant: rule {first.id!r} ({where}) matches every event this rule "
+                message += "matches, with the same action and mode"
+            else:
+                message = (
+                    f"shadowed by rule {first.id!r} ({where}): it matches every event this rule "
+                    f"matches and wins by precedence ({first.action} before {rule.action}: allow, "
+                    "kill, deny, then monitor mode, then audit), so this rule never applies"
+                )
+            severity = "warning" if same else "error"
+            findings.append(source.finding(severity, message, ("id",), rule=index))
+            break
+    return findings
+
+
+# ---- coverage: does A match everything B matches? ----
+
+
+def _covers(a: Rule, b: Rule) -> bool:
+    return (
+        set(b.access_set) <= set(a.access_set)
+        and _target_covers(a.targets, b.targets)
+        and _subject_covers(a.subjects, b.subjects)
+    )
+
+
+def _all_covered(
+    a: tuple[T, ...] | None, b: tuple[T, ...] | None, covers: Callable[[T, T], bool]
+) -> bool:
+    if a is None:
+        return True
+    if b is None:
+        return False
+    return all(any(covers(x, y) for x in a) for y in b)
+
+
+@functools.lru_cache(maxsize=65536)
+def _path_covers(a: str, b: str) -> bool:
+    a_bytes, a_prefix = parse_path(a)
+    b_bytes, b_prefix = parse_path(b)
+    return b_bytes.startswith(a_bytes) if a_prefix else (not b_prefix and a_bytes == b_bytes)
+
+
+@functools.lru_cache(maxsize=65536)
+def _address_covers(a: str, b: str) -> bool:
+    (a_addr, a_len), (b_addr, b_len) = parse_address(a), parse_address(b)
+    return a_len <= b_len and lpm_key(a_len, a_addr, 16) == lpm_key(a_len, b_addr, 16)
+
+
+def _ports_cover(a: tuple[int | str, ...] | None, b: tuple[int | str, ...] | None) -> bool:
+    if a is None:
+        return True
+    if b is None:
+        return False
+    merged: list[list[int]] = []
+    for low, high in sorted(parse_port(p) for p in a):
+        if merged and low <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], high)
+        else:
+            merged.append([low, high])
+    ranges = [parse_port(p) for p in b]
+    return all(any(m[0] <= low and high <= m[1] for m in merged) for low, high in ranges)
+
+
+def _target_covers(a: Target, b: Target) -> bool:
+    return (
+        _all_covered(a.paths, b.paths, _path_covers)
+        and _all_covered(a.addresses, b.addresses, _address_covers)
+        and _ports_cover(a.ports, b.ports)
+        and (a.protocol is None or a.protocol == b.protocol)
+    )
+
+
+def _selects(a: Subject, b: Subject) -> bool:
+    """Do a's own fields (not its except) select every process b's own fields select?"""
+    if a.exe is not None and b.inherits and not a.inherits:
+        return False  # b also reaches descendants a does not
+    return (
+        _all_covered(a.exe, b.exe, _path_covers)
+        and _all_covered(a.uid, b.uid, int.__eq__)
+        and _all_covered(a.gid, b.gid, int.__eq__)
+        and _all_covered(a.cgroup, b.cgroup, _path_covers)
+    )
+
+
+def _subject_covers(a: Subject | None, b: Subject | None) -> bool:
+    if a is not None and a.selects and (b is None or not b.selects or not _selects(a, b)):
+        return False
+    if a is None or a.except_ is None:
+        return True
+    # a leaves some processes out: b must leave out at least those
+    return b is not None and b.except_ is not None and _selects(b.except_, a.except_)

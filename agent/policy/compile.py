@@ -1,0 +1,423 @@
+"""Compile a PolicySet into the tables the kernel gets, byte for byte.
+
+The same bytes feed the BPF maps (kernel side, later) and ``agent.policy.evaluate`` (here), so
+one semantics serves both. Matching costs a fixed number of map lookups per event whatever the
+rule count: every rule of an operation has an *index* (its bit in a 1024-bit mask), every table
+maps a key to the mask of the rules that key satisfies, and the verdict is the lowest set bit of
+
+    T & S & ~X
+
+    T = what the object matches: paths trie (exec/file ops; rename: old | new path), for open
+        ANDed with the OR of the access slots; for network ops
+        (addrs | ADDR_ANY) & (ports | PORT_ANY) & (PROTO_<p> | PROTO_ANY)
+    S = (exe.self | lineage | EXE_ANY) & (uid.self | UID_ANY) & (gid.self | GID_ANY)
+        & (cgroup.self | CGROUP_ANY)
+    X = HAS_EXCEPT & (exe.xself | xlineage | X_EXE_ANY) & (uid.xself | X_UID_ANY)
+        & (gid.xself | X_GID_ANY) & (cgroup.xself | X_CGROUP_ANY)
+
+``lineage``/``xlineage`` are per task: a child starts with its parent's, and each exec ORs in
+the exe entry's ``inherit``/``xinherit`` (rules written with ``descendants = true``).
+
+Precedence is the index order, decided once here (:func:`precedence_class`): enforcing allow,
+then enforcing kill, enforcing deny, then monitor-mode allow, kill, deny, then audit (any mode);
+ties by rule number = file order. So "lowest set bit" is the whole verdict function.
+
+Byte layout (native little-endian integers; LPM data is big-endian by construction; every key
+of an LPM trie is ``struct { __u32 prefixlen; __u8 data[N]; }`` with bits past prefixlen zero;
+``st_mask`` is ``__u64 w[16]``, bit i of rule index i is bit i%64 of w[i/64]):
+
+    st_pol_rules   ARRAY  key __u32 op*1024+index -> struct { __u32 rule_no; __u16 policy_no;
+                                                             __u8 action; __u8 flags; } (8 B)
+                   action 0 allow 1 audit 2 deny 3 kill; flags 1 MONITOR 2 FALLBACK_KILL
+                   4 FALLBACK_AUDIT. rule_no indexes CompiledPolicySet.rules_by_no (the id).
+    st_pol_masks   ARRAY  key __u32 op -> st_mask slot[18] (2304 B), slots as in Slot below
+    st_pol_paths   LPM    data[256] = op, path bytes[, NUL if exact] -> st_mask (128 B)
+                   exact "/etc/shadow": data "\\x04/etc/shadow\\0", prefixlen = 8 * 13
+                   prefix "/etc/sudoers.d/" or "/etc/sudoers*": no NUL, prefixlen = 8 * len
+                   lookup: op, resolved path, NUL; truncated to 256 bytes (a longer path can
+                   still hit prefix entries, never exact ones)
+    st_pol_addrs   LPM    data[20] = op, 0, 0, 0, IPv6 address (IPv4 as ::ffff:a.b.c.d)
+                   prefixlen = 32 + CIDR length -> st_mask
+    st_pol_ports   LPM    data[4] = op, 0, port (big-endian) prefixlen = 16 + block bits; a
+                   range is stored as its aligned power-of-two blocks -> st_mask
+    st_pol_exe     LPM    data[256] like st_pol_paths, the acting binary's path
+                   -> struct { st_mask self, inherit, xself, xinherit; } (512 B)
+    st_pol_uid     HASH   key struct { __u32 op; __u32 uid; } -> struct { st_mask self, xself; }
+    st_pol_gid     HASH   key struct { __u32 op; __u32 gid; } -> same (primary gid)
+    st_pol_cgroup  LPM    data[256] like st_pol_paths, the cgroup v2 path relative to the
+                   cgroup2 mount -> struct { st_mask self, xself; } (the loader turns it into
+                   a cgroup-id keyed map for bpf_get_current_cgroup_id: see policies/README.md)
+
+Every LPM value is the *closure*: the OR of its own masks and those of every shorter entry that
+covers it, so one longest-prefix lookup yields every matching rule.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import ipaddress
+import struct
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+from agent.errors import PolicyInvalid
+from agent.kernel.abi import OP_MAX, Op
+from agent.policy.model import (
+    ACCESS,
+    PROTOCOLS,
+    Rule,
+    Subject,
+    parse_address,
+    parse_path,
+    parse_port,
+)
+from agent.policy.source import Finding, PolicySet, PolicySource
+
+OPS: dict[str, int] = {
+    name: int(Op[name.upper()])
+    for name in (
+        "exec",
+        "open",
+        "unlink",
+        "rename",
+        "chmod",
+        "chown",
+        "connect",
+        "bind",
+        "listen",
+        "accept",
+    )
+}
+MAX_RULES = 1024  # per operation
+MASK_BYTES = MAX_RULES // 8
+PATH_DATA = 256  # LPM_DATA_SIZE_MAX
+ADDR_DATA = 20
+PORT_DATA = 4
+ACTION_CODES = {"allow": 0, "audit": 1, "deny": 2, "kill": 3}
+FLAG_MONITOR = 0x1
+FLAG_FALLBACK_KILL = 0x2
+FLAG_FALLBACK_AUDIT = 0x4
+_RULE = struct.Struct("<IHBB")
+
+
+class Slot(enum.IntEnum):
+    """Fixed masks of one operation (st_pol_masks value = st_mask slot[N_SLOTS])."""
+
+    EXE_ANY = 0  # rules whose subject does not name exe
+    UID_ANY = 1
+    GID_ANY = 2
+    CGROUP_ANY = 3
+    X_EXE_ANY = 4  # rules whose except does not name exe
+    X_UID_ANY = 5
+    X_GID_ANY = 6
+    X_CGROUP_ANY = 7
+    HAS_EXCEPT = 8
+    ADDR_ANY = 9
+    PORT_ANY = 10
+    PROTO_ANY = 11
+    PROTO_TCP = 12
+    PROTO_UDP = 13
+    ACCESS_READ = 14
+    ACCESS_WRITE = 15
+    ACCESS_CREATE = 16
+    ACCESS_TRUNCATE = 17
+
+
+N_SLOTS = len(Slot)
+PROTO_SLOTS = {"tcp": Slot.PROTO_TCP, "udp": Slot.PROTO_UDP}
+ACCESS_SLOTS = {name: Slot[f"ACCESS_{name.upper()}"] for name in ACCESS}
+assert set(PROTO_SLOTS) == set(PROTOCOLS)
+
+
+@dataclass(frozen=True)
+class MapSpec:
+    """One BPF map: what the loader creates (BPF_F_NO_PREALLOC for LPM tries)."""
+
+    name: str
+    kind: str  # "array" | "hash" | "lpm_trie"
+    key_size: int
+    value_size: int
+    max_entries: int
+
+
+MAPS: dict[str, MapSpec] = {
+    "rules": MapSpec("st_pol_rules", "array", 4, _RULE.size, OP_MAX * MAX_RULES),
+    "masks": MapSpec("st_pol_masks", "array", 4, N_SLOTS * MASK_BYTES, OP_MAX),
+    "paths": MapSpec("st_pol_paths", "lpm_trie", 4 + PATH_DATA, MASK_BYTES, 16384),
+    "addrs": MapSpec("st_pol_addrs", "lpm_trie", 4 + ADDR_DATA, MASK_BYTES, 4096),
+    "ports": MapSpec("st_pol_ports", "lpm_trie", 4 + PORT_DATA, MASK_BYTES, 4096),
+    "exe": MapSpec("st_pol_exe", "lpm_trie", 4 + PATH_DATA, 4 * MASK_BYTES, 4096),
+    "uid": MapSpec("st_pol_uid", "hash", 8, 2 * MASK_BYTES, 4096),
+    "gid": MapSpec("st_pol_gid", "hash", 8, 2 * MASK_BYTES, 4096),
+    "cgroup": MapSpec("st_pol_cgroup", "lpm_trie", 4 + PATH_DATA, 2 * MASK_BYTES, 4096),
+}
+
+
+def precedence_class(mode: str, action: str) -> int:
+    """0 wins. Rules that change the outcome first (allow exceptions, then kill > deny), then
+    monitor-mode rules the same way (they never override an enforcing rule), then audit."""
+    if action == "audit":
+        return 6
+    order = ("allow", "kill", "deny").index(action)
+    return order if mode == "enforce" else 3 + order
+
+
+# ---- key encoding: used by the compiler (entries) and the evaluator (lookups) ----
+
+
+def lpm_key(prefixlen: int, data: bytes, size: int) -> bytes:
+    """``struct { __u32 prefixlen; __u8 data[size]; }`` with the bits past prefixlen zeroed."""
+    full, rest = divmod(prefixlen, 8)
+    kept = bytearray(data[: full + (1 if rest else 0)])
+    if rest:
+        kept[-1] &= (0xFF << (8 - rest)) & 0xFF
+    return struct.pack("<I", prefixlen) + bytes(kept).ljust(size, b"\0")
+
+
+def path_entry(op: int, pattern: str) -> tuple[int, bytes]:
+    body, is_prefix = parse_path(pattern)
+    data = bytes([op]) + body + (b"" if is_prefix else b"\0")
+    return 8 * len(data), data
+
+
+def path_lookup(op: int, path: str) -> tuple[int, bytes]:
+    data = (bytes([op]) + path.encode("utf-8", "surrogateescape") + b"\0")[:PATH_DATA]
+    return 8 * len(data), data
+
+
+def addr_entry(op: int, cidr: str) -> tuple[int, bytes]:
+    address, prefixlen = parse_address(cidr)
+    return 32 + prefixlen, bytes([op, 0, 0, 0]) + address
+
+
+def addr_lookup(op: int, address: str) -> tuple[int, bytes]:
+    """Any textual address; IPv4 and IPv4-mapped IPv6 give the same key."""
+    parsed = ipaddress.ip_address(address.split("%", 1)[0])
+    packed = (
+        b"\0" * 10 + b"\xff\xff" + parsed.packed
+        if isinstance(parsed, ipaddress.IPv4Address)
+        else parsed.packed
+    )
+    return 32 + 128, bytes([op, 0, 0, 0]) + packed
+
+
+def port_entries(op: int, value: int | str) -> Iterator[tuple[int, bytes]]:
+    """A port range as the aligned power-of-two blocks that exactly cover it."""
+    low, high = parse_port(value)
+    while low <= high:
+        size = low & -low if low else 1 << 16
+        while size > high - low + 1:
+            size //= 2
+        yield 16 + 16 - size.bit_length() + 1, bytes([op, 0]) + low.to_bytes(2, "big")
+        low += size
+
+
+def port_lookup(op: int, port: int) -> tuple[int, bytes]:
+    return 32, bytes([op, 0]) + port.to_bytes(2, "big")
+
+
+def id_key(op: int, value: int) -> bytes:
+    return struct.pack("<II", op, value)
+
+
+def pack_masks(*masks: int) -> bytes:
+    return b"".join(mask.to_bytes(MASK_BYTES, "little") for mask in masks)
+
+
+def unpack_masks(value: bytes) -> tuple[int, ...]:
+    return tuple(
+        int.from_bytes(value[i : i + MASK_BYTES], "little")
+        for i in range(0, len(value), MASK_BYTES)
+    )
+
+
+# ---- compiled form ----
+
+
+@dataclass(frozen=True)
+class CompiledRule:
+    """One rule's place in the kernel tables, and what userspace needs to report it."""
+
+    operation: str
+    index: int  # bit in the operation's masks = precedence (0 wins)
+    rule_no: int  # position in the set, file order
+    rule_id: str
+    policy_no: int
+    policy_name: str
+    mode: str
+    action: str
+    fallback: str | None
+    file: str
+    rule_in_file: int
+
+    @property
+    def flags(self) -> int:
+        return (
+            (FLAG_MONITOR if self.mode == "monitor" else 0)
+            | (FLAG_FALLBACK_KILL if self.fallback == "kill" else 0)
+            | (FLAG_FALLBACK_AUDIT if self.fallback == "audit" else 0)
+        )
+
+    def entry(self) -> tuple[bytes, bytes]:
+        """(key, value) in st_pol_rules."""
+        key = struct.pack("<I", OPS[self.operation] * MAX_RULES + self.index)
+        value = _RULE.pack(self.rule_no, self.policy_no, ACTION_CODES[self.action], self.flags)
+        return key, value
+
+
+@dataclass(frozen=True)
+class CompiledPolicySet:
+    """Exactly what the kernel gets (``maps``: map key -> {key bytes: value bytes}) plus the
+    rule metadata userspace needs to turn a rule index into a verdict."""
+
+    digest: str
+    rules: tuple[CompiledRule, ...]  # by operation, then index
+    maps: Mapping[str, Mapping[bytes, bytes]]
+
+    def rule(self, operation: str, index: int) -> CompiledRule:
+        return self._by_index[(operation, index)]
+
+    @functools.cached_property
+    def _by_index(self) -> dict[tuple[str, int], CompiledRule]:
+        return {(r.operation, r.index): r for r in self.rules}
+
+    @functools.cached_property
+    def rules_by_no(self) -> tuple[CompiledRule, ...]:
+        """Rules in set (file) order: ``rules_by_no[rule_no]``."""
+        return tuple(sorted(self.rules, key=lambda r: r.rule_no))
+
+
+class _Lpm:
+    """Entries of one LPM map before packing: (prefixlen, data) -> vector of masks."""
+
+    def __init__(self, size: int, width: int) -> None:
+        self.size = size
+        self.width = width
+        self.raw: dict[tuple[int, bytes], list[int]] = {}
+
+    def add(self, entry: tuple[int, bytes], slot: int, bit: int) -> None:
+        prefixlen, data = entry
+        key = lpm_key(prefixlen, data, self.size)
+        self.raw.setdefault((prefixlen, key[4:]), [0] * self.width)[slot] |= bit
+
+    def closed(self) -> dict[bytes, bytes]:
+        """Each entry ORed with every shorter entry covering it."""
+        lengths = sorted({length for length, _ in self.raw})
+        out = {}
+        for (length, data), masks in self.raw.items():
+            total = list(masks)
+            for shorter in lengths:
+                if shorter >= length:
+                    break
+                covering = self.raw.get((shorter, lpm_key(shorter, data, self.size)[4:]))
+                if covering is not None:
+                    total = [a | b for a, b in zip(total, covering, strict=True)]
+            out[struct.pack("<I", length) + data] = pack_masks(*total)
+        return out
+
+
+class _OpTables:
+    """Everything one operation contributes, filled rule by rule."""
+
+    def __init__(self, op: int, maps: dict[str, _Lpm], ids: dict[str, dict[bytes, list[int]]]):
+        self.op = op
+        self.maps = maps
+        self.ids = ids
+        self.slots = [0] * N_SLOTS
+
+    def add(self, rule: Rule, bit: int) -> None:
+        op, target = self.op, rule.targets
+        for path in target.paths or ():
+            self.maps["paths"].add(path_entry(op, path), 0, bit)
+        for address in target.addresses or ():
+            self.maps["addrs"].add(addr_entry(op, address), 0, bit)
+        for port in target.ports or ():
+            for entry in port_entries(op, port):
+                self.maps["ports"].add(entry, 0, bit)
+        if target.addresses is None:
+            self.slots[Slot.ADDR_ANY] |= bit
+        if target.ports is None:
+            self.slots[Slot.PORT_ANY] |= bit
+        protocol = Slot.PROTO_ANY if target.protocol is None else PROTO_SLOTS[target.protocol]
+        self.slots[protocol] |= bit
+        for access in rule.access_set:
+            self.slots[ACCESS_SLOTS[access]] |= bit
+        self._who(rule.subjects, bit, side=0)
+        excepted = rule.subjects.except_ if rule.subjects else None
+        if excepted is not None:  # rules without except never reach X: HAS_EXCEPT gates it
+            self.slots[Slot.HAS_EXCEPT] |= bit
+            self._who(excepted, bit, side=1)
+
+    def _any(self, bit: int, side: int) -> None:
+        base = Slot.X_EXE_ANY if side else Slot.EXE_ANY
+        for offset in range(4):
+            self.slots[base + offset] |= bit
+
+    def _who(self, subject: Subject | None, bit: int, side: int) -> None:
+        """side 0: the subject's own fields; side 1: its except."""
+        if subject is None or not subject.selects:
+            self._any(bit, side)
+            return
+        base = Slot.X_EXE_ANY if side else Slot.EXE_ANY
+        for offset, values in enumerate((subject.exe, subject.uid, subject.gid, subject.cgroup)):
+            if values is None:
+                self.slots[base + offset] |= bit
+        for exe in subject.exe or ():
+            self.maps["exe"].add(path_entry(self.op, exe), 2 * side, bit)
+            if subject.inherits:
+                self.maps["exe"].add(path_entry(self.op, exe), 2 * side + 1, bit)
+        for name, values in (("uid", subject.uid), ("gid", subject.gid)):
+            for value in values or ():
+                self.ids[name].setdefault(id_key(self.op, value), [0, 0])[side] |= bit
+        for cgroup in subject.cgroup or ():
+            self.maps["cgroup"].add(path_entry(self.op, cgroup), side, bit)
+
+
+def compile_policy_set(policy_set: PolicySet) -> CompiledPolicySet:
+    """The kernel tables for ``policy_set``; PolicyInvalid if a table limit is exceeded."""
+    placed: dict[str, list[tuple[int, int, PolicySource, int]]] = defaultdict(list)
+    for rule_no, (source, in_file, rule) in enumerate(policy_set.rules()):
+        rank = precedence_class(source.policy.mode, rule.action)
+        placed[rule.operation].append((rank, rule_no, source, in_file))
+    lpms = {
+        name: _Lpm(MAPS[name].key_size - 4, MAPS[name].value_size // MASK_BYTES)
+        for name in ("paths", "addrs", "ports", "exe", "cgroup")
+    }
+    ids: dict[str, dict[bytes, list[int]]] = {"uid": {}, "gid": {}}
+    compiled: list[CompiledRule] = []
+    masks: dict[bytes, bytes] = {}
+    findings: list[Finding] = []
+    for operation, op in OPS.items():
+        entries = sorted(placed.get(operation, []), key=lambda e: e[:2])
+        if len(entries) > MAX_RULES:
+            _, _, source, in_file = entries[MAX_RULES]
+            message = f"more than {MAX_RULES} rules for operation {operation!r}: the kernel "
+            findings.append(source.finding("error", message + "masks hold that many", rule=in_file))
+            continue
+        tables = _OpTables(op, lpms, ids)
+        for index, (_, rule_no, source, in_file) in enumerate(entries):
+            policy, rule = source.policy, source.policy.rules[in_file]
+            tables.add(rule, 1 << index)
+            policy_no = policy_set.sources.index(source)
+            compiled.append(
+                CompiledRule(
+                    operation, index, rule_no, rule.id, policy_no, policy.name, policy.mode,
+                    rule.action, rule.fallback, source.document.file, in_file,
+                )
+            )  # fmt: skip
+        if entries:
+            masks[struct.pack("<I", op)] = pack_masks(*tables.slots)
+    maps: dict[str, dict[bytes, bytes]] = {name: lpm.closed() for name, lpm in lpms.items()}
+    for name, table in ids.items():
+        maps[name] = {key: pack_masks(*value) for key, value in table.items()}
+    maps["masks"] = masks
+    maps["rules"] = dict(rule.entry() for rule in compiled)
+    for name, spec in MAPS.items():
+        if len(maps[name]) > spec.max_entries:
+            message = f"{len(maps[name])} entries for {spec.name}: at most {spec.max_entries}"
+            findings.append(Finding("error", "(policy set)", None, None, None, None, message))
+    if findings:
+        raise PolicyInvalid(list(findings))
+    return CompiledPolicySet(policy_set.digest, tuple(compiled), maps)

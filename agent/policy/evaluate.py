@@ -1,0 +1,229 @@
+"""The userspace verdict: the same lookups the kernel does, over the same compiled bytes.
+
+``Evaluator.decide`` reads only ``CompiledPolicySet.maps`` (never the TOML model), so a fixture
+that passes here exercises the tables the kernel is given. It also serves the fanotify mechanism,
+whose permission answers are decided in userspace.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from agent.events.model import (
+    AcceptEvent,
+    Event,
+    ExecEvent,
+    FileEvent,
+    NetEvent,
+    OpenEvent,
+    RenameEvent,
+)
+from agent.policy.compile import (
+    ACCESS_SLOTS,
+    MAPS,
+    OPS,
+    PROTO_SLOTS,
+    CompiledPolicySet,
+    Slot,
+    addr_lookup,
+    id_key,
+    lpm_key,
+    path_lookup,
+    port_lookup,
+    unpack_masks,
+)
+from agent.policy.model import ACCESS, FILE_OPERATIONS, OPERATIONS
+
+_NO_MASKS = (0, 0, 0, 0)
+
+
+@dataclass(frozen=True)
+class Process:
+    """The acting process as the kernel sees it."""
+
+    exe: str | None  # resolved path of the running binary (for exec: the caller's)
+    uid: int
+    gid: int
+    cgroup: str | None = None  # cgroup v2 path relative to the cgroup2 mount
+    ancestors: tuple[str, ...] = ()  # exes of earlier images of this process and its ancestors
+
+
+@dataclass(frozen=True)
+class Request:
+    """One operation to judge: the process, the operation and its object."""
+
+    operation: str
+    process: Process
+    path: str | None = None  # exec: the new binary; file ops: the object; rename: the source
+    new_path: str | None = None  # rename: the destination
+    access: tuple[str, ...] = ()  # open: subset of read, write, create, truncate
+    address: str | None = None  # connect/accept: the peer; bind/listen: the local address
+    port: int | None = None  # connect: the peer's port; bind/listen/accept: the local port
+    protocol: str | None = None  # "tcp", "udp" or another name/number
+
+    def __post_init__(self) -> None:
+        if self.operation not in OPERATIONS:
+            raise ValueError(f"operation {self.operation!r}: use one of {', '.join(OPERATIONS)}")
+        if self.operation in FILE_OPERATIONS and self.path is None:
+            raise ValueError(f"operation {self.operation!r} needs a path")
+        if any(a not in ACCESS for a in self.access):
+            raise ValueError(f"access {self.access!r}: use {', '.join(ACCESS)}")
+
+
+def effective_action(mode: str, action: str) -> str:
+    """What happens: deny/kill in monitor mode only record "would-deny"/"would-kill"."""
+    return f"would-{action}" if mode == "monitor" and action in ("deny", "kill") else action
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: str  # allow | audit | deny | kill, as the rule says ("allow" if no rule matched)
+    effective: str  # action after the policy's mode: would-deny / would-kill in monitor mode
+    rule_id: str | None
+    policy_name: str | None
+    digest: str  # of the policy set that decided
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "effective": self.effective,
+            "rule": self.rule_id,
+            "policy": self.policy_name,
+            "digest": self.digest,
+        }
+
+
+class Evaluator:
+    """Verdicts from one compiled policy set."""
+
+    def __init__(self, compiled: CompiledPolicySet) -> None:
+        self.compiled = compiled
+        self._lengths = {
+            name: sorted({int.from_bytes(key[:4], "little") for key in compiled.maps[name]})[::-1]
+            for name, spec in MAPS.items()
+            if spec.kind == "lpm_trie"
+        }
+
+    def _lpm(self, name: str, lookup: tuple[int, bytes]) -> tuple[int, ...]:
+        """Longest-prefix match, as the kernel's LPM trie does."""
+        prefixlen, data = lookup
+        size = MAPS[name].key_size - 4
+        table = self.compiled.maps[name]
+        for length in self._lengths[name]:
+            if length <= prefixlen:
+                value = table.get(lpm_key(length, data, size))
+                if value is not None:
+                    return unpack_masks(value)
+        return _NO_MASKS
+
+    def _id(self, name: str, op: int, value: int) -> tuple[int, ...]:
+        found = self.compiled.maps[name].get(id_key(op, value))
+        return unpack_masks(found) if found is not None else _NO_MASKS
+
+    def _lineage(self, op: int, ancestors: Iterable[str]) -> tuple[int, int]:
+        """What the kernel keeps per task: inherit bits ORed over every exec in the ancestry."""
+        inherit = xinherit = 0
+        for exe in ancestors:
+            _, inh, _, xinh = self._lpm("exe", path_lookup(op, exe))
+            inherit, xinherit = inherit | inh, xinherit | xinh
+        return inherit, xinherit
+
+    def matching(self, request: Request) -> int:
+        """The mask of every rule that matches ``request`` (bit = rule index)."""
+        op = OPS[request.operation]
+        found = self.compiled.maps["masks"].get(op.to_bytes(4, "little"))
+        if found is None:
+            return 0
+        slot = unpack_masks(found)
+        return self._target(op, request, slot) & self._subject(op, request.process, slot)
+
+    def _target(self, op: int, request: Request, slot: tuple[int, ...]) -> int:
+        if request.path is not None:
+            mask = self._lpm("paths", path_lookup(op, request.path))[0]
+            if request.new_path is not None:
+                mask |= self._lpm("paths", path_lookup(op, request.new_path))[0]
+            if request.operation == "open":
+                access = 0
+                for name in request.access:
+                    access |= slot[ACCESS_SLOTS[name]]
+                mask &= access
+            return mask
+        addr = port = 0
+        if request.address is not None:
+            addr = self._lpm("addrs", addr_lookup(op, request.address))[0]
+        if request.port is not None:
+            port = self._lpm("ports", port_lookup(op, request.port))[0]
+        proto_slot = PROTO_SLOTS.get(request.protocol or "")
+        proto = slot[proto_slot] if proto_slot is not None else 0
+        return (
+            (addr | slot[Slot.ADDR_ANY])
+            & (port | slot[Slot.PORT_ANY])
+            & (proto | slot[Slot.PROTO_ANY])
+        )
+
+    def _subject(self, op: int, process: Process, slot: tuple[int, ...]) -> int:
+        exe = self._lpm("exe", path_lookup(op, process.exe)) if process.exe else _NO_MASKS
+        uid = self._id("uid", op, process.uid)
+        gid = self._id("gid", op, process.gid)
+        cgroup = self._lpm("cgroup", path_lookup(op, process.cgroup)) if process.cgroup else (0, 0)
+        inherit, xinherit = self._lineage(op, process.ancestors)
+        subject = (
+            (exe[0] | inherit | slot[Slot.EXE_ANY])
+            & (uid[0] | slot[Slot.UID_ANY])
+            & (gid[0] | slot[Slot.GID_ANY])
+            & (cgroup[0] | slot[Slot.CGROUP_ANY])
+        )
+        excluded = (
+            slot[Slot.HAS_EXCEPT]
+            & (exe[2] | xinherit | slot[Slot.X_EXE_ANY])
+            & (uid[1] | slot[Slot.X_UID_ANY])
+            & (gid[1] | slot[Slot.X_GID_ANY])
+            & (cgroup[1] | slot[Slot.X_CGROUP_ANY])
+        )
+        return subject & ~excluded
+
+    def decide(self, request: Request) -> Verdict:
+        """The winning rule is the lowest set bit: indexes are in precedence order."""
+        mask = self.matching(request)
+        if not mask:
+            return Verdict("allow", "allow", None, None, self.compiled.digest)
+        rule = self.compiled.rule(request.operation, (mask & -mask).bit_length() - 1)
+        return Verdict(
+            rule.action,
+            effective_action(rule.mode, rule.action),
+            rule.rule_id,
+            rule.policy_name,
+            self.compiled.digest,
+        )
+
+
+def request_from_event(event: Event, process: Process) -> Request | None:
+    """The request an observed event made, or None for kinds no rule guards (fork, exit).
+
+    ``process`` is the actor as the agent's process table knows it: for an exec event that is
+    the caller before the exec (its exe and ancestors), not the new image.
+    """
+    if event.kind not in OPS:
+        return None
+    if isinstance(event, ExecEvent):
+        return Request("exec", process, path=event.exe or event.filename)
+    if isinstance(event, FileEvent):
+        return Request(
+            event.kind,
+            process,
+            path=event.path,
+            new_path=event.new_path if isinstance(event, RenameEvent) else None,
+            access=event.access if isinstance(event, OpenEvent) else (),
+        )
+    if isinstance(event, NetEvent):
+        local = event.kind in ("bind", "listen")
+        return Request(
+            event.kind,
+            process,
+            address=event.local_addr if local else event.remote_addr,
+            port=event.local_port if local or isinstance(event, AcceptEvent) else event.remote_port,
+            protocol=event.protocol,
+        )
+    return None
