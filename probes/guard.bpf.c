@@ -22,51 +22,55 @@ struct {
 	__type(value, struct st_guard_cfg);
 } st_guard_cfg SEC(".maps");
 
-/* inner map templates: the agent creates maps of exactly these shapes on every (re)load */
+/*
+ * Inner map templates: the agent creates maps of exactly these shapes on every (re)load.
+ * Sizes, not BTF types: clang emits only forward declarations for types reached through the
+ * template's pointers, and libbpf cannot size those.
+ */
 struct pol_rules {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, ST_OP_MAX * ST_RULES_PER_OP);
-	__type(key, __u32);
-	__type(value, struct st_pol_rule);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(struct st_pol_rule));
 };
 struct pol_masks {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, ST_OP_MAX);
-	__type(key, __u32);
-	__type(value, struct st_pol_masks);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(struct st_pol_masks));
 };
 struct pol_addrs {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 4096);
-	__type(key, struct st_lpm_addr_key);
-	__type(value, struct st_mask);
+	__uint(key_size, sizeof(struct st_lpm_addr_key));
+	__uint(value_size, sizeof(struct st_mask));
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 };
 struct pol_ports {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 4096);
-	__type(key, struct st_lpm_port_key);
-	__type(value, struct st_mask);
+	__uint(key_size, sizeof(struct st_lpm_port_key));
+	__uint(value_size, sizeof(struct st_mask));
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 };
 struct pol_exe {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 4096);
-	__type(key, struct st_lpm_path_key);
-	__type(value, struct st_pol_exe);
+	__uint(key_size, sizeof(struct st_lpm_path_key));
+	__uint(value_size, sizeof(struct st_pol_exe));
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 };
 struct pol_ids {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
-	__type(key, struct st_pol_id_key);
-	__type(value, struct st_pol_id);
+	__uint(key_size, sizeof(struct st_pol_id_key));
+	__uint(value_size, sizeof(struct st_pol_id));
 };
 struct pol_cgroup {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
-	__type(key, struct st_pol_cgroup_key);
-	__type(value, struct st_pol_id);
+	__uint(key_size, sizeof(struct st_pol_cgroup_key));
+	__uint(value_size, sizeof(struct st_pol_id));
 };
 
 #define OUTER(name, inner)                                  \
@@ -96,7 +100,10 @@ struct {
 /* per-CPU work area: keys and masks are too big for the 512-byte stack */
 struct guard_work {
 	struct st_lpm_path_key exe_key;
-	struct st_mask acc;
+	struct st_mask t;    /* T: what the object matches */
+	struct st_mask s;    /* S: who the subject conditions select */
+	struct st_mask x;    /* X: who the exceptions select */
+	struct st_mask tmp;
 };
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -134,44 +141,55 @@ static __always_inline int lowest_bit(const struct st_mask *m)
 	return -1;
 }
 
-/* word i of a mask field of a looked-up value; a missing entry is an empty mask */
-#define F(p, field, i) ((p) ? (p)->field.w[i] : 0)
-#define W(p, i) ((p) ? (p)->w[i] : 0)
-
-/* Everything looked up for one decision; NULL = no entry = empty mask. */
-struct lookups {
-	struct st_pol_masks *m;
-	struct st_mask *addr, *port;
-	struct st_pol_exe *exe;
-	struct st_lineage *lin;
-	struct st_pol_id *uid, *gid, *cg;
-};
-
-/* Lowest set bit of T & S & ~X (compile.py's verdict function); -1 if none. */
-static __always_inline int decide(struct guard_work *w, struct lookups *l, int proto_slot)
+/*
+ * The verdict is folded one table at a time (dst &= a | b ...), each lookup used only inside
+ * its own branch: holding several maybe-missing map values at once makes the verifier walk
+ * every combination of them.
+ */
+static __always_inline void m_copy(struct st_mask *dst, const struct st_mask *a)
 {
-	struct st_pol_masks *m = l->m;
-	for (int i = 0; i < ST_MASK_WORDS; i++) {
-		__u64 t = (W(l->addr, i) | m->slot[ST_SLOT_ADDR_ANY].w[i]) &
-			  (W(l->port, i) | m->slot[ST_SLOT_PORT_ANY].w[i]) &
-			  (m->slot[proto_slot & 15].w[i] | m->slot[ST_SLOT_PROTO_ANY].w[i]);
-		__u64 s = (F(l->exe, self, i) | F(l->lin, inherit, i) | m->slot[ST_SLOT_EXE_ANY].w[i]) &
-			  (F(l->uid, self, i) | m->slot[ST_SLOT_UID_ANY].w[i]) &
-			  (F(l->gid, self, i) | m->slot[ST_SLOT_GID_ANY].w[i]) &
-			  (F(l->cg, self, i) | m->slot[ST_SLOT_CGROUP_ANY].w[i]);
-		__u64 x = m->slot[ST_SLOT_HAS_EXCEPT].w[i] &
-			  (F(l->exe, xself, i) | F(l->lin, xinherit, i) | m->slot[ST_SLOT_X_EXE_ANY].w[i]) &
-			  (F(l->uid, xself, i) | m->slot[ST_SLOT_X_UID_ANY].w[i]) &
-			  (F(l->gid, xself, i) | m->slot[ST_SLOT_X_GID_ANY].w[i]) &
-			  (F(l->cg, xself, i) | m->slot[ST_SLOT_X_CGROUP_ANY].w[i]);
-		w->acc.w[i] = t & s & ~x;
-	}
-	return lowest_bit(&w->acc);
+	for (int i = 0; i < ST_MASK_WORDS; i++)
+		dst->w[i] = a->w[i];
 }
 
-/* Look up the subject tables for the current task; the exe path goes into @exe_dst. */
-static __always_inline __u32 lookup_subject(struct guard_work *w, struct pathbuf *pb, __u32 slot,
-					    __u8 op, struct lookups *l, void *exe_dst)
+static __always_inline void m_or(struct st_mask *dst, const struct st_mask *a)
+{
+	for (int i = 0; i < ST_MASK_WORDS; i++)
+		dst->w[i] |= a->w[i];
+}
+
+static __always_inline void m_and(struct st_mask *dst, const struct st_mask *a)
+{
+	for (int i = 0; i < ST_MASK_WORDS; i++)
+		dst->w[i] &= a->w[i];
+}
+
+static __always_inline bool m_empty(const struct st_mask *a)
+{
+	__u64 any = 0;
+	for (int i = 0; i < ST_MASK_WORDS; i++)
+		any |= a->w[i];
+	return any == 0;
+}
+
+/* dst &= (self-of-entry | any) for S, and x &= (xself-of-entry | xany) for X */
+static __always_inline void fold_id(struct guard_work *w, struct st_pol_masks *m, void *map,
+				    void *key, int any_slot, int xany_slot)
+{
+	struct st_pol_id *id = map ? bpf_map_lookup_elem(map, key) : NULL;
+	m_copy(&w->tmp, &m->slot[any_slot]);
+	if (id)
+		m_or(&w->tmp, &id->self);
+	m_and(&w->s, &w->tmp);
+	m_copy(&w->tmp, &m->slot[xany_slot]);
+	if (id)
+		m_or(&w->tmp, &id->xself);
+	m_and(&w->x, &w->tmp);
+}
+
+/* Fold the subject tables into w->s and w->x; the exe path goes into @exe_dst. */
+static __always_inline __u32 fold_subject(struct guard_work *w, struct pathbuf *pb, __u32 slot,
+					  __u8 op, struct st_pol_masks *m, void *exe_dst)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
 	struct path exe_path = BPF_CORE_READ(task, mm, exe_file, f_path);
@@ -185,23 +203,39 @@ static __always_inline __u32 lookup_subject(struct guard_work *w, struct pathbuf
 	w->exe_key.data[0] = op;
 	bpf_probe_read_kernel(&w->exe_key.data[1], sizeof(w->exe_key.data) - 1, exe_dst);
 	w->exe_key.prefixlen = len * 8;
-	void *exe_map = inner(&st_pol_exe, slot);
-	l->exe = exe_map ? bpf_map_lookup_elem(exe_map, &w->exe_key) : NULL;
 
+	void *exe_map = inner(&st_pol_exe, slot);
+	struct st_pol_exe *exe = exe_map ? bpf_map_lookup_elem(exe_map, &w->exe_key) : NULL;
+	m_copy(&w->s, &m->slot[ST_SLOT_EXE_ANY]);
+	m_copy(&w->x, &m->slot[ST_SLOT_X_EXE_ANY]);
+	if (exe) {
+		m_or(&w->s, &exe->self);
+		m_or(&w->x, &exe->xself);
+	}
 	struct st_lineage_key lk = {.tgid = bpf_get_current_pid_tgid() >> 32, .op = op};
-	l->lin = bpf_map_lookup_elem(&st_lineage, &lk);
+	struct st_lineage *lin = bpf_map_lookup_elem(&st_lineage, &lk);
+	if (lin) {
+		m_or(&w->s, &lin->inherit);
+		m_or(&w->x, &lin->xinherit);
+	}
+	m_and(&w->x, &m->slot[ST_SLOT_HAS_EXCEPT]);
 
 	__u64 uid_gid = bpf_get_current_uid_gid();
 	struct st_pol_id_key ik = {.op = op, .id = (__u32)uid_gid};
-	void *uid_map = inner(&st_pol_uid, slot);
-	l->uid = uid_map ? bpf_map_lookup_elem(uid_map, &ik) : NULL;
+	fold_id(w, m, inner(&st_pol_uid, slot), &ik, ST_SLOT_UID_ANY, ST_SLOT_X_UID_ANY);
 	ik.id = uid_gid >> 32;
-	void *gid_map = inner(&st_pol_gid, slot);
-	l->gid = gid_map ? bpf_map_lookup_elem(gid_map, &ik) : NULL;
+	fold_id(w, m, inner(&st_pol_gid, slot), &ik, ST_SLOT_GID_ANY, ST_SLOT_X_GID_ANY);
 	struct st_pol_cgroup_key ck = {.op = op, .cgroup_id = bpf_get_current_cgroup_id()};
-	void *cg_map = inner(&st_pol_cgroup, slot);
-	l->cg = cg_map ? bpf_map_lookup_elem(cg_map, &ck) : NULL;
+	fold_id(w, m, inner(&st_pol_cgroup, slot), &ck, ST_SLOT_CGROUP_ANY, ST_SLOT_X_CGROUP_ANY);
 	return n;
+}
+
+/* Lowest set bit of T & S & ~X (compile.py's verdict function); -1 if none. */
+static __always_inline int verdict_index(struct guard_work *w)
+{
+	for (int i = 0; i < ST_MASK_WORDS; i++)
+		w->tmp.w[i] = w->t.w[i] & w->s.w[i] & ~w->x.w[i];
+	return lowest_bit(&w->tmp);
 }
 
 /* Returns 1 to allow, 0 to deny (the caller gets EPERM). */
@@ -213,12 +247,11 @@ static __always_inline int judge_sock(struct bpf_sock_addr *ctx, __u8 op, bool v
 		return 1;
 	__u32 slot = cfg->slot & 1;
 	__u32 generation = cfg->generation[slot];
-	struct lookups l = {};
 
 	void *masks = inner(&st_pol_masks, slot);
 	__u32 opk = op;
-	l.m = masks ? bpf_map_lookup_elem(masks, &opk) : NULL;
-	if (!l.m)
+	struct st_pol_masks *m = masks ? bpf_map_lookup_elem(masks, &opk) : NULL;
+	if (!m)
 		return 1; /* no rule guards this op: the common, cheap path */
 
 	struct guard_work *w = get_work();
@@ -244,7 +277,10 @@ static __always_inline int judge_sock(struct bpf_sock_addr *ctx, __u8 op, bool v
 		__builtin_memcpy(&ak.data[16], &a, 4);
 	}
 	void *addrs = inner(&st_pol_addrs, slot);
-	l.addr = addrs ? bpf_map_lookup_elem(addrs, &ak) : NULL;
+	struct st_mask *am = addrs ? bpf_map_lookup_elem(addrs, &ak) : NULL;
+	m_copy(&w->t, &m->slot[ST_SLOT_ADDR_ANY]);
+	if (am)
+		m_or(&w->t, am);
 
 	__u16 port = bpf_ntohs((__u16)ctx->user_port);
 	struct st_lpm_port_key pk = {.prefixlen = 32};
@@ -252,14 +288,24 @@ static __always_inline int judge_sock(struct bpf_sock_addr *ctx, __u8 op, bool v
 	pk.data[2] = port >> 8;
 	pk.data[3] = port & 0xff;
 	void *ports = inner(&st_pol_ports, slot);
-	l.port = ports ? bpf_map_lookup_elem(ports, &pk) : NULL;
+	struct st_mask *pm = ports ? bpf_map_lookup_elem(ports, &pk) : NULL;
+	m_copy(&w->tmp, &m->slot[ST_SLOT_PORT_ANY]);
+	if (pm)
+		m_or(&w->tmp, pm);
+	m_and(&w->t, &w->tmp);
 
 	__u8 proto = ctx->protocol;
-	int proto_slot = proto == IPPROTO_TCP ? ST_SLOT_PROTO_TCP
-			 : proto == IPPROTO_UDP ? ST_SLOT_PROTO_UDP : ST_SLOT_PROTO_ANY;
+	m_copy(&w->tmp, &m->slot[ST_SLOT_PROTO_ANY]);
+	if (proto == IPPROTO_TCP)
+		m_or(&w->tmp, &m->slot[ST_SLOT_PROTO_TCP]);
+	else if (proto == IPPROTO_UDP)
+		m_or(&w->tmp, &m->slot[ST_SLOT_PROTO_UDP]);
+	m_and(&w->t, &w->tmp);
+	if (m_empty(&w->t))
+		return 1; /* no rule targets this address/port: skip the subject work */
 
-	__u32 exe_len = lookup_subject(w, pb, slot, op, &l, (__u8 *)(v + 1));
-	int idx = decide(w, &l, proto_slot);
+	__u32 exe_len = fold_subject(w, pb, slot, op, m, (__u8 *)(v + 1));
+	int idx = verdict_index(w);
 	if (idx < 0)
 		return 1;
 	void *rules = inner(&st_pol_rules, slot);

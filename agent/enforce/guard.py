@@ -1,0 +1,212 @@
+"""The in-kernel guard (probes/guard.bpf.c): cgroup sock hooks judged by compiled policy maps.
+
+``Guard.install`` puts a CompiledPolicySet into the kernel atomically: every table is written
+into fresh inner maps in the idle slot of its array-of-maps, then one store to st_guard_cfg
+flips the live slot. Hooks read the slot once per decision, so they see the old policy or the
+new one, never a mix and never none. The previous slot's maps are then released.
+
+The hooks attach to one cgroup (the cgroup v2 root for a host-wide agent; a test attaches to a
+cgroup it created) and apply to every process below it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from agent.errors import KernelError
+from agent.kernel import abi
+from agent.kernel.loader import (
+    BPF_F_NO_PREALLOC,
+    BPF_MAP_TYPE_ARRAY,
+    BPF_MAP_TYPE_HASH,
+    BPF_MAP_TYPE_LPM_TRIE,
+    BpfObject,
+    Map,
+    object_path,
+)
+from agent.policy.compile import (
+    MAPS,
+    OPS,
+    CompiledPolicySet,
+    lpm_key,
+    path_lookup,
+    unpack_masks,
+)
+
+log = logging.getLogger(__name__)
+
+PROGRAMS = ("st_guard_connect4", "st_guard_connect6", "st_guard_bind4", "st_guard_bind6")
+LINEAGE_PROGRAMS = ("st_guard_fork", "st_guard_exec", "st_guard_exit")
+GUARDED_OPS = frozenset({"connect", "bind"})
+
+
+@dataclass(frozen=True)
+class _Table:
+    outer: str  # array-of-maps in the object
+    map_type: int
+    key_size: int
+    value_size: int
+    max_entries: int
+    flags: int = 0
+
+
+def _tables() -> dict[str, _Table]:
+    """The inner maps, shaped as compile.MAPS says (cgroup: by id, see _cgroup_entries)."""
+    kinds = {"array": BPF_MAP_TYPE_ARRAY, "hash": BPF_MAP_TYPE_HASH,
+             "lpm_trie": BPF_MAP_TYPE_LPM_TRIE}  # fmt: skip
+    out = {}
+    for name in ("rules", "masks", "addrs", "ports", "exe", "uid", "gid"):
+        spec = MAPS[name]
+        out[name] = _Table(
+            spec.name, kinds[spec.kind], spec.key_size, spec.value_size, spec.max_entries,
+            BPF_F_NO_PREALLOC if spec.kind == "lpm_trie" else 0,
+        )  # fmt: skip
+    cg = MAPS["cgroup"]
+    out["cgroup"] = _Table(cg.name, BPF_MAP_TYPE_HASH, 16, cg.value_size, 16384)
+    return out
+
+
+TABLES = _tables()
+
+
+def cgroup2_root() -> Path:
+    """The cgroup v2 mount point, from /proc/mounts (hybrid hosts mount it elsewhere)."""
+    with open("/proc/mounts") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) > 2 and parts[2] == "cgroup2":
+                return Path(parts[1].replace("\\040", " "))
+    raise KernelError("no cgroup v2 mount in /proc/mounts: the network guard needs cgroup v2")
+
+
+def _cgroup_entries(compiled: CompiledPolicySet, root: Path) -> dict[bytes, bytes]:
+    """st_pol_cgroup by cgroup id: every existing cgroup whose path matches an entry.
+
+    The kernel knows a task's cgroup by id (bpf_get_current_cgroup_id); the policy names cgroup
+    paths. Each cgroup directory that exists now gets its closed masks by the same LPM lookup the
+    evaluator does. Cgroups created later match after the next reload (documented limit).
+    """
+    table = compiled.maps.get("cgroup", {})
+    if not table:
+        return {}
+    size = MAPS["cgroup"].key_size - 4
+    entries: dict[bytes, bytes] = {}
+    for dirpath, _dirs, _files in os.walk(root):
+        rel = "/" if dirpath == str(root) else "/" + os.path.relpath(dirpath, root)
+        cgid = os.stat(dirpath).st_ino  # a cgroup v2 directory's inode number is its id
+        for op in OPS.values():
+            prefixlen, data = path_lookup(op, rel)
+            value = _lpm_find(table, prefixlen, data, size)
+            if value is not None:
+                entries[bytes(abi.PolCgroupKey(op=op, cgroup_id=cgid))] = value
+    return entries
+
+
+def _lpm_find(table: Mapping[bytes, bytes], prefixlen: int, data: bytes, size: int) -> bytes | None:
+    """Longest-prefix match over packed LPM entries (as the kernel trie would answer)."""
+    for length in range(prefixlen, -1, -1):
+        value = table.get(lpm_key(length, data, size))
+        if value is not None:
+            return value
+    return None
+
+
+class Guard:
+    """Load + attach the guard; ``install`` compiled policies; ``close`` detaches everything."""
+
+    def __init__(
+        self, cgroup: Path | str | None = None, shared_maps: dict[str, int] | None = None
+    ) -> None:
+        self.cgroup = Path(cgroup) if cgroup else cgroup2_root()
+        self.cgroup_root = cgroup2_root()
+        self._obj = BpfObject(object_path("guard"))
+        self._inner: dict[int, list[Map]] = {0: [], 1: []}
+        self.generation = 0
+        self.compiled: dict[int, CompiledPolicySet] = {}
+        try:
+            for name, fd in (shared_maps or {}).items():
+                self._obj.reuse_map(name, fd)
+            self._obj.load()
+            for prog in PROGRAMS:
+                self._obj.attach_cgroup(prog, self.cgroup)
+            for prog in LINEAGE_PROGRAMS:
+                self._obj.attach(prog)
+            self._cfg = self._obj.map(abi.MAP_GUARD_CFG)
+            self._outer = {name: self._obj.map(t.outer) for name, t in TABLES.items()}
+        except BaseException:
+            self._obj.close()
+            raise
+
+    def _read_cfg(self) -> abi.GuardCfg:
+        raw = self._cfg.lookup(b"\0" * 4)
+        assert raw is not None
+        return abi.GuardCfg.from_buffer_copy(raw)
+
+    def install(self, compiled: CompiledPolicySet) -> int:
+        """Make ``compiled`` the live policy; returns its generation number."""
+        cfg = self._read_cfg()
+        idle = 1 - cfg.slot
+        fresh: list[Map] = []
+        try:
+            for name, table in TABLES.items():
+                entries = (
+                    _cgroup_entries(compiled, self.cgroup_root)
+                    if name == "cgroup"
+                    else compiled.maps.get(name, {})
+                )
+                inner = Map.create(table.map_type, f"st_{name}_{idle}", table.key_size,
+                                   table.value_size, table.max_entries, table.flags)  # fmt: skip
+                fresh.append(inner)
+                for key, value in entries.items():
+                    inner.update(key, value)
+                slot_key = idle.to_bytes(4, "little")
+                self._outer[name].update(slot_key, inner.fd.to_bytes(4, "little"))
+        except BaseException:
+            for m in fresh:
+                m.close()
+            raise
+        self.generation += 1
+        cfg.generation[idle] = self.generation
+        cfg.flags = abi.GUARD_LINEAGE if _has_lineage(compiled) else 0
+        cfg.slot = idle
+        self._cfg.update(b"\0" * 4, bytes(cfg))  # the switch: one store
+        self.compiled[self.generation] = compiled
+        old = self._inner[1 - idle]
+        for name in TABLES:
+            self._outer[name].delete((1 - idle).to_bytes(4, "little"))
+        for m in old:
+            m.close()
+        self._inner[idle] = fresh
+        # keep the previous generation for verdicts still in the ring buffer
+        for gen in [g for g in self.compiled if g < self.generation - 1]:
+            del self.compiled[gen]
+        log.info("guard: policy %s live as generation %d", compiled.digest[:12], self.generation)
+        return self.generation
+
+    def close(self) -> None:
+        self._obj.close()
+        for maps in self._inner.values():
+            for m in maps:
+                m.close()
+        self._inner = {0: [], 1: []}
+
+    def __enter__(self) -> Guard:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _has_lineage(compiled: CompiledPolicySet) -> bool:
+    """Does any rule follow descendants (an exe entry with inherit/xinherit bits)?"""
+    return any(any(unpack_masks(v)[1::2]) for v in compiled.maps.get("exe", {}).values())
