@@ -11,13 +11,12 @@ a checkpoint exported earlier (``against``).
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
 from agent.errors import FormatError
-from agent.journal.canonical import canonical
+from agent.journal.canonical import parse_canonical
 from agent.journal.checkpoint import Checkpoint, SignedCheckpoint, follow_rotation
 from agent.journal.keys import PublicKey
 from agent.journal.merkle import CompactTree
@@ -157,13 +156,9 @@ class Verifier:
         seq = self._expected
         record: Record | None = None
         try:
-            parsed = json.loads(data)
-            if type(parsed) is not dict or canonical(parsed) != data:
-                raise FormatError("not canonical JSON (RFC 8785)")
-            record = Record.from_dict(parsed)
-        except (ValueError, FormatError) as exc:
-            msg = str(exc) if isinstance(exc, FormatError) else "not valid JSON"
-            yield self._error(f"malformed record: {msg}", seq, line.segment, line.offset)
+            record = Record.from_dict(parse_canonical(data))
+        except FormatError as exc:
+            yield self._error(f"malformed record: {exc}", seq, line.segment, line.offset)
         errors_before = self.summary.errors
         if record is not None:
             yield from self._check(record, line)

@@ -50,8 +50,39 @@ def test_keys_above_bmp_sort_by_utf16_code_units() -> None:
 
 
 @pytest.mark.parametrize(
-    "value", [1.5, MAX_SAFE_INT + 1, -MAX_SAFE_INT - 1, {1: "x"}, ("t",), "\ud800", b"x"]
+    "value",
+    [
+        1.5,
+        [1e300],
+        {"a": -0.0},
+        MAX_SAFE_INT + 1,
+        -MAX_SAFE_INT - 1,
+        2**64,
+        {1: "x"},
+        "\ud800",
+        {"k": "\udc00"},
+        b"x",
+        {"a": {1.0}},
+    ],
 )
 def test_outside_the_record_domain_is_refused(value: object) -> None:
     with pytest.raises(FormatError):
         canonical(value)  # type: ignore[arg-type]
+
+
+def test_parse_rejects_floats_and_noncanonical_numbers() -> None:
+    from agent.journal.record import parse_line
+
+    good = canonical(
+        {"boot_id": "b", "host": "h", "prev": "0" * 64, "seq": 0, "ts": "1", "type": "start"}
+    )
+    parse_line(good)
+    for bad in (
+        good.replace(b'"seq":0', b'"seq":0.0'),
+        good.replace(b'"seq":0', b'"seq":0e0'),
+        good.replace(b'"seq":0', b'"seq":-0'),
+        good.replace(b'"seq":0', b'"seq":NaN'),
+        good.replace(b'"ts":"1"', b'"ts":"1","x":12345678901234567890'),
+    ):
+        with pytest.raises(FormatError):
+            parse_line(bad)

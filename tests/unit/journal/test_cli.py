@@ -93,7 +93,6 @@ def test_verify_against_and_unsealed_tail_strict(
     assert rc == 0 and json.loads(out)["format"] == "sealtrail-checkpoint/v1"
     w = filled.writer()  # a clean reopen, then records nobody sealed yet
     w.append("event", {"kind": "exec"})
-    w._flush()
     base = ["journal", "verify", "--journal", str(filled.dir), "--key", pub]
     rc, out, _ = run(capsys, *base, "--against", str(cp))
     assert rc == 0 and "unsealed tail, 1 records" in out
