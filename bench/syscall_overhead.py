@@ -357,8 +357,10 @@ def main() -> int:
     start_ms = timing["stream_start_s"]["median"] * 1e3
     print(f"EventStream start (open+load+attach): median {start_ms:.1f} ms")
     print(
-        "'+ns' = median minus the no-agent median; 'probe ns' = BPF run time per iteration "
-        "(kernel.bpf_stats, enter+exit programs)"
+        "ns/iter: median over rounds; +ns/iter: median minus the no-agent median ((min): min "
+        "minus min); +ns/sys: per syscall of the loop; probe: BPF run time per iteration "
+        "(BPF_ENABLE_STATS), consumer draining; nowake: the same with nobody draining (no "
+        "ring-buffer wakeup inside the program)"
     )
     path = benchlib.write_json("syscall_overhead.json", result)
     print(f"wrote {path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path}")
