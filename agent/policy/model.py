@@ -368,10 +368,6 @@ class Rule:
                     f"{takes}",
                     at_key=True,
                 )
-        if file_op and self.targets.paths is None:
-            raise PolicyFieldError(
-                ("targets",), f"operation {self.operation!r} needs targets.paths", at_key=True
-            )
 
     @property
     def access_set(self) -> tuple[str, ...]:

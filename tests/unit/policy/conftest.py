@@ -37,8 +37,14 @@ def compiled_from(*paths: Path) -> CompiledPolicySet:
 
 
 def judge(
-    compiled: CompiledPolicySet, operation: str, *, exe: str | None = "/usr/bin/x",
-    uid: int = 0, gid: int = 0, cgroup: str | None = None, ancestors: tuple[str, ...] = (),
+    compiled: CompiledPolicySet,
+    operation: str,
+    *,
+    exe: str | None = "/usr/bin/x",
+    uid: int = 0,
+    gid: int = 0,
+    cgroup: str | None = None,
+    ancestors: tuple[str, ...] = (),
     **obj: object,
 ) -> tuple[str, str | None]:
     """(effective verdict, rule id) for one request."""

@@ -28,12 +28,12 @@ OPEN, CONNECT = OPS["open"], OPS["connect"]
 
 
 def test_op_codes_are_the_probe_abi_ones() -> None:
-    assert OPS == {name: int(abi.Op[name.upper()]) for name in OPS}
+    assert {name: int(abi.Op[name.upper()]) for name in OPS} == OPS
 
 
 def test_sizes_match_the_ctypes_mirror_of_the_probe_header() -> None:
     """agent/kernel/abi.py mirrors probes/sealtrail.h; the compiler must write the same shapes."""
-    assert MASK_BYTES == ctypes.sizeof(abi.Mask) and N_SLOTS == abi.SLOTS
+    assert ctypes.sizeof(abi.Mask) == MASK_BYTES and N_SLOTS == abi.SLOTS
     assert MAPS["rules"].value_size == ctypes.sizeof(abi.PolRule)
     assert MAPS["masks"].value_size == ctypes.sizeof(abi.PolMasks)
     assert MAPS["paths"].key_size == ctypes.sizeof(abi.LpmPathKey)
@@ -66,8 +66,8 @@ def test_rule_entry_bytes(write: Write) -> None:
     )
     rules = compiled.maps["rules"]
     # key op*1024+index; value rule_no u32, policy_no u16, action u8 (2 deny, 3 kill), flags u8
-    assert rules[struct.pack("<I", OPS["unlink"] * 1024)] == bytes.fromhex("00000000" "0000" "02" "03")
-    assert rules[struct.pack("<I", OPEN * 1024)] == bytes.fromhex("01000000" "0000" "03" "01")
+    assert rules[struct.pack("<I", OPS["unlink"] * 1024)] == bytes.fromhex("0000000000000203")
+    assert rules[struct.pack("<I", OPEN * 1024)] == bytes.fromhex("0100000000000301")
     paths = compiled.maps["paths"]
     bit0 = (1).to_bytes(MASK_BYTES, "little")
     exact = struct.pack("<I", 8 * 13) + b"\x04/etc/shadow\0".ljust(256, b"\0")
@@ -78,9 +78,19 @@ def test_rule_entry_bytes(write: Write) -> None:
     masks = compiled.maps["masks"][struct.pack("<I", OPEN)]
     assert len(masks) == N_SLOTS * MASK_BYTES
     slots = unpack_masks(masks)
-    every = {Slot.EXE_ANY, Slot.UID_ANY, Slot.GID_ANY, Slot.CGROUP_ANY, Slot.ADDR_ANY,
-             Slot.PORT_ANY, Slot.PROTO_ANY, Slot.ACCESS_READ, Slot.ACCESS_WRITE,
-             Slot.ACCESS_CREATE, Slot.ACCESS_TRUNCATE}  # fmt: skip
+    every = {
+        Slot.EXE_ANY,
+        Slot.UID_ANY,
+        Slot.GID_ANY,
+        Slot.CGROUP_ANY,
+        Slot.ADDR_ANY,
+        Slot.PORT_ANY,
+        Slot.PROTO_ANY,
+        Slot.ACCESS_READ,
+        Slot.ACCESS_WRITE,
+        Slot.ACCESS_CREATE,
+        Slot.ACCESS_TRUNCATE,
+    }
     assert {Slot(i) for i, mask in enumerate(slots) if mask} == every
 
 
@@ -93,14 +103,22 @@ def test_network_key_bytes(write: Write) -> None:
             [[rules]]
             id = "a"
             operation = "connect"
-            targets = { addresses = ["169.254.169.254", "fd00::/8"], ports = ["1-1023"], protocol = "tcp" }
+            targets.addresses = ["169.254.169.254", "fd00::/8"]
+            targets.ports = ["1-1023"]
+            targets.protocol = "tcp"
             action = "deny"
             subjects = { uid = [1000], except = { gid = [7] } }
             """
         )
     )
     addrs = compiled.maps["addrs"]
-    v4 = struct.pack("<I", 32 + 128) + bytes([CONNECT, 0, 0, 0]) + bytes(10) + b"\xff\xff" + bytes([169, 254, 169, 254])
+    v4 = (
+        struct.pack("<I", 32 + 128)
+        + bytes([CONNECT, 0, 0, 0])
+        + bytes(10)
+        + b"\xff\xff"
+        + bytes([169, 254, 169, 254])
+    )
     v6 = struct.pack("<I", 32 + 8) + bytes([CONNECT, 0, 0, 0, 0xFD]) + bytes(15)
     assert set(addrs) == {v4, v6}
     ports = compiled.maps["ports"]
@@ -158,8 +176,10 @@ def test_prefix_closure(write: Write) -> None:
         )
     )
     by_id = {r.rule_id: 1 << r.index for r in compiled.rules}
-    values = {key[5 : 5 + key[4:].index(b"\0", 1) - 1]: unpack_masks(v)[0]
-              for key, v in compiled.maps["paths"].items()}  # fmt: skip
+    values = {
+        key[5 : 5 + key[4:].index(b"\0", 1) - 1]: unpack_masks(v)[0]
+        for key, v in compiled.maps["paths"].items()
+    }
     assert values == {
         b"/": by_id["root"],
         b"/etc/": by_id["root"] | by_id["etc"],
@@ -171,7 +191,11 @@ def test_prefix_closure(write: Write) -> None:
 
 
 def test_precedence_is_index_order() -> None:
-    ranks = [precedence_class(mode, action) for mode in ("enforce", "monitor") for action in ("allow", "kill", "deny", "audit")]
+    ranks = [
+        precedence_class(mode, action)
+        for mode in ("enforce", "monitor")
+        for action in ("allow", "kill", "deny", "audit")
+    ]
     assert ranks == [0, 1, 2, 6, 3, 4, 5, 6]
 
 
@@ -180,11 +204,25 @@ def test_precedence_allow_then_kill_deny_audit_ties_by_file_order(write: Write) 
     compiled = compiled_from(
         write(
             'name = "p"\nmode = "enforce"\n'
-            + "".join(f'[[rules]]\nid = "{rid}"\n{body}action = "{act}"\n'
-                      for rid, act in [("au", "audit"), ("d1", "deny"), ("k", "kill"), ("d2", "deny"), ("al", "allow")])
-        )  # fmt: skip
+            + "".join(
+                f'[[rules]]\nid = "{rid}"\n{body}action = "{act}"\n'
+                for rid, act in [
+                    ("au", "audit"),
+                    ("d1", "deny"),
+                    ("k", "kill"),
+                    ("d2", "deny"),
+                    ("al", "allow"),
+                ]
+            )
+        )
     )
-    assert [r.rule_id for r in sorted(compiled.rules, key=lambda r: r.index)] == ["al", "k", "d1", "d2", "au"]
+    assert [r.rule_id for r in sorted(compiled.rules, key=lambda r: r.index)] == [
+        "al",
+        "k",
+        "d1",
+        "d2",
+        "au",
+    ]
 
 
 def test_digest_ignores_key_order_whitespace_and_comments(write: Write) -> None:
@@ -211,11 +249,13 @@ def test_thousand_rules_compile_fast(write: Write) -> None:
     for i in range(1000):
         op = ops[i % len(ops)]
         if op in ("connect", "bind"):
-            target = f'targets = {{ addresses = ["10.{i // 256}.{i % 256}.0/24"], ports = ["{1000 + i}-{2000 + i}"] }}'
+            net = f"10.{i // 256}.{i % 256}.0/24"
+            target = f'targets = {{ addresses = ["{net}"], ports = ["{1000 + i}-{2000 + i}"] }}'
         else:
             target = f'targets.paths = ["/srv/app{i}/", "/opt/tool{i}/bin/run"]'
         parts.append(
-            f'[[rules]]\nid = "r{i}"\noperation = "{op}"\n{target}\naction = "{["deny", "kill", "audit"][i % 3]}"\n'
+            f'[[rules]]\nid = "r{i}"\noperation = "{op}"\n{target}\n'
+            f'action = "{["deny", "kill", "audit"][i % 3]}"\n'
             f'subjects = {{ exe = ["/usr/bin/app{i % 50}"], uid = [{i % 7}] }}\n'
         )
     path = write("".join(parts))
@@ -227,4 +267,6 @@ def test_thousand_rules_compile_fast(write: Write) -> None:
     print(f"compiled 1000 rules in {elapsed * 1000:.0f} ms")
     assert len(compiled.rules) == 1000
     assert elapsed < 5.0
-    assert judge(compiled, "open", exe="/usr/bin/app1", uid=1, path="/srv/app1/x", access=("read",)) == ("kill", "r1")
+    assert judge(
+        compiled, "open", exe="/usr/bin/app1", uid=1, path="/srv/app1/x", access=("read",)
+    ) == ("kill", "r1")

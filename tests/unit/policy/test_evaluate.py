@@ -15,14 +15,20 @@ def one_rule(write: Write, body: str, mode: str = "enforce") -> CompiledPolicySe
 
 def test_monitor_mode_reports_would(write: Write) -> None:
     for action in ("deny", "kill"):
-        compiled = one_rule(write, f'operation = "exec"\ntargets.paths = ["/tmp/"]\naction = "{action}"', "monitor")
+        compiled = one_rule(
+            write, f'operation = "exec"\ntargets.paths = ["/tmp/"]\naction = "{action}"', "monitor"
+        )
         assert judge(compiled, "exec", path="/tmp/x") == (f"would-{action}", "r")
-    compiled = one_rule(write, 'operation = "exec"\ntargets.paths = ["/tmp/"]\naction = "audit"', "monitor")
+    compiled = one_rule(
+        write, 'operation = "exec"\ntargets.paths = ["/tmp/"]\naction = "audit"', "monitor"
+    )
     assert judge(compiled, "exec", path="/tmp/x") == ("audit", "r")
 
 
 def test_ipv4_mapped_ipv6_matches_ipv4_rule(write: Write) -> None:
-    compiled = one_rule(write, 'operation = "connect"\ntargets.addresses = ["169.254.169.254/32"]\naction = "deny"')
+    compiled = one_rule(
+        write, 'operation = "connect"\ntargets.addresses = ["169.254.169.254/32"]\naction = "deny"'
+    )
     for address in ("169.254.169.254", "::ffff:169.254.169.254", "::FFFF:A9FE:A9FE"):
         assert judge(compiled, "connect", address=address, port=80) == ("deny", "r")
     assert judge(compiled, "connect", address="169.254.169.255", port=80) == ("allow", None)
@@ -33,7 +39,8 @@ def test_cidr_port_range_and_protocol(write: Write) -> None:
     compiled = one_rule(
         write,
         'operation = "connect"\naction = "deny"\n'
-        'targets = { addresses = ["10.0.0.0/8", "2001:db8::/32"], ports = [22, "8000-8999"], protocol = "tcp" }',
+        'targets = { addresses = ["10.0.0.0/8", "2001:db8::/32"], ports = [22, "8000-8999"], '
+        'protocol = "tcp" }',
     )
     hit = {"port": 8500, "protocol": "tcp"}
     assert judge(compiled, "connect", address="10.255.0.1", **hit) == ("deny", "r")
@@ -53,13 +60,21 @@ def test_subjects_descendants_except_cgroup_ids(write: Write) -> None:
     )
     req = {"path": "/data/x", "access": ("read",), "gid": 33}
     assert judge(compiled, "open", exe="/usr/sbin/nginx", **req)[0] == "deny"
-    assert judge(compiled, "open", exe="/usr/bin/dash", ancestors=("/usr/sbin/nginx",), **req)[0] == "deny"
+    assert (
+        judge(compiled, "open", exe="/usr/bin/dash", ancestors=("/usr/sbin/nginx",), **req)[0]
+        == "deny"
+    )
     assert judge(compiled, "open", exe="/usr/bin/dash", **req)[0] == "allow"
     assert judge(compiled, "open", exe="/usr/sbin/nginx", **{**req, "gid": 0})[0] == "allow"
     # except needs both its fields: logrotate AND inside /system.slice/
     excepted = {"exe": "/usr/bin/logrotate", "ancestors": ("/usr/sbin/nginx",)}
-    assert judge(compiled, "open", cgroup="/system.slice/cron.service", **excepted, **req)[0] == "allow"
-    assert judge(compiled, "open", cgroup="/user.slice/user-0.slice", **excepted, **req)[0] == "deny"
+    assert (
+        judge(compiled, "open", cgroup="/system.slice/cron.service", **excepted, **req)[0]
+        == "allow"
+    )
+    assert (
+        judge(compiled, "open", cgroup="/user.slice/user-0.slice", **excepted, **req)[0] == "deny"
+    )
 
 
 def test_everyone_except(write: Write) -> None:
@@ -68,13 +83,26 @@ def test_everyone_except(write: Write) -> None:
         'operation = "open"\naccess = ["write"]\ntargets.paths = ["/etc/shadow"]\naction = "deny"\n'
         'subjects.except.exe = ["/usr/sbin/chpasswd"]',
     )
-    assert judge(compiled, "open", exe="/usr/bin/vi", path="/etc/shadow", access=("write",))[0] == "deny"
-    assert judge(compiled, "open", exe="/usr/sbin/chpasswd", path="/etc/shadow", access=("write",))[0] == "allow"
-    assert judge(compiled, "open", exe="/usr/bin/vi", path="/etc/shadow", access=("read",))[0] == "allow"
+    assert (
+        judge(compiled, "open", exe="/usr/bin/vi", path="/etc/shadow", access=("write",))[0]
+        == "deny"
+    )
+    assert (
+        judge(compiled, "open", exe="/usr/sbin/chpasswd", path="/etc/shadow", access=("write",))[0]
+        == "allow"
+    )
+    assert (
+        judge(compiled, "open", exe="/usr/bin/vi", path="/etc/shadow", access=("read",))[0]
+        == "allow"
+    )
 
 
 def test_rename_matches_source_or_destination(write: Write) -> None:
-    compiled = one_rule(write, 'operation = "rename"\ntargets.paths = ["/etc/shadow"]\naction = "deny"\nfallback = "audit"')
+    compiled = one_rule(
+        write,
+        'operation = "rename"\ntargets.paths = ["/etc/shadow"]\n'
+        'action = "deny"\nfallback = "audit"',
+    )
     assert judge(compiled, "rename", path="/tmp/a", new_path="/etc/shadow")[0] == "deny"
     assert judge(compiled, "rename", path="/etc/shadow", new_path="/tmp/a")[0] == "deny"
     assert judge(compiled, "rename", path="/tmp/a", new_path="/tmp/b")[0] == "allow"
@@ -82,20 +110,50 @@ def test_rename_matches_source_or_destination(write: Write) -> None:
 
 def test_long_paths_hit_prefixes_not_exact_entries(write: Write) -> None:
     long_dir = "/d/" + "x" * 240 + "/"
-    compiled = one_rule(write, f'operation = "unlink"\ntargets.paths = ["{long_dir}", "/d/"]\naction = "audit"')
+    compiled = one_rule(
+        write, f'operation = "unlink"\ntargets.paths = ["{long_dir}", "/d/"]\naction = "audit"'
+    )
     assert judge(compiled, "unlink", path=long_dir + "y" * 300) == ("audit", "r")
 
 
 def test_verdict_carries_digest_and_policy(write: Write) -> None:
     compiled = one_rule(write, 'operation = "unlink"\ntargets.paths = ["/x"]\naction = "audit"')
-    event = OpenEvent(ts_ns=0, pid=1, tid=1, ppid=0, uid=0, gid=0, cgroup_id=0, comm="x", path="/x",
-                      path_source="kernel", result=0, flags=0, mode=0, access=("read",))  # fmt: skip
+    event = OpenEvent(
+        ts_ns=0,
+        pid=1,
+        tid=1,
+        ppid=0,
+        uid=0,
+        gid=0,
+        cgroup_id=0,
+        comm="x",
+        path="/x",
+        path_source="kernel",
+        result=0,
+        flags=0,
+        mode=0,
+        access=("read",),
+    )
     request = request_from_event(event, Process("/usr/bin/cat", 0, 0))
     assert request is not None and request.operation == "open" and request.access == ("read",)
     verdict = Evaluator(compiled).decide(request)
     assert verdict.rule_id is None and verdict.digest == compiled.digest
-    connect = ConnectEvent(ts_ns=0, pid=1, tid=1, ppid=0, uid=0, gid=0, cgroup_id=0, comm="x",
-                           family="ipv4", protocol="tcp", local_addr="10.0.0.2", local_port=40000,
-                           remote_addr="1.2.3.4", remote_port=443, result=0)  # fmt: skip
+    connect = ConnectEvent(
+        ts_ns=0,
+        pid=1,
+        tid=1,
+        ppid=0,
+        uid=0,
+        gid=0,
+        cgroup_id=0,
+        comm="x",
+        family="ipv4",
+        protocol="tcp",
+        local_addr="10.0.0.2",
+        local_port=40000,
+        remote_addr="1.2.3.4",
+        remote_port=443,
+        result=0,
+    )
     request = request_from_event(connect, Process("/usr/bin/curl", 0, 0))
     assert request is not None and (request.address, request.port) == ("1.2.3.4", 443)

@@ -43,7 +43,11 @@ def rule(op: str, action: str, fallback: str | None = None, mode: str = "enforce
 def test_mechanism_table(
     host: HostCapabilities, op: str, action: str, fallback: str | None, mechanism: str, after: bool
 ) -> None:
-    mode = "monitor" if host is DEV and (op, action, fallback) == ("unlink", "deny", None) else "enforce"
+    mode = (
+        "monitor"
+        if host is DEV and (op, action, fallback) == ("unlink", "deny", None)
+        else "enforce"
+    )
     got = enforcement_for(rule(op, action, fallback, mode), host)
     assert (str(got.mechanism), got.after_the_fact) == (mechanism, after)
 
@@ -51,13 +55,35 @@ def test_mechanism_table(
 @pytest.mark.parametrize(
     ("host", "op", "action", "message"),
     [
-        (DEV, "unlink", "deny", 'no deny mechanism for unlink on this host: set fallback = "kill" or "audit"'),
-        (DEV, "chmod", "kill", 'no deny mechanism for chmod on this host: set fallback = "kill" or "audit"'),
-        (DEV, "listen", "deny", 'no deny mechanism for listen on this host: set fallback = "kill" or "audit"'),
-        (BARE, "exec", "kill", 'no bpf_send_signal on this host: kill cannot be enforced: set fallback = "audit"'),
+        (
+            DEV,
+            "unlink",
+            "deny",
+            'no deny mechanism for unlink on this host: set fallback = "kill" or "audit"',
+        ),
+        (
+            DEV,
+            "chmod",
+            "kill",
+            'no deny mechanism for chmod on this host: set fallback = "kill" or "audit"',
+        ),
+        (
+            DEV,
+            "listen",
+            "deny",
+            'no deny mechanism for listen on this host: set fallback = "kill" or "audit"',
+        ),
+        (
+            BARE,
+            "exec",
+            "kill",
+            'no bpf_send_signal on this host: kill cannot be enforced: set fallback = "audit"',
+        ),
     ],
 )
-def test_no_mechanism_is_an_error(host: HostCapabilities, op: str, action: str, message: str) -> None:
+def test_no_mechanism_is_an_error(
+    host: HostCapabilities, op: str, action: str, message: str
+) -> None:
     got = enforcement_for(rule(op, action), host)
     assert got.mechanism is None and got.error == message
     with pytest.raises(MechanismUnavailable, match="rule 'r'"):

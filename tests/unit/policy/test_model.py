@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from agent.errors import PolicyFieldError, PolicyInvalid
-from agent.policy.model import Policy, Rule, Subject, Target, parse_address, parse_port
 from agent.policy.check import check
+from agent.policy.model import Policy, Rule, Subject, Target, parse_address, parse_port
 
 from .conftest import POLICIES, Write
 
@@ -46,7 +46,7 @@ def test_examples_round_trip(path: Path) -> None:
         ('targets.paths = ["/x"]\ncolour = 1\n', ":9:1:", ["unknown key 'colour'", "allowed keys"]),
         ('targets.paths = ["/x"]\nsubjects.who = 1\n', ":9:10:", ["subjects.who", "exe, desc"]),
         ('targets.paths = ["/x"]\nsubjects = {}\n', ":9:1:", ["subjects", "empty"]),
-        ('targets.ports = [22]\n', ":8:9:", ["targets.ports", "targets.paths"]),
+        ("targets.ports = [22]\n", ":8:9:", ["targets.ports", "targets.paths"]),
         ('targets.paths = ["/x"]\nfallback = "deny"\n', ":9:12:", ["fallback", "kill, audit"]),
         ('targets.paths = ["/x"]\naccess = ["exec"]\n', ":9:11:", ["access[0]", "read, write"]),
         ('targets.paths = ["/x"]\nsubjects.uid = [-1]\n', ":9:17:", ["uid[0]", "0-4294967294"]),
@@ -64,13 +64,25 @@ def test_errors_are_located(write: Write, tail: str, where: str, words: list[str
 @pytest.mark.parametrize(
     ("table", "words"),
     [
-        ('operation = "connect"\naction = "deny"\ntargets.addresses = ["10.0.0.1/8"]', ["host bits", "10.0.0.0/8"]),
-        ('operation = "connect"\naction = "deny"\ntargets.ports = [70000]', ["70000 is out of range", "0-65535"]),
+        (
+            'operation = "connect"\naction = "deny"\ntargets.addresses = ["10.0.0.1/8"]',
+            ["host bits", "10.0.0.0/8"],
+        ),
+        (
+            'operation = "connect"\naction = "deny"\ntargets.ports = [70000]',
+            ["70000 is out of range", "0-65535"],
+        ),
         ('operation = "bind"\naction = "deny"\ntargets.ports = ["9-1"]', ["empty (low > high)"]),
         ('operation = "bind"\naction = "deny"\ntargets.protocol = "icmp"', ["tcp, udp"]),
-        ('operation = "exec"\naction = "nuke"\ntargets.paths = ["/x"]', ["allow, audit, deny, kill"]),
+        (
+            'operation = "exec"\naction = "nuke"\ntargets.paths = ["/x"]',
+            ["allow, audit, deny, kill"],
+        ),
         ('operation = "mount"\naction = "deny"\ntargets.paths = ["/x"]', ["exec, open, unlink"]),
-        ('operation = "exec"\naction = "audit"\nfallback = "kill"\ntargets.paths = ["/x"]', ["deny and kill"]),
+        (
+            'operation = "exec"\naction = "audit"\nfallback = "kill"\ntargets.paths = ["/x"]',
+            ["deny and kill"],
+        ),
     ],
 )
 def test_value_errors_name_what_is_allowed(write: Write, table: str, words: list[str]) -> None:
