@@ -34,6 +34,7 @@ struct st_lineage_key _st_lineage_key;
 struct st_lineage _st_lineage;
 struct st_guard_cfg _st_guard_cfg;
 enum st_op _st_op;
+enum st_variant _st_variant;
 enum st_action _st_action;
 enum st_mechanism _st_mechanism;
 enum st_slot _st_slot;

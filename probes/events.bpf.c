@@ -13,15 +13,6 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
-/* syscall variants inside one op family (st_pending.variant) */
-enum {
-	ST_V_OPEN, ST_V_OPENAT, ST_V_OPENAT2, ST_V_CREAT, ST_V_OPEN_BY_HANDLE,
-	ST_V_UNLINK, ST_V_UNLINKAT,
-	ST_V_RENAME, ST_V_RENAMEAT, ST_V_RENAMEAT2,
-	ST_V_CHMOD, ST_V_FCHMOD, ST_V_FCHMODAT, ST_V_FCHMODAT2,
-	ST_V_CHOWN, ST_V_LCHOWN, ST_V_FCHOWN, ST_V_FCHOWNAT,
-	ST_V_CONNECT, ST_V_BIND, ST_V_LISTEN, ST_V_ACCEPT,
-};
 
 const volatile struct st_rodata st_rodata SEC(".rodata.st") = {};
 
@@ -39,7 +30,7 @@ struct {
 	__type(key, struct st_prefix_key);
 	__type(value, __u8);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
-} st_open_prefixes SEC(".maps");
+} st_path_prefixes SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -218,11 +209,9 @@ static __always_inline __u32 put_user_path(void *dst, __u64 uptr, bool *relative
 	return r;
 }
 
-static __always_inline bool open_path_filtered(struct pathbuf *pb, const __u8 *path, __u32 len)
+/* Is this path outside every st_path_prefixes entry? */
+static __always_inline bool path_filtered(struct pathbuf *pb, const __u8 *path, __u32 len)
 {
-	struct st_config *cfg = get_config();
-	if (!cfg || !cfg->open_filter)
-		return false;
 	if (len > ST_FILTER_PREFIX_MAX)
 		len = ST_FILTER_PREFIX_MAX;
 	/*
@@ -231,7 +220,7 @@ static __always_inline bool open_path_filtered(struct pathbuf *pb, const __u8 *p
 	 */
 	bpf_probe_read_kernel(pb->key.data, ST_FILTER_PREFIX_MAX, path);
 	pb->key.prefixlen = len * 8;
-	return bpf_map_lookup_elem(&st_open_prefixes, &pb->key) == NULL;
+	return bpf_map_lookup_elem(&st_path_prefixes, &pb->key) == NULL;
 }
 
 static __always_inline int finish_file(struct trace_event_raw_sys_exit *ctx, __u32 op)
@@ -348,19 +337,27 @@ static __always_inline int finish_file(struct trace_event_raw_sys_exit *ctx, __u
 	if (off > 3 * ST_PATH_MAX)
 		return 0;
 
-	/* a relative path is filtered by the directory it is relative to */
-	if (op == ST_OP_OPEN) {
-		if (relative && open_path_filtered(pb, data + (base_off & (4 * ST_PATH_MAX - 1)), e->base_len))
-			return 0;
-		if (!relative && open_path_filtered(pb, data, e->path_len))
-			return 0;
-	}
-
+	__u32 base2_off = off;
 	n = relative2 ? put_base(data + off, pb, dirfd2, &truncated) : 0;
 	e->base2_len = n;
 	off += n & (ST_PATH_MAX * 2 - 1);
 	if (off > 4 * ST_PATH_MAX)
 		return 0;
+
+	/* the path filter: a relative path is filtered by the directory it is relative to;
+	 * a rename is kept if either of its paths is wanted */
+	struct st_config *cfg = get_config();
+	if (cfg && (cfg->filter_ops & (1u << op))) {
+		bool drop = relative
+			? path_filtered(pb, data + (base_off & (4 * ST_PATH_MAX - 1)), e->base_len)
+			: path_filtered(pb, data, e->path_len);
+		if (drop && op == ST_OP_RENAME)
+			drop = relative2
+				? path_filtered(pb, data + (base2_off & (4 * ST_PATH_MAX - 1)), e->base2_len)
+				: path_filtered(pb, data + (e->path_len & (ST_PATH_MAX * 2 - 1)), e->path2_len);
+		if (drop)
+			return 0;
+	}
 
 	e->ret = ret;
 	fill_hdr(&e->hdr, op, sizeof(*e) + off);

@@ -154,7 +154,7 @@ struct st_verdict {
 /* st_config (array, 1 entry, key 0): what userspace asked for; read on every event */
 struct st_config {
 	__u32 op_mask;        /* bit (1 << op) set = emit that op */
-	__u32 open_filter;    /* 1 = emit OPEN only if the path matches open_prefixes */
+	__u32 filter_ops;     /* bit (1 << op): emit that file op only if a path matches st_path_prefixes */
 };
 
 /* load-time constants (section .rodata.st, set before load; the verifier prunes on them) */
@@ -163,10 +163,21 @@ struct st_rodata {
 	__u32 _pad0;
 };
 
-/* st_open_prefixes (LPM trie): key = path bytes, prefixlen in bits; value = 1 */
+/* st_path_prefixes (LPM trie): key = path bytes, prefixlen in bits; value = 1 */
 struct st_prefix_key {
 	__u32 prefixlen;
 	__u8 data[ST_FILTER_PREFIX_MAX];
+};
+
+/* syscall variants inside one op family (st_pending.variant): which args mean what.
+ * Userspace reads st_pending too (the fanotify mechanism learns an open's flags there). */
+enum st_variant {
+	ST_V_OPEN, ST_V_OPENAT, ST_V_OPENAT2, ST_V_CREAT, ST_V_OPEN_BY_HANDLE,
+	ST_V_UNLINK, ST_V_UNLINKAT,
+	ST_V_RENAME, ST_V_RENAMEAT, ST_V_RENAMEAT2,
+	ST_V_CHMOD, ST_V_FCHMOD, ST_V_FCHMODAT, ST_V_FCHMODAT2,
+	ST_V_CHOWN, ST_V_LCHOWN, ST_V_FCHOWN, ST_V_FCHOWNAT,
+	ST_V_CONNECT, ST_V_BIND, ST_V_LISTEN, ST_V_ACCEPT,
 };
 
 /* st_pending (hash, key = tid): syscall arguments saved at sys_enter until sys_exit */

@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
             )
         try:
             while not stopping:
-                items = stream.poll(250)
+                items = stream.poll(100)
                 for item in items:
                     out.write(fmt(item) + "\n")
                 if items:

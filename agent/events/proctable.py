@@ -16,6 +16,7 @@ from agent.events import model
 class ProcTable:
     def __init__(self, capacity: int = 65536) -> None:
         self._exe: OrderedDict[int, str] = OrderedDict()
+        self._unknown: set[int] = set()  # pids /proc could not tell (gone): ask once, not per event
         self._capacity = capacity
 
     def _put(self, pid: int, exe: str) -> None:
@@ -26,7 +27,7 @@ class ProcTable:
 
     def lookup(self, pid: int, comm: str) -> str | None:
         exe = self._exe.get(pid)
-        if exe is not None:
+        if exe is not None or pid in self._unknown:
             return exe
         try:
             exe = psutil.Process(pid).exe() or None
@@ -34,13 +35,18 @@ class ProcTable:
             exe = None
         if exe:
             self._put(pid, exe)
+        elif len(self._unknown) < self._capacity:
+            self._unknown.add(pid)
         return exe
 
     def observe(self, event: model.Event) -> None:
         """Update the table after an event has been decoded and handled."""
         if isinstance(event, model.ExecEvent) and event.exe:
+            self._unknown.discard(event.pid)
             self._put(event.pid, event.exe)
         elif isinstance(event, model.ForkEvent) and event.exe:
+            self._unknown.discard(event.child_pid)
             self._put(event.child_pid, event.exe)
         elif isinstance(event, model.ExitEvent):
             self._exe.pop(event.pid, None)
+            self._unknown.discard(event.pid)

@@ -48,8 +48,10 @@ StreamItem = model.Event | model.LossEvent
 @dataclass(frozen=True)
 class StreamConfig:
     kinds: frozenset[str] = frozenset(model.KINDS)
-    # Report opens only under these prefixes ("/etc" = /etc itself and below). Empty = all.
+    # Report the file ops in filter_kinds only under these prefixes ("/etc" = /etc itself and
+    # below). Empty = no filter.
     path_prefixes: tuple[str, ...] = ()
+    filter_kinds: frozenset[str] = frozenset({"open"})
     ringbuf_bytes: int = DEFAULT_RINGBUF_BYTES
     exclude_self: bool = True
 
@@ -140,9 +142,13 @@ class EventStream:
         for kind in self.config.kinds:
             mask |= 1 << KIND_OP[kind]
         prefixes = self.config.path_prefixes
-        conf = abi.Config(op_mask=mask, open_filter=1 if prefixes else 0)
+        filter_ops = 0
+        if prefixes:
+            for kind in self.config.filter_kinds:
+                filter_ops |= 1 << KIND_OP[kind]
+        conf = abi.Config(op_mask=mask, filter_ops=filter_ops)
         obj.map(abi.MAP_CONFIG).update(b"\0" * 4, bytes(conf))
-        trie = obj.map(abi.MAP_OPEN_PREFIXES)
+        trie = obj.map(abi.MAP_PATH_PREFIXES)
         for prefix in prefixes:
             for key in prefix_entries(prefix):
                 trie.update(key, b"\1")

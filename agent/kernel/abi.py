@@ -59,6 +59,33 @@ class Op(enum.IntEnum):
 
 OP_MAX = 14
 
+
+class Variant(enum.IntEnum):
+    """st_pending.variant: which syscall of an op family saved the args."""
+
+    OPEN = 0
+    OPENAT = 1
+    OPENAT2 = 2
+    CREAT = 3
+    OPEN_BY_HANDLE = 4
+    UNLINK = 5
+    UNLINKAT = 6
+    RENAME = 7
+    RENAMEAT = 8
+    RENAMEAT2 = 9
+    CHMOD = 10
+    FCHMOD = 11
+    FCHMODAT = 12
+    FCHMODAT2 = 13
+    CHOWN = 14
+    LCHOWN = 15
+    FCHOWN = 16
+    FCHOWNAT = 17
+    CONNECT = 18
+    BIND = 19
+    LISTEN = 20
+    ACCEPT = 21
+
 F_TRUNCATED = 0x1
 F_PATH_RESOLVED = 0x2
 F_PATH_RELATIVE = 0x4
@@ -140,7 +167,7 @@ class Net(_S):
 class Config(_S):
     _fields_ = [
         ("op_mask", c_uint32),
-        ("open_filter", c_uint32),
+        ("filter_ops", c_uint32),
     ]
 
 
@@ -276,7 +303,8 @@ STRUCTS: dict[str, type[ctypes.Structure]] = {
 MAP_EVENTS = "st_events"
 MAP_CONFIG = "st_config"
 MAP_DROPS = "st_drops"
-MAP_OPEN_PREFIXES = "st_open_prefixes"
+MAP_PATH_PREFIXES = "st_path_prefixes"
+MAP_PENDING = "st_pending"
 RODATA_SECTION = ".rodata.st"
 MAP_GUARD_CFG = "st_guard_cfg"
 MAP_LINEAGE = "st_lineage"

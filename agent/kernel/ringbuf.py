@@ -33,12 +33,15 @@ class RingBuffer:
         self._ptr: int | None = ptr
 
     def poll(self, timeout_ms: int) -> list[bytes]:
-        """Wait up to timeout_ms for records; return every record available (maybe none)."""
+        """Wait up to timeout_ms (the latency bound on a quiet host); return every record."""
         if not self._ptr:
             raise KernelError("ring buffer is closed")
         ret = lib.ring_buffer__poll(self._ptr, timeout_ms)
         if ret < 0 and ret != -4:  # EINTR: a signal (Ctrl-C, SIGHUP) woke us; not an error
             libbpf.check(ret, "ring_buffer__poll")
+        # The probes wake us only when the ring fills up (BPF_RB_NO_WAKEUP otherwise): after a
+        # quiet timeout, take what arrived without a wakeup.
+        libbpf.check(lib.ring_buffer__consume(self._ptr), "ring_buffer__consume")
         out = self._batch[:]
         self._batch.clear()
         return out
