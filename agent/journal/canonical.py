@@ -100,7 +100,7 @@ def canonical(value: JsonValue) -> bytes:
 def parse_canonical(data: bytes) -> dict[str, JsonValue]:
     """Parse one stored line; raise FormatError unless it is exactly canonical bytes."""
     try:
-        parsed = json.loads(data, parse_float=_no_float, parse_constant=_no_float)
+        parsed = _decode(data.decode("utf-8"))
     except FormatError:
         raise
     except ValueError as exc:  # includes UnicodeDecodeError
@@ -118,6 +118,9 @@ def parse_canonical(data: bytes) -> dict[str, JsonValue]:
 
 def _no_float(text: str) -> JsonValue:
     raise FormatError(f"number {text} is not an integer (records hold no floats)")
+
+
+_decode = json.JSONDecoder(parse_float=_no_float, parse_constant=_no_float).decode
 
 
 def _exact(value: JsonValue) -> bytes:

@@ -123,11 +123,11 @@ class Record:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Record:
         """Inverse of ``to_dict``: every key that is not common becomes a type field."""
+        fields = dict(data)
         try:
-            common = {name: data[name] for name in COMMON_FIELDS}
+            common = {name: fields.pop(name) for name in COMMON_FIELDS}
         except KeyError as exc:
             raise FormatError(f"record lacks field {exc.args[0]!r}") from None
-        fields = {k: v for k, v in data.items() if k not in COMMON_FIELDS}
         if not isinstance(common["type"], str):
             raise FormatError(f"type must be a string, got {common['type']!r}")
         return cls(
