@@ -232,7 +232,10 @@ class JournalWriter:
         with self._lock:
             if self._closed:
                 raise JournalError("journal is closed")
-            seq = self._emit(self._record(type, fields))
+            try:
+                seq = self._emit(self._record(type, fields))
+            except FormatError as exc:  # raised before anything is written
+                raise JournalError(f"{type} record not written: {exc}") from None
             if self._unsealed >= self._seal_every or (
                 time.monotonic() - self._unsealed_since >= self._seal_interval
             ):
