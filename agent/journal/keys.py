@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from agent.errors import FormatError, KeyStoreError
+from agent.journal.durable import create_file, fsync_dir, leftovers
 from agent.paths import PUBLIC_KEY_NAME
 
 log = logging.getLogger(__name__)
@@ -116,37 +117,6 @@ class SigningKey:
         return self._key.sign(message)
 
 
-def _write_new_file(path: Path, data: bytes, mode: int) -> None:
-    """Create ``path`` atomically with ``mode``; never overwrite, never visible half-written.
-
-    The temporary file is created with O_EXCL and the final mode from the first instant (the
-    umask can only narrow it, and fchmod pins it), then hard-linked into place.
-    """
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise KeyStoreError(f"{path} already exists; refusing to overwrite a key") from None
-    finally:
-        os.unlink(tmp)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class KeyStore:
     """The keys directory: genesis public key plus the live epoch private key."""
 
@@ -171,7 +141,10 @@ class KeyStore:
             )
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         key = self.create_epoch_key()
-        _write_new_file(self.public_path, key.public.to_line().encode("ascii"), 0o644)
+        try:
+            create_file(self.public_path, key.public.to_line().encode("ascii"), 0o644)
+        except FileExistsError:
+            raise KeyStoreError(f"{self.public_path} already exists") from None
         return key.public
 
     def genesis(self) -> PublicKey:
@@ -182,7 +155,10 @@ class KeyStore:
         key = SigningKey.generate()
         seed = key._key.private_bytes_raw()
         line = f"{PRIVATE_TAG} {b64(seed)} {key.key_id}\n".encode("ascii")
-        _write_new_file(self.private_path(key.key_id), line, 0o600)
+        try:
+            create_file(self.private_path(key.key_id), line, 0o600)
+        except FileExistsError:  # a fresh random key cannot collide unless something is wrong
+            raise KeyStoreError(f"{self.private_path(key.key_id)} already exists") from None
         return key
 
     def load(self, kid: str) -> SigningKey:
@@ -211,9 +187,20 @@ class KeyStore:
             p.name[len("epoch-") : -len(".key")] for p in self.directory.glob("epoch-*.key")
         )
 
+    def erase_leftovers(self) -> None:
+        """Erase temporary key files a crash during key creation left behind."""
+        for path in leftovers(self.directory):
+            if path.stat().st_nlink > 1:  # crashed after the link: the key file is the same inode
+                path.unlink()
+            else:
+                self._erase_file(path)
+
     def erase(self, kid: str) -> None:
         """Overwrite the private key file with zeros, fsync, unlink, fsync the directory."""
-        path = self.private_path(kid)
+        self._erase_file(self.private_path(kid))
+        log.info("erased epoch key %s", kid)
+
+    def _erase_file(self, path: Path) -> None:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -226,5 +213,4 @@ class KeyStore:
             os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
-        _fsync_dir(self.directory)
-        log.info("erased epoch key %s", kid)
+        fsync_dir(self.directory)

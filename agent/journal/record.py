@@ -44,7 +44,7 @@ REQUIRED_FIELDS: Mapping[str, frozenset[str]] = {
     "seal": frozenset({"size", "root", "key_id", "sig"}),
 }
 WRITER_TYPES = frozenset({"recovery", "key_rotation", "seal", "stop"})
-VERDICT_ACTIONS = frozenset({"allow", "audit", "deny", "kill", "would_deny"})
+VERDICT_ACTIONS = frozenset({"allow", "audit", "deny", "kill", "would_deny", "would_kill"})
 
 
 def record_hash(line: bytes) -> bytes:

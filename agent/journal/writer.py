@@ -28,6 +28,7 @@ from agent.errors import FormatError, JournalCorrupt, JournalError
 from agent.journal import protect
 from agent.journal.canonical import JsonValue, canonical
 from agent.journal.checkpoint import Checkpoint, rotation_signing_input
+from agent.journal.durable import fsync_dir
 from agent.journal.keys import KeyStore, SigningKey, b64
 from agent.journal.merkle import CompactTree
 from agent.journal.record import (
@@ -175,6 +176,7 @@ class JournalWriter:
             raise JournalError(f"{directory} is the journal of host {scan.host!r}, not {host!r}")
         kid = scan.key_id or keys.genesis().key_id
         key = keys.load(kid)
+        keys.erase_leftovers()
         for stray in keys.private_key_ids():
             if stray != kid:  # from a crash in the middle of a key rotation
                 keys.erase(stray)
@@ -216,7 +218,7 @@ class JournalWriter:
         self._fd = os.open(path, flags, 0o640)
         self._segment_no = number
         self._segment_size = os.fstat(self._fd).st_size
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
         if self._protect:
             protect.set_flag(path, protect.FS_APPEND_FL, True)
 
@@ -387,14 +389,6 @@ class JournalWriter:
         self._epoch_start = int(str(record["ts"]))
         log.info("journal key rotated: %s -> %s", old.key_id, new.key_id)
         self._seal()
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _scan(directory: Path) -> _Scan:

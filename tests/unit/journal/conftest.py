@@ -125,3 +125,11 @@ def journal(tmp_path: Path) -> Iterator[Journal]:
     yield j
     if j.dir.exists():  # never leave append-only or immutable files behind
         protect.clear_all(j.dir)
+
+
+def assert_caught_at(summary: Summary, seq: int, words: str = "") -> None:
+    """The attack was caught, naming ``seq`` first; ``words`` appear in some error."""
+    assert not summary.ok
+    assert first_error_seq(summary) == seq, errors(summary)[:5]
+    assert_ranges_cover(summary, seq)
+    assert not words or any(words in e for e in errors(summary)), errors(summary)[:5]

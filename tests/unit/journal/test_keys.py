@@ -116,3 +116,19 @@ def test_stray_keys_from_a_crash_mid_rotation_are_erased(journal: Journal) -> No
     assert not (journal.keys / f"epoch-{stray.key_id}.key").exists()
     w.close()
     assert journal.verify(strict=True).ok
+
+
+def test_leftover_temporary_key_files_are_cleaned_safely(journal: Journal) -> None:
+    w = journal.writer()
+    w.append("start", {})
+    os.close(w._fd)  # crash
+    live = journal.keys / f"epoch-{w.key_id}.key"
+    linked = journal.keys / f".{live.name}.tmp-aaaa"  # crash between link and unlink
+    os.link(live, linked)
+    unused = journal.keys / ".epoch-ffff.key.tmp-bbbb"  # crash before the link
+    unused.write_bytes(b"sealtrail-ed25519-private c2VjcmV0 ffff\n")
+    w = journal.writer()
+    assert not linked.exists() and not unused.exists()
+    assert live.read_bytes().startswith(b"sealtrail-ed25519-private ")  # not zeroed
+    w.close()
+    assert journal.verify(strict=True).ok

@@ -16,7 +16,7 @@ from agent.journal.keys import SigningKey, b64
 from agent.journal.reader import latest_checkpoint
 from agent.journal.record import record_hash
 
-from .conftest import Journal, assert_ranges_cover, errors, first_error_seq
+from .conftest import Journal, assert_caught_at, assert_ranges_cover, errors, first_error_seq
 
 
 def find(journal: Journal, seq: int) -> tuple[Path, int, list[bytes]]:
@@ -26,6 +26,11 @@ def find(journal: Journal, seq: int) -> tuple[Path, int, list[bytes]]:
             if json.loads(line)["seq"] == seq:
                 return path, i, lines
     raise AssertionError(f"seq {seq} not found")
+
+
+def line_of(journal: Journal, seq: int) -> bytes:
+    _, i, lines = find(journal, seq)
+    return lines[i]
 
 
 def seals(journal: Journal) -> list[int]:
@@ -106,8 +111,7 @@ def test_one_bit_flipped(built: Journal, trial: int) -> None:
     built.rewrite(path, lines)
     summary = built.verify()
     assert not summary.ok
-    assert first_error_seq(summary) == TARGET, errors(summary)
-    assert_ranges_cover(summary, TARGET)
+    assert_caught_at(summary, TARGET)
 
 
 def test_field_changed_hash_not_stored(built: Journal) -> None:
@@ -117,9 +121,7 @@ def test_field_changed_hash_not_stored(built: Journal) -> None:
     lines[i] = edit(lines[i], path="/usr/bin/innocent")
     built.rewrite(path, lines)
     summary = built.verify()
-    assert first_error_seq(summary) == TARGET
-    assert_ranges_cover(summary, TARGET)
-    assert "hash mismatch" in errors(summary)[0]
+    assert_caught_at(summary, TARGET, "hash mismatch")
 
 
 def test_field_changed_and_next_link_recomputed(built: Journal) -> None:
@@ -130,9 +132,7 @@ def test_field_changed_and_next_link_recomputed(built: Journal) -> None:
     lines[i] = edit(lines[i], pid=1)
     built.rewrite(path, lines)
     path, i, lines = find(built, TARGET + 1)
-    lines[i] = edit(
-        lines[i], prev=record_hash(find(built, TARGET)[2][find(built, TARGET)[1]]).hex()
-    )
+    lines[i] = edit(lines[i], prev=record_hash(line_of(built, TARGET)).hex())
     built.rewrite(path, lines)
     summary = built.verify()
     root = [f for f in summary.findings if "Merkle root" in f.message]
@@ -147,25 +147,22 @@ def test_record_deleted(built: Journal) -> None:
     del lines[i]
     built.rewrite(path, lines)
     summary = built.verify()
-    assert first_error_seq(summary) == TARGET
-    assert_ranges_cover(summary, TARGET)
-    assert "missing" in errors(summary)[0]
+    assert_caught_at(summary, TARGET, "missing")
 
 
 def test_two_records_swapped(built: Journal) -> None:
     path, i, lines = find(built, TARGET)
     lines[i], lines[i + 1] = lines[i + 1], lines[i]
     built.rewrite(path, lines)
-    assert first_error_seq(built.verify()) == TARGET
+    assert_caught_at(built.verify(), TARGET)
 
 
 def test_record_inserted(built: Journal) -> None:
     path, i, lines = find(built, TARGET)
-    prev_line = find(built, TARGET - 1)
-    forged = edit(lines[i], pid=4242, prev=record_hash(prev_line[2][prev_line[1]]).hex())
+    forged = edit(lines[i], pid=4242, prev=record_hash(line_of(built, TARGET - 1)).hex())
     lines.insert(i, forged)
     built.rewrite(path, lines)
-    assert first_error_seq(built.verify()) == TARGET
+    assert_caught_at(built.verify(), TARGET)
 
 
 def test_chain_rebuilt_without_key(built: Journal) -> None:
@@ -207,16 +204,14 @@ def test_seal_signature_from_another_key(built: Journal) -> None:
     lines[i] = edit(lines[i], sig=b64(other.sign(cp.signing_input())))
     built.rewrite(path, lines)
     summary = built.verify()
-    assert first_error_seq(summary) == seal_seq
-    assert_ranges_cover(summary, seal_seq)
+    assert_caught_at(summary, seal_seq)
     assert any("signature is not valid" in e for e in errors(summary))
     assert data["key_id"] != other.key_id
     # And with the other key's id, too: named as outside the rotation chain.
     lines[i] = edit(lines[i], key_id=other.key_id)
     built.rewrite(path, lines)
     summary = built.verify()
-    assert first_error_seq(summary) == seal_seq
-    assert_ranges_cover(summary, seal_seq)
+    assert_caught_at(summary, seal_seq)
     assert any(
         f"seal {seal_seq}" not in e and "not in the rotation chain" in e for e in errors(summary)
     )
@@ -231,8 +226,7 @@ def test_whole_segment_deleted(built: Journal) -> None:
     first = first_seq_of(victim)
     victim.unlink()
     summary = built.verify()
-    assert first_error_seq(summary) == first
-    assert_ranges_cover(summary, first)
+    assert_caught_at(summary, first)
     assert any("seg-000002.jsonl" in e and "missing" in e for e in errors(summary))
 
 
@@ -243,8 +237,7 @@ def test_segment_from_another_host_spliced(built: Journal, tmp_path: Path) -> No
     first = first_seq_of(victim)
     shutil.copy(other.segments()[1], victim)
     summary = built.verify()
-    assert first_error_seq(summary) == first
-    assert_ranges_cover(summary, first)
+    assert_caught_at(summary, first)
     assert any("host-b" in e for e in errors(summary))
 
 
@@ -253,8 +246,7 @@ def test_old_segment_replayed(built: Journal) -> None:
     first = first_seq_of(segs[2])
     shutil.copy(segs[1], segs[2])
     summary = built.verify()
-    assert first_error_seq(summary) == first
-    assert_ranges_cover(summary, first)
+    assert_caught_at(summary, first)
 
 
 def test_tail_truncated_at_a_seal_boundary_caught_against_checkpoint(built: Journal) -> None:
@@ -267,9 +259,7 @@ def test_tail_truncated_at_a_seal_boundary_caught_against_checkpoint(built: Jour
     first_removed = int(json.loads(lines[cut_after + 1])["seq"])
     assert built.verify(strict=True).ok  # looks like a clean, shorter journal on its own
     summary = built.verify(against=checkpoint)
-    assert first_error_seq(summary) == first_removed
-    assert_ranges_cover(summary, first_removed)
-    assert "truncated" in errors(summary)[0]
+    assert_caught_at(summary, first_removed, "truncated")
 
 
 def test_history_rewritten_before_checkpoint(built: Journal) -> None:
@@ -278,8 +268,7 @@ def test_history_rewritten_before_checkpoint(built: Journal) -> None:
     lines[i] = edit(lines[i], pid=7)
     built.rewrite(path, lines)
     summary = built.verify(against=checkpoint)
-    assert first_error_seq(summary) == TARGET
-    assert_ranges_cover(summary, TARGET)
+    assert_caught_at(summary, TARGET)
     assert any("does not extend the checkpoint" in e for e in errors(summary))
 
 
@@ -287,7 +276,7 @@ def test_rotation_forged_with_erased_epoch_key(journal: Journal) -> None:
     journal.fill(200, seal_every=20, rotate_every=60)
     assert journal.verify().ok
     rotation = seq_of_type(journal, "key_rotation", 1)
-    old_key_id = json.loads(find(journal, rotation)[2][find(journal, rotation)[1]])["old_key_id"]
+    old_key_id = json.loads(line_of(journal, rotation))["old_key_id"]
     # The old epoch key is gone from disk: only the live key remains in the keys directory.
     assert not (journal.keys / f"epoch-{old_key_id}.key").exists()
     assert len(list(journal.keys.glob("epoch-*.key"))) == 1
@@ -301,9 +290,7 @@ def test_rotation_forged_with_erased_epoch_key(journal: Journal) -> None:
     journal.rewrite(path, lines)
     rebuild_from(journal, rotation + 1, signer=evil)
     summary = journal.verify()
-    assert first_error_seq(summary) == rotation
-    assert_ranges_cover(summary, rotation)
-    assert "key rotation rejected" in errors(summary)[0]
+    assert_caught_at(summary, rotation, "key rotation rejected")
     assert any("not in the rotation chain" in e for e in errors(summary))
 
 
@@ -323,9 +310,7 @@ def test_unsealed_tail_removed_caught_against_checkpoint(journal: Journal) -> No
     journal.rewrite(last, lines[:-5])
     assert journal.verify(strict=True).ok
     summary = journal.verify(against=checkpoint)
-    assert first_error_seq(summary) == first_removed
-    assert_ranges_cover(summary, first_removed)
-    assert "unsealed tail changed" in errors(summary)[0]
+    assert_caught_at(summary, first_removed, "unsealed tail changed")
     os.close(w._fd)
 
 
