@@ -31,8 +31,17 @@ from agent.journal.verify import Finding, Verifier
 
 _DEFAULT_KEY = paths.DEFAULT_KEYS_DIR / paths.PUBLIC_KEY_NAME
 _FOLLOW_POLL_S = 0.25
+_PROGRESS_MIN_BYTES = 8 << 20  # below this a verify run takes well under a second
+_PROGRESS_EVERY = 16384  # records between progress updates
 _HIDDEN = frozenset({"seq", "ts", "host", "boot_id", "type", "prev", "sig", "new_key"})
-_COLOURS = {"deny": "31", "kill": "1;31", "would_deny": "33", "audit": "36", "allow": "32"}
+_COLOURS = {
+    "deny": "31",
+    "kill": "1;31",
+    "would_deny": "33",
+    "would_kill": "33",
+    "audit": "36",
+    "allow": "32",
+}
 _TYPE_COLOURS = {"loss": "1;33", "recovery": "1;33", "policy_rejected": "31", "seal": "2"}
 
 
@@ -258,7 +267,7 @@ class _Progress:
 
     def __init__(self, total: int) -> None:
         self.total = max(total, 1)
-        self.enabled = sys.stderr.isatty() and total > 8 << 20
+        self.enabled = sys.stderr.isatty() and total > _PROGRESS_MIN_BYTES
         self.last = 0.0
 
     def update(self, done: int, records: int) -> None:
@@ -309,7 +318,7 @@ def run_verify(args: argparse.Namespace) -> int:
         content = read_segment(path)
         for line in split_lines(path.name, content):
             show(verifier.feed(line))
-            if verifier.summary.records & 0x3FFF == 0:
+            if verifier.summary.records % _PROGRESS_EVERY == 0:
                 progress.update(done + line.offset, verifier.summary.records)
         done += len(content)
     show(verifier.finish())

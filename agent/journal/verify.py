@@ -24,6 +24,9 @@ from agent.journal.record import GENESIS_PREV, RECORD_PREFIX, Record
 from agent.journal.segments import Line, segment_name, segment_number
 
 Severity = Literal["error", "warning", "info"]
+#: The summary keeps this many findings (all are yielded and all errors counted): a journal
+#: wrecked from its first record must not exhaust memory.
+MAX_KEPT_FINDINGS = 10_000
 
 
 @dataclass(frozen=True)
@@ -445,7 +448,8 @@ class Verifier:
         finding = Finding(severity, message, seq, seq_end, segment, offset, batch)
         if severity == "error":
             self.summary.errors += 1
-        self.summary.findings.append(finding)
+        if len(self.summary.findings) < MAX_KEPT_FINDINGS:
+            self.summary.findings.append(finding)
         return finding
 
 

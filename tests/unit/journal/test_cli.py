@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.cli import journal as journal_cli
 from agent.cli import main
 from agent.cli.journal import parse_since
 from agent.journal.reader import latest_checkpoint
@@ -212,3 +213,17 @@ def test_tail_follow_crosses_segment_rotation(journal: Journal) -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_verify_progress_bar_on_a_terminal_only(
+    filled: Journal, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(journal_cli, "_PROGRESS_MIN_BYTES", 0)
+    monkeypatch.setattr(journal_cli, "_PROGRESS_EVERY", 1)
+    pub = str(filled.keys / "journal.pub")
+    argv = ["journal", "verify", "--journal", str(filled.dir), "--key", pub]
+    _, _, err = run(capsys, *argv)
+    assert "verifying [" not in err
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    rc, _, err = run(capsys, *argv)
+    assert rc == 0 and "verifying [" in err
