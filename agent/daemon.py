@@ -19,13 +19,18 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from agent import __version__
+from agent import __version__, paths
+from agent.enforce.enforcer import Enforcer
 from agent.errors import SealtrailError
 from agent.events import model
 from agent.events.stream import DEFAULT_RINGBUF_BYTES, EventStream, StreamConfig, StreamItem
 from agent.journal import JournalWriter
 from agent.journal.canonical import JsonValue
+from agent.policy.check import check
+from agent.policy.mechanisms import HostCapabilities, host_capabilities
+from agent.policy.source import PolicySet
 from agent.sdnotify import Notifier
+from agent.status import write_status
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,9 @@ class AgentConfig:
     ringbuf_bytes: int = DEFAULT_RINGBUF_BYTES
     epoch_seconds: float = 3600.0
     seal_interval: float = 0.1
+    # where the network guard attaches (default: the cgroup v2 root, i.e. the whole host)
+    cgroup: Path | None = None
+    run_dir: Path = paths.DEFAULT_RUN_DIR  # status.json: pid and the last policy load
 
 
 def boot_id() -> str:
@@ -75,6 +83,11 @@ class Agent:
         self._stopping = False
         self.recorded = 0
         self.lost = 0
+        self.verdicts = 0
+        self.reloads = 0
+        self.caps: HostCapabilities | None = None
+        self.enforcer: Enforcer | None = None
+        self.last_load: dict[str, JsonValue] = {}
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self._signals.append(signum)
@@ -110,18 +123,25 @@ class Agent:
         stop_fields: dict[str, JsonValue] = {"reason": "signal"}
         try:
             journal.append("start", self._start_fields())
+            self.caps = host_capabilities()
             stream = EventStream(
-                StreamConfig(kinds=cfg.record_kinds, ringbuf_bytes=cfg.ringbuf_bytes)
+                StreamConfig(kinds=cfg.record_kinds, ringbuf_bytes=cfg.ringbuf_bytes, load_all=True)
             )
             stream.start()
+            self.enforcer = Enforcer(stream, self.caps, cfg.cgroup)
             try:
+                if not self._load_policies(journal, "start"):
+                    raise SealtrailError(
+                        f"{cfg.policies_dir}: policy rejected, not starting (see the errors above)"
+                    )
                 journal.flush_and_seal()
                 log.info("sealtrail agent running; journal %s", cfg.journal_dir)
-                self.notifier.ready(f"recording {','.join(sorted(cfg.record_kinds))}")
+                self.notifier.ready(f"enforcing policy {self.enforcer.digest}")
                 self._loop(stream, journal)
                 # what the kernel already queued is still evidence: record it before stopping
                 self._record(journal, stream.drain())
             finally:
+                self.enforcer.close()
                 stream.close()
         except SealtrailError as exc:
             stop_fields = {"reason": "error", "error": str(exc)}
@@ -130,8 +150,49 @@ class Agent:
             self.notifier.stopping()
             stop_fields["recorded"] = self.recorded
             stop_fields["lost"] = self.lost
+            stop_fields["verdicts"] = self.verdicts
             journal.close(stop_fields)
         return 0
+
+    def _load_policies(self, journal: JournalWriter, trigger: str) -> bool:
+        """Check, compile and install the policy directory; on any error keep the old policy.
+
+        A directory without policies means observing and recording only (an empty set).
+        """
+        assert self.enforcer is not None and self.caps is not None
+        directory = self.config.policies_dir
+        errors: list[JsonValue] = []
+        files: list[JsonValue] = []
+        if directory.is_dir() and any(directory.glob("*.toml")):
+            report = check([directory], self.caps)
+            policy_set = report.policy_set
+            files = [s.document.file for s in policy_set.sources]
+            errors = [str(f) for f in report.findings if f.severity == "error"]
+        else:
+            log.warning("%s: no policies; observing and recording only", directory)
+            policy_set = PolicySet(())
+        if not errors:
+            try:
+                self.enforcer.install(policy_set)
+            except SealtrailError as exc:
+                errors = list(str(exc).splitlines()) or [type(exc).__name__]
+        if errors:
+            for line in errors:
+                log.error("policy rejected: %s", line)
+            kept = self.enforcer.digest
+            journal.append("policy_rejected", {"errors": errors, "trigger": trigger, "kept": kept})
+            self.last_load = {"result": "rejected", "errors": errors, "kept": kept}
+        else:
+            digest = self.enforcer.digest
+            log.warning("policy %s loaded (%d files, %s)", digest, len(files), trigger)
+            journal.append("policy_loaded", {"digest": digest, "files": files, "trigger": trigger})
+            self.last_load = {"result": "loaded", "digest": digest, "files": files}
+        self.reloads += 1
+        write_status(
+            self.config.run_dir,
+            {"pid": os.getpid(), "loads": self.reloads, "trigger": trigger, **self.last_load},
+        )
+        return not errors
 
     def _loop(self, stream: EventStream, journal: JournalWriter) -> None:
         next_status = time.monotonic() + STATUS_INTERVAL_S
@@ -151,14 +212,26 @@ class Agent:
 
     def _record(self, journal: JournalWriter, items: list[StreamItem]) -> None:
         append = journal.append
+        enforcer = self.enforcer
         for item in items:
             if isinstance(item, model.LossEvent):
                 self.lost += item.count
                 log.warning("kernel dropped %d events since %d", item.count, item.since_ns)
                 append("loss", loss_fields(item))
-            else:
+                continue
+            if not isinstance(item, model.GuardEvent):  # a guard decision is a verdict record
                 append("event", event_fields(item))
                 self.recorded += 1
+            if enforcer is not None:
+                enforcer.handle(item)
+        if enforcer is not None:
+            self._record_verdicts(journal, enforcer)
+
+    def _record_verdicts(self, journal: JournalWriter, enforcer: Enforcer) -> None:
+        while enforcer.verdicts:
+            verdict = enforcer.verdicts.popleft()
+            journal.append("verdict", verdict.fields())
+            self.verdicts += 1
 
     def _dispatch_signals(self, journal: JournalWriter) -> None:
         while self._signals:
@@ -166,6 +239,7 @@ class Agent:
             if sig == signal.SIGHUP:
                 log.info("SIGHUP: reload")
                 journal.append("reload", {"trigger": "SIGHUP"})
+                self._load_policies(journal, "SIGHUP")
             else:
                 log.info("%s: stopping", signal.Signals(sig).name)
                 self._stopping = True

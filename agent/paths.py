@@ -16,3 +16,5 @@ DEFAULT_KEYS_DIR = Path("/etc/sealtrail/keys")
 DEFAULT_JOURNAL_DIR = Path("/var/lib/sealtrail/journal")
 #: Name of the genesis public key file inside the keys directory.
 PUBLIC_KEY_NAME = "journal.pub"
+#: The running agent's status file (pid, last policy load), read by ``sealtrail policy reload``.
+DEFAULT_RUN_DIR = Path("/run/sealtrail")

@@ -330,31 +330,29 @@ static __always_inline int finish_file(struct trace_event_raw_sys_exit *ctx, __u
 	if (off > 2 * ST_PATH_MAX)
 		return 0;
 
-	__u32 base_off = off;
 	n = relative ? put_base(data + off, pb, dirfd, &truncated) : 0;
 	e->base_len = n;
 	off += n & (ST_PATH_MAX * 2 - 1);
 	if (off > 3 * ST_PATH_MAX)
 		return 0;
 
-	__u32 base2_off = off;
 	n = relative2 ? put_base(data + off, pb, dirfd2, &truncated) : 0;
 	e->base2_len = n;
 	off += n & (ST_PATH_MAX * 2 - 1);
 	if (off > 4 * ST_PATH_MAX)
 		return 0;
 
-	/* the path filter: a relative path is filtered by the directory it is relative to;
-	 * a rename is kept if either of its paths is wanted */
+	/*
+	 * The path filter, on absolute paths only: "a/b" relative to /x may lie under a prefix
+	 * /x/a/ that its base /x is not under, so relative paths go to userspace, which joins
+	 * and filters them. A rename is kept if either of its paths is wanted.
+	 */
 	struct st_config *cfg = get_config();
 	if (cfg && (cfg->filter_ops & (1u << op))) {
-		bool drop = relative
-			? path_filtered(pb, data + (base_off & (4 * ST_PATH_MAX - 1)), e->base_len)
-			: path_filtered(pb, data, e->path_len);
+		bool drop = !relative && path_filtered(pb, data, e->path_len);
 		if (drop && op == ST_OP_RENAME)
-			drop = relative2
-				? path_filtered(pb, data + (base2_off & (4 * ST_PATH_MAX - 1)), e->base2_len)
-				: path_filtered(pb, data + (e->path_len & (ST_PATH_MAX * 2 - 1)), e->path2_len);
+			drop = !relative2 && path_filtered(pb, data + (e->path_len & (ST_PATH_MAX * 2 - 1)),
+							   e->path2_len);
 		if (drop)
 			return 0;
 	}

@@ -59,6 +59,20 @@ def register(sub: Any) -> None:
         metavar="S",
         help="signing key lifetime before forward-secure rotation (default 3600)",
     )
+    p.add_argument(
+        "--cgroup",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="cgroup v2 directory the network guard attaches to (default: the root)",
+    )
+    p.add_argument(
+        "--run-dir",
+        type=Path,
+        default=paths.DEFAULT_RUN_DIR,
+        metavar="DIR",
+        help=f"pid and status file (default {paths.DEFAULT_RUN_DIR})",
+    )
     p.set_defaults(func=run)
 
 
@@ -70,5 +84,7 @@ def run(args: argparse.Namespace) -> int:
         record_kinds=parse_kinds(args.record) if args.record else DEFAULT_RECORD_KINDS,
         ringbuf_bytes=args.ringbuf_size,
         epoch_seconds=args.epoch_seconds,
+        cgroup=args.cgroup,
+        run_dir=args.run_dir,
     )
     return Agent(config).run()

@@ -1,4 +1,5 @@
-"""``sealtrail policy check|test``: validate host policies and test them like code.
+"""``sealtrail policy check|test|reload``: validate host policies, test them like code, and
+make the running agent re-read them.
 
 check: parse and validate the policy set (default /etc/sealtrail/policies), print every finding
 as file:line:column, the rule and field, and the set's digest; ``--host`` adds the mechanism that
@@ -6,22 +7,30 @@ enforces each rule on this host. Exit 0 valid (warnings allowed), 1 invalid, 2 u
 
 test: run fixture cases through the compiled policy (the tables the kernel gets) and report each
 verdict that differs from the expected one. Exit 0 all pass, 1 any mismatch or invalid input.
+
+reload: signal the running agent (SIGHUP) and report whether it took the new policy set or kept
+the old one. Exit 0 loaded, 1 rejected (the old policy stays in force), 2 no agent answered.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
+import time
 from pathlib import Path
 from typing import Any
 
-from agent.errors import PolicyInvalid
+from agent import paths
+from agent.errors import PolicyInvalid, UsageError
 from agent.policy.check import Report, check
 from agent.policy.evaluate import Evaluator
 from agent.policy.fixtures import load_fixtures, run_fixtures
 from agent.policy.mechanisms import host_capabilities
+from agent.status import read_status
 
-DEFAULT_POLICIES = Path("/etc/sealtrail/policies")
+DEFAULT_POLICIES = paths.DEFAULT_POLICIES_DIR
 
 
 def register(subparsers: Any) -> None:
@@ -56,6 +65,46 @@ def register(subparsers: Any) -> None:
         f"{DEFAULT_POLICIES})",
     )
     test_parser.set_defaults(func=run_test)
+    reload_parser = sub.add_parser("reload", help="make the running agent re-read its policies")
+    reload_parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=paths.DEFAULT_RUN_DIR,
+        metavar="DIR",
+        help=f"the agent's --run-dir ({paths.DEFAULT_RUN_DIR})",
+    )
+    reload_parser.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="S",
+        help="how long to wait for the agent's answer (default 10)",
+    )
+    reload_parser.set_defaults(func=run_reload)
+
+
+def run_reload(args: argparse.Namespace) -> int:
+    before = read_status(args.run_dir)
+    if before is None or not isinstance(before.get("pid"), int):
+        raise UsageError(f"{args.run_dir}/status.json: no running agent found")
+    try:
+        os.kill(before["pid"], signal.SIGHUP)
+    except ProcessLookupError:
+        raise UsageError(f"agent pid {before['pid']} is not running") from None
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        now = read_status(args.run_dir)
+        if now and now.get("loads", 0) > before.get("loads", 0):
+            if now.get("result") == "loaded":
+                print(f"policy {now.get('digest')} loaded ({len(now.get('files', []))} files)")
+                return 0
+            print(f"policy rejected; still enforcing {now.get('kept')}")
+            for line in now.get("errors", []):
+                print(f"  {line}")
+            return 1
+        time.sleep(0.05)
+    print(f"the agent (pid {before['pid']}) did not answer within {args.timeout:g} s")
+    return 2
 
 
 def run_check(args: argparse.Namespace) -> int:

@@ -75,6 +75,7 @@ class PermissionRequest:
     tid: int  # the thread inside open/execve (FAN_REPORT_TID)
     path: str  # the kernel's path of the object (from the event fd)
     is_exec: bool  # execve of this file (FAN_OPEN_EXEC_PERM), else an open
+    fd: int  # the event's fd on the object, valid during the decision (e.g. to fstat it)
 
 
 Decide = Callable[[PermissionRequest], bool]  # True = allow
@@ -145,7 +146,9 @@ class FanotifyGuard:
                 allow = True  # this very thread: it cannot wait for itself
             else:
                 path = os.readlink(f"/proc/self/fd/{event_fd}")
-                req = PermissionRequest(tid=tid, path=path, is_exec=bool(mask & FAN_OPEN_EXEC_PERM))
+                req = PermissionRequest(
+                    tid=tid, path=path, is_exec=bool(mask & FAN_OPEN_EXEC_PERM), fd=event_fd
+                )
                 allow = bool(self._decide(req))
         except Exception:
             self.errors += 1

@@ -16,6 +16,7 @@ from agent.events import model
 class ProcTable:
     def __init__(self, capacity: int = 65536) -> None:
         self._exe: OrderedDict[int, str] = OrderedDict()
+        self._previous: dict[int, str] = {}  # pid -> image before its last exec
         self._unknown: set[int] = set()  # pids /proc could not tell (gone): ask once, not per event
         self._capacity = capacity
 
@@ -39,14 +40,22 @@ class ProcTable:
             self._unknown.add(pid)
         return exe
 
+    def previous_exe(self, pid: int) -> str | None:
+        """The image ``pid`` ran before its most recent exec (the caller of that exec)."""
+        return self._previous.get(pid)
+
     def observe(self, event: model.Event) -> None:
         """Update the table after an event has been decoded and handled."""
         if isinstance(event, model.ExecEvent) and event.exe:
             self._unknown.discard(event.pid)
+            before = self._exe.get(event.pid)
+            if before is not None:
+                self._previous[event.pid] = before
             self._put(event.pid, event.exe)
         elif isinstance(event, model.ForkEvent) and event.exe:
             self._unknown.discard(event.child_pid)
             self._put(event.child_pid, event.exe)
         elif isinstance(event, model.ExitEvent):
             self._exe.pop(event.pid, None)
+            self._previous.pop(event.pid, None)
             self._unknown.discard(event.pid)

@@ -54,6 +54,8 @@ class StreamConfig:
     filter_kinds: frozenset[str] = frozenset({"open"})
     ringbuf_bytes: int = DEFAULT_RINGBUF_BYTES
     exclude_self: bool = True
+    # Load every program (attach only what kinds need) so reconfigure() can add kinds later.
+    load_all: bool = False
 
     def __post_init__(self) -> None:
         unknown = self.kinds - set(model.KINDS)
@@ -72,6 +74,29 @@ class StreamConfig:
                 raise UsageError(
                     f"--path-prefix {p!r} longer than {abi.FILTER_PREFIX_MAX - 1} bytes"
                 )
+
+
+_FILE_KINDS = frozenset({"open", "unlink", "rename", "chmod", "chown"})
+
+
+def pattern_key(pattern: str) -> bytes:
+    """LPM key for a policy path pattern: exact "/a/b", "/dir/" (below), "prefix*"."""
+    raw = os.fsencode(pattern)
+    if raw.endswith(b"*"):
+        return abi.prefix_key(raw[:-1])
+    if raw.endswith(b"/"):
+        return abi.prefix_key(raw)
+    return abi.prefix_key(raw + b"\0")
+
+
+def _matches(keys: set[bytes], path: str) -> bool:
+    """Would the LPM trie of ``keys`` match ``path`` (with its NUL, as the probe looks it up)?"""
+    raw = os.fsencode(path) + b"\0"
+    for key in keys:
+        length = int.from_bytes(key[:4], "little") // 8
+        if raw[:length] == key[4 : 4 + length]:
+            return True
+    return False
 
 
 def prefix_entries(prefix: str) -> list[bytes]:
@@ -97,6 +122,10 @@ class EventStream:
         self._next_loss_check = 0.0
         self.decode_errors = 0
         self.started_ns = 0
+        self._attached: set[str] = set()
+        self._kinds = self.config.kinds
+        self._patterns: set[bytes] = set()
+        self._filter_kinds: frozenset[str] = frozenset()
 
     # ---- lifecycle ----
     def start(self) -> None:
@@ -104,26 +133,21 @@ class EventStream:
         obj = BpfObject(object_path("events"))
         try:
             wanted_programs = self._programs_for(cfg.kinds)
-            obj.only_load(lambda name, _section: name in wanted_programs)
+            if not cfg.load_all:
+                obj.only_load(lambda name, _section: name in wanted_programs)
             obj.resize_map(abi.MAP_EVENTS, cfg.ringbuf_bytes)
             rodata = abi.Rodata(self_tgid=os.getpid() if cfg.exclude_self else 0)
             obj.set_rodata(abi.RODATA_SECTION, bytes(rodata))
             obj.load()
+            self._obj = obj
             self._configure(obj)
-            for name in sorted(wanted_programs):
-                try:
-                    obj.attach(name)
-                except KernelError as exc:
-                    # a syscall this kernel does not have (fchmodat2 before 6.6, legacy open
-                    # on arm64): the others still report; say so unless it is expected
-                    optional = name.split("_", 2)[-1] in _OPTIONAL
-                    log.log(logging.DEBUG if optional else logging.WARNING, "not attached: %s", exc)
+            self._attach(wanted_programs)
             self._rb = RingBuffer(obj.map(abi.MAP_EVENTS))
             self._drops = obj.map(abi.MAP_DROPS)
         except BaseException:
             obj.close()
+            self._obj = None
             raise
-        self._obj = obj
         self.started_ns = time.time_ns()
         self._loss_since_ns = self.started_ns
 
@@ -137,21 +161,85 @@ class EventStream:
                 names.update({f"st_enter_{sc}", f"st_exit_{sc}"})
         return names
 
+    def _attach(self, programs: set[str]) -> None:
+        assert self._obj is not None
+        for name in sorted(programs - self._attached):
+            try:
+                self._obj.attach(name)
+                self._attached.add(name)
+            except KernelError as exc:
+                # a syscall this kernel does not have (fchmodat2 before 6.6, legacy open
+                # on arm64): the others still report; say so unless it is expected
+                optional = name.split("_", 2)[-1] in _OPTIONAL
+                log.log(logging.DEBUG if optional else logging.WARNING, "not attached: %s", exc)
+
     def _configure(self, obj: BpfObject) -> None:
+        keys: set[bytes] = set()
+        for prefix in self.config.path_prefixes:
+            keys.update(prefix_entries(prefix))
+        self._write_config(obj, self.config.kinds, self.config.filter_kinds, keys)
+
+    def _write_config(
+        self, obj: BpfObject, kinds: frozenset[str], filter_kinds: frozenset[str],
+        keys: set[bytes],
+    ) -> None:  # fmt: skip
         mask = 0
-        for kind in self.config.kinds:
+        for kind in kinds:
             mask |= 1 << KIND_OP[kind]
-        prefixes = self.config.path_prefixes
         filter_ops = 0
-        if prefixes:
-            for kind in self.config.filter_kinds:
+        if keys:
+            for kind in filter_kinds & kinds:
                 filter_ops |= 1 << KIND_OP[kind]
+        trie = obj.map(abi.MAP_PATH_PREFIXES)
+        for key in keys - self._patterns:  # add before removing: no moment without a prefix
+            trie.update(key, b"\1")
         conf = abi.Config(op_mask=mask, filter_ops=filter_ops)
         obj.map(abi.MAP_CONFIG).update(b"\0" * 4, bytes(conf))
-        trie = obj.map(abi.MAP_PATH_PREFIXES)
-        for prefix in prefixes:
-            for key in prefix_entries(prefix):
-                trie.update(key, b"\1")
+        for key in self._patterns - keys:
+            trie.delete(key)
+        self._patterns = keys
+        self._kinds = kinds
+        self._filter_kinds = frozenset(kind for kind in kinds if filter_ops & (1 << KIND_OP[kind]))
+
+    def reconfigure(self, extra_kinds: frozenset[str], path_patterns: tuple[str, ...]) -> None:
+        """Stream ``extra_kinds`` too, file kinds among them only under ``path_patterns``
+        (policy syntax: exact path, "/dir/" for everything below, "prefix*")."""
+        if self._obj is None:
+            raise KernelError("event stream is not started")
+        kinds = self.config.kinds | extra_kinds
+        if not self.config.load_all and not self._programs_for(kinds) <= self._programs_for(
+            self.config.kinds
+        ):
+            raise KernelError("reconfigure needs StreamConfig(load_all=True)")
+        keys = {pattern_key(p) for p in path_patterns}
+        file_kinds = frozenset(k for k in extra_kinds if k in _FILE_KINDS)
+        self._attach(self._programs_for(kinds))
+        self._write_config(self._obj, kinds, file_kinds, keys)
+
+    def shared_maps(self) -> dict[str, int]:
+        """Maps another BPF object should share (its records go to the same ring buffer)."""
+        if self._obj is None:
+            raise KernelError("event stream is not started")
+        return {name: self._obj.map(name).fd for name in (abi.MAP_EVENTS, abi.MAP_DROPS)}
+
+    def pending_open_flags(self, tid: int) -> int | None:
+        """The flags of the open(2) thread ``tid`` is inside, from the probes' st_pending."""
+        if self._obj is None:
+            return None
+        raw = self._obj.map(abi.MAP_PENDING).lookup(tid.to_bytes(4, "little"))
+        if raw is None:
+            return None
+        p = abi.Pending.from_buffer_copy(raw)
+        if p.op != abi.Op.OPEN:
+            return None
+        v = p.variant
+        if v == abi.Variant.OPEN:
+            return int(p.args[1])
+        if v == abi.Variant.OPENAT:
+            return int(p.args[2])
+        if v == abi.Variant.CREAT:
+            return 0o100 | 0o1 | 0o1000
+        return None  # openat2 (flags behind a user pointer), open_by_handle_at: unknown
 
     def close(self) -> None:
         if self._rb:
@@ -199,6 +287,8 @@ class EventStream:
                 log.error("undecodable record (%d bytes): %s", len(raw), exc)
                 continue
             observe(ev)
+            if self._filter_kinds and ev.kind in self._filter_kinds and not self._wanted(ev):
+                continue
             out.append(ev)
         now = time.monotonic()
         if force_loss_check or now >= self._next_loss_check:
@@ -207,6 +297,20 @@ class EventStream:
             if loss is not None:
                 out.append(loss)
         return out
+
+    def _wanted(self, ev: model.Event) -> bool:
+        """The path filter for what the kernel could not judge (relative paths, joined here)."""
+        if not isinstance(ev, model.FileEvent):
+            return True
+        paths = [(ev.path, ev.path_source)]
+        if isinstance(ev, model.RenameEvent):
+            paths.append((ev.new_path, ev.new_path_source))
+        for path, source in paths:
+            if source != model.PATH_ARG_CWD:
+                return True  # absolute: the kernel already kept it
+            if _matches(self._patterns, path):
+                return True
+        return False
 
     def dropped_total(self) -> list[int]:
         """Kernel drop counters per op, summed over CPUs, since load."""

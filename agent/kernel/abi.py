@@ -86,6 +86,7 @@ class Variant(enum.IntEnum):
     LISTEN = 20
     ACCEPT = 21
 
+
 F_TRUNCATED = 0x1
 F_PATH_RESOLVED = 0x2
 F_PATH_RELATIVE = 0x4

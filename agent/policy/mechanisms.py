@@ -11,7 +11,8 @@ the compiler. Mechanism names:
 - ``fanotify``: FAN_OPEN_EXEC_PERM / FAN_OPEN_PERM answered from userspace with the Evaluator.
 - ``cgroup-sock``: cgroup/connect4|6, bind4|6 at the root cgroup deny with EPERM.
 - ``<hook>+sigkill``: the deny hook stops the effect and bpf_send_signal(SIGKILL) ends the process.
-- ``sigkill-at-exec``: SIGKILL before the new image runs an instruction (exec never runs).
+- ``fanotify+sigkill`` for exec: the exec permission is denied (the new image never runs) and
+  the caller is killed.
 - ``sigkill-after-the-fact``: no deny hook; the process is killed after the effect happened.
 - ``tracepoint``: recorded only (audit, monitor mode, or fallback = "audit").
 """
@@ -19,7 +20,6 @@ the compiler. Mechanism names:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from agent.errors import MechanismUnavailable
@@ -35,10 +35,17 @@ class HostCapabilities:
 
 
 def host_capabilities() -> HostCapabilities:
-    """This host's capabilities. Stub: the development kernel's set wherever BTF exists;
-    to be replaced by ``agent.kernel.host.probe_host`` (``sealtrail doctor``) results."""
-    btf = Path("/sys/kernel/btf/vmlinux").exists()
-    return HostCapabilities(lsm=False, cgroup_sock=btf, fanotify=btf, send_signal=btf)
+    """What this host can enforce with, measured by ``sealtrail doctor``'s probes (each
+    capability is tried for real: a program loaded, a fanotify mark placed)."""
+    from agent.kernel.host import probe_host  # loads BPF: only when asked
+
+    checks = probe_host().checks
+    return HostCapabilities(
+        lsm=checks["bpf_lsm"].ok,
+        cgroup_sock=checks["cgroup2"].ok and checks["cgroup_bpf"].ok,
+        fanotify=checks["fanotify_perm"].ok,
+        send_signal=checks["send_signal"].ok,
+    )
 
 
 #: Hooks that can deny each operation, best first.
@@ -101,11 +108,9 @@ def enforcement_for(rule: CompiledRule, host: HostCapabilities) -> Enforcement:
         return Enforcement(
             rule, "tracepoint", note=f"monitor: records would-{rule.action}{missing}"
         )
-    if rule.action == "kill" and host.send_signal:
-        if op == "exec":
-            return Enforcement(rule, "lsm+sigkill" if hook == "lsm" else "sigkill-at-exec")
-        if hook:
-            return Enforcement(rule, f"{hook}+sigkill")
+    if rule.action == "kill" and host.send_signal and hook:
+        note = "denied, then killed: the exec never runs" if op == "exec" else "denied, then killed"
+        return Enforcement(rule, f"{hook}+sigkill", note=note)
     if rule.action == "deny" and hook:
         return Enforcement(rule, hook)
     return _fallback(rule, host)
@@ -119,8 +124,6 @@ def _fallback(rule: CompiledRule, host: HostCapabilities) -> Enforcement:
             rule, "tracepoint", after_the_fact=True, note=f"fallback: audited, {op} not stopped"
         )
     if rule.fallback == "kill" and host.send_signal:
-        if op == "exec":
-            return Enforcement(rule, "sigkill-at-exec", note="fallback: exec never runs")
         return Enforcement(
             rule,
             "sigkill-after-the-fact",

@@ -34,7 +34,7 @@ def test_examples_check_clean_on_this_kind_of_host(capsys: pytest.CaptureFixture
     assert main(["policy", "check", str(POLICIES), "--host"]) == 0
     out = capsys.readouterr().out
     assert "0 errors, 0 warnings, digest sha256:" in out
-    assert re.search(r"web-no-shell +exec +kill +sigkill-at-exec", out)
+    assert re.search(r"web-no-shell +exec +kill +fanotify\+sigkill", out)
 
 
 def test_check_json(capsys: pytest.CaptureFixture[str]) -> None:

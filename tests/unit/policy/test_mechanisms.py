@@ -21,7 +21,7 @@ def rule(op: str, action: str, fallback: str | None = None, mode: str = "enforce
     ("host", "op", "action", "fallback", "mechanism", "after"),
     [
         (DEV, "exec", "deny", None, "fanotify", False),
-        (DEV, "exec", "kill", None, "sigkill-at-exec", False),
+        (DEV, "exec", "kill", None, "fanotify+sigkill", False),
         (STOCK, "exec", "kill", None, "lsm+sigkill", False),
         (DEV, "open", "deny", None, "fanotify", False),
         (DEV, "open", "kill", None, "fanotify+sigkill", False),

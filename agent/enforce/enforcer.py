@@ -1,0 +1,461 @@
+"""Enforcement on a host without BPF-LSM: one compiled policy, three mechanisms, one evaluator.
+
+- connect/bind: the in-kernel guard (cgroup sock hooks, ``agent.enforce.guard``) judges every
+  rule (deny, kill, audit, monitor) and reports its verdicts through the ring buffer.
+- exec/open: fanotify permission events (``agent.enforce.fanotify``) on the rule targets, each
+  answered by the Evaluator over the same compiled tables; deny and kill are answered there
+  (kill = deny + SIGKILL: the exec or open never happens, then the process dies).
+- everything else (audit rules, monitor mode, ``fallback`` rules of operations without a deny
+  hook: unlink, rename, chmod, chown, listen, accept) is judged from the event stream, after
+  the fact, and recorded as such.
+
+``install`` swaps the whole state in one assignment after everything new is in place, so a
+reload never leaves a moment without a policy, and a policy that cannot be installed leaves the
+old one in force.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agent.enforce.fanotify import FanotifyGuard, PermissionRequest
+from agent.enforce.guard import GUARDED_OPS, Guard
+from agent.events import model
+from agent.events.stream import EventStream
+from agent.policy.compile import CompiledPolicySet, compile_policy_set
+from agent.policy.evaluate import Evaluator, Process, Request, Verdict, request_from_event
+from agent.policy.mechanisms import (
+    Enforcement,
+    HostCapabilities,
+    plan,
+    require_enforceable,
+)
+from agent.policy.source import PolicySet
+
+log = logging.getLogger(__name__)
+
+O_ACCMODE, O_WRONLY, O_RDWR, O_CREAT, O_TRUNC = 0o3, 0o1, 0o2, 0o100, 0o1000
+FANOTIFY_MECHANISMS = frozenset({"fanotify", "fanotify+sigkill"})
+MAX_DIR_MARKS = 20000
+
+
+@dataclass(frozen=True)
+class VerdictRecord:
+    """One decision for the journal."""
+
+    action: str  # allow | audit | deny | kill | would_deny | would_kill
+    rule: str
+    policy: str
+    digest: str
+    mechanism: str
+    operation: str
+    after_the_fact: bool
+    pid: int
+    exe: str | None
+    object: dict[str, Any]
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "action": self.action,
+            "rule": self.rule,
+            "policy": self.digest,  # the policy set that decided (its digest)
+            "policy_name": self.policy,
+            "mechanism": self.mechanism,
+            "operation": self.operation,
+            "after_the_fact": self.after_the_fact,
+            "pid": self.pid,
+            "exe": self.exe,
+            "object": self.object,
+        }
+
+
+def journal_action(effective: str) -> str:
+    return effective.replace("-", "_")
+
+
+@dataclass
+class _State:
+    policy_set: PolicySet
+    compiled: CompiledPolicySet
+    evaluator: Evaluator
+    enforcements: dict[tuple[str, str], Enforcement]  # (policy, rule id) -> how
+    inode_targets: dict[tuple[int, int], str] = field(default_factory=dict)
+    lineage: bool = False
+
+
+def open_access(flags: int) -> tuple[str, ...]:
+    acc = flags & O_ACCMODE
+    out = []
+    if acc in (0, O_RDWR):
+        out.append("read")
+    if acc in (O_WRONLY, O_RDWR):
+        out.append("write")
+    if flags & O_CREAT:
+        out.append("create")
+    if flags & O_TRUNC:
+        out.append("truncate")
+    return tuple(out)
+
+
+def process_of(tid: int, with_ancestors: bool) -> Process:
+    """The acting process as /proc tells it (exe, real uid/gid, cgroup v2 path, ancestry)."""
+    uid = gid = ppid = -1
+    with open(f"/proc/{tid}/status") as f:
+        for line in f:
+            if line.startswith("Uid:"):
+                uid = int(line.split()[1])
+            elif line.startswith("Gid:"):
+                gid = int(line.split()[1])
+            elif line.startswith("PPid:"):
+                ppid = int(line.split()[1])
+    exe = _readlink(f"/proc/{tid}/exe")
+    cgroup = None
+    with contextlib.suppress(OSError), open(f"/proc/{tid}/cgroup") as f:
+        for line in f:
+            if line.startswith("0::"):
+                cgroup = line[3:].strip()
+    ancestors: list[str] = []
+    if with_ancestors:
+        if exe:
+            ancestors.append(exe)
+        pid, hops = ppid, 0
+        while pid > 1 and hops < 64:
+            parent_exe = _readlink(f"/proc/{pid}/exe")
+            if parent_exe:
+                ancestors.append(parent_exe)
+            pid = _ppid(pid)
+            hops += 1
+    return Process(exe=exe, uid=uid, gid=gid, cgroup=cgroup, ancestors=tuple(ancestors))
+
+
+def _readlink(path: str) -> str | None:
+    try:
+        return os.readlink(path).removesuffix(" (deleted)")
+    except OSError:
+        return None
+
+
+def _ppid(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def kill_process(pid: int) -> bool:
+    """SIGKILL through a pidfd (no signal to a recycled pid once the fd is open)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return False
+    try:
+        signal.pidfd_send_signal(fd, signal.SIGKILL)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+class Enforcer:
+    """Holds the live policy and its mechanisms; the daemon feeds it events and drains verdicts."""
+
+    def __init__(
+        self,
+        stream: EventStream,
+        caps: HostCapabilities,
+        cgroup: Path | None = None,
+    ) -> None:
+        self.stream = stream
+        self.caps = caps
+        self.verdicts: collections.deque[VerdictRecord] = collections.deque()
+        self._state: _State | None = None
+        self._guard: Guard | None = None
+        self._fanotify: FanotifyGuard | None = None
+        self._cgroup = cgroup
+        self._marks: set[tuple[str, str]] = set()
+
+    @property
+    def digest(self) -> str | None:
+        return self._state.compiled.digest if self._state else None
+
+    # ---- install (start and reload) ----
+    def install(self, policy_set: PolicySet) -> tuple[Enforcement, ...]:
+        """Compile, check every rule has a mechanism, install; the old policy stays on error."""
+        compiled = compile_policy_set(policy_set)
+        enforcements = plan(compiled, self.caps)
+        require_enforceable(enforcements)
+        state = _State(
+            policy_set,
+            compiled,
+            Evaluator(compiled),
+            {(e.rule.policy_name, e.rule.rule_id): e for e in enforcements},
+            lineage=any(rule.subjects is not None and rule.subjects.inherits
+                        for _, _, rule in policy_set.rules()),
+        )  # fmt: skip
+        has_net = any(e.rule.operation in GUARDED_OPS for e in enforcements)
+        if has_net and self._guard is None:
+            self._guard = Guard(self._cgroup, shared_maps=self.stream.shared_maps())
+        if self._guard is not None:
+            self._guard.install(compiled)
+        self._update_stream(policy_set)
+        fan_rules = [e for e in enforcements if e.mechanism in FANOTIFY_MECHANISMS]
+        if fan_rules and self._fanotify is None:
+            self._fanotify = FanotifyGuard(self._decide_permission)
+            self._fanotify.start()
+        if self._fanotify is not None:
+            state.inode_targets = self._update_marks(policy_set, fan_rules)
+        self._state = state  # the switch
+        return enforcements
+
+    def _update_stream(self, policy_set: PolicySet) -> None:
+        """Ask the kernel for the file events rules target (and only those)."""
+        kinds: set[str] = set()
+        patterns: set[str] = set()
+        for _, _, rule in policy_set.rules():
+            if rule.operation in ("open", "unlink", "rename", "chmod", "chown"):
+                kinds.add(rule.operation)
+                if rule.targets.paths is None:
+                    patterns.add("/")
+                else:
+                    patterns.update(rule.targets.paths)
+            elif rule.operation in ("listen", "accept", "exec"):
+                kinds.add(rule.operation)
+        self.stream.reconfigure(extra_kinds=frozenset(kinds), path_patterns=tuple(sorted(patterns)))
+
+    def _update_marks(
+        self, policy_set: PolicySet, fan_rules: list[Enforcement]
+    ) -> dict[tuple[int, int], str]:
+        """fanotify marks for the targets of exec/open rules enforced by fanotify."""
+        assert self._fanotify is not None
+        fan_ids = {(e.rule.policy_name, e.rule.rule_id) for e in fan_rules}
+        wanted: set[tuple[str, str]] = set()
+        inode_targets: dict[tuple[int, int], str] = {}
+        for source, _, rule in policy_set.rules():
+            if (source.policy.name, rule.id) not in fan_ids:
+                continue
+            for path in rule.targets.paths or ("/",):
+                if rule.operation == "exec":
+                    wanted.add(("fs-exec", _existing_ancestor(path)))
+                    continue
+                if path.endswith("*"):
+                    wanted.add(("dir", _existing_ancestor(os.path.dirname(path))))
+                elif path.endswith("/"):
+                    for d in _dirs_below(path):
+                        wanted.add(("dir", d))
+                else:
+                    if os.path.exists(path):
+                        wanted.add(("file", path))
+                        st = os.stat(path)
+                        inode_targets[(st.st_dev, st.st_ino)] = path
+                    # the file may be replaced or created: its directory too
+                    wanted.add(("dir", _existing_ancestor(os.path.dirname(path) or "/")))
+        for kind, path in sorted(wanted - self._marks):
+            try:
+                if kind == "fs-exec":
+                    self._fanotify.mark_filesystem_exec(path)
+                elif kind == "dir":
+                    self._fanotify.mark_dir(path)
+                else:
+                    self._fanotify.mark_file(path)
+            except OSError as exc:
+                log.warning("fanotify mark %s %s: %s", kind, path, exc)
+        for kind, path in sorted(self._marks - wanted):
+            mask = {"fs-exec": 0x40000, "dir": 0x10000 | 0x08000000, "file": 0x10000}[kind]
+            with contextlib.suppress(OSError):
+                self._fanotify.unmark(path, mask, filesystem=kind == "fs-exec")
+        self._marks = wanted
+        return inode_targets
+
+    # ---- fanotify decisions (its own thread) ----
+    def _decide_permission(self, req: PermissionRequest) -> bool:
+        state = self._state
+        if state is None:
+            return True
+        process = process_of(req.tid, state.lineage)
+        if req.is_exec:
+            requests = [Request("exec", process, path=req.path)]
+        else:
+            flags = self.stream.pending_open_flags(req.tid)
+            # unknown flags (the open began before we looked): judge every access (fail closed)
+            access = (
+                open_access(flags) if flags is not None else ("read", "write", "create", "truncate")
+            )
+            requests = [Request("open", process, path=req.path, access=access)]
+            try:  # a hard link to a protected file is the same inode: judge it by that name
+                st = os.stat(f"/proc/self/fd/{req.fd}")
+                target = state.inode_targets.get((st.st_dev, st.st_ino))
+                if target and target != req.path:
+                    requests.append(Request("open", process, path=target, access=access))
+            except OSError:
+                pass
+        verdict = _strictest(state.evaluator.decide(r) for r in requests)
+        if verdict.effective not in ("deny", "kill"):
+            return True
+        pid = _tgid(req.tid)
+        if verdict.effective == "kill":
+            kill_process(pid)
+        self._record(state, verdict, requests[0].operation, pid, process.exe,
+                     {"path": req.path}, after_the_fact=False)  # fmt: skip
+        return False
+
+    # ---- events from the stream (main loop) ----
+    def handle(self, ev: model.Event) -> None:
+        state = self._state
+        if state is None:
+            return
+        if isinstance(ev, model.GuardEvent):
+            self._guard_verdict(ev)
+            return
+        if ev.kind in GUARDED_OPS and self._guard is not None:
+            return  # the guard judged it in the kernel and reported any verdict itself
+        process = Process(exe=ev.exe, uid=ev.uid, gid=ev.gid)
+        request = request_from_event(ev, process)
+        if request is None:
+            return
+        if isinstance(ev, model.ExecEvent):
+            request = Request("exec", Process(exe=self._caller_exe(ev), uid=ev.uid, gid=ev.gid),
+                              path=ev.exe)  # fmt: skip
+        verdict = state.evaluator.decide(request)
+        if verdict.rule_id is None or verdict.action == "allow":
+            return
+        how = state.enforcements.get((verdict.policy_name or "", verdict.rule_id))
+        mechanism = how.mechanism if how else "tracepoint"
+        if mechanism in FANOTIFY_MECHANISMS and verdict.effective in ("deny", "kill"):
+            return  # answered (and recorded) at the permission event
+        after = bool(how and how.after_the_fact)
+        if mechanism == "sigkill-after-the-fact" and verdict.effective in ("deny", "kill"):
+            kill_process(ev.pid)
+            self._record(state, verdict, request.operation, ev.pid, ev.exe, _object(ev),
+                         after_the_fact=True, action="kill", mechanism=mechanism)  # fmt: skip
+            return
+        action = "audit" if after and verdict.effective in ("deny", "kill") else None
+        self._record(state, verdict, request.operation, ev.pid, ev.exe, _object(ev),
+                     after_the_fact=after, action=action, mechanism=mechanism)  # fmt: skip
+
+    def _caller_exe(self, ev: model.ExecEvent) -> str | None:
+        # the exec event names the new image; rules judge the caller: its parent's image if
+        # this pid's previous image is gone from the table
+        return self.stream.proctable.previous_exe(ev.pid) or self.stream.proctable.lookup(
+            ev.ppid, ""
+        )
+
+    def _guard_verdict(self, ev: model.GuardEvent) -> None:
+        assert self._guard is not None
+        compiled = self._guard.compiled.get(ev.generation)
+        if compiled is None:
+            log.error("guard verdict from unknown generation %d", ev.generation)
+            return
+        rule = compiled.rule(ev.op, ev.rule_index)
+        action = ev.action
+        if rule.mode == "monitor" and rule.action in ("deny", "kill"):
+            action = f"would_{rule.action}"
+        self.verdicts.append(
+            VerdictRecord(
+                action, rule.rule_id, rule.policy_name, compiled.digest, ev.mechanism, ev.op,
+                False, ev.pid, ev.exe,
+                {"family": ev.family, "protocol": ev.protocol, "addr": ev.addr, "port": ev.port},
+            )
+        )  # fmt: skip
+
+    def _record(
+        self,
+        state: _State,
+        verdict: Verdict,
+        operation: str,
+        pid: int,
+        exe: str | None,
+        obj: dict[str, Any],
+        *,
+        after_the_fact: bool,
+        action: str | None = None,
+        mechanism: str | None = None,
+    ) -> None:
+        how = state.enforcements.get((verdict.policy_name or "", verdict.rule_id or ""))
+        self.verdicts.append(
+            VerdictRecord(
+                action or journal_action(verdict.effective),
+                verdict.rule_id or "",
+                verdict.policy_name or "",
+                verdict.digest,
+                mechanism or (how.mechanism if how and how.mechanism else "tracepoint"),
+                operation,
+                after_the_fact,
+                pid,
+                exe,
+                obj,
+            )
+        )
+
+    def close(self) -> None:
+        if self._fanotify is not None:
+            self._fanotify.close()
+            self._fanotify = None
+        if self._guard is not None:
+            self._guard.close()
+            self._guard = None
+
+
+_SEVERITY = {"allow": 0, "audit": 1, "would-deny": 1, "would-kill": 1, "deny": 2, "kill": 3}
+
+
+def _strictest(verdicts: Iterable[Verdict]) -> Verdict:
+    return max(verdicts, key=lambda v: _SEVERITY.get(v.effective, 0))
+
+
+def _tgid(tid: int) -> int:
+    try:
+        with open(f"/proc/{tid}/status") as f:
+            for line in f:
+                if line.startswith("Tgid:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return tid
+
+
+def _existing_ancestor(path: str) -> str:
+    p = Path(path.rstrip("*") or "/")
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return str(p)
+
+
+def _dirs_below(prefix: str) -> list[str]:
+    root = _existing_ancestor(prefix)
+    out = [root]
+    for dirpath, dirnames, _ in os.walk(root):
+        for d in dirnames:
+            out.append(os.path.join(dirpath, d))
+            if len(out) >= MAX_DIR_MARKS:
+                log.warning("%s: more than %d directories, marked the first ones", prefix,
+                            MAX_DIR_MARKS)  # fmt: skip
+                return out
+    return out
+
+
+def _object(ev: model.Event) -> dict[str, Any]:
+    if isinstance(ev, model.FileEvent):
+        out: dict[str, Any] = {"path": ev.path, "result": ev.result}
+        if isinstance(ev, model.RenameEvent):
+            out["new_path"] = ev.new_path
+        return out
+    if isinstance(ev, model.NetEvent):
+        return {
+            "protocol": ev.protocol,
+            "local": f"{ev.local_addr}:{ev.local_port}",
+            "remote": f"{ev.remote_addr}:{ev.remote_port}",
+            "result": ev.result,
+        }
+    if isinstance(ev, model.ExecEvent):
+        return {"path": ev.exe, "argv": list(ev.argv)}
+    return {}
