@@ -119,6 +119,8 @@ class Verifier:
         self._segment_no = 0
         self._batch_start = 0  # first seq a coming seal must cover
         self._shifted = False  # a seq discontinuity was reported: positions no longer = seqs
+        self._tree_tainted_at: int | None = None  # seal whose root first did not match
+        self._roots_skipped = 0
         self._link: _Link | None = None
         self._torn: Line | None = None
         self._hashes: dict[int, str] = {}
@@ -202,6 +204,16 @@ class Verifier:
                 None,
                 torn.segment,
                 torn.offset,
+            )
+        if self._roots_skipped:
+            yield self._finding(
+                "warning",
+                f"Merkle roots of {self._roots_skipped} later seals not compared: the tree "
+                f"holds the records altered before seal {self._tree_tainted_at}",
+                None,
+                None,
+                None,
+                None,
             )
         s = self.summary
         if s.records == 0:
@@ -317,7 +329,13 @@ class Verifier:
             if not self._shifted:
                 bad.append(f"claims {checkpoint.size} records but {self._tree.size} precede it")
         elif checkpoint.root != self._tree.root().hex():
-            bad.append("Merkle root does not match the records it covers")
+            # Once the tree holds an altered leaf, every later root differs too; those seals
+            # still protect their batches through the signed ``last`` hash and the chain.
+            if self._tree_tainted_at is None:
+                bad.append("Merkle root does not match the records it covers")
+                self._tree_tainted_at = seq
+            else:
+                self._roots_skipped += 1
         if bad:  # the seal proves only that something in its batch changed: name the batch
             yield self._error(
                 f"{'; '.join(bad)} (seal {seq} in {line.segment} at byte {line.offset})",
