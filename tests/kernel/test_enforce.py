@@ -1,0 +1,520 @@
+"""Kernel e2e: `sealtrail agent --policies` enforces for real on this host (no BPF-LSM).
+
+One agent runs for the module, with a policy scoped to paths this test created and a cgroup it
+created (the network guard attaches there, so nothing else on the machine is affected). Each
+test does the forbidden thing from a real process and checks the outcome the user cares about:
+EPERM or SIGKILL, no side effect, neighbours unaffected, and the verdict in the journal.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.enforce.guard import cgroup2_root
+from agent.journal import protect
+
+pytestmark = pytest.mark.kernel
+
+PY = sys.executable
+
+POLICY = """
+name = "e2e"
+description = "kernel e2e policy: every target was created by the test"
+mode = "enforce"
+
+[[rules]]
+id = "deny-connect"
+description = "connect to the deny port"
+operation = "connect"
+targets.addresses = ["127.0.0.1/32", "::1/128"]
+targets.ports = [{deny_port}]
+action = "deny"
+
+[[rules]]
+id = "kill-connect"
+description = "connect to the kill port"
+operation = "connect"
+targets.addresses = ["127.0.0.0/8"]
+targets.ports = [{kill_port}]
+action = "kill"
+
+[[rules]]
+id = "deny-bind"
+description = "bind of the guarded port"
+operation = "bind"
+targets.ports = [{bind_port}]
+action = "deny"
+
+[[rules]]
+id = "no-write-protected"
+description = "no writes to the protected file"
+operation = "open"
+access = ["write", "truncate"]
+targets.paths = ["{work}/protected.txt"]
+action = "deny"
+
+[[rules]]
+id = "audit-read-watched"
+description = "reads of the watched file are recorded"
+operation = "open"
+access = ["read"]
+targets.paths = ["{work}/watched.txt"]
+action = "audit"
+
+[[rules]]
+id = "no-exec-forbidden"
+description = "the forbidden tool never runs"
+operation = "exec"
+targets.paths = ["{work}/bin/forbidden"]
+action = "deny"
+
+[[rules]]
+id = "kill-exec-killer"
+description = "running the killer tool kills the caller"
+operation = "exec"
+targets.paths = ["{work}/bin/killer"]
+action = "kill"
+
+[[rules]]
+id = "precious-unlink"
+description = "deleting precious files kills (after the fact: no deny hook without LSM)"
+operation = "unlink"
+targets.paths = ["{work}/precious/"]
+action = "deny"
+fallback = "kill"
+"""
+
+MONITOR = """
+name = "e2e-monitor"
+description = "monitor mode blocks nothing"
+mode = "monitor"
+
+[[rules]]
+id = "monitor-connect"
+description = "would deny"
+operation = "connect"
+targets.ports = [{monitor_port}]
+action = "deny"
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class Env:
+    root: Path
+    work: Path
+    journal: Path
+    keys: Path
+    policies: Path
+    run_dir: Path
+    cgroup: Path
+    agent: subprocess.Popen[str]
+    ports: dict[str, int]
+
+    def in_cgroup(self, argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+        """Run argv inside the test cgroup (where the network guard is attached)."""
+        script = f'echo $$ > {self.cgroup}/cgroup.procs && exec "$@"'
+        return subprocess.run(
+            ["/bin/sh", "-c", script, "sh", *argv], capture_output=True, text=True, timeout=30,
+            **kw,
+        )  # fmt: skip
+
+    def records(self) -> list[dict[str, Any]]:
+        out = []
+        for seg in sorted(self.journal.glob("seg-*.jsonl")):
+            out += [json.loads(line) for line in seg.read_bytes().splitlines() if line]
+        return out
+
+    def verdict(self, rule: str, timeout: float = 5.0, **match: Any) -> dict[str, Any]:
+        """The first verdict record for ``rule`` (and fields ``match``), waiting for it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for r in self.records():
+                if (
+                    r["type"] == "verdict"
+                    and r["rule"] == rule
+                    and all(r.get(k) == v for k, v in match.items())
+                ):
+                    return r
+            time.sleep(0.1)
+        raise AssertionError(f"no verdict for {rule} {match}")
+
+    def sealtrail(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([PY, "-m", "agent.cli", *args], capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
+    root = tmp_path_factory.mktemp("enforce").resolve()
+    work = root / "work"
+    (work / "bin").mkdir(parents=True)
+    (work / "precious").mkdir()
+    (work / "protected.txt").write_text("original\n")
+    (work / "watched.txt").write_text("watched\n")
+    shutil.copy("/usr/bin/touch", work / "bin" / "forbidden")
+    shutil.copy("/usr/bin/touch", work / "bin" / "killer")
+    policies = root / "policies"
+    policies.mkdir()
+    ports = {name: free_port() for name in ("deny", "kill", "bind", "monitor", "other")}
+    (policies / "e2e.toml").write_text(
+        POLICY.format(work=work, deny_port=ports["deny"], kill_port=ports["kill"],
+                      bind_port=ports["bind"])
+    )  # fmt: skip
+    (policies / "monitor.toml").write_text(MONITOR.format(monitor_port=ports["monitor"]))
+    cgroup = cgroup2_root() / f"sealtrail-test-{os.getpid()}"
+    cgroup.mkdir()
+    env = Env(root, work, root / "journal", root / "keys", policies, root / "run", cgroup,
+              None, ports)  # type: ignore[arg-type]  # fmt: skip
+    env.agent = subprocess.Popen(
+        [PY, "-m", "agent.cli", "agent", "--journal", str(env.journal), "--keys", str(env.keys),
+         "--policies", str(policies), "--cgroup", str(cgroup), "--run-dir", str(env.run_dir)],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while not (env.run_dir / "status.json").exists():
+            assert env.agent.poll() is None, env.agent.stderr.read() if env.agent.stderr else ""
+            assert time.monotonic() < deadline, "agent did not start"
+            time.sleep(0.1)
+        status = json.loads((env.run_dir / "status.json").read_text())
+        assert status["result"] == "loaded", status
+        yield env
+    finally:
+        env.agent.send_signal(signal.SIGTERM)
+        try:
+            env.agent.wait(30)
+        finally:
+            if env.agent.poll() is None:
+                env.agent.kill()
+        for _ in range(50):
+            try:
+                cgroup.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+        if env.journal.exists():
+            protect.clear_all(env.journal)
+
+
+CONNECT = textwrap.dedent(
+    """
+    import socket, sys
+    host, port = sys.argv[1], int(sys.argv[2])
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(fam, socket.SOCK_STREAM)
+    s.settimeout(3)
+    try:
+        s.connect((host, port))
+        print("connected")
+    except OSError as e:
+        print("errno", e.errno)
+    """
+)
+
+
+class Listener:
+    def __init__(self, port: int, family: int = socket.AF_INET) -> None:
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("::" if family == socket.AF_INET6 else "127.0.0.1", port))
+        self.sock.listen(8)
+        self.sock.settimeout(0.3)
+
+    def accepted(self) -> int:
+        n = 0
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, BlockingIOError):
+                return n
+            conn.close()
+            n += 1
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_connect_denied_with_eperm_listener_never_accepts(env: Env) -> None:
+    listener = Listener(env.ports["deny"])
+    try:
+        r = env.in_cgroup([PY, "-c", CONNECT, "127.0.0.1", str(env.ports["deny"])])
+        assert r.stdout.strip() == "errno 1", r  # EPERM
+        assert listener.accepted() == 0
+    finally:
+        listener.close()
+    v = env.verdict("deny-connect", action="deny")
+    assert v["mechanism"] == "cgroup-sock" and v["object"]["port"] == env.ports["deny"]
+    assert v["policy"].startswith("sha256:") and v["policy_name"] == "e2e"
+
+
+def test_connect_neighbour_port_still_works(env: Env) -> None:
+    listener = Listener(env.ports["other"])
+    try:
+        r = env.in_cgroup([PY, "-c", CONNECT, "127.0.0.1", str(env.ports["other"])])
+        assert r.stdout.strip() == "connected", r
+        assert listener.accepted() == 1
+    finally:
+        listener.close()
+
+
+def test_ipv4_mapped_ipv6_does_not_bypass(env: Env) -> None:
+    listener = Listener(env.ports["deny"], socket.AF_INET6)
+    try:
+        r = env.in_cgroup([PY, "-c", CONNECT, "::ffff:127.0.0.1", str(env.ports["deny"])])
+        assert r.stdout.strip() == "errno 1", r
+        r6 = env.in_cgroup([PY, "-c", CONNECT, "::1", str(env.ports["deny"])])
+        assert r6.stdout.strip() == "errno 1", r6
+        assert listener.accepted() == 0
+    finally:
+        listener.close()
+
+
+def test_connect_kill_process_dies_and_nothing_connects(env: Env) -> None:
+    listener = Listener(env.ports["kill"])
+    try:
+        r = env.in_cgroup([PY, "-c", CONNECT, "127.0.0.1", str(env.ports["kill"])])
+        assert r.returncode == -signal.SIGKILL, r
+        assert r.stdout == ""
+        assert listener.accepted() == 0
+    finally:
+        listener.close()
+    assert env.verdict("kill-connect", action="kill")["after_the_fact"] is False
+
+
+def test_bind_denied_and_other_ports_bind(env: Env) -> None:
+    code = textwrap.dedent(
+        """
+        import socket, sys
+        for port in map(int, sys.argv[1:]):
+            s = socket.socket()
+            try:
+                s.bind(("127.0.0.1", port)); print(port, "bound")
+            except OSError as e:
+                print(port, "errno", e.errno)
+            s.close()
+        """
+    )
+    r = env.in_cgroup([PY, "-c", code, str(env.ports["bind"]), str(env.ports["other"])])
+    assert r.stdout.split("\n")[:2] == [f"{env.ports['bind']} errno 1",
+                                        f"{env.ports['other']} bound"], r  # fmt: skip
+    env.verdict("deny-bind", action="deny")
+
+
+def test_processes_outside_the_guarded_cgroup_are_untouched(env: Env) -> None:
+    listener = Listener(env.ports["deny"])
+    try:
+        r = subprocess.run([PY, "-c", CONNECT, "127.0.0.1", str(env.ports["deny"])],
+                           capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert r.stdout.strip() == "connected"
+    finally:
+        listener.close()
+
+
+def test_monitor_mode_blocks_nothing_and_records_would_deny(env: Env) -> None:
+    listener = Listener(env.ports["monitor"])
+    try:
+        r = env.in_cgroup([PY, "-c", CONNECT, "127.0.0.1", str(env.ports["monitor"])])
+        assert r.stdout.strip() == "connected", r
+        assert listener.accepted() == 1
+    finally:
+        listener.close()
+    env.verdict("monitor-connect", action="would_deny")
+
+
+def write(path: Path, text: str) -> subprocess.CompletedProcess[str]:
+    code = "import sys; open(sys.argv[1], 'a').write(sys.argv[2])"
+    return subprocess.run([PY, "-c", code, str(path), text], capture_output=True, text=True,
+                          timeout=30)  # fmt: skip
+
+
+def test_write_to_protected_file_is_eperm_and_file_unchanged(env: Env) -> None:
+    target = env.work / "protected.txt"
+    r = write(target, "tampered\n")
+    assert r.returncode != 0 and "PermissionError" in r.stderr
+    assert target.read_text() == "original\n"
+    truncate = subprocess.run(["/bin/sh", "-c", f": > {target}"], capture_output=True, text=True)
+    assert truncate.returncode != 0 and target.read_text() == "original\n"
+    v = env.verdict("no-write-protected", action="deny")
+    assert v["mechanism"] == "fanotify" and v["object"]["path"] == str(target)
+
+
+def test_reading_protected_file_is_allowed(env: Env) -> None:
+    r = subprocess.run(["cat", str(env.work / "protected.txt")], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout == "original\n"
+
+
+@pytest.mark.parametrize("via", ["symlink", "relative", "dotdot", "hardlink"])
+def test_write_bypass_attempts_are_caught(env: Env, via: str) -> None:
+    target = env.work / "protected.txt"
+    if via == "symlink":
+        path = env.root / f"link-{via}"
+        path.unlink(missing_ok=True)
+        path.symlink_to(target)
+        r = write(path, "x")
+    elif via == "relative":
+        r = subprocess.run([PY, "-c", "open('protected.txt', 'a').write('x')"], cwd=env.work,
+                           capture_output=True, text=True)  # fmt: skip
+    elif via == "dotdot":
+        r = write(env.work / "bin" / ".." / "protected.txt", "x")
+    else:
+        path = env.root / "hardlink"
+        path.unlink(missing_ok=True)
+        os.link(target, path)
+        r = write(path, "x")
+    assert r.returncode != 0 and "PermissionError" in r.stderr, (via, r)
+    assert target.read_text() == "original\n"
+
+
+def test_audit_records_and_allows(env: Env) -> None:
+    r = subprocess.run(["cat", str(env.work / "watched.txt")], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout == "watched\n"
+    v = env.verdict("audit-read-watched", action="audit")
+    assert v["exe"] == os.path.realpath("/usr/bin/cat")
+
+
+def test_exec_denied_program_never_runs(env: Env) -> None:
+    witness = env.root / "forbidden-ran"
+    tool = env.work / "bin" / "forbidden"
+    with pytest.raises(PermissionError):
+        subprocess.run([str(tool), str(witness)], check=False)
+    link = env.root / "forbidden-link"
+    link.unlink(missing_ok=True)
+    link.symlink_to(tool)
+    r = subprocess.run(["/bin/sh", "-c", f"cd {env.work}/bin && ./forbidden {witness}; "
+                        f"{link} {witness}"], capture_output=True, text=True)  # fmt: skip
+    assert r.stderr.count("Operation not permitted") == 2, r  # EPERM, via both paths
+    assert not witness.exists()
+    ok = subprocess.run(["/usr/bin/touch", str(env.root / "neighbour")])
+    assert ok.returncode == 0
+    assert env.verdict("no-exec-forbidden", action="deny")["mechanism"] == "fanotify"
+
+
+def test_renamed_copy_of_a_forbidden_binary_is_not_the_same_file(env: Env) -> None:
+    """Documented limit: rules name files; a copy elsewhere is another file and runs."""
+    copy = env.root / "not-forbidden"
+    shutil.copy(env.work / "bin" / "forbidden", copy)
+    witness = env.root / "copy-ran"
+    assert subprocess.run([str(copy), str(witness)]).returncode == 0
+    assert witness.exists()
+
+
+def test_exec_kill_caller_dies_and_program_never_runs(env: Env) -> None:
+    witness = env.root / "killer-ran"
+    r = subprocess.run(["/bin/sh", "-c", f"exec {env.work}/bin/killer {witness}"],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == -signal.SIGKILL, r
+    assert not witness.exists()
+    assert env.verdict("kill-exec-killer", action="kill")["mechanism"] == "fanotify+sigkill"
+
+
+def test_unlink_without_deny_hook_kills_after_the_fact(env: Env) -> None:
+    victim = env.work / "precious" / "victim"
+    victim.write_text("x")
+    code = "import os, sys, time; os.unlink(sys.argv[1]); time.sleep(20); print('survived')"
+    started = time.monotonic()
+    r = subprocess.run([PY, "-c", code, str(victim)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == -signal.SIGKILL and "survived" not in r.stdout
+    assert time.monotonic() - started < 15
+    assert not victim.exists()  # after the fact: the unlink happened, and the record says so
+    v = env.verdict("precious-unlink", action="kill")
+    assert v["after_the_fact"] is True and v["mechanism"] == "sigkill-after-the-fact"
+
+
+def test_reload_swaps_policy_and_broken_reload_keeps_old(env: Env) -> None:
+    policy = env.policies / "e2e.toml"
+    original = policy.read_text()
+    deny, other = env.ports["deny"], env.ports["other"]
+    try:
+        policy.write_text(original.replace(f"targets.ports = [{deny}]",
+                                           f"targets.ports = [{other}]"))  # fmt: skip
+        r = env.sealtrail("policy", "reload", "--run-dir", str(env.run_dir))
+        assert r.returncode == 0, r
+        la, lb = Listener(deny), Listener(other)
+        try:
+            assert env.in_cgroup([PY, "-c", CONNECT, "127.0.0.1", str(deny)]).stdout.strip() == (
+                "connected"
+            )
+            assert env.in_cgroup([PY, "-c", CONNECT, "127.0.0.1", str(other)]).stdout.strip() == (
+                "errno 1"
+            )
+        finally:
+            la.close()
+            lb.close()
+        policy.write_text(original + "\n[[rules]]\nid = broken\n")
+        r = env.sealtrail("policy", "reload", "--run-dir", str(env.run_dir))
+        assert r.returncode == 1 and "rejected" in r.stdout, r
+        assert "e2e.toml" in r.stdout  # the error names the file
+        lb = Listener(other)
+        try:  # the previous policy (deny the other port) is still enforced
+            assert env.in_cgroup([PY, "-c", CONNECT, "127.0.0.1", str(other)]).stdout.strip() == (
+                "errno 1"
+            )
+        finally:
+            lb.close()
+    finally:
+        policy.write_text(original)
+        assert env.sealtrail("policy", "reload", "--run-dir", str(env.run_dir)).returncode == 0
+    types = [r["type"] for r in env.records()]
+    assert "policy_rejected" in types and types.count("policy_loaded") >= 3
+
+
+def test_kernel_verdicts_equal_policy_test(env: Env) -> None:
+    """The same cases through `sealtrail policy test` and through the kernel agree."""
+    exe = os.path.realpath(PY)
+    cases = [
+        ("deny", "deny", "deny-connect", "errno 1"),
+        ("other", "allow", None, "connected"),
+        ("monitor", "would-deny", "monitor-connect", "connected"),
+    ]
+    fixtures = [f'policies = ["{env.policies}"]']
+    for port_name, expect, rule, _ in cases:
+        fixtures.append(textwrap.dedent(f"""
+            [[case]]
+            name = "connect to {port_name}"
+            process = {{ exe = "{exe}", uid = {os.getuid()}, gid = {os.getgid()} }}
+            operation = "connect"
+            address = "127.0.0.1"
+            port = {env.ports[port_name]}
+            protocol = "tcp"
+            expect = "{expect}"
+            """) + (f'rule = "{rule}"\n' if rule else ""))  # fmt: skip
+    fx = env.root / "kernel.fixtures.toml"
+    fx.write_text("\n".join(fixtures))
+    r = env.sealtrail("policy", "test", str(fx))
+    assert r.returncode == 0, r.stdout + r.stderr
+    for port_name, _, rule, outcome in cases:
+        listener = Listener(env.ports[port_name])
+        try:
+            got = env.in_cgroup([PY, "-c", CONNECT, "127.0.0.1", str(env.ports[port_name])])
+            assert got.stdout.strip() == outcome, (port_name, got)
+        finally:
+            listener.close()
+        if rule:
+            env.verdict(rule)
+
+
+def test_journal_of_the_enforcing_agent_verifies(env: Env) -> None:
+    r = env.sealtrail("journal", "verify", "--journal", str(env.journal),
+                      "--key", str(env.keys / "journal.pub"))  # fmt: skip
+    assert r.returncode == 0, r.stdout + r.stderr
