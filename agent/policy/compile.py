@@ -251,6 +251,7 @@ class CompiledRule:
     fallback: str | None
     file: str
     rule_in_file: int
+    access: tuple[str, ...] = ()  # open rules: the access kinds they guard
 
     @property
     def flags(self) -> int:
@@ -405,6 +406,7 @@ def compile_policy_set(policy_set: PolicySet) -> CompiledPolicySet:
                 CompiledRule(
                     operation, index, rule_no, rule.id, policy_no, policy.name, policy.mode,
                     rule.action, rule.fallback, source.document.file, in_file,
+                    rule.access_set if rule.operation == "open" else (),
                 )
             )  # fmt: skip
         if entries:

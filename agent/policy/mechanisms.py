@@ -110,10 +110,17 @@ def enforcement_for(rule: CompiledRule, host: HostCapabilities) -> Enforcement:
         )
     if rule.action == "kill" and host.send_signal and hook:
         note = "denied, then killed: the exec never runs" if op == "exec" else "denied, then killed"
-        return Enforcement(rule, f"{hook}+sigkill", note=note)
+        return Enforcement(rule, f"{hook}+sigkill", note=_create_note(rule, hook) or note)
     if rule.action == "deny" and hook:
-        return Enforcement(rule, hook)
+        return Enforcement(rule, hook, note=_create_note(rule, hook))
     return _fallback(rule, host)
+
+
+def _create_note(rule: CompiledRule, hook: str) -> str:
+    """fanotify's permission event comes after a new file is created: say so, never hide it."""
+    if hook == "fanotify" and "create" in rule.access:
+        return "a new file is created empty before its open is denied (no create hook without LSM)"
+    return ""
 
 
 def _fallback(rule: CompiledRule, host: HostCapabilities) -> Enforcement:
