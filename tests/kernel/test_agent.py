@@ -14,6 +14,8 @@ from typing import Any
 
 import pytest
 
+from agent.journal import protect
+
 pytestmark = pytest.mark.kernel
 
 
@@ -61,8 +63,14 @@ def test_agent_journals_exec_and_connect_and_the_journal_verifies(tmp_path: Path
         agent.send_signal(signal.SIGTERM)
         _, err = agent.communicate(timeout=30)
         listener.close()
-    assert agent.returncode == 0, err
+    try:
+        assert agent.returncode == 0, err
+        check_journal(journal, keys, marker, port)
+    finally:
+        protect.clear_all(journal)  # segments are append-only/immutable: let pytest delete them
 
+
+def check_journal(journal: Path, keys: Path, marker: str, port: int) -> None:
     recs = records(journal)
     assert [r["seq"] for r in recs] == list(range(len(recs)))  # gapless from 0
     assert recs[0]["type"] == "start" and recs[0]["record_kinds"]
