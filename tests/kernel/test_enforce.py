@@ -90,6 +90,98 @@ targets.paths = ["{work}/bin/killer"]
 action = "kill"
 
 [[rules]]
+id = "nobody-may-connect"
+description = "an allow exception (by uid) wins over the deny below"
+operation = "connect"
+targets.ports = [{except_port}]
+action = "allow"
+
+[rules.subjects]
+uid = [65534]
+
+[[rules]]
+id = "deny-connect-but-bash"
+description = "everyone but bash (and uid 65534, above) is refused"
+operation = "connect"
+targets.ports = [{except_port}]
+action = "deny"
+
+[rules.subjects.except]
+exe = ["/usr/bin/bash"]
+
+[[rules]]
+id = "bash-children-no-connect"
+description = "bash and everything it starts may not connect to the lineage port"
+operation = "connect"
+targets.ports = [{lineage_port}]
+action = "deny"
+
+[rules.subjects]
+exe = ["/usr/bin/bash"]
+descendants = true
+
+[[rules]]
+id = "audit-connect"
+description = "connections to the audit port are recorded"
+operation = "connect"
+targets.ports = [{audit_port}]
+action = "audit"
+
+[[rules]]
+id = "kill-bind"
+description = "binding the kill port kills"
+operation = "bind"
+targets.ports = [{kill_bind_port}]
+action = "kill"
+
+[[rules]]
+id = "kill-read-secret"
+description = "reading the secret kills the reader"
+operation = "open"
+access = ["read"]
+targets.paths = ["{work}/secret.txt"]
+action = "kill"
+
+[[rules]]
+id = "audit-exec"
+description = "running the audited tool is recorded"
+operation = "exec"
+targets.paths = ["{work}/bin/audited"]
+action = "audit"
+
+[[rules]]
+id = "precious-rename"
+description = "renames in precious kill after the fact"
+operation = "rename"
+targets.paths = ["{work}/precious/"]
+action = "kill"
+fallback = "kill"
+
+[[rules]]
+id = "precious-chmod"
+description = "chmod in precious kills after the fact"
+operation = "chmod"
+targets.paths = ["{work}/precious/"]
+action = "deny"
+fallback = "kill"
+
+[[rules]]
+id = "precious-chown"
+description = "chown in precious is audited (no deny hook)"
+operation = "chown"
+targets.paths = ["{work}/precious/"]
+action = "deny"
+fallback = "audit"
+
+[[rules]]
+id = "listen-kill"
+description = "listening on the listen port kills after the fact"
+operation = "listen"
+targets.ports = [{listen_port}]
+action = "deny"
+fallback = "kill"
+
+[[rules]]
 id = "precious-unlink"
 description = "deleting precious files kills (after the fact: no deny hook without LSM)"
 operation = "unlink"
@@ -109,6 +201,13 @@ description = "would deny"
 operation = "connect"
 targets.ports = [{monitor_port}]
 action = "deny"
+
+[[rules]]
+id = "monitor-exec-kill"
+description = "would kill"
+operation = "exec"
+targets.paths = ["{work}/bin/monitored"]
+action = "kill"
 """
 
 
@@ -172,16 +271,19 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     (work / "precious").mkdir()
     (work / "protected.txt").write_text("original\n")
     (work / "watched.txt").write_text("watched\n")
-    shutil.copy("/usr/bin/touch", work / "bin" / "forbidden")
-    shutil.copy("/usr/bin/touch", work / "bin" / "killer")
+    (work / "secret.txt").write_text("secret\n")
+    for tool in ("forbidden", "killer", "audited", "monitored"):
+        shutil.copy("/usr/bin/touch", work / "bin" / tool)
     policies = root / "policies"
     policies.mkdir()
-    ports = {name: free_port() for name in ("deny", "kill", "bind", "monitor", "other")}
+    names = ("deny", "kill", "bind", "monitor", "other", "except", "lineage", "audit",
+             "kill_bind", "listen")  # fmt: skip
+    ports = {name: free_port() for name in names}
     (policies / "e2e.toml").write_text(
-        POLICY.format(work=work, deny_port=ports["deny"], kill_port=ports["kill"],
-                      bind_port=ports["bind"])
-    )  # fmt: skip
-    (policies / "monitor.toml").write_text(MONITOR.format(monitor_port=ports["monitor"]))
+        POLICY.format(work=work, **{f"{name}_port": port for name, port in ports.items()})
+    )
+    (policies / "monitor.toml").write_text(MONITOR.format(monitor_port=ports["monitor"],
+                                                          work=work))  # fmt: skip
     cgroup = cgroup2_root() / f"sealtrail-test-{os.getpid()}"
     cgroup.mkdir()
     env = Env(root, work, root / "journal", root / "keys", policies, root / "run", cgroup,
@@ -512,6 +614,111 @@ def test_kernel_verdicts_equal_policy_test(env: Env) -> None:
             listener.close()
         if rule:
             env.verdict(rule)
+
+
+def bash_connect(port: int) -> list[str]:
+    return ["/usr/bin/bash", "-c", f"exec 3<>/dev/tcp/127.0.0.1/{port} && echo connected"]
+
+
+def test_allow_exception_by_uid_and_except_by_binary(env: Env) -> None:
+    port = env.ports["except"]
+    listener = Listener(port)
+    try:
+        refused = env.in_cgroup([PY, "-c", CONNECT, "127.0.0.1", str(port)])
+        assert refused.stdout.strip() == "errno 1", refused
+        as_nobody = env.in_cgroup(
+            ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+             PY, "-c", CONNECT, "127.0.0.1", str(port)]
+        )  # fmt: skip
+        assert as_nobody.stdout.strip() == "connected", as_nobody
+        by_bash = env.in_cgroup(bash_connect(port))
+        assert by_bash.stdout.strip() == "connected", by_bash
+        assert listener.accepted() == 2
+    finally:
+        listener.close()
+    env.verdict("deny-connect-but-bash", action="deny")
+
+
+def test_rule_follows_descendants_of_a_binary(env: Env) -> None:
+    port = env.ports["lineage"]
+    listener = Listener(port)
+    try:
+        direct = env.in_cgroup([PY, "-c", CONNECT, "127.0.0.1", str(port)])
+        assert direct.stdout.strip() == "connected", direct
+        child = env.in_cgroup(["/usr/bin/bash", "-c",
+                               f"{PY} -c '{CONNECT}' 127.0.0.1 {port}; true"])  # fmt: skip
+        assert child.stdout.strip() == "errno 1", child  # python started by bash: a descendant
+        assert listener.accepted() == 1
+    finally:
+        listener.close()
+
+
+def test_connect_audit_allows_and_records(env: Env) -> None:
+    listener = Listener(env.ports["audit"])
+    try:
+        r = env.in_cgroup([PY, "-c", CONNECT, "127.0.0.1", str(env.ports["audit"])])
+        assert r.stdout.strip() == "connected" and listener.accepted() == 1
+    finally:
+        listener.close()
+    env.verdict("audit-connect", action="audit")
+
+
+def test_bind_kill(env: Env) -> None:
+    code = f"import socket; socket.socket().bind(('127.0.0.1', {env.ports['kill_bind']}))"
+    r = env.in_cgroup([PY, "-c", code + "; print('bound')"])
+    assert r.returncode == -signal.SIGKILL and "bound" not in r.stdout
+    env.verdict("kill-bind", action="kill")
+
+
+def test_open_kill_reader_dies_and_reads_nothing(env: Env) -> None:
+    r = subprocess.run(["cat", str(env.work / "secret.txt")], capture_output=True, text=True)
+    assert r.returncode == -signal.SIGKILL and r.stdout == ""
+    assert env.verdict("kill-read-secret", action="kill")["mechanism"] == "fanotify+sigkill"
+
+
+def test_exec_audit_runs_and_records(env: Env) -> None:
+    witness = env.root / "audited-ran"
+    assert subprocess.run([str(env.work / "bin" / "audited"), str(witness)]).returncode == 0
+    assert witness.exists()
+    env.verdict("audit-exec", action="audit")
+
+
+def test_monitor_exec_kill_records_would_kill(env: Env) -> None:
+    witness = env.root / "monitored-ran"
+    assert subprocess.run([str(env.work / "bin" / "monitored"), str(witness)]).returncode == 0
+    assert witness.exists()
+    env.verdict("monitor-exec-kill", action="would_kill")
+
+
+@pytest.mark.parametrize("op", ["rename", "chmod"])
+def test_file_ops_without_deny_hook_kill_after_the_fact(env: Env, op: str) -> None:
+    f = env.work / "precious" / f"{op}-victim"
+    f.write_text("x")
+    action = {"rename": "os.rename(p, p + '.moved')", "chmod": "os.chmod(p, 0o600)"}[op]
+    code = f"import os, sys, time; p = sys.argv[1]; {action}; time.sleep(20); print('survived')"
+    r = subprocess.run([PY, "-c", code, str(f)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == -signal.SIGKILL and "survived" not in r.stdout
+    v = env.verdict(f"precious-{op}", action="kill")
+    assert v["after_the_fact"] is True
+
+
+def test_chown_fallback_audit_records_after_the_fact(env: Env) -> None:
+    f = env.work / "precious" / "chown-victim"
+    f.write_text("x")
+    r = subprocess.run(["chown", "65534", str(f)])
+    assert r.returncode == 0 and f.stat().st_uid == 65534  # not stoppable here: recorded
+    v = env.verdict("precious-chown", action="audit")
+    assert v["after_the_fact"] is True
+
+
+def test_listen_without_deny_hook_kills_after_the_fact(env: Env) -> None:
+    code = (
+        f"import socket, time; s = socket.socket(); s.bind(('127.0.0.1', {env.ports['listen']}));"
+        " s.listen(1); time.sleep(20); print('survived')"
+    )
+    r = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=30)
+    assert r.returncode == -signal.SIGKILL and "survived" not in r.stdout
+    env.verdict("listen-kill", action="kill")
 
 
 def test_journal_of_the_enforcing_agent_verifies(env: Env) -> None:
