@@ -14,7 +14,7 @@ import platform
 import signal
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -105,6 +105,8 @@ class Agent:
             "kernel": u.release,
             "machine": u.machine,
             "record_kinds": kinds,
+            # what `sealtrail doctor` found: the mechanisms this run can enforce with
+            "capabilities": dict(asdict(self.caps)) if self.caps else None,
             "journal_dir": str(self.config.journal_dir),
             "policies_dir": str(self.config.policies_dir),
         }
@@ -122,8 +124,8 @@ class Agent:
         )
         stop_fields: dict[str, JsonValue] = {"reason": "signal"}
         try:
-            journal.append("start", self._start_fields())
             self.caps = host_capabilities()
+            journal.append("start", self._start_fields())
             stream = EventStream(
                 StreamConfig(kinds=cfg.record_kinds, ringbuf_bytes=cfg.ringbuf_bytes, load_all=True)
             )
