@@ -99,13 +99,17 @@ def loadgen(
     rounds: int = 1,
     cpu: int | None = None,
     duration: float | None = None,
+    cgroup: Path | None = None,
 ) -> list[dict[str, float]]:
-    """Run the load generator; one dict per output line (round=..., or total=... in flood)."""
+    """Run the load generator; one dict per output line (round=..., or total=... in flood).
+    ``cgroup``: it joins that cgroup v2 directory before the warm-up."""
     cmd = [str(LOADGEN), "-n", str(iters), "-r", str(rounds)]
     if cpu is not None:
         cmd += ["-c", str(cpu)]
     if duration is not None:
         cmd += ["-d", str(duration)]
+    if cgroup is not None:
+        cmd += ["-g", str(cgroup)]
     cmd += [mode] + ([arg] if arg else [])
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     rows = []
@@ -124,6 +128,31 @@ def closed_tcp_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class BenchCgroup:
+    """A cgroup v2 directory of the benchmark's own (the guard attaches there, so a policy
+    bench never touches the rest of the machine); removed on exit once its processes are gone."""
+
+    def __init__(self, name: str) -> None:
+        from agent.enforce.guard import cgroup2_root
+
+        self.path = cgroup2_root() / f"{name}-{os.getpid()}"
+
+    def __enter__(self) -> Path:
+        self.path.mkdir()
+        return self.path
+
+    def __exit__(self, *_exc: object) -> None:
+        for _ in range(50):
+            try:
+                self.path.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.1)
+        print(f"WARNING: could not remove {self.path} (processes still in it?)")
 
 
 # ---- the agent side: an EventStream drained by a thread ----

@@ -4,7 +4,12 @@
  * cost of a tracepoint or a probe (tens to hundreds of ns) is not drowned by interpreter
  * overhead. Built at bench time by bench/syscall_overhead.py (cc -O2), not by `make test`.
  *
- *   loadgen [-c CPU] [-r ROUNDS] [-n ITERS] [-d SECONDS] MODE [ARG]
+ *   loadgen [-c CPU] [-g CGROUP_DIR] [-r ROUNDS] [-n ITERS] [-d SECONDS [-R RATE]] MODE [ARG]
+ *
+ *   -g  join the cgroup v2 directory first (write our pid to its cgroup.procs): the policy
+ *       benchmark's guard is attached to a cgroup of its own
+ *   -R  with -d: pace to RATE iterations per second (ITERS-sized bursts, then sleep until the
+ *       schedule catches up); the end-to-end benchmark offers known rates this way
  *
  * MODE
  *   getppid            null syscall: the cost of the syscall slow path alone
@@ -16,7 +21,8 @@
  *
  * Output: one line per round, "round=<i> iters=<n> ns_per_iter=<x> syscalls_per_iter=<k>",
  * after one untimed warm-up round of n/10 iterations. With -d, runs ITERS-sized rounds until
- * SECONDS have passed and prints one "total iters=<n> secs=<s>" line (flood mode).
+ * SECONDS have passed and prints one "total iters=<n> secs=<s> warmup=<w>" line (flood mode;
+ * warmup = the iterations of the untimed warm-up round, which made syscalls too).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -48,6 +54,26 @@ static void die(const char *what)
 {
 	perror(what);
 	exit(2);
+}
+
+static void join_cgroup(const char *dir)
+{
+	char path[4096];
+	snprintf(path, sizeof(path), "%s/cgroup.procs", dir);
+	FILE *f = fopen(path, "w");
+	if (!f)
+		die(path);
+	if (fprintf(f, "%d\n", (int)getpid()) < 0 || fclose(f))
+		die(path);
+}
+
+static void sleep_until(double t)
+{
+	double d = t - now_s();
+	if (d <= 0)
+		return;
+	struct timespec ts = {(time_t)d, (long)((d - (time_t)d) * 1e9)};
+	nanosleep(&ts, NULL);
 }
 
 static int syscalls_per_iter(void)
@@ -116,16 +142,21 @@ int main(int argc, char **argv)
 {
 	int opt, cpu = -1, rounds = 5;
 	long iters = 200000;
-	double duration = 0;
+	double duration = 0, rate = 0;
+	const char *cgroup = NULL;
 
-	while ((opt = getopt(argc, argv, "c:r:n:d:")) != -1) {
+	while ((opt = getopt(argc, argv, "c:g:r:n:d:R:")) != -1) {
 		switch (opt) {
 		case 'c': cpu = atoi(optarg); break;
+		case 'g': cgroup = optarg; break;
+		case 'R': rate = atof(optarg); break;
 		case 'r': rounds = atoi(optarg); break;
 		case 'n': iters = atol(optarg); break;
 		case 'd': duration = atof(optarg); break;
 		default:
-			fprintf(stderr, "usage: %s [-c cpu] [-r rounds] [-n iters] [-d secs] mode [arg]\n",
+			fprintf(stderr,
+				"usage: %s [-c cpu] [-g cgroup] [-r rounds] [-n iters] [-d secs [-R rate]] "
+				"mode [arg]\n",
 				argv[0]);
 			return 2;
 		}
@@ -135,6 +166,8 @@ int main(int argc, char **argv)
 	mode = argv[optind];
 	arg = optind + 1 < argc ? argv[optind + 1] : "";
 
+	if (cgroup)
+		join_cgroup(cgroup);
 	if (cpu >= 0) {
 		cpu_set_t set;
 		CPU_ZERO(&set);
@@ -150,7 +183,8 @@ int main(int argc, char **argv)
 			die("socket");
 	}
 
-	run(iters / 10 > 0 ? iters / 10 : 1); /* warm-up: caches, dentries, page tables */
+	long warmup = iters / 10 > 0 ? iters / 10 : 1;
+	run(warmup); /* warm-up: caches, dentries, page tables */
 
 	if (duration > 0) {
 		long total = 0;
@@ -158,9 +192,11 @@ int main(int argc, char **argv)
 		do {
 			run(iters);
 			total += iters;
+			if (rate > 0)
+				sleep_until(t0 + total / rate);
 			t = now_s();
 		} while (t - t0 < duration);
-		printf("total iters=%ld secs=%.6f\n", total, t - t0);
+		printf("total iters=%ld secs=%.6f warmup=%ld\n", total, t - t0, warmup);
 		return 0;
 	}
 	for (int r = 0; r < rounds; r++) {
