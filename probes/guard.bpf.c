@@ -238,6 +238,47 @@ static __always_inline int verdict_index(struct guard_work *w)
 	return lowest_bit(&w->tmp);
 }
 
+/*
+ * With w->t folded: fold the subject, pick the rule, report it and (kill) signal the caller.
+ * The record's object fields and v->path_len (path first in the data, the exe after it) are
+ * set by the caller. Returns the action taken (ST_ACT_*); ST_ACT_NONE if no rule matched.
+ */
+static __always_inline __u8 decide_and_report(struct guard_work *w, struct pathbuf *pb,
+					      struct st_verdict *v, struct st_pol_masks *m,
+					      struct st_guard_cfg *cfg, __u8 op, __u8 mechanism)
+{
+	__u32 slot = cfg->slot & 1;
+	__u32 path_len = v->path_len & (ST_PATH_MAX * 2 - 1);
+	if (path_len > ST_PATH_MAX)
+		return ST_ACT_NONE;
+	__u32 exe_len = fold_subject(w, pb, slot, op, m, (__u8 *)(v + 1) + path_len);
+	int idx = verdict_index(w);
+	if (idx < 0)
+		return ST_ACT_NONE;
+	void *rules = inner(&st_pol_rules, slot);
+	__u32 rk = op * ST_RULES_PER_OP + idx;
+	struct st_pol_rule *rule = rules ? bpf_map_lookup_elem(rules, &rk) : NULL;
+	if (!rule || rule->action == ST_POL_ALLOW)
+		return ST_ACT_ALLOW;
+
+	__u8 asked = rule->action + 1; /* enum st_pol_action -> enum st_action */
+	__u8 action = (rule->flags & ST_RULE_MONITOR) ? ST_ACT_AUDIT : asked;
+	v->generation = cfg->generation[slot];
+	v->rule_index = idx;
+	v->guarded_op = op;
+	v->action = action;
+	v->rule_action = asked;
+	v->mechanism = mechanism;
+	v->exe_len = exe_len;
+	__u32 size = sizeof(*v) + path_len + (exe_len & (ST_PATH_MAX * 2 - 1));
+	fill_hdr(&v->hdr, ST_OP_VERDICT, size);
+	v->hdr.flags = ST_F_PATH_RESOLVED;
+	submit(v, size, ST_OP_VERDICT);
+	if (action == ST_ACT_KILL)
+		bpf_send_signal(SIGKILL); /* and deny: the operation never happens */
+	return action;
+}
+
 /* Returns 1 to allow, 0 to deny (the caller gets EPERM). */
 static __always_inline int judge_sock(struct bpf_sock_addr *ctx, __u8 op, bool v6)
 {
@@ -246,7 +287,6 @@ static __always_inline int judge_sock(struct bpf_sock_addr *ctx, __u8 op, bool v
 	if (!cfg)
 		return 1;
 	__u32 slot = cfg->slot & 1;
-	__u32 generation = cfg->generation[slot];
 
 	void *masks = inner(&st_pol_masks, slot);
 	__u32 opk = op;
@@ -304,38 +344,13 @@ static __always_inline int judge_sock(struct bpf_sock_addr *ctx, __u8 op, bool v
 	if (m_empty(&w->t))
 		return 1; /* no rule targets this address/port: skip the subject work */
 
-	__u32 exe_len = fold_subject(w, pb, slot, op, m, (__u8 *)(v + 1));
-	int idx = verdict_index(w);
-	if (idx < 0)
-		return 1;
-	void *rules = inner(&st_pol_rules, slot);
-	__u32 rk = op * ST_RULES_PER_OP + idx;
-	struct st_pol_rule *rule = rules ? bpf_map_lookup_elem(rules, &rk) : NULL;
-	if (!rule || rule->action == ST_POL_ALLOW)
-		return 1;
-
-	__u8 asked = rule->action + 1; /* enum st_pol_action -> enum st_action */
-	__u8 action = (rule->flags & ST_RULE_MONITOR) ? ST_ACT_AUDIT : asked;
-	v->generation = generation;
-	v->rule_index = idx;
-	v->guarded_op = op;
-	v->action = action;
-	v->rule_action = asked;
-	v->mechanism = ST_MECH_CGROUP_SOCK;
 	v->family = v6 ? AF_INET6 : AF_INET;
 	v->protocol = proto;
 	v->port = port;
-	v->exe_len = exe_len;
 	__builtin_memcpy(v->addr, &ak.data[4], 16);
-	fill_hdr(&v->hdr, ST_OP_VERDICT, sizeof(*v) + exe_len);
-	v->hdr.flags = ST_F_PATH_RESOLVED;
-	submit(v, sizeof(*v) + (exe_len & (ST_PATH_MAX * 2 - 1)), ST_OP_VERDICT);
-
-	if (action == ST_ACT_KILL) {
-		bpf_send_signal(SIGKILL); /* and deny: the connection or bind never happens */
-		return 0;
-	}
-	return action == ST_ACT_DENY ? 0 : 1;
+	v->path_len = 0;
+	__u8 action = decide_and_report(w, pb, v, m, cfg, op, ST_MECH_CGROUP_SOCK);
+	return action == ST_ACT_DENY || action == ST_ACT_KILL ? 0 : 1;
 }
 
 SEC("cgroup/connect4")

@@ -131,8 +131,9 @@ struct st_net {
 };
 
 /*
- * ST_OP_VERDICT: the in-kernel guard decided on an operation (connect/bind here; more hooks
- * later). Emitted for every non-allow decision and for audit; data: exe (kernel path).
+ * ST_OP_VERDICT: the in-kernel guard decided on an operation (cgroup sock hooks; LSM hooks
+ * where BPF-LSM loads). Emitted for every non-allow decision and for audit. Data: the object's
+ * path (path_len bytes, file ops and exec; 0 for network), then the acting exe (exe_len).
  */
 struct st_verdict {
 	struct st_hdr hdr;
@@ -147,6 +148,8 @@ struct st_verdict {
 	__u16 port;         /* host byte order */
 	__u32 exe_len;
 	__u8 addr[16];      /* IPv4 as ::ffff:a.b.c.d */
+	__u32 path_len;
+	__u32 _pad0;
 };
 
 /* ---- maps (names as in the BPF object; st_events is the ring buffer) ---- */

@@ -213,7 +213,7 @@ class Decoder:
     def _verdict(self, raw: bytes) -> model.Event:
         v = self._fixed(abi.Verdict, raw)
         assert isinstance(v, abi.Verdict)
-        (exe,) = _strings(raw[_SIZES[abi.Verdict] :], [v.exe_len])
+        path, exe = _strings(raw[_SIZES[abi.Verdict] :], [v.path_len, v.exe_len])
         addr = bytes(v.addr)
         mapped = addr[:12] == b"\0" * 10 + b"\xff\xff"
         return model.GuardEvent(
@@ -224,10 +224,11 @@ class Decoder:
             mechanism=MECHANISMS.get(v.mechanism, str(v.mechanism)),
             generation=v.generation,
             rule_index=v.rule_index,
-            family="ipv4" if v.family == socket.AF_INET else "ipv6",
+            family={socket.AF_INET: "ipv4", socket.AF_INET6: "ipv6"}.get(v.family, ""),
             protocol=PROTOCOLS.get(v.protocol, str(v.protocol)),
             addr=_addr(socket.AF_INET, addr[12:]) if mapped else _addr(socket.AF_INET6, addr),
             port=v.port,
+            path=_text(path) if v.path_len else None,
         )
 
     def _net(self, raw: bytes) -> model.Event:

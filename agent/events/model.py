@@ -208,13 +208,14 @@ class GuardEvent(Event):
     mechanism: str
     generation: int
     rule_index: int
-    family: str
+    family: str  # network ops ("" for file ops)
     protocol: str
     addr: str
     port: int
+    path: str | None = None  # file ops and exec: the object, as the kernel resolved it
 
     def object_text(self) -> str:
-        what = f"{self.protocol} {_hostport(self.addr, self.port)}"
+        what = self.path or f"{self.protocol} {_hostport(self.addr, self.port)}"
         return f"{self.action.upper()} {self.op} {what} (rule #{self.rule_index}, {self.mechanism})"
 
 

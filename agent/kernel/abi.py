@@ -209,6 +209,8 @@ class Verdict(_S):
         ("port", c_uint16),
         ("exe_len", c_uint32),
         ("addr", c_uint8 * 16),
+        ("path_len", c_uint32),
+        ("_pad0", c_uint32),
     ]
 
 

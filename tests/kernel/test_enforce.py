@@ -244,7 +244,7 @@ class Env:
             out += [json.loads(line) for line in seg.read_bytes().splitlines() if line]
         return out
 
-    def verdict(self, rule: str, timeout: float = 5.0, **match: Any) -> dict[str, Any]:
+    def verdict(self, rule: str, timeout: float = 15.0, **match: Any) -> dict[str, Any]:
         """The first verdict record for ``rule`` (and fields ``match``), waiting for it."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
