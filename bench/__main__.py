@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ("syscall_overhead", "ringbuf_rate")
+BENCHMARKS = ("syscall_overhead", "ringbuf_rate", "policy_overhead", "agent_e2e")
 
 
 def main() -> int:
