@@ -46,6 +46,13 @@ struct pol_addrs {
 	__uint(value_size, sizeof(struct st_mask));
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 };
+struct pol_paths {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 16384);
+	__uint(key_size, sizeof(struct st_lpm_path_key));
+	__uint(value_size, sizeof(struct st_mask));
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+};
 struct pol_ports {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 4096);
@@ -84,6 +91,7 @@ struct pol_cgroup {
 OUTER(st_pol_rules, pol_rules);
 OUTER(st_pol_masks, pol_masks);
 OUTER(st_pol_addrs, pol_addrs);
+OUTER(st_pol_paths, pol_paths);
 OUTER(st_pol_ports, pol_ports);
 OUTER(st_pol_exe, pol_exe);
 OUTER(st_pol_uid, pol_ids);
@@ -100,6 +108,7 @@ struct {
 /* per-CPU work area: keys and masks are too big for the 512-byte stack */
 struct guard_work {
 	struct st_lpm_path_key exe_key;
+	struct st_lpm_path_key path_key;
 	struct st_mask t;    /* T: what the object matches */
 	struct st_mask s;    /* S: who the subject conditions select */
 	struct st_mask x;    /* X: who the exceptions select */
@@ -453,3 +462,173 @@ int BPF_PROG(st_guard_exit, struct task_struct *task)
 	}
 	return 0;
 }
+
+/* ---- BPF-LSM (hosts where `sealtrail doctor` says it loads): deny before the effect ----
+ *
+ * Every file operation and exec, judged on the path the kernel resolved (a dentry walk of the
+ * object, so symlinks, relative paths and ".." are already gone), through the same tables
+ * and verdict tail as the cgroup hooks. Returning -EPERM denies; kill = deny + SIGKILL.
+ */
+
+#define EPERM 1
+
+/* Start a decision for a file op: the op's masks and the work areas; NULL = no rule. */
+static __always_inline struct st_pol_masks *begin(struct st_guard_cfg **cfg, __u8 op)
+{
+	__u32 zero = 0;
+	*cfg = bpf_map_lookup_elem(&st_guard_cfg, &zero);
+	if (!*cfg)
+		return NULL;
+	void *masks = inner(&st_pol_masks, (*cfg)->slot & 1);
+	__u32 opk = op;
+	return masks ? bpf_map_lookup_elem(masks, &opk) : NULL;
+}
+
+/*
+ * w->t |= the paths-table mask of @path (walked into the record's data at @dst, which then
+ * holds it for the report); returns the path's length (NUL included).
+ */
+static __always_inline __u32 or_path_target(struct guard_work *w, struct pathbuf *pb, __u32 slot,
+					    __u8 op, const struct path *path, __u8 *dst)
+{
+	bool truncated = false;
+	__u32 n = put_walked(dst, pb, path, &truncated);
+	__u32 len = n + 1;
+	if (len > sizeof(w->path_key.data))
+		len = sizeof(w->path_key.data);
+	w->path_key.data[0] = op;
+	bpf_probe_read_kernel(&w->path_key.data[1], sizeof(w->path_key.data) - 1, dst);
+	w->path_key.prefixlen = len * 8;
+	void *paths = inner(&st_pol_paths, slot);
+	struct st_mask *pm = paths ? bpf_map_lookup_elem(paths, &w->path_key) : NULL;
+	if (pm)
+		m_or(&w->t, pm);
+	return n;
+}
+
+/* Judge a file op on one or two objects (rename: old and new); returns 0 or -EPERM. */
+static __always_inline int judge_file(__u8 op, const struct path *p1, const struct path *p2,
+				      __u32 access_slots)
+{
+	struct st_guard_cfg *cfg;
+	struct st_pol_masks *m = begin(&cfg, op);
+	if (!m)
+		return 0;
+	struct guard_work *w = get_work();
+	struct pathbuf *pb = get_pathbuf();
+	struct st_verdict *v = get_scratch();
+	if (!w || !pb || !v)
+		return 0;
+	__u32 slot = cfg->slot & 1;
+	__builtin_memset(&w->t, 0, sizeof(w->t));
+	__u8 *data = (__u8 *)(v + 1);
+	__u32 n = or_path_target(w, pb, slot, op, p1, data);
+	if (p2) {
+		/* the report names the first path; the second only adds rules */
+		or_path_target(w, pb, slot, op, p2, data + ST_PATH_MAX);
+	}
+	if (access_slots) {
+		__builtin_memset(&w->tmp, 0, sizeof(w->tmp));
+		for (int a = 0; a < 4; a++)
+			if (access_slots & (1u << a))
+				m_or(&w->tmp, &m->slot[ST_SLOT_ACCESS_READ + a]);
+		m_and(&w->t, &w->tmp);
+	}
+	if (m_empty(&w->t))
+		return 0;
+	v->family = 0;
+	v->protocol = 0;
+	v->port = 0;
+	__builtin_memset(v->addr, 0, sizeof(v->addr));
+	v->path_len = n;
+	__u8 action = decide_and_report(w, pb, v, m, cfg, op, ST_MECH_LSM);
+	return action == ST_ACT_DENY || action == ST_ACT_KILL ? -EPERM : 0;
+}
+
+/* access kinds of an open, as bits of ST_SLOT_ACCESS_{READ,WRITE,CREATE,TRUNCATE} */
+static __always_inline __u32 open_access(__u32 flags)
+{
+	__u32 acc = flags & 3, bits = 0;
+	if (acc == 0 || acc == 2)
+		bits |= 1;
+	if (acc == 1 || acc == 2)
+		bits |= 2;
+	if (flags & 01000) /* O_TRUNC */
+		bits |= 8;
+	return bits;
+}
+
+/* a child dentry of a directory path, as a struct path (for the dentry walk) */
+static __always_inline struct path child_path(const struct path *dir, struct dentry *dentry)
+{
+	struct path p = {};
+	p.mnt = BPF_CORE_READ(dir, mnt);
+	p.dentry = dentry;
+	return p;
+}
+
+SEC("lsm/bprm_check_security")
+int BPF_PROG(st_lsm_exec, struct linux_binprm *bprm, int ret)
+{
+	if (ret)
+		return ret;
+	struct path p = BPF_CORE_READ(bprm, file, f_path);
+	return judge_file(ST_OP_EXEC, &p, NULL, 0);
+}
+
+SEC("lsm/file_open")
+int BPF_PROG(st_lsm_file_open, struct file *file, int ret)
+{
+	if (ret)
+		return ret;
+	struct path p = BPF_CORE_READ(file, f_path);
+	return judge_file(ST_OP_OPEN, &p, NULL, open_access(BPF_CORE_READ(file, f_flags)));
+}
+
+/* open(O_CREAT) of a new file: may_o_create() asks security_path_mknod before creating it */
+SEC("lsm/path_mknod")
+int BPF_PROG(st_lsm_create, const struct path *dir, struct dentry *dentry, umode_t mode,
+	     unsigned int dev, int ret)
+{
+	if (ret)
+		return ret;
+	struct path p = child_path(dir, dentry);
+	return judge_file(ST_OP_OPEN, &p, NULL, 4 /* create */);
+}
+
+SEC("lsm/path_unlink")
+int BPF_PROG(st_lsm_unlink, const struct path *dir, struct dentry *dentry, int ret)
+{
+	if (ret)
+		return ret;
+	struct path p = child_path(dir, dentry);
+	return judge_file(ST_OP_UNLINK, &p, NULL, 0);
+}
+
+SEC("lsm/path_rename")
+int BPF_PROG(st_lsm_rename, const struct path *old_dir, struct dentry *old_dentry,
+	     const struct path *new_dir, struct dentry *new_dentry, unsigned int flags, int ret)
+{
+	if (ret)
+		return ret;
+	struct path from = child_path(old_dir, old_dentry);
+	struct path to = child_path(new_dir, new_dentry);
+	return judge_file(ST_OP_RENAME, &from, &to, 0);
+}
+
+SEC("lsm/path_chmod")
+int BPF_PROG(st_lsm_chmod, const struct path *path, umode_t mode, int ret)
+{
+	if (ret)
+		return ret;
+	return judge_file(ST_OP_CHMOD, path, NULL, 0);
+}
+
+SEC("lsm/path_chown")
+int BPF_PROG(st_lsm_chown, const struct path *path, __u32 uid, __u32 gid, int ret)
+{
+	if (ret)
+		return ret;
+	return judge_file(ST_OP_CHOWN, path, NULL, 0);
+}
+

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.enforce.fanotify import FanotifyGuard, PermissionRequest
-from agent.enforce.guard import GUARDED_OPS, Guard
+from agent.enforce.guard import GUARDED_OPS, LSM_OPS, Guard
 from agent.events import model
 from agent.events.stream import EventStream
 from agent.policy.compile import CompiledPolicySet, compile_policy_set
@@ -202,9 +202,11 @@ class Enforcer:
             lineage=any(rule.subjects is not None and rule.subjects.inherits
                         for _, _, rule in policy_set.rules()),
         )  # fmt: skip
-        has_net = any(e.rule.operation in GUARDED_OPS for e in enforcements)
-        if has_net and self._guard is None:
-            self._guard = Guard(self._cgroup, shared_maps=self.stream.shared_maps())
+        in_kernel = GUARDED_OPS | (LSM_OPS if self.caps.lsm else frozenset())
+        if self._guard is None and any(e.rule.operation in in_kernel for e in enforcements):
+            self._guard = Guard(
+                self._cgroup, shared_maps=self.stream.shared_maps(), lsm=self.caps.lsm
+            )
         if self._guard is not None:
             self._guard.install(compiled)
         self._update_stream(policy_set)
@@ -316,7 +318,9 @@ class Enforcer:
         if isinstance(ev, model.GuardEvent):
             self._guard_verdict(ev)
             return
-        if ev.kind in GUARDED_OPS and self._guard is not None:
+        if self._guard is not None and (
+            ev.kind in GUARDED_OPS or (self._guard.lsm and ev.kind in LSM_OPS)
+        ):
             return  # the guard judged it in the kernel and reported any verdict itself
         process = Process(exe=ev.exe, uid=ev.uid, gid=ev.gid)
         request = request_from_event(ev, process)
@@ -359,11 +363,16 @@ class Enforcer:
         action = ev.action
         if rule.mode == "monitor" and rule.action in ("deny", "kill"):
             action = f"would_{rule.action}"
+        obj: dict[str, Any] = (
+            {"path": ev.path}
+            if ev.path is not None
+            else {"family": ev.family, "protocol": ev.protocol, "addr": ev.addr, "port": ev.port}
+        )
+        mechanism = ev.mechanism + ("+sigkill" if ev.action == "kill" else "")
         self.verdicts.append(
             VerdictRecord(
-                action, rule.rule_id, rule.policy_name, compiled.digest, ev.mechanism, ev.op,
-                False, ev.pid, ev.exe,
-                {"family": ev.family, "protocol": ev.protocol, "addr": ev.addr, "port": ev.port},
+                action, rule.rule_id, rule.policy_name, compiled.digest, mechanism, ev.op,
+                False, ev.pid, ev.exe, obj,
             )
         )  # fmt: skip
 

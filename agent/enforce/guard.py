@@ -42,7 +42,13 @@ log = logging.getLogger(__name__)
 
 PROGRAMS = ("st_guard_connect4", "st_guard_connect6", "st_guard_bind4", "st_guard_bind6")
 LINEAGE_PROGRAMS = ("st_guard_fork", "st_guard_exec", "st_guard_exit")
+LSM_PROGRAMS = (
+    "st_lsm_exec", "st_lsm_file_open", "st_lsm_create", "st_lsm_unlink", "st_lsm_rename",
+    "st_lsm_chmod", "st_lsm_chown",
+)  # fmt: skip
 GUARDED_OPS = frozenset({"connect", "bind"})
+#: Operations the LSM hooks judge in the kernel where BPF-LSM loads.
+LSM_OPS = frozenset({"exec", "open", "unlink", "rename", "chmod", "chown"})
 
 
 @dataclass(frozen=True)
@@ -60,7 +66,7 @@ def _tables() -> dict[str, _Table]:
     kinds = {"array": BPF_MAP_TYPE_ARRAY, "hash": BPF_MAP_TYPE_HASH,
              "lpm_trie": BPF_MAP_TYPE_LPM_TRIE}  # fmt: skip
     out = {}
-    for name in ("rules", "masks", "addrs", "ports", "exe", "uid", "gid"):
+    for name in ("rules", "masks", "addrs", "ports", "paths", "exe", "uid", "gid"):
         spec = MAPS[name]
         out[name] = _Table(
             spec.name, kinds[spec.kind], spec.key_size, spec.value_size, spec.max_entries,
@@ -120,7 +126,10 @@ class Guard:
     """Load + attach the guard; ``install`` compiled policies; ``close`` detaches everything."""
 
     def __init__(
-        self, cgroup: Path | str | None = None, shared_maps: dict[str, int] | None = None
+        self,
+        cgroup: Path | str | None = None,
+        shared_maps: dict[str, int] | None = None,
+        lsm: bool = False,
     ) -> None:
         self.cgroup = Path(cgroup) if cgroup else cgroup2_root()
         self.cgroup_root = cgroup2_root()
@@ -131,11 +140,15 @@ class Guard:
         try:
             for name, fd in (shared_maps or {}).items():
                 self._obj.reuse_map(name, fd)
+            # LSM programs load only where BPF-LSM does (doctor probes it): elsewhere the
+            # kernel refuses them and would take the whole object down with them
+            self._obj.only_load(lambda name, section: lsm or not section.startswith("lsm"))
             self._obj.load()
             for prog in PROGRAMS:
                 self._obj.attach_cgroup(prog, self.cgroup)
-            for prog in LINEAGE_PROGRAMS:
+            for prog in LINEAGE_PROGRAMS + (LSM_PROGRAMS if lsm else ()):
                 self._obj.attach(prog)
+            self.lsm = lsm
             self._cfg = self._obj.map(abi.MAP_GUARD_CFG)
             self._outer = {name: self._obj.map(t.outer) for name, t in TABLES.items()}
         except BaseException:

@@ -22,6 +22,8 @@ from agent.kernel.host import HostReport, probe_host
 pytestmark = pytest.mark.kernel
 
 DEV_KERNEL = "-fc-" in os.uname().release  # refuses lsm/ and fentry/ programs (DESIGN.md 2)
+# Set by the stock-kernel VM (tests/vm/guest.sh): there BPF-LSM MUST load (asserted, not skipped).
+EXPECT_LSM = os.environ.get("SEALTRAIL_EXPECT_LSM") == "1"
 TRAMPOLINE_EPERM = "EPERM on load: the kernel refuses trampoline programs"
 
 
@@ -50,7 +52,10 @@ def test_required_capabilities_present(report: HostReport) -> None:
 
 def test_trampolines_refused_with_eperm(report: HostReport) -> None:
     lsm, fentry = report.checks["bpf_lsm"], report.checks["fentry"]
-    if not DEV_KERNEL and lsm.ok:
+    if EXPECT_LSM:
+        assert lsm.ok, f"BPF-LSM must load on this kernel: {lsm}"
+        assert fentry.ok, f"fentry must load on this kernel: {fentry}"
+    if EXPECT_LSM or (not DEV_KERNEL and lsm.ok):
         assert report.plan.enforcement["open"] == "lsm"
         return
     for name, check in (("doctor_lsm", lsm), ("doctor_fentry", fentry)):
