@@ -31,6 +31,7 @@ struct st_pol_id_key _st_pol_id_key;
 struct st_pol_id _st_pol_id;
 struct st_pol_cgroup_key _st_pol_cgroup_key;
 struct st_lineage_key _st_lineage_key;
+struct st_inode_key _st_inode_key;
 struct st_lineage _st_lineage;
 struct st_guard_cfg _st_guard_cfg;
 enum st_op _st_op;

@@ -53,6 +53,12 @@ struct pol_paths {
 	__uint(value_size, sizeof(struct st_mask));
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 };
+struct pol_inodes {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__uint(key_size, sizeof(struct st_inode_key));
+	__uint(value_size, sizeof(struct st_mask));
+};
 struct pol_ports {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(max_entries, 4096);
@@ -92,6 +98,7 @@ OUTER(st_pol_rules, pol_rules);
 OUTER(st_pol_masks, pol_masks);
 OUTER(st_pol_addrs, pol_addrs);
 OUTER(st_pol_paths, pol_paths);
+OUTER(st_pol_inodes, pol_inodes);
 OUTER(st_pol_ports, pol_ports);
 OUTER(st_pol_exe, pol_exe);
 OUTER(st_pol_uid, pol_ids);
@@ -109,6 +116,10 @@ struct {
 struct guard_work {
 	struct st_lpm_path_key exe_key;
 	struct st_lpm_path_key path_key;
+	struct st_lpm_addr_key addr_key;
+	struct st_pol_id_key id_key;
+	struct st_pol_cgroup_key cg_key;
+	struct st_lineage_key lin_key;
 	struct st_mask t;    /* T: what the object matches */
 	struct st_mask s;    /* S: who the subject conditions select */
 	struct st_mask x;    /* X: who the exceptions select */
@@ -201,9 +212,10 @@ static __always_inline __u32 fold_subject(struct guard_work *w, struct pathbuf *
 					  __u8 op, struct st_pol_masks *m, void *exe_dst)
 {
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
-	struct path exe_path = BPF_CORE_READ(task, mm, exe_file, f_path);
+	struct file *exe_file = BPF_CORE_READ(task, mm, exe_file);
 	bool truncated = false;
-	__u32 n = put_walked(exe_dst, pb, &exe_path, &truncated);
+	__u32 n = put_walked(exe_dst, pb, __builtin_preserve_access_index(&exe_file->f_path),
+			     &truncated);
 
 	/* key data: op, path, NUL (so exact entries, which end in NUL, can match) */
 	__u32 len = n + 1;
@@ -221,21 +233,27 @@ static __always_inline __u32 fold_subject(struct guard_work *w, struct pathbuf *
 		m_or(&w->s, &exe->self);
 		m_or(&w->x, &exe->xself);
 	}
-	struct st_lineage_key lk = {.tgid = bpf_get_current_pid_tgid() >> 32, .op = op};
-	struct st_lineage *lin = bpf_map_lookup_elem(&st_lineage, &lk);
+	w->lin_key.tgid = bpf_get_current_pid_tgid() >> 32;
+	w->lin_key.op = op;
+	struct st_lineage *lin = bpf_map_lookup_elem(&st_lineage, &w->lin_key);
 	if (lin) {
 		m_or(&w->s, &lin->inherit);
 		m_or(&w->x, &lin->xinherit);
 	}
 	m_and(&w->x, &m->slot[ST_SLOT_HAS_EXCEPT]);
 
+	/* keys in w, not on the stack: this runs next to the dentry walk's frame */
 	__u64 uid_gid = bpf_get_current_uid_gid();
-	struct st_pol_id_key ik = {.op = op, .id = (__u32)uid_gid};
-	fold_id(w, m, inner(&st_pol_uid, slot), &ik, ST_SLOT_UID_ANY, ST_SLOT_X_UID_ANY);
-	ik.id = uid_gid >> 32;
-	fold_id(w, m, inner(&st_pol_gid, slot), &ik, ST_SLOT_GID_ANY, ST_SLOT_X_GID_ANY);
-	struct st_pol_cgroup_key ck = {.op = op, .cgroup_id = bpf_get_current_cgroup_id()};
-	fold_id(w, m, inner(&st_pol_cgroup, slot), &ck, ST_SLOT_CGROUP_ANY, ST_SLOT_X_CGROUP_ANY);
+	w->id_key.op = op;
+	w->id_key.id = (__u32)uid_gid;
+	fold_id(w, m, inner(&st_pol_uid, slot), &w->id_key, ST_SLOT_UID_ANY, ST_SLOT_X_UID_ANY);
+	w->id_key.id = uid_gid >> 32;
+	fold_id(w, m, inner(&st_pol_gid, slot), &w->id_key, ST_SLOT_GID_ANY, ST_SLOT_X_GID_ANY);
+	w->cg_key.op = op;
+	w->cg_key._pad0 = 0;
+	w->cg_key.cgroup_id = bpf_get_current_cgroup_id();
+	fold_id(w, m, inner(&st_pol_cgroup, slot), &w->cg_key, ST_SLOT_CGROUP_ANY,
+		ST_SLOT_X_CGROUP_ANY);
 	return n;
 }
 
@@ -288,6 +306,37 @@ static __always_inline __u8 decide_and_report(struct guard_work *w, struct pathb
 	return action;
 }
 
+/* w->t = rules whose address, port and protocol match; false if none */
+static __always_inline bool fold_net_target(struct guard_work *w, struct st_pol_masks *m,
+					    __u32 slot, __u8 op, struct st_lpm_addr_key *ak,
+					    __u16 port, __u8 proto)
+{
+	void *addrs = inner(&st_pol_addrs, slot);
+	struct st_mask *am = addrs ? bpf_map_lookup_elem(addrs, ak) : NULL;
+	m_copy(&w->t, &m->slot[ST_SLOT_ADDR_ANY]);
+	if (am)
+		m_or(&w->t, am);
+
+	struct st_lpm_port_key pk = {.prefixlen = 32};
+	pk.data[0] = op;
+	pk.data[2] = port >> 8;
+	pk.data[3] = port & 0xff;
+	void *ports = inner(&st_pol_ports, slot);
+	struct st_mask *pm = ports ? bpf_map_lookup_elem(ports, &pk) : NULL;
+	m_copy(&w->tmp, &m->slot[ST_SLOT_PORT_ANY]);
+	if (pm)
+		m_or(&w->tmp, pm);
+	m_and(&w->t, &w->tmp);
+
+	m_copy(&w->tmp, &m->slot[ST_SLOT_PROTO_ANY]);
+	if (proto == IPPROTO_TCP)
+		m_or(&w->tmp, &m->slot[ST_SLOT_PROTO_TCP]);
+	else if (proto == IPPROTO_UDP)
+		m_or(&w->tmp, &m->slot[ST_SLOT_PROTO_UDP]);
+	m_and(&w->t, &w->tmp);
+	return !m_empty(&w->t);
+}
+
 /* Returns 1 to allow, 0 to deny (the caller gets EPERM). */
 static __always_inline int judge_sock(struct bpf_sock_addr *ctx, __u8 op, bool v6)
 {
@@ -309,54 +358,34 @@ static __always_inline int judge_sock(struct bpf_sock_addr *ctx, __u8 op, bool v
 	if (!w || !pb || !v)
 		return 1;
 
-	struct st_lpm_addr_key ak = {.prefixlen = 32 + 128};
-	ak.data[0] = op;
+	/* keys live in w: with the dentry walk's frame, the stack is nearly full */
+	struct st_lpm_addr_key *ak = &w->addr_key;
+	__builtin_memset(ak, 0, sizeof(*ak));
+	ak->prefixlen = 32 + 128;
+	ak->data[0] = op;
 	if (v6) {
 		/* the ctx allows 4-byte loads only */
 		__u32 a0 = ctx->user_ip6[0], a1 = ctx->user_ip6[1];
 		__u32 a2 = ctx->user_ip6[2], a3 = ctx->user_ip6[3];
-		__builtin_memcpy(&ak.data[4], &a0, 4);
-		__builtin_memcpy(&ak.data[8], &a1, 4);
-		__builtin_memcpy(&ak.data[12], &a2, 4);
-		__builtin_memcpy(&ak.data[16], &a3, 4);
+		__builtin_memcpy(&ak->data[4], &a0, 4);
+		__builtin_memcpy(&ak->data[8], &a1, 4);
+		__builtin_memcpy(&ak->data[12], &a2, 4);
+		__builtin_memcpy(&ak->data[16], &a3, 4);
 	} else {
 		__u32 a = ctx->user_ip4;
-		ak.data[14] = 0xff;
-		ak.data[15] = 0xff;
-		__builtin_memcpy(&ak.data[16], &a, 4);
+		ak->data[14] = 0xff;
+		ak->data[15] = 0xff;
+		__builtin_memcpy(&ak->data[16], &a, 4);
 	}
-	void *addrs = inner(&st_pol_addrs, slot);
-	struct st_mask *am = addrs ? bpf_map_lookup_elem(addrs, &ak) : NULL;
-	m_copy(&w->t, &m->slot[ST_SLOT_ADDR_ANY]);
-	if (am)
-		m_or(&w->t, am);
-
 	__u16 port = bpf_ntohs((__u16)ctx->user_port);
-	struct st_lpm_port_key pk = {.prefixlen = 32};
-	pk.data[0] = op;
-	pk.data[2] = port >> 8;
-	pk.data[3] = port & 0xff;
-	void *ports = inner(&st_pol_ports, slot);
-	struct st_mask *pm = ports ? bpf_map_lookup_elem(ports, &pk) : NULL;
-	m_copy(&w->tmp, &m->slot[ST_SLOT_PORT_ANY]);
-	if (pm)
-		m_or(&w->tmp, pm);
-	m_and(&w->t, &w->tmp);
-
 	__u8 proto = ctx->protocol;
-	m_copy(&w->tmp, &m->slot[ST_SLOT_PROTO_ANY]);
-	if (proto == IPPROTO_TCP)
-		m_or(&w->tmp, &m->slot[ST_SLOT_PROTO_TCP]);
-	else if (proto == IPPROTO_UDP)
-		m_or(&w->tmp, &m->slot[ST_SLOT_PROTO_UDP]);
-	m_and(&w->t, &w->tmp);
-	if (m_empty(&w->t))
+	if (!fold_net_target(w, m, slot, op, ak, port, proto))
 		return 1; /* no rule targets this address/port: skip the subject work */
 
 	v->family = v6 ? AF_INET6 : AF_INET;
 	v->protocol = proto;
 	v->port = port;
-	__builtin_memcpy(v->addr, &ak.data[4], 16);
+	__builtin_memcpy(v->addr, &ak->data[4], 16);
 	v->path_len = 0;
 	__u8 action = decide_and_report(w, pb, v, m, cfg, op, ST_MECH_CGROUP_SOCK);
 	return action == ST_ACT_DENY || action == ST_ACT_KILL ? 0 : 1;
@@ -503,6 +532,17 @@ static __always_inline __u32 or_path_target(struct guard_work *w, struct pathbuf
 	struct st_mask *pm = paths ? bpf_map_lookup_elem(paths, &w->path_key) : NULL;
 	if (pm)
 		m_or(&w->t, pm);
+	/* the same file under another name (a hard link) is judged by the name the rule uses */
+	struct inode *inode = BPF_CORE_READ(path, dentry, d_inode);
+	if (inode) {
+		struct st_inode_key ik = {.op = op};
+		ik.dev = BPF_CORE_READ(inode, i_sb, s_dev);
+		ik.ino = BPF_CORE_READ(inode, i_ino);
+		void *inodes = inner(&st_pol_inodes, slot);
+		struct st_mask *im = inodes ? bpf_map_lookup_elem(inodes, &ik) : NULL;
+		if (im)
+			m_or(&w->t, im);
+	}
 	return n;
 }
 
@@ -630,5 +670,50 @@ int BPF_PROG(st_lsm_chown, const struct path *path, __u32 uid, __u32 gid, int re
 	if (ret)
 		return ret;
 	return judge_file(ST_OP_CHOWN, path, NULL, 0);
+}
+
+/* listen(2): the local address and port of the socket (there is no cgroup hook for it) */
+SEC("lsm/socket_listen")
+int BPF_PROG(st_lsm_listen, struct socket *sock, int backlog, int ret)
+{
+	if (ret)
+		return ret;
+	struct st_guard_cfg *cfg;
+	struct st_pol_masks *m = begin(&cfg, ST_OP_LISTEN);
+	if (!m)
+		return 0;
+	struct guard_work *w = get_work();
+	struct pathbuf *pb = get_pathbuf();
+	struct st_verdict *v = get_scratch();
+	struct sock *sk = BPF_CORE_READ(sock, sk);
+	if (!w || !pb || !v || !sk)
+		return 0;
+	__u32 slot = cfg->slot & 1;
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	struct st_lpm_addr_key *ak = &w->addr_key; /* the stack is full: keep the key in w */
+	__builtin_memset(ak, 0, sizeof(*ak));
+	ak->prefixlen = 32 + 128;
+	ak->data[0] = ST_OP_LISTEN;
+	if (family == AF_INET6) {
+		BPF_CORE_READ_INTO(&ak->data[4], sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+	} else if (family == AF_INET) {
+		__u32 a = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		ak->data[14] = 0xff;
+		ak->data[15] = 0xff;
+		__builtin_memcpy(&ak->data[16], &a, 4);
+	} else {
+		return 0;
+	}
+	__u16 port = BPF_CORE_READ(sk, __sk_common.skc_num);
+	__u8 proto = BPF_CORE_READ(sk, sk_protocol);
+	if (!fold_net_target(w, m, slot, ST_OP_LISTEN, ak, port, proto))
+		return 0;
+	v->family = family;
+	v->protocol = proto;
+	v->port = port;
+	__builtin_memcpy(v->addr, &ak->data[4], 16);
+	v->path_len = 0;
+	__u8 action = decide_and_report(w, pb, v, m, cfg, ST_OP_LISTEN, ST_MECH_LSM);
+	return action == ST_ACT_DENY || action == ST_ACT_KILL ? -EPERM : 0;
 }
 

@@ -271,6 +271,17 @@ struct st_pol_cgroup_key { /* st_pol_cgroup: the agent resolves cgroup paths to 
 	__u64 cgroup_id;
 };
 
+/*
+ * st_pol_inodes (hash, LSM hooks): the files exact path rules name, by identity, so that a hard
+ * link (another name for the same inode) is judged like the name the rule uses. Filled by the
+ * agent at load from the paths table; dev is the kernel's encoding (MAJOR << 20 | MINOR).
+ */
+struct st_inode_key {
+	__u32 op;
+	__u32 dev;
+	__u64 ino;
+};
+
 /* st_lineage (hash): what a task inherited from ancestors' binaries, per op */
 struct st_lineage_key {
 	__u32 tgid;

@@ -74,6 +74,7 @@ def _tables() -> dict[str, _Table]:
         )  # fmt: skip
     cg = MAPS["cgroup"]
     out["cgroup"] = _Table(cg.name, BPF_MAP_TYPE_HASH, 16, cg.value_size, 16384)
+    out["inodes"] = _Table("st_pol_inodes", BPF_MAP_TYPE_HASH, 16, MAPS["paths"].value_size, 4096)
     return out
 
 
@@ -110,6 +111,28 @@ def _cgroup_entries(compiled: CompiledPolicySet, root: Path) -> dict[bytes, byte
             value = _lpm_find(table, prefixlen, data, size)
             if value is not None:
                 entries[bytes(abi.PolCgroupKey(op=op, cgroup_id=cgid))] = value
+    return entries
+
+
+def _inode_entries(compiled: CompiledPolicySet) -> dict[bytes, bytes]:
+    """st_pol_inodes: each exact path a rule names, by (op, device, inode), with its masks.
+
+    A hard link is the same inode under another name; the LSM hooks look the object up here
+    too, so the link is judged like the name the rule uses. Files created after the load are
+    matched by path until the next reload.
+    """
+    entries: dict[bytes, bytes] = {}
+    for key, value in compiled.maps.get("paths", {}).items():
+        length = int.from_bytes(key[:4], "little") // 8
+        data = key[4 : 4 + length]
+        if len(data) < 3 or data[-1] != 0:
+            continue  # a prefix entry: no single file
+        try:
+            st = os.stat(data[1:-1])
+        except OSError:
+            continue
+        dev = (os.major(st.st_dev) << 20) | os.minor(st.st_dev)  # the kernel's s_dev encoding
+        entries[bytes(abi.InodeKey(op=data[0], dev=dev, ino=st.st_ino))] = value
     return entries
 
 
@@ -167,11 +190,12 @@ class Guard:
         fresh: list[Map] = []
         try:
             for name, table in TABLES.items():
-                entries = (
-                    _cgroup_entries(compiled, self.cgroup_root)
-                    if name == "cgroup"
-                    else compiled.maps.get(name, {})
-                )
+                if name == "cgroup":
+                    entries = _cgroup_entries(compiled, self.cgroup_root)
+                elif name == "inodes":
+                    entries = _inode_entries(compiled)
+                else:
+                    entries = dict(compiled.maps.get(name, {}))
                 inner = Map.create(table.map_type, f"st_{name}_{idle}", table.key_size,
                                    table.value_size, table.max_entries, table.flags)  # fmt: skip
                 fresh.append(inner)

@@ -259,6 +259,10 @@ class PolCgroupKey(_S):
     _fields_ = [("op", c_uint32), ("_pad0", c_uint32), ("cgroup_id", c_uint64)]
 
 
+class InodeKey(_S):
+    _fields_ = [("op", c_uint32), ("dev", c_uint32), ("ino", c_uint64)]
+
+
 class LineageKey(_S):
     _fields_ = [("tgid", c_uint32), ("op", c_uint32)]
 
@@ -298,6 +302,7 @@ STRUCTS: dict[str, type[ctypes.Structure]] = {
     "st_pol_id": PolId,
     "st_pol_cgroup_key": PolCgroupKey,
     "st_lineage_key": LineageKey,
+    "st_inode_key": InodeKey,
     "st_lineage": Lineage,
     "st_guard_cfg": GuardCfg,
 }

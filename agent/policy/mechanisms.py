@@ -59,7 +59,9 @@ DENY_HOOKS: dict[str, tuple[str, ...]] = {
     "connect": ("cgroup-sock", "lsm"),
     "bind": ("cgroup-sock", "lsm"),
     "listen": ("lsm",),
-    "accept": ("lsm",),
+    # the LSM accept hook runs before the peer is known, so an address rule cannot be judged
+    # there: accept rules need a fallback everywhere
+    "accept": (),
 }
 _CAPABILITY = {"lsm": "lsm", "fanotify": "fanotify", "cgroup-sock": "cgroup_sock"}
 
