@@ -92,7 +92,15 @@ def start_agent(root: Path, cgroup: Path, ringbuf: int) -> tuple[subprocess.Pope
             agent.kill()
             raise SystemExit("agent did not start in 60 s")
         time.sleep(0.05)
-    return agent, time.perf_counter() - t0
+    elapsed = time.perf_counter() - t0
+    time.sleep(0.1)  # status.json is written before the agent would exit on a rejected policy
+    status = json.loads((root / "run" / "status.json").read_text() or "{}")
+    if status.get("result") != "loaded" or agent.poll() is not None:
+        agent.kill()
+        agent.wait()
+        log = (root / "agent.log").read_text()[-2000:]
+        raise SystemExit(f"agent did not start: status {status}\n{log}")
+    return agent, elapsed
 
 
 def cpu_seconds(pid: int) -> float:
@@ -298,7 +306,8 @@ def main() -> int:
     clean = [r for r in runs if r["lost"] == 0 and r["unaccounted"] == 0]
     best = max((float(r["recorded_per_s"]) for r in clean), default=0.0)  # type: ignore[arg-type]
     print()
-    cap = 1e6 / min(float(r["agent_cpu_us_per_record"]) for r in runs)  # type: ignore[arg-type]
+    per_rec = [float(r["agent_cpu_us_per_record"]) for r in runs if r["recorded"]]  # type: ignore[arg-type]
+    cap = 1e6 / min(per_rec) if per_rec and min(per_rec) > 0 else 0.0
     print(f"highest rate recorded with no loss: {best:.0f} events/s; flood: "
           f"{runs[0]['recorded_per_s']:.0f} recorded/s, {runs[0]['lost']} reported lost; "
           f"agent CPU bound: {cap:.0f} records/s per core")  # fmt: skip

@@ -48,6 +48,7 @@ import benchlib
 from benchlib import BenchCgroup, BpfStats, loadgen, own_prog_stats, summary
 
 from agent.enforce.enforcer import Enforcer
+from agent.enforce.fanotify import PermissionRequest
 from agent.enforce.guard import Guard
 from agent.events import model
 from agent.events.stream import EventStream, StreamConfig
@@ -153,6 +154,7 @@ class PolicyAgent:
         self.lost = 0
         self.verdicts = 0
         self.install_s = 0.0
+        self.decide_s: list[float] = []  # Enforcer._decide_permission wall time per call
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -164,6 +166,18 @@ class PolicyAgent:
             t0 = time.perf_counter()
             self.enforcer.install(self.policy_set)
             self.install_s = time.perf_counter() - t0
+            fan = self.enforcer._fanotify  # bench only: time the decision callback itself
+            if fan is not None:
+                decide = fan._decide
+
+                def timed(req: PermissionRequest) -> bool:
+                    t = time.perf_counter()
+                    try:
+                        return decide(req)
+                    finally:
+                        self.decide_s.append(time.perf_counter() - t)
+
+                fan._decide = timed
         except BaseException:
             self.stream.close()
             raise
@@ -228,6 +242,7 @@ def timing_pass(
     samples: dict[str, dict[str, list[float]]] = {w: {} for w in wls}
     installs: dict[str, list[float]] = {}
     counts: dict[str, dict[str, int]] = {}
+    decide_us: dict[str, list[float]] = {}
     order = list(SCENARIOS)
     for r in range(rounds):
         for scn in order[r % len(order) :] + order[: r % len(order)]:
@@ -245,8 +260,14 @@ def timing_pass(
                 c["events"] += agent.events
                 c["lost"] += agent.lost
                 c["verdicts"] += agent.verdicts
+                decide_us.setdefault(scn, []).extend(t * 1e6 for t in agent.decide_s)
         print(f"  round {r + 1}/{rounds} done", flush=True)
-    return {"samples": samples, "enforcer_install_s": installs, "stream": counts}
+    return {
+        "samples": samples,
+        "enforcer_install_s": installs,
+        "stream": counts,
+        "decide_us": {scn: summary(v) for scn, v in decide_us.items() if v},
+    }
 
 
 def stats_pass(
@@ -386,6 +407,12 @@ def print_tables(result: dict[str, object]) -> None:
         print(f"fanotify decision, {n} rules: marked open {d['marked_us']:.1f} us, sibling "
               f"{d['sibling_us']:.1f} us, exec {d['exec_us']:.1f} us over the unmarked/no-agent "
               "case (per open/exec, medians)")  # fmt: skip
+    timing = result["timing"]
+    assert isinstance(timing, dict)
+    for scn, d in timing["decide_us"].items():
+        print(f"  of which the decision callback (Enforcer._decide_permission), "
+              f"{SCENARIO_SIZE[scn]} rules: median {d['median']:.1f} us "
+              f"({d['min']:.1f}..{d['max']:.0f}, n={d['n']:.0f})")  # fmt: skip
     stats = result["bpf_stats"]
     assert isinstance(stats, dict)
     print()
