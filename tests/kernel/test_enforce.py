@@ -1,4 +1,8 @@
-"""Kernel e2e: `sealtrail agent --policies` enforces for real on this host (no BPF-LSM).
+"""Kernel e2e: `sealtrail agent --policies` enforces for real, with the host's best mechanisms.
+
+On the development machines (no BPF-LSM) file operations go through fanotify or after-the-fact
+kills; in the stock-kernel VM (tests/vm) the same suite runs with BPF-LSM, where every file
+operation is denied before it happens. Each test states both expectations.
 
 One agent runs for the module, with a policy scoped to paths this test created and a cgroup it
 created (the network guard attaches there, so nothing else on the machine is affected). Each
@@ -26,6 +30,7 @@ import pytest
 
 from agent.enforce.guard import cgroup2_root
 from agent.journal import protect
+from agent.policy.mechanisms import host_capabilities
 
 pytestmark = pytest.mark.kernel
 
@@ -229,6 +234,11 @@ class Env:
     cgroup: Path
     agent: subprocess.Popen[str]
     ports: dict[str, int]
+    lsm: bool  # BPF-LSM loads here: file operations are denied in the kernel
+
+    def hook(self, without_lsm: str) -> str:
+        """The mechanism name expected for a file rule: lsm here, else ``without_lsm``."""
+        return without_lsm.replace("fanotify", "lsm") if self.lsm else without_lsm
 
     def in_cgroup(self, argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
         """Run argv inside the test cgroup (where the network guard is attached)."""
@@ -286,8 +296,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                                                           work=work))  # fmt: skip
     cgroup = cgroup2_root() / f"sealtrail-test-{os.getpid()}"
     cgroup.mkdir()
+    lsm = host_capabilities().lsm
+    if os.environ.get("SEALTRAIL_EXPECT_LSM"):
+        assert lsm, "this host must load BPF-LSM programs (SEALTRAIL_EXPECT_LSM is set)"
     env = Env(root, work, root / "journal", root / "keys", policies, root / "run", cgroup,
-              None, ports)  # type: ignore[arg-type]  # fmt: skip
+              None, ports, lsm)  # type: ignore[arg-type]  # fmt: skip
     env.agent = subprocess.Popen(
         [PY, "-m", "agent.cli", "agent", "--journal", str(env.journal), "--keys", str(env.keys),
          "--policies", str(policies), "--cgroup", str(cgroup), "--run-dir", str(env.run_dir)],
@@ -458,7 +471,7 @@ def test_write_to_protected_file_is_eperm_and_file_unchanged(env: Env) -> None:
     truncate = subprocess.run(["/bin/sh", "-c", f": > {target}"], capture_output=True, text=True)
     assert truncate.returncode != 0 and target.read_text() == "original\n"
     v = env.verdict("no-write-protected", action="deny")
-    assert v["mechanism"] == "fanotify" and v["object"]["path"] == str(target)
+    assert v["mechanism"] == env.hook("fanotify") and v["object"]["path"] == str(target)
 
 
 def test_reading_protected_file_is_allowed(env: Env) -> None:
@@ -509,7 +522,7 @@ def test_exec_denied_program_never_runs(env: Env) -> None:
     assert not witness.exists()
     ok = subprocess.run(["/usr/bin/touch", str(env.root / "neighbour")])
     assert ok.returncode == 0
-    assert env.verdict("no-exec-forbidden", action="deny")["mechanism"] == "fanotify"
+    assert env.verdict("no-exec-forbidden", action="deny")["mechanism"] == env.hook("fanotify")
 
 
 def test_renamed_copy_of_a_forbidden_binary_is_not_the_same_file(env: Env) -> None:
@@ -527,15 +540,25 @@ def test_exec_kill_caller_dies_and_program_never_runs(env: Env) -> None:
                        capture_output=True, text=True)  # fmt: skip
     assert r.returncode == -signal.SIGKILL, r
     assert not witness.exists()
-    assert env.verdict("kill-exec-killer", action="kill")["mechanism"] == "fanotify+sigkill"
+    v = env.verdict("kill-exec-killer", action="kill")
+    assert v["mechanism"] == env.hook("fanotify+sigkill")
 
 
-def test_unlink_without_deny_hook_kills_after_the_fact(env: Env) -> None:
+def test_unlink_denied_or_killed_after_the_fact(env: Env) -> None:
     victim = env.work / "precious" / "victim"
     victim.write_text("x")
-    code = "import os, sys, time; os.unlink(sys.argv[1]); time.sleep(20); print('survived')"
+    code = (
+        "import os, sys, time\n"
+        "try:\n    os.unlink(sys.argv[1])\nexcept PermissionError:\n    print('EPERM')\n"
+        "time.sleep(20 if not os.path.exists(sys.argv[1]) else 0); print('survived')"
+    )
     started = time.monotonic()
     r = subprocess.run([PY, "-c", code, str(victim)], capture_output=True, text=True, timeout=30)
+    if env.lsm:  # denied before it happens
+        assert r.stdout.split() == ["EPERM", "survived"] and victim.exists()
+        v = env.verdict("precious-unlink", action="deny")
+        assert v["mechanism"] == "lsm" and v["after_the_fact"] is False
+        return
     assert r.returncode == -signal.SIGKILL and "survived" not in r.stdout
     assert time.monotonic() - started < 15
     assert not victim.exists()  # after the fact: the unlink happened, and the record says so
@@ -673,7 +696,8 @@ def test_bind_kill(env: Env) -> None:
 def test_open_kill_reader_dies_and_reads_nothing(env: Env) -> None:
     r = subprocess.run(["cat", str(env.work / "secret.txt")], capture_output=True, text=True)
     assert r.returncode == -signal.SIGKILL and r.stdout == ""
-    assert env.verdict("kill-read-secret", action="kill")["mechanism"] == "fanotify+sigkill"
+    v = env.verdict("kill-read-secret", action="kill")
+    assert v["mechanism"] == env.hook("fanotify+sigkill")
 
 
 def test_exec_audit_runs_and_records(env: Env) -> None:
@@ -691,32 +715,55 @@ def test_monitor_exec_kill_records_would_kill(env: Env) -> None:
 
 
 @pytest.mark.parametrize("op", ["rename", "chmod"])
-def test_file_ops_without_deny_hook_kill_after_the_fact(env: Env, op: str) -> None:
+def test_file_ops_denied_or_killed_after_the_fact(env: Env, op: str) -> None:
     f = env.work / "precious" / f"{op}-victim"
-    f.write_text("x")
+    f.write_text("x")  # no chmod from here: the rule would kill the test runner itself
+    mode = f.stat().st_mode & 0o777
     action = {"rename": "os.rename(p, p + '.moved')", "chmod": "os.chmod(p, 0o600)"}[op]
-    code = f"import os, sys, time; p = sys.argv[1]; {action}; time.sleep(20); print('survived')"
+    code = (
+        f"import os, sys, time; p = sys.argv[1]\n"
+        f"try:\n    {action}\nexcept PermissionError:\n    print('EPERM'); sys.exit(0)\n"
+        "time.sleep(20); print('survived')"
+    )
     r = subprocess.run([PY, "-c", code, str(f)], capture_output=True, text=True, timeout=30)
+    if env.lsm:
+        # rename's rule says kill: denied and killed; chmod's says deny: EPERM. Nothing changed.
+        if op == "rename":
+            assert r.returncode == -signal.SIGKILL and f.exists()
+        else:
+            assert r.stdout.strip() == "EPERM" and f.stat().st_mode & 0o777 == mode
+        v = env.verdict(f"precious-{op}", action="kill" if op == "rename" else "deny")
+        assert v["after_the_fact"] is False
+        return
     assert r.returncode == -signal.SIGKILL and "survived" not in r.stdout
     v = env.verdict(f"precious-{op}", action="kill")
     assert v["after_the_fact"] is True
 
 
-def test_chown_fallback_audit_records_after_the_fact(env: Env) -> None:
+def test_chown_denied_or_audited_after_the_fact(env: Env) -> None:
     f = env.work / "precious" / "chown-victim"
     f.write_text("x")
-    r = subprocess.run(["chown", "65534", str(f)])
+    r = subprocess.run(["chown", "65534", str(f)], capture_output=True, text=True)
+    if env.lsm:
+        assert r.returncode != 0 and f.stat().st_uid == 0
+        assert env.verdict("precious-chown", action="deny")["after_the_fact"] is False
+        return
     assert r.returncode == 0 and f.stat().st_uid == 65534  # not stoppable here: recorded
     v = env.verdict("precious-chown", action="audit")
     assert v["after_the_fact"] is True
 
 
-def test_listen_without_deny_hook_kills_after_the_fact(env: Env) -> None:
+def test_listen_denied_or_killed_after_the_fact(env: Env) -> None:
     code = (
-        f"import socket, time; s = socket.socket(); s.bind(('127.0.0.1', {env.ports['listen']}));"
-        " s.listen(1); time.sleep(20); print('survived')"
+        f"import socket, time; s = socket.socket(); s.bind(('127.0.0.1', {env.ports['listen']}))\n"
+        "try:\n    s.listen(1)\nexcept PermissionError:\n    print('EPERM'); raise SystemExit\n"
+        "time.sleep(20); print('survived')"
     )
     r = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=30)
+    if env.lsm:
+        assert r.stdout.strip() == "EPERM"
+        env.verdict("listen-kill", action="deny")
+        return
     assert r.returncode == -signal.SIGKILL and "survived" not in r.stdout
     env.verdict("listen-kill", action="kill")
 
@@ -725,3 +772,19 @@ def test_journal_of_the_enforcing_agent_verifies(env: Env) -> None:
     r = env.sealtrail("journal", "verify", "--journal", str(env.journal),
                       "--key", str(env.keys / "journal.pub"))  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_stopping_the_agent_restores_normal_behaviour(env: Env) -> None:
+    """Runs last: nothing is pinned, so a stopped agent leaves no enforcement behind."""
+    env.agent.send_signal(signal.SIGTERM)
+    assert env.agent.wait(30) == 0
+    listener = Listener(env.ports["deny"])
+    try:
+        r = env.in_cgroup([PY, "-c", CONNECT, "127.0.0.1", str(env.ports["deny"])])
+        assert r.stdout.strip() == "connected", r
+    finally:
+        listener.close()
+    witness = env.root / "forbidden-after-stop"
+    assert subprocess.run([str(env.work / "bin" / "forbidden"), str(witness)]).returncode == 0
+    assert witness.exists()
+    assert write(env.work / "protected.txt", "after stop\n").returncode == 0
