@@ -283,6 +283,9 @@ class Enforcer:
         state = self._state
         if state is None:
             return True
+        identity = _identity_target(state, req.fd) if not req.is_exec else None
+        if not req.is_exec and identity is None and not state.evaluator.targets("open", req.path):
+            return True  # a sibling of a marked file that no rule names: no need to ask /proc
         process = process_of(req.tid, state.lineage)
         if req.is_exec:
             requests = [Request("exec", process, path=req.path)]
@@ -293,13 +296,9 @@ class Enforcer:
                 open_access(flags) if flags is not None else ("read", "write", "create", "truncate")
             )
             requests = [Request("open", process, path=req.path, access=access)]
-            try:  # a hard link to a protected file is the same inode: judge it by that name
-                st = os.stat(f"/proc/self/fd/{req.fd}")
-                target = state.inode_targets.get((st.st_dev, st.st_ino))
-                if target and target != req.path:
-                    requests.append(Request("open", process, path=target, access=access))
-            except OSError:
-                pass
+            if identity is not None and identity != req.path:
+                # a hard link to a protected file is the same inode: judge it by that name too
+                requests.append(Request("open", process, path=identity, access=access))
         verdict = _strictest(state.evaluator.decide(r) for r in requests)
         if verdict.effective not in ("deny", "kill"):
             return True
@@ -419,6 +418,17 @@ _SEVERITY = {"allow": 0, "audit": 1, "would-deny": 1, "would-kill": 1, "deny": 2
 
 def _strictest(verdicts: Iterable[Verdict]) -> Verdict:
     return max(verdicts, key=lambda v: _SEVERITY.get(v.effective, 0))
+
+
+def _identity_target(state: _State, fd: int) -> str | None:
+    """The path an exact rule names for this very file (same device and inode), if any."""
+    if not state.inode_targets:
+        return None
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return state.inode_targets.get((st.st_dev, st.st_ino))
 
 
 def _tgid(tid: int) -> int:

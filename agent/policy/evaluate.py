@@ -130,6 +130,10 @@ class Evaluator:
             inherit, xinherit = inherit | inh, xinherit | xinh
         return inherit, xinherit
 
+    def targets(self, operation: str, path: str) -> bool:
+        """Does any rule of ``operation`` name ``path`` (before asking who acts)?"""
+        return bool(self._lpm("paths", path_lookup(OPS[operation], path))[0])
+
     def matching(self, request: Request) -> int:
         """The mask of every rule that matches ``request`` (bit = rule index)."""
         op = OPS[request.operation]
