@@ -62,6 +62,13 @@ unit: venv
 
 test: bootstrap lint
 	$(VENV)/bin/pytest -q tests
+	$(MAKE) test-vm
+
+# Stock-kernel VM (Debian 12, qemu TCG): BPF-LSM and the kernel suites on another kernel.
+# tests/vm/run.sh installs its own host packages (qemu-system-x86 debootstrap e2fsprogs).
+.PHONY: test-vm
+test-vm: venv probes
+	tests/vm/run.sh
 
 bench: bootstrap
 	$(VENV)/bin/python -m bench
