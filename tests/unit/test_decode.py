@@ -123,7 +123,7 @@ def test_rename_two_paths_each_with_its_own_base() -> None:
         (
             socket.AF_INET6,
             socket.inet_pton(socket.AF_INET6, "::ffff:169.254.169.254"),
-            "::ffff:a9fe:a9fe",
+            "::ffff:169.254.169.254",  # RFC 5952 section 5: mixed notation
         ),
     ],
 )
