@@ -27,7 +27,8 @@ hostname sealtrail-vm
 echo "vm: kernel $(uname -r), up $(cut -d' ' -f1 /proc/uptime) s, lsm=$(cat /sys/kernel/security/lsm)"
 
 export HOME=/root VIRTUAL_ENV=/opt/sealtrail-venv PATH=/opt/sealtrail-venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-export PYTHONPATH=/repo PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
+# bytecode goes to the guest (the repo is read-only), shared by every python the suite starts
+export PYTHONPATH=/repo PYTHONPYCACHEPREFIX=/tmp/pycache PYTHONUNBUFFERED=1
 export CI=1 SEALTRAIL_VM=1 SEALTRAIL_EXPECT_LSM=1
 cd /repo
 # /out/cmd: one shell line from run.sh (default: pytest over the VM suites)

@@ -93,7 +93,7 @@ mountpoint -q /dev || mount -t devtmpfs devtmpfs /dev
 modprobe 9pnet_virtio && modprobe 9p
 mkdir -p /repo /out
 opts=trans=virtio,version=9p2000.L,msize=262144
-mount -t 9p -o "$opts,ro" repo /repo && mount -t 9p -o "$opts" out /out &&
+mount -t 9p -o "$opts,ro,cache=loose" repo /repo && mount -t 9p -o "$opts" out /out &&
     exec /bin/bash /repo/tests/vm/guest.sh
 echo "sealtrail-init: cannot mount the 9p shares" >&2
 echo o >/proc/sysrq-trigger

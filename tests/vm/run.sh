@@ -9,12 +9,13 @@
 # the recipe changes. The guest uses its own Python (Debian's) and the CO-RE objects compiled on
 # the host (agent/kernel/obj): loading them on another kernel IS the CO-RE test. The exit code is
 # the command's, read from a file on a read-write 9p share; qemu is always stopped by PID.
-# Environment: SEALTRAIL_VM_TIMEOUT (seconds, whole run, default 240), SEALTRAIL_VM_MIRROR.
+# Environment: SEALTRAIL_VM_TIMEOUT (seconds for the whole run: build + boot + suite, default
+# 300), SEALTRAIL_VM_MIRROR (Debian mirror for the image build).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 VMDIR=$REPO/build/vm
-TIMEOUT=${SEALTRAIL_VM_TIMEOUT:-240}
+TIMEOUT=${SEALTRAIL_VM_TIMEOUT:-300}
 HOST_PACKAGES=(qemu-system-x86 debootstrap e2fsprogs)
 # What runs inside by default: the kernel suites that mean something on a stock kernel, and the
 # VM-only ones (tests/vm, marker lsm). Deselected, with the reason:
@@ -55,41 +56,25 @@ for obj in events doctor lsm_smoke; do
     }
 done
 
-# ---- the image, cached by recipe hash; one builder at a time ----
 mkdir -p "$VMDIR"
-# The guest's Python packages: the project's runtime dependencies + the test runner.
-python3 -c '
-import sys, tomllib
-with open(sys.argv[1], "rb") as f:
-    deps = tomllib.load(f)["project"]["dependencies"]
-print("\n".join([*deps, "pytest>=8", "pytest-timeout>=2"]))
-' "$REPO/pyproject.toml" >"$VMDIR/requirements.txt"
-KEY=$(cat "$REPO/tests/vm/image.sh" "$VMDIR/requirements.txt" | sha256sum | cut -c1-16)
-IMAGE=$VMDIR/image-$KEY
-exec 9>"$VMDIR/.lock"
-flock 9
-if [ ! -f "$IMAGE/rootfs.ext4" ]; then
-    log "building image $KEY (cold: about a minute)"
-    rm -rf "$IMAGE.tmp"
-    PIP_PYTHON=$REPO/.venv/bin/python bash "$REPO/tests/vm/image.sh" "$IMAGE.tmp" "$VMDIR/requirements.txt"
-    rm -rf "$IMAGE.tmp/debs" # the package cache is not part of the image
-    mv "$IMAGE.tmp" "$IMAGE"
-    for old in "$VMDIR"/image-*; do [ "$old" = "$IMAGE" ] || rm -rf "$old"; done
-fi
-flock -u 9
-log "image $KEY ready ($((SECONDS - START)) s), kernel $(cat "$IMAGE/kernel-release")"
-
-# ---- boot: qemu TCG, root disk snapshot=on (parallel runs share the image safely) ----
-RUN=$(mktemp -d "$VMDIR/run.XXXXXX")
+RUN=$(mktemp -d "$VMDIR/run.XXXXXX") # this run's logs, exit code and 9p share "out"
 printf '%s\n' "$CMD" >"$RUN/cmd"
 : >"$RUN/console.log"
 : >"$RUN/output.log"
 QEMU_PID=
 TAIL_PID=
+BUILD_PID=
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
     set +e
+    if [ -n "$BUILD_PID" ]; then # image.sh runs in its own process group (setsid)
+        kill -- -"$BUILD_PID" 2>/dev/null
+        for _ in $(seq 50); do kill -0 -- -"$BUILD_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -9 -- -"$BUILD_PID" 2>/dev/null
+        wait "$BUILD_PID" 2>/dev/null
+        rm -rf "$IMAGE.tmp"
+    fi
     if [ -n "$QEMU_PID" ] && kill -0 "$QEMU_PID" 2>/dev/null; then
         kill "$QEMU_PID" 2>/dev/null || true
         for _ in $(seq 50); do kill -0 "$QEMU_PID" 2>/dev/null || break; sleep 0.1; done
@@ -100,14 +85,62 @@ cleanup() {
         kill "$TAIL_PID" 2>/dev/null || true
         wait "$TAIL_PID" 2>/dev/null
     fi
-    # keep the last few runs' logs for inspection
-    ls -dt "$VMDIR"/run.* 2>/dev/null | tail -n +4 | xargs -r rm -rf
+    # logs of runs are kept for an hour (never another live run's: those are younger)
+    find "$VMDIR" -maxdepth 1 -name 'run.*' -mmin +60 -exec rm -rf {} + 2>/dev/null
     exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
+# Wait for PID to end, within the whole run's hard timeout.
+within_timeout() {
+    while kill -0 "$1" 2>/dev/null; do
+        if [ $((SECONDS - START)) -ge "$TIMEOUT" ]; then
+            log "TIMEOUT after ${TIMEOUT} s during $2 (logs: $RUN)"
+            [ "$2" = boot ] && tail -20 "$RUN/console.log" >&2
+            exit 124
+        fi
+        sleep 0.2
+    done
+}
+
+# ---- the image, cached by recipe hash; one builder at a time ----
+# The guest's Python packages: the project's runtime dependencies + the test runner.
+python3 -c '
+import sys, tomllib
+with open(sys.argv[1], "rb") as f:
+    deps = tomllib.load(f)["project"]["dependencies"]
+print("\n".join([*deps, "pytest>=8", "pytest-timeout>=2"]))
+' "$REPO/pyproject.toml" >"$RUN/requirements.txt"
+KEY=$(cat "$REPO/tests/vm/image.sh" "$RUN/requirements.txt" | sha256sum | cut -c1-16)
+IMAGE=$VMDIR/image-$KEY
+# Lock: shared while a run uses an image (held until qemu is gone), exclusive to build/prune.
+exec 9>"$VMDIR/.lock"
+flock -s 9
+if [ ! -f "$IMAGE/rootfs.ext4" ]; then
+    flock 9
+    if [ ! -f "$IMAGE/rootfs.ext4" ]; then
+        log "building image $KEY (cold: about a minute)"
+        rm -rf "$IMAGE.tmp"
+        PIP_PYTHON=$REPO/.venv/bin/python setsid bash "$REPO/tests/vm/image.sh" "$IMAGE.tmp" \
+            "$RUN/requirements.txt" &
+        BUILD_PID=$!
+        within_timeout "$BUILD_PID" "the image build"
+        wait "$BUILD_PID" || {
+            log "image build failed"
+            exit 1
+        }
+        BUILD_PID=
+        rm -rf "$IMAGE.tmp/debs" # the package cache is not part of the image
+        mv "$IMAGE.tmp" "$IMAGE"
+        for old in "$VMDIR"/image-*; do [ "$old" = "$IMAGE" ] || rm -rf "$old"; done
+    fi
+    flock -s 9
+fi
+log "image $KEY ready ($((SECONDS - START)) s), kernel $(cat "$IMAGE/kernel-release")"
+
+# ---- boot: qemu TCG, root disk snapshot=on (parallel runs share the image safely) ----
 qemu-system-x86_64 \
     -accel tcg,thread=multi -cpu max -smp 2 -m 2048 -nographic \
     -monitor none -vga none -nic none -no-reboot \
@@ -122,14 +155,7 @@ QEMU_PID=$!
 tail -n +1 -f --pid="$QEMU_PID" "$RUN/output.log" &
 TAIL_PID=$!
 
-while kill -0 "$QEMU_PID" 2>/dev/null; do
-    if [ $((SECONDS - START)) -ge "$TIMEOUT" ]; then
-        log "TIMEOUT after ${TIMEOUT} s: stopping qemu (pid $QEMU_PID); console: $RUN/console.log"
-        tail -20 "$RUN/console.log" >&2
-        exit 124
-    fi
-    sleep 0.2
-done
+within_timeout "$QEMU_PID" boot
 wait "$QEMU_PID" || log "qemu exited with $?: $(tail -3 "$RUN/qemu.log")"
 QEMU_PID=
 wait "$TAIL_PID" 2>/dev/null || true
