@@ -23,7 +23,7 @@ PACKAGES=(
 # Modules the initramfs loads to reach the root disk; 9p is loaded by /sbin/sealtrail-init.
 INITRD_MODULES=(virtio_pci virtio_blk ext4 9p 9pnet_virtio)
 
-ROOT=$OUT/root
+ROOT=$OUT/root # copied into the ext4 image by mkfs.ext4 -d at the end
 rm -rf "$ROOT"
 mkdir -p "$ROOT" "$OUT/debs"
 

@@ -46,9 +46,14 @@ for p in "${HOST_PACKAGES[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
     log "installing ${missing[*]}"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    apt-get update -qq &&
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+[ -x "$REPO/.venv/bin/python" ] || {
+    log ".venv missing: run make venv"
+    exit 2
+}
 for obj in events doctor lsm_smoke; do
     [ -f "$REPO/agent/kernel/obj/$obj.bpf.o" ] || {
         log "agent/kernel/obj/$obj.bpf.o missing: run make probes"
@@ -107,7 +112,7 @@ within_timeout() {
 
 # ---- the image, cached by recipe hash; one builder at a time ----
 # The guest's Python packages: the project's runtime dependencies + the test runner.
-python3 -c '
+"$REPO/.venv/bin/python" -c '
 import sys, tomllib
 with open(sys.argv[1], "rb") as f:
     deps = tomllib.load(f)["project"]["dependencies"]
@@ -121,7 +126,7 @@ flock -s 9
 if [ ! -f "$IMAGE/rootfs.ext4" ]; then
     flock 9
     if [ ! -f "$IMAGE/rootfs.ext4" ]; then
-        log "building image $KEY (cold: about a minute)"
+        log "building image $KEY (cold: about a minute; log: ${IMAGE#"$REPO"/}.tmp/debootstrap.log)"
         rm -rf "$IMAGE.tmp"
         PIP_PYTHON=$REPO/.venv/bin/python setsid bash "$REPO/tests/vm/image.sh" "$IMAGE.tmp" \
             "$RUN/requirements.txt" &
