@@ -34,6 +34,7 @@ struct st_lineage_key _st_lineage_key;
 struct st_inode_key _st_inode_key;
 struct st_lineage _st_lineage;
 struct st_guard_cfg _st_guard_cfg;
+struct st_guard_rodata _st_guard_rodata;
 enum st_op _st_op;
 enum st_variant _st_variant;
 enum st_action _st_action;

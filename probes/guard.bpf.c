@@ -15,6 +15,11 @@ char LICENSE[] SEC("license") = "GPL";
 #define SIGKILL 9
 #define GUARDED_OPS 2 /* ops whose tables the lineage follows: connect, bind */
 
+const volatile struct st_guard_rodata st_guard_rodata SEC(".rodata.guard") = {
+	.cgroup_signal = 1,
+	.lsm_signal = 1,
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -301,8 +306,12 @@ static __always_inline __u8 decide_and_report(struct guard_work *w, struct pathb
 	fill_hdr(&v->hdr, ST_OP_VERDICT, size);
 	v->hdr.flags = ST_F_PATH_RESOLVED;
 	submit(v, size, ST_OP_VERDICT);
-	if (action == ST_ACT_KILL)
-		bpf_send_signal(SIGKILL); /* and deny: the operation never happens */
+	/* and deny: the operation never happens. Without the helper (cgroup programs on older
+	 * kernels) the agent kills on this record; the verifier drops the dead branch. */
+	bool can_signal = mechanism == ST_MECH_CGROUP_SOCK ? st_guard_rodata.cgroup_signal
+							   : st_guard_rodata.lsm_signal;
+	if (action == ST_ACT_KILL && can_signal)
+		bpf_send_signal(SIGKILL);
 	return action;
 }
 

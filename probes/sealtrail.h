@@ -299,6 +299,17 @@ struct st_guard_cfg {
 	__u32 flags;          /* ST_GUARD_* of the live slot */
 };
 
+/*
+ * Load-time constants of the guard (section .rodata.guard). bpf_send_signal is not offered to
+ * cgroup sock programs before Linux 6.? (Debian 12's 6.1 refuses it there): the agent then
+ * loads with cgroup_signal = 0, and kills from userspace right after the kernel's deny.
+ */
+struct st_guard_rodata {
+	__u8 cgroup_signal;  /* cgroup hooks may call bpf_send_signal */
+	__u8 lsm_signal;     /* LSM hooks may call bpf_send_signal */
+	__u8 _pad0[6];
+};
+
 /* what the guard did (st_verdict.action) */
 enum st_action {
 	ST_ACT_NONE = 0,

@@ -368,6 +368,12 @@ class Enforcer:
             else {"family": ev.family, "protocol": ev.protocol, "addr": ev.addr, "port": ev.port}
         )
         mechanism = ev.mechanism + ("+sigkill" if ev.action == "kill" else "")
+        if (
+            ev.action == "kill"
+            and ev.mechanism == "cgroup-sock"
+            and not (self._guard.kernel_kills_at_cgroup)
+        ):
+            kill_process(ev.pid)  # the kernel denied; this kernel cannot signal from there
         self.verdicts.append(
             VerdictRecord(
                 action, rule.rule_id, rule.policy_name, compiled.digest, mechanism, ev.op,

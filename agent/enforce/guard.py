@@ -156,27 +156,48 @@ class Guard:
     ) -> None:
         self.cgroup = Path(cgroup) if cgroup else cgroup2_root()
         self.cgroup_root = cgroup2_root()
-        self._obj = BpfObject(object_path("guard"))
+        self.lsm = lsm
+        # cgroup programs get bpf_send_signal only on newer kernels; without it the agent
+        # kills from userspace on the kernel's (deny) record
+        self.kernel_kills_at_cgroup = True
+        try:
+            self._obj = self._load(shared_maps, lsm, cgroup_signal=True)
+        except KernelError as exc:
+            if "bpf_send_signal" not in str(exc):
+                raise
+            log.info("guard: no bpf_send_signal in cgroup programs here; kills from userspace")
+            self.kernel_kills_at_cgroup = False
+            self._obj = self._load(shared_maps, lsm, cgroup_signal=False)
         self._inner: dict[int, list[Map]] = {0: [], 1: []}
         self.generation = 0
         self.compiled: dict[int, CompiledPolicySet] = {}
         try:
-            for name, fd in (shared_maps or {}).items():
-                self._obj.reuse_map(name, fd)
-            # LSM programs load only where BPF-LSM does (doctor probes it): elsewhere the
-            # kernel refuses them and would take the whole object down with them
-            self._obj.only_load(lambda name, section: lsm or not section.startswith("lsm"))
-            self._obj.load()
             for prog in PROGRAMS:
                 self._obj.attach_cgroup(prog, self.cgroup)
             for prog in LINEAGE_PROGRAMS + (LSM_PROGRAMS if lsm else ()):
                 self._obj.attach(prog)
-            self.lsm = lsm
             self._cfg = self._obj.map(abi.MAP_GUARD_CFG)
             self._outer = {name: self._obj.map(t.outer) for name, t in TABLES.items()}
         except BaseException:
             self._obj.close()
             raise
+
+    @staticmethod
+    def _load(shared_maps: dict[str, int] | None, lsm: bool, cgroup_signal: bool) -> BpfObject:
+        obj = BpfObject(object_path("guard"))
+        try:
+            for name, fd in (shared_maps or {}).items():
+                obj.reuse_map(name, fd)
+            # LSM programs load only where BPF-LSM does (doctor probes it): elsewhere the
+            # kernel refuses them and would take the whole object down with them
+            obj.only_load(lambda name, section: lsm or not section.startswith("lsm"))
+            rodata = abi.GuardRodata(cgroup_signal=int(cgroup_signal), lsm_signal=1)
+            obj.set_rodata(abi.GUARD_RODATA_SECTION, bytes(rodata))
+            obj.load()
+        except BaseException:
+            obj.close()
+            raise
+        return obj
 
     def _read_cfg(self) -> abi.GuardCfg:
         raw = self._cfg.lookup(b"\0" * 4)

@@ -271,6 +271,10 @@ class Lineage(_S):
     _fields_ = [("inherit", Mask), ("xinherit", Mask)]
 
 
+class GuardRodata(_S):
+    _fields_ = [("cgroup_signal", c_uint8), ("lsm_signal", c_uint8), ("_pad0", c_uint8 * 6)]
+
+
 class GuardCfg(_S):
     _fields_ = [
         ("slot", c_uint32),
@@ -305,6 +309,7 @@ STRUCTS: dict[str, type[ctypes.Structure]] = {
     "st_inode_key": InodeKey,
     "st_lineage": Lineage,
     "st_guard_cfg": GuardCfg,
+    "st_guard_rodata": GuardRodata,
 }
 
 # Map names in the BPF objects.
@@ -315,6 +320,7 @@ MAP_PATH_PREFIXES = "st_path_prefixes"
 MAP_PENDING = "st_pending"
 RODATA_SECTION = ".rodata.st"
 MAP_GUARD_CFG = "st_guard_cfg"
+GUARD_RODATA_SECTION = ".rodata.guard"
 MAP_LINEAGE = "st_lineage"
 
 

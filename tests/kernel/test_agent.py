@@ -17,6 +17,8 @@ import pytest
 from agent.journal import protect
 
 pytestmark = pytest.mark.kernel
+# qemu TCG (tests/vm) emulates every instruction: starting the agent takes ~15 s there
+SLOW = 10 if os.environ.get("SEALTRAIL_VM") else 1
 
 
 def records(journal: Path) -> list[dict[str, Any]]:
@@ -28,7 +30,10 @@ def records(journal: Path) -> list[dict[str, Any]]:
 
 def sealtrail(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agent.cli", *args], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "agent.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60 * SLOW,
     )
 
 
@@ -46,7 +51,7 @@ def test_agent_journals_exec_and_connect_and_the_journal_verifies(tmp_path: Path
     listener.listen(1)
     port = listener.getsockname()[1]
     try:
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 20 * SLOW
         seen = False
         while not seen and time.monotonic() < deadline:
             subprocess.run(["/bin/echo", marker], stdout=subprocess.DEVNULL, check=True)
@@ -61,7 +66,7 @@ def test_agent_journals_exec_and_connect_and_the_journal_verifies(tmp_path: Path
         time.sleep(0.5)
     finally:
         agent.send_signal(signal.SIGTERM)
-        _, err = agent.communicate(timeout=30)
+        _, err = agent.communicate(timeout=30 * SLOW)
         listener.close()
     try:
         assert agent.returncode == 0, err

@@ -35,6 +35,8 @@ from agent.policy.mechanisms import host_capabilities
 pytestmark = pytest.mark.kernel
 
 PY = sys.executable
+# qemu TCG (tests/vm) emulates every instruction: the verifier alone takes tens of seconds there
+SLOW = 10 if os.environ.get("SEALTRAIL_VM") else 1
 
 POLICY = """
 name = "e2e"
@@ -244,7 +246,8 @@ class Env:
         """Run argv inside the test cgroup (where the network guard is attached)."""
         script = f'echo $$ > {self.cgroup}/cgroup.procs && exec "$@"'
         return subprocess.run(
-            ["/bin/sh", "-c", script, "sh", *argv], capture_output=True, text=True, timeout=30,
+            ["/bin/sh", "-c", script, "sh", *argv], capture_output=True, text=True,
+            timeout=30 * SLOW,
             **kw,
         )  # fmt: skip
 
@@ -256,7 +259,7 @@ class Env:
 
     def verdict(self, rule: str, timeout: float = 15.0, **match: Any) -> dict[str, Any]:
         """The first verdict record for ``rule`` (and fields ``match``), waiting for it."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout * SLOW
         while time.monotonic() < deadline:
             for r in self.records():
                 if (
@@ -270,7 +273,7 @@ class Env:
 
     def sealtrail(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([PY, "-m", "agent.cli", *args], capture_output=True, text=True,
-                              timeout=60)  # fmt: skip
+                              timeout=60 * SLOW)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -307,7 +310,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + 30 * SLOW
         while not (env.run_dir / "status.json").exists():
             assert env.agent.poll() is None, env.agent.stderr.read() if env.agent.stderr else ""
             assert time.monotonic() < deadline, "agent did not start"
@@ -318,7 +321,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     finally:
         env.agent.send_signal(signal.SIGTERM)
         try:
-            env.agent.wait(30)
+            env.agent.wait(30 * SLOW)
         finally:
             if env.agent.poll() is None:
                 env.agent.kill()
@@ -440,7 +443,7 @@ def test_processes_outside_the_guarded_cgroup_are_untouched(env: Env) -> None:
     listener = Listener(env.ports["deny"])
     try:
         r = subprocess.run([PY, "-c", CONNECT, "127.0.0.1", str(env.ports["deny"])],
-                           capture_output=True, text=True, timeout=30)  # fmt: skip
+                           capture_output=True, text=True, timeout=30 * SLOW)  # fmt: skip
         assert r.stdout.strip() == "connected"
     finally:
         listener.close()
@@ -460,7 +463,7 @@ def test_monitor_mode_blocks_nothing_and_records_would_deny(env: Env) -> None:
 def write(path: Path, text: str) -> subprocess.CompletedProcess[str]:
     code = "import sys; open(sys.argv[1], 'a').write(sys.argv[2])"
     return subprocess.run([PY, "-c", code, str(path), text], capture_output=True, text=True,
-                          timeout=30)  # fmt: skip
+                          timeout=30 * SLOW)  # fmt: skip
 
 
 def test_write_to_protected_file_is_eperm_and_file_unchanged(env: Env) -> None:
@@ -553,14 +556,16 @@ def test_unlink_denied_or_killed_after_the_fact(env: Env) -> None:
         "time.sleep(20 if not os.path.exists(sys.argv[1]) else 0); print('survived')"
     )
     started = time.monotonic()
-    r = subprocess.run([PY, "-c", code, str(victim)], capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [PY, "-c", code, str(victim)], capture_output=True, text=True, timeout=30 * SLOW
+    )
     if env.lsm:  # denied before it happens
         assert r.stdout.split() == ["EPERM", "survived"] and victim.exists()
         v = env.verdict("precious-unlink", action="deny")
         assert v["mechanism"] == "lsm" and v["after_the_fact"] is False
         return
     assert r.returncode == -signal.SIGKILL and "survived" not in r.stdout
-    assert time.monotonic() - started < 15
+    assert time.monotonic() - started < 15 * SLOW
     assert not victim.exists()  # after the fact: the unlink happened, and the record says so
     v = env.verdict("precious-unlink", action="kill")
     assert v["after_the_fact"] is True and v["mechanism"] == "sigkill-after-the-fact"
@@ -573,7 +578,9 @@ def test_reload_swaps_policy_and_broken_reload_keeps_old(env: Env) -> None:
     try:
         policy.write_text(original.replace(f"targets.ports = [{deny}]",
                                            f"targets.ports = [{other}]"))  # fmt: skip
-        r = env.sealtrail("policy", "reload", "--run-dir", str(env.run_dir))
+        r = env.sealtrail(
+            "policy", "reload", "--run-dir", str(env.run_dir), "--timeout", str(10 * SLOW)
+        )
         assert r.returncode == 0, r
         la, lb = Listener(deny), Listener(other)
         try:
@@ -587,7 +594,9 @@ def test_reload_swaps_policy_and_broken_reload_keeps_old(env: Env) -> None:
             la.close()
             lb.close()
         policy.write_text(original + "\n[[rules]]\nid = broken\n")
-        r = env.sealtrail("policy", "reload", "--run-dir", str(env.run_dir))
+        r = env.sealtrail(
+            "policy", "reload", "--run-dir", str(env.run_dir), "--timeout", str(10 * SLOW)
+        )
         assert r.returncode == 1 and "rejected" in r.stdout, r
         assert "e2e.toml" in r.stdout  # the error names the file
         lb = Listener(other)
@@ -725,7 +734,7 @@ def test_file_ops_denied_or_killed_after_the_fact(env: Env, op: str) -> None:
         f"try:\n    {action}\nexcept PermissionError:\n    print('EPERM'); sys.exit(0)\n"
         "time.sleep(20); print('survived')"
     )
-    r = subprocess.run([PY, "-c", code, str(f)], capture_output=True, text=True, timeout=30)
+    r = subprocess.run([PY, "-c", code, str(f)], capture_output=True, text=True, timeout=30 * SLOW)
     if env.lsm:
         # rename's rule says kill: denied and killed; chmod's says deny: EPERM. Nothing changed.
         if op == "rename":
@@ -759,7 +768,7 @@ def test_listen_denied_or_killed_after_the_fact(env: Env) -> None:
         "try:\n    s.listen(1)\nexcept PermissionError:\n    print('EPERM'); raise SystemExit\n"
         "time.sleep(20); print('survived')"
     )
-    r = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=30)
+    r = subprocess.run([PY, "-c", code], capture_output=True, text=True, timeout=30 * SLOW)
     if env.lsm:
         assert r.stdout.strip() == "EPERM"
         env.verdict("listen-kill", action="deny")
@@ -777,7 +786,7 @@ def test_journal_of_the_enforcing_agent_verifies(env: Env) -> None:
 def test_stopping_the_agent_restores_normal_behaviour(env: Env) -> None:
     """Runs last: nothing is pinned, so a stopped agent leaves no enforcement behind."""
     env.agent.send_signal(signal.SIGTERM)
-    assert env.agent.wait(30) == 0
+    assert env.agent.wait(30 * SLOW) == 0
     listener = Listener(env.ports["deny"])
     try:
         r = env.in_cgroup([PY, "-c", CONNECT, "127.0.0.1", str(env.ports["deny"])])
