@@ -44,11 +44,11 @@ PROGRAMS = ("st_guard_connect4", "st_guard_connect6", "st_guard_bind4", "st_guar
 LINEAGE_PROGRAMS = ("st_guard_fork", "st_guard_exec", "st_guard_exit")
 LSM_PROGRAMS = (
     "st_lsm_exec", "st_lsm_file_open", "st_lsm_create", "st_lsm_unlink", "st_lsm_rename",
-    "st_lsm_chmod", "st_lsm_chown",
+    "st_lsm_chmod", "st_lsm_chown", "st_lsm_listen",
 )  # fmt: skip
 GUARDED_OPS = frozenset({"connect", "bind"})
 #: Operations the LSM hooks judge in the kernel where BPF-LSM loads.
-LSM_OPS = frozenset({"exec", "open", "unlink", "rename", "chmod", "chown"})
+LSM_OPS = frozenset({"exec", "open", "unlink", "rename", "chmod", "chown", "listen"})
 
 
 @dataclass(frozen=True)
