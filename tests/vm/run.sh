@@ -10,12 +10,12 @@
 # the host (agent/kernel/obj): loading them on another kernel IS the CO-RE test. The exit code is
 # the command's, read from a file on a read-write 9p share; qemu is always stopped by PID.
 # Environment: SEALTRAIL_VM_TIMEOUT (seconds for the whole run: build + boot + suite, default
-# 300), SEALTRAIL_VM_MIRROR (Debian mirror for the image build).
+# 900), SEALTRAIL_VM_MIRROR (Debian mirror for the image build).
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 VMDIR=$REPO/build/vm
-TIMEOUT=${SEALTRAIL_VM_TIMEOUT:-300}
+TIMEOUT=${SEALTRAIL_VM_TIMEOUT:-900}
 HOST_PACKAGES=(qemu-system-x86 debootstrap e2fsprogs)
 # What runs inside by default: the kernel suites that mean something on a stock kernel, and the
 # VM-only ones (tests/vm, marker lsm). Deselected, with the reason:
@@ -23,8 +23,9 @@ HOST_PACKAGES=(qemu-system-x86 debootstrap e2fsprogs)
 #  - test_exec_denied...: Debian 12's python3 (3.11.2) holds the GIL across vfork (CPython
 #    gh-104372, fixed in 3.11.4), so the process whose fanotify thread must answer the exec
 #    permission event is the one blocked in the exec: the whole VM's test process deadlocks;
-#  - test_agent.py: the agent e2e test does not see its exec in the journal under TCG (open).
+# test_enforce.py runs here with BPF-LSM: every file operation is then denied in the kernel.
 VM_TESTS=(tests/kernel/test_events.py tests/kernel/test_doctor.py tests/kernel/test_fanotify.py
+    tests/kernel/test_enforce.py tests/kernel/test_agent.py
     tests/vm
     --deselect tests/kernel/test_doctor.py::test_probe_is_fast_and_leaves_nothing_loaded
     --deselect tests/kernel/test_fanotify.py::test_exec_denied_and_program_never_runs)
@@ -34,7 +35,7 @@ if [ "${1:-}" = "--" ]; then
     shift
     CMD=$(printf '%q ' "$@")
 else
-    CMD="python3 -m pytest -p no:cacheprovider -q --color=no --timeout=60 -m 'kernel or lsm' ${VM_TESTS[*]}"
+    CMD="python3 -m pytest -p no:cacheprovider -q --color=no --timeout=600 -m 'kernel or lsm' ${VM_TESTS[*]}"
 fi
 
 log() { echo "test-vm: $*" >&2; }
