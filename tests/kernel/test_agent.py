@@ -24,7 +24,8 @@ SLOW = 10 if os.environ.get("SEALTRAIL_VM") else 1
 def records(journal: Path) -> list[dict[str, Any]]:
     out = []
     for seg in sorted(journal.glob("seg-*.jsonl")):
-        out += [json.loads(line) for line in seg.read_bytes().splitlines() if line]
+        complete = seg.read_bytes().split(b"\n")[:-1]  # a line being written is not yet a record
+        out += [json.loads(line) for line in complete if line]
     return out
 
 
