@@ -15,6 +15,8 @@
  *   getppid            null syscall: the cost of the syscall slow path alone
  *   open PATH          open(PATH, O_RDONLY) + close        (2 syscalls per iteration)
  *   openfail PATH      open(PATH) failing with ENOENT      (1 syscall per iteration)
+ *   create PATH        open(PATH, O_CREAT|O_EXCL|O_WRONLY) + close + unlink  (3 syscalls):
+ *                      a scratch file made and removed (the LSM path_mknod/path_unlink hooks)
  *   udpconnect PORT    connect() of one UDP socket to 127.0.0.1:PORT (1 syscall; no packet)
  *   tcpconnect PORT    socket + connect to a closed 127.0.0.1:PORT (ECONNREFUSED) + close (3)
  *   exec PATH          fork + execve(PATH) + waitpid
@@ -80,7 +82,7 @@ static int syscalls_per_iter(void)
 {
 	if (!strcmp(mode, "open"))
 		return 2;
-	if (!strcmp(mode, "tcpconnect"))
+	if (!strcmp(mode, "tcpconnect") || !strcmp(mode, "create"))
 		return 3;
 	if (!strcmp(mode, "exec"))
 		return 0; /* hundreds, and not the point: report per exec */
@@ -103,6 +105,15 @@ static void run(long iters)
 		for (long i = 0; i < iters; i++)
 			if (open(arg, O_RDONLY) >= 0)
 				die("openfail: path exists");
+	} else if (!strcmp(mode, "create")) {
+		for (long i = 0; i < iters; i++) {
+			int fd = open(arg, O_WRONLY | O_CREAT | O_EXCL, 0600);
+			if (fd < 0)
+				die(arg);
+			close(fd);
+			if (unlink(arg))
+				die("unlink");
+		}
 	} else if (!strcmp(mode, "udpconnect")) {
 		for (long i = 0; i < iters; i++)
 			if (connect(udp_fd, (struct sockaddr *)&lo_addr, sizeof(lo_addr)))
