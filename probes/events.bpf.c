@@ -223,15 +223,22 @@ static __always_inline bool path_filtered(struct pathbuf *pb, const __u8 *path, 
 	return bpf_map_lookup_elem(&st_path_prefixes, &pb->key) == NULL;
 }
 
-static __always_inline int finish_file(struct trace_event_raw_sys_exit *ctx, __u32 op)
+/* The args this thread saved at sys_enter for @op, removed from the map; false if none. */
+static __always_inline bool take_pending(struct st_pending *a, __u32 op)
 {
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
 	struct st_pending *p = bpf_map_lookup_elem(&st_pending, &tid);
 	if (!p)
-		return 0;
-	struct st_pending a = *p;
+		return false;
+	*a = *p;
 	bpf_map_delete_elem(&st_pending, &tid);
-	if (a.op != op)
+	return a->op == op;
+}
+
+static __always_inline int finish_file(struct trace_event_raw_sys_exit *ctx, __u32 op)
+{
+	struct st_pending a;
+	if (!take_pending(&a, op))
 		return 0;
 
 	struct st_file *e = get_scratch();
@@ -419,13 +426,8 @@ static __always_inline __u16 read_sockaddr(__u64 uptr, __u8 *addr, __u16 *port)
 
 static __always_inline int finish_net(struct trace_event_raw_sys_exit *ctx, __u32 op)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct st_pending *p = bpf_map_lookup_elem(&st_pending, &tid);
-	if (!p)
-		return 0;
-	struct st_pending a = *p;
-	bpf_map_delete_elem(&st_pending, &tid);
-	if (a.op != op)
+	struct st_pending a;
+	if (!take_pending(&a, op))
 		return 0;
 
 	struct st_net *e = get_scratch();

@@ -29,6 +29,7 @@ from typing import Any
 from agent.enforce.fanotify import FanotifyGuard, PermissionRequest
 from agent.enforce.guard import GUARDED_OPS, LSM_OPS, Guard
 from agent.events import model
+from agent.events.decode import open_access
 from agent.events.stream import EventStream
 from agent.policy.compile import CompiledPolicySet, compile_policy_set
 from agent.policy.evaluate import Evaluator, Process, Request, Verdict, request_from_event
@@ -42,7 +43,6 @@ from agent.policy.source import PolicySet
 
 log = logging.getLogger(__name__)
 
-O_ACCMODE, O_WRONLY, O_RDWR, O_CREAT, O_TRUNC = 0o3, 0o1, 0o2, 0o100, 0o1000
 FANOTIFY_MECHANISMS = frozenset({"fanotify", "fanotify+sigkill"})
 MAX_DIR_MARKS = 20000
 
@@ -89,20 +89,6 @@ class _State:
     enforcements: dict[tuple[str, str], Enforcement]  # (policy, rule id) -> how
     inode_targets: dict[tuple[int, int], str] = field(default_factory=dict)
     lineage: bool = False
-
-
-def open_access(flags: int) -> tuple[str, ...]:
-    acc = flags & O_ACCMODE
-    out = []
-    if acc in (0, O_RDWR):
-        out.append("read")
-    if acc in (O_WRONLY, O_RDWR):
-        out.append("write")
-    if flags & O_CREAT:
-        out.append("create")
-    if flags & O_TRUNC:
-        out.append("truncate")
-    return tuple(out)
 
 
 def process_of(tid: int, with_ancestors: bool) -> Process:

@@ -53,7 +53,8 @@ def _text(b: bytes) -> str:
     return os.fsdecode(b)
 
 
-def _access(flags: int) -> tuple[str, ...]:
+def open_access(flags: int) -> tuple[str, ...]:
+    """The access kinds an open(2) with these flags asks for."""
     acc = flags & OPEN_ACCMODE
     out = []
     if acc in (0, O_RDWR):
@@ -189,7 +190,7 @@ class Decoder:
                 **common,  # type: ignore[arg-type]
                 flags=f.flags,
                 mode=f.mode & 0o7777,
-                access=_access(f.flags),
+                access=open_access(f.flags),
             )
         if op == abi.Op.UNLINK:
             return model.UnlinkEvent(**common)  # type: ignore[arg-type]
