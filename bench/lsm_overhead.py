@@ -494,11 +494,16 @@ def main() -> int:
     )
     print(f"probes: {probes}", flush=True)
     argv = [a for a in sys.argv[1:] if a != "--working-tree-probes"]
+    load_start = os.getloadavg()
     result = run_in_vm(argv, args.working_tree_probes)
     result["probes"] = probes
+    # the VM's vCPUs are host threads: a busy host is the main source of noise
+    result["host_loadavg"] = {"start": load_start, "end": os.getloadavg()}
     path = benchlib.write_json("lsm_overhead.json", result)
     print()
     print_tables(result)
+    print(f"host load average {load_start[0]:.1f} at start, {os.getloadavg()[0]:.1f} at end "
+          f"({os.cpu_count()} CPUs; the VM's 2 vCPUs are host threads)")  # fmt: skip
     print(f"wrote {path}")
     return 0
 
