@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from agent.journal import protect
+from tests.agentproc import start_agent
 
 pytestmark = pytest.mark.kernel
 # qemu TCG (tests/vm) emulates every instruction: starting the agent takes ~15 s there
@@ -42,11 +43,7 @@ def test_agent_journals_exec_and_connect_and_the_journal_verifies(tmp_path: Path
     journal, keys, policies = tmp_path / "journal", tmp_path / "keys", tmp_path / "policies"
     policies.mkdir()
     marker = f"marker-{os.getpid()}-{time.monotonic_ns()}"
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "agent", "--journal", str(journal),
-         "--keys", str(keys), "--policies", str(policies)],
-        stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    agent = start_agent("--journal", str(journal), "--keys", str(keys), "--policies", str(policies))
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)

@@ -31,6 +31,7 @@ import pytest
 from agent.enforce.guard import cgroup2_root
 from agent.journal import protect
 from agent.policy.mechanisms import host_capabilities
+from tests.agentproc import start_agent
 
 pytestmark = pytest.mark.kernel
 
@@ -306,10 +307,9 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         assert lsm, "this host must load BPF-LSM programs (SEALTRAIL_EXPECT_LSM is set)"
     env = Env(root, work, root / "journal", root / "keys", policies, root / "run", cgroup,
               None, ports, lsm)  # type: ignore[arg-type]  # fmt: skip
-    env.agent = subprocess.Popen(
-        [PY, "-m", "agent.cli", "agent", "--journal", str(env.journal), "--keys", str(env.keys),
-         "--policies", str(policies), "--cgroup", str(cgroup), "--run-dir", str(env.run_dir)],
-        stderr=subprocess.PIPE, text=True,
+    env.agent = start_agent(
+        "--journal", str(env.journal), "--keys", str(env.keys), "--policies", str(policies),
+        "--cgroup", str(cgroup), "--run-dir", str(env.run_dir),
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 30 * SLOW
