@@ -21,13 +21,15 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from agent.enforce.fanotify import FanotifyGuard, PermissionRequest
-from agent.enforce.guard import GUARDED_OPS, LSM_OPS, Guard
+from agent.enforce.guard import GUARDED_OPS, LSM_OPS, Guard, cgroup2_root
+from agent.errors import KernelError
 from agent.events import model
 from agent.events.decode import open_access
 from agent.events.stream import EventStream
@@ -168,6 +170,7 @@ class Enforcer:
         self._guard: Guard | None = None
         self._fanotify: FanotifyGuard | None = None
         self._cgroup = cgroup
+        self._cgroups = CgroupPaths()
         self._marks: set[tuple[str, str]] = set()
 
     @property
@@ -307,13 +310,14 @@ class Enforcer:
             ev.kind in GUARDED_OPS or (self._guard.lsm and ev.kind in LSM_OPS)
         ):
             return  # the guard judged it in the kernel and reported any verdict itself
-        process = Process(exe=ev.exe, uid=ev.uid, gid=ev.gid)
+        cgroup = self._cgroups.path(ev.cgroup_id)
+        process = Process(exe=ev.exe, uid=ev.uid, gid=ev.gid, cgroup=cgroup)
         request = request_from_event(ev, process)
         if request is None:
             return
         if isinstance(ev, model.ExecEvent):
-            request = Request("exec", Process(exe=self._caller_exe(ev), uid=ev.uid, gid=ev.gid),
-                              path=ev.exe)  # fmt: skip
+            caller = Process(exe=self._caller_exe(ev), uid=ev.uid, gid=ev.gid, cgroup=cgroup)
+            request = Request("exec", caller, path=ev.exe)
         verdict = state.evaluator.decide(request)
         if verdict.rule_id is None or verdict.action == "allow":
             return
@@ -410,6 +414,38 @@ _SEVERITY = {"allow": 0, "audit": 1, "would-deny": 1, "would-kill": 1, "deny": 2
 
 def _strictest(verdicts: Iterable[Verdict]) -> Verdict:
     return max(verdicts, key=lambda v: _SEVERITY.get(v.effective, 0))
+
+
+class CgroupPaths:
+    """cgroup v2 id (what the probes report) -> path below the cgroup2 mount (what rules name).
+
+    An id is a cgroup directory's inode number. Unknown ids trigger a rescan of the tree, at
+    most once a second; a cgroup that is gone stays unknown (its rules cannot match).
+    """
+
+    RESCAN_S = 1.0
+
+    def __init__(self) -> None:
+        self._paths: dict[int, str] = {}
+        self._next_scan = 0.0
+        try:
+            self._root: Path | None = cgroup2_root()
+        except KernelError:
+            self._root = None
+
+    def path(self, cgroup_id: int) -> str | None:
+        found = self._paths.get(cgroup_id)
+        if found is not None or self._root is None:
+            return found
+        now = time.monotonic()
+        if now >= self._next_scan:
+            self._next_scan = now + self.RESCAN_S
+            root = str(self._root)
+            for dirpath, _dirs, _files in os.walk(root):
+                with contextlib.suppress(OSError):
+                    rel = "/" if dirpath == root else "/" + os.path.relpath(dirpath, root)
+                    self._paths[os.stat(dirpath).st_ino] = rel
+        return self._paths.get(cgroup_id)
 
 
 def _identity_target(state: _State, fd: int) -> str | None:

@@ -190,6 +190,17 @@ action = "deny"
 fallback = "kill"
 
 [[rules]]
+id = "cgroup-unlink"
+description = "only processes in the test cgroup are stopped from deleting these"
+operation = "unlink"
+targets.paths = ["{work}/cgroup-only/"]
+action = "deny"
+fallback = "kill"
+
+[rules.subjects]
+cgroup = ["{cgroup_rel}"]
+
+[[rules]]
 id = "precious-unlink"
 description = "deleting precious files kills (after the fact: no deny hook without LSM)"
 operation = "unlink"
@@ -285,6 +296,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     work = root / "work"
     (work / "bin").mkdir(parents=True)
     (work / "precious").mkdir()
+    (work / "cgroup-only").mkdir()
     (work / "protected.txt").write_text("original\n")
     (work / "watched.txt").write_text("watched\n")
     (work / "secret.txt").write_text("secret\n")
@@ -295,12 +307,13 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     names = ("deny", "kill", "bind", "monitor", "other", "except", "lineage", "audit",
              "kill_bind", "listen")  # fmt: skip
     ports = {name: free_port() for name in names}
+    cgroup = cgroup2_root() / f"sealtrail-test-{os.getpid()}"
     (policies / "e2e.toml").write_text(
-        POLICY.format(work=work, **{f"{name}_port": port for name, port in ports.items()})
-    )
+        POLICY.format(work=work, cgroup_rel="/" + cgroup.name,
+                      **{f"{name}_port": port for name, port in ports.items()})
+    )  # fmt: skip
     (policies / "monitor.toml").write_text(MONITOR.format(monitor_port=ports["monitor"],
                                                           work=work))  # fmt: skip
-    cgroup = cgroup2_root() / f"sealtrail-test-{os.getpid()}"
     cgroup.mkdir()
     lsm = host_capabilities().lsm
     if os.environ.get("SEALTRAIL_EXPECT_LSM"):
@@ -823,6 +836,31 @@ def test_file_ops_denied_or_killed_after_the_fact(env: Env, op: str) -> None:
     assert r.returncode == -signal.SIGKILL and "survived" not in r.stdout
     v = env.verdict(f"precious-{op}", action="kill")
     assert v["after_the_fact"] is True
+
+
+def test_cgroup_subject_applies_only_inside_the_cgroup(env: Env) -> None:
+    def unlinker(wait: int) -> str:
+        return (
+            "import os, sys, time\n"
+            "try:\n    os.unlink(sys.argv[1])\nexcept PermissionError:\n    print('EPERM')\n"
+            f"time.sleep({wait} if not os.path.exists(sys.argv[1]) else 0); print('survived')"
+        )
+
+    inside = env.work / "cgroup-only" / "inside"
+    inside.write_text("x")
+    r_in = env.in_cgroup([PY, "-c", unlinker(20 * SLOW), str(inside)])
+    if env.lsm:
+        assert r_in.stdout.split() == ["EPERM", "survived"] and inside.exists()
+        assert env.verdict("cgroup-unlink", action="deny")["pid"] > 0
+    else:
+        assert r_in.returncode == -signal.SIGKILL and not inside.exists()
+        assert env.verdict("cgroup-unlink", action="kill")["after_the_fact"] is True
+    # outside the cgroup the rule does not apply: the unlink goes through and nobody dies
+    outside = env.work / "cgroup-only" / "outside"
+    outside.write_text("x")
+    r = subprocess.run([PY, "-c", unlinker(2 * SLOW), str(outside)], capture_output=True,
+                       text=True, timeout=60 * SLOW)  # fmt: skip
+    assert r.returncode == 0 and r.stdout.strip() == "survived" and not outside.exists()
 
 
 def test_chown_denied_or_audited_after_the_fact(env: Env) -> None:
