@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.enforce import fanotify as fan
 from agent.enforce.fanotify import FanotifyGuard, PermissionRequest
 from agent.enforce.guard import GUARDED_OPS, LSM_OPS, Guard, cgroup2_root
 from agent.errors import KernelError
@@ -261,7 +262,11 @@ class Enforcer:
             except OSError as exc:
                 log.warning("fanotify mark %s %s: %s", kind, path, exc)
         for kind, path in sorted(self._marks - wanted):
-            mask = {"fs-exec": 0x40000, "dir": 0x10000 | 0x08000000, "file": 0x10000}[kind]
+            mask = {
+                "fs-exec": fan.FAN_OPEN_EXEC_PERM,
+                "dir": fan.FAN_OPEN_PERM | fan.FAN_EVENT_ON_CHILD,
+                "file": fan.FAN_OPEN_PERM,
+            }[kind]
             with contextlib.suppress(OSError):
                 self._fanotify.unmark(path, mask, filesystem=kind == "fs-exec")
         self._marks = wanted
