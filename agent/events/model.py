@@ -7,7 +7,6 @@ by ``sealtrail watch --json`` and by journal records.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -34,8 +33,8 @@ class Event:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind}
-        for name in _field_names(type(self)):
-            value = getattr(self, name)
+        # a frozen dataclass's __dict__ holds exactly its fields (no attribute can be added)
+        for name, value in self.__dict__.items():
             out[name] = list(value) if isinstance(value, tuple) else value
         return out
 
@@ -257,17 +256,6 @@ EVENT_TYPES: dict[str, type[Event]] = {
     )
 }
 KINDS = tuple(EVENT_TYPES)
-
-
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
-
-
-def _field_names(cls: type[Event]) -> tuple[str, ...]:
-    # dataclasses.fields() rebuilds its tuple on every call: once per class is enough
-    names = _FIELD_NAMES.get(cls)
-    if names is None:
-        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
-    return names
 
 
 def _result(ret: int) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import socket
 
 import pytest
@@ -37,8 +38,20 @@ def strings(*parts: bytes) -> tuple[list[int], bytes]:
     return lens, b"".join(p + b"\0" if p else b"" for p in parts)
 
 
+class CheckedDecoder(Decoder):
+    """Every event the decoder builds (bypassing __init__ for speed) has exactly its class's
+    fields and equals the event the dataclass constructor builds from the same values."""
+
+    def decode(self, raw: bytes) -> model.Event:
+        ev = super().decode(raw)
+        names = {f.name for f in dataclasses.fields(ev)}
+        assert set(vars(ev)) == names, (type(ev).__name__, set(vars(ev)) ^ names)
+        assert ev == type(ev)(**vars(ev))
+        return ev
+
+
 def decoder() -> Decoder:
-    return Decoder(FixedClock(), lambda pid, comm: f"/usr/bin/{comm}")
+    return CheckedDecoder(FixedClock(), lambda pid, comm: f"/usr/bin/{comm}")
 
 
 def test_exec_record() -> None:
@@ -154,3 +167,22 @@ def test_malformed_records_are_errors_not_garbage() -> None:
     rec = abi.File(hdr=hdr(abi.Op.OPEN), path_len=100)
     with pytest.raises(DecodeError, match="shorter than declared"):
         decoder().decode(bytes(rec) + b"/etc")
+
+
+def test_guard_verdict_record() -> None:
+    exe = b"/usr/bin/curl\0"
+    path = b"/etc/shadow\0"
+    rec = abi.Verdict(hdr=hdr(abi.Op.VERDICT), generation=3, rule_index=5,
+                      guarded_op=abi.Op.OPEN, action=abi.Action.DENY,
+                      rule_action=abi.Action.DENY, mechanism=abi.Mechanism.LSM,
+                      exe_len=len(exe), path_len=len(path))  # fmt: skip
+    ev = decoder().decode(bytes(rec) + path + exe)
+    assert isinstance(ev, model.GuardEvent)
+    assert (ev.op, ev.action, ev.mechanism, ev.generation, ev.rule_index) == (
+        "open",
+        "deny",
+        "lsm",
+        3,
+        5,
+    )
+    assert ev.path == "/etc/shadow" and ev.exe == "/usr/bin/curl"
