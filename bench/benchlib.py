@@ -297,3 +297,33 @@ def write_json(name: str, data: object) -> Path:
     path = OUT_DIR / name
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def compare_scenarios(
+    samples: dict[str, dict[str, list[float]]],
+    wls: dict[str, dict[str, object]],
+    scenarios: tuple[str, ...],
+) -> list[dict[str, object]]:
+    """Rows per workload and scenario against scenario "a" (no agent), plus one "c-b" row:
+    1000 vs 10 rules, the difference of medians against the noise (the larger spread)."""
+    rows: list[dict[str, object]] = []
+    for wl, by_scn in samples.items():
+        base = summary(by_scn["a"])
+        nsc = int(wls[wl]["syscalls"])  # type: ignore[call-overload]
+        for scn in scenarios:
+            s = summary(by_scn[scn])
+            added = s["median"] - base["median"]
+            rows.append({
+                "workload": wl, "scenario": scn, "ns_per_iter": s,
+                "ratio_to_a": s["median"] / base["median"], "added_ns_per_iter": added,
+                "added_ns_per_iter_min_based": s["min"] - base["min"],
+                "added_ns_per_syscall": added / nsc if nsc else None,
+            })  # fmt: skip
+        b, c = summary(by_scn["b"]), summary(by_scn["c"])
+        noise = max(b["max"] - b["min"], c["max"] - c["min"])
+        diff = c["median"] - b["median"]
+        rows.append({
+            "workload": wl, "scenario": "c-b", "ratio": c["median"] / b["median"],
+            "ns_per_iter_diff": diff, "noise_ns": noise, "flat": abs(diff) <= noise,
+        })  # fmt: skip
+    return rows

@@ -341,26 +341,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
 def report(
     samples: dict[str, dict[str, list[float]]], wls: dict[str, dict[str, object]]
 ) -> list[dict[str, object]]:
-    rows: list[dict[str, object]] = []
-    for wl, by_scn in samples.items():
-        base = summary(by_scn["a"])
-        nsc = int(wls[wl]["syscalls"])  # type: ignore[call-overload]
-        for scn in SCENARIOS:
-            s = summary(by_scn[scn])
-            added = s["median"] - base["median"]
-            rows.append({
-                "workload": wl, "scenario": scn, "ns_per_iter": s,
-                "ratio_to_a": s["median"] / base["median"], "added_ns_per_iter": added,
-                "added_ns_per_syscall": added / nsc if nsc else None,
-            })  # fmt: skip
-        b, c = summary(by_scn["b"]), summary(by_scn["c"])
-        noise = max(b["max"] - b["min"], c["max"] - c["min"])
-        diff = c["median"] - b["median"]
-        rows.append({
-            "workload": wl, "scenario": "c-b", "ratio": c["median"] / b["median"],
-            "ns_per_iter_diff": diff, "noise_ns": noise, "flat": abs(diff) <= noise,
-        })  # fmt: skip
-    return rows
+    return benchlib.compare_scenarios(samples, wls, SCENARIOS)
 
 
 def print_tables(result: dict[str, object]) -> None:

@@ -354,26 +354,7 @@ def load_pass(
 def report(
     samples: dict[str, dict[str, list[float]]], wls: dict[str, dict[str, object]]
 ) -> list[dict[str, object]]:
-    rows: list[dict[str, object]] = []
-    for wl, by_scn in samples.items():
-        base = summary(by_scn["a"])
-        nsc = int(wls[wl]["syscalls"])  # type: ignore[call-overload]
-        for scn in SCENARIOS:
-            s = summary(by_scn[scn])
-            added = s["median"] - base["median"]
-            rows.append({
-                "workload": wl, "scenario": scn, "ns_per_iter": s, "added_ns_per_iter": added,
-                "added_ns_per_iter_min_based": s["min"] - base["min"],
-                "added_ns_per_syscall": added / nsc if nsc else None,
-            })  # fmt: skip
-        b, c = summary(by_scn["b"]), summary(by_scn["c"])
-        # 1000 vs 10: the difference of medians against the noise (the larger spread of the two)
-        noise = max(b["max"] - b["min"], c["max"] - c["min"])
-        rows.append({
-            "workload": wl, "scenario": "c-b", "ns_per_iter_diff": c["median"] - b["median"],
-            "noise_ns": noise, "flat": abs(c["median"] - b["median"]) <= noise,
-        })  # fmt: skip
-    return rows
+    return benchlib.compare_scenarios(samples, wls, SCENARIOS)
 
 
 def print_tables(result: dict[str, object]) -> None:
