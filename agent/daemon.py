@@ -165,9 +165,10 @@ class Agent:
         directory = self.config.policies_dir
         errors: list[JsonValue] = []
         files: list[JsonValue] = []
+        compiled = None
         if directory.is_dir() and any(directory.glob("*.toml")):
             report = check([directory], self.caps)
-            policy_set = report.policy_set
+            policy_set, compiled = report.policy_set, report.compiled
             files = [s.document.file for s in policy_set.sources]
             errors = [str(f) for f in report.findings if f.severity == "error"]
         else:
@@ -175,7 +176,7 @@ class Agent:
             policy_set = PolicySet(())
         if not errors:
             try:
-                self.enforcer.install(policy_set)
+                self.enforcer.install(policy_set, compiled)
             except SealtrailError as exc:
                 errors = list(str(exc).splitlines()) or [type(exc).__name__]
         if errors:

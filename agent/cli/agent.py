@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from agent import paths
-from agent.cli.watch import parse_kinds
+from agent.cli.watch import add_ringbuf_size, parse_kinds
 from agent.daemon import DEFAULT_RECORD_KINDS, Agent, AgentConfig
-from agent.events.stream import DEFAULT_RINGBUF_BYTES
 
 
 def register(sub: Any) -> None:
@@ -45,13 +44,7 @@ def register(sub: Any) -> None:
         help="event kinds recorded besides what policies target "
         f"(default {','.join(sorted(DEFAULT_RECORD_KINDS))})",
     )
-    p.add_argument(
-        "--ringbuf-size",
-        type=int,
-        default=DEFAULT_RINGBUF_BYTES,
-        metavar="BYTES",
-        help=f"kernel ring buffer size, a power of two (default {DEFAULT_RINGBUF_BYTES})",
-    )
+    add_ringbuf_size(p)
     p.add_argument(
         "--epoch-seconds",
         type=float,

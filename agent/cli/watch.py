@@ -35,6 +35,12 @@ def register(sub: Any) -> None:
         default=[],
         help="report opens only at or below PATH (filtered in the kernel); repeatable",
     )
+    add_ringbuf_size(p)
+    p.set_defaults(func=run)
+
+
+def add_ringbuf_size(p: argparse.ArgumentParser) -> None:
+    """--ringbuf-size, shared by every command that streams events (watch, agent)."""
     p.add_argument(
         "--ringbuf-size",
         type=int,
@@ -42,7 +48,6 @@ def register(sub: Any) -> None:
         metavar="BYTES",
         help=f"kernel ring buffer size, a power of two (default {DEFAULT_RINGBUF_BYTES})",
     )
-    p.set_defaults(func=run)
 
 
 def parse_kinds(text: str | None) -> frozenset[str]:

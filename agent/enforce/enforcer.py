@@ -29,7 +29,7 @@ from typing import Any
 
 from agent.enforce import fanotify as fan
 from agent.enforce.fanotify import FanotifyGuard, PermissionRequest
-from agent.enforce.guard import GUARDED_OPS, LSM_OPS, Guard, cgroup2_root
+from agent.enforce.guard import GUARDED_OPS, LSM_OPS, Guard, cgroup2_root, cgroup_dirs
 from agent.errors import KernelError
 from agent.events import model
 from agent.events.decode import open_access
@@ -86,7 +86,6 @@ def journal_action(effective: str) -> str:
 
 @dataclass
 class _State:
-    policy_set: PolicySet
     compiled: CompiledPolicySet
     evaluator: Evaluator
     enforcements: dict[tuple[str, str], Enforcement]  # (policy, rule id) -> how
@@ -94,12 +93,16 @@ class _State:
     lineage: bool = False
 
 
-def process_of(tid: int, with_ancestors: bool) -> Process:
-    """The acting process as /proc tells it (exe, real uid/gid, cgroup v2 path, ancestry)."""
+def process_of(tid: int, with_ancestors: bool) -> tuple[Process, int]:
+    """The acting process as /proc tells it (exe, real uid/gid, cgroup v2 path, ancestry), and
+    the thread's process id (tgid)."""
     uid = gid = ppid = -1
+    tgid = tid
     with open(f"/proc/{tid}/status") as f:
         for line in f:
-            if line.startswith("Uid:"):
+            if line.startswith("Tgid:"):
+                tgid = int(line.split()[1])
+            elif line.startswith("Uid:"):
                 uid = int(line.split()[1])
             elif line.startswith("Gid:"):
                 gid = int(line.split()[1])
@@ -122,7 +125,8 @@ def process_of(tid: int, with_ancestors: bool) -> Process:
                 ancestors.append(parent_exe)
             pid = _ppid(pid)
             hops += 1
-    return Process(exe=exe, uid=uid, gid=gid, cgroup=cgroup, ancestors=tuple(ancestors))
+    process = Process(exe=exe, uid=uid, gid=gid, cgroup=cgroup, ancestors=tuple(ancestors))
+    return process, tgid
 
 
 def _readlink(path: str) -> str | None:
@@ -179,19 +183,20 @@ class Enforcer:
         return self._state.compiled.digest if self._state else None
 
     # ---- install (start and reload) ----
-    def install(self, policy_set: PolicySet) -> tuple[Enforcement, ...]:
-        """Compile, check every rule has a mechanism, install; the old policy stays on error."""
-        compiled = compile_policy_set(policy_set)
+    def install(
+        self, policy_set: PolicySet, compiled: CompiledPolicySet | None = None
+    ) -> tuple[Enforcement, ...]:
+        """Compile (unless ``compiled`` is that of ``policy_set`` already), check every rule has
+        a mechanism, install; the old policy stays on error."""
+        compiled = compiled or compile_policy_set(policy_set)
         enforcements = plan(compiled, self.caps)
         require_enforceable(enforcements)
         state = _State(
-            policy_set,
             compiled,
             Evaluator(compiled),
             {(e.rule.policy_name, e.rule.rule_id): e for e in enforcements},
-            lineage=any(rule.subjects is not None and rule.subjects.inherits
-                        for _, _, rule in policy_set.rules()),
-        )  # fmt: skip
+            lineage=compiled.follows_descendants,
+        )
         in_kernel = GUARDED_OPS | (LSM_OPS if self.caps.lsm else frozenset())
         if self._guard is None and any(e.rule.operation in in_kernel for e in enforcements):
             self._guard = Guard(
@@ -214,7 +219,7 @@ class Enforcer:
         kinds: set[str] = set()
         patterns: set[str] = set()
         for _, _, rule in policy_set.rules():
-            if rule.operation in ("open", "unlink", "rename", "chmod", "chown"):
+            if rule.operation in model.FILE_KINDS:
                 kinds.add(rule.operation)
                 if rule.targets.paths is None:
                     patterns.add("/")
@@ -280,7 +285,7 @@ class Enforcer:
         identity = _identity_target(state, req.fd) if not req.is_exec else None
         if not req.is_exec and identity is None and not state.evaluator.targets("open", req.path):
             return True  # a sibling of a marked file that no rule names: no need to ask /proc
-        process = process_of(req.tid, state.lineage)
+        process, pid = process_of(req.tid, state.lineage)
         if req.is_exec:
             requests = [Request("exec", process, path=req.path)]
         else:
@@ -296,7 +301,6 @@ class Enforcer:
         verdict = _strictest(state.evaluator.decide(r) for r in requests)
         if verdict.effective not in ("deny", "kill"):
             return True
-        pid = _tgid(req.tid)
         if verdict.effective == "kill":
             kill_process(pid)
         self._record(state, verdict, requests[0].operation, pid, process.exe,
@@ -315,14 +319,12 @@ class Enforcer:
             ev.kind in GUARDED_OPS or (self._guard.lsm and ev.kind in LSM_OPS)
         ):
             return  # the guard judged it in the kernel and reported any verdict itself
-        cgroup = self._cgroups.path(ev.cgroup_id)
-        process = Process(exe=ev.exe, uid=ev.uid, gid=ev.gid, cgroup=cgroup)
+        # an exec is judged for its caller: the image before the exec, not the new one
+        exe = self._caller_exe(ev) if isinstance(ev, model.ExecEvent) else ev.exe
+        process = Process(exe=exe, uid=ev.uid, gid=ev.gid, cgroup=self._cgroups.path(ev.cgroup_id))
         request = request_from_event(ev, process)
         if request is None:
             return
-        if isinstance(ev, model.ExecEvent):
-            caller = Process(exe=self._caller_exe(ev), uid=ev.uid, gid=ev.gid, cgroup=cgroup)
-            request = Request("exec", caller, path=ev.exe)
         verdict = state.evaluator.decide(request)
         if verdict.rule_id is None or verdict.action == "allow":
             return
@@ -445,11 +447,7 @@ class CgroupPaths:
         now = time.monotonic()
         if now >= self._next_scan:
             self._next_scan = now + self.RESCAN_S
-            root = str(self._root)
-            for dirpath, _dirs, _files in os.walk(root):
-                with contextlib.suppress(OSError):
-                    rel = "/" if dirpath == root else "/" + os.path.relpath(dirpath, root)
-                    self._paths[os.stat(dirpath).st_ino] = rel
+            self._paths.update((cgid, rel) for rel, cgid in cgroup_dirs(self._root))
         return self._paths.get(cgroup_id)
 
 
@@ -462,17 +460,6 @@ def _identity_target(state: _State, fd: int) -> str | None:
     except OSError:
         return None
     return state.inode_targets.get((st.st_dev, st.st_ino))
-
-
-def _tgid(tid: int) -> int:
-    try:
-        with open(f"/proc/{tid}/status") as f:
-            for line in f:
-                if line.startswith("Tgid:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return tid
 
 
 def _existing_ancestor(path: str) -> str:

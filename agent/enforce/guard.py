@@ -11,9 +11,10 @@ cgroup it created) and apply to every process below it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -29,14 +30,8 @@ from agent.kernel.loader import (
     Map,
     object_path,
 )
-from agent.policy.compile import (
-    MAPS,
-    OPS,
-    CompiledPolicySet,
-    lpm_key,
-    path_lookup,
-    unpack_masks,
-)
+from agent.policy.compile import MAPS, OPS, CompiledPolicySet, path_lookup
+from agent.policy.evaluate import Evaluator
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +86,16 @@ def cgroup2_root() -> Path:
     raise KernelError("no cgroup v2 mount in /proc/mounts: the network guard needs cgroup v2")
 
 
+def cgroup_dirs(root: Path) -> Iterator[tuple[str, int]]:
+    """(path below the cgroup2 mount, cgroup id) of every cgroup that exists now; a cgroup v2
+    directory's inode number is its id."""
+    top = str(root)
+    for dirpath, _dirs, _files in os.walk(top):
+        with contextlib.suppress(OSError):  # a cgroup removed while we walk
+            rel = "/" if dirpath == top else "/" + os.path.relpath(dirpath, top)
+            yield rel, os.stat(dirpath).st_ino
+
+
 def _cgroup_entries(compiled: CompiledPolicySet, root: Path) -> dict[bytes, bytes]:
     """st_pol_cgroup by cgroup id: every existing cgroup whose path matches an entry.
 
@@ -98,17 +103,13 @@ def _cgroup_entries(compiled: CompiledPolicySet, root: Path) -> dict[bytes, byte
     paths. Each cgroup directory that exists now gets its closed masks by the same LPM lookup the
     evaluator does. Cgroups created later match after the next reload (documented limit).
     """
-    table = compiled.maps.get("cgroup", {})
-    if not table:
+    if not compiled.maps.get("cgroup"):
         return {}
-    size = MAPS["cgroup"].key_size - 4
+    evaluator = Evaluator(compiled)
     entries: dict[bytes, bytes] = {}
-    for dirpath, _dirs, _files in os.walk(root):
-        rel = "/" if dirpath == str(root) else "/" + os.path.relpath(dirpath, root)
-        cgid = os.stat(dirpath).st_ino  # a cgroup v2 directory's inode number is its id
+    for rel, cgid in cgroup_dirs(root):
         for op in OPS.values():
-            prefixlen, data = path_lookup(op, rel)
-            value = _lpm_find(table, prefixlen, data, size)
+            value = evaluator.lpm_value("cgroup", path_lookup(op, rel))
             if value is not None:
                 entries[bytes(abi.PolCgroupKey(op=op, cgroup_id=cgid))] = value
     return entries
@@ -134,15 +135,6 @@ def _inode_entries(compiled: CompiledPolicySet) -> dict[bytes, bytes]:
         dev = (os.major(st.st_dev) << 20) | os.minor(st.st_dev)  # the kernel's s_dev encoding
         entries[bytes(abi.InodeKey(op=data[0], dev=dev, ino=st.st_ino))] = value
     return entries
-
-
-def _lpm_find(table: Mapping[bytes, bytes], prefixlen: int, data: bytes, size: int) -> bytes | None:
-    """Longest-prefix match over packed LPM entries (as the kernel trie would answer)."""
-    for length in range(prefixlen, -1, -1):
-        value = table.get(lpm_key(length, data, size))
-        if value is not None:
-            return value
-    return None
 
 
 class Guard:
@@ -230,7 +222,7 @@ class Guard:
             raise
         self.generation += 1
         cfg.generation[idle] = self.generation
-        cfg.flags = abi.GUARD_LINEAGE if _has_lineage(compiled) else 0
+        cfg.flags = abi.GUARD_LINEAGE if compiled.follows_descendants else 0
         cfg.slot = idle
         self._cfg.update(b"\0" * 4, bytes(cfg))  # the switch: one store
         self.compiled[self.generation] = compiled
@@ -263,8 +255,3 @@ class Guard:
         tb: TracebackType | None,
     ) -> None:
         self.close()
-
-
-def _has_lineage(compiled: CompiledPolicySet) -> bool:
-    """Does any rule follow descendants (an exe entry with inherit/xinherit bits)?"""
-    return any(any(unpack_masks(v)[1::2]) for v in compiled.maps.get("exe", {}).values())

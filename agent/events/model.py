@@ -256,6 +256,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
     )
 }
 KINDS = tuple(EVENT_TYPES)
+#: Kinds whose object is a path (file operations; exec's object is its binary).
+FILE_KINDS = frozenset(k for k, cls in EVENT_TYPES.items() if issubclass(cls, FileEvent))
 
 
 def _result(ret: int) -> str:

@@ -76,9 +76,6 @@ class StreamConfig:
                 )
 
 
-_FILE_KINDS = frozenset({"open", "unlink", "rename", "chmod", "chown"})
-
-
 def pattern_key(pattern: str) -> bytes:
     """LPM key for a policy path pattern: exact "/a/b", "/dir/" (below), "prefix*"."""
     raw = os.fsencode(pattern)
@@ -123,7 +120,6 @@ class EventStream:
         self.decode_errors = 0
         self.started_ns = 0
         self._attached: set[str] = set()
-        self._kinds = self.config.kinds
         self._patterns: set[bytes] = set()
         self._filter_kinds: frozenset[str] = frozenset()
 
@@ -198,7 +194,6 @@ class EventStream:
         for key in self._patterns - keys:
             trie.delete(key)
         self._patterns = keys
-        self._kinds = kinds
         self._filter_kinds = frozenset(kind for kind in kinds if filter_ops & (1 << KIND_OP[kind]))
 
     def reconfigure(self, extra_kinds: frozenset[str], path_patterns: tuple[str, ...]) -> None:
@@ -212,7 +207,7 @@ class EventStream:
         ):
             raise KernelError("reconfigure needs StreamConfig(load_all=True)")
         keys = {pattern_key(p) for p in path_patterns}
-        file_kinds = frozenset(k for k in extra_kinds if k in _FILE_KINDS)
+        file_kinds = extra_kinds & model.FILE_KINDS
         self._attach(self._programs_for(kinds))
         self._write_config(self._obj, kinds, file_kinds, keys)
 

@@ -285,6 +285,12 @@ class CompiledPolicySet:
         return {(r.operation, r.index): r for r in self.rules}
 
     @functools.cached_property
+    def follows_descendants(self) -> bool:
+        """Does any rule name a binary with ``descendants`` (exe entries with inherit bits)?
+        Then the kernel keeps per-task lineage and userspace judges with ancestors."""
+        return any(any(unpack_masks(value)[1::2]) for value in self.maps.get("exe", {}).values())
+
+    @functools.cached_property
     def rules_by_no(self) -> tuple[CompiledRule, ...]:
         """Rules in set (file) order: ``rules_by_no[rule_no]``."""
         return tuple(sorted(self.rules, key=lambda r: r.rule_no))

@@ -106,8 +106,8 @@ class Evaluator:
             if spec.kind == "lpm_trie"
         }
 
-    def _lpm(self, name: str, lookup: tuple[int, bytes]) -> tuple[int, ...]:
-        """Longest-prefix match, as the kernel's LPM trie does."""
+    def lpm_value(self, name: str, lookup: tuple[int, bytes]) -> bytes | None:
+        """The packed value the kernel's LPM trie ``name`` returns for ``lookup``, if any."""
         prefixlen, data = lookup
         size = MAPS[name].key_size - 4
         table = self.compiled.maps[name]
@@ -115,8 +115,13 @@ class Evaluator:
             if length <= prefixlen:
                 value = table.get(lpm_key(length, data, size))
                 if value is not None:
-                    return unpack_masks(value)
-        return _NO_MASKS
+                    return value
+        return None
+
+    def _lpm(self, name: str, lookup: tuple[int, bytes]) -> tuple[int, ...]:
+        """Longest-prefix match, as the kernel's LPM trie does."""
+        value = self.lpm_value(name, lookup)
+        return unpack_masks(value) if value is not None else _NO_MASKS
 
     def _id(self, name: str, op: int, value: int) -> tuple[int, ...]:
         found = self.compiled.maps[name].get(id_key(op, value))
