@@ -106,7 +106,7 @@ class Agent:
             "machine": u.machine,
             "record_kinds": kinds,
             # what `sealtrail doctor` found: the mechanisms this run can enforce with
-            "capabilities": dict(asdict(self.caps)) if self.caps else None,
+            "capabilities": asdict(self.caps) if self.caps else None,
             "journal_dir": str(self.config.journal_dir),
             "policies_dir": str(self.config.policies_dir),
         }
@@ -145,8 +145,8 @@ class Agent:
             finally:
                 self.enforcer.close()
                 stream.close()
-        except SealtrailError as exc:
-            stop_fields = {"reason": "error", "error": str(exc)}
+        except Exception as exc:  # the stop record says why the agent stopped, whatever the error
+            stop_fields = {"reason": "error", "error": f"{type(exc).__name__}: {exc}"}
             raise
         finally:
             self.notifier.stopping()
