@@ -6,16 +6,16 @@ PYTHON ?= python3
 VENV := .venv
 BUILD := build
 OBJDIR := agent/kernel/obj
-APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool
+APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool gcc libssl-dev
 PROBES := $(wildcard probes/*.bpf.c)
 OBJECTS := $(patsubst probes/%.bpf.c,$(OBJDIR)/%.bpf.o,$(PROBES))
 BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_x86 -Wall -Werror -I$(BUILD) -Iprobes
 
-.PHONY: all bootstrap apt venv probes tracefs run test lint unit kernel bench clean
+.PHONY: all bootstrap apt venv probes native tracefs run test lint unit kernel bench clean
 
 all: bootstrap
 
-bootstrap: apt venv probes tracefs
+bootstrap: apt venv probes native tracefs
 
 # Install only what is missing: a second run asks apt nothing.
 apt:
@@ -46,6 +46,15 @@ $(OBJDIR)/%.bpf.o: probes/%.bpf.c probes/sealtrail.h probes/common.h $(BUILD)/vm
 	mkdir -p $(OBJDIR)
 	clang $(BPF_CFLAGS) -c $< -o $@.tmp && mv $@.tmp $@
 
+# The native journal core (the verifier's fast path); agent/journal/native.py loads it.
+NATIVE_LIB := agent/lib/libstjournal.so
+NATIVE_CFLAGS := -O2 -g -fPIC -shared -Wall -Wextra -Werror -Wno-deprecated-declarations
+native: $(NATIVE_LIB)
+
+$(NATIVE_LIB): native/stjournal.c
+	mkdir -p $(dir $@)
+	gcc $(NATIVE_CFLAGS) $< -o $@.tmp -lcrypto && mv $@.tmp $@
+
 tracefs:
 	@mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
 
@@ -67,11 +76,11 @@ test: bootstrap lint
 # Stock-kernel VM (Debian 12, qemu TCG): BPF-LSM and the kernel suites on another kernel.
 # tests/vm/run.sh installs its own host packages (qemu-system-x86 debootstrap e2fsprogs).
 .PHONY: test-vm
-test-vm: venv probes
+test-vm: venv probes native
 	tests/vm/run.sh
 
 bench: bootstrap
 	$(VENV)/bin/python -m bench
 
 clean:
-	rm -rf $(BUILD) $(OBJDIR)
+	rm -rf $(BUILD) $(OBJDIR) $(NATIVE_LIB)

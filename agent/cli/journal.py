@@ -32,7 +32,6 @@ from agent.journal.verify import Finding, Verifier
 _DEFAULT_KEY = paths.DEFAULT_KEYS_DIR / paths.PUBLIC_KEY_NAME
 _FOLLOW_POLL_S = 0.25
 _PROGRESS_MIN_BYTES = 8 << 20  # below this a verify run takes well under a second
-_PROGRESS_EVERY = 16384  # records between progress updates
 _HIDDEN = frozenset({"seq", "ts", "host", "boot_id", "type", "prev", "sig", "new_key"})
 _COLOURS = {
     "deny": "31",
@@ -316,10 +315,11 @@ def run_verify(args: argparse.Namespace) -> int:
 
     for _, path in segments:
         content = read_segment(path)
-        for line in split_lines(path.name, content):
-            show(verifier.feed(line))
-            if verifier.summary.records % _PROGRESS_EVERY == 0:
-                progress.update(done + line.offset, verifier.summary.records)
+
+        def reached(offset: int, base: int = done) -> None:
+            progress.update(base + offset, verifier.summary.records)
+
+        show(verifier.feed_segment(path.name, content, progress=reached))
         done += len(content)
     show(verifier.finish())
     progress.clear()

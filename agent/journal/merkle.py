@@ -51,6 +51,18 @@ class CompactTree:
         frontier.append(node)
         self.size += 1
 
+    @property
+    def frontier(self) -> list[bytes]:
+        """Roots of the perfect subtrees, largest first (a copy)."""
+        return list(self._frontier)
+
+    def restore(self, size: int, frontier: list[bytes]) -> None:
+        """Take over a tree state computed elsewhere (the native verifier's)."""
+        if len(frontier) != bin(size).count("1"):
+            raise ValueError(f"a tree of size {size} has {bin(size).count('1')} subtrees")
+        self.size = size
+        self._frontier = list(frontier)
+
     def root(self) -> bytes:
         if not self._frontier:
             return EMPTY_ROOT

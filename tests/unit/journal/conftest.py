@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.journal import protect
+from agent.journal import native, protect
 from agent.journal.checkpoint import SignedCheckpoint
 from agent.journal.keys import KeyStore
 from agent.journal.segments import iter_lines, list_segments
-from agent.journal.verify import Summary, verify_lines
+from agent.journal.verify import Summary, Verifier, verify_lines
 from agent.journal.writer import JournalWriter
 
 
@@ -75,9 +75,19 @@ class Journal:
         return KeyStore(self.keys).genesis()
 
     def verify(self, *, against: SignedCheckpoint | None = None, strict: bool = False) -> Summary:
-        return verify_lines(
-            iter_lines(self.dir), KeyStore(self.keys).genesis(), against=against, strict=strict
-        )
+        """Verify as the CLI does, segment by segment; where the native fast path is built,
+        also through the pure Python path, and insist both say exactly the same."""
+        genesis = KeyStore(self.keys).genesis()
+        reference = verify_lines(iter_lines(self.dir), genesis, against=against, strict=strict)
+        for use_native in (False, True) if native.available() else (False,):
+            verifier = Verifier(genesis, against=against, strict=strict, use_native=use_native)
+            for _, path in list_segments(self.dir):
+                for _finding in verifier.feed_segment(path.name, path.read_bytes()):
+                    pass
+            for _finding in verifier.finish():
+                pass
+            assert verifier.summary == reference, f"use_native={use_native}"
+        return reference
 
     def segments(self) -> list[Path]:
         return [p for _, p in list_segments(self.dir)]

@@ -219,7 +219,6 @@ def test_verify_progress_bar_on_a_terminal_only(
     filled: Journal, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setattr(journal_cli, "_PROGRESS_MIN_BYTES", 0)
-    monkeypatch.setattr(journal_cli, "_PROGRESS_EVERY", 1)
     pub = str(filled.keys / "journal.pub")
     argv = ["journal", "verify", "--journal", str(filled.dir), "--key", pub]
     _, _, err = run(capsys, *argv)
