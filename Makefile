@@ -46,14 +46,15 @@ $(OBJDIR)/%.bpf.o: probes/%.bpf.c probes/sealtrail.h probes/common.h $(BUILD)/vm
 	mkdir -p $(OBJDIR)
 	clang $(BPF_CFLAGS) -c $< -o $@.tmp && mv $@.tmp $@
 
-# The native journal core (the verifier's fast path); agent/journal/native.py loads it.
-NATIVE_LIB := agent/lib/libstjournal.so
+# The native core (journal verify fast path, kernel record encoder); agent/native.py loads it.
+NATIVE_LIB := agent/lib/libsealtrail.so
 NATIVE_CFLAGS := -O2 -g -fPIC -shared -Wall -Wextra -Werror -Wno-deprecated-declarations
 native: $(NATIVE_LIB)
 
-$(NATIVE_LIB): native/stjournal.c
+NATIVE_SRC := $(wildcard native/*.c)
+$(NATIVE_LIB): $(NATIVE_SRC) native/stnative.h probes/sealtrail.h
 	mkdir -p $(dir $@)
-	gcc $(NATIVE_CFLAGS) $< -o $@.tmp -lcrypto && mv $@.tmp $@
+	gcc $(NATIVE_CFLAGS) $(NATIVE_SRC) -o $@.tmp -lcrypto && mv $@.tmp $@
 
 tracefs:
 	@mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing

@@ -14,6 +14,7 @@ import platform
 import signal
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
@@ -23,9 +24,11 @@ from agent import __version__, paths
 from agent.enforce.enforcer import Enforcer
 from agent.errors import SealtrailError
 from agent.events import model
+from agent.events.decode import KIND_OP
 from agent.events.stream import DEFAULT_RINGBUF_BYTES, EventStream, StreamConfig, StreamItem
 from agent.journal import JournalWriter
 from agent.journal.canonical import JsonValue
+from agent.journal.native import ENC_END, ENC_SLOW, EventEncoder
 from agent.policy.check import check
 from agent.policy.mechanisms import HostCapabilities, host_capabilities
 from agent.policy.source import PolicySet
@@ -38,6 +41,9 @@ log = logging.getLogger(__name__)
 # recorded where a policy rule targets them (their volume on a busy host is the cost driver).
 DEFAULT_RECORD_KINDS = frozenset({"exec", "exit", "connect", "bind", "listen", "accept"})
 POLL_MS = 50
+#: Event kinds the native encoder journals straight from ring-buffer bytes (native/strecord.c)
+#: when nothing but the journal needs them.
+NATIVE_KINDS = ("connect", "bind", "listen", "accept")
 STATUS_INTERVAL_S = 10.0
 
 
@@ -63,16 +69,87 @@ def boot_id() -> str:
 
 
 def event_fields(ev: model.Event) -> dict[str, JsonValue]:
-    """An event as journal fields: integers beyond 2**53 (ns stamps, cgroup ids) as strings."""
+    """An event as journal fields: integers beyond 2**53 (ns stamps, cgroup ids) as strings.
+
+    Paths and argv are bytes in the kernel; bytes that are not UTF-8 (decoded with
+    surrogateescape) cannot be JSON text, so they are written as ``\\xNN`` escapes and the
+    record says ``"escaped": true`` (docs/journal-format.md, section 13).
+    """
     d: dict[str, Any] = ev.to_dict()
     d["ts_ns"] = str(ev.ts_ns)
     d["cgroup_id"] = str(ev.cgroup_id)
+    escaped = False
+    for key, value in d.items():
+        if type(value) is str:
+            if not value.isascii() and _has_surrogates(value):
+                d[key] = _escape(value)
+                escaped = True
+        elif (
+            type(value) is list
+            and not all(v.isascii() for v in value)
+            and any(_has_surrogates(v) for v in value)
+        ):
+            d[key] = [_escape(v) for v in value]
+            escaped = True
+    if escaped:
+        d["escaped"] = True
     return d
+
+
+def _has_surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _escape(text: str) -> str:
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def loss_fields(loss: model.LossEvent) -> dict[str, JsonValue]:
     drops: dict[str, JsonValue] = {k: v for k, v in sorted(loss.by_kind.items())}
     return {"drops": drops, "count": loss.count, "since_ns": str(loss.since_ns)}
+
+
+def record_batch(
+    journal: JournalWriter,
+    encoder: EventEncoder,
+    batch: bytes,
+    ops_mask: int,
+    slow: Callable[[list[bytes]], None],
+) -> int:
+    """Journal a ring-buffer batch in order; returns the records the native encoder took.
+
+    Runs of ``ops_mask`` records go to ``journal.append_events``; the record where the encoder
+    stops, and every following one up to the next it may take, go to ``slow`` as raw records.
+    """
+    taken_total = 0
+    pos, end = 0, len(batch)
+    while pos < end:
+        start = pos
+        run_end = encoder.scan(batch, pos, ops_mask)
+        stop = ENC_END
+        while pos < run_end:
+            pos, taken, stop = journal.append_events(encoder, batch, pos)
+            taken_total += taken
+            if stop == ENC_SLOW:
+                break
+        if pos >= end:
+            break
+        if stop != ENC_SLOW and run_end > start:
+            continue  # the run ended at its pid limit: scan the next one
+        raws: list[bytes] = []
+        while pos < end:
+            size = int.from_bytes(batch[pos : pos + 4], "little")
+            op = int.from_bytes(batch[pos + 4 : pos + 6], "little")
+            if raws and op < 64 and ops_mask >> op & 1:
+                break
+            raws.append(batch[pos + 4 : pos + 4 + size])
+            pos += 4 + size
+        slow(raws)
+    return taken_total
 
 
 class Agent:
@@ -82,6 +159,7 @@ class Agent:
         self._signals: collections.deque[int] = collections.deque()
         self._stopping = False
         self.recorded = 0
+        self.recorded_native = 0  # of which the native encoder wrote
         self.lost = 0
         self.verdicts = 0
         self.reloads = 0
@@ -151,6 +229,7 @@ class Agent:
         finally:
             self.notifier.stopping()
             stop_fields["recorded"] = self.recorded
+            stop_fields["recorded_native"] = self.recorded_native
             stop_fields["lost"] = self.lost
             stop_fields["verdicts"] = self.verdicts
             journal.close(stop_fields)
@@ -201,8 +280,12 @@ class Agent:
         next_status = time.monotonic() + STATUS_INTERVAL_S
         wd = self.notifier.watchdog_interval_s
         next_watchdog = time.monotonic()
+        encoder = self._encoder(stream, journal)
         while not self._stopping:
-            self._record(journal, stream.poll(POLL_MS))
+            if encoder is not None:
+                self._record_batch(journal, stream, encoder, stream.poll_batch(POLL_MS))
+            else:
+                self._record(journal, stream.poll(POLL_MS))
             journal.tick()
             self._dispatch_signals(journal)
             now = time.monotonic()
@@ -229,6 +312,45 @@ class Agent:
                 enforcer.handle(item)
         if enforcer is not None:
             self._record_verdicts(journal, enforcer)
+
+    @staticmethod
+    def _encoder(stream: EventStream, journal: JournalWriter) -> EventEncoder | None:
+        """The native record path, where the native core is loaded (else all in Python)."""
+        if not (stream.batches and journal.takes_events):
+            return None
+        lookup = stream.proctable.lookup
+        return EventEncoder(
+            host=journal.host,
+            boot_id=journal.boot_id,
+            clock_offset=stream.decoder.clock.offset_ns,
+            exe_of=lambda pid: lookup(pid, ""),
+        )
+
+    def _native_ops(self) -> int:
+        """Ops whose events are only recorded, as a bit mask: the native encoder takes them."""
+        mask = 0
+        for kind in NATIVE_KINDS:
+            if self.enforcer is None or not self.enforcer.needs(kind):
+                mask |= 1 << KIND_OP[kind]
+        return mask
+
+    def _record_batch(
+        self, journal: JournalWriter, stream: EventStream, encoder: EventEncoder, batch: bytes
+    ) -> None:
+        """One ring-buffer batch, in order: events that are only recorded through the native
+        encoder, every other record through ``_record`` (decode, enforcer)."""
+        taken = record_batch(
+            journal,
+            encoder,
+            batch,
+            self._native_ops(),
+            lambda raws: self._record(journal, stream.decode_records(raws)),
+        )
+        self.recorded += taken
+        self.recorded_native += taken
+        loss = stream.due_loss()
+        if loss is not None:
+            self._record(journal, [loss])
 
     def _record_verdicts(self, journal: JournalWriter, enforcer: Enforcer) -> None:
         while enforcer.verdicts:

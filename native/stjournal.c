@@ -25,8 +25,9 @@
 #include <string.h>
 #include <openssl/sha.h>
 
+#include "stnative.h"
+
 #define ST_MAX_DEPTH 32
-#define ST_MAX_FRONTIER 64
 #define ST_SAFE_INT 9007199254740991LL /* 2^53 - 1 */
 
 static const uint8_t RECORD_PREFIX[20] = "sealtrail/record/v1"; /* with its NUL: 20 bytes */
@@ -34,8 +35,6 @@ static const uint8_t RECORD_PREFIX[20] = "sealtrail/record/v1"; /* with its NUL:
 struct st_verify {
 	uint64_t expected;     /* in/out: seq the next record must carry */
 	uint64_t taken;        /* out: records taken by the last run */
-	uint64_t tree_size;    /* in/out: Merkle tree size */
-	uint64_t frontier_len; /* in/out: perfect-subtree roots, largest first */
 	uint64_t limit;        /* in: take at most this many records */
 	uint64_t last_offset;  /* out: offset in buf of the last record taken */
 	uint64_t stop;         /* out: why the run stopped (ST_STOP_*), for tests */
@@ -43,8 +42,8 @@ struct st_verify {
 	uint64_t host_len;
 	const char *boot; /* in: canonical JSON content of the current boot id */
 	uint64_t boot_len;
-	uint8_t prev[32];                          /* in/out: hash of the record before */
-	uint8_t frontier[ST_MAX_FRONTIER][32];     /* in/out */
+	uint8_t prev[32];    /* in/out: hash of the record before */
+	struct st_tree tree; /* in/out */
 };
 
 enum {
@@ -365,7 +364,7 @@ static int ordinary(const struct st_verify *st, const struct scan *s)
 
 /* SHA-256 through the low-level interface: the one-shot SHA256() of OpenSSL 3 fetches an
  * EVP method under a lock on every call, which cost more than the hashing itself. */
-static void sha256(const uint8_t *data, size_t len, uint8_t out[32])
+void st_sha256(const uint8_t *data, size_t len, uint8_t out[32])
 {
 	SHA256_CTX ctx;
 	SHA256_Init(&ctx);
@@ -373,30 +372,57 @@ static void sha256(const uint8_t *data, size_t len, uint8_t out[32])
 	SHA256_Final(out, &ctx);
 }
 
-static void tree_append(struct st_verify *st, const uint8_t rh[32])
+void st_record_hash(const uint8_t *line, size_t len, uint8_t out[32])
+{
+	SHA256_CTX ctx;
+	SHA256_Init(&ctx);
+	SHA256_Update(&ctx, RECORD_PREFIX, sizeof(RECORD_PREFIX));
+	SHA256_Update(&ctx, line, len);
+	SHA256_Final(out, &ctx);
+}
+
+void st_tree_append(struct st_tree *t, const uint8_t rh[32])
 {
 	uint8_t buf[65], node[32];
 	buf[0] = 0;
 	memcpy(buf + 1, rh, 32);
-	sha256(buf, 33, node);
-	uint64_t size = st->tree_size;
+	st_sha256(buf, 33, node);
+	uint64_t size = t->size;
 	buf[0] = 1;
 	while (size & 1) {
-		memcpy(buf + 1, st->frontier[--st->frontier_len], 32);
+		memcpy(buf + 1, t->frontier[--t->frontier_len], 32);
 		memcpy(buf + 33, node, 32);
-		sha256(buf, 65, node);
+		st_sha256(buf, 65, node);
 		size >>= 1;
 	}
-	memcpy(st->frontier[st->frontier_len++], node, 32);
-	st->tree_size++;
+	memcpy(t->frontier[t->frontier_len++], node, 32);
+	t->size++;
+}
+
+void st_tree_root(const struct st_tree *t, uint8_t out[32])
+{
+	static const uint8_t empty[32] = {
+		0xe3, 0xb0, 0xc4, 0x42, 0x98, 0xfc, 0x1c, 0x14, 0x9a, 0xfb, 0xf4, 0xc8, 0x99, 0x6f, 0xb9, 0x24,
+		0x27, 0xae, 0x41, 0xe4, 0x64, 0x9b, 0x93, 0x4c, 0xa4, 0x95, 0x99, 0x1b, 0x78, 0x52, 0xb8, 0x55,
+	};
+	if (!t->frontier_len) {
+		memcpy(out, empty, 32);
+		return;
+	}
+	uint8_t buf[65], node[32];
+	memcpy(node, t->frontier[t->frontier_len - 1], 32);
+	buf[0] = 1;
+	for (uint64_t i = t->frontier_len - 1; i-- > 0;) {
+		memcpy(buf + 1, t->frontier[i], 32);
+		memcpy(buf + 33, node, 32);
+		st_sha256(buf, 65, node);
+	}
+	memcpy(out, node, 32);
 }
 
 /* Take ordinary records from buf[pos..len); returns the offset of the first line not taken. */
 uint64_t st_verify_run(struct st_verify *st, const uint8_t *buf, uint64_t len, uint64_t pos)
 {
-	SHA256_CTX base;
-	SHA256_Init(&base);
-	SHA256_Update(&base, RECORD_PREFIX, sizeof(RECORD_PREFIX));
 	st->taken = 0;
 	for (;;) {
 		if (pos >= len) {
@@ -407,7 +433,7 @@ uint64_t st_verify_run(struct st_verify *st, const uint8_t *buf, uint64_t len, u
 			st->stop = ST_STOP_LIMIT;
 			return pos;
 		}
-		if (st->tree_size >= (1ULL << 62) || st->frontier_len >= ST_MAX_FRONTIER) {
+		if (st->tree.size >= (1ULL << 62) || st->tree.frontier_len >= ST_MAX_FRONTIER) {
 			st->stop = ST_STOP_RECORD;
 			return pos;
 		}
@@ -429,11 +455,9 @@ uint64_t st_verify_run(struct st_verify *st, const uint8_t *buf, uint64_t len, u
 			st->stop = ST_STOP_RECORD;
 			return pos;
 		}
-		SHA256_CTX ctx = base;
 		uint8_t rh[32];
-		SHA256_Update(&ctx, line, (size_t)(nl - line));
-		SHA256_Final(rh, &ctx);
-		tree_append(st, rh);
+		st_record_hash(line, (size_t)(nl - line), rh);
+		st_tree_append(&st->tree, rh);
 		memcpy(st->prev, rh, 32);
 		st->expected++;
 		st->taken++;
@@ -442,7 +466,7 @@ uint64_t st_verify_run(struct st_verify *st, const uint8_t *buf, uint64_t len, u
 	}
 }
 
-uint64_t st_abi_size(void)
+uint64_t st_verify_size(void)
 {
 	return sizeof(struct st_verify);
 }

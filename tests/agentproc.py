@@ -20,10 +20,11 @@ def _die_with_parent() -> None:
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
-def start_agent(*args: str) -> subprocess.Popen[str]:
+def start_agent(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "agent.cli", "agent", *args],
         stderr=subprocess.PIPE,
         text=True,
         preexec_fn=_die_with_parent,
+        env=env,
     )

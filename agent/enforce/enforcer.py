@@ -91,6 +91,7 @@ class _State:
     enforcements: dict[tuple[str, str], Enforcement]  # (policy, rule id) -> how
     inode_targets: dict[tuple[int, int], str] = field(default_factory=dict)
     lineage: bool = False
+    operations: frozenset[str] = frozenset()  # the operations some rule guards
 
 
 def process_of(tid: int, with_ancestors: bool) -> tuple[Process, int]:
@@ -196,6 +197,7 @@ class Enforcer:
             Evaluator(compiled),
             {(e.rule.policy_name, e.rule.rule_id): e for e in enforcements},
             lineage=compiled.follows_descendants,
+            operations=frozenset(e.rule.operation for e in enforcements),
         )
         in_kernel = GUARDED_OPS | (LSM_OPS if self.caps.lsm else frozenset())
         if self._guard is None and any(e.rule.operation in in_kernel for e in enforcements):
@@ -308,6 +310,16 @@ class Enforcer:
         return False
 
     # ---- events from the stream (main loop) ----
+    def needs(self, kind: str) -> bool:
+        """False if ``handle`` would ignore every event of this kind (no rule guards it, or
+        the in-kernel guard judges it): such events need no Python object."""
+        if self._state is None or kind not in self._state.operations:
+            return False
+        return not (
+            self._guard is not None
+            and (kind in GUARDED_OPS or (self._guard.lsm and kind in LSM_OPS))
+        )
+
     def handle(self, ev: model.Event) -> None:
         state = self._state
         if state is None:

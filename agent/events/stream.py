@@ -115,6 +115,7 @@ class EventStream:
         self._rb: RingBuffer | None = None
         self._drops: Map | None = None
         self._dropped_seen = [0] * abi.OP_MAX
+        self._unstored_seen = 0
         self._loss_since_ns = time.time_ns()
         self._next_loss_check = 0.0
         self.decode_errors = 0
@@ -270,7 +271,38 @@ class EventStream:
         items = self._decode_all(self._rb.drain(), force_loss_check=True)
         return items
 
-    def _decode_all(self, raws: list[bytes], force_loss_check: bool = False) -> list[StreamItem]:
+    @property
+    def batches(self) -> bool:
+        """True if ``poll_batch`` works: records come as one native batch (``split_batch``)."""
+        return self._rb is not None and self._rb.batches
+
+    def poll_batch(self, timeout_ms: int) -> bytes:
+        """Wait up to timeout_ms; every record as one batch, undecoded (``decode_records``
+        and ``due_loss`` do the rest)."""
+        if self._rb is None:
+            raise KernelError("event stream is not started")
+        return self._rb.poll_batch(timeout_ms)
+
+    def drain_batch(self) -> bytes:
+        if self._rb is None:
+            raise KernelError("event stream is not started")
+        return self._rb.drain_batch()
+
+    def decode_records(self, raws: list[bytes]) -> list[StreamItem]:
+        """Decode raw records as ``poll`` does, without the loss check."""
+        return self._decode_all(raws, loss_check=False)
+
+    def due_loss(self, *, force: bool = False) -> model.LossEvent | None:
+        """The loss since the last report, checked at most every LOSS_CHECK_INTERVAL_S."""
+        now = time.monotonic()
+        if force or now >= self._next_loss_check:
+            self._next_loss_check = now + LOSS_CHECK_INTERVAL_S
+            return self.check_loss()
+        return None
+
+    def _decode_all(
+        self, raws: list[bytes], force_loss_check: bool = False, loss_check: bool = True
+    ) -> list[StreamItem]:
         out: list[StreamItem] = []
         decode = self.decoder.decode
         observe = self.proctable.observe
@@ -285,10 +317,8 @@ class EventStream:
             if self._filter_kinds and ev.kind in self._filter_kinds and not self._wanted(ev):
                 continue
             out.append(ev)
-        now = time.monotonic()
-        if force_loss_check or now >= self._next_loss_check:
-            self._next_loss_check = now + LOSS_CHECK_INTERVAL_S
-            loss = self.check_loss()
+        if loss_check:
+            loss = self.due_loss(force=force_loss_check)
             if loss is not None:
                 out.append(loss)
         return out
@@ -319,14 +349,16 @@ class EventStream:
     def check_loss(self) -> model.LossEvent | None:
         totals = self.dropped_total()
         delta = [t - s for t, s in zip(totals, self._dropped_seen, strict=True)]
-        if not any(delta):
+        unstored = self._rb.failed - self._unstored_seen if self._rb is not None else 0
+        if not any(delta) and not unstored:
             return None
         now = time.time_ns()
+        by_kind = {OP_KIND[op]: n for op, n in enumerate(delta) if n and op in OP_KIND}
+        if unstored:  # taken from the ring but not stored (the agent ran out of memory)
+            by_kind["unstored"] = unstored
+            self._unstored_seen += unstored
         loss = model.LossEvent(
-            ts_ns=now,
-            since_ns=self._loss_since_ns,
-            count=sum(delta),
-            by_kind={OP_KIND[op]: n for op, n in enumerate(delta) if n and op in OP_KIND},
+            ts_ns=now, since_ns=self._loss_since_ns, count=sum(delta) + unstored, by_kind=by_kind
         )
         self._dropped_seen = totals
         self._loss_since_ns = now

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.errors import FormatError, JournalCorrupt, JournalError
-from agent.journal import protect
+from agent.journal import native, protect
 from agent.journal.canonical import JsonValue, canonical
 from agent.journal.checkpoint import Checkpoint, rotation_signing_input
 from agent.journal.durable import fsync_dir
@@ -106,6 +106,7 @@ class JournalWriter:
         segment_bytes: int,
         protect_files: bool,
         clock: Callable[[], int],
+        use_native: bool = True,
     ) -> None:
         self.directory = directory
         self.host = host
@@ -113,7 +114,15 @@ class JournalWriter:
         self.recovery = scan.recovery
         self._keys = keys
         self._key = key
-        self._tree = scan.tree
+        self._tree: CompactTree | native.NativeTree = scan.tree
+        #: With the native core, the chain state lives in one C struct that both this writer's
+        #: own records and ``append_events`` extend.
+        self._chain: native.Chain | None = None
+        if use_native and native.available():
+            self._chain = native.Chain(
+                scan.next_seq, bytes.fromhex(scan.prev), scan.tree.size, scan.tree.frontier
+            )
+            self._tree = self._chain.tree()
         self._next_seq = scan.next_seq
         self._prev = scan.prev
         self._last_seal_seq = scan.last_seal_seq
@@ -151,11 +160,14 @@ class JournalWriter:
         protect_files: bool = True,
         create_keys: bool = True,
         clock: Callable[[], int] = time.time_ns,
+        use_native: bool = True,
     ) -> JournalWriter:
         """Open (creating if needed) the journal, recovering a torn tail after a crash.
 
         ``create_keys``: make the genesis key pair if ``keys_dir`` has none (the agent's first
         start). ``protect_files``: set FS_APPEND_FL / FS_IMMUTABLE_FL where supported.
+        ``use_native``: keep the chain in the native core where it is built (the same bytes
+        either way; ``append_events`` needs it).
         """
         if not host or not boot_id:
             raise JournalError("host and boot_id must be non-empty")
@@ -193,6 +205,7 @@ class JournalWriter:
             segment_bytes=segment_bytes,
             protect_files=protect_files,
             clock=clock,
+            use_native=use_native,
         )
         writer._open_live_segment()
         if scan.recovery is not None:
@@ -243,6 +256,47 @@ class JournalWriter:
             ):
                 self._seal()
             return seq
+
+    @property
+    def takes_events(self) -> bool:
+        """True if ``append_events`` can be used (the native core is loaded)."""
+        return self._chain is not None
+
+    def append_events(
+        self, encoder: native.EventEncoder, batch: bytes, pos: int
+    ) -> tuple[int, int, int]:
+        """Append the run of kernel events ``encoder.scan`` prepared, starting at ``pos``.
+
+        Returns (where it stopped, records appended, why it stopped: ``native.ENC_*``). Like
+        ``append``, the lines are handed to the kernel before it returns, and it seals inline
+        when a batch is due.
+        """
+        with self._lock:
+            if self._closed:
+                raise JournalError("journal is closed")
+            chain = self._chain
+            if chain is None:
+                raise JournalError("the native core is not loaded")
+            if self._unsealed >= self._seal_every:
+                self._seal()
+            chain.state.next_seq = self._next_seq
+            fixed_ts = 0 if native.realtime_clock(self._clock) else self._clock()
+            end = encoder.encode(
+                chain, batch, pos, limit=self._seal_every - self._unsealed, fixed_ts=fixed_ts
+            )
+            taken = int(encoder.params.taken)
+            if taken:
+                self._write(encoder.output())
+                self._next_seq = chain.next_seq
+                self._prev = chain.prev.hex()
+                if not self._unsealed:
+                    self._unsealed_since = time.monotonic()
+                self._unsealed += taken
+                if self._unsealed >= self._seal_every or (
+                    time.monotonic() - self._unsealed_since >= self._seal_interval
+                ):
+                    self._seal()
+            return end, taken, int(encoder.params.stop)
 
     def tick(self) -> None:
         """Seal records older than the seal interval and rotate an expired epoch key."""
@@ -300,9 +354,14 @@ class JournalWriter:
         """Encode, write, hash, add to the tree. Caller holds the lock."""
         line = canonical(record)
         self._write(line + b"\n")
-        digest = self._sha256(RECORD_PREFIX + line).digest()
-        self._tree.append(digest)
-        self._prev = digest.hex()
+        chain = self._chain
+        if chain is not None:
+            chain.add(line)
+            self._prev = chain.prev.hex()
+        else:
+            digest = self._sha256(RECORD_PREFIX + line).digest()
+            self._tree.append(digest)
+            self._prev = digest.hex()
         seq = self._next_seq
         self._next_seq = seq + 1
         if not self._unsealed:

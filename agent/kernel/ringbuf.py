@@ -1,39 +1,66 @@
-"""BPF ring buffer consumer: libbpf's ring_buffer__poll with a Python callback.
+"""BPF ring buffer consumer over libbpf's ring_buffer__poll.
 
-The callback only copies the record's bytes into a list; decoding happens after the poll
-returns, in batches, so the C→Python transition is the only per-record cost inside libbpf.
+With the native core, libbpf calls ``st_rb_collect`` (C), which appends every record to one
+growing buffer as ``[u32 size][bytes]``: a poll hands Python one batch and no per-record
+callback runs in Python. Without it, a Python callback copies each record into a list. Either
+way, decoding happens after the poll returns.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Iterator
 
 from agent.errors import KernelError
+from agent.journal import native
 from agent.kernel import libbpf
 from agent.kernel.libbpf import SampleFn, lib
 from agent.kernel.loader import Map
 
 
+def split_batch(batch: bytes) -> Iterator[bytes]:
+    """The records of a native batch, in order."""
+    pos, end = 0, len(batch)
+    while pos < end:
+        size = int.from_bytes(batch[pos : pos + 4], "little")
+        yield batch[pos + 4 : pos + 4 + size]
+        pos += 4 + size
+
+
 class RingBuffer:
     def __init__(self, ringbuf: Map) -> None:
         self._batch: list[bytes] = []
-        batch = self._batch
-        string_at = ctypes.string_at
+        self._native: native.StBatch | None = None
+        #: Records the native collector could not store (out of memory): lost, and counted.
+        self.failed = 0
+        collect = native.sample_collector()
+        if collect is not None:
+            self._native = native.StBatch()
+            self._cb = ctypes.cast(collect, SampleFn)
+            ctx: int | None = ctypes.addressof(self._native)
+        else:
+            batch = self._batch
+            string_at = ctypes.string_at
 
-        def on_sample(_ctx: int, data: int, size: int) -> int:
-            batch.append(string_at(data, size))
-            return 0
+            def on_sample(_ctx: int, data: int, size: int) -> int:
+                batch.append(string_at(data, size))
+                return 0
 
-        self._cb = SampleFn(on_sample)  # keep a reference: libbpf holds the raw pointer
-        ptr = lib.ring_buffer__new(ringbuf.fd, self._cb, None, None)
+            self._cb = SampleFn(on_sample)  # keep a reference: libbpf holds the raw pointer
+            ctx = None
+        ptr = lib.ring_buffer__new(ringbuf.fd, self._cb, ctx, None)
         if not ptr:
             err = libbpf.errno_now()
             raise KernelError(f"ring buffer {ringbuf.name}: {os.strerror(err)}", err)
         self._ptr: int | None = ptr
 
-    def poll(self, timeout_ms: int) -> list[bytes]:
-        """Wait up to timeout_ms (the latency bound on a quiet host); return every record."""
+    @property
+    def batches(self) -> bool:
+        """True if ``poll_batch``/``drain_batch`` are available (the native collector)."""
+        return self._native is not None
+
+    def _wait(self, timeout_ms: int) -> None:
         if not self._ptr:
             raise KernelError("ring buffer is closed")
         ret = lib.ring_buffer__poll(self._ptr, timeout_ms)
@@ -41,21 +68,52 @@ class RingBuffer:
             libbpf.check(ret, "ring_buffer__poll")
         # The probes wake us only when the ring fills up (BPF_RB_NO_WAKEUP otherwise): after a
         # quiet timeout, take what arrived without a wakeup.
+        self._consume()
+
+    def _consume(self) -> None:
+        if not self._ptr:
+            raise KernelError("ring buffer is closed")
         libbpf.check(lib.ring_buffer__consume(self._ptr), "ring_buffer__consume")
+
+    def _take(self) -> bytes:
+        b = self._native
+        assert b is not None
+        out = ctypes.string_at(b.buf, b.len) if b.len else b""
+        b.len = b.count = 0
+        if b.failed:
+            self.failed += b.failed
+            b.failed = 0
+        return out
+
+    def poll_batch(self, timeout_ms: int) -> bytes:
+        """Wait up to timeout_ms (the latency bound on a quiet host); every record, batched."""
+        self._wait(timeout_ms)
+        return self._take()
+
+    def drain_batch(self) -> bytes:
+        self._consume()
+        return self._take()
+
+    def _records(self) -> list[bytes]:
+        if self._native is not None:
+            return list(split_batch(self._take()))
         out = self._batch[:]
         self._batch.clear()
         return out
 
+    def poll(self, timeout_ms: int) -> list[bytes]:
+        """Wait up to timeout_ms (the latency bound on a quiet host); return every record."""
+        self._wait(timeout_ms)
+        return self._records()
+
     def drain(self) -> list[bytes]:
         """Every record available now, without waiting."""
-        if not self._ptr:
-            raise KernelError("ring buffer is closed")
-        libbpf.check(lib.ring_buffer__consume(self._ptr), "ring_buffer__consume")
-        out = self._batch[:]
-        self._batch.clear()
-        return out
+        self._consume()
+        return self._records()
 
     def close(self) -> None:
         if self._ptr:
             lib.ring_buffer__free(self._ptr)
             self._ptr = None
+        if self._native is not None:
+            native.free_batch(self._native)

@@ -96,3 +96,98 @@ def check_journal(journal: Path, keys: Path, marker: str, port: int) -> None:
     verify = sealtrail("journal", "verify", "--journal", str(journal),
                        "--key", str(keys / "journal.pub"), "--strict")  # fmt: skip
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+NET_CLIENT = """
+import os, socket, sys
+port4, port6 = int(sys.argv[1]), int(sys.argv[2])
+a = socket.create_connection(("127.0.0.1", port4)); a.close()
+b = socket.socket(socket.AF_INET6); b.connect(("::1", port6)); b.close()
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", 0))
+u.connect(("127.0.0.1", 9)); u.close()
+l = socket.socket(); l.bind(("127.0.0.1", 0)); l.listen(7)
+c = socket.create_connection(l.getsockname()); s, _ = l.accept()
+for x in (c, s, l): x.close()
+print(os.getpid(), flush=True)
+"""
+
+
+@pytest.mark.parametrize("path", ["native", "python"])
+def test_agent_records_network_events_the_same_either_way(tmp_path: Path, path: str) -> None:
+    """connect/bind/listen/accept records: exact fields, whether the native encoder wrote them
+    (the default) or the Python path did (SEALTRAIL_NATIVE=0)."""
+    from agent.journal import native
+
+    if path == "native" and not native.available():
+        pytest.fail("native core not built: run `make native`")
+    journal, keys, policies = tmp_path / "journal", tmp_path / "keys", tmp_path / "policies"
+    policies.mkdir()
+    env = dict(os.environ, SEALTRAIL_NATIVE="1" if path == "native" else "0")
+    agent = start_agent(
+        "--journal", str(journal), "--keys", str(keys), "--policies", str(policies), env=env
+    )
+    l4, l6 = socket.socket(), socket.socket(socket.AF_INET6)
+    try:
+        for sock, addr in ((l4, "127.0.0.1"), (l6, "::1")):
+            sock.bind((addr, 0))
+            sock.listen(4)
+        port4, port6 = l4.getsockname()[1], l6.getsockname()[1]
+        deadline = time.monotonic() + 20 * SLOW
+        while not any(
+            b'"type":"policy_loaded"' in seg.read_bytes() for seg in journal.glob("seg-*.jsonl")
+        ):
+            assert time.monotonic() < deadline and agent.poll() is None, "agent did not start"
+            time.sleep(0.1)
+        time.sleep(0.5 * SLOW)  # the probes are attached before the policy is loaded
+        client = subprocess.run(
+            [sys.executable, "-c", NET_CLIENT, str(port4), str(port6)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        pid = int(client.stdout)
+        time.sleep(0.5)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        _, err = agent.communicate(timeout=30 * SLOW)
+        l4.close()
+        l6.close()
+    try:
+        assert agent.returncode == 0, err
+        recs = [r for r in records(journal) if r["type"] == "event" and r["pid"] == pid]
+        net = [r for r in recs if r["kind"] in ("connect", "bind", "listen", "accept")]
+        exe = os.path.realpath(sys.executable)
+        common = {
+            "type": "event", "pid": pid, "uid": os.getuid(), "gid": os.getgid(),
+            "ppid": os.getpid(), "exe": exe, "truncated": False,
+        }  # fmt: skip
+        for r in net:
+            assert {k: r[k] for k in common} == common, r
+            assert r["comm"] == Path(exe).name[:15] or r["comm"] == "python3", r
+            assert isinstance(r["ts_ns"], str) and isinstance(r["cgroup_id"], str)
+        lport = next(r["local_port"] for r in net if r["kind"] == "listen")
+        cport = next(r["local_port"] for r in net if r["remote_port"] == lport)
+        got = [
+            (r["kind"], r["family"], r["protocol"], r["remote_addr"], r["remote_port"]) for r in net
+        ]
+        assert got == [
+            ("connect", "ipv4", "tcp", "127.0.0.1", port4),
+            ("connect", "ipv6", "tcp", "::1", port6),
+            ("bind", "ipv4", "udp", "0.0.0.0", 0),
+            ("connect", "ipv4", "udp", "127.0.0.1", 9),
+            ("bind", "ipv4", "tcp", "0.0.0.0", 0),
+            ("listen", "ipv4", "tcp", "0.0.0.0", 0),
+            ("connect", "ipv4", "tcp", "127.0.0.1", lport),
+            ("accept", "ipv4", "tcp", "127.0.0.1", cport),
+        ]
+        assert [r["result"] for r in net[:-1]] == [0] * 7 and net[-1]["result"] >= 0
+        assert net[5]["backlog"] == 7 and net[5]["local_addr"] == "127.0.0.1"
+        assert all(set(r) == set(net[0]) for r in net if r["kind"] != "listen")
+        stop = next(r for r in records(journal) if r["type"] == "stop")
+        if path == "native":
+            assert stop["recorded_native"] >= len(net)
+        else:
+            assert stop["recorded_native"] == 0
+        verify = sealtrail("journal", "verify", "--journal", str(journal),
+                           "--key", str(keys / "journal.pub"), "--strict")  # fmt: skip
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+    finally:
+        protect.clear_all(journal)

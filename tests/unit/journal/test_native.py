@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import agent.native
 from agent.journal import native
 from agent.journal.keys import KeyStore, PublicKey
 from agent.journal.segments import list_segments
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.skipif(
 
 def test_native_core_is_built() -> None:
     """Under CI the native core must be there: a skip would hide a slow or broken build."""
-    assert native.available(), f"{native.LIBRARY} missing: run `make native`"
+    assert native.available(), f"{agent.native.LIBRARY} missing: run `make native`"
 
 
 def _verify(
@@ -148,4 +149,4 @@ def test_random_byte_damage_gets_the_same_findings(
 
 
 def test_native_library_is_loaded_from_the_package_only() -> None:
-    assert native.LIBRARY.parent == Path(native.__file__).resolve().parents[1] / "lib"
+    assert agent.native.LIBRARY.parent == Path(agent.native.__file__).resolve().parent / "lib"

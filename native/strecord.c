@@ -1,0 +1,411 @@
+// SPDX-License-Identifier: Apache-2.0
+/*
+ * sealtrail native core: the agent's record path for the kernel events it only records.
+ *
+ * Why by hand: the agent must journal 100k events/s on one core, 10 us per event for
+ * everything. In Python, decoding a ring-buffer record into an event object, turning it into
+ * fields, encoding canonical JSON, hashing, extending the Merkle tree and writing cost ~20 us on
+ * this machine kind (bench/agent_e2e.py; the stage table is in the #5 closing note). Here a
+ * network event goes from its raw ring-buffer bytes to its journal line, hash and tree leaf
+ * directly, ~1-2 us.
+ *
+ * The Python path stays the reference: st_encode_run() takes only records it can encode
+ * exactly as agent/events/decode.py + agent/daemon.py:event_fields + JournalWriter would (byte
+ * for byte, proved by tests/unit/test_native_record.py on captured and generated records), and
+ * stops at the first one it cannot (another kind, a family other than IPv4/IPv6, a comm that
+ * is not printable ASCII, a pid whose exe the caller did not supply, a value outside the
+ * record domain). The caller then decodes that record in Python.
+ *
+ * Batches: st_rb_collect() is a libbpf ring_buffer sample callback that appends every sample
+ * as [u32 size][bytes] to a growing buffer, so one poll hands Python one buffer instead of one
+ * callback per record.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "../probes/sealtrail.h"
+#include "stnative.h"
+
+#define ST_SAFE_INT 9007199254740991LL
+
+/* ------------------------------------------------------------------ ring-buffer batches */
+struct st_batch {
+	uint8_t *buf;
+	uint64_t len;
+	uint64_t cap;
+	uint64_t count;
+	uint64_t failed; /* samples that could not be stored (out of memory): counted as lost */
+};
+
+int st_rb_collect(void *ctx, void *data, size_t size)
+{
+	struct st_batch *b = ctx;
+	uint64_t need = b->len + 4 + size;
+	if (need > b->cap) {
+		uint64_t cap = b->cap ? b->cap : 1 << 20;
+		while (cap < need)
+			cap *= 2;
+		uint8_t *grown = realloc(b->buf, cap);
+		if (!grown) {
+			b->failed++;
+			return 0; /* never an error: libbpf would drop the sample anyway */
+		}
+		b->buf = grown;
+		b->cap = cap;
+	}
+	uint32_t n = (uint32_t)size;
+	memcpy(b->buf + b->len, &n, 4);
+	memcpy(b->buf + b->len + 4, data, size);
+	b->len = need;
+	b->count++;
+	return 0;
+}
+
+void st_batch_free(struct st_batch *b)
+{
+	free(b->buf);
+	memset(b, 0, sizeof(*b));
+}
+
+/* ------------------------------------------------------------------ the chain */
+struct st_chain {
+	uint64_t next_seq;
+	uint8_t prev[32];
+	struct st_tree tree;
+};
+
+/* The writer's own (Python-encoded) records go through the same chain state. */
+void st_chain_add(struct st_chain *c, const uint8_t *line, uint64_t len)
+{
+	uint8_t rh[32];
+	st_record_hash(line, len, rh);
+	st_tree_append(&c->tree, rh);
+	memcpy(c->prev, rh, 32);
+	c->next_seq++;
+}
+
+/* ------------------------------------------------------------------ encoding */
+struct st_encode {
+	/* in */
+	const char *host; /* canonical JSON of the host name, quotes included */
+	uint64_t host_len;
+	const char *boot; /* canonical JSON of the boot id */
+	uint64_t boot_len;
+	int64_t clock_offset; /* CLOCK_BOOTTIME -> wall-clock ns (agent/events/decode.py Clock) */
+	uint64_t fixed_ts;    /* the record ts to use, or 0 for CLOCK_REALTIME per record */
+	uint64_t ops_mask;    /* bit (1 << op) for every op the run may take */
+	uint64_t limit;       /* take at most this many records */
+	uint64_t run_end;     /* stop at this batch offset */
+	uint64_t n_exe;       /* the exe of every pid in the run: pid, JSON (or null) */
+	const uint32_t *exe_pid;
+	const uint32_t *exe_off;
+	const uint32_t *exe_len;
+	const char *exe_json;
+	uint8_t *out; /* lines, each with its newline */
+	uint64_t out_cap;
+	/* out */
+	uint64_t out_len;
+	uint64_t taken;
+	uint64_t stop;
+};
+
+enum {
+	ST_ENC_END = 0,   /* reached run_end */
+	ST_ENC_LIMIT = 1, /* limit reached */
+	ST_ENC_FULL = 2,  /* out is full */
+	ST_ENC_SLOW = 3,  /* the record at the returned offset needs the Python path */
+};
+
+#define MAX_LINE 1024 /* a network event line is < 700 bytes */
+
+struct out {
+	char *p;
+};
+
+#define LIT(o, s)                                                                                  \
+	do {                                                                                       \
+		memcpy((o)->p, s, sizeof(s) - 1);                                                  \
+		(o)->p += sizeof(s) - 1;                                                           \
+	} while (0)
+
+static void put(struct out *o, const char *s, size_t n)
+{
+	memcpy(o->p, s, n);
+	o->p += n;
+}
+
+static void put_u64(struct out *o, uint64_t v)
+{
+	char t[24];
+	int n = 0;
+	do {
+		t[n++] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	while (n)
+		*o->p++ = t[--n];
+}
+
+static void put_i64(struct out *o, int64_t v)
+{
+	if (v < 0) {
+		*o->p++ = '-';
+		put_u64(o, (uint64_t)0 - (uint64_t)v);
+	} else {
+		put_u64(o, (uint64_t)v);
+	}
+}
+
+/* comm as decode.py reads it (bytes up to the first NUL, at most 16) and RFC 8785 encodes it;
+ * -1 for anything but ASCII (the UTF-8 "replace" decoding is left to Python). */
+static int put_comm(struct out *o, const char *comm)
+{
+	static const char hex[] = "0123456789abcdef";
+	size_t n = strnlen(comm, ST_COMM_LEN);
+	*o->p++ = '"';
+	for (size_t i = 0; i < n; i++) {
+		uint8_t c = (uint8_t)comm[i];
+		if (c >= 0x80)
+			return -1;
+		if (c == '"' || c == '\\') {
+			*o->p++ = '\\';
+			*o->p++ = (char)c;
+		} else if (c < 0x20) {
+			*o->p++ = '\\';
+			switch (c) {
+			case '\b': *o->p++ = 'b'; break;
+			case '\f': *o->p++ = 'f'; break;
+			case '\n': *o->p++ = 'n'; break;
+			case '\r': *o->p++ = 'r'; break;
+			case '\t': *o->p++ = 't'; break;
+			default:
+				LIT(o, "u00");
+				*o->p++ = hex[c >> 4];
+				*o->p++ = hex[c & 15];
+			}
+		} else {
+			*o->p++ = (char)c;
+		}
+	}
+	*o->p++ = '"';
+	return 0;
+}
+
+static const char *protocol_name(unsigned p)
+{
+	switch (p) {
+	case 1: return "icmp";
+	case 6: return "tcp";
+	case 17: return "udp";
+	case 58: return "icmpv6";
+	case 132: return "sctp";
+	case 136: return "udplite";
+	}
+	return NULL;
+}
+
+static int find_exe(const struct st_encode *e, uint32_t pid)
+{
+	for (uint64_t i = 0; i < e->n_exe; i++)
+		if (e->exe_pid[i] == pid)
+			return (int)i;
+	return -1;
+}
+
+static int is_net(unsigned op)
+{
+	return op == ST_OP_CONNECT || op == ST_OP_BIND || op == ST_OP_LISTEN || op == ST_OP_ACCEPT;
+}
+
+static const char *net_kind(unsigned op)
+{
+	switch (op) {
+	case ST_OP_CONNECT: return "connect";
+	case ST_OP_BIND: return "bind";
+	case ST_OP_LISTEN: return "listen";
+	default: return "accept";
+	}
+}
+
+static void put_addr(struct out *o, unsigned family, const uint8_t *raw)
+{
+	char text[INET6_ADDRSTRLEN];
+	inet_ntop(family == 2 ? AF_INET : AF_INET6, raw, text, sizeof(text));
+	*o->p++ = '"';
+	put(o, text, strlen(text));
+	*o->p++ = '"';
+}
+
+/* One network event as its canonical journal line (keys in RFC 8785 order); -1: not here. */
+static int encode_net(struct out *o, const struct st_encode *e, const struct st_chain *c,
+		      const struct st_net *n, int exe, uint64_t ts)
+{
+	static const char hex[] = "0123456789abcdef";
+	unsigned op = n->hdr.op;
+	if (n->family != 2 && n->family != 10)
+		return -1;
+	if (n->ret > ST_SAFE_INT || n->ret < -ST_SAFE_INT)
+		return -1;
+	*o->p++ = '{';
+	if (op == ST_OP_LISTEN) {
+		LIT(o, "\"backlog\":");
+		put_u64(o, n->backlog);
+		*o->p++ = ',';
+	}
+	LIT(o, "\"boot_id\":");
+	put(o, e->boot, e->boot_len);
+	LIT(o, ",\"cgroup_id\":\"");
+	put_u64(o, n->hdr.cgroup_id);
+	LIT(o, "\",\"comm\":");
+	if (put_comm(o, n->hdr.comm))
+		return -1;
+	LIT(o, ",\"exe\":");
+	put(o, e->exe_json + e->exe_off[exe], e->exe_len[exe]);
+	if (n->family == 2)
+		LIT(o, ",\"family\":\"ipv4\"");
+	else
+		LIT(o, ",\"family\":\"ipv6\"");
+	LIT(o, ",\"gid\":");
+	put_u64(o, n->hdr.gid);
+	LIT(o, ",\"host\":");
+	put(o, e->host, e->host_len);
+	LIT(o, ",\"kind\":\"");
+	const char *kind = net_kind(op);
+	put(o, kind, strlen(kind));
+	LIT(o, "\",\"local_addr\":");
+	put_addr(o, n->family, n->saddr);
+	LIT(o, ",\"local_port\":");
+	put_u64(o, n->sport);
+	LIT(o, ",\"pid\":");
+	put_u64(o, n->hdr.pid);
+	LIT(o, ",\"ppid\":");
+	put_u64(o, n->hdr.ppid);
+	LIT(o, ",\"prev\":\"");
+	for (int i = 0; i < 32; i++) {
+		*o->p++ = hex[c->prev[i] >> 4];
+		*o->p++ = hex[c->prev[i] & 15];
+	}
+	LIT(o, "\",\"protocol\":\"");
+	const char *proto = protocol_name(n->protocol);
+	if (proto)
+		put(o, proto, strlen(proto));
+	else
+		put_u64(o, n->protocol);
+	LIT(o, "\",\"remote_addr\":");
+	put_addr(o, n->family, n->daddr);
+	LIT(o, ",\"remote_port\":");
+	put_u64(o, n->dport);
+	LIT(o, ",\"result\":");
+	put_i64(o, n->ret);
+	LIT(o, ",\"seq\":");
+	put_u64(o, c->next_seq);
+	LIT(o, ",\"tid\":");
+	put_u64(o, n->hdr.tid);
+	if (n->hdr.flags & ST_F_TRUNCATED)
+		LIT(o, ",\"truncated\":true");
+	else
+		LIT(o, ",\"truncated\":false");
+	LIT(o, ",\"ts\":\"");
+	put_u64(o, ts);
+	LIT(o, "\",\"ts_ns\":\"");
+	put_u64(o, n->hdr.ts_ns + (uint64_t)e->clock_offset);
+	LIT(o, "\",\"type\":\"event\",\"uid\":");
+	put_u64(o, n->hdr.uid);
+	*o->p++ = '}';
+	return 0;
+}
+
+/* The run of samples from pos that only ops in ops_mask make up, and its distinct pids (at most
+ * max; the run ends before the sample that would add one more). Returns the run's end. */
+uint64_t st_scan_run(const uint8_t *batch, uint64_t len, uint64_t pos, uint64_t ops_mask,
+		     uint32_t *pids, uint32_t max, uint32_t *n_pids)
+{
+	uint32_t n = 0;
+	while (pos + 4 <= len) {
+		uint32_t size;
+		memcpy(&size, batch + pos, 4);
+		if (size < sizeof(struct st_hdr) || pos + 4 + size > len)
+			break;
+		struct st_hdr h;
+		memcpy(&h, batch + pos + 4, sizeof(h));
+		if (h.op >= 64 || !(ops_mask & (1ULL << h.op)))
+			break;
+		uint32_t i = 0;
+		while (i < n && pids[i] != h.pid)
+			i++;
+		if (i == n) {
+			if (n == max)
+				break;
+			pids[n++] = h.pid;
+		}
+		pos += 4 + size;
+	}
+	*n_pids = n;
+	return pos;
+}
+
+/* Encode, hash and chain the samples of batch[pos..e->run_end); returns where it stopped. */
+uint64_t st_encode_run(struct st_chain *c, struct st_encode *e, const uint8_t *batch,
+		       uint64_t pos)
+{
+	struct out o = {(char *)e->out};
+	char *const end = (char *)e->out + e->out_cap;
+	e->taken = 0;
+	for (;;) {
+		if (pos >= e->run_end) {
+			e->stop = ST_ENC_END;
+			break;
+		}
+		if (e->taken >= e->limit) {
+			e->stop = ST_ENC_LIMIT;
+			break;
+		}
+		if (end - o.p < MAX_LINE + 1) {
+			e->stop = ST_ENC_FULL;
+			break;
+		}
+		e->stop = ST_ENC_SLOW;
+		if (c->tree.frontier_len >= ST_MAX_FRONTIER || c->next_seq >= (uint64_t)ST_SAFE_INT)
+			break;
+		uint32_t size;
+		memcpy(&size, batch + pos, 4);
+		if (size < sizeof(struct st_net) || pos + 4 + size > e->run_end)
+			break;
+		struct st_net n;
+		memcpy(&n, batch + pos + 4, sizeof(n));
+		if (!is_net(n.hdr.op) || !(e->ops_mask & (1ULL << n.hdr.op)))
+			break;
+		int exe = find_exe(e, n.hdr.pid);
+		if (exe < 0)
+			break;
+		uint64_t ts = e->fixed_ts;
+		if (!ts) {
+			struct timespec now;
+			clock_gettime(CLOCK_REALTIME, &now);
+			ts = (uint64_t)now.tv_sec * 1000000000ULL + (uint64_t)now.tv_nsec;
+		}
+		char *line = o.p;
+		if (encode_net(&o, e, c, &n, exe, ts)) {
+			o.p = line;
+			break;
+		}
+		st_chain_add(c, (const uint8_t *)line, (uint64_t)(o.p - line));
+		*o.p++ = '\n';
+		e->taken++;
+		pos += 4 + size;
+	}
+	e->out_len = (uint64_t)(o.p - (char *)e->out);
+	return pos;
+}
+
+void st_sizes(uint64_t out[4])
+{
+	out[0] = sizeof(struct st_tree);
+	out[1] = sizeof(struct st_chain);
+	out[2] = sizeof(struct st_encode);
+	out[3] = sizeof(struct st_batch);
+}
