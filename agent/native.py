@@ -51,3 +51,52 @@ def check_size(name: str, expected: int, actual: int) -> None:
             f"{LIBRARY} does not match this agent ({name} is {actual} bytes, expected "
             f"{expected}): rebuild it with `make native`"
         )
+
+
+def struct_sizes() -> dict[str, int]:
+    """Sizes of the C structs shared with Python, as the library was built."""
+    assert lib is not None
+    sizes = (ctypes.c_uint64 * 4)()
+    lib.st_sizes.restype = None
+    lib.st_sizes.argtypes = [ctypes.POINTER(ctypes.c_uint64)]
+    lib.st_sizes(sizes)
+    return dict(zip(("st_tree", "st_chain", "st_encode", "st_batch"), sizes, strict=True))
+
+
+# ------------------------------------------------------------------------------ ring buffer
+class StBatch(ctypes.Structure):
+    """Mirror of ``struct st_batch``: records appended as ``[u32 size][bytes]``."""
+
+    _fields_ = [
+        ("buf", ctypes.c_void_p),
+        ("len", ctypes.c_uint64),
+        ("cap", ctypes.c_uint64),
+        ("count", ctypes.c_uint64),
+        ("failed", ctypes.c_uint64),
+    ]
+
+
+def _collector() -> int | None:
+    if lib is None:
+        return None
+    try:
+        check_size("struct st_batch", ctypes.sizeof(StBatch), struct_sizes()["st_batch"])
+        lib.st_batch_free.restype = None
+        lib.st_batch_free.argtypes = [ctypes.POINTER(StBatch)]
+        return ctypes.cast(lib.st_rb_collect, ctypes.c_void_p).value
+    except (NativeError, AttributeError) as exc:  # a stale build: the Python callback works
+        log.warning("native ring-buffer collector not used: %s", exc)
+        return None
+
+
+_COLLECT = _collector()
+
+
+def sample_collector() -> int | None:
+    """Address of ``st_rb_collect``, a libbpf ring-buffer sample callback (ctx: ``StBatch``)."""
+    return _COLLECT
+
+
+def free_batch(batch: StBatch) -> None:
+    assert lib is not None
+    lib.st_batch_free(ctypes.byref(batch))

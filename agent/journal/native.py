@@ -90,16 +90,6 @@ class StEncode(ctypes.Structure):
     ]
 
 
-class StBatch(ctypes.Structure):
-    _fields_ = [
-        ("buf", ctypes.c_void_p),
-        ("len", ctypes.c_uint64),
-        ("cap", ctypes.c_uint64),
-        ("count", ctypes.c_uint64),
-        ("failed", ctypes.c_uint64),
-    ]
-
-
 def _bind() -> ctypes.CDLL | None:
     lib = native.lib
     if lib is None:
@@ -116,21 +106,9 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.st_verify_size.restype = u64
     lib.st_verify_size.argtypes = []
     check_size("struct st_verify", ctypes.sizeof(StVerify), lib.st_verify_size())
-    sizes = (u64 * 4)()
-    lib.st_sizes.restype = None
-    lib.st_sizes.argtypes = [p(u64)]
-    lib.st_sizes(sizes)
-    for (name, cls), size in zip(
-        [
-            ("st_tree", StTree),
-            ("st_chain", StChain),
-            ("st_encode", StEncode),
-            ("st_batch", StBatch),
-        ],
-        sizes,
-        strict=True,
-    ):
-        check_size(f"struct {name}", ctypes.sizeof(cls), size)
+    sizes = native.struct_sizes()
+    for name, cls in (("st_tree", StTree), ("st_chain", StChain), ("st_encode", StEncode)):
+        check_size(f"struct {name}", ctypes.sizeof(cls), sizes[name])
     lib.st_verify_run.restype = u64
     lib.st_verify_run.argtypes = [p(StVerify), ctypes.c_char_p, u64, u64]
     lib.st_tree_append.restype = None
@@ -143,8 +121,6 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.st_scan_run.argtypes = [ctypes.c_char_p, u64, u64, u64, _U32P, ctypes.c_uint32, _U32P]
     lib.st_encode_run.restype = u64
     lib.st_encode_run.argtypes = [p(StChain), p(StEncode), ctypes.c_char_p, u64]
-    lib.st_batch_free.restype = None
-    lib.st_batch_free.argtypes = [p(StBatch)]
     return lib
 
 
@@ -362,15 +338,3 @@ class EventEncoder:
 def realtime_clock(clock: Callable[[], int]) -> bool:
     """True if ``clock`` is the wall clock the native encoder reads per record itself."""
     return clock is time.time_ns
-
-
-# ------------------------------------------------------------------------------ ring buffer
-def sample_collector() -> int | None:
-    """Address of ``st_rb_collect``, a libbpf ring-buffer sample callback (ctx: ``StBatch``)."""
-    if _lib is None:
-        return None
-    return ctypes.cast(_lib.st_rb_collect, ctypes.c_void_p).value
-
-
-def free_batch(batch: StBatch) -> None:
-    _need().st_batch_free(ctypes.byref(batch))

@@ -12,8 +12,8 @@ import ctypes
 import os
 from collections.abc import Iterator
 
+from agent import native
 from agent.errors import KernelError
-from agent.journal import native
 from agent.kernel import libbpf
 from agent.kernel.libbpf import SampleFn, lib
 from agent.kernel.loader import Map
