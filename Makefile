@@ -56,6 +56,15 @@ $(NATIVE_LIB): $(NATIVE_SRC) native/stnative.h probes/sealtrail.h
 	mkdir -p $(dir $@)
 	gcc $(NATIVE_CFLAGS) $(NATIVE_SRC) -o $@.tmp -lcrypto && mv $@.tmp $@
 
+# Fuzz the verifier's fast path under ASan/UBSan (not part of `make test`: it runs until told).
+FUZZ_SECONDS ?= 60
+.PHONY: fuzz-native
+fuzz-native:
+	mkdir -p $(BUILD)/fuzz/corpus && cp native/fuzz/seed-* $(BUILD)/fuzz/corpus/
+	clang -g -O1 -fsanitize=fuzzer,address,undefined -Wno-deprecated-declarations \
+	    native/fuzz/fuzz_verify.c native/stjournal.c -o $(BUILD)/fuzz/fuzz_verify -lcrypto
+	$(BUILD)/fuzz/fuzz_verify -max_total_time=$(FUZZ_SECONDS) -max_len=4096 $(BUILD)/fuzz/corpus
+
 tracefs:
 	@mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
 

@@ -57,7 +57,7 @@ enum {
 /* Spans of the top-level fields the checks need. */
 struct span {
 	const uint8_t *p;
-	uint32_t len;
+	uint64_t len;
 	uint8_t kind; /* 0 absent, 's' string (content without quotes), 'n' number, 'o' other */
 };
 
@@ -280,7 +280,7 @@ static int scan_value(struct scan *s, const uint8_t **pp, int depth, struct span
 		kind = 's';
 		if (out) {
 			out->p = *pp + 1;
-			out->len = (uint32_t)(p - *pp - 2);
+			out->len = (uint64_t)(p - *pp - 2);
 			out->kind = escaped ? 'o' : 's'; /* compared fields never need escapes */
 		}
 		*pp = p;
@@ -305,7 +305,7 @@ static int scan_value(struct scan *s, const uint8_t **pp, int depth, struct span
 	}
 	if (out) {
 		out->p = *pp;
-		out->len = (uint32_t)(p - *pp);
+		out->len = (uint64_t)(p - *pp);
 		out->kind = kind;
 	}
 	*pp = p;
@@ -330,13 +330,13 @@ static int ordinary(const struct st_verify *st, const struct scan *s)
 		digits[sizeof(digits) - 1 - n++] = (char)('0' + v % 10);
 		v /= 10;
 	} while (v);
-	if (f[F_SEQ].kind != 'n' || f[F_SEQ].len != (uint32_t)n ||
+	if (f[F_SEQ].kind != 'n' || f[F_SEQ].len != (uint64_t)n ||
 	    memcmp(f[F_SEQ].p, digits + sizeof(digits) - n, (size_t)n) != 0)
 		return 0;
 	/* ts: decimal digits, no leading zero */
 	if (f[F_TS].kind != 's' || f[F_TS].len == 0 || (f[F_TS].len > 1 && f[F_TS].p[0] == '0'))
 		return 0;
-	for (uint32_t i = 0; i < f[F_TS].len; i++)
+	for (uint64_t i = 0; i < f[F_TS].len; i++)
 		if (f[F_TS].p[i] < '0' || f[F_TS].p[i] > '9')
 			return 0;
 	if (!span_is(&f[F_HOST], st->host, st->host_len) ||

@@ -120,7 +120,9 @@ enum {
 	ST_ENC_SLOW = 3,  /* the record at the returned offset needs the Python path */
 };
 
-#define MAX_LINE 1024 /* a network event line is < 700 bytes */
+/* Bytes of a network event line besides host, boot id and exe: keys and punctuation ~330,
+ * numbers <= 10 x 20, two addresses <= 2 x 48, comm <= 16 x 6, prev 64. */
+#define FIXED_LINE_MAX 1024
 
 struct out {
 	char *p;
@@ -364,16 +366,14 @@ uint64_t st_encode_run(struct st_chain *c, struct st_encode *e, const uint8_t *b
 			e->stop = ST_ENC_LIMIT;
 			break;
 		}
-		if (end - o.p < MAX_LINE + 1) {
-			e->stop = ST_ENC_FULL;
-			break;
-		}
 		e->stop = ST_ENC_SLOW;
 		if (c->tree.frontier_len >= ST_MAX_FRONTIER || c->next_seq >= (uint64_t)ST_SAFE_INT)
 			break;
 		uint32_t size;
+		if (e->run_end - pos < 4)
+			break;
 		memcpy(&size, batch + pos, 4);
-		if (size < sizeof(struct st_net) || pos + 4 + size > e->run_end)
+		if (size < sizeof(struct st_net) || e->run_end - pos - 4 < size)
 			break;
 		struct st_net n;
 		memcpy(&n, batch + pos + 4, sizeof(n));
@@ -382,6 +382,13 @@ uint64_t st_encode_run(struct st_chain *c, struct st_encode *e, const uint8_t *b
 		int exe = find_exe(e, n.hdr.pid);
 		if (exe < 0)
 			break;
+		uint64_t need = FIXED_LINE_MAX + e->host_len + e->boot_len + e->exe_len[exe] + 1;
+		if (need > e->out_cap)
+			break; /* never fits: the Python path writes it */
+		if ((uint64_t)(end - o.p) < need) {
+			e->stop = ST_ENC_FULL;
+			break;
+		}
 		uint64_t ts = e->fixed_ts;
 		if (!ts) {
 			struct timespec now;

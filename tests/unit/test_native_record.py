@@ -39,6 +39,7 @@ EXES: dict[int, str | None] = {
     102: "/opt/caf\u00e9/bin/x",  # non-ASCII, valid UTF-8
     103: "/tmp/\udcff\udcfe",  # not UTF-8 (surrogateescape): the Python path escapes it
     104: '/tmp/a"b\\c',
+    106: "/" + "\\\x01" * 1400,  # 8400 bytes of JSON: more than a small output buffer holds
 }
 CLOCK = Clock()
 TS = 1_795_000_000_123_456_789
@@ -91,12 +92,18 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
 TAKEN: list[int] = []
 
 
-def write_journal(root: Path, keys: Path, records: list[bytes], use_native: bool) -> bytes:
+class SmallEncoder(native.EventEncoder):
+    OUT_CAP = 8192  # fills after a few lines: runs stop and resume (ENC_FULL)
+
+
+def write_journal(
+    root: Path, keys: Path, records: list[bytes], use_native: bool, host: str = "h\u00f6st-1"
+) -> bytes:
     shutil.copytree(keys, root / "keys")
     writer = JournalWriter.open(
         root / "journal",
         root / "keys",
-        host="h\u00f6st-1",
+        host=host,
         boot_id="b-1",
         protect_files=False,
         seal_every=7,
@@ -115,7 +122,7 @@ def write_journal(root: Path, keys: Path, records: list[bytes], use_native: bool
             writer.append("event", event_fields(ev))
 
     if use_native:
-        encoder = native.EventEncoder(
+        encoder = SmallEncoder(
             host=writer.host,
             boot_id=writer.boot_id,
             clock_offset=CLOCK.offset_ns,
@@ -130,10 +137,22 @@ def write_journal(root: Path, keys: Path, records: list[bytes], use_native: bool
     return b"".join(p.read_bytes() for p in sorted((root / "journal").iterdir()))
 
 
-def both(tmp: Path, keys: Path, records: list[bytes]) -> tuple[bytes, bytes]:
-    a = write_journal(tmp / "python", keys, records, False)
-    b = write_journal(tmp / "native", keys, records, True)
+def both(
+    tmp: Path, keys: Path, records: list[bytes], host: str = "h\u00f6st-1"
+) -> tuple[bytes, bytes]:
+    a = write_journal(tmp / "python", keys, records, False, host)
+    b = write_journal(tmp / "native", keys, records, True, host)
     return a, b
+
+
+def test_output_buffer_limits_are_kept(tmp_path: Path, keys: Path) -> None:
+    """Lines that outgrow the output buffer are never written past it: a full buffer ends the
+    run (and the next run goes on), a line that could never fit goes the Python way."""
+    records = [net_record(abi.Op.CONNECT, pid=100, dport=i) for i in range(60)]
+    records[30:30] = [net_record(abi.Op.CONNECT, pid=106)]
+    python, fast = both(tmp_path, keys, records, host="h" * 3000)
+    assert python == fast
+    assert TAKEN[-1] == 60  # all but the one with the 8 KiB exe
 
 
 def test_network_events_are_byte_identical(tmp_path: Path, keys: Path) -> None:
