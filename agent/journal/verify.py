@@ -213,7 +213,7 @@ class Verifier:
         assert self._host is not None and self._boot is not None
         run.set_identity(orjson.dumps(self._host)[1:-1], orjson.dumps(self._boot)[1:-1])
         run.set_tree(self._tree.size, self._tree.frontier)
-        stop = run.run(
+        end = run.run(
             content, pos, expected=self._expected, prev=bytes.fromhex(self._prev), limit=limit
         )
         taken = run.state.taken
@@ -225,7 +225,7 @@ class Verifier:
             self._expected = run.state.expected
             self.summary.records += taken
             self.fast_records += taken
-        return stop
+        return end
 
     def feed(self, line: Line) -> Iterator[Finding]:
         """Check one stored line; yields findings (errors also counted in the summary)."""
