@@ -470,3 +470,37 @@ uint64_t st_verify_size(void)
 {
 	return sizeof(struct st_verify);
 }
+
+/* ---------------------------------------------------------------- the writer's reopen scan */
+/* Chain every complete line of buf (the writer trusts its own sealed segments); returns the
+ * offset after the last newline. */
+uint64_t st_chain_lines(struct st_chain *c, const uint8_t *buf, uint64_t len)
+{
+	uint64_t pos = 0;
+	while (pos < len) {
+		const uint8_t *nl = memchr(buf + pos, '\n', len - pos);
+		if (!nl || c->tree.frontier_len >= ST_MAX_FRONTIER)
+			break;
+		uint8_t rh[32];
+		st_record_hash(buf + pos, (size_t)(nl - buf - pos), rh);
+		st_tree_append(&c->tree, rh);
+		memcpy(c->prev, rh, 32);
+		c->next_seq++;
+		pos = (uint64_t)(nl - buf) + 1;
+	}
+	return pos;
+}
+
+/* st_verify_run on the chain's state: take the ordinary records that continue it. */
+uint64_t st_chain_ordinary(struct st_chain *c, struct st_verify *st, const uint8_t *buf,
+			   uint64_t len, uint64_t pos)
+{
+	st->expected = c->next_seq;
+	memcpy(st->prev, c->prev, 32);
+	st->tree = c->tree;
+	uint64_t end = st_verify_run(st, buf, len, pos);
+	c->next_seq = st->expected;
+	memcpy(c->prev, st->prev, 32);
+	c->tree = st->tree;
+	return end;
+}

@@ -18,6 +18,13 @@ struct st_tree {
 	uint8_t frontier[ST_MAX_FRONTIER][32];
 };
 
+/* The writer's chain: next seq, hash of the last record, Merkle tree. */
+struct st_chain {
+	uint64_t next_seq;
+	uint8_t prev[32];
+	struct st_tree tree;
+};
+
 void st_sha256(const uint8_t *data, size_t len, uint8_t out[32]);
 /* Record hash: SHA-256("sealtrail/record/v1\0" || line). */
 void st_record_hash(const uint8_t *line, size_t len, uint8_t out[32]);

@@ -72,12 +72,6 @@ void st_batch_free(struct st_batch *b)
 }
 
 /* ------------------------------------------------------------------ the chain */
-struct st_chain {
-	uint64_t next_seq;
-	uint8_t prev[32];
-	struct st_tree tree;
-};
-
 /* The writer's own (Python-encoded) records go through the same chain state. */
 void st_chain_add(struct st_chain *c, const uint8_t *line, uint64_t len)
 {

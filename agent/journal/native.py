@@ -115,6 +115,10 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.st_tree_append.argtypes = [p(StTree), ctypes.c_char_p]
     lib.st_tree_root.restype = None
     lib.st_tree_root.argtypes = [p(StTree), ctypes.c_char_p]
+    lib.st_chain_lines.restype = u64
+    lib.st_chain_lines.argtypes = [p(StChain), ctypes.c_char_p, u64]
+    lib.st_chain_ordinary.restype = u64
+    lib.st_chain_ordinary.argtypes = [p(StChain), p(StVerify), ctypes.c_char_p, u64, u64]
     lib.st_chain_add.restype = None
     lib.st_chain_add.argtypes = [p(StChain), ctypes.c_char_p, u64]
     lib.st_scan_run.restype = u64
@@ -155,7 +159,7 @@ class VerifyRun:
     def __init__(self) -> None:
         lib = _need()
         self.state = StVerify()
-        self._ptr = ctypes.byref(self.state)
+        self.ptr = ctypes.byref(self.state)
         self._run = lib.st_verify_run
         self._host: bytes = b""
         self._boot: bytes = b""
@@ -182,7 +186,7 @@ class VerifyRun:
         st.expected = expected
         st.limit = limit
         ctypes.memmove(st.prev, prev, 32)
-        return int(self._run(self._ptr, content, len(content), pos))
+        return int(self._run(self.ptr, content, len(content), pos))
 
     @property
     def prev(self) -> bytes:
@@ -198,6 +202,7 @@ class Chain:
         self.state = StChain()
         self.ptr = ctypes.byref(self.state)
         self._add = lib.st_chain_add
+        self._verify: VerifyRun | None = None
         self.state.next_seq = next_seq
         ctypes.memmove(self.state.prev, prev, 32)
         _set_tree(self.state.tree, size, frontier)
@@ -205,6 +210,20 @@ class Chain:
     def add(self, line: bytes) -> None:
         """Chain one record line (without its newline): hash, tree leaf, prev, seq."""
         self._add(self.ptr, line, len(line))
+
+    def add_lines(self, content: bytes) -> int:
+        """Chain every complete line of ``content``; returns the offset after the last one."""
+        return int(_need().st_chain_lines(self.ptr, content, len(content)))
+
+    def add_ordinary(self, content: bytes, pos: int, host: str, boot_id: str) -> int:
+        """Chain the run of ordinary records (as the verifier's fast path judges them: they
+        parse and continue this chain) from ``pos``; returns where the run stopped."""
+        if self._verify is None:
+            self._verify = VerifyRun()
+        run = self._verify
+        run.set_identity(orjson.dumps(host)[1:-1], orjson.dumps(boot_id)[1:-1])
+        run.state.limit = 1 << 62
+        return int(_need().st_chain_ordinary(self.ptr, run.ptr, content, len(content), pos))
 
     @property
     def next_seq(self) -> int:

@@ -77,7 +77,8 @@ class Recovery:
 class _Scan:
     """State rebuilt from the segments on open."""
 
-    tree: CompactTree
+    tree: CompactTree | native.NativeTree
+    chain: native.Chain | None = None  # the native chain the tree lives in, if any
     next_seq: int = 0
     prev: str = GENESIS_PREV
     host: str | None = None
@@ -106,7 +107,6 @@ class JournalWriter:
         segment_bytes: int,
         protect_files: bool,
         clock: Callable[[], int],
-        use_native: bool = True,
     ) -> None:
         self.directory = directory
         self.host = host
@@ -114,15 +114,10 @@ class JournalWriter:
         self.recovery = scan.recovery
         self._keys = keys
         self._key = key
-        self._tree: CompactTree | native.NativeTree = scan.tree
         #: With the native core, the chain state lives in one C struct that both this writer's
-        #: own records and ``append_events`` extend.
-        self._chain: native.Chain | None = None
-        if use_native and native.available():
-            self._chain = native.Chain(
-                scan.next_seq, bytes.fromhex(scan.prev), scan.tree.size, scan.tree.frontier
-            )
-            self._tree = self._chain.tree()
+        #: own records and ``append_events`` extend (``_scan`` built it).
+        self._tree = scan.tree
+        self._chain = scan.chain
         self._next_seq = scan.next_seq
         self._prev = scan.prev
         self._last_seal_seq = scan.last_seal_seq
@@ -183,7 +178,7 @@ class JournalWriter:
                 public.key_id,
                 keys_dir,
             )
-        scan = _scan(directory)
+        scan = _scan(directory, use_native=use_native)
         if scan.host is not None and scan.host != host:
             raise JournalError(f"{directory} is the journal of host {scan.host!r}, not {host!r}")
         kid = scan.key_id or keys.genesis().key_id
@@ -205,7 +200,6 @@ class JournalWriter:
             segment_bytes=segment_bytes,
             protect_files=protect_files,
             clock=clock,
-            use_native=use_native,
         )
         writer._open_live_segment()
         if scan.recovery is not None:
@@ -450,35 +444,59 @@ class JournalWriter:
         self._seal()
 
 
-def _scan(directory: Path) -> _Scan:
+def _scan(directory: Path, *, use_native: bool = True) -> _Scan:
     """Rebuild seq, chain, tree and key state; cut a torn tail of the last segment.
 
     Sealed (earlier) segments are only hashed: the writer trusts its own history (auditing it
     is ``verify``'s job). The last segment is parsed line by line; the first line that is torn,
     unparsable or does not continue the chain starts the cut, unless a seal follows it, in
     which case sealed evidence would be destroyed and opening fails instead.
+
+    With the native core the same happens in bulk (a day at 1,000 records/s is 86 M records):
+    sealed segments are hashed in C and only their seal and rotation lines parsed; in the last
+    segment, runs of ordinary records that parse and continue the chain are taken in C (the
+    verifier's fast path) and every other line is judged here as above.
     """
-    scan = _Scan(tree=CompactTree())
+    chain = None
+    if use_native and native.available():
+        chain = native.Chain(0, bytes.fromhex(GENESIS_PREV), 0, [])
+    scan = _Scan(tree=chain.tree() if chain is not None else CompactTree(), chain=chain)
     segments = list_segments(directory)
     for index, (_, path) in enumerate(segments):
         content = read_segment(path)
-        is_last = index == len(segments) - 1
-        for line in split_lines(path.name, content):
-            if not is_last:
+        if index < len(segments) - 1:
+            if chain is not None:
+                _trust_segment(scan, chain, path, content)
+                continue
+            for line in split_lines(path.name, content):
                 if not line.complete:
                     raise JournalCorrupt(f"{path.name} ends in a torn line at byte {line.offset}")
                 _trust(scan, line.data)
-                continue
+            continue
+        pos, end = 0, len(content)
+        boot: str | None = None
+        while pos < end:
+            if chain is not None and scan.host is not None and boot is not None:
+                taken_to = chain.add_ordinary(content, pos, scan.host, boot)
+                if taken_to > pos:
+                    _after_bulk(scan, chain, content, pos, taken_to)
+                    pos = taken_to
+                    if pos >= end:
+                        break
+            nl = content.find(b"\n", pos)
+            data = content[pos:] if nl < 0 else content[pos:nl]
             try:
-                if not line.complete:
+                if nl < 0:
                     raise FormatError("torn line")
-                record = parse_line(line.data)
+                record = parse_line(data)
                 if record.seq != scan.next_seq or record.prev != scan.prev:
                     raise FormatError("does not continue the chain")
             except FormatError:
-                _cut(scan, path, content, line.offset)
+                _cut(scan, path, content, pos)
                 return scan
-            _trust(scan, line.data, record)
+            _trust(scan, data, record)
+            boot = record.boot_id
+            pos = nl + 1
     if scan.next_seq and not _clean_end(scan):
         scan.recovery = Recovery(
             0,
@@ -491,6 +509,39 @@ def _scan(directory: Path) -> _Scan:
     return scan
 
 
+def _trust_segment(scan: _Scan, chain: native.Chain, path: Path, content: bytes) -> None:
+    """A sealed segment, in bulk: hash every line in C, parse only the lines ``_trust``
+    would parse (the journal's first, seals, key rotations)."""
+    end = chain.add_lines(content)
+    if end != len(content):
+        raise JournalCorrupt(f"{path.name} ends in a torn line at byte {end}")
+    if end == 0:
+        return
+    starts = {0} if not scan.host else set()
+    for mark in (b'"type":"seal"', _ROTATION_MARK):
+        at = content.find(mark)
+        while at >= 0:
+            starts.add(content.rfind(b"\n", 0, at) + 1)
+            at = content.find(mark, at + len(mark))
+    for start in sorted(starts):
+        record = parse_line(content[start : content.index(b"\n", start)])
+        _note(scan, record)
+    _after_bulk(scan, chain, content, 0, end)
+
+
+def _after_bulk(scan: _Scan, chain: native.Chain, content: bytes, start: int, end: int) -> None:
+    """Bring the scan up to date after the chain took the lines of ``content[start:end]``."""
+    scan.next_seq = chain.next_seq
+    scan.prev = chain.prev.hex()
+    last_start = max(start, content.rfind(b"\n", start, end - 1) + 1)
+    if last_start > start:
+        before_start = max(start, content.rfind(b"\n", start, last_start - 1) + 1)
+        before = content[before_start : last_start - 1]
+    else:
+        before = scan.tail[1]
+    scan.tail = (before, content[last_start : end - 1])
+
+
 def _clean_end(scan: _Scan) -> bool:
     """Did the last run end with ``close``: a stop record followed by its seal?"""
     before, last = scan.tail
@@ -501,20 +552,28 @@ def _clean_end(scan: _Scan) -> bool:
 
 
 def _trust(scan: _Scan, line: bytes, record: Record | None = None) -> None:
-    digest = hashlib.sha256(RECORD_PREFIX + line).digest()
-    scan.tree.append(digest)
-    scan.prev = digest.hex()
+    if scan.chain is not None:
+        scan.chain.add(line)
+        scan.prev = scan.chain.prev.hex()
+    else:
+        digest = hashlib.sha256(RECORD_PREFIX + line).digest()
+        scan.tree.append(digest)
+        scan.prev = digest.hex()
     if record is None and (_ROTATION_MARK in line or b'"type":"seal"' in line or not scan.host):
         record = parse_line(line)
     if record is not None:
-        scan.host = scan.host or record.host
-        if record.type == "key_rotation":
-            scan.key_id = str(record.fields["new_key_id"])
-            scan.epoch_start = record.ts
-        elif record.type == "seal":
-            scan.last_seal_seq = record.seq
+        _note(scan, record)
     scan.next_seq += 1
     scan.tail = (scan.tail[1], line)
+
+
+def _note(scan: _Scan, record: Record) -> None:
+    scan.host = scan.host or record.host
+    if record.type == "key_rotation":
+        scan.key_id = str(record.fields["new_key_id"])
+        scan.epoch_start = record.ts
+    elif record.type == "seal":
+        scan.last_seal_seq = record.seq
 
 
 def _cut(scan: _Scan, path: Path, content: bytes, offset: int) -> None:
