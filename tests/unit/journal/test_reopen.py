@@ -8,6 +8,8 @@ the bytes left on disk after a cut.
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -15,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from agent.journal import native, protect
+from agent.journal import writer as writer_module
 from agent.journal.segments import list_segments
-from agent.journal.writer import _scan
+from agent.journal.writer import SCAN_STATE, _scan
 
 from .conftest import Journal
 
@@ -27,12 +30,14 @@ pytestmark = pytest.mark.skipif(
 
 
 def scan_both(directory: Path, tmp: Path) -> None:
+    """Python and native, each with and without the saved scan state: the same scan."""
     results = []
-    for use_native in (False, True):
-        copy = tmp / f"copy-{use_native}"
+    for use_native, saved in ((False, False), (True, False), (False, True), (True, True)):
+        copy = tmp / f"copy-{use_native}-{saved}"
         shutil.copytree(directory, copy)
         protect.clear_all(copy)
-        scan = _scan(copy, use_native=use_native)
+        assert (copy / SCAN_STATE).exists() == (len(list_segments(copy)) > 1)
+        scan = _scan(copy, use_native=use_native, use_saved_state=saved)
         files = [(p.name, p.read_bytes()) for _, p in list_segments(copy)]
         results.append(
             (
@@ -52,7 +57,7 @@ def scan_both(directory: Path, tmp: Path) -> None:
         )
         if use_native:
             assert scan.chain is not None
-    assert results[0] == results[1]
+    assert results[0] == results[1] == results[2] == results[3]
 
 
 def test_clean_journal_with_rotations_and_boots(journal: Journal, tmp_path: Path) -> None:
@@ -112,8 +117,78 @@ def test_bulk_scan_is_used_and_fast_path_taken(
 
     monkeypatch.setattr(native.Chain, "add_ordinary", spy_ordinary)
     monkeypatch.setattr(native.Chain, "add_lines", spy_lines)
-    scan = _scan(journal.dir, use_native=True)
+    scan = _scan(journal.dir, use_native=True, use_saved_state=False)
     assert scan.chain is not None and scan.chain.next_seq == scan.next_seq
     assert len(journal.segments()) > 1
     assert sum(lines) + sum(taken) > 0.9 * scan.next_seq  # nearly all in C
     assert sum(taken) > 10  # the last segment's events too
+
+
+def saved_state_used(directory: Path) -> bool:
+    """Did ``_scan`` start from the saved state? (It then reads fewer segments.)"""
+    read: list[str] = []
+    original = writer_module.read_segment
+
+    def spy(path: Path) -> bytes:
+        read.append(path.name)
+        return original(path)
+
+    writer_module.read_segment = spy  # type: ignore[assignment]
+    try:
+        _scan(directory)
+    finally:
+        writer_module.read_segment = original  # type: ignore[assignment]
+    return len(read) < len(list_segments(directory))
+
+
+def test_saved_state_skips_sealed_segments(journal: Journal) -> None:
+    journal.fill(150, seal_every=10)
+    assert len(journal.segments()) > 4
+    assert saved_state_used(journal.dir)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["garbage", "other_frontier", "segment_grew", "next_segment_replaced", "missing_segment"],
+)
+def test_a_stale_or_forged_saved_state_is_ignored(
+    journal: Journal, tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    journal.fill(150, seal_every=10)
+    protect.clear_all(journal.dir)
+    path = journal.dir / SCAN_STATE
+    state = json.loads(path.read_bytes())
+    segs = journal.segments()
+    named = journal.dir / state["segment"]
+    if damage == "garbage":
+        path.write_bytes(b"{not json")
+    elif damage == "other_frontier":
+        state["frontier"][0] = "00" * 32
+        path.write_text(json.dumps(state))
+    elif damage == "segment_grew":
+        named.write_bytes(named.read_bytes() + segs[-1].read_bytes().splitlines(True)[0])
+    elif damage == "next_segment_replaced":
+        following = segs[segs.index(named) + 1]
+        lines = following.read_bytes().splitlines(True)
+        following.write_bytes(b"".join(lines[1:]))
+    else:
+        named.unlink()
+    if damage == "other_frontier":
+        # the files still match: the forged frontier is taken, and the verifier catches the
+        # next seal (its root no longer fits the records), not the writer
+        assert saved_state_used(journal.dir)
+        return
+    copy = tmp_path / "copy"
+    shutil.copytree(journal.dir, copy)
+    with caplog.at_level(logging.WARNING):
+        got = outcome(journal.dir, use_saved_state=True)
+    assert got == outcome(copy, use_saved_state=False)  # exactly what a full scan finds
+    assert any(SCAN_STATE in r.getMessage() for r in caplog.records)
+
+
+def outcome(directory: Path, use_saved_state: bool) -> object:
+    try:
+        scan = _scan(directory, use_saved_state=use_saved_state)
+    except Exception as exc:
+        return type(exc).__name__, str(exc)
+    return scan.next_seq, scan.prev, scan.tree.root(), scan.last_seal_seq, scan.recovery
