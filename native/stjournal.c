@@ -198,9 +198,10 @@ static int scan_object(struct scan *s, const uint8_t **pp, int depth)
 			return -1; /* escaped keys: left to the reference path */
 		size_t klen = (size_t)(p - 1 - key);
 		if (last_key) { /* strictly increasing: ASCII bytes order as UTF-16 units do */
-			size_t n = klen < last_len ? klen : last_len;
-			int c = memcmp(last_key, key, n);
-			if (c > 0 || (c == 0 && last_len >= klen))
+			size_t n = klen < last_len ? klen : last_len, i = 0;
+			while (i < n && last_key[i] == key[i])
+				i++;
+			if (i < n ? last_key[i] > key[i] : last_len >= klen)
 				return -1;
 		}
 		last_key = key;
@@ -438,19 +439,18 @@ uint64_t st_verify_run(struct st_verify *st, const uint8_t *buf, uint64_t len, u
 			return pos;
 		}
 		const uint8_t *line = buf + pos;
-		const uint8_t *nl = memchr(line, '\n', len - pos);
-		if (!nl) {
-			st->stop = ST_STOP_TORN;
-			return pos;
-		}
+		/* One pass: the object ends where its closing brace is, and a newline must follow.
+		 * (No string may hold a raw newline, so the scan cannot run past its line.) */
 		struct scan s;
 		memset(s.f, 0, sizeof(s.f));
-		s.end = nl;
+		s.end = buf + len;
 		const uint8_t *p = line;
-		if (p >= nl || *p != '{' || scan_value(&s, &p, 0, NULL) || p != nl) {
-			st->stop = ST_STOP_SYNTAX;
+		if (p >= s.end || *p != '{' || scan_value(&s, &p, 0, NULL) || p >= s.end ||
+		    *p != '\n') {
+			st->stop = memchr(line, '\n', len - pos) ? ST_STOP_SYNTAX : ST_STOP_TORN;
 			return pos;
 		}
+		const uint8_t *nl = p;
 		if (!ordinary(st, &s)) {
 			st->stop = ST_STOP_RECORD;
 			return pos;
