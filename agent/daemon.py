@@ -14,7 +14,7 @@ import platform
 import signal
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
@@ -27,7 +27,7 @@ from agent.events import model
 from agent.events.decode import KIND_OP
 from agent.events.stream import DEFAULT_RINGBUF_BYTES, EventStream, StreamConfig, StreamItem
 from agent.journal import JournalWriter
-from agent.journal.canonical import JsonValue
+from agent.journal.canonical import MAX_SAFE_INT, JsonValue
 from agent.journal.native import ENC_END, ENC_SLOW, EventEncoder
 from agent.policy.check import check
 from agent.policy.mechanisms import HostCapabilities, host_capabilities
@@ -69,43 +69,19 @@ def boot_id() -> str:
 
 
 def event_fields(ev: model.Event) -> dict[str, JsonValue]:
-    """An event as journal fields: integers beyond 2**53 (ns stamps, cgroup ids) as strings.
-
-    Paths and argv are bytes in the kernel; bytes that are not UTF-8 (decoded with
-    surrogateescape) cannot be JSON text, so they are written as ``\\xNN`` escapes and the
-    record says ``"escaped": true`` (docs/journal-format.md, section 13).
-    """
+    """An event as journal fields: nanosecond values and cgroup ids as decimal strings (they
+    pass 2**53), and so any other integer beyond the JSON-safe range; bytes that are not UTF-8
+    escaped (``model.escape_undecodable``; docs/journal-format.md, section 4)."""
     d: dict[str, Any] = ev.to_dict()
     d["ts_ns"] = str(ev.ts_ns)
     d["cgroup_id"] = str(ev.cgroup_id)
-    escaped = False
+    if "duration_ns" in d:
+        d["duration_ns"] = str(d["duration_ns"])
     for key, value in d.items():
-        if type(value) is str:
-            if not value.isascii() and _has_surrogates(value):
-                d[key] = _escape(value)
-                escaped = True
-        elif (
-            type(value) is list
-            and not all(v.isascii() for v in value)
-            and any(_has_surrogates(v) for v in value)
-        ):
-            d[key] = [_escape(v) for v in value]
-            escaped = True
-    if escaped:
-        d["escaped"] = True
+        if type(value) is int and not -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
+            d[key] = str(value)
+    model.escape_undecodable(d)
     return d
-
-
-def _has_surrogates(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return False
-
-
-def _escape(text: str) -> str:
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def loss_fields(loss: model.LossEvent) -> dict[str, JsonValue]:
@@ -297,19 +273,28 @@ class Agent:
                 next_status = now + STATUS_INTERVAL_S
 
     def _record(self, journal: JournalWriter, items: list[StreamItem]) -> None:
-        append = journal.append
+        """Journal decoded items with one write per run, and let the enforcer see the ones it
+        needs; what it acts on is in the journal before it acts."""
         enforcer = self.enforcer
+        pending: list[tuple[str, Mapping[str, JsonValue]]] = []
         for item in items:
             if isinstance(item, model.LossEvent):
                 self.lost += item.count
                 log.warning("kernel dropped %d events since %d", item.count, item.since_ns)
-                append("loss", loss_fields(item))
+                pending.append(("loss", loss_fields(item)))
                 continue
             if not isinstance(item, model.GuardEvent):  # a guard decision is a verdict record
-                append("event", event_fields(item))
+                pending.append(("event", event_fields(item)))
                 self.recorded += 1
-            if enforcer is not None:
+            if enforcer is not None and (
+                isinstance(item, model.GuardEvent) or enforcer.needs(item.kind)
+            ):
+                if pending:
+                    journal.append_many(pending)
+                    pending = []
                 enforcer.handle(item)
+        if pending:
+            journal.append_many(pending)
         if enforcer is not None:
             self._record_verdicts(journal, enforcer)
 

@@ -25,6 +25,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <time.h>
 
 #include "../probes/sealtrail.h"
@@ -80,6 +81,38 @@ void st_chain_add(struct st_chain *c, const uint8_t *line, uint64_t len)
 	st_tree_append(&c->tree, rh);
 	memcpy(c->prev, rh, 32);
 	c->next_seq++;
+}
+
+/* Write one line the writer encoded (with its newline, one writev), then chain it; the new
+ * prev as hex into prev_hex[64]. Returns 0, or -errno with nothing chained (the writer then
+ * closes: the line may be partly written, and reopening cuts it). */
+int64_t st_chain_write(struct st_chain *c, int fd, const uint8_t *line, uint64_t len,
+		       char *prev_hex)
+{
+	static const char hex[] = "0123456789abcdef";
+	struct iovec iov[2] = {{(void *)line, len}, {(void *)"\n", 1}};
+	uint64_t left = len + 1;
+	while (left) {
+		ssize_t n = writev(fd, iov, 2);
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		left -= (uint64_t)n;
+		for (int i = 0; i < 2 && n > 0; i++) { /* advance past what was written */
+			size_t step = (size_t)n < iov[i].iov_len ? (size_t)n : iov[i].iov_len;
+			iov[i].iov_base = (uint8_t *)iov[i].iov_base + step;
+			iov[i].iov_len -= step;
+			n -= (ssize_t)step;
+		}
+	}
+	st_chain_add(c, line, len);
+	for (int i = 0; i < 32; i++) {
+		prev_hex[2 * i] = hex[c->prev[i] >> 4];
+		prev_hex[2 * i + 1] = hex[c->prev[i] & 15];
+	}
+	return 0;
 }
 
 /* ------------------------------------------------------------------ encoding */

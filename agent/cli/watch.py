@@ -92,7 +92,9 @@ def format_human(item: StreamItem) -> str:
 
 
 def format_json(item: StreamItem) -> str:
-    return json.dumps(item.to_dict(), separators=(",", ":"), ensure_ascii=False)
+    fields = item.to_dict()
+    model.escape_undecodable(fields)  # bytes that are not UTF-8 as \xNN, as in the journal
+    return json.dumps(fields, separators=(",", ":"), ensure_ascii=False)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -270,3 +270,40 @@ def _result(ret: int) -> str:
 
 def _hostport(addr: str, port: int) -> str:
     return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+
+
+def escape_undecodable(fields: dict[str, Any]) -> bool:
+    """Make the strings of an event's fields valid Unicode, in place; True if any changed.
+
+    Paths and argv are bytes in the kernel, decoded with surrogateescape so that policy
+    matching sees the exact bytes. Bytes that are not UTF-8 cannot be JSON text: each becomes
+    the four characters ``\\xNN`` and the fields get ``"escaped": true``.
+    """
+    escaped = False
+    for key, value in fields.items():
+        if type(value) is str:
+            if not value.isascii() and _undecodable(value):
+                fields[key] = _escape(value)
+                escaped = True
+        elif (
+            type(value) is list
+            and not all(type(v) is not str or v.isascii() for v in value)
+            and any(type(v) is str and _undecodable(v) for v in value)
+        ):
+            fields[key] = [_escape(v) if type(v) is str else v for v in value]
+            escaped = True
+    if escaped:
+        fields["escaped"] = True
+    return escaped
+
+
+def _undecodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _escape(text: str) -> str:
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

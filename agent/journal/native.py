@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import os
 import time
 from collections.abc import Callable
 
@@ -119,6 +120,8 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.st_chain_lines.argtypes = [p(StChain), ctypes.c_char_p, u64]
     lib.st_chain_ordinary.restype = u64
     lib.st_chain_ordinary.argtypes = [p(StChain), p(StVerify), ctypes.c_char_p, u64, u64]
+    lib.st_chain_write.restype = ctypes.c_int64
+    lib.st_chain_write.argtypes = [p(StChain), ctypes.c_int, ctypes.c_char_p, u64, ctypes.c_char_p]
     lib.st_chain_add.restype = None
     lib.st_chain_add.argtypes = [p(StChain), ctypes.c_char_p, u64]
     lib.st_scan_run.restype = u64
@@ -202,6 +205,8 @@ class Chain:
         self.state = StChain()
         self.ptr = ctypes.byref(self.state)
         self._add = lib.st_chain_add
+        self._write = lib.st_chain_write
+        self._hex = ctypes.create_string_buffer(64)
         self._verify: VerifyRun | None = None
         self.state.next_seq = next_seq
         ctypes.memmove(self.state.prev, prev, 32)
@@ -210,6 +215,14 @@ class Chain:
     def add(self, line: bytes) -> None:
         """Chain one record line (without its newline): hash, tree leaf, prev, seq."""
         self._add(self.ptr, line, len(line))
+
+    def write(self, fd: int, line: bytes) -> str:
+        """Write ``line`` and its newline to ``fd`` (one writev), then chain it; returns the
+        new prev (hex). Raises OSError with nothing chained if the write fails."""
+        err = self._write(self.ptr, fd, line, len(line), self._hex)
+        if err:
+            raise OSError(-err, os.strerror(-err))
+        return self._hex.raw.decode("ascii")
 
     def add_lines(self, content: bytes) -> int:
         """Chain every complete line of ``content``; returns the offset after the last one."""

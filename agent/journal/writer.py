@@ -21,9 +21,10 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import orjson
 
@@ -258,6 +259,39 @@ class JournalWriter:
                 self._seal()
             return seq
 
+    def append_many(self, records: Sequence[tuple[str, Mapping[str, JsonValue]]]) -> int:
+        """Append records in order with one write; returns how many. The same checks and
+        guarantee as ``append`` (every line reaches the kernel before it returns); a record
+        that cannot be encoded raises after the ones before it are written."""
+        for rtype, fields in records:
+            if rtype in WRITER_TYPES:
+                raise JournalError(f"{rtype} records are written by the journal itself")
+            try:
+                check_fields(rtype, fields)
+            except FormatError as exc:
+                raise JournalError(str(exc)) from None
+        with self._lock:
+            if self._closed:
+                raise JournalError("journal is closed")
+            lines: list[bytes] = []
+            failed: str | None = None
+            for rtype, fields in records:
+                try:
+                    lines.append(self._chain_line(self._record(rtype, fields)))
+                except FormatError as exc:
+                    failed = f"{rtype} record not written: {exc}"
+                    break
+            if lines:
+                self._write(b"".join(lines))
+                self._count_unsealed(len(lines))
+            if failed is not None:
+                raise JournalError(failed)
+            if self._unsealed >= self._seal_every or (
+                time.monotonic() - self._unsealed_since >= self._seal_interval
+            ):
+                self._seal()
+            return len(lines)
+
     @property
     def takes_events(self) -> bool:
         """True if ``append_events`` can be used (the native core is loaded)."""
@@ -290,9 +324,7 @@ class JournalWriter:
                 self._write(encoder.output())
                 self._next_seq = chain.next_seq
                 self._prev = chain.prev.hex()
-                if not self._unsealed:
-                    self._unsealed_since = time.monotonic()
-                self._unsealed += taken
+                self._count_unsealed(taken)
                 if self._unsealed >= self._seal_every or (
                     time.monotonic() - self._unsealed_since >= self._seal_interval
                 ):
@@ -352,9 +384,28 @@ class JournalWriter:
         return record
 
     def _emit(self, record: dict[str, JsonValue]) -> int:
-        """Encode, write, hash, add to the tree. Caller holds the lock."""
+        """Encode, hash, add to the tree, write. Caller holds the lock."""
+        seq = self._next_seq
+        chain = self._chain
+        if chain is not None:  # write and chain in one native call
+            line = canonical(record)
+            try:
+                self._prev = chain.write(self._fd, line)
+            except OSError as exc:
+                self._fail_write(exc)
+            self._segment_size += len(line) + 1
+            self._next_seq = seq + 1
+        else:
+            self._write(self._chain_line(record))
+        if not self._unsealed:
+            self._unsealed_since = time.monotonic()
+        self._unsealed += 1
+        return seq
+
+    def _chain_line(self, record: dict[str, JsonValue]) -> bytes:
+        """Encode a record built by ``_record`` and chain it (seq, prev, tree); returns the
+        line to write. A write failure afterwards closes the writer (``_write``)."""
         line = canonical(record)
-        self._write(line + b"\n")
         chain = self._chain
         if chain is not None:
             chain.add(line)
@@ -363,27 +414,34 @@ class JournalWriter:
             digest = self._sha256(RECORD_PREFIX + line).digest()
             self._tree.append(digest)
             self._prev = digest.hex()
-        seq = self._next_seq
-        self._next_seq = seq + 1
+        self._next_seq += 1
+        return line + b"\n"
+
+    def _count_unsealed(self, n: int) -> None:
         if not self._unsealed:
             self._unsealed_since = time.monotonic()
-        self._unsealed += 1
-        return seq
+        self._unsealed += n
 
     def _write(self, data: bytes) -> None:
         """Hand one line to the kernel before ``append`` returns: a crash of the agent loses
         nothing appended. Batching writes measured no faster (the syscall is not the cost)."""
-        view = memoryview(data)
         try:
-            while view:
-                written = os.write(self._fd, view)
-                view = view[written:]
-                self._segment_size += written
+            written = os.write(self._fd, data)
+            self._segment_size += written
+            if written < len(data):  # a short write (a signal, a full disk): write the rest
+                view = memoryview(data)[written:]
+                while view:
+                    written = os.write(self._fd, view)
+                    view = view[written:]
+                    self._segment_size += written
         except OSError as exc:
-            # The line may be half written: stop here; reopening cuts the torn tail and says so.
-            self._closed = True
-            os.close(self._fd)
-            raise JournalError(f"journal write failed, journal closed: {exc.strerror}") from exc
+            self._fail_write(exc)
+
+    def _fail_write(self, exc: OSError) -> NoReturn:
+        # The line may be half written: stop here; reopening cuts the torn tail and says so.
+        self._closed = True
+        os.close(self._fd)
+        raise JournalError(f"journal write failed, journal closed: {exc.strerror}") from exc
 
     def _sync(self) -> None:
         try:

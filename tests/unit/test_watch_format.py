@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
 from agent.cli.watch import format_human, format_json, parse_kinds
+from agent.daemon import event_fields
 from agent.errors import UsageError
 from agent.events import model
 from agent.events.stream import StreamConfig, prefix_entries
+from agent.journal.writer import JournalWriter
 from agent.kernel import abi
 
 
@@ -75,3 +79,38 @@ def test_loss_line_says_how_many_what_and_since_when() -> None:
     line = format_human(loss)
     assert "LOST 12 events" in line and "exec 2, open 10" in line and "since" in line
     assert json.loads(format_json(loss))["count"] == 12
+
+
+def _exec_with_raw_bytes() -> model.ExecEvent:
+    raw = os.fsdecode(b"/tmp/\xff\xfeevil")  # not UTF-8: decoded with surrogateescape
+    return model.ExecEvent(
+        ts_ns=1, pid=2, tid=2, ppid=1, uid=0, gid=0, cgroup_id=1 << 60, comm="evil",
+        exe=raw, filename=raw, argv=(raw, "--ok"), argc=2, cwd="/tmp",
+    )  # fmt: skip
+
+
+def test_bytes_that_are_not_utf8_are_escaped_not_fatal(tmp_path: Path) -> None:
+    """A file name that is not UTF-8 must neither stop the agent nor `watch`: such bytes are
+    written as \\xNN and the record says "escaped": true."""
+    ev = _exec_with_raw_bytes()
+    line = json.loads(format_json(ev))
+    assert line["filename"] == "/tmp/\\xff\\xfeevil" and line["escaped"] is True
+    assert line["argv"] == ["/tmp/\\xff\\xfeevil", "--ok"]
+    fields = event_fields(ev)
+    assert fields["exe"] == "/tmp/\\xff\\xfeevil" and fields["escaped"] is True
+    writer = JournalWriter.open(tmp_path / "j", tmp_path / "k", host="h", boot_id="b",
+                                protect_files=False)  # fmt: skip
+    writer.append("event", fields)
+    writer.close()
+    assert b'"escaped":true' in (tmp_path / "j" / "seg-000001.jsonl").read_bytes()
+
+
+def test_journal_integers_stay_json_safe() -> None:
+    """A process that ran for more than 104 days exits with duration_ns > 2**53."""
+    ev = model.ExitEvent(
+        ts_ns=1, pid=2, tid=2, ppid=1, uid=0, gid=0, cgroup_id=7, comm="old", exe=None,
+        exit_code=0, signal=None, core_dumped=False, duration_ns=2**60,
+    )  # fmt: skip
+    fields = event_fields(ev)
+    assert fields["duration_ns"] == str(2**60) and fields["cgroup_id"] == "7"
+    assert "escaped" not in fields

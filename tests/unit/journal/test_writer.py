@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -186,3 +187,65 @@ def test_keys_created_on_first_start_only_when_allowed(tmp_path: Path) -> None:
     w = j.writer()
     assert KeyStore(j.keys).genesis().key_id == w.key_id
     w.close()
+
+
+def test_append_many_writes_what_appends_write(tmp_path: Path) -> None:
+    """One write for a run of records, the same bytes as appending them one by one."""
+    batch: list[tuple[str, dict[str, object]]] = [
+        ("event", {"kind": "exec", "pid": i, "argv": ["a", str(i)]}) for i in range(20)
+    ]
+    batch.insert(7, ("verdict", {"action": "deny", "policy": "p", "rule": "r1"}))
+    out = []
+    KeyStore(tmp_path / "keys").init()
+    for how in ("one", "many"):
+        j = Journal(tmp_path / how)
+        shutil.copytree(tmp_path / "keys", j.keys)  # the same key: the same seal signatures
+        w = j.writer(clock=lambda: 1_795_000_000_000_000_000)
+        if how == "one":
+            for rtype, fields in batch:
+                w.append(rtype, fields)  # type: ignore[arg-type]
+        else:
+            assert w.append_many(batch) == len(batch)  # type: ignore[arg-type]
+        w.close()
+        out.append(b"".join(p.read_bytes() for p in j.segments()))
+        assert j.verify(strict=True).ok
+    assert out[0] == out[1]
+
+
+def test_append_many_checks_all_first_and_keeps_what_was_written(journal: Journal) -> None:
+    w = journal.writer()
+    with pytest.raises(JournalError, match="lacks fields"):
+        w.append_many([("event", {"kind": "exec"}), ("verdict", {"action": "deny"})])
+    assert w.next_seq == 0  # nothing was written
+    with pytest.raises(JournalError, match="record not written"):
+        w.append_many([("event", {"kind": "a"}), ("event", {"kind": "b", "x": (1, 2)}),
+                       ("event", {"kind": "c"})])  # fmt: skip
+    assert w.next_seq == 1  # the first one, and only it
+    w.append("event", {"kind": "d"})
+    w.close()
+    assert [r.get("kind") for r in records(journal) if r["type"] == "event"] == ["a", "d"]
+    assert journal.verify(strict=True).ok
+
+
+@pytest.mark.parametrize("many", [False, True])
+def test_a_failed_write_closes_the_journal_and_reopening_recovers(
+    journal: Journal, many: bool
+) -> None:
+    w = journal.writer()
+    w.append("event", {"kind": "exec", "pid": 1})
+    full = os.open("/dev/full", os.O_WRONLY)
+    try:
+        os.dup2(full, w._fd)  # every write now fails with ENOSPC, as on a full disk
+    finally:
+        os.close(full)
+    with pytest.raises(JournalError, match=r"write failed, journal closed.*No space"):
+        if many:
+            w.append_many([("event", {"kind": "exec", "pid": 2})])
+        else:
+            w.append("event", {"kind": "exec", "pid": 2})
+    with pytest.raises(JournalError, match="closed"):
+        w.append("event", {"kind": "exec", "pid": 3})
+    w2 = journal.writer()
+    assert w2.recovery is not None and w2.recovery.last_good_seq == 0  # the one before it
+    w2.close()
+    assert journal.verify(strict=True).ok
