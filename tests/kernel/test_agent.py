@@ -191,3 +191,42 @@ def test_agent_records_network_events_the_same_either_way(tmp_path: Path, path: 
         assert verify.returncode == 0, verify.stdout + verify.stderr
     finally:
         protect.clear_all(journal)
+
+
+def test_a_file_name_that_is_not_utf8_is_journaled_escaped(tmp_path: Path) -> None:
+    """Anyone can name a file with bytes that are not UTF-8 and run it: the agent must record
+    it (bytes as \\xNN, "escaped": true) and keep running, not stop on an encoding error."""
+    journal, keys, policies = tmp_path / "journal", tmp_path / "keys", tmp_path / "policies"
+    policies.mkdir()
+    odd = os.fsencode(str(tmp_path)) + b"/run-\xff\xfe-me"
+    with open(odd, "wb") as f:
+        f.write(b"#!/bin/sh\nexit 0\n")
+    os.chmod(odd, 0o755)
+    agent = start_agent("--journal", str(journal), "--keys", str(keys), "--policies", str(policies))
+    try:
+        deadline = time.monotonic() + 20 * SLOW
+        seen = False
+        while not seen and time.monotonic() < deadline:
+            assert agent.poll() is None, "the agent stopped"
+            subprocess.run([odd], check=True)
+            time.sleep(0.3)
+            seen = any(b"run-\\\\xff\\\\xfe-me" in seg.read_bytes()
+                       for seg in journal.glob("seg-*.jsonl"))  # fmt: skip
+        assert seen, "the exec never reached the journal"
+        subprocess.run(["/bin/true"], check=True)
+        time.sleep(0.3)
+        assert agent.poll() is None, "the agent stopped"
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        _, err = agent.communicate(timeout=30 * SLOW)
+    try:
+        assert agent.returncode == 0, err
+        execs = [r for r in records(journal) if r["type"] == "event" and r["kind"] == "exec"]
+        mine = [r for r in execs if "run-\\xff\\xfe-me" in r["filename"]]
+        assert mine and mine[0]["escaped"] is True
+        assert mine[0]["filename"] == str(tmp_path) + "/run-\\xff\\xfe-me"
+        verify = sealtrail("journal", "verify", "--journal", str(journal),
+                           "--key", str(keys / "journal.pub"), "--strict")  # fmt: skip
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+    finally:
+        protect.clear_all(journal)
