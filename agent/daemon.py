@@ -84,6 +84,13 @@ def event_fields(ev: model.Event) -> dict[str, JsonValue]:
     return d
 
 
+def _text_safe(fields: dict[str, Any]) -> dict[str, JsonValue]:
+    """Fields that may carry file names or paths (policy files, verdict objects, exes): bytes
+    that are not UTF-8 escaped as in events, so that no name can stop the agent."""
+    model.escape_undecodable(fields)
+    return fields
+
+
 def loss_fields(loss: model.LossEvent) -> dict[str, JsonValue]:
     drops: dict[str, JsonValue] = {k: v for k, v in sorted(loss.by_kind.items())}
     return {"drops": drops, "count": loss.count, "since_ns": str(loss.since_ns)}
@@ -238,12 +245,17 @@ class Agent:
             for line in errors:
                 log.error("policy rejected: %s", line)
             kept = self.enforcer.digest
-            journal.append("policy_rejected", {"errors": errors, "trigger": trigger, "kept": kept})
+            journal.append(
+                "policy_rejected",
+                _text_safe({"errors": errors, "trigger": trigger, "kept": kept}),
+            )
             self.last_load = {"result": "rejected", "errors": errors, "kept": kept}
         else:
             digest = self.enforcer.digest
             log.warning("policy %s loaded (%d files, %s)", digest, len(files), trigger)
-            journal.append("policy_loaded", {"digest": digest, "files": files, "trigger": trigger})
+            journal.append(
+                "policy_loaded", _text_safe({"digest": digest, "files": files, "trigger": trigger})
+            )
             self.last_load = {"result": "loaded", "digest": digest, "files": files}
         self.reloads += 1
         write_status(
@@ -340,7 +352,7 @@ class Agent:
     def _record_verdicts(self, journal: JournalWriter, enforcer: Enforcer) -> None:
         while enforcer.verdicts:
             verdict = enforcer.verdicts.popleft()
-            journal.append("verdict", verdict.fields())
+            journal.append("verdict", _text_safe(verdict.fields()))
             self.verdicts += 1
 
     def _dispatch_signals(self, journal: JournalWriter) -> None:

@@ -279,21 +279,24 @@ def escape_undecodable(fields: dict[str, Any]) -> bool:
     matching sees the exact bytes. Bytes that are not UTF-8 cannot be JSON text: each becomes
     the four characters ``\\xNN`` and the fields get ``"escaped": true``.
     """
-    escaped = False
-    for key, value in fields.items():
-        if type(value) is str:
-            if not value.isascii() and _undecodable(value):
-                fields[key] = _escape(value)
-                escaped = True
-        elif (
-            type(value) is list
-            and not all(type(v) is not str or v.isascii() for v in value)
-            and any(type(v) is str and _undecodable(v) for v in value)
-        ):
-            fields[key] = [_escape(v) if type(v) is str else v for v in value]
-            escaped = True
-    if escaped:
+    if _escape_in(fields):
         fields["escaped"] = True
+        return True
+    return False
+
+
+def _escape_in(value: dict[str, Any] | list[Any]) -> bool:
+    """Escape in place inside objects and lists (verdicts nest the object acted on)."""
+    escaped = False
+    items = value.items() if type(value) is dict else enumerate(value)
+    for key, item in list(items):
+        kind = type(item)
+        if kind is str:
+            if not item.isascii() and _undecodable(item):
+                value[key] = _escape(item)  # type: ignore[index,call-overload]
+                escaped = True
+        elif kind is dict or kind is list:
+            escaped = _escape_in(item) or escaped
     return escaped
 
 

@@ -876,6 +876,21 @@ def test_chown_denied_or_audited_after_the_fact(env: Env) -> None:
     assert v["after_the_fact"] is True
 
 
+def test_a_verdict_on_a_file_name_that_is_not_utf8_is_journaled(env: Env) -> None:
+    """The verdict's object path has bytes that are not UTF-8: journaled escaped, and the
+    agent goes on enforcing (it stopped on such a name before)."""
+    odd = os.fsencode(env.work / "precious") + b"/odd-\xff-name"
+    with open(odd, "w") as f:
+        f.write("x")
+    r = subprocess.run([b"chown", b"65534", odd], capture_output=True)
+    assert (r.returncode != 0) == env.lsm
+    v = env.verdict("precious-chown", action="deny" if env.lsm else "audit",
+                    escaped=True)  # fmt: skip
+    assert v["object"]["path"] == str(env.work / "precious") + "/odd-\\xff-name"
+    assert env.agent.poll() is None, "the agent stopped"
+    test_write_to_protected_file_is_eperm_and_file_unchanged(env)  # still enforcing
+
+
 def test_listen_denied_or_killed_after_the_fact(env: Env) -> None:
     code = (
         f"import socket, time; s = socket.socket(); s.bind(('127.0.0.1', {env.ports['listen']}))\n"

@@ -114,3 +114,16 @@ def test_journal_integers_stay_json_safe() -> None:
     fields = event_fields(ev)
     assert fields["duration_ns"] == str(2**60) and fields["cgroup_id"] == "7"
     assert "escaped" not in fields
+
+
+def test_verdict_fields_are_escaped_inside_nested_objects() -> None:
+    from agent.daemon import _text_safe
+
+    odd = os.fsdecode(b"/srv/\xff")
+    fields = _text_safe({"rule": "r", "object": {"path": odd, "new_path": None}, "n": [odd]})
+    assert fields == {
+        "rule": "r", "object": {"path": "/srv/\\xff", "new_path": None}, "n": ["/srv/\\xff"],
+        "escaped": True,
+    }  # fmt: skip
+    clean = {"rule": "r", "object": {"path": "/srv/caf\u00e9"}}
+    assert _text_safe(dict(clean)) == clean  # valid UTF-8 stays as it is, no flag
