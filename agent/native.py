@@ -56,11 +56,12 @@ def check_size(name: str, expected: int, actual: int) -> None:
 def struct_sizes() -> dict[str, int]:
     """Sizes of the C structs shared with Python, as the library was built."""
     assert lib is not None
-    sizes = (ctypes.c_uint64 * 4)()
+    names = ("st_tree", "st_chain", "st_encode", "st_batch", "st_verify")
+    sizes = (ctypes.c_uint64 * len(names))()
     lib.st_sizes.restype = None
     lib.st_sizes.argtypes = [ctypes.POINTER(ctypes.c_uint64)]
     lib.st_sizes(sizes)
-    return dict(zip(("st_tree", "st_chain", "st_encode", "st_batch"), sizes, strict=True))
+    return dict(zip(names, sizes, strict=True))
 
 
 # ------------------------------------------------------------------------------ ring buffer

@@ -32,19 +32,6 @@
 
 static const uint8_t RECORD_PREFIX[20] = "sealtrail/record/v1"; /* with its NUL: 20 bytes */
 
-struct st_verify {
-	uint64_t expected;     /* in/out: seq the next record must carry */
-	uint64_t taken;        /* out: records taken by the last run */
-	uint64_t limit;        /* in: take at most this many records */
-	uint64_t last_offset;  /* out: offset in buf of the last record taken */
-	uint64_t stop;         /* out: why the run stopped (ST_STOP_*), for tests */
-	const char *host;      /* in: canonical JSON content of the journal's host */
-	uint64_t host_len;
-	const char *boot; /* in: canonical JSON content of the current boot id */
-	uint64_t boot_len;
-	uint8_t prev[32];    /* in/out: hash of the record before */
-	struct st_tree tree; /* in/out */
-};
 
 enum {
 	ST_STOP_END = 0,     /* every complete line taken */
@@ -318,7 +305,14 @@ static int span_is(const struct span *sp, const char *s, size_t n)
 	return sp->kind == 's' && sp->len == n && memcmp(sp->p, s, n) == 0;
 }
 
-static const char HEX[] = "0123456789abcdef";
+void st_hex32(char out[64], const uint8_t in[32])
+{
+	static const char hex[] = "0123456789abcdef";
+	for (int i = 0; i < 32; i++) {
+		out[2 * i] = hex[in[i] >> 4];
+		out[2 * i + 1] = hex[in[i] & 15];
+	}
+}
 
 static int ordinary(const struct st_verify *st, const struct scan *s)
 {
@@ -326,7 +320,7 @@ static int ordinary(const struct st_verify *st, const struct scan *s)
 	/* seq: the expected number, written canonically */
 	char digits[24];
 	int n = 0;
-	uint64_t v = st->expected;
+	uint64_t v = st->chain->next_seq;
 	do {
 		digits[sizeof(digits) - 1 - n++] = (char)('0' + v % 10);
 		v /= 10;
@@ -344,10 +338,7 @@ static int ordinary(const struct st_verify *st, const struct scan *s)
 	    !span_is(&f[F_BOOT], st->boot, st->boot_len))
 		return 0;
 	char prev[64];
-	for (int i = 0; i < 32; i++) {
-		prev[2 * i] = HEX[st->prev[i] >> 4];
-		prev[2 * i + 1] = HEX[st->prev[i] & 15];
-	}
+	st_hex32(prev, st->chain->prev);
 	if (!span_is(&f[F_PREV], prev, 64))
 		return 0;
 	if (span_is(&f[F_TYPE], "event", 5))
@@ -434,7 +425,8 @@ uint64_t st_verify_run(struct st_verify *st, const uint8_t *buf, uint64_t len, u
 			st->stop = ST_STOP_LIMIT;
 			return pos;
 		}
-		if (st->tree.size >= (1ULL << 62) || st->tree.frontier_len >= ST_MAX_FRONTIER) {
+		if (st->chain->tree.size >= (1ULL << 62) ||
+		    st->chain->tree.frontier_len >= ST_MAX_FRONTIER) {
 			st->stop = ST_STOP_RECORD;
 			return pos;
 		}
@@ -455,23 +447,24 @@ uint64_t st_verify_run(struct st_verify *st, const uint8_t *buf, uint64_t len, u
 			st->stop = ST_STOP_RECORD;
 			return pos;
 		}
-		uint8_t rh[32];
-		st_record_hash(line, (size_t)(nl - line), rh);
-		st_tree_append(&st->tree, rh);
-		memcpy(st->prev, rh, 32);
-		st->expected++;
+		st_chain_add(st->chain, line, (uint64_t)(nl - line));
 		st->taken++;
 		st->last_offset = pos;
 		pos = (uint64_t)(nl - buf) + 1;
 	}
 }
 
-uint64_t st_verify_size(void)
+/* ---------------------------------------------------------------- the writer's chain */
+void st_chain_add(struct st_chain *c, const uint8_t *line, uint64_t len)
 {
-	return sizeof(struct st_verify);
+	uint8_t rh[32];
+	st_record_hash(line, len, rh);
+	st_tree_append(&c->tree, rh);
+	memcpy(c->prev, rh, 32);
+	c->next_seq++;
 }
 
-/* ---------------------------------------------------------------- the writer's reopen scan */
+/* The reopen scan. */
 /* Chain every complete line of buf (the writer trusts its own sealed segments); returns the
  * offset after the last newline. */
 uint64_t st_chain_lines(struct st_chain *c, const uint8_t *buf, uint64_t len)
@@ -481,26 +474,8 @@ uint64_t st_chain_lines(struct st_chain *c, const uint8_t *buf, uint64_t len)
 		const uint8_t *nl = memchr(buf + pos, '\n', len - pos);
 		if (!nl || c->tree.frontier_len >= ST_MAX_FRONTIER)
 			break;
-		uint8_t rh[32];
-		st_record_hash(buf + pos, (size_t)(nl - buf - pos), rh);
-		st_tree_append(&c->tree, rh);
-		memcpy(c->prev, rh, 32);
-		c->next_seq++;
+		st_chain_add(c, buf + pos, (uint64_t)(nl - buf - pos));
 		pos = (uint64_t)(nl - buf) + 1;
 	}
 	return pos;
-}
-
-/* st_verify_run on the chain's state: take the ordinary records that continue it. */
-uint64_t st_chain_ordinary(struct st_chain *c, struct st_verify *st, const uint8_t *buf,
-			   uint64_t len, uint64_t pos)
-{
-	st->expected = c->next_seq;
-	memcpy(st->prev, c->prev, 32);
-	st->tree = c->tree;
-	uint64_t end = st_verify_run(st, buf, len, pos);
-	c->next_seq = st->expected;
-	memcpy(c->prev, st->prev, 32);
-	c->tree = st->tree;
-	return end;
 }

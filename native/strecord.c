@@ -73,23 +73,12 @@ void st_batch_free(struct st_batch *b)
 }
 
 /* ------------------------------------------------------------------ the chain */
-/* The writer's own (Python-encoded) records go through the same chain state. */
-void st_chain_add(struct st_chain *c, const uint8_t *line, uint64_t len)
-{
-	uint8_t rh[32];
-	st_record_hash(line, len, rh);
-	st_tree_append(&c->tree, rh);
-	memcpy(c->prev, rh, 32);
-	c->next_seq++;
-}
-
 /* Write one line the writer encoded (with its newline, one writev), then chain it; the new
  * prev as hex into prev_hex[64]. Returns 0, or -errno with nothing chained (the writer then
  * closes: the line may be partly written, and reopening cuts it). */
 int64_t st_chain_write(struct st_chain *c, int fd, const uint8_t *line, uint64_t len,
 		       char *prev_hex)
 {
-	static const char hex[] = "0123456789abcdef";
 	struct iovec iov[2] = {{(void *)line, len}, {(void *)"\n", 1}};
 	uint64_t left = len + 1;
 	while (left) {
@@ -108,10 +97,7 @@ int64_t st_chain_write(struct st_chain *c, int fd, const uint8_t *line, uint64_t
 		}
 	}
 	st_chain_add(c, line, len);
-	for (int i = 0; i < 32; i++) {
-		prev_hex[2 * i] = hex[c->prev[i] >> 4];
-		prev_hex[2 * i + 1] = hex[c->prev[i] & 15];
-	}
+	st_hex32(prev_hex, c->prev);
 	return 0;
 }
 
@@ -273,7 +259,6 @@ static void put_addr(struct out *o, unsigned family, const uint8_t *raw)
 static int encode_net(struct out *o, const struct st_encode *e, const struct st_chain *c,
 		      const struct st_net *n, int exe, uint64_t ts)
 {
-	static const char hex[] = "0123456789abcdef";
 	unsigned op = n->hdr.op;
 	if (n->family != 2 && n->family != 10)
 		return -1;
@@ -314,10 +299,8 @@ static int encode_net(struct out *o, const struct st_encode *e, const struct st_
 	LIT(o, ",\"ppid\":");
 	put_u64(o, n->hdr.ppid);
 	LIT(o, ",\"prev\":\"");
-	for (int i = 0; i < 32; i++) {
-		*o->p++ = hex[c->prev[i] >> 4];
-		*o->p++ = hex[c->prev[i] & 15];
-	}
+	st_hex32(o->p, c->prev);
+	o->p += 64;
 	LIT(o, "\",\"protocol\":\"");
 	const char *proto = protocol_name(n->protocol);
 	if (proto)
@@ -436,10 +419,12 @@ uint64_t st_encode_run(struct st_chain *c, struct st_encode *e, const uint8_t *b
 	return pos;
 }
 
-void st_sizes(uint64_t out[4])
+/* Sizes of the structs Python mirrors (agent/native.py checks them on load). */
+void st_sizes(uint64_t out[5])
 {
 	out[0] = sizeof(struct st_tree);
 	out[1] = sizeof(struct st_chain);
 	out[2] = sizeof(struct st_encode);
 	out[3] = sizeof(struct st_batch);
+	out[4] = sizeof(struct st_verify);
 }

@@ -44,9 +44,13 @@ class StTree(ctypes.Structure):
     ]
 
 
+class StChain(ctypes.Structure):
+    _fields_ = [("next_seq", ctypes.c_uint64), ("prev", _Hash), ("tree", StTree)]
+
+
 class StVerify(ctypes.Structure):
     _fields_ = [
-        ("expected", ctypes.c_uint64),
+        ("chain", ctypes.POINTER(StChain)),
         ("taken", ctypes.c_uint64),
         ("limit", ctypes.c_uint64),
         ("last_offset", ctypes.c_uint64),
@@ -55,13 +59,7 @@ class StVerify(ctypes.Structure):
         ("host_len", ctypes.c_uint64),
         ("boot", ctypes.c_char_p),
         ("boot_len", ctypes.c_uint64),
-        ("prev", _Hash),
-        ("tree", StTree),
     ]
-
-
-class StChain(ctypes.Structure):
-    _fields_ = [("next_seq", ctypes.c_uint64), ("prev", _Hash), ("tree", StTree)]
 
 
 _U32P = ctypes.POINTER(ctypes.c_uint32)
@@ -104,11 +102,13 @@ def _bind() -> ctypes.CDLL | None:
 
 def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     u64, p = ctypes.c_uint64, ctypes.POINTER
-    lib.st_verify_size.restype = u64
-    lib.st_verify_size.argtypes = []
-    check_size("struct st_verify", ctypes.sizeof(StVerify), lib.st_verify_size())
     sizes = native.struct_sizes()
-    for name, cls in (("st_tree", StTree), ("st_chain", StChain), ("st_encode", StEncode)):
+    for name, cls in (
+        ("st_tree", StTree),
+        ("st_chain", StChain),
+        ("st_encode", StEncode),
+        ("st_verify", StVerify),
+    ):
         check_size(f"struct {name}", ctypes.sizeof(cls), sizes[name])
     lib.st_verify_run.restype = u64
     lib.st_verify_run.argtypes = [p(StVerify), ctypes.c_char_p, u64, u64]
@@ -118,8 +118,6 @@ def _declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.st_tree_root.argtypes = [p(StTree), ctypes.c_char_p]
     lib.st_chain_lines.restype = u64
     lib.st_chain_lines.argtypes = [p(StChain), ctypes.c_char_p, u64]
-    lib.st_chain_ordinary.restype = u64
-    lib.st_chain_ordinary.argtypes = [p(StChain), p(StVerify), ctypes.c_char_p, u64, u64]
     lib.st_chain_write.restype = ctypes.c_int64
     lib.st_chain_write.argtypes = [p(StChain), ctypes.c_int, ctypes.c_char_p, u64, ctypes.c_char_p]
     lib.st_chain_add.restype = None
@@ -157,11 +155,13 @@ def _get_tree(tree: StTree) -> tuple[int, list[bytes]]:
 
 # ------------------------------------------------------------------------------ verify
 class VerifyRun:
-    """Native verification state for one journal; the verifier syncs its own state in and out."""
+    """The verifier's fast path over a ``Chain``: takes the ordinary records that continue it."""
 
-    def __init__(self) -> None:
+    def __init__(self, chain: Chain | None = None) -> None:
         lib = _need()
+        self.chain = chain if chain is not None else Chain(0, bytes(32), 0, [])
         self.state = StVerify()
+        self.state.chain = ctypes.pointer(self.chain.state)
         self.ptr = ctypes.byref(self.state)
         self._run = lib.st_verify_run
         self._host: bytes = b""
@@ -177,23 +177,11 @@ class VerifyRun:
             self._boot = boot
             st.boot, st.boot_len = boot, len(boot)
 
-    def set_tree(self, size: int, frontier: list[bytes]) -> None:
-        _set_tree(self.state.tree, size, frontier)
-
-    def tree(self) -> tuple[int, list[bytes]]:
-        return _get_tree(self.state.tree)
-
-    def run(self, content: bytes, pos: int, *, expected: int, prev: bytes, limit: int) -> int:
-        """Take ordinary records from ``content[pos:]``; returns where it stopped."""
-        st = self.state
-        st.expected = expected
-        st.limit = limit
-        ctypes.memmove(st.prev, prev, 32)
+    def run(self, content: bytes, pos: int, limit: int) -> int:
+        """Take ordinary records from ``content[pos:]`` into the chain; returns where it
+        stopped (``state.taken`` records, the last at ``state.last_offset``)."""
+        self.state.limit = limit
         return int(self._run(self.ptr, content, len(content), pos))
-
-    @property
-    def prev(self) -> bytes:
-        return bytes(self.state.prev)
 
 
 # ------------------------------------------------------------------------------ writer
@@ -208,6 +196,10 @@ class Chain:
         self._write = lib.st_chain_write
         self._hex = ctypes.create_string_buffer(64)
         self._verify: VerifyRun | None = None
+        self.load(next_seq, prev, size, frontier)
+
+    def load(self, next_seq: int, prev: bytes, size: int, frontier: list[bytes]) -> None:
+        """Take over a chain state kept elsewhere (the Python verifier's)."""
         self.state.next_seq = next_seq
         ctypes.memmove(self.state.prev, prev, 32)
         _set_tree(self.state.tree, size, frontier)
@@ -232,11 +224,14 @@ class Chain:
         """Chain the run of ordinary records (as the verifier's fast path judges them: they
         parse and continue this chain) from ``pos``; returns where the run stopped."""
         if self._verify is None:
-            self._verify = VerifyRun()
+            self._verify = VerifyRun(self)
         run = self._verify
         run.set_identity(orjson.dumps(host)[1:-1], orjson.dumps(boot_id)[1:-1])
-        run.state.limit = 1 << 62
-        return int(_need().st_chain_ordinary(self.ptr, run.ptr, content, len(content), pos))
+        return run.run(content, pos, 1 << 62)
+
+    def frontier(self) -> tuple[int, list[bytes]]:
+        """The tree's size and frontier."""
+        return _get_tree(self.state.tree)
 
     @property
     def next_seq(self) -> int:

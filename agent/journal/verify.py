@@ -212,17 +212,15 @@ class Verifier:
     ) -> int:
         assert self._host is not None and self._boot is not None
         run.set_identity(orjson.dumps(self._host)[1:-1], orjson.dumps(self._boot)[1:-1])
-        run.set_tree(self._tree.size, self._tree.frontier)
-        end = run.run(
-            content, pos, expected=self._expected, prev=bytes.fromhex(self._prev), limit=limit
-        )
+        chain = run.chain
+        chain.load(self._expected, bytes.fromhex(self._prev), self._tree.size, self._tree.frontier)
+        end = run.run(content, pos, limit)
         taken = run.state.taken
         if taken:
-            size, frontier = run.tree()
-            self._tree.restore(size, frontier)
-            self._prev = run.prev.hex()
+            self._tree.restore(*chain.frontier())
+            self._prev = chain.prev.hex()
             self._prev_at = (segment, run.state.last_offset)
-            self._expected = run.state.expected
+            self._expected = chain.next_seq
             self.summary.records += taken
             self.fast_records += taken
         return end

@@ -10,30 +10,22 @@
 
 #include "../stnative.h"
 
-struct st_verify {
-	uint64_t expected, taken, limit, last_offset, stop;
-	const char *host;
-	uint64_t host_len;
-	const char *boot;
-	uint64_t boot_len;
-	uint8_t prev[32];
-	struct st_tree tree;
-};
-
-uint64_t st_verify_run(struct st_verify *st, const uint8_t *buf, uint64_t len, uint64_t pos);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	if (size < 1)
 		return 0;
+	struct st_chain chain;
 	struct st_verify st;
+	memset(&chain, 0, sizeof(chain));
 	memset(&st, 0, sizeof(st));
+	st.chain = &chain;
 	st.host = "h";
 	st.host_len = 1;
 	st.boot = "b";
 	st.boot_len = 1;
 	st.limit = data[0] & 1 ? 3 : UINT64_MAX;
-	st.expected = data[0] >> 1;
+	chain.next_seq = data[0] >> 1;
 	uint64_t end = st_verify_run(&st, data + 1, size - 1, 0);
 	if (end > size - 1)
 		__builtin_trap();
