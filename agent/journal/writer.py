@@ -253,10 +253,7 @@ class JournalWriter:
                 seq = self._emit(self._record(type, fields))
             except FormatError as exc:  # raised before anything is written
                 raise JournalError(f"{type} record not written: {exc}") from None
-            if self._unsealed >= self._seal_every or (
-                time.monotonic() - self._unsealed_since >= self._seal_interval
-            ):
-                self._seal()
+            self._seal_if_due()
             return seq
 
     def append_many(self, records: Sequence[tuple[str, Mapping[str, JsonValue]]]) -> int:
@@ -286,10 +283,7 @@ class JournalWriter:
                 self._count_unsealed(len(lines))
             if failed is not None:
                 raise JournalError(failed)
-            if self._unsealed >= self._seal_every or (
-                time.monotonic() - self._unsealed_since >= self._seal_interval
-            ):
-                self._seal()
+            self._seal_if_due()
             return len(lines)
 
     @property
@@ -325,10 +319,7 @@ class JournalWriter:
                 self._next_seq = chain.next_seq
                 self._prev = chain.prev.hex()
                 self._count_unsealed(taken)
-                if self._unsealed >= self._seal_every or (
-                    time.monotonic() - self._unsealed_since >= self._seal_interval
-                ):
-                    self._seal()
+                self._seal_if_due()
             return end, taken, int(encoder.params.stop)
 
     def tick(self) -> None:
@@ -397,9 +388,7 @@ class JournalWriter:
             self._next_seq = seq + 1
         else:
             self._write(self._chain_line(record))
-        if not self._unsealed:
-            self._unsealed_since = time.monotonic()
-        self._unsealed += 1
+        self._count_unsealed(1)
         return seq
 
     def _chain_line(self, record: dict[str, JsonValue]) -> bytes:
@@ -416,6 +405,13 @@ class JournalWriter:
             self._prev = digest.hex()
         self._next_seq += 1
         return line + b"\n"
+
+    def _seal_if_due(self) -> None:
+        """Seal when the batch is full or its oldest record waited the seal interval."""
+        if self._unsealed >= self._seal_every or (
+            time.monotonic() - self._unsealed_since >= self._seal_interval
+        ):
+            self._seal()
 
     def _count_unsealed(self, n: int) -> None:
         if not self._unsealed:
