@@ -9,7 +9,7 @@ import pytest
 
 from agent.journal import native, protect
 from agent.journal.checkpoint import SignedCheckpoint
-from agent.journal.keys import KeyStore
+from agent.journal.keys import KeyStore, PublicKey
 from agent.journal.segments import iter_lines, list_segments
 from agent.journal.verify import Summary, Verifier, verify_lines
 from agent.journal.writer import JournalWriter
@@ -79,13 +79,11 @@ class Journal:
         also through the pure Python path, and insist both say exactly the same."""
         genesis = KeyStore(self.keys).genesis()
         reference = verify_lines(iter_lines(self.dir), genesis, against=against, strict=strict)
+        segments = [(path.name, path.read_bytes()) for _, path in list_segments(self.dir)]
         for use_native in (False, True) if native.available() else (False,):
-            verifier = Verifier(genesis, against=against, strict=strict, use_native=use_native)
-            for _, path in list_segments(self.dir):
-                for _finding in verifier.feed_segment(path.name, path.read_bytes()):
-                    pass
-            for _finding in verifier.finish():
-                pass
+            verifier = verify_segments(
+                segments, genesis, use_native=use_native, against=against, strict=strict
+            )
             assert verifier.summary == reference, f"use_native={use_native}"
         return reference
 
@@ -102,6 +100,24 @@ class Journal:
 
     def rewrite(self, path: Path, lines: list[bytes]) -> None:
         path.write_bytes(b"".join(line + b"\n" for line in lines))
+
+
+def verify_segments(
+    segments: list[tuple[str, bytes]],
+    genesis: PublicKey,
+    *,
+    use_native: bool,
+    against: SignedCheckpoint | None = None,
+    strict: bool = False,
+) -> Verifier:
+    """Verify segment contents as ``journal verify`` does; the summary holds the findings."""
+    verifier = Verifier(genesis, against=against, strict=strict, use_native=use_native)
+    for name, content in segments:
+        for _finding in verifier.feed_segment(name, content):
+            pass
+    for _finding in verifier.finish():
+        pass
+    return verifier
 
 
 def first_error_seq(summary: Summary) -> int | None:

@@ -21,7 +21,7 @@ from agent.journal.keys import KeyStore, PublicKey
 from agent.journal.segments import list_segments
 from agent.journal.verify import Summary, Verifier
 
-from .conftest import Journal
+from .conftest import Journal, verify_segments
 
 pytestmark = pytest.mark.skipif(
     not native.available() and not os.environ.get("CI"),
@@ -37,12 +37,7 @@ def test_native_core_is_built() -> None:
 def _verify(
     segments: list[tuple[str, bytes]], genesis: PublicKey, use_native: bool
 ) -> tuple[Summary, Verifier]:
-    verifier = Verifier(genesis, use_native=use_native)
-    for name, content in segments:
-        for _ in verifier.feed_segment(name, content):
-            pass
-    for _ in verifier.finish():
-        pass
+    verifier = verify_segments(segments, genesis, use_native=use_native)
     return verifier.summary, verifier
 
 
