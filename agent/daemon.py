@@ -29,6 +29,7 @@ from agent.events.stream import DEFAULT_RINGBUF_BYTES, EventStream, StreamConfig
 from agent.journal import JournalWriter
 from agent.journal.canonical import MAX_SAFE_INT, JsonValue
 from agent.journal.native import ENC_END, ENC_SLOW, EventEncoder
+from agent.kernel.ringbuf import record_at
 from agent.policy.check import check
 from agent.policy.mechanisms import HostCapabilities, host_capabilities
 from agent.policy.source import PolicySet
@@ -125,12 +126,12 @@ def record_batch(
             continue  # the run ended at its pid limit: scan the next one
         raws: list[bytes] = []
         while pos < end:
-            size = int.from_bytes(batch[pos : pos + 4], "little")
-            op = int.from_bytes(batch[pos + 4 : pos + 6], "little")
+            raw, after = record_at(batch, pos)
+            op = int.from_bytes(raw[:2], "little")
             if raws and op < 64 and ops_mask >> op & 1:
                 break
-            raws.append(batch[pos + 4 : pos + 4 + size])
-            pos += 4 + size
+            raws.append(raw)
+            pos = after
         slow(raws)
     return taken_total
 

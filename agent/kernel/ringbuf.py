@@ -19,13 +19,18 @@ from agent.kernel.libbpf import SampleFn, lib
 from agent.kernel.loader import Map
 
 
+def record_at(batch: bytes, pos: int) -> tuple[bytes, int]:
+    """The record of a native batch (``[u32 size][bytes]``...) at ``pos``, and the next pos."""
+    size = int.from_bytes(batch[pos : pos + 4], "little")
+    return batch[pos + 4 : pos + 4 + size], pos + 4 + size
+
+
 def split_batch(batch: bytes) -> Iterator[bytes]:
     """The records of a native batch, in order."""
     pos, end = 0, len(batch)
     while pos < end:
-        size = int.from_bytes(batch[pos : pos + 4], "little")
-        yield batch[pos + 4 : pos + 4 + size]
-        pos += 4 + size
+        record, pos = record_at(batch, pos)
+        yield record
 
 
 class RingBuffer:
