@@ -1,7 +1,8 @@
 """``sealtrail journal``: read, verify and prove the tamper-evident journal.
 
 tail          the latest records, aligned (colour on a TTY); --json prints them as stored
-verify        hash, chain, seals, key rotations, Merkle roots, gaplessness; exit 0 only if all hold
+verify        hash, chain, seals, key rotations, Merkle roots, gaplessness, the agent's stop at
+              the end (--strict: required); exit 0 only if all hold
 checkpoint    print the latest signed checkpoint (keep it: `verify --against` it later)
 prove SEQ     inclusion proof of one record against the latest checkpoint
 verify-proof  check such a proof with the public key alone
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from agent import paths
-from agent.errors import FormatError, JournalError, UsageError
+from agent.errors import FormatError, JournalError, KeyStoreError, UsageError
 from agent.journal.checkpoint import InclusionProof, SignedCheckpoint
 from agent.journal.keys import PublicKey
 from agent.journal.reader import latest_checkpoint, prove
@@ -98,7 +99,10 @@ def register(subparsers: Any) -> None:
         help="a checkpoint exported earlier: the journal must still extend it",
     )
     verify.add_argument(
-        "--strict", action="store_true", help="an unsealed tail or a torn last line is an error"
+        "--strict",
+        action="store_true",
+        help="an unsealed tail, a torn last line, or a journal that does not end with the "
+        "agent's stop record and final seal (cut, crash, or the agent still running) is an error",
     )
     verify.add_argument("--json", action="store_true", help="machine-readable report")
     verify.set_defaults(func=run_verify)
@@ -295,8 +299,20 @@ def _load_json(path: str | Path, what: str) -> Any:
         raise FormatError(f"{what} {path} is not JSON: {exc}") from None
 
 
+def _genesis(path: Path) -> PublicKey:
+    """The public key ``--key`` names; failing on the default path says how to name another."""
+    try:
+        return PublicKey.load(path)
+    except KeyStoreError as exc:
+        if path != _DEFAULT_KEY:
+            raise
+        raise KeyStoreError(
+            f"{exc} (the default key path; --key PUB names the host's genesis public key)"
+        ) from None
+
+
 def run_verify(args: argparse.Namespace) -> int:
-    genesis = PublicKey.load(args.key)
+    genesis = _genesis(args.key)
     against = (
         SignedCheckpoint.from_dict(_load_json(args.against, "checkpoint"))
         if (args.against)
@@ -335,15 +351,20 @@ def run_verify(args: argparse.Namespace) -> int:
             "last_seal_seq": s.last_seal_seq,
             "unsealed": s.unsealed,
             "key_id": s.key_id,
+            "clean_end": s.clean_end,
+            "recoveries": s.recoveries,
             "errors": s.errors,
             "findings": [f.to_dict() for f in s.findings],
         }
         print(json.dumps(report, indent=2, ensure_ascii=False))
         return 0 if s.ok else 1
     tail = f"; unsealed tail, {s.unsealed} records" if s.unsealed > 0 else ""
+    end = "ends with the agent's stop and final seal" if s.clean_end else "no stop at the end"
+    recoveries = f", {s.recoveries} unclean stops recovered" if s.recoveries else ""
     body = (
         f"{s.records} records in {len(segments)} segments, {s.seals} seals, "
-        f"{s.rotations} key rotations, host {s.host}, last seal at seq {s.last_seal_seq}{tail}"
+        f"{s.rotations} key rotations{recoveries}, host {s.host}, last seal at seq "
+        f"{s.last_seal_seq}{tail}; {end}"
     )
     if s.ok:
         print(f"journal OK: {body}")
@@ -365,7 +386,7 @@ def run_prove(args: argparse.Namespace) -> int:
 
 
 def run_verify_proof(args: argparse.Namespace) -> int:
-    genesis = PublicKey.load(args.key)
+    genesis = _genesis(args.key)
     proof = InclusionProof.from_dict(_load_json(args.proof, "proof"))
     record = proof.verify(genesis)
     cp = proof.checkpoint.checkpoint

@@ -4,8 +4,14 @@ Feed ``Verifier.feed`` every stored line in order (``segments.iter_lines`` does 
 ``finish``. Each finding names the seq, segment file and byte offset and what is wrong. Checked:
 the canonical encoding and hash of every record (over the bytes as received), the ``prev`` chain,
 seq gaplessness and segment numbering, host and boot consistency, every seal's signature, Merkle
-root and coverage, the key rotation chain from the genesis key, and optionally consistency with
-a checkpoint exported earlier (``against``).
+root and coverage, the key rotation chain from the genesis key, that every ``recovery`` record
+describes the journal before it, whether the journal ends with the agent's ``stop`` record and
+its final seal, and optionally consistency with a checkpoint exported earlier (``against``).
+
+What no local verify can see: a journal cut at a seal after an earlier clean stop (or cut and
+given a new stop and seal by someone holding the current epoch key), a cut followed by a restart
+(the recovery record then reads as a crash), or the whole journal replaced under a new genesis
+key. The collector (forwarding with signed receipts) closes that: docs/journal-format.md, 10.
 """
 
 from __future__ import annotations
@@ -27,6 +33,12 @@ from agent.journal.record import GENESIS_PREV, RECORD_PREFIX, Record
 from agent.journal.segments import Line, segment_name, segment_number, split_lines
 
 Severity = Literal["error", "warning", "info"]
+#: A journal that does not end with ``stop`` and its seal; an error with ``strict``.
+NOT_STOPPED = (
+    "journal does not end with the agent's stop record and final seal: cut or crash (a local "
+    "verify cannot tell which), or the agent is still running (a live journal ends so until the "
+    "agent stops)"
+)
 #: The summary keeps this many findings (all are yielded and all errors counted): a journal
 #: wrecked from its first record must not exhaust memory.
 MAX_KEPT_FINDINGS = 10_000
@@ -80,6 +92,10 @@ class Summary:
     host: str | None = None
     key_id: str | None = None
     boots: int = 0
+    #: ``recovery`` records: runs that ended without their stop record (crash or cut).
+    recoveries: int = 0
+    #: The journal ends with the agent's ``stop`` record and the valid seal right after it.
+    clean_end: bool = False
     findings: list[Finding] = field(default_factory=list)
 
     @property
@@ -128,6 +144,8 @@ class Verifier:
         self._segment: str | None = None
         self._segment_no = 0
         self._batch_start = 0  # first seq a coming seal must cover
+        self._last_seal_at = -1  # seq of the last seal record, valid or not (as the writer saw it)
+        self._after_stop = False  # the record just fed is a stop record
         self._shifted = False  # a seq discontinuity was reported: positions no longer = seqs
         self._tree_tainted_at: int | None = None  # seal whose root first did not match
         self._roots_skipped = 0
@@ -217,6 +235,7 @@ class Verifier:
         end = run.run(content, pos, limit)
         taken = run.state.taken
         if taken:
+            self._after_stop = self.summary.clean_end = False  # ordinary records only
             self._tree.restore(*chain.frontier())
             self._prev = chain.prev.hex()
             self._prev_at = (segment, run.state.last_offset)
@@ -248,9 +267,12 @@ class Verifier:
             record = Record.from_dict(parse_canonical(data))
         except FormatError as exc:
             yield self._error(f"malformed record: {exc}", seq, line.segment, line.offset)
-        errors_before = self.summary.errors
+        errors_before, seals_before = self.summary.errors, self.summary.seals
         if record is not None:
             yield from self._check(record, line)
+        # The end is clean only at a valid seal right after a stop record (close() writes both).
+        self.summary.clean_end = self._after_stop and self.summary.seals > seals_before
+        self._after_stop = record is not None and record.type == "stop"
         hex_digest = digest.hex()
         # A broken link into a record that already has its own error (a seq gap, a foreign
         # host) is explained by that error; otherwise it is judged one record later.
@@ -312,6 +334,12 @@ class Verifier:
                 s.records - 1,
                 self._segment,
                 None,
+            )
+        s.clean_end = s.clean_end and self._torn is None
+        if s.records and not s.clean_end:
+            severity: Severity = "error" if self._strict else "warning"
+            yield self._finding(
+                severity, NOT_STOPPED, self._expected - 1, None, self._segment, None
             )
         if self._against is not None:
             yield from self._check_against_end()
@@ -388,6 +416,9 @@ class Verifier:
             self.summary.boots += 1
         if record.type == "seal":
             yield from self._check_seal(record, line)
+            self._last_seal_at = self._expected
+        elif record.type == "recovery":
+            yield from self._check_recovery(record, line)
         elif record.type == "key_rotation":
             try:
                 self._key = follow_rotation(self._key, record)
@@ -449,6 +480,42 @@ class Verifier:
         else:
             self.summary.seals += 1
             self.summary.last_seal_seq = seq
+
+    def _check_recovery(self, record: Record, line: Line) -> Iterator[Finding]:
+        """A recovery record must describe the journal before it as the writer found it.
+
+        It is a warning, not an error, even with ``strict``: the next run recorded, inside the
+        chain, that the run before it did not stop cleanly. Whether that was a crash or a cut
+        at a seal followed by a restart, only the collector can tell.
+        """
+        seq = self._expected
+        self.summary.recoveries += 1
+        found = {"last_good_seq": seq - 1, "last_sealed_seq": self._last_seal_at}
+        if "unsealed_kept" in record.fields:
+            found["unsealed_kept"] = seq - 1 - self._last_seal_at
+        wrong = [
+            f"{name} {record.fields[name]!r} (the journal has {value})"
+            for name, value in found.items()
+            if record.fields[name] != value or isinstance(record.fields[name], bool)
+        ]
+        if wrong:
+            yield self._error(
+                f"recovery record does not describe the journal before it: {', '.join(wrong)}",
+                seq,
+                line.segment,
+                line.offset,
+            )
+        yield self._finding(
+            "warning",
+            "the run before this record ended without the agent's stop record and final seal: "
+            f"crash or cut (a local verify cannot tell which); recovered: a torn tail of "
+            f"{record.fields['cut_bytes']} bytes cut, {seq - 1 - self._last_seal_at} unsealed "
+            "records kept",
+            seq,
+            None,
+            line.segment,
+            line.offset,
+        )
 
     def _judge_link(self, *, broken: bool, line: Line | None) -> Iterator[Finding]:
         """Decide which record a broken prev link incriminates.

@@ -181,7 +181,7 @@ class JournalWriter:
             if not create_keys:
                 raise JournalError(f"no genesis key in {keys_dir}; run `sealtrail keys init`")
             public = keys.init()
-            log.warning(
+            log.info(  # the first start's normal course, not a problem
                 "created genesis key %s in %s; enroll it with the collector",
                 public.key_id,
                 keys_dir,

@@ -84,6 +84,38 @@ def test_verify_fails_naming_seq_segment_offset(
     assert f"error: record {seq} in {seg.name} at byte {offset}: hash mismatch" in out
 
 
+def test_verify_strict_fails_on_a_journal_cut_at_a_seal(
+    filled: Journal, capsys: pytest.CaptureFixture[str]
+) -> None:
+    last = filled.segments()[-1]
+    lines = last.read_bytes().splitlines()
+    assert [json.loads(ln)["type"] for ln in lines[-2:]] == ["stop", "seal"]
+    if len(lines) > 2:  # delete the stop record and its seal: the journal ends at a seal
+        filled.rewrite(last, lines[:-2])
+    else:
+        last.unlink()
+    base = ["journal", "verify", "--journal", str(filled.dir), "--key"]
+    base.append(str(filled.keys / "journal.pub"))
+    rc, out, _ = run(capsys, *base, "--strict")
+    assert rc == 1 and "journal FAILED: 1 errors" in out
+    assert "error: record" in out and "does not end with the agent's stop record" in out
+    rc, out, _ = run(capsys, *base)
+    assert rc == 0 and "warning: record" in out and "cut or crash" in out
+
+
+def test_verify_without_key_names_the_default_and_the_option(
+    filled: Journal,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    missing = tmp_path / "no-keys" / "journal.pub"
+    monkeypatch.setattr(journal_cli, "_DEFAULT_KEY", missing)
+    rc, _, err = run(capsys, "journal", "verify", "--journal", str(filled.dir))
+    assert rc == 1 and str(missing) in err and "--key PUB" in err
+    assert "Traceback" not in err
+
+
 def test_verify_against_and_unsealed_tail_strict(
     filled: Journal, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -12,9 +12,10 @@ import pytest
 
 from agent.journal.canonical import canonical
 from agent.journal.checkpoint import Checkpoint, rotation_signing_input
-from agent.journal.keys import SigningKey, b64
+from agent.journal.keys import KeyStore, SigningKey, b64
 from agent.journal.reader import latest_checkpoint
 from agent.journal.record import record_hash
+from agent.journal.verify import Finding, Summary
 
 from .conftest import Journal, assert_caught_at, assert_ranges_cover, errors, first_error_seq
 
@@ -249,15 +250,69 @@ def test_old_segment_replayed(built: Journal) -> None:
     assert_caught_at(summary, first)
 
 
+NOT_STOPPED = "does not end with the agent's stop record and final seal"
+
+
+def end_findings(summary: Summary) -> list[Finding]:
+    return [f for f in summary.findings if NOT_STOPPED in f.message]
+
+
+def cut_after_seal(journal: Journal, nth_last: int) -> int:
+    """Delete every record after the ``nth_last`` seal from the end (1: the final seal), and
+    the segments that then hold nothing; returns the first seq removed."""
+    seal_seqs = seals(journal)
+    keep_to = seal_seqs[-nth_last]
+    for path in journal.segments():
+        lines = path.read_bytes().splitlines()
+        kept = [ln for ln in lines if json.loads(ln)["seq"] <= keep_to]
+        if kept:
+            journal.rewrite(path, kept)
+        else:
+            path.unlink()
+    return keep_to + 1
+
+
+def test_clean_journal_ends_with_stop_and_final_seal(built: Journal) -> None:
+    summary = built.verify(strict=True)
+    assert summary.ok and summary.clean_end and not end_findings(summary)
+    assert [f for f in summary.findings if f.severity != "info"] == []
+
+
+def test_clean_stop_cut_at_an_earlier_seal_fails_strict(built: Journal) -> None:
+    """The stop record, its final seal and the last batches deleted, exactly at a seal: every
+    remaining seal still verifies, so only the missing stop tells."""
+    records = built.verify().records
+    first_removed = cut_after_seal(built, 3)
+    assert first_removed < records - 2
+    summary = built.verify(strict=True)
+    assert not summary.ok and not summary.clean_end
+    (finding,) = end_findings(summary)
+    assert finding.severity == "error" and errors(summary) == [str(finding)]
+    assert "cut or crash (a local verify cannot tell which)" in finding.message
+    assert finding.seq == first_removed - 1
+    lenient = built.verify()  # without --strict: passes, but says so
+    assert lenient.ok and [f.severity for f in end_findings(lenient)] == ["warning"]
+
+
+def test_only_the_final_seal_cut_fails_strict(built: Journal) -> None:
+    assert cut_after_seal(built, 2) == built.verify().records  # removes stop and its seal
+    summary = built.verify(strict=True)
+    assert not summary.ok and len(end_findings(summary)) == 1
+
+
+def test_stop_without_its_final_seal_fails_strict(built: Journal) -> None:
+    last = built.segments()[-1]
+    built.rewrite(last, last.read_bytes().splitlines()[:-1])  # the journal ends with `stop`
+    summary = built.verify(strict=True)
+    assert not summary.ok and len(end_findings(summary)) == 1
+    assert any("unsealed tail, 1 records" in e for e in errors(summary))
+
+
 def test_tail_truncated_at_a_seal_boundary_caught_against_checkpoint(built: Journal) -> None:
     checkpoint, _ = latest_checkpoint(built.dir)
-    last = built.segments()[-1]
-    lines = last.read_bytes().splitlines()
-    seals = [i for i, ln in enumerate(lines) if json.loads(ln)["type"] == "seal"]
-    cut_after = seals[-2] if len(seals) > 1 else seals[0]
-    built.rewrite(last, lines[: cut_after + 1])
-    first_removed = int(json.loads(lines[cut_after + 1])["seq"])
-    assert built.verify(strict=True).ok  # looks like a clean, shorter journal on its own
+    first_removed = cut_after_seal(built, 2)
+    summary = built.verify(strict=True)  # on its own: a journal that did not stop cleanly
+    assert errors(summary) == [str(f) for f in end_findings(summary)] != []
     summary = built.verify(against=checkpoint)
     assert_caught_at(summary, first_removed, "truncated")
 
@@ -308,7 +363,8 @@ def test_unsealed_tail_removed_caught_against_checkpoint(journal: Journal) -> No
     lines = last.read_bytes().splitlines()
     first_removed = int(json.loads(lines[-5])["seq"])
     journal.rewrite(last, lines[:-5])
-    assert journal.verify(strict=True).ok
+    summary = journal.verify(strict=True)  # the agent never stopped: only that is reported
+    assert errors(summary) == [str(f) for f in end_findings(summary)] != []
     summary = journal.verify(against=checkpoint)
     assert_caught_at(summary, first_removed, "unsealed tail changed")
     os.close(w._fd)
@@ -333,3 +389,49 @@ def test_torn_last_line_is_recovered_not_tampering(journal: Journal) -> None:
     assert summary.ok, errors(summary)
     recovery = [json.loads(d) for _, _, d in journal.lines() if b'"recovery"' in d]
     assert recovery and recovery[0]["cut_bytes"] == w.recovery.cut_bytes
+
+
+def crash_and_restart(journal: Journal) -> None:
+    """An agent run that dies after a seal (no stop record), then a run that stops cleanly."""
+    w = journal.fill(50, seal_every=10, close=False)
+    w.flush_and_seal()
+    os.close(w._fd)  # crash: nothing torn, nothing unsealed, no stop record
+    summary = journal.verify(strict=True)
+    assert errors(summary) == [str(f) for f in end_findings(summary)] != []
+    w = journal.writer(boot_id="boot-2")
+    assert w.recovery is not None and w.recovery.cut_bytes == 0
+    w.append("start", {"version": "0.1.0"})
+    w.close({"reason": "test"})
+
+
+def test_crash_accounted_for_by_the_recovery_record_passes_strict(journal: Journal) -> None:
+    crash_and_restart(journal)
+    summary = journal.verify(strict=True)
+    assert summary.ok and summary.clean_end and summary.recoveries == 1, errors(summary)
+    (note,) = [f for f in summary.findings if f.severity == "warning"]
+    assert "crash or cut (a local verify cannot tell which)" in note.message
+    assert note.seq == seq_of_type(journal, "recovery")
+
+
+def test_cut_at_a_seal_then_restarted_looks_like_a_crash(built: Journal) -> None:
+    """What a local verify cannot see: the cut batches are gone and the next run's recovery
+    record says only that the run before it did not stop cleanly (the collector can tell)."""
+    cut_after_seal(built, 3)
+    w = built.writer(boot_id="boot-2")
+    assert w.recovery is not None and w.recovery.cut_bytes == 0
+    w.close()
+    summary = built.verify(strict=True)
+    assert summary.ok and summary.recoveries == 1
+    assert any("crash or cut" in f.message for f in summary.findings if f.severity == "warning")
+
+
+def test_recovery_record_that_misstates_the_journal_before_it(journal: Journal) -> None:
+    crash_and_restart(journal)
+    rec = seq_of_type(journal, "recovery")
+    path, i, lines = find(journal, rec)
+    lines[i] = edit(lines[i], last_sealed_seq=3, unsealed_kept=rec - 4)
+    journal.rewrite(path, lines)
+    store = KeyStore(journal.keys)
+    rebuild_from(journal, rec + 1, signer=store.load(store.genesis().key_id))
+    summary = journal.verify(strict=True)
+    assert_caught_at(summary, rec, "recovery record does not describe the journal before it")
