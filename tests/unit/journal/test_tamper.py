@@ -435,3 +435,59 @@ def test_recovery_record_that_misstates_the_journal_before_it(journal: Journal) 
     rebuild_from(journal, rec + 1, signer=store.load(store.genesis().key_id))
     summary = journal.verify(strict=True)
     assert_caught_at(summary, rec, "recovery record does not describe the journal before it")
+
+
+def current_key(journal: Journal) -> SigningKey:
+    """The live epoch key, as an intruder holding the host finds it on disk."""
+    store = KeyStore(journal.keys)
+    (kid,) = store.private_key_ids()
+    return store.load(kid)
+
+
+def append_resealed(journal: Journal, types: list[str], signer: SigningKey) -> None:
+    """Append records of ``types`` (a seal where named) and re-sign every seal from there on."""
+    last = journal.segments()[-1]
+    lines = last.read_bytes().splitlines()
+    seq = int(json.loads(lines[-1])["seq"]) + 1
+    template = json.loads(lines[-1])
+    for n, rtype in enumerate(types):
+        data = {k: template[k] for k in ("boot_id", "host", "prev", "ts")}
+        data.update(seq=seq + n, type=rtype)
+        if rtype == "seal":
+            data.update(size=0, root="", key_id="", sig="")
+        elif rtype == "event":
+            data.update(kind="exit", pid=7)
+        lines.append(canonical(data))
+    journal.rewrite(last, lines)
+    rebuild_from(journal, seq, signer=signer)
+
+
+def test_cut_given_a_new_stop_with_the_current_epoch_key_passes(built: Journal) -> None:
+    """The limit docs/journal-format.md states: whoever holds the live epoch key can cut within
+    its epoch and write a stop and a final seal that verify. Only the collector can tell."""
+    cut_after_seal(built, 3)
+    append_resealed(built, ["stop", "seal"], current_key(built))
+    summary = built.verify(strict=True)
+    assert summary.ok and summary.clean_end, errors(summary)
+
+
+def test_cut_in_an_erased_epoch_cannot_be_given_a_new_stop(journal: Journal) -> None:
+    """Forward security: the key of an earlier epoch is erased, so a cut before the last key
+    rotation cannot be resealed; the live key is not the one the chain expects there."""
+    journal.fill(200, seal_every=20, rotate_every=60)
+    rotation = seq_of_type(journal, "key_rotation", 2)
+    cut_after_seal(journal, len([s for s in seals(journal) if s > rotation]) + 1)
+    assert seq_of_type(journal, "key_rotation", 1) < journal.verify().records <= rotation
+    append_resealed(journal, ["stop", "seal"], current_key(journal))
+    summary = journal.verify(strict=True)
+    assert any("not in the rotation chain" in e for e in errors(summary))
+
+
+def test_records_after_the_stop_record_fail_strict(built: Journal) -> None:
+    """Ordinary records between a stop and the final seal (the native fast path takes them):
+    the journal does not end with stop and its seal, in both verify paths alike."""
+    last = built.segments()[-1]
+    built.rewrite(last, last.read_bytes().splitlines()[:-1])  # drop the final seal
+    append_resealed(built, ["event"] * 3 + ["seal"], current_key(built))
+    summary = built.verify(strict=True)
+    assert errors(summary) == [str(f) for f in end_findings(summary)] != []
