@@ -491,3 +491,20 @@ def test_records_after_the_stop_record_fail_strict(built: Journal) -> None:
     append_resealed(built, ["event"] * 3 + ["seal"], current_key(built))
     summary = built.verify(strict=True)
     assert errors(summary) == [str(f) for f in end_findings(summary)] != []
+
+
+def test_current_epoch_rewritten_with_its_key_passes(journal: Journal) -> None:
+    """Also stated as a limit: the live epoch's records, changed and resealed with its key."""
+    journal.fill(200, seal_every=20, rotate_every=60)
+    target = seq_of_type(journal, "key_rotation", 2) + 5
+    path, i, lines = find(journal, target)
+    lines[i] = edit(lines[i], argv=["rm", "-rf", "/"])
+    journal.rewrite(path, lines)
+    rebuild_from(journal, target, signer=current_key(journal))
+    assert journal.verify(strict=True).ok
+    earlier = seq_of_type(journal, "key_rotation", 1) + 5  # the same before the last rotation
+    path, i, lines = find(journal, earlier)
+    lines[i] = edit(lines[i], argv=["rm", "-rf", "/"])
+    journal.rewrite(path, lines)
+    rebuild_from(journal, earlier, signer=current_key(journal))
+    assert any("not in the rotation chain" in e for e in errors(journal.verify()))
