@@ -60,6 +60,7 @@ class Plan:
 
     events: tuple[str, ...]
     enforcement: dict[str, str]
+    #: Always False: the agent pins nothing, so no mechanism enforces after it exits.
     survives_agent: bool
     notes: tuple[str, ...]
 
@@ -250,15 +251,15 @@ def derive_plan(checks: dict[str, Check]) -> Plan:
             "only SIGKILL after the fact, flagged as such"
         )
     enforcement["kill"] = "bpf_send_signal" if ok("send_signal") else "none"
-    survives = "fanotify" not in enforcement.values()
-    if not survives:
+    if set(enforcement.values()) != {"none"}:
         notes.append(
-            "fanotify enforcement does not survive the agent: when it exits the kernel allows "
-            "pending and future opens/execs; pinned BPF programs (LSM, cgroup) would keep enforcing"
+            "enforcement does not survive the agent: nothing is pinned, so its LSM and cgroup "
+            "programs are detached and its fanotify marks removed when it exits, and the kernel "
+            "allows what the rules deny until it runs again (a supervisor restarts it)"
         )
     if "tp_btf" not in events and events:
         notes.append("no tp_btf: process lifecycle events (exec/fork/exit) unavailable")
-    return Plan(events, enforcement, survives, tuple(notes))
+    return Plan(events, enforcement, False, tuple(notes))
 
 
 # ---- checks (each may raise; _isolated turns that into a failed Check) ----

@@ -122,8 +122,8 @@ def test_plan_with_lsm() -> None:
         "network": "cgroup-bpf",
         "kill": "bpf_send_signal",
     }
-    assert plan.survives_agent
-    assert plan.notes == ()
+    assert not plan.survives_agent  # nothing is pinned: LSM and cgroup programs go too
+    assert len(plan.notes) == 1 and "does not survive the agent" in plan.notes[0]
 
 
 def test_plan_says_none_when_nothing_denies() -> None:
@@ -131,6 +131,7 @@ def test_plan_says_none_when_nothing_denies() -> None:
         _checks(bpf_lsm=True, fanotify_perm=True, cgroup2=True, send_signal=True, tp_btf=True)
     )
     assert set(plan.enforcement.values()) == {"none"}
+    assert not any("survive" in note for note in plan.notes)  # nothing to survive
     assert plan.events == ("tracepoints",)
     assert any("tp_btf" in note for note in plan.notes)
 
