@@ -62,6 +62,26 @@ class AgentConfig:
     run_dir: Path = paths.DEFAULT_RUN_DIR  # status.json: pid and the last policy load
 
 
+@dataclass(frozen=True)
+class LoadResult:
+    """The outcome of one policy load: ``loaded``; ``rejected`` (``digest``: the set still in
+    force); or ``mismatch`` (``digest`` is in force, but the kernel does not hold all of it)."""
+
+    result: str
+    digest: str | None
+    files: tuple[str, ...]
+    errors: tuple[str, ...]
+
+    def status(self) -> dict[str, JsonValue]:
+        if self.result == "rejected":
+            return {"result": "rejected", "errors": list(self.errors), "kept": self.digest}
+        out: dict[str, JsonValue] = {"result": self.result, "digest": self.digest,
+                                     "files": list(self.files)}  # fmt: skip
+        if self.errors:
+            out["errors"] = list(self.errors)
+        return out
+
+
 def boot_id() -> str:
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
@@ -220,50 +240,70 @@ class Agent:
         return 0
 
     def _load_policies(self, journal: JournalWriter, trigger: str) -> bool:
-        """Check, compile and install the policy directory; on any error keep the old policy.
-
-        A directory without policies means observing and recording only (an empty set).
-        """
-        assert self.enforcer is not None and self.caps is not None
-        directory = self.config.policies_dir
-        errors: list[JsonValue] = []
-        files: list[JsonValue] = []
-        compiled = None
-        if directory.is_dir() and any(directory.glob("*.toml")):
-            report = check([directory], self.caps)
-            policy_set, compiled = report.policy_set, report.compiled
-            files = [s.document.file for s in policy_set.sources]
-            errors = [str(f) for f in report.findings if f.severity == "error"]
-        else:
-            log.warning("%s: no policies; observing and recording only", directory)
-            policy_set = PolicySet(())
-        if not errors:
-            try:
-                self.enforcer.install(policy_set, compiled)
-            except SealtrailError as exc:
-                errors = list(str(exc).splitlines()) or [type(exc).__name__]
-        if errors:
-            for line in errors:
+        """Check, compile and install the policy directory as one transaction; journal, log
+        and write to status.json what happened. False if the set was rejected (the old one
+        stays in force, whole)."""
+        assert self.enforcer is not None
+        result = self._policy_transaction(trigger)
+        if result.result == "rejected":
+            for line in result.errors:
                 log.error("policy rejected: %s", line)
-            kept = self.enforcer.digest
-            journal.append(
-                "policy_rejected",
-                _text_safe({"errors": errors, "trigger": trigger, "kept": kept}),
-            )
-            self.last_load = {"result": "rejected", "errors": errors, "kept": kept}
+            fields: dict[str, JsonValue] = {"errors": list(result.errors), "kept": result.digest}
+            journal.append("policy_rejected", _text_safe({**fields, "trigger": trigger}))
+        elif result.result == "mismatch":
+            for line in result.errors:
+                log.error("policy %s installed, but the kernel differs: %s", result.digest, line)
+            fields = {"digest": result.digest, "files": list(result.files),
+                      "errors": list(result.errors)}  # fmt: skip
+            journal.append("policy_mismatch", _text_safe({**fields, "trigger": trigger}))
         else:
-            digest = self.enforcer.digest
-            log.warning("policy %s loaded (%d files, %s)", digest, len(files), trigger)
-            journal.append(
-                "policy_loaded", _text_safe({"digest": digest, "files": files, "trigger": trigger})
-            )
-            self.last_load = {"result": "loaded", "digest": digest, "files": files}
+            log.info("policy %s loaded (%d files, %s)", result.digest, len(result.files), trigger)
+            fields = {"digest": result.digest, "files": list(result.files)}
+            journal.append("policy_loaded", _text_safe({**fields, "trigger": trigger}))
+        self.last_load = _text_safe(result.status())
         self.reloads += 1
         write_status(
             self.config.run_dir,
             {"pid": os.getpid(), "loads": self.reloads, "trigger": trigger, **self.last_load},
         )
-        return not errors
+        return result.result != "rejected"
+
+    def _policy_transaction(self, trigger: str) -> LoadResult:
+        """Read, check and install the policy directory; never raises for any input.
+
+        A directory without policy files means observing and recording only at start; on a
+        reload it is rejected (an emptied directory must not switch enforcement off unseen).
+        """
+        assert self.enforcer is not None and self.caps is not None
+        directory = self.config.policies_dir
+        kept = self.enforcer.digest
+        try:
+            if directory.is_dir() and any(directory.glob("*.toml")):
+                report = check([directory], self.caps)
+                policy_set, compiled = report.policy_set, report.compiled
+                errors = [str(f) for f in report.findings if f.severity == "error"]
+                if errors:
+                    return LoadResult("rejected", kept, (), tuple(errors))
+            elif trigger == "start":
+                log.info("%s: no policies; observing and recording only", directory)
+                policy_set, compiled = PolicySet(()), None
+            else:
+                error = (
+                    f"{directory}: no *.toml policy files; the policy in force stays (to run "
+                    "without policies, restart the agent with an empty directory)"
+                )
+                return LoadResult("rejected", kept, (), (error,))
+            files = tuple(s.document.file for s in policy_set.sources)
+            installed = self.enforcer.install(policy_set, compiled)
+        except SealtrailError as exc:
+            return LoadResult("rejected", kept, (), tuple(str(exc).splitlines() or [repr(exc)]))
+        except Exception as exc:  # a bug must not stop the agent: the old set stays in force
+            log.exception("policy load failed")
+            return LoadResult("rejected", kept, (), (f"{type(exc).__name__}: {exc}",))
+        digest = self.enforcer.digest
+        if installed.errors:
+            return LoadResult("mismatch", digest, files, installed.errors)
+        return LoadResult("loaded", digest, files, ())
 
     def _loop(self, stream: EventStream, journal: JournalWriter) -> None:
         next_status = time.monotonic() + STATUS_INTERVAL_S

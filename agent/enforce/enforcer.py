@@ -9,9 +9,17 @@
   hook: unlink, rename, chmod, chown, listen, accept) is judged from the event stream, after
   the fact, and recorded as such.
 
-``install`` swaps the whole state in one assignment after everything new is in place, so a
-reload never leaves a moment without a policy, and a policy that cannot be installed leaves the
-old one in force.
+``install`` is a transaction: every new fanotify mark and the guard's new tables go in beside
+the old ones, then one assignment switches the userspace state, then what only the old policy
+needed is taken away. If any step before the switch fails, what it added is undone and the old
+policy stays whole. After every install the enforcer compares what the kernel holds (fanotify
+marks from fdinfo, the guard's live maps, its attached programs) with the plan, and reports
+each difference (``InstallResult.errors``): the daemon records them as errors, never as loaded.
+
+fanotify cannot close every path to an object on its own (directories created after the marks,
+other mounts; ``mechanisms.fanotify_gaps``). What gets through is seen after the fact in the
+event stream (a successful open or exec that the policy denies) and handled by the rule's
+``fallback``: recorded always, killed if it says so.
 """
 
 from __future__ import annotations
@@ -20,25 +28,36 @@ import collections
 import contextlib
 import logging
 import os
+import re
 import signal
+import threading
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from agent.enforce import fanotify as fan
-from agent.enforce.fanotify import FanotifyGuard, PermissionRequest
+from agent.enforce.dirwatch import DirWatch
+from agent.enforce.fanotify import FanotifyGuard, MarkTable, PermissionRequest
 from agent.enforce.guard import GUARDED_OPS, LSM_OPS, Guard, cgroup2_root, cgroup_dirs
+from agent.enforce.marks import MarkPlan, MarkRule, OsView, plan_marks
 from agent.errors import KernelError
 from agent.events import model
 from agent.events.decode import open_access
 from agent.events.stream import EventStream
 from agent.policy.compile import CompiledPolicySet, compile_policy_set
-from agent.policy.evaluate import Evaluator, Process, Request, Verdict, request_from_event
+from agent.policy.evaluate import (
+    Evaluator,
+    Process,
+    Request,
+    Verdict,
+    judged_kinds,
+    request_from_event,
+)
 from agent.policy.mechanisms import (
     Enforcement,
     HostCapabilities,
+    judged_in_kernel_at_exec,
     plan,
     require_enforceable,
 )
@@ -47,7 +66,17 @@ from agent.policy.source import PolicySet
 log = logging.getLogger(__name__)
 
 FANOTIFY_MECHANISMS = frozenset({"fanotify", "fanotify+sigkill"})
-MAX_DIR_MARKS = 20000
+#: The dynamic loader run as a program (``ld.so PROGRAM``): it opens and maps PROGRAM instead of
+#: exec'ing it, so its open of a file an exact exec rule names is judged as that exec.
+LOADER_NAME = re.compile(r"ld(-linux)?(-[\w.-]+)?\.so(\.\d+)*")
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    """What ``install`` put in force; ``errors``: where the kernel does not hold the plan."""
+
+    enforcements: tuple[Enforcement, ...]
+    errors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -89,7 +118,8 @@ class _State:
     compiled: CompiledPolicySet
     evaluator: Evaluator
     enforcements: dict[tuple[str, str], Enforcement]  # (policy, rule id) -> how
-    inode_targets: dict[tuple[int, int], str] = field(default_factory=dict)
+    #: (device, inode, operation) of a file an exact rule names -> that rule path
+    identities: dict[tuple[int, int, str], str] = field(default_factory=dict)
     lineage: bool = False
     operations: frozenset[str] = frozenset()  # the operations some rule guards
 
@@ -177,44 +207,127 @@ class Enforcer:
         self._fanotify: FanotifyGuard | None = None
         self._cgroup = cgroup
         self._cgroups = CgroupPaths()
-        self._marks: set[tuple[str, str]] = set()
+        self._lock = threading.RLock()  # install and the directory watcher's mark updates
+        self._table: MarkTable | None = None
+        self._mark_rules: tuple[MarkRule, ...] = ()
+        self._mark_plan = MarkPlan()
+        self._dirwatch: DirWatch | None = None
+        self._policy_set: PolicySet | None = None
 
     @property
     def digest(self) -> str | None:
         return self._state.compiled.digest if self._state else None
 
+    @property
+    def mark_count(self) -> int:
+        """fanotify marks the kernel holds for the live policy."""
+        return len(self._table.masks) if self._table else 0
+
     # ---- install (start and reload) ----
     def install(
         self, policy_set: PolicySet, compiled: CompiledPolicySet | None = None
-    ) -> tuple[Enforcement, ...]:
-        """Compile (unless ``compiled`` is that of ``policy_set`` already), check every rule has
-        a mechanism, install; the old policy stays on error."""
+    ) -> InstallResult:
+        """Put ``policy_set`` in force as one transaction (module doc); raises, with the old
+        policy still whole, if it cannot be; ``compiled`` is that of ``policy_set`` if given."""
         compiled = compiled or compile_policy_set(policy_set)
         enforcements = plan(compiled, self.caps)
         require_enforceable(enforcements)
-        state = _State(
-            compiled,
-            Evaluator(compiled),
-            {(e.rule.policy_name, e.rule.rule_id): e for e in enforcements},
-            lineage=compiled.follows_descendants,
-            operations=frozenset(e.rule.operation for e in enforcements),
+        mark_rules = tuple(
+            MarkRule((e.rule.policy_name, e.rule.rule_id), e.rule.operation, e.rule.paths)
+            for e in enforcements
+            if e.mechanism in FANOTIFY_MECHANISMS
         )
+        with self._lock:
+            marks = plan_marks(mark_rules, OsView()) if mark_rules else MarkPlan()
+            state = _State(
+                compiled,
+                Evaluator(compiled),
+                {(e.rule.policy_name, e.rule.rule_id): e for e in enforcements},
+                identities=dict(marks.identities),
+                lineage=compiled.follows_descendants,
+                operations=frozenset().union(
+                    *(judged_kinds(e.rule.operation, e.rule.access) for e in enforcements)
+                ),
+            )
+            table = self._mark_table() if mark_rules else self._table
+            added = table.add(marks) if table is not None else []
+            try:
+                self._update_stream(policy_set)
+                try:
+                    self._install_guard(compiled, enforcements)
+                except BaseException:
+                    if self._policy_set is not None:
+                        self._update_stream(self._policy_set)
+                    raise
+            except BaseException:
+                if table is not None:
+                    table.undo(added)
+                raise
+            self._state = state  # the switch
+            self._policy_set, self._mark_rules, self._mark_plan = policy_set, mark_rules, marks
+            errors = table.prune(marks) if table is not None else []
+            errors += self._watch(marks)
+            errors += self.verify()
+        if marks.truncated:
+            errors.append(f"more than {len(marks.marks)} objects to mark: marked that many")
+        return InstallResult(enforcements, tuple(errors))
+
+    def _mark_table(self) -> MarkTable:
+        if self._fanotify is None:
+            self._fanotify = FanotifyGuard(self._decide_permission)
+            self._fanotify.start()
+        if self._table is None:
+            self._table = MarkTable(self._fanotify)
+        return self._table
+
+    def _install_guard(
+        self, compiled: CompiledPolicySet, enforcements: tuple[Enforcement, ...]
+    ) -> None:
         in_kernel = GUARDED_OPS | (LSM_OPS if self.caps.lsm else frozenset())
-        if self._guard is None and any(e.rule.operation in in_kernel for e in enforcements):
+        if self._guard is None and any(
+            e.rule.operation in in_kernel or judged_in_kernel_at_exec(e.mechanism)
+            for e in enforcements
+        ):
             self._guard = Guard(
                 self._cgroup, shared_maps=self.stream.shared_maps(), lsm=self.caps.lsm
             )
         if self._guard is not None:
             self._guard.install(compiled)
-        self._update_stream(policy_set)
-        fan_rules = [e for e in enforcements if e.mechanism in FANOTIFY_MECHANISMS]
-        if fan_rules and self._fanotify is None:
-            self._fanotify = FanotifyGuard(self._decide_permission)
-            self._fanotify.start()
-        if self._fanotify is not None:
-            state.inode_targets = self._update_marks(policy_set, fan_rules)
-        self._state = state  # the switch
-        return enforcements
+
+    def _watch(self, marks: MarkPlan) -> list[str]:
+        """Watch the plan's directories so that marks follow them (dirwatch)."""
+        if not marks.watch and self._dirwatch is None:
+            return []
+        if self._dirwatch is None:
+            self._dirwatch = DirWatch(self.refresh_marks)
+        return [f"cannot watch {failed}" for failed in self._dirwatch.watch(marks.watch)]
+
+    def refresh_marks(self) -> None:
+        """Plan the live policy's marks again (a watched directory or the mounts changed) and
+        apply the difference; called from the directory watcher's thread."""
+        with self._lock:
+            state = self._state
+            if state is None or self._table is None or not self._mark_rules:
+                return
+            marks = plan_marks(self._mark_rules, OsView())
+            try:
+                self._table.add(marks)
+            except KernelError as exc:  # e.g. a directory that is already gone again
+                log.warning("fanotify marks: %s; trying again at the next change", exc)
+                return
+            self._state = replace(state, identities=dict(marks.identities))
+            self._mark_plan = marks
+            for error in self._table.prune(marks) + self._watch(marks):
+                log.error("%s", error)
+
+    def verify(self) -> list[str]:
+        """Every difference between what the kernel holds and the live plan."""
+        errors: list[str] = []
+        if self._table is not None:
+            errors += self._table.verify(self._mark_plan)
+        if self._guard is not None and self._state is not None:
+            errors += self._guard.verify(self._state.compiled)
+        return errors
 
     def _update_stream(self, policy_set: PolicySet) -> None:
         """Ask the kernel for the file events rules target (and only those)."""
@@ -222,7 +335,7 @@ class Enforcer:
         patterns: set[str] = set()
         for _, _, rule in policy_set.rules():
             if rule.operation in model.FILE_KINDS:
-                kinds.add(rule.operation)
+                kinds.update(judged_kinds(rule.operation, rule.access_set))
                 if rule.targets.paths is None:
                     patterns.add("/")
                 else:
@@ -231,81 +344,44 @@ class Enforcer:
                 kinds.add(rule.operation)
         self.stream.reconfigure(extra_kinds=frozenset(kinds), path_patterns=tuple(sorted(patterns)))
 
-    def _update_marks(
-        self, policy_set: PolicySet, fan_rules: list[Enforcement]
-    ) -> dict[tuple[int, int], str]:
-        """fanotify marks for the targets of exec/open rules enforced by fanotify."""
-        assert self._fanotify is not None
-        fan_ids = {(e.rule.policy_name, e.rule.rule_id) for e in fan_rules}
-        wanted: set[tuple[str, str]] = set()
-        inode_targets: dict[tuple[int, int], str] = {}
-        for source, _, rule in policy_set.rules():
-            if (source.policy.name, rule.id) not in fan_ids:
-                continue
-            for path in rule.targets.paths or ("/",):
-                if rule.operation == "exec":
-                    wanted.add(("fs-exec", _existing_ancestor(path)))
-                    continue
-                if path.endswith("*"):
-                    wanted.add(("dir", _existing_ancestor(os.path.dirname(path))))
-                elif path.endswith("/"):
-                    for d in _dirs_below(path):
-                        wanted.add(("dir", d))
-                else:
-                    if os.path.exists(path):
-                        wanted.add(("file", path))
-                        st = os.stat(path)
-                        inode_targets[(st.st_dev, st.st_ino)] = path
-                    # the file may be replaced or created: its directory too
-                    wanted.add(("dir", _existing_ancestor(os.path.dirname(path) or "/")))
-        for kind, path in sorted(wanted - self._marks):
-            try:
-                if kind == "fs-exec":
-                    self._fanotify.mark_filesystem_exec(path)
-                elif kind == "dir":
-                    self._fanotify.mark_dir(path)
-                else:
-                    self._fanotify.mark_file(path)
-            except OSError as exc:
-                log.warning("fanotify mark %s %s: %s", kind, path, exc)
-        for kind, path in sorted(self._marks - wanted):
-            mask = {
-                "fs-exec": fan.FAN_OPEN_EXEC_PERM,
-                "dir": fan.FAN_OPEN_PERM | fan.FAN_EVENT_ON_CHILD,
-                "file": fan.FAN_OPEN_PERM,
-            }[kind]
-            with contextlib.suppress(OSError):
-                self._fanotify.unmark(path, mask, filesystem=kind == "fs-exec")
-        self._marks = wanted
-        return inode_targets
-
     # ---- fanotify decisions (its own thread) ----
     def _decide_permission(self, req: PermissionRequest) -> bool:
         state = self._state
         if state is None:
             return True
-        identity = _identity_target(state, req.fd) if not req.is_exec else None
-        if not req.is_exec and identity is None and not state.evaluator.targets("open", req.path):
+        operation = "exec" if req.is_exec else "open"
+        identity = _identity_target(state, req.fd, operation)
+        loader_target = None if req.is_exec else _identity_target(state, req.fd, "exec")
+        if (
+            identity is None
+            and loader_target is None
+            and not state.evaluator.targets(operation, req.path)
+        ):
             return True  # a sibling of a marked file that no rule names: no need to ask /proc
         process, pid = process_of(req.tid, state.lineage)
+        requests: list[Request] = []
         if req.is_exec:
-            requests = [Request("exec", process, path=req.path)]
+            requests.append(Request("exec", process, path=req.path))
         else:
             flags = self.stream.pending_open_flags(req.tid)
             # unknown flags (the open began before we looked): judge every access (fail closed)
             access = (
                 open_access(flags) if flags is not None else ("read", "write", "create", "truncate")
             )
-            requests = [Request("open", process, path=req.path, access=access)]
-            if identity is not None and identity != req.path:
-                # a hard link to a protected file is the same inode: judge it by that name too
-                requests.append(Request("open", process, path=identity, access=access))
+            requests.append(Request("open", process, path=req.path, access=access))
+            if loader_target is not None and _is_loader(process.exe):
+                # ld.so PROGRAM: the loader maps PROGRAM without an exec; judge it as one
+                requests.append(Request("exec", process, path=loader_target))
+        if identity is not None and identity != req.path:
+            # a hard link to a file an exact rule names is the same inode: judge it by that name
+            requests.append(replace(requests[0], path=identity))
         verdict = _strictest(state.evaluator.decide(r) for r in requests)
         if verdict.effective not in ("deny", "kill"):
             return True
         if verdict.effective == "kill":
             kill_process(pid)
-        self._record(state, verdict, requests[0].operation, pid, process.exe,
+        decided = next(r for r in requests if state.evaluator.decide(r) == verdict)
+        self._record(state, verdict, decided.operation, pid, process.exe,
                      {"path": req.path}, after_the_fact=False)  # fmt: skip
         return False
 
@@ -341,9 +417,22 @@ class Enforcer:
         if verdict.rule_id is None or verdict.action == "allow":
             return
         how = state.enforcements.get((verdict.policy_name or "", verdict.rule_id))
+        how = how.for_event(ev.kind) if how else None  # truncate(2): not the open's hook
         mechanism = how.mechanism if how else "tracepoint"
+        if judged_in_kernel_at_exec(mechanism):
+            return  # fileless exec: the guard judged it at sched_prepare_exec and reported it
         if mechanism in FANOTIFY_MECHANISMS and verdict.effective in ("deny", "kill"):
-            return  # answered (and recorded) at the permission event
+            if not _succeeded(ev):
+                return  # answered (and recorded) at the permission event
+            # the kernel never asked (a path fanotify cannot see: module doc): the fallback
+            kill = how is not None and how.rule.fallback == "kill"
+            if kill:
+                kill_process(ev.pid)
+            obj = {**_object(ev), "missed_by": "fanotify"}
+            self._record(state, verdict, request.operation, ev.pid, ev.exe, obj,
+                         after_the_fact=True, action="kill" if kill else "audit",
+                         mechanism="sigkill-after-the-fact" if kill else "tracepoint")  # fmt: skip
+            return
         after = bool(how and how.after_the_fact)
         if mechanism == "sigkill-after-the-fact" and verdict.effective in ("deny", "kill"):
             kill_process(ev.pid)
@@ -376,6 +465,8 @@ class Enforcer:
             if ev.path is not None
             else {"family": ev.family, "protocol": ev.protocol, "addr": ev.addr, "port": ev.port}
         )
+        if ev.call:  # the call judged, when not the rule's operation (sendmsg, truncate)
+            obj["call"] = ev.call
         mechanism = ev.mechanism + ("+sigkill" if ev.action == "kill" else "")
         if (
             ev.action == "kill"
@@ -420,9 +511,15 @@ class Enforcer:
         )
 
     def close(self) -> None:
+        if self._dirwatch is not None:
+            self._dirwatch.close()
+            self._dirwatch = None
         if self._fanotify is not None:
             self._fanotify.close()
             self._fanotify = None
+        if self._table is not None:
+            self._table.close()
+            self._table = None
         if self._guard is not None:
             self._guard.close()
             self._guard = None
@@ -463,35 +560,27 @@ class CgroupPaths:
         return self._paths.get(cgroup_id)
 
 
-def _identity_target(state: _State, fd: int) -> str | None:
-    """The path an exact rule names for this very file (same device and inode), if any."""
-    if not state.inode_targets:
+def _identity_target(state: _State, fd: int, operation: str) -> str | None:
+    """The path an exact ``operation`` rule names for this very file (same device and inode)."""
+    if not state.identities:
         return None
     try:
         st = os.fstat(fd)
     except OSError:
         return None
-    return state.inode_targets.get((st.st_dev, st.st_ino))
+    return state.identities.get((st.st_dev, st.st_ino, operation))
 
 
-def _existing_ancestor(path: str) -> str:
-    p = Path(path.rstrip("*") or "/")
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return str(p)
+def _is_loader(exe: str | None) -> bool:
+    return exe is not None and LOADER_NAME.fullmatch(os.path.basename(exe)) is not None
 
 
-def _dirs_below(prefix: str) -> list[str]:
-    root = _existing_ancestor(prefix)
-    out = [root]
-    for dirpath, dirnames, _ in os.walk(root):
-        for d in dirnames:
-            out.append(os.path.join(dirpath, d))
-            if len(out) >= MAX_DIR_MARKS:
-                log.warning("%s: more than %d directories, marked the first ones", prefix,
-                            MAX_DIR_MARKS)  # fmt: skip
-                return out
-    return out
+def _succeeded(ev: model.Event) -> bool:
+    """The operation took effect: an exec event is only sent for an exec that happened."""
+    if isinstance(ev, model.ExecEvent):
+        return True
+    result = getattr(ev, "result", None)
+    return isinstance(result, int) and result >= 0
 
 
 def _object(ev: model.Event) -> dict[str, Any]:
@@ -499,6 +588,8 @@ def _object(ev: model.Event) -> dict[str, Any]:
         out: dict[str, Any] = {"path": ev.path, "result": ev.result}
         if isinstance(ev, model.RenameEvent):
             out["new_path"] = ev.new_path
+        if isinstance(ev, model.TruncateEvent):
+            out.update(call="truncate", length=ev.length)
         return out
     if isinstance(ev, model.NetEvent):
         return {

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import select
@@ -25,7 +26,16 @@ import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
+from agent.enforce.marks import (
+    FAN_EVENT_ON_CHILD,
+    FAN_OPEN_EXEC_PERM,
+    FAN_OPEN_PERM,
+    MarkKey,
+    MarkPlan,
+    unescape_mount,
+)
 from agent.errors import KernelError
 
 log = logging.getLogger(__name__)
@@ -54,9 +64,6 @@ FAN_MARK_REMOVE = 0x2
 FAN_MARK_ONLYDIR = 0x8
 FAN_MARK_FILESYSTEM = 0x100
 
-FAN_OPEN_PERM = 0x10000
-FAN_OPEN_EXEC_PERM = 0x40000
-FAN_EVENT_ON_CHILD = 0x08000000
 
 FAN_ALLOW = 0x1
 FAN_DENY = 0x2
@@ -68,6 +75,25 @@ _META = struct.Struct("=IBBHQii")
 # struct fanotify_response { s32 fd; u32 response; }
 _RESPONSE = struct.Struct("=iI")
 FANOTIFY_METADATA_VERSION = 3
+
+
+def kernel_dev(st_dev: int) -> int:
+    """stat(2)'s device number in the kernel's own encoding (what fdinfo and BPF see)."""
+    return (os.major(st_dev) << 20) | os.minor(st_dev)
+
+
+def parse_fdinfo(text: str) -> dict[tuple[int, int], int]:
+    """``fanotify ino:1f sdev:800013 mflags:0 mask:10000 ...`` lines (fs/notify/fdinfo.c)."""
+    marks: dict[tuple[int, int], int] = {}
+    for line in text.splitlines():
+        if not line.startswith("fanotify "):
+            continue
+        fields = dict(f.split(":", 1) for f in line.split()[1:] if ":" in f)
+        if "sdev" not in fields or "mask" not in fields:
+            continue  # a mount mark (mnt_id): not one of ours
+        key = (int(fields["sdev"], 16), int(fields.get("ino", "0"), 16))
+        marks[key] = int(fields["mask"], 16)
+    return marks
 
 
 @dataclass(frozen=True)
@@ -127,6 +153,20 @@ class FanotifyGuard:
     def unmark(self, path: str, mask: int, *, filesystem: bool = False) -> None:
         flags = FAN_MARK_REMOVE | (FAN_MARK_FILESYSTEM if filesystem else 0)
         self._mark(flags, mask, path)
+
+    def mark_fd(self, fd: int, mask: int, *, add: bool, filesystem: bool = False) -> None:
+        """Add or remove ``mask`` on the object an ``O_PATH`` fd holds (the inode, or with
+        ``filesystem`` its whole filesystem). Through the fd, not a path: the object marked is
+        the one that was planned, even if its name changed since."""
+        flags = (FAN_MARK_ADD if add else FAN_MARK_REMOVE) | (
+            FAN_MARK_FILESYSTEM if filesystem else 0
+        )
+        self._mark(flags, mask, f"/proc/self/fd/{fd}")
+
+    def kernel_marks(self) -> dict[tuple[int, int], int]:
+        """The marks the kernel holds for this group, from /proc/self/fdinfo: (kernel device
+        number, inode or 0 for a filesystem mark) -> mask. Mount marks are not used."""
+        return parse_fdinfo(Path(f"/proc/self/fdinfo/{self.fd}").read_text())
 
     # ---- answering ----
     def start(self) -> None:
@@ -202,3 +242,175 @@ class FanotifyGuard:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class MarkTable:
+    """The marks one group holds, by kernel object, exactly as the kernel has them.
+
+    A new plan is applied in two steps around the caller's switch to the new policy: ``add``
+    puts every new bit in place (undoing its own additions if one fails, so the old plan stays
+    whole), and ``prune`` takes away what the new plan no longer needs. No object is held open
+    (an fd would keep its filesystem from being unmounted): a mark is placed through an
+    ``O_PATH`` fd checked to be the planned object, and removed through its path while that
+    still names it, else through the file handle the kernel lists for the mark in fdinfo.
+    """
+
+    def __init__(self, group: FanotifyGuard) -> None:
+        self.group = group
+        self.masks: dict[MarkKey, int] = {}
+        self.places: dict[MarkKey, str] = {}
+
+    def add(self, plan: MarkPlan) -> list[tuple[MarkKey, int]]:
+        """Add every bit ``plan`` needs; returns what was added (for ``undo``)."""
+        added: list[tuple[MarkKey, int]] = []
+        try:
+            for key, mask in sorted(plan.marks.items()):
+                bits = mask & ~self.masks.get(key, 0)
+                if not bits:
+                    continue
+                place = plan.places[key]
+                fd = _open_object(key, place)
+                if fd is None:
+                    raise KernelError(f"fanotify: {place} changed since the marks were planned")
+                try:
+                    self.group.mark_fd(fd, bits, add=True, filesystem=key.filesystem)
+                finally:
+                    os.close(fd)
+                self.masks[key] = self.masks.get(key, 0) | bits
+                self.places[key] = place
+                added.append((key, bits))
+        except BaseException:
+            self.undo(added)
+            raise
+        return added
+
+    def undo(self, added: list[tuple[MarkKey, int]]) -> None:
+        for key, bits in reversed(added):
+            try:
+                self._remove(key, bits)
+            except KernelError as exc:
+                log.error("fanotify: undoing a mark failed (kept): %s", exc)
+
+    def prune(self, plan: MarkPlan) -> list[str]:
+        """Remove what ``plan`` does not need; returns an error per mark that stays."""
+        errors: list[str] = []
+        for key, have in sorted(self.masks.items()):
+            want = plan.marks.get(key, 0)
+            if have & ~want:
+                try:
+                    self._remove(key, have if not want else have & ~want)
+                except KernelError as exc:
+                    errors.append(f"stale fanotify mark kept: {exc}")
+        return errors
+
+    def verify(self, plan: MarkPlan) -> list[str]:
+        """Compare what the kernel holds with ``plan``: one error per difference."""
+        kernel = self.group.kernel_marks()
+        errors: list[str] = []
+        wanted: set[tuple[int, int]] = set()
+        for key, mask in sorted(plan.marks.items()):
+            kkey = (kernel_dev(key.dev), key.ino)
+            wanted.add(kkey)
+            have = kernel.get(kkey, 0)
+            if have != mask:
+                what = "missing" if have & mask != mask else "different"
+                errors.append(
+                    f"fanotify mark {what} on {plan.places[key]}: kernel mask {have:#x}, "
+                    f"plan {mask:#x}"
+                )
+        for kkey, mask in sorted(kernel.items()):
+            if kkey not in wanted:
+                errors.append(f"fanotify mark not in the plan: device {kkey[0]:#x} inode "
+                              f"{kkey[1]} mask {mask:#x}")  # fmt: skip
+        return errors
+
+    def _remove(self, key: MarkKey, bits: int) -> None:
+        remaining = self.masks[key] & ~bits
+        if not remaining & ~FAN_EVENT_ON_CHILD:
+            bits, remaining = self.masks[key], 0  # nothing left but flags: the whole mark
+        fd = _open_object(key, self.places[key])
+        if fd is None:
+            fd = _open_by_fdinfo_handle(self.group, key)
+        if fd is None:  # not in fdinfo either: the kernel dropped it (inode freed, unmounted)
+            self._forget(key, remaining)
+            return
+        try:
+            self.group.mark_fd(fd, bits, add=False, filesystem=key.filesystem)
+        except KernelError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+        finally:
+            os.close(fd)
+        self._forget(key, remaining)
+
+    def _forget(self, key: MarkKey, remaining: int) -> None:
+        if remaining:
+            self.masks[key] = remaining
+        else:
+            del self.masks[key]
+            del self.places[key]
+
+    def close(self) -> None:
+        self.masks.clear()
+        self.places.clear()
+
+
+def _open_object(key: MarkKey, place: str) -> int | None:
+    """An ``O_PATH`` fd on ``place`` if it still names the object ``key`` (its filesystem, for
+    a filesystem mark), else None."""
+    try:
+        fd = os.open(place, os.O_PATH | os.O_CLOEXEC)
+    except (OSError, ValueError):
+        return None
+    st = os.fstat(fd)
+    if st.st_dev == key.dev and (key.filesystem or st.st_ino == key.ino):
+        return fd
+    os.close(fd)
+    return None
+
+
+class _FileHandle(ctypes.Structure):
+    _fields_ = [("handle_bytes", ctypes.c_uint), ("handle_type", ctypes.c_int),
+                ("f_handle", ctypes.c_ubyte * 128)]  # fmt: skip
+
+
+_libc.open_by_handle_at.argtypes = [ctypes.c_int, ctypes.POINTER(_FileHandle), ctypes.c_int]
+_libc.open_by_handle_at.restype = ctypes.c_int
+
+
+def _open_by_fdinfo_handle(group: FanotifyGuard, key: MarkKey) -> int | None:
+    """The marked inode, found through the file handle fdinfo lists for its mark (the object
+    was renamed since it was marked). Needs CAP_DAC_READ_SEARCH, which the agent has."""
+    if key.filesystem:
+        return None
+    want = (kernel_dev(key.dev), key.ino)
+    for line in Path(f"/proc/self/fdinfo/{group.fd}").read_text().splitlines():
+        fields = dict(f.split(":", 1) for f in line.split()[1:] if ":" in f)
+        if "f_handle" not in fields or "ino" not in fields:
+            continue
+        if (int(fields["sdev"], 16), int(fields["ino"], 16)) != want:
+            continue
+        raw = bytes.fromhex(fields["f_handle"])
+        handle = _FileHandle(len(raw), int(fields["fhandle-type"], 16))
+        ctypes.memmove(handle.f_handle, raw, len(raw))
+        mount = _mount_point(key.dev)
+        if mount is None:
+            return None
+        mfd = os.open(mount, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # not O_PATH: EBADF
+        try:
+            fd = _libc.open_by_handle_at(mfd, ctypes.byref(handle), os.O_PATH | os.O_CLOEXEC)
+        finally:
+            os.close(mfd)
+        return fd if fd >= 0 else None
+    return None
+
+
+def _mount_point(dev: int) -> str | None:
+    """A mount point of the filesystem with this st_dev, from /proc/self/mountinfo."""
+    wanted = f"{os.major(dev)}:{os.minor(dev)}"
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 4 and fields[2] == wanted:
+                return unescape_mount(fields[4])
+    return None

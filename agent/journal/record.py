@@ -35,6 +35,7 @@ REQUIRED_FIELDS: Mapping[str, frozenset[str]] = {
     "verdict": frozenset({"action", "policy", "rule"}),
     "policy_loaded": frozenset({"digest", "files"}),
     "policy_rejected": frozenset({"errors"}),
+    "policy_mismatch": frozenset({"digest", "errors"}),
     "reload": frozenset(),
     "loss": frozenset({"drops"}),
     "recovery": frozenset(

@@ -131,12 +131,48 @@ class Map:
         libbpf.check(ret, f"map {self.name}: delete")
         return True
 
+    @property
+    def id(self) -> int:
+        """The kernel's id of this map (what an array-of-maps lookup returns)."""
+        return object_id(self.fd)
+
+    def items(self) -> dict[bytes, bytes]:
+        """Every entry as the kernel holds it now."""
+        out = {}
+        for key in self.keys():
+            value = self.lookup(key)
+            if value is not None:
+                out[key] = value
+        return out
+
     def keys(self) -> Iterator[bytes]:
         cur: ctypes.Array[ctypes.c_char] | None = None
         nxt = ctypes.create_string_buffer(self.key_size)
         while lib.bpf_map_get_next_key(self.fd, cur, nxt) == 0:
             yield nxt.raw
             cur = ctypes.create_string_buffer(nxt.raw, self.key_size)
+
+
+def object_id(fd: int) -> int:
+    """The kernel id of a BPF map or program fd (``id`` follows ``type`` in both info structs)."""
+    info = ctypes.create_string_buffer(256)
+    size = ctypes.c_uint32(len(info))
+    libbpf.check(lib.bpf_obj_get_info_by_fd(fd, info, ctypes.byref(size)), "bpf_obj_get_info")
+    return int.from_bytes(info.raw[4:8], "little")
+
+
+def cgroup_program_ids(cgroup_path: str | Path, attach_type: int) -> set[int]:
+    """Ids of the programs attached to a cgroup for one attach type (BPF_PROG_QUERY)."""
+    fd = os.open(cgroup_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        ids = (ctypes.c_uint32 * 64)()
+        count = ctypes.c_uint32(len(ids))
+        flags = ctypes.c_uint32(0)
+        ret = lib.bpf_prog_query(fd, attach_type, 0, ctypes.byref(flags), ids, ctypes.byref(count))
+        libbpf.check(ret, f"bpf_prog_query {cgroup_path}")
+        return set(ids[: count.value])
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -231,6 +267,12 @@ class BpfObject:
                 f"{self.path.name}: load failed: {os.strerror(err)} (errno {err})\n{tail}", err
             )
         self.loaded = True
+
+    def program_id(self, program: str) -> int:
+        return object_id(lib.bpf_program__fd(self._prog(program)))
+
+    def attach_type(self, program: str) -> int:
+        return int(lib.bpf_program__expected_attach_type(self._prog(program)))
 
     def attach(self, program: str) -> Link:
         with libbpf.LogCapture() as logs:

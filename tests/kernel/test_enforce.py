@@ -74,6 +74,7 @@ operation = "open"
 access = ["write", "truncate"]
 targets.paths = ["{work}/protected.txt"]
 action = "deny"
+fallback = "kill"  # what fanotify misses (no BPF-LSM) is killed after the fact
 
 [[rules]]
 id = "audit-read-watched"
@@ -89,6 +90,7 @@ description = "the forbidden tool never runs"
 operation = "exec"
 targets.paths = ["{work}/bin/forbidden"]
 action = "deny"
+fallback = "kill"  # what fanotify misses (no BPF-LSM) is killed after the fact
 
 [[rules]]
 id = "kill-exec-killer"
@@ -96,6 +98,7 @@ description = "running the killer tool kills the caller"
 operation = "exec"
 targets.paths = ["{work}/bin/killer"]
 action = "kill"
+fallback = "kill"  # what fanotify misses (no BPF-LSM) is killed after the fact
 
 [[rules]]
 id = "nobody-may-connect"
@@ -149,6 +152,7 @@ operation = "open"
 access = ["read"]
 targets.paths = ["{work}/secret.txt"]
 action = "kill"
+fallback = "kill"  # what fanotify misses (no BPF-LSM) is killed after the fact
 
 [[rules]]
 id = "audit-exec"

@@ -1,0 +1,281 @@
+"""fanotify mark planning: which kernel objects to mark for the rules fanotify enforces.
+
+Pure: the filesystem is seen through :class:`FsView` (``OsView`` in the agent, a dict in the unit
+tests), and the result is a :class:`MarkPlan` keyed by the *kernel object* a mark is put on
+(device + inode, or a whole filesystem), never by the rule path that asked for it. Two rules
+that need the same directory share one mark whose mask is the union of theirs; dropping one
+rule leaves the other's bits in place (a mark removed for one rule used to remove it for every
+rule sharing the object).
+
+What each rule shape needs (fanotify directory marks see direct children only):
+
+- exact path ``/a/b`` (open): the file's inode (``FAN_OPEN_PERM``), so every name of it (hard
+  links, bind mounts) asks; its (device, inode) is an *identity target*: an open of that inode
+  under any name is judged as an open of ``/a/b``. Only that inode: a parent directory mark
+  would make every open in ``/a`` wait for the agent (``/etc/ld.so.cache`` on every exec). A
+  file that does not exist yet is covered by its parent directory with ``FAN_EVENT_ON_CHILD``
+  until it does; a file put in its place later is a new inode, planned when the parent changes.
+- exact path (exec): the same with ``FAN_OPEN_EXEC_PERM``, plus ``FAN_OPEN_PERM`` on the inode
+  so the dynamic loader opening it (``ld.so /a/b`` maps the program instead of exec'ing it) is
+  judged as an exec.
+- ``/a/b*`` (string prefix): the parent ``/a`` with ``FAN_EVENT_ON_CHILD``, and every existing
+  directory whose path starts with ``/a/b`` together with its whole subtree.
+- ``/a/b/`` (subtree): ``/a/b`` and every directory below it.
+- no paths (every file): a filesystem mark on every mounted filesystem that holds files.
+
+Directories that appear later (``mkdir``, a rename, a mount) are not marked by this plan: the
+enforcer watches :attr:`MarkPlan.watch` and plans again when one changes.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Protocol
+
+FAN_OPEN_PERM = 0x10000
+FAN_OPEN_EXEC_PERM = 0x40000
+FAN_EVENT_ON_CHILD = 0x08000000
+
+#: Marks one plan may hold; a tree with more directories is marked up to here and reported.
+MAX_MARKS = 16384
+
+#: Filesystems without files a policy could name (or whose files fanotify cannot mark).
+PSEUDO_FILESYSTEMS = frozenset(
+    {
+        "proc", "sysfs", "cgroup", "cgroup2", "bpf", "tracefs", "debugfs", "securityfs",
+        "devpts", "mqueue", "pstore", "configfs", "fusectl", "hugetlbfs", "binfmt_misc",
+        "autofs", "efivarfs", "rpc_pipefs", "nsfs", "selinuxfs",
+    }
+)  # fmt: skip
+
+
+@dataclass(frozen=True, order=True)
+class MarkKey:
+    """The kernel object a mark is on: an inode (``ino`` > 0) or a whole filesystem (0)."""
+
+    dev: int  # st_dev as stat(2) reports it
+    ino: int
+
+    @property
+    def filesystem(self) -> bool:
+        return self.ino == 0
+
+
+@dataclass(frozen=True)
+class Stat:
+    dev: int
+    ino: int
+    is_dir: bool  # after following symlinks
+    is_link: bool = False  # the path itself is a symlink
+
+
+class FsView(Protocol):
+    def stat(self, path: str) -> Stat | None:
+        """``stat(2)`` following symlinks (``is_link`` says whether ``path`` is one), or None
+        if the path does not resolve."""
+
+    def listdir(self, path: str) -> list[str]:
+        """Entry names of a directory ([] if it cannot be read)."""
+
+    def filesystems(self) -> list[str]:
+        """Mount points of the mounted filesystems that hold files."""
+
+
+@dataclass(frozen=True)
+class MarkRule:
+    """The part of a fanotify-enforced rule that decides its marks."""
+
+    ref: tuple[str, str]  # (policy name, rule id)
+    operation: str  # "exec" | "open"
+    paths: tuple[str, ...] | None  # None: every file
+
+
+@dataclass
+class MarkPlan:
+    marks: dict[MarkKey, int] = field(default_factory=dict)  # object -> mask, union over rules
+    places: dict[MarkKey, str] = field(default_factory=dict)  # object -> a path naming it
+    refs: dict[MarkKey, set[tuple[str, str]]] = field(default_factory=dict)  # who needs it
+    #: (dev, ino) of a file an exact rule names -> (operation, the path the rule names)
+    identities: dict[tuple[int, int, str], str] = field(default_factory=dict)
+    #: directories whose new entries change the plan -> whether new files matter there too
+    #: (the parent of an exact path: a file created under that name), or only directories
+    watch: dict[str, bool] = field(default_factory=dict)
+    truncated: bool = False
+
+    def add(self, key: MarkKey, mask: int, place: str, ref: tuple[str, str]) -> bool:
+        if key not in self.marks and len(self.marks) >= MAX_MARKS:
+            self.truncated = True
+            return False
+        self.marks[key] = self.marks.get(key, 0) | mask
+        self.places.setdefault(key, place)
+        self.refs.setdefault(key, set()).add(ref)
+        return True
+
+
+def plan_marks(rules: Iterable[MarkRule], fs: FsView) -> MarkPlan:
+    out = MarkPlan()
+    for rule in rules:
+        perm = FAN_OPEN_EXEC_PERM if rule.operation == "exec" else FAN_OPEN_PERM
+        if rule.paths is None:
+            for mount in fs.filesystems():
+                st = fs.stat(mount)
+                if st is not None:
+                    out.add(MarkKey(st.dev, 0), perm, mount, rule.ref)
+            continue
+        for path in rule.paths:
+            # a directory on the way renamed, replaced or mounted over changes what the path
+            # names: watch every existing ancestor for directory changes
+            ancestor = os.path.dirname(path.rstrip("*").rstrip("/")) or "/"
+            while True:
+                if fs.stat(ancestor) is not None:
+                    _watch(out, ancestor, False)
+                if ancestor == "/":
+                    break
+                ancestor = os.path.dirname(ancestor) or "/"
+            if path.endswith("*"):
+                _plan_prefix(out, fs, rule, perm, path[:-1])
+            elif path.endswith("/"):
+                _plan_tree(out, fs, rule, perm, path.rstrip("/") or "/")
+            else:
+                _plan_exact(out, fs, rule, perm, path)
+    return out
+
+
+def _mark_dir(
+    out: MarkPlan, fs: FsView, rule: MarkRule, perm: int, path: str, files: bool = False
+) -> Stat | None:
+    st = fs.stat(path)
+    if st is None or not st.is_dir:
+        return None
+    out.add(MarkKey(st.dev, st.ino), perm | FAN_EVENT_ON_CHILD, path, rule.ref)
+    _watch(out, path, files)
+    return st
+
+
+def _watch(out: MarkPlan, path: str, files: bool) -> None:
+    out.watch[path] = out.watch.get(path, False) or files
+
+
+def _existing_ancestor(fs: FsView, path: str) -> str:
+    """``path`` or the nearest ancestor of it that exists (what can be watched for it)."""
+    while path != "/" and fs.stat(path) is None:
+        path = os.path.dirname(path) or "/"
+    return path
+
+
+def _plan_exact(out: MarkPlan, fs: FsView, rule: MarkRule, perm: int, path: str) -> None:
+    parent = os.path.dirname(path) or "/"
+    st = fs.stat(path)
+    if st is not None and not st.is_dir:
+        mask = perm | (FAN_OPEN_PERM if rule.operation == "exec" else 0)
+        out.add(MarkKey(st.dev, st.ino), mask, path, rule.ref)
+        out.identities.setdefault((st.dev, st.ino, rule.operation), path)
+        # a file put in its place later is a new inode: planned again when the parent changes
+        if fs.stat(parent) is not None:
+            _watch(out, parent, True)
+        return
+    # not there yet: every child of the parent asks until it exists (then only the file)
+    if _mark_dir(out, fs, rule, perm, parent, files=True) is None:
+        _watch(out, _existing_ancestor(fs, parent), False)
+
+
+def _plan_tree(out: MarkPlan, fs: FsView, rule: MarkRule, perm: int, root: str) -> None:
+    if fs.stat(root) is None:
+        _watch(out, _existing_ancestor(fs, os.path.dirname(root) or "/"), False)
+        return
+    for directory in _walk_dirs(fs, root):
+        if _mark_dir(out, fs, rule, perm, directory) is None and out.truncated:
+            return
+
+
+def _plan_prefix(out: MarkPlan, fs: FsView, rule: MarkRule, perm: int, prefix: str) -> None:
+    parent, stem = os.path.split(prefix)
+    parent = parent or "/"
+    if _mark_dir(out, fs, rule, perm, parent) is None:
+        _watch(out, _existing_ancestor(fs, parent), False)
+        return
+    for name in fs.listdir(parent):
+        if name.startswith(stem):
+            child = os.path.join(parent, name)
+            st = fs.stat(child)
+            if st is not None and st.is_dir:
+                _plan_tree(out, fs, rule, perm, child)
+
+
+def _walk_dirs(fs: FsView, root: str) -> Iterator[str]:
+    """``root`` and every directory below it, depth first; symlinks are not followed (a link
+    to a directory outside the tree is another path)."""
+    stack = [root]
+    seen: set[tuple[int, int]] = set()
+    while stack:
+        directory = stack.pop()
+        st = fs.stat(directory)
+        if st is None or not st.is_dir or (st.dev, st.ino) in seen:
+            continue
+        seen.add((st.dev, st.ino))
+        yield directory
+        for name in sorted(fs.listdir(directory), reverse=True):
+            child = os.path.join(directory, name)
+            sub = fs.stat(child)
+            if sub is not None and sub.is_dir and not sub.is_link:
+                stack.append(child)
+
+
+class OsView:
+    """The real filesystem."""
+
+    def stat(self, path: str) -> Stat | None:
+        try:
+            st = os.stat(path)
+        except (OSError, ValueError):
+            return None
+        return Stat(st.st_dev, st.st_ino, stat.S_ISDIR(st.st_mode), os.path.islink(path))
+
+    def listdir(self, path: str) -> list[str]:
+        try:
+            return os.listdir(path)
+        except (OSError, ValueError):
+            return []
+
+    def filesystems(self) -> list[str]:
+        return mounted_filesystems()
+
+
+def mounted_filesystems(mountinfo: str = "/proc/self/mountinfo") -> list[str]:
+    """One mount point per mounted filesystem that holds files (first mount of each device)."""
+    seen: set[str] = set()
+    out: list[str] = []
+    try:
+        with open(mountinfo) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return ["/"]
+    for line in lines:
+        left, _, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if len(fields) < 5 or not tail:
+            continue
+        dev, mount, fstype = fields[2], unescape_mount(fields[4]), tail[0]
+        if fstype in PSEUDO_FILESYSTEMS or dev in seen:
+            continue
+        seen.add(dev)
+        out.append(mount)
+    return out
+
+
+def unescape_mount(field_: str) -> str:
+    """Mount points in /proc/*/mountinfo escape space, tab, newline and backslash as octal."""
+    if "\\" not in field_:
+        return field_
+    out, i = [], 0
+    while i < len(field_):
+        if field_[i] == "\\" and field_[i + 1 : i + 4].isdigit() and i + 3 < len(field_):
+            out.append(chr(int(field_[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field_[i])
+            i += 1
+    return "".join(out)

@@ -1,0 +1,160 @@
+"""Mark planning (pure): marks are per kernel object, shared by the rules that need them."""
+
+from __future__ import annotations
+
+import os
+
+from agent.enforce.fanotify import parse_fdinfo
+from agent.enforce.marks import (
+    FAN_EVENT_ON_CHILD,
+    FAN_OPEN_EXEC_PERM,
+    FAN_OPEN_PERM,
+    MarkKey,
+    MarkRule,
+    Stat,
+    mounted_filesystems,
+    plan_marks,
+    unescape_mount,
+)
+
+
+class FakeFs:
+    """A tree of paths: directories end with '/', everything else is a file; one device."""
+
+    def __init__(self, *paths: str, mounts: tuple[str, ...] = ("/",)) -> None:
+        self.nodes: dict[str, Stat] = {"/": Stat(1, 1, True)}
+        self.links: set[str] = set()
+        self.mounts = mounts
+        for path in paths:
+            self.add(path)
+
+    def add(self, path: str) -> None:
+        parts = path.strip("/").split("/")
+        for i in range(1, len(parts) + 1):
+            sub = "/" + "/".join(parts[:i])
+            is_dir = i < len(parts) or path.endswith("/")
+            if sub not in self.nodes:
+                self.nodes[sub] = Stat(1, len(self.nodes) + 1, is_dir)
+
+    def stat(self, path: str) -> Stat | None:
+        return self.nodes.get(os.path.normpath(path))
+
+    def listdir(self, path: str) -> list[str]:
+        prefix = path.rstrip("/") + "/"
+        return sorted(
+            {
+                p[len(prefix) :].split("/")[0]
+                for p in self.nodes
+                if p.startswith(prefix) and p != "/"
+            }
+        )
+
+    def filesystems(self) -> list[str]:
+        return list(self.mounts)
+
+
+def key(fs: FakeFs, path: str) -> MarkKey:
+    st = fs.stat(path)
+    assert st is not None
+    return MarkKey(st.dev, st.ino)
+
+
+def rule(name: str, op: str, *paths: str) -> MarkRule:
+    return MarkRule(("p", name), op, paths or None)
+
+
+def test_two_exec_rules_in_one_directory_share_one_mark_and_dropping_one_keeps_it() -> None:
+    fs = FakeFs("/w/a/", "/w/b/")
+    both = plan_marks([rule("a", "exec", "/w/*"), rule("b", "exec", "/w/a/")], fs)
+    one = plan_marks([rule("b", "exec", "/w/a/")], fs)
+    shared = key(fs, "/w/a")
+    assert both.refs[shared] == {("p", "a"), ("p", "b")}
+    assert both.marks[shared] == FAN_OPEN_EXEC_PERM | FAN_EVENT_ON_CHILD
+    # the object rule b needs is still marked with b's bits after rule a is gone
+    assert one.marks[shared] == FAN_OPEN_EXEC_PERM | FAN_EVENT_ON_CHILD
+    assert key(fs, "/w") not in one.marks
+
+
+def test_open_and_exec_rules_on_one_object_union_their_bits() -> None:
+    fs = FakeFs("/w/d/")
+    plan = plan_marks([rule("o", "open", "/w/d/"), rule("x", "exec", "/w/d/")], fs)
+    assert plan.marks[key(fs, "/w/d")] == FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM | FAN_EVENT_ON_CHILD
+
+
+def test_prefix_rule_marks_matching_directories_and_their_whole_subtree() -> None:
+    fs = FakeFs("/etc/sudoers", "/etc/sudoers.d/x/deep/", "/etc/hosts", "/etc/other/")
+    plan = plan_marks([rule("s", "open", "/etc/sudoers*")], fs)
+    marked = {plan.places[k] for k in plan.marks}
+    assert marked == {"/etc", "/etc/sudoers.d", "/etc/sudoers.d/x", "/etc/sudoers.d/x/deep"}
+    # new directories below are planned when they appear
+    assert {"/etc", "/etc/sudoers.d", "/etc/sudoers.d/x/deep"} <= set(plan.watch)
+
+
+def test_exact_file_is_marked_by_inode_only_and_is_an_identity_target() -> None:
+    fs = FakeFs("/w/bin/tool", "/w/bin/other")
+    plan = plan_marks([rule("t", "exec", "/w/bin/tool")], fs)
+    tool = key(fs, "/w/bin/tool")
+    # the loader opens the program: exec rules ask at open of that inode too
+    assert plan.marks == {tool: FAN_OPEN_EXEC_PERM | FAN_OPEN_PERM}
+    assert plan.identities == {(tool.dev, tool.ino, "exec"): "/w/bin/tool"}
+    assert plan.watch["/w/bin"] is True  # a file put in its place is planned again
+
+
+def test_exact_file_that_does_not_exist_yet_marks_its_parent_until_it_does() -> None:
+    fs = FakeFs("/w/bin/")
+    before = plan_marks([rule("t", "open", "/w/bin/tool")], fs)
+    assert before.marks == {key(fs, "/w/bin"): FAN_OPEN_PERM | FAN_EVENT_ON_CHILD}
+    fs.add("/w/bin/tool")
+    after = plan_marks([rule("t", "open", "/w/bin/tool")], fs)
+    assert after.marks == {key(fs, "/w/bin/tool"): FAN_OPEN_PERM}
+
+
+def test_missing_tree_is_watched_from_its_nearest_existing_ancestor() -> None:
+    fs = FakeFs("/w/")
+    plan = plan_marks([rule("t", "open", "/w/not/yet/")], fs)
+    assert plan.marks == {}
+    assert "/w" in plan.watch
+
+
+def test_every_ancestor_of_a_rule_path_is_watched_for_directory_changes() -> None:
+    fs = FakeFs("/a/b/c/tool")
+    plan = plan_marks([rule("t", "exec", "/a/b/c/tool")], fs)
+    assert {"/", "/a", "/a/b"} <= set(plan.watch)
+    assert plan.watch["/a"] is False  # only directories there matter
+
+
+def test_rule_without_paths_marks_every_filesystem() -> None:
+    fs = FakeFs("/boot/", mounts=("/", "/boot"))
+    fs.nodes["/boot"] = Stat(2, 1, True)
+    plan = plan_marks([rule("all", "exec")], fs)
+    assert plan.marks == {MarkKey(1, 0): FAN_OPEN_EXEC_PERM, MarkKey(2, 0): FAN_OPEN_EXEC_PERM}
+    assert all(k.filesystem for k in plan.marks)
+
+
+def test_mountinfo_lists_each_filesystem_with_files_once(tmp_path: object) -> None:
+    text = (
+        "22 1 8:1 / / rw - ext4 /dev/sda1 rw\n"
+        "23 22 0:5 / /proc rw - proc proc rw\n"
+        "24 22 8:1 /srv /srv\\040data rw - ext4 /dev/sda1 rw\n"
+        "25 22 0:40 / /tmp rw shared:1 - tmpfs tmpfs rw\n"
+    )
+    path = os.path.join(str(tmp_path), "mountinfo")
+    with open(path, "w") as f:
+        f.write(text)
+    assert mounted_filesystems(path) == ["/", "/tmp"]
+    assert unescape_mount("/srv\\040data") == "/srv data"
+
+
+def test_fdinfo_lines_by_device_and_inode() -> None:
+    text = (
+        "pos:\t0\nflags:\t02004002\n"
+        "fanotify flags:137 event-flags:88000\n"
+        "fanotify sdev:fe00000 mflags:0 mask:40000 ignored_mask:0\n"
+        "fanotify ino:20c7be sdev:fe00000 mflags:0 mask:8010000 ignored_mask:0 "
+        "fhandle-bytes:8 fhandle-type:1 f_handle:bec72000dab3895e\n"
+        "fanotify mnt_id:1a mflags:0 mask:10000 ignored_mask:0\n"
+    )
+    assert parse_fdinfo(text) == {
+        (0xFE00000, 0): FAN_OPEN_EXEC_PERM,
+        (0xFE00000, 0x20C7BE): FAN_OPEN_PERM | FAN_EVENT_ON_CHILD,
+    }
