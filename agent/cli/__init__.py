@@ -41,7 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * min(args.verbose, 2)
+    # the agent is a daemon: what it does (policy loaded, key created) is INFO and shown; a
+    # one-shot command shows warnings and errors unless asked (-v)
+    base = logging.INFO if args.command == "agent" else logging.WARNING
+    level = max(logging.DEBUG, base - 10 * min(args.verbose, 2))
     logging.basicConfig(level=level, format="sealtrail: %(levelname)s: %(name)s: %(message)s")
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
