@@ -5,6 +5,10 @@ the standard library or in our dependencies keeps the position of each key and v
 locator runs only on text ``tomllib`` has already accepted, so it can be lenient: it walks the
 source once and records, for every key path (``("rules", 3, "targets", "paths", 1)``), where the
 key and its value start. Errors then point at the exact token a person has to change.
+
+Hostile input is refused before it reaches anything recursive: text that is not UTF-8 (with the
+position of the first bad byte), nesting deeper than the language can use (``tomllib`` and the
+locator both recurse per level), integers too long to print in a message.
 """
 
 from __future__ import annotations
@@ -14,7 +18,6 @@ import re
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from agent.errors import PolicyFieldError
@@ -23,6 +26,19 @@ FieldPath = tuple[str | int, ...]
 
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
 _SYNTAX_AT = re.compile(r"\(at line (\d+), column (\d+)\)")
+_AT_END = "(at end of document)"
+
+#: Deepest nesting of arrays and tables a document may have. The language needs 5 (rules[i]
+#: .subjects.except.exe[j]); tomllib itself recurses per level and fails near 450.
+MAX_DEPTH = 32
+#: Integers beyond this many bits cannot be any value of the language (ids and ports are 32-bit)
+#: and Python refuses to print integers of more than 4300 digits in an error message.
+MAX_INT_BITS = 64
+_TOO_DEEP = (
+    f"nested more than {MAX_DEPTH} levels deep (arrays and tables): the policy language needs "
+    "at most 5"
+)
+_TOO_LARGE = f"integer too large: at most {MAX_INT_BITS} bits (ids and ports are 32-bit)"
 
 
 def field_text(path: FieldPath) -> str:
@@ -69,24 +85,75 @@ class Document:
         return self.locator.locate(error.field, at_key=error.at_key)
 
 
-class TomlSyntaxError(Exception):
-    def __init__(self, message: str, position: Position | None) -> None:
+class TomlError(Exception):
+    """The text is not a TOML document this module accepts: where (when known) and why."""
+
+    def __init__(self, message: str, position: Position | None, field: FieldPath = ()) -> None:
         super().__init__(message)
         self.message = message
         self.position = position
+        self.field = field
 
 
-def load_document(path: Path) -> Document:
-    """Read and parse ``path``. Raises OSError, or TomlSyntaxError with tomllib's position."""
-    text = path.read_bytes().decode("utf-8", errors="replace")
+def parse_document(file: str, raw: bytes) -> Document:
+    """Parse the bytes of ``file`` (the name shown in findings). Raises TomlError."""
+    text = _decode(raw)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        message = str(exc)
-        found = _SYNTAX_AT.search(message)
-        position = Position(int(found[1]), int(found[2])) if found else None
-        raise TomlSyntaxError(_SYNTAX_AT.sub("", message).strip(), position) from None
-    return Document(str(path), data, Locator(text))
+        raise _syntax_error(str(exc), text) from None
+    except RecursionError:
+        raise TomlError(_TOO_DEEP, None) from None
+    except ValueError:  # int()'s 4300-digit limit, which tomllib lets through
+        raise TomlError(_TOO_LARGE, None) from None
+    _check_shape(data, text)
+    return Document(file, data, Locator(text))
+
+
+def _decode(raw: bytes) -> str:
+    """UTF-8, as TOML requires, without a byte order mark; nothing replaced silently (a
+    replaced byte in a path would make a rule name another file)."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise TomlError("UTF-16 or UTF-32 text (byte order mark): TOML files are UTF-8", None)
+    try:
+        return raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        message = f"byte {raw[exc.start]:#04x} is not UTF-8 ({exc.reason}): TOML files are UTF-8"
+        raise TomlError(message, _end(raw[: exc.start].decode("utf-8"))) from None
+
+
+def _end(text: str) -> Position:
+    """The position just past the last character of ``text``."""
+    return Position(text.count("\n") + 1, len(text) - text.rfind("\n"))
+
+
+def _syntax_error(message: str, text: str) -> TomlError:
+    found = _SYNTAX_AT.search(message)
+    if found:
+        position = Position(int(found[1]), int(found[2]))
+        return TomlError("TOML: " + _SYNTAX_AT.sub("", message).strip(), position)
+    if _AT_END in message:  # tomllib gives no line and column for this one
+        message = message.replace(_AT_END, "").strip() + " at the end of the file"
+        return TomlError("TOML: " + message, _end(text))
+    return TomlError("TOML: " + message, None)
+
+
+def _check_shape(data: dict[str, Any], text: str) -> None:
+    """Depth first, then integer size, without recursion: the locator recurses per level, so it
+    runs only on a document of bounded depth."""
+    too_long: FieldPath | None = None
+    stack: list[tuple[FieldPath, Any]] = [((), data)]
+    while stack:
+        path, value = stack.pop()
+        if isinstance(value, dict | list):
+            if len(path) >= MAX_DEPTH:
+                raise TomlError(_TOO_DEEP, None, path[:1])
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            stack.extend(((*path, key), item) for key, item in items)
+        elif isinstance(value, int) and value.bit_length() > MAX_INT_BITS and too_long is None:
+            too_long = path
+    if too_long is not None:
+        raise TomlError(_TOO_LARGE, Locator(text).locate(too_long), too_long)
 
 
 class _Walker:

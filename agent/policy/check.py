@@ -10,13 +10,22 @@ conservative: a reported shadow is certain, an unreported one is not proof of re
 from __future__ import annotations
 
 import functools
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.errors import PolicyInvalid
-from agent.policy.compile import CompiledPolicySet, compile_policy_set, lpm_key, precedence_class
+from agent.policy.compile import (
+    MAX_RULES,
+    CompiledPolicySet,
+    compile_policy_set,
+    lpm_key,
+    port_entries,
+    port_lookup,
+    precedence_class,
+)
 from agent.policy.mechanisms import Enforcement, HostCapabilities, plan
 from agent.policy.model import Rule, Subject, Target, parse_address, parse_path, parse_port
 from agent.policy.source import Finding, PolicySet, PolicySource, load_policy_set
@@ -53,17 +62,17 @@ def check(paths: Sequence[Path], host: HostCapabilities | None = None) -> Report
     policy_set, findings = load_policy_set(paths)
     findings.extend(check_set(policy_set))
     compiled = enforcement = None
-    if not any(f.severity == "error" for f in findings):
-        try:
-            compiled = compile_policy_set(policy_set)
-        except PolicyInvalid as exc:
-            findings.extend(f for f in exc.findings if isinstance(f, Finding))
+    try:  # also with other errors: a table limit is worth knowing at once
+        compiled = compile_policy_set(policy_set)
+    except PolicyInvalid as exc:
+        findings.extend(f for f in exc.findings if isinstance(f, Finding))
+    if any(f.severity == "error" for f in findings):
+        compiled = None
     if compiled is not None and host is not None:
         enforcement = plan(compiled, host)
-        sources = {s.document.file: s for s in policy_set.sources}
         for item in enforcement:
             if item.error:
-                source = sources[item.rule.file]
+                source = policy_set.sources[item.rule.policy_no]
                 findings.append(
                     source.finding("error", item.error, ("action",), rule=item.rule.rule_in_file)
                 )
@@ -74,10 +83,16 @@ def check(paths: Sequence[Path], host: HostCapabilities | None = None) -> Report
 
 def check_set(policy_set: PolicySet) -> list[Finding]:
     findings = _duplicates(policy_set)
-    rules = list(policy_set.rules())
-    for source, index, rule in rules:
+    by_operation: dict[str, list[tuple[int, int, PolicySource, int, Rule]]] = defaultdict(list)
+    for number, (source, index, rule) in enumerate(policy_set.rules()):
         findings.extend(_never_matches(source, index, rule))
-    findings.extend(_shadowed(rules))
+        rank = precedence_class(source.policy.mode, rule.action)
+        by_operation[rule.operation].append((rank, number, source, index, rule))
+    for ranked in by_operation.values():
+        # over the kernel's limit the set is refused anyway (the compiler says so): analysing
+        # thousands of rules pairwise would only make that answer slow
+        if len(ranked) <= MAX_RULES:
+            findings.extend(_shadowed(sorted(ranked, key=lambda r: r[:2])))
     return findings
 
 
@@ -126,16 +141,22 @@ def _never_matches(source: PolicySource, index: int, rule: Rule) -> list[Finding
     return findings
 
 
-def _shadowed(rules: list[tuple[PolicySource, int, Rule]]) -> list[Finding]:
-    """Rule B is shadowed by A if A ranks first (same key as the compiler) and covers B."""
+def _shadowed(ranked: list[tuple[int, int, PolicySource, int, Rule]]) -> list[Finding]:
+    """Rule B is shadowed by A if A ranks first (same key as the compiler) and covers B.
+
+    ``ranked``: one operation's rules in precedence order. B is compared only with the earlier
+    rules that can cover it in the field where the fewest can (see :func:`_filed`), so the
+    cost grows with how much the rules overlap, not with the square of their number.
+    """
     findings = []
-    ranked = sorted(
-        (precedence_class(source.policy.mode, rule.action), number, source, index, rule)
-        for number, (source, index, rule) in enumerate(rules)
-    )
+    earlier: dict[_Key, list[int]] = defaultdict(list)
     for position, (_, _, source, index, rule) in enumerate(ranked):
-        for _, _, first_source, first_index, first in ranked[:position]:
-            if first.operation != rule.operation or not _covers(first, rule):
+        filed = _filed(rule)
+        found = [[earlier[k] for k in probes if k in earlier] for _, probes in filed]
+        fewest = min(found, key=lambda lists: sum(map(len, lists)))
+        for candidate in sorted({n for numbers in fewest for n in numbers}):
+            _, _, first_source, first_index, first = ranked[candidate]
+            if not _covers(first, rule):
                 continue
             where = _where(first_source, ("rules", first_index, "id"))
             same = (first.action, first_source.policy.mode) == (rule.action, source.policy.mode)
@@ -151,7 +172,78 @@ def _shadowed(rules: list[tuple[PolicySource, int, Rule]]) -> list[Finding]:
             severity = "warning" if same else "error"
             findings.append(source.finding(severity, message, ("id",), rule=index))
             break
+        for keys, _ in filed:
+            for key in keys:
+                earlier[key].append(position)
     return findings
+
+
+_Key = tuple[object, ...]
+
+
+def _filed(rule: Rule) -> list[tuple[set[_Key], set[_Key]]]:
+    """Per field that coverage needs: (keys, probes). ``keys`` file the rule as a possible
+    coverer; ``probes`` are the keys under which every rule that covers it is filed (a rule
+    covers B only if, in each field, one of its values covers B's first value, or it leaves the
+    field out). A necessary condition only: :func:`_covers` decides."""
+    target, who = rule.targets, rule.subjects
+    return [
+        _field("paths", target.paths, _path_keys, _path_probes),
+        _field("fileless", (True,) if target.fileless else None, _id_keys, _id_keys),
+        _field("addresses", target.addresses, _address_keys, _address_probes),
+        _field("ports", target.ports, _port_keys, _port_probes),
+        _field("exe", who.exe if who else None, _path_keys, _path_probes),
+        _field("uid", who.uid if who else None, _id_keys, _id_keys),
+        _field("gid", who.gid if who else None, _id_keys, _id_keys),
+        _field("cgroup", who.cgroup if who else None, _path_keys, _path_probes),
+    ]
+
+
+def _field(
+    name: str,
+    values: tuple[T, ...] | None,
+    keys: Callable[[T], list[_Key]],
+    probes: Callable[[T], list[_Key]],
+) -> tuple[set[_Key], set[_Key]]:
+    if values is None:  # matches any value: covers every rule in this field
+        return {(name,)}, {(name,)}
+    filed = {(name, *key) for value in values for key in keys(value)}
+    return filed, {(name,)} | {(name, *key) for key in probes(values[0])}
+
+
+def _path_keys(pattern: str) -> list[_Key]:
+    return [_parsed_path(pattern)]
+
+
+def _path_probes(pattern: str) -> list[_Key]:
+    """The patterns that cover ``pattern``: every prefix of it, and itself if exact."""
+    data, is_prefix = _parsed_path(pattern)
+    covering: list[_Key] = [(data[:n], True) for n in range(len(data) + 1)]
+    return covering if is_prefix else [*covering, (data, False)]
+
+
+def _address_keys(cidr: str) -> list[_Key]:
+    address, length = parse_address(cidr)
+    return [(lpm_key(length, address, 16),)]
+
+
+def _address_probes(cidr: str) -> list[_Key]:
+    address, length = parse_address(cidr)
+    return [(lpm_key(n, address, 16),) for n in range(length + 1)]
+
+
+def _port_keys(value: int | str) -> list[_Key]:
+    return [(lpm_key(length, data, 4),) for length, data in port_entries(0, value)]
+
+
+def _port_probes(value: int | str) -> list[_Key]:
+    """The aligned blocks holding the lowest port of ``value``: a coverer has one of them."""
+    data = port_lookup(0, parse_port(value)[0])[1]
+    return [(lpm_key(length, data, 4),) for length in range(16, 33)]
+
+
+def _id_keys(value: int) -> list[_Key]:
+    return [(value,)]
 
 
 # ---- coverage: does A match everything B matches? ----
@@ -175,10 +267,12 @@ def _all_covered(
     return all(any(covers(x, y) for x in a) for y in b)
 
 
-@functools.lru_cache(maxsize=65536)
+_parsed_path = functools.lru_cache(maxsize=65536)(parse_path)
+
+
 def _path_covers(a: str, b: str) -> bool:
-    a_bytes, a_prefix = parse_path(a)
-    b_bytes, b_prefix = parse_path(b)
+    a_bytes, a_prefix = _parsed_path(a)
+    b_bytes, b_prefix = _parsed_path(b)
     return b_bytes.startswith(a_bytes) if a_prefix else (not b_prefix and a_bytes == b_bytes)
 
 
@@ -206,6 +300,7 @@ def _ports_cover(a: tuple[int | str, ...] | None, b: tuple[int | str, ...] | Non
 def _target_covers(a: Target, b: Target) -> bool:
     return (
         _all_covered(a.paths, b.paths, _path_covers)
+        and (b.fileless or not a.fileless)  # fileless matches no path: it covers only itself
         and _all_covered(a.addresses, b.addresses, _address_covers)
         and _ports_cover(a.ports, b.ports)
         and (a.protocol is None or a.protocol == b.protocol)

@@ -2,11 +2,18 @@
 
 Order matters (precedence ties are broken by file order): paths are read in the order given, a
 directory's ``*.toml`` files by name (bytewise), not recursively.
+
+Nothing in a policy directory may stop the agent: every file is read without blocking (a FIFO),
+only if it is a regular file of at most :data:`MAX_FILE_BYTES` (a symlink to ``/dev/zero``), and
+every problem becomes a :class:`Finding` naming the file. File names are shown with bytes that
+are not UTF-8 escaped (``\\xff``), as in events, so findings can always be printed and sent as JSON.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,11 +22,14 @@ from typing import Any
 import rfc8785
 
 from agent.errors import PolicyFieldError, PolicyInvalid, UsageError
-from agent.policy._toml import Document, FieldPath, TomlSyntaxError, field_text, load_document
+from agent.policy._toml import Document, FieldPath, TomlError, field_text, parse_document
 from agent.policy.model import Policy, Rule
 
 #: Version of the canonical form the digest covers; bump it if the form changes meaning.
 CANONICAL_VERSION = 1
+#: Largest policy file read. The shipped ones are a few KiB; 1,024 rules per operation in one
+#: file take about 100 KiB.
+MAX_FILE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -134,20 +144,31 @@ class PolicySet:
         return "sha256:" + hashlib.sha256(self.canonical_bytes()).hexdigest()
 
 
+def shown(path: Path | str) -> str:
+    """A file name as text that can always be printed: bytes that are not UTF-8 as ``\\xNN``."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def policy_files(paths: Sequence[Path]) -> list[Path]:
     """The files the paths name, in precedence order. A missing path is a usage error."""
     files: list[Path] = []
     for path in paths:
-        if path.is_dir():
-            files.extend(sorted(path.glob("*.toml"), key=lambda p: p.name.encode()))
-        elif path.exists():
-            files.append(path)
+        try:
+            is_dir = stat.S_ISDIR(os.stat(path).st_mode)
+            names = os.listdir(path) if is_dir else []
+        except FileNotFoundError:
+            raise UsageError(f"{shown(path)}: no such file or directory") from None
+        except OSError as exc:
+            raise UsageError(f"{shown(path)}: {exc.strerror}") from None
+        if is_dir:
+            toml = sorted(os.fsencode(name) for name in names if name.endswith(".toml"))
+            files.extend(path / os.fsdecode(name) for name in toml)
         else:
-            raise UsageError(f"{path}: no such file or directory")
+            files.append(path)
     return files
 
 
-def parse_document(document: Document) -> Policy:
+def parse_policy(document: Document) -> Policy:
     """The policy in one document, or PolicyInvalid with a located Finding per error."""
     try:
         return Policy.from_dict(document.data)
@@ -157,15 +178,55 @@ def parse_document(document: Document) -> Policy:
 
 
 def read_document(path: Path) -> Document:
-    """Parse one TOML file; syntax and read errors become PolicyInvalid with a Finding."""
+    """Read and parse one TOML file; every problem becomes PolicyInvalid with one Finding."""
+    name = shown(path)
     try:
-        return load_document(path)
-    except TomlSyntaxError as exc:
+        return parse_document(name, _read_regular(path))
+    except TomlError as exc:
         line, column = (exc.position.line, exc.position.column) if exc.position else (None, None)
-        finding = Finding("error", str(path), line, column, None, None, f"TOML: {exc.message}")
-    except OSError as exc:
-        finding = Finding("error", str(path), None, None, None, None, f"cannot read: {exc}")
+        field = field_text(exc.field) or None
+        finding = Finding("error", name, line, column, None, field, exc.message)
+    except _Unreadable as exc:
+        finding = Finding("error", name, None, None, None, None, f"cannot read: {exc}")
     raise PolicyInvalid([finding])
+
+
+class _Unreadable(Exception):
+    pass
+
+
+def _read_regular(path: Path) -> bytes:
+    """The bytes of a regular file of at most MAX_FILE_BYTES, else _Unreadable.
+
+    O_NONBLOCK: opening a FIFO for reading would wait for a writer (and stop the agent's loop);
+    with it the open returns at once and fstat refuses the FIFO. The read is bounded too: a
+    file may grow after fstat.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                kind = _KINDS.get(stat.S_IFMT(mode), "special")
+                raise _Unreadable(f"not a regular file ({kind})")
+            with os.fdopen(fd, "rb", closefd=False) as file:
+                data = file.read(MAX_FILE_BYTES + 1)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise _Unreadable(exc.strerror or type(exc).__name__) from None
+    if len(data) > MAX_FILE_BYTES:
+        raise _Unreadable(f"larger than {MAX_FILE_BYTES} bytes, the limit for a policy file")
+    return data
+
+
+_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
 
 
 def load_policy_set(paths: Sequence[Path]) -> tuple[PolicySet, list[Finding]]:
@@ -178,12 +239,12 @@ def load_policy_set(paths: Sequence[Path]) -> tuple[PolicySet, list[Finding]]:
     findings: list[Finding] = []
     files = policy_files(paths)
     if not files:
-        shown = ", ".join(str(p) for p in paths)
-        findings.append(Finding("error", shown, None, None, None, None, "no *.toml policy files"))
+        where = ", ".join(shown(p) for p in paths)
+        findings.append(Finding("error", where, None, None, None, None, "no *.toml policy files"))
     for file in files:
         try:
             document = read_document(file)
-            sources.append(PolicySource(document, parse_document(document)))
+            sources.append(PolicySource(document, parse_policy(document)))
         except PolicyInvalid as exc:
             findings.extend(f for f in exc.findings if isinstance(f, Finding))
     return PolicySet(tuple(sources)), findings
