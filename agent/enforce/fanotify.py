@@ -8,7 +8,7 @@ FAN_EVENT_ON_CHILD for prefixes (one per directory, kept current by the caller),
 filesystem mark only for exec permission.
 
 When the agent dies the kernel allows pending and future events: fanotify enforcement does not
-survive the agent (unlike pinned BPF programs). ``sealtrail doctor`` states this.
+survive the agent (nor does anything else: nothing is pinned). ``sealtrail doctor`` states this.
 
 Bound by hand through ctypes: the stdlib has no fanotify, and the PyPI wrappers are
 unmaintained; the interface is three syscalls and two fixed structs.

@@ -12,6 +12,7 @@ cgroup it created) and apply to every process below it.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ from types import TracebackType
 
 from agent.errors import KernelError
 from agent.kernel import abi
+from agent.kernel.host import BTF_PATH, PREPARE_EXEC_HOOK, btf_has_name
+from agent.kernel.libbpf import lib
 from agent.kernel.loader import (
     BPF_F_NO_PREALLOC,
     BPF_MAP_TYPE_ARRAY,
@@ -28,6 +31,7 @@ from agent.kernel.loader import (
     BPF_MAP_TYPE_LPM_TRIE,
     BpfObject,
     Map,
+    cgroup_program_ids,
     object_path,
 )
 from agent.policy.compile import MAPS, OPS, CompiledPolicySet, path_lookup
@@ -35,15 +39,24 @@ from agent.policy.evaluate import Evaluator
 
 log = logging.getLogger(__name__)
 
-PROGRAMS = ("st_guard_connect4", "st_guard_connect6", "st_guard_bind4", "st_guard_bind6")
+PROGRAMS = (
+    "st_guard_connect4", "st_guard_connect6", "st_guard_sendmsg4", "st_guard_sendmsg6",
+    "st_guard_bind4", "st_guard_bind6",
+)  # fmt: skip
 LINEAGE_PROGRAMS = ("st_guard_fork", "st_guard_exec", "st_guard_exit")
 LSM_PROGRAMS = (
     "st_lsm_exec", "st_lsm_file_open", "st_lsm_create", "st_lsm_unlink", "st_lsm_rename",
-    "st_lsm_chmod", "st_lsm_chown", "st_lsm_listen",
+    "st_lsm_chmod", "st_lsm_chown", "st_lsm_listen", "st_lsm_truncate", "st_lsm_ftruncate",
+    "st_lsm_mmap_file", "st_lsm_file_mprotect",
 )  # fmt: skip
+#: LSM programs whose hook only newer kernels have (file_truncate: 6.2), by the BTF function
+#: the kernel attaches them to: loaded only where that exists.
+LSM_OPTIONAL = {"st_lsm_ftruncate": b"bpf_lsm_file_truncate"}
+#: Hosts without BPF-LSM: exec rules with targets.fileless, killed at sched_prepare_exec (6.10+)
+FILELESS_PROGRAMS = ("st_fileless_exec",)
 GUARDED_OPS = frozenset({"connect", "bind"})
-#: Operations the LSM hooks judge in the kernel where BPF-LSM loads.
-LSM_OPS = frozenset({"exec", "open", "unlink", "rename", "chmod", "chown", "listen"})
+#: Event kinds the LSM hooks judge in the kernel where BPF-LSM loads (truncate: open rules).
+LSM_OPS = frozenset({"exec", "open", "unlink", "rename", "chmod", "chown", "listen", "truncate"})
 
 
 @dataclass(frozen=True)
@@ -137,6 +150,25 @@ def _inode_entries(compiled: CompiledPolicySet) -> dict[bytes, bytes]:
     return entries
 
 
+def _absent_lsm_programs() -> frozenset[str]:
+    """LSM_OPTIONAL programs whose hook this kernel lacks: its BTF has no such function (a
+    name in the BTF string table, NUL-delimited on both sides)."""
+    try:
+        btf = BTF_PATH.read_bytes()
+    except OSError:
+        return frozenset(LSM_OPTIONAL)
+    return frozenset(p for p, fn in LSM_OPTIONAL.items() if b"\0" + fn + b"\0" not in btf)
+
+
+def _link_program_id(link_fd: int) -> int:
+    """struct bpf_link_info: type, id, prog_id (u32 each) first."""
+    info = ctypes.create_string_buffer(256)
+    size = ctypes.c_uint32(len(info))
+    if link_fd < 0 or lib.bpf_obj_get_info_by_fd(link_fd, info, ctypes.byref(size)) < 0:
+        raise KernelError("bpf link info")
+    return int.from_bytes(info.raw[8:12], "little")
+
+
 class Guard:
     """Load + attach the guard; ``install`` compiled policies; ``close`` detaches everything."""
 
@@ -152,22 +184,29 @@ class Guard:
         # cgroup programs get bpf_send_signal only on newer kernels; without it the agent
         # kills from userspace on the kernel's (deny) record
         self.kernel_kills_at_cgroup = True
+        self._skipped = _absent_lsm_programs() if lsm else frozenset()
+        # fileless exec: bprm_check_security judges it where BPF-LSM loads, else this hook
+        self.fileless_exec = not lsm and btf_has_name(PREPARE_EXEC_HOOK)
+        if not self.fileless_exec:
+            self._skipped |= frozenset(FILELESS_PROGRAMS)
         try:
-            self._obj = self._load(shared_maps, lsm, cgroup_signal=True)
+            self._obj = self._load(shared_maps, lsm, self._skipped, cgroup_signal=True)
         except KernelError as exc:
             if "bpf_send_signal" not in str(exc):
                 raise
             log.info("guard: no bpf_send_signal in cgroup programs here; kills from userspace")
             self.kernel_kills_at_cgroup = False
-            self._obj = self._load(shared_maps, lsm, cgroup_signal=False)
+            self._obj = self._load(shared_maps, lsm, self._skipped, cgroup_signal=False)
         self._inner: dict[int, list[Map]] = {0: [], 1: []}
+        self._installed: dict[int, dict[str, dict[bytes, bytes]]] = {0: {}, 1: {}}
         self.generation = 0
         self.compiled: dict[int, CompiledPolicySet] = {}
         try:
             for prog in PROGRAMS:
                 self._obj.attach_cgroup(prog, self.cgroup)
-            for prog in LINEAGE_PROGRAMS + (LSM_PROGRAMS if lsm else ()):
-                self._obj.attach(prog)
+            for prog in LINEAGE_PROGRAMS + (LSM_PROGRAMS if lsm else ()) + FILELESS_PROGRAMS:
+                if prog not in self._skipped:
+                    self._obj.attach(prog)
             self._cfg = self._obj.map(abi.MAP_GUARD_CFG)
             self._outer = {name: self._obj.map(t.outer) for name, t in TABLES.items()}
         except BaseException:
@@ -175,14 +214,18 @@ class Guard:
             raise
 
     @staticmethod
-    def _load(shared_maps: dict[str, int] | None, lsm: bool, cgroup_signal: bool) -> BpfObject:
+    def _load(
+        shared_maps: dict[str, int] | None, lsm: bool, skipped: frozenset[str], cgroup_signal: bool
+    ) -> BpfObject:
         obj = BpfObject(object_path("guard"))
         try:
             for name, fd in (shared_maps or {}).items():
                 obj.reuse_map(name, fd)
-            # LSM programs load only where BPF-LSM does (doctor probes it): elsewhere the
-            # kernel refuses them and would take the whole object down with them
-            obj.only_load(lambda name, section: lsm or not section.startswith("lsm"))
+            # LSM programs load only where BPF-LSM does (doctor probes it), and those of hooks
+            # the kernel has: elsewhere it refuses them and would take the whole object down
+            obj.only_load(
+                lambda name, section: name not in skipped and (lsm or not section.startswith("lsm"))
+            )
             rodata = abi.GuardRodata(cgroup_signal=int(cgroup_signal), lsm_signal=1)
             obj.set_rodata(abi.GUARD_RODATA_SECTION, bytes(rodata))
             obj.load()
@@ -201,6 +244,7 @@ class Guard:
         cfg = self._read_cfg()
         idle = 1 - cfg.slot
         fresh: list[Map] = []
+        installed: dict[str, dict[bytes, bytes]] = {}
         try:
             for name, table in TABLES.items():
                 if name == "cgroup":
@@ -212,6 +256,7 @@ class Guard:
                 inner = Map.create(table.map_type, f"st_{name}_{idle}", table.key_size,
                                    table.value_size, table.max_entries, table.flags)  # fmt: skip
                 fresh.append(inner)
+                installed[name] = entries
                 for key, value in entries.items():
                     inner.update(key, value)
                 slot_key = idle.to_bytes(4, "little")
@@ -232,11 +277,54 @@ class Guard:
         for m in old:
             m.close()
         self._inner[idle] = fresh
+        self._installed[idle] = installed
         # keep the previous generation for verdicts still in the ring buffer
         for gen in [g for g in self.compiled if g < self.generation - 1]:
             del self.compiled[gen]
         log.info("guard: policy %s live as generation %d", compiled.digest[:12], self.generation)
         return self.generation
+
+    def live_table(self, name: str) -> Map:
+        """The live slot's map of table ``name`` (what the hooks read now)."""
+        slot = self._read_cfg().slot
+        return self._inner[slot][list(TABLES).index(name)]
+
+    def verify(self, compiled: CompiledPolicySet) -> list[str]:
+        """Compare the kernel with what ``install(compiled)`` put there: the live slot and its
+        generation, every table's entries, and every program still attached."""
+        cfg = self._read_cfg()
+        slot = cfg.slot
+        if self.compiled.get(cfg.generation[slot]) is not compiled:
+            return [f"guard: the live slot holds generation {cfg.generation[slot]}, not the "
+                    f"one of policy {compiled.digest}"]  # fmt: skip
+        errors: list[str] = []
+        for name, inner in zip(TABLES, self._inner[slot], strict=True):
+            held = self._outer[name].lookup(slot.to_bytes(4, "little"))
+            if held is None or int.from_bytes(held[:4], "little") != inner.id:
+                errors.append(f"guard: the live {TABLES[name].outer} slot is not the installed map")
+                continue
+            have, want = inner.items(), self._installed[slot][name]
+            if TABLES[name].map_type == BPF_MAP_TYPE_ARRAY:  # every index exists, zero-filled
+                have = {k: v for k, v in have.items() if k in want or any(v)}
+            if have != want:
+                errors.append(
+                    f"guard: {TABLES[name].outer}: the kernel holds {len(have)} entries, the "
+                    f"plan {len(want)}; {len(set(have.items()) ^ set(want.items()))} differ"
+                )
+        for prog in PROGRAMS:
+            attached = cgroup_program_ids(self.cgroup, self._obj.attach_type(prog))
+            if self._obj.program_id(prog) not in attached:
+                errors.append(f"guard: {prog} is not attached to {self.cgroup}")
+        for link in self._obj.links:
+            if link.program in PROGRAMS:
+                continue
+            try:
+                info_prog = _link_program_id(lib.bpf_link__fd(link.ptr))
+            except KernelError:
+                info_prog = -1
+            if info_prog != self._obj.program_id(link.program):
+                errors.append(f"guard: {link.program} is not attached")
+        return errors
 
     def close(self) -> None:
         self._obj.close()
