@@ -140,6 +140,18 @@ static long walk_step(__u32 index, void *arg)
 		struct mount *mnt_parent = BPF_CORE_READ(mnt, mnt_parent);
 		if (dentry != mnt_root || mnt_parent == mnt) {
 			w->done = true; /* global root (or a detached tree) */
+			if (dentry != mnt_root && w->off == ST_PATH_MAX - 1) {
+				/*
+				 * A file no directory holds (a memfd, another pseudo file): the
+				 * kernel's own name for it, "memfd:NAME", without a leading '/',
+				 * so it never reads as a path. An empty name stays "/".
+				 */
+				struct qstr name = BPF_CORE_READ(dentry, d_name);
+				__u32 len = name.len & (ST_NAME_MAX - 1);
+				__u32 off = (w->off - len) & (ST_PATH_MAX - 1);
+				bpf_probe_read_kernel(&pb->buf[off], len, name.name);
+				w->off = off;
+			}
 			return 1;
 		}
 		w->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
@@ -214,6 +226,21 @@ static __always_inline struct file *fd_file(struct task_struct *task, long fd)
 	struct file **fds = BPF_CORE_READ(fdt, fd);
 	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
 	return f;
+}
+
+/*
+ * Does @f have no name in any filesystem? A memfd or other pseudo file (its dentry is its own
+ * parent, not a mount's root), or a file unlinked while open / an O_TMPFILE never linked
+ * (i_nlink == 0; memfds have 0 too). What ST_EXEC_FILELESS and targets.fileless mean.
+ */
+static __always_inline bool file_fileless(struct file *f)
+{
+	if (!f)
+		return false;
+	struct dentry *d = BPF_CORE_READ(f, f_path.dentry);
+	if (BPF_CORE_READ(d, d_inode, __i_nlink) == 0)
+		return true;
+	return d == BPF_CORE_READ(d, d_parent) && d != BPF_CORE_READ(f, f_path.mnt, mnt_root);
 }
 
 #endif /* SEALTRAIL_COMMON_H */

@@ -118,7 +118,7 @@ int BPF_PROG(st_exec, struct task_struct *task, pid_t old_pid, struct linux_binp
 	n = put_walked(data + off, pb, &pwd, &truncated);
 	e->cwd_len = n;
 	off += n;
-	e->_pad0 = 0;
+	e->exec_flags = file_fileless(BPF_CORE_READ(bprm, file)) ? ST_EXEC_FILELESS : 0;
 
 	fill_hdr(&e->hdr, ST_OP_EXEC, sizeof(*e) + off);
 	e->hdr.flags = ST_F_PATH_RESOLVED | (truncated ? ST_F_TRUNCATED : 0);
@@ -257,6 +257,7 @@ static __always_inline int finish_file(struct trace_event_raw_sys_exit *ctx, __u
 	e->mode = 0;
 	e->owner_uid = (__u32)-1;
 	e->owner_gid = (__u32)-1;
+	e->length = 0;
 	switch (a.variant) {
 	case ST_V_OPEN:
 		upath = a.args[0]; e->flags = a.args[1]; e->mode = a.args[2];
@@ -310,6 +311,12 @@ static __always_inline int finish_file(struct trace_event_raw_sys_exit *ctx, __u
 	case ST_V_FCHOWNAT:
 		dirfd = (int)a.args[0]; upath = a.args[1]; e->owner_uid = a.args[2]; e->owner_gid = a.args[3];
 		e->flags = a.args[4];
+		break;
+	case ST_V_TRUNCATE:
+		upath = a.args[0]; e->length = a.args[1];
+		break;
+	case ST_V_FTRUNCATE: /* like fchmod: the path is the fd's file, as the kernel resolved it */
+		fd = a.args[0]; e->length = a.args[1];
 		break;
 	default:
 		return 0;
@@ -508,6 +515,8 @@ FILE_SYSCALL(chown, 3, ST_OP_CHOWN, ST_V_CHOWN)
 FILE_SYSCALL(lchown, 3, ST_OP_CHOWN, ST_V_LCHOWN)
 FILE_SYSCALL(fchown, 3, ST_OP_CHOWN, ST_V_FCHOWN)
 FILE_SYSCALL(fchownat, 5, ST_OP_CHOWN, ST_V_FCHOWNAT)
+FILE_SYSCALL(truncate, 2, ST_OP_TRUNCATE, ST_V_TRUNCATE)
+FILE_SYSCALL(ftruncate, 2, ST_OP_TRUNCATE, ST_V_FTRUNCATE)
 NET_SYSCALL(connect, 3, ST_OP_CONNECT, ST_V_CONNECT)
 NET_SYSCALL(bind, 3, ST_OP_BIND, ST_V_BIND)
 NET_SYSCALL(listen, 2, ST_OP_LISTEN, ST_V_LISTEN)

@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0-only
 /*
  * sealtrail in-kernel guard: the compiled policy tables (sealtrail.h, "the in-kernel guard";
- * agent/policy/compile.py) enforced at cgroup sock_addr hooks (connect4/6, bind4/6), which
- * return EPERM to the caller, plus the lineage map that lets a rule follow the descendants of
- * a binary.
+ * agent/policy/compile.py) enforced at cgroup sock_addr hooks (connect4/6, bind4/6, and
+ * sendmsg4/6, where connect rules judge datagrams sent without connect), which return EPERM to
+ * the caller, plus the lineage map that lets a rule follow the descendants of a binary.
  *
  * Matching cost does not depend on the number of rules: a fixed set of map lookups and an AND
  * over ST_MASK_WORDS words, then the lowest set bit wins.
@@ -122,6 +122,7 @@ struct guard_work {
 	struct st_lpm_path_key exe_key;
 	struct st_lpm_path_key path_key;
 	struct st_lpm_addr_key addr_key;
+	struct st_lpm_addr_key alias_key; /* connect to "::": the other loopback it may mean */
 	struct st_pol_id_key id_key;
 	struct st_pol_cgroup_key cg_key;
 	struct st_lineage_key lin_key;
@@ -273,11 +274,14 @@ static __always_inline int verdict_index(struct guard_work *w)
 /*
  * With w->t folded: fold the subject, pick the rule, report it and (kill) signal the caller.
  * The record's object fields and v->path_len (path first in the data, the exe after it) are
- * set by the caller. Returns the action taken (ST_ACT_*); ST_ACT_NONE if no rule matched.
+ * set by the caller, and so are v->hdr.flags: ST_F_SENDMSG or ST_F_TRUNCATE name the call
+ * judged when it is not the rule's operation itself (in the record, not a parameter: the stack
+ * next to the dentry walk's frame has no room left). Returns the action taken (ST_ACT_*);
+ * ST_ACT_NONE if no rule matched.
  */
-static __always_inline __u8 decide_and_report(struct guard_work *w, struct pathbuf *pb,
-					      struct st_verdict *v, struct st_pol_masks *m,
-					      struct st_guard_cfg *cfg, __u8 op, __u8 mechanism)
+static __always_inline __u8 decide_report_as(struct guard_work *w, struct pathbuf *pb,
+					     struct st_verdict *v, struct st_pol_masks *m,
+					     struct st_guard_cfg *cfg, __u8 op, __u8 mechanism)
 {
 	__u32 slot = cfg->slot & 1;
 	__u32 path_len = v->path_len & (ST_PATH_MAX * 2 - 1);
@@ -295,6 +299,9 @@ static __always_inline __u8 decide_and_report(struct guard_work *w, struct pathb
 
 	__u8 asked = rule->action + 1; /* enum st_pol_action -> enum st_action */
 	__u8 action = (rule->flags & ST_RULE_MONITOR) ? ST_ACT_AUDIT : asked;
+	/* this hook cannot deny: a deny rule is enforced by its fallback (kill, else audit) */
+	if (mechanism == ST_MECH_EXEC_TRACEPOINT && action == ST_ACT_DENY)
+		action = (rule->flags & ST_RULE_FALLBACK_KILL) ? ST_ACT_KILL : ST_ACT_AUDIT;
 	v->generation = cfg->generation[slot];
 	v->rule_index = idx;
 	v->guarded_op = op;
@@ -304,7 +311,7 @@ static __always_inline __u8 decide_and_report(struct guard_work *w, struct pathb
 	v->exe_len = exe_len;
 	__u32 size = sizeof(*v) + path_len + (exe_len & (ST_PATH_MAX * 2 - 1));
 	fill_hdr(&v->hdr, ST_OP_VERDICT, size);
-	v->hdr.flags = ST_F_PATH_RESOLVED;
+	v->hdr.flags = ST_F_PATH_RESOLVED | (v->hdr.flags & (ST_F_SENDMSG | ST_F_TRUNCATE));
 	submit(v, size, ST_OP_VERDICT);
 	/* and deny: the operation never happens. Without the helper (cgroup programs on older
 	 * kernels) the agent kills on this record; the verifier drops the dead branch. */
@@ -315,16 +322,30 @@ static __always_inline __u8 decide_and_report(struct guard_work *w, struct pathb
 	return action;
 }
 
-/* w->t = rules whose address, port and protocol match; false if none */
+static __always_inline __u8 decide_and_report(struct guard_work *w, struct pathbuf *pb,
+					      struct st_verdict *v, struct st_pol_masks *m,
+					      struct st_guard_cfg *cfg, __u8 op, __u8 mechanism)
+{
+	v->hdr.flags = 0;
+	return decide_report_as(w, pb, v, m, cfg, op, mechanism);
+}
+
+/* w->t = rules whose address (@ak, or @alias if not NULL), port and protocol match; false if
+ * none */
 static __always_inline bool fold_net_target(struct guard_work *w, struct st_pol_masks *m,
 					    __u32 slot, __u8 op, struct st_lpm_addr_key *ak,
-					    __u16 port, __u8 proto)
+					    struct st_lpm_addr_key *alias, __u16 port, __u8 proto)
 {
 	void *addrs = inner(&st_pol_addrs, slot);
 	struct st_mask *am = addrs ? bpf_map_lookup_elem(addrs, ak) : NULL;
 	m_copy(&w->t, &m->slot[ST_SLOT_ADDR_ANY]);
 	if (am)
 		m_or(&w->t, am);
+	if (alias) {
+		am = addrs ? bpf_map_lookup_elem(addrs, alias) : NULL;
+		if (am)
+			m_or(&w->t, am);
+	}
 
 	struct st_lpm_port_key pk = {.prefixlen = 32};
 	pk.data[0] = op;
@@ -346,8 +367,34 @@ static __always_inline bool fold_net_target(struct guard_work *w, struct st_pol_
 	return !m_empty(&w->t);
 }
 
-/* Returns 1 to allow, 0 to deny (the caller gets EPERM). */
-static __always_inline int judge_sock(struct bpf_sock_addr *ctx, __u8 op, bool v6)
+/*
+ * A connect (or datagram) to the unspecified address goes to the local host: the kernel routes
+ * 0.0.0.0 to 127.0.0.1 and "::" to ::1, or to ::ffff:127.0.0.1 on a socket bound to a v4-mapped
+ * address. Judge the address it reaches (both loopbacks for "::"), as agent/policy/compile.py's
+ * peer_addresses does, so 0.0.0.0 is no way around a rule naming 127.0.0.1.
+ */
+static __always_inline bool unspecified_peer(struct guard_work *w)
+{
+	__u8 *a = &w->addr_key.data[4];
+	__u32 w0 = *(__u32 *)&a[0], w1 = *(__u32 *)&a[4], w2 = *(__u32 *)&a[8];
+	__u32 w3 = *(__u32 *)&a[12];
+	if (w0 || w1 || w3 || (w2 && w2 != bpf_htonl(0xffff)))
+		return false;
+	if (w2) { /* ::ffff:0.0.0.0 */
+		*(__u32 *)&a[12] = bpf_htonl(0x7f000001);
+		return false;
+	}
+	a[15] = 1; /* ::1, and the mapped loopback ::ffff:127.0.0.1 as the alias */
+	__builtin_memcpy(&w->alias_key, &w->addr_key, sizeof(w->alias_key));
+	__u8 *b = &w->alias_key.data[4];
+	b[10] = 0xff;
+	b[11] = 0xff;
+	*(__u32 *)&b[12] = bpf_htonl(0x7f000001);
+	return true;
+}
+
+/* Returns 1 to allow, 0 to deny (the caller gets EPERM); @flags go to the verdict record. */
+static __always_inline int judge_sock(struct bpf_sock_addr *ctx, __u8 op, bool v6, __u16 flags)
 {
 	__u32 zero = 0;
 	struct st_guard_cfg *cfg = bpf_map_lookup_elem(&st_guard_cfg, &zero);
@@ -388,7 +435,8 @@ static __always_inline int judge_sock(struct bpf_sock_addr *ctx, __u8 op, bool v
 	}
 	__u16 port = bpf_ntohs((__u16)ctx->user_port);
 	__u8 proto = ctx->protocol;
-	if (!fold_net_target(w, m, slot, op, ak, port, proto))
+	bool alias = op == ST_OP_CONNECT && unspecified_peer(w);
+	if (!fold_net_target(w, m, slot, op, ak, alias ? &w->alias_key : NULL, port, proto))
 		return 1; /* no rule targets this address/port: skip the subject work */
 
 	v->family = v6 ? AF_INET6 : AF_INET;
@@ -396,21 +444,39 @@ static __always_inline int judge_sock(struct bpf_sock_addr *ctx, __u8 op, bool v
 	v->port = port;
 	__builtin_memcpy(v->addr, &ak->data[4], 16);
 	v->path_len = 0;
-	__u8 action = decide_and_report(w, pb, v, m, cfg, op, ST_MECH_CGROUP_SOCK);
+	v->hdr.flags = flags;
+	__u8 action = decide_report_as(w, pb, v, m, cfg, op, ST_MECH_CGROUP_SOCK);
 	return action == ST_ACT_DENY || action == ST_ACT_KILL ? 0 : 1;
 }
 
 SEC("cgroup/connect4")
-int st_guard_connect4(struct bpf_sock_addr *ctx) { return judge_sock(ctx, ST_OP_CONNECT, false); }
+int st_guard_connect4(struct bpf_sock_addr *ctx) { return judge_sock(ctx, ST_OP_CONNECT, false, 0); }
 
 SEC("cgroup/connect6")
-int st_guard_connect6(struct bpf_sock_addr *ctx) { return judge_sock(ctx, ST_OP_CONNECT, true); }
+int st_guard_connect6(struct bpf_sock_addr *ctx) { return judge_sock(ctx, ST_OP_CONNECT, true, 0); }
+
+/*
+ * A datagram sent with an address (sendto, sendmsg/sendmmsg with msg_name, also on a connected
+ * UDP socket) reaches its peer without connect(2): connect rules judge it here, through the
+ * same tables. The kernel runs these for UDP only (v4-mapped v6 destinations come to sendmsg4).
+ */
+SEC("cgroup/sendmsg4")
+int st_guard_sendmsg4(struct bpf_sock_addr *ctx)
+{
+	return judge_sock(ctx, ST_OP_CONNECT, false, ST_F_SENDMSG);
+}
+
+SEC("cgroup/sendmsg6")
+int st_guard_sendmsg6(struct bpf_sock_addr *ctx)
+{
+	return judge_sock(ctx, ST_OP_CONNECT, true, ST_F_SENDMSG);
+}
 
 SEC("cgroup/bind4")
-int st_guard_bind4(struct bpf_sock_addr *ctx) { return judge_sock(ctx, ST_OP_BIND, false); }
+int st_guard_bind4(struct bpf_sock_addr *ctx) { return judge_sock(ctx, ST_OP_BIND, false, 0); }
 
 SEC("cgroup/bind6")
-int st_guard_bind6(struct bpf_sock_addr *ctx) { return judge_sock(ctx, ST_OP_BIND, true); }
+int st_guard_bind6(struct bpf_sock_addr *ctx) { return judge_sock(ctx, ST_OP_BIND, true, 0); }
 
 /* ---- lineage: rules that follow a binary's descendants ---- */
 
@@ -555,9 +621,13 @@ static __always_inline __u32 or_path_target(struct guard_work *w, struct pathbuf
 	return n;
 }
 
-/* Judge a file op on one or two objects (rename: old and new); returns 0 or -EPERM. */
-static __always_inline int judge_file(__u8 op, const struct path *p1, const struct path *p2,
-				      __u32 access_slots)
+/* not an access: the object has no name (file_fileless), so exec rules' fileless slot matches */
+#define OBJ_FILELESS 0x10
+
+/* Judge a file op on one or two objects (rename: old and new); returns 0 or -EPERM. @flags
+ * as for decide_report_as; @access_slots may carry OBJ_FILELESS. */
+static __always_inline int judge_file_as(__u8 op, const struct path *p1, const struct path *p2,
+					 __u32 access_slots, __u16 flags)
 {
 	struct st_guard_cfg *cfg;
 	struct st_pol_masks *m = begin(&cfg, op);
@@ -576,7 +646,9 @@ static __always_inline int judge_file(__u8 op, const struct path *p1, const stru
 		/* the report names the first path; the second only adds rules */
 		or_path_target(w, pb, slot, op, p2, data + ST_PATH_MAX);
 	}
-	if (access_slots) {
+	if (access_slots & OBJ_FILELESS)
+		m_or(&w->t, &m->slot[ST_SLOT_EXEC_FILELESS]);
+	if (access_slots & 0xf) {
 		__builtin_memset(&w->tmp, 0, sizeof(w->tmp));
 		for (int a = 0; a < 4; a++)
 			if (access_slots & (1u << a))
@@ -590,8 +662,15 @@ static __always_inline int judge_file(__u8 op, const struct path *p1, const stru
 	v->port = 0;
 	__builtin_memset(v->addr, 0, sizeof(v->addr));
 	v->path_len = n;
-	__u8 action = decide_and_report(w, pb, v, m, cfg, op, ST_MECH_LSM);
+	v->hdr.flags = flags;
+	__u8 action = decide_report_as(w, pb, v, m, cfg, op, ST_MECH_LSM);
 	return action == ST_ACT_DENY || action == ST_ACT_KILL ? -EPERM : 0;
+}
+
+static __always_inline int judge_file(__u8 op, const struct path *p1, const struct path *p2,
+				      __u32 access_slots)
+{
+	return judge_file_as(op, p1, p2, access_slots, 0);
 }
 
 /* access kinds of an open, as bits of ST_SLOT_ACCESS_{READ,WRITE,CREATE,TRUNCATE} */
@@ -621,8 +700,51 @@ int BPF_PROG(st_lsm_exec, struct linux_binprm *bprm, int ret)
 {
 	if (ret)
 		return ret;
-	struct path p = BPF_CORE_READ(bprm, file, f_path);
-	return judge_file(ST_OP_EXEC, &p, NULL, 0);
+	struct file *f = BPF_CORE_READ(bprm, file);
+	struct path p = BPF_CORE_READ(f, f_path);
+	return judge_file(ST_OP_EXEC, &p, NULL, file_fileless(f) ? OBJ_FILELESS : 0);
+}
+
+#define PROT_EXEC 0x4
+#define VM_EXEC 0x4
+
+/*
+ * Code mapped from a file is judged like an exec of that file (exec rules, the mapping process
+ * as subject): `ld.so /denied/bin` execs only the loader, which then maps the binary with
+ * PROT_EXEC; a memfd mapped executable is fileless code too. The process's own binary is
+ * skipped: the kernel maps it during the exec that bprm_check_security already judged.
+ */
+static __always_inline int judge_exec_mapping(struct file *f)
+{
+	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
+	struct inode *inode = BPF_CORE_READ(f, f_inode);
+	if (!inode || inode == BPF_CORE_READ(task, mm, exe_file, f_inode))
+		return 0;
+	struct path p = BPF_CORE_READ(f, f_path);
+	return judge_file(ST_OP_EXEC, &p, NULL, file_fileless(f) ? OBJ_FILELESS : 0);
+}
+
+SEC("lsm/mmap_file")
+int BPF_PROG(st_lsm_mmap_file, struct file *file, unsigned long reqprot, unsigned long prot,
+	     unsigned long flags, int ret)
+{
+	if (ret)
+		return ret;
+	if (!file || !(prot & PROT_EXEC))
+		return 0;
+	return judge_exec_mapping(file);
+}
+
+SEC("lsm/file_mprotect")
+int BPF_PROG(st_lsm_file_mprotect, struct vm_area_struct *vma, unsigned long reqprot,
+	     unsigned long prot, int ret)
+{
+	if (ret)
+		return ret;
+	if (!(prot & PROT_EXEC) || (BPF_CORE_READ(vma, vm_flags) & VM_EXEC))
+		return 0; /* not becoming executable */
+	struct file *f = BPF_CORE_READ(vma, vm_file);
+	return f ? judge_exec_mapping(f) : 0;
 }
 
 SEC("lsm/file_open")
@@ -643,6 +765,29 @@ int BPF_PROG(st_lsm_create, const struct path *dir, struct dentry *dentry, umode
 		return ret;
 	struct path p = child_path(dir, dentry);
 	return judge_file(ST_OP_OPEN, &p, NULL, 4 /* create */);
+}
+
+/*
+ * truncate(2) and ftruncate(2) change a file without opening it: open rules guarding truncate
+ * judge them here. Kernels before 6.2 call path_truncate for both (and for O_TRUNC opens);
+ * later ones call file_truncate for ftruncate and O_TRUNC opens (the agent loads that program
+ * only where the kernel has the hook).
+ */
+SEC("lsm/path_truncate")
+int BPF_PROG(st_lsm_truncate, const struct path *path, int ret)
+{
+	if (ret)
+		return ret;
+	return judge_file_as(ST_OP_OPEN, path, NULL, 8 /* truncate */, ST_F_TRUNCATE);
+}
+
+SEC("lsm/file_truncate")
+int BPF_PROG(st_lsm_ftruncate, struct file *file, int ret)
+{
+	if (ret)
+		return ret;
+	struct path p = BPF_CORE_READ(file, f_path);
+	return judge_file_as(ST_OP_OPEN, &p, NULL, 8 /* truncate */, ST_F_TRUNCATE);
 }
 
 SEC("lsm/path_unlink")
@@ -715,7 +860,7 @@ int BPF_PROG(st_lsm_listen, struct socket *sock, int backlog, int ret)
 	}
 	__u16 port = BPF_CORE_READ(sk, __sk_common.skc_num);
 	__u8 proto = BPF_CORE_READ(sk, sk_protocol);
-	if (!fold_net_target(w, m, slot, ST_OP_LISTEN, ak, port, proto))
+	if (!fold_net_target(w, m, slot, ST_OP_LISTEN, ak, NULL, port, proto))
 		return 0;
 	v->family = family;
 	v->protocol = proto;
@@ -726,3 +871,37 @@ int BPF_PROG(st_lsm_listen, struct socket *sock, int backlog, int ret)
 	return action == ST_ACT_DENY || action == ST_ACT_KILL ? -EPERM : 0;
 }
 
+/* ---- hosts without BPF-LSM: fileless exec (exec rules with targets.fileless) ----
+ *
+ * sched_prepare_exec (Linux 6.10+) runs inside execve before the new image is set up, with the
+ * caller still current (its exe, uid, cgroup are the subject, as in bprm_check_security) and
+ * bprm->file the binary. No hook here can deny, but a SIGKILL sent now ends the process before
+ * one instruction of the new image runs. Only the fileless slot is judged: path exec rules
+ * are fanotify's on these hosts. Loaded only where BPF-LSM is not (agent/enforce/guard.py).
+ */
+SEC("tp_btf/sched_prepare_exec")
+int BPF_PROG(st_fileless_exec, struct task_struct *task, struct linux_binprm *bprm)
+{
+	struct st_guard_cfg *cfg;
+	struct st_pol_masks *m = begin(&cfg, ST_OP_EXEC);
+	if (!m || m_empty(&m->slot[ST_SLOT_EXEC_FILELESS]))
+		return 0;
+	struct file *f = BPF_CORE_READ(bprm, file);
+	if (!file_fileless(f))
+		return 0;
+	struct guard_work *w = get_work();
+	struct pathbuf *pb = get_pathbuf();
+	struct st_verdict *v = get_scratch();
+	if (!w || !pb || !v)
+		return 0;
+	m_copy(&w->t, &m->slot[ST_SLOT_EXEC_FILELESS]);
+	struct path p = BPF_CORE_READ(f, f_path);
+	bool truncated = false;
+	v->path_len = put_walked((__u8 *)(v + 1), pb, &p, &truncated);
+	v->family = 0;
+	v->protocol = 0;
+	v->port = 0;
+	__builtin_memset(v->addr, 0, sizeof(v->addr));
+	decide_and_report(w, pb, v, m, cfg, ST_OP_EXEC, ST_MECH_EXEC_TRACEPOINT);
+	return 0;
+}

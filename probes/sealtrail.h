@@ -52,7 +52,8 @@ enum st_op {
 	ST_OP_LISTEN = 11,
 	ST_OP_ACCEPT = 12,
 	ST_OP_VERDICT = 13, /* a decision of the in-kernel guard (struct st_verdict) */
-	ST_OP_MAX = 14,     /* array size for per-op counters */
+	ST_OP_TRUNCATE = 14, /* truncate(2), ftruncate(2) (struct st_file); judged by open rules */
+	ST_OP_MAX = 15,     /* array size for per-op counters */
 };
 
 /* hdr.flags */
@@ -60,6 +61,8 @@ enum st_op {
 #define ST_F_PATH_RESOLVED 0x2  /* path(s) built from the kernel's dentries (symlinks resolved) */
 #define ST_F_PATH_RELATIVE 0x4  /* path as passed was relative; base holds the dir it is relative to */
 #define ST_F_NO_EXIT 0x8        /* result unknown (no exit event seen) */
+#define ST_F_SENDMSG 0x10       /* VERDICT: judged at sendmsg (a datagram sent without connect) */
+#define ST_F_TRUNCATE 0x20      /* VERDICT: judged at truncate (path_truncate/file_truncate) */
 
 /* ---- common header of every record ---- */
 struct st_hdr {
@@ -85,8 +88,16 @@ struct st_exec {
 	__u32 args_len;     /* NUL-separated argv; 0 if unreadable */
 	__u32 cwd_len;
 	__u32 argc;
-	__u32 _pad0;
+	__u32 exec_flags;   /* ST_EXEC_* */
 };
+
+/*
+ * st_exec.exec_flags. FILELESS: the binary the kernel runs has no name in any filesystem at
+ * exec time: a memfd (or another pseudo file; exe is then the kernel's name for it, e.g.
+ * "memfd:NAME", with no leading '/'), a file unlinked while open or an O_TMPFILE never linked
+ * (i_nlink == 0; exe is the path it had).
+ */
+#define ST_EXEC_FILELESS 0x1
 
 /* ST_OP_FORK and ST_OP_EXIT; no data */
 struct st_proc {
@@ -97,9 +108,9 @@ struct st_proc {
 };
 
 /*
- * ST_OP_OPEN/UNLINK/RENAME/CHMOD/CHOWN; data: path, path2 (rename target), base, base2.
+ * ST_OP_OPEN/UNLINK/RENAME/CHMOD/CHOWN/TRUNCATE; data: path, path2 (rename target), base, base2.
  * ST_F_PATH_RESOLVED: path is the kernel's view of the object (dentry walk from the opened
- * fd, symlinks and ".." resolved): OPEN with ret >= 0, fchmod/fchown.
+ * fd, symlinks and ".." resolved): OPEN with ret >= 0, fchmod/fchown/ftruncate.
  * Otherwise path is as passed; if it is relative, base is the kernel-resolved directory it is
  * relative to (cwd or dirfd) and ST_F_PATH_RELATIVE is set; base2 does the same for path2.
  */
@@ -114,6 +125,7 @@ struct st_file {
 	__u32 path2_len;
 	__u32 base_len;
 	__u32 base2_len;
+	__u64 length;       /* TRUNCATE: the size asked for */
 };
 
 /* ST_OP_CONNECT/BIND/LISTEN/ACCEPT; no data. Addresses in network byte order. */
@@ -181,6 +193,7 @@ enum st_variant {
 	ST_V_CHMOD, ST_V_FCHMOD, ST_V_FCHMODAT, ST_V_FCHMODAT2,
 	ST_V_CHOWN, ST_V_LCHOWN, ST_V_FCHOWN, ST_V_FCHOWNAT,
 	ST_V_CONNECT, ST_V_BIND, ST_V_LISTEN, ST_V_ACCEPT,
+	ST_V_TRUNCATE, ST_V_FTRUNCATE,
 };
 
 /* st_pending (hash, key = tid): syscall arguments saved at sys_enter until sys_exit */
@@ -220,7 +233,8 @@ enum st_slot {
 	ST_SLOT_HAS_EXCEPT = 8, ST_SLOT_ADDR_ANY = 9, ST_SLOT_PORT_ANY = 10, ST_SLOT_PROTO_ANY = 11,
 	ST_SLOT_PROTO_TCP = 12, ST_SLOT_PROTO_UDP = 13, ST_SLOT_ACCESS_READ = 14,
 	ST_SLOT_ACCESS_WRITE = 15, ST_SLOT_ACCESS_CREATE = 16, ST_SLOT_ACCESS_TRUNCATE = 17,
-	ST_SLOTS = 18,
+	ST_SLOT_EXEC_FILELESS = 18, /* exec rules with targets.fileless: T for a fileless binary */
+	ST_SLOTS = 19,
 };
 struct st_pol_masks {
 	struct st_mask slot[ST_SLOTS];
@@ -325,6 +339,7 @@ enum st_mechanism {
 	ST_MECH_LSM = 2,
 	ST_MECH_FANOTIFY = 3,
 	ST_MECH_SIGKILL = 4,
+	ST_MECH_EXEC_TRACEPOINT = 5, /* tp_btf/sched_prepare_exec: SIGKILL before the image runs */
 };
 
 #ifdef __VMLINUX_H__

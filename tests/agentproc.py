@@ -8,9 +8,13 @@ it SIGTERM when the runner exits, whatever way it exits.
 from __future__ import annotations
 
 import ctypes
+import json
 import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
+from typing import Any
 
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -28,3 +32,33 @@ def start_agent(*args: str, env: dict[str, str] | None = None) -> subprocess.Pop
         preexec_fn=_die_with_parent,
         env=env,
     )
+
+
+def journal_records(journal: Path) -> list[dict[str, Any]]:
+    """Every complete record of a live journal (the agent may be writing the last line)."""
+    out = []
+    for seg in sorted(journal.glob("seg-*.jsonl")):
+        complete = seg.read_bytes().split(b"\n")[:-1]
+        out += [json.loads(line) for line in complete if line]
+    return out
+
+
+def stop_agent(agent: subprocess.Popen[str], timeout: float, cgroup: Path, journal: Path) -> None:
+    """SIGTERM the agent (SIGKILL if it does not stop), remove the test's cgroup once the
+    agent let go of it, and clear the journal's append-only flags so pytest can delete it."""
+    from agent.journal import protect
+
+    agent.send_signal(signal.SIGTERM)
+    try:
+        agent.wait(timeout)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+    for _ in range(50):
+        try:
+            cgroup.rmdir()
+            break
+        except OSError:
+            time.sleep(0.1)
+    if journal.exists():
+        protect.clear_all(journal)

@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from agent.errors import SealtrailError
 from agent.events import model
+from agent.events.loader import is_dynamic_loader, loader_target
 from agent.kernel import abi
 
 OPEN_ACCMODE = 0o3
@@ -118,6 +119,7 @@ class Decoder:
             abi.Op.RENAME: self._file,
             abi.Op.CHMOD: self._file,
             abi.Op.CHOWN: self._file,
+            abi.Op.TRUNCATE: self._file,
             abi.Op.CONNECT: self._net,
             abi.Op.BIND: self._net,
             abi.Op.LISTEN: self._net,
@@ -169,13 +171,16 @@ class Decoder:
         argv = tuple(_text(a) for a in raw[off : off + e.args_len].rstrip(b"\0").split(b"\0"))
         if not e.args_len:
             argv = ()
+        exe_text, cwd_text = _text(exe), _text(cwd)
         return _build(
             model.ExecEvent,
-            self._common(e.hdr, _text(exe)),
+            self._common(e.hdr, exe_text),
             filename=_text(filename),
             argv=argv,
             argc=e.argc,
-            cwd=_text(cwd),
+            cwd=cwd_text,
+            fileless=bool(e.exec_flags & abi.EXEC_FILELESS),
+            loader_target=loader_target(argv, cwd_text) if is_dynamic_loader(exe_text) else None,
         )
 
     def _proc(self, raw: bytes) -> model.Event:
@@ -227,6 +232,8 @@ class Decoder:
             )
         if op == abi.Op.CHMOD:
             return _build(model.ChmodEvent, common, mode=f.mode & 0o7777)
+        if op == abi.Op.TRUNCATE:
+            return _build(model.TruncateEvent, common, length=f.length)
         unchanged = 0xFFFFFFFF
         return _build(
             model.ChownEvent,
@@ -255,6 +262,7 @@ class Decoder:
             addr=_addr(socket.AF_INET, addr[12:]) if mapped else _addr(socket.AF_INET6, addr),
             port=v.port,
             path=_text(path) if v.path_len else None,
+            call=_CALLS.get(v.hdr.flags & (abi.F_SENDMSG | abi.F_TRUNCATE), ""),
         )
 
     def _net(self, raw: bytes) -> model.Event:
@@ -288,7 +296,9 @@ MECHANISMS = {
     abi.Mechanism.LSM: "lsm",
     abi.Mechanism.FANOTIFY: "fanotify",
     abi.Mechanism.SIGKILL: "sigkill",
+    abi.Mechanism.EXEC_TRACEPOINT: "exec-tracepoint",
 }
+_CALLS = {abi.F_SENDMSG: "sendmsg", abi.F_TRUNCATE: "truncate"}
 _SIZES: dict[type[abi._S], int] = {
     cls: ctypes.sizeof(cls) for cls in (abi.Exec, abi.Proc, abi.File, abi.Net, abi.Verdict)
 }
@@ -307,6 +317,7 @@ OP_KIND: dict[int, str] = {
     abi.Op.BIND: "bind",
     abi.Op.LISTEN: "listen",
     abi.Op.ACCEPT: "accept",
+    abi.Op.TRUNCATE: "truncate",
 }
 KIND_OP = {kind: op for op, kind in OP_KIND.items()}
 assert set(KIND_OP) == set(model.KINDS), "every event kind has an opcode"

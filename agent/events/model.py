@@ -50,10 +50,18 @@ class ExecEvent(Event):
     argv: tuple[str, ...]
     argc: int
     cwd: str
+    # no name in any filesystem (a memfd: exe is "memfd:NAME"; a deleted file: the path it had)
+    fileless: bool = False
+    loader_target: str | None = None  # exe is the dynamic loader: the binary it will load
 
     def object_text(self) -> str:
         args = " ".join(self.argv)
-        return f"{self.exe} [{args}]" + (" …" if self.truncated else "")
+        what = f"{self.exe} [{args}]" + (" …" if self.truncated else "")
+        if self.fileless:
+            what += " (fileless)"
+        if self.loader_target is not None:
+            what += f" (loads {self.loader_target})"
+        return what
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -140,6 +148,18 @@ class ChownEvent(FileEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
+class TruncateEvent(FileEvent):
+    """truncate(2) (path as passed) or ftruncate(2) (the fd's file, as the kernel resolved it).
+    Judged by ``open`` rules whose access includes ``truncate``."""
+
+    kind: ClassVar[str] = "truncate"
+    length: int  # the size asked for
+
+    def object_text(self) -> str:
+        return f"{self.path} to {self.length} bytes{_result(self.result)}"
+
+
+@dataclass(frozen=True, kw_only=True)
 class NetEvent(Event):
     family: str  # "ipv4" | "ipv6"
     protocol: str  # "tcp", "udp", ... or the number
@@ -212,6 +232,7 @@ class GuardEvent(Event):
     addr: str
     port: int
     path: str | None = None  # file ops and exec: the object, as the kernel resolved it
+    call: str = ""  # the call judged when it is not ``op`` itself: "sendmsg", "truncate"
 
     def object_text(self) -> str:
         what = self.path or f"{self.protocol} {_hostport(self.addr, self.port)}"
@@ -249,6 +270,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         RenameEvent,
         ChmodEvent,
         ChownEvent,
+        TruncateEvent,
         ConnectEvent,
         BindEvent,
         ListenEvent,

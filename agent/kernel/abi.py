@@ -19,7 +19,7 @@ FILTER_PREFIX_MAX = 256
 SCRATCH_SIZE = 20480
 RULES_PER_OP = 1024
 MASK_WORDS = RULES_PER_OP // 64
-SLOTS = 18
+SLOTS = 19
 RULE_MONITOR = 0x1
 GUARD_LINEAGE = 0x1
 
@@ -38,6 +38,7 @@ class Mechanism(enum.IntEnum):
     LSM = 2
     FANOTIFY = 3
     SIGKILL = 4
+    EXEC_TRACEPOINT = 5
 
 
 class Op(enum.IntEnum):
@@ -55,9 +56,10 @@ class Op(enum.IntEnum):
     LISTEN = 11
     ACCEPT = 12
     VERDICT = 13
+    TRUNCATE = 14
 
 
-OP_MAX = 14
+OP_MAX = 15
 
 
 class Variant(enum.IntEnum):
@@ -85,12 +87,17 @@ class Variant(enum.IntEnum):
     BIND = 19
     LISTEN = 20
     ACCEPT = 21
+    TRUNCATE = 22
+    FTRUNCATE = 23
 
 
 F_TRUNCATED = 0x1
 F_PATH_RESOLVED = 0x2
 F_PATH_RELATIVE = 0x4
 F_NO_EXIT = 0x8
+EXEC_FILELESS = 0x1  # st_exec.exec_flags
+F_SENDMSG = 0x10
+F_TRUNCATE = 0x20
 
 
 class _S(ctypes.Structure):
@@ -122,7 +129,7 @@ class Exec(_S):
         ("args_len", c_uint32),
         ("cwd_len", c_uint32),
         ("argc", c_uint32),
-        ("_pad0", c_uint32),
+        ("exec_flags", c_uint32),
     ]
 
 
@@ -147,6 +154,7 @@ class File(_S):
         ("path2_len", c_uint32),
         ("base_len", c_uint32),
         ("base2_len", c_uint32),
+        ("length", c_uint64),
     ]
 
 

@@ -283,6 +283,19 @@ def _isolated(check: Callable[[], Check]) -> Check:
         return Check(False, f"check crashed: {type(exc).__name__}: {exc}")
 
 
+def btf_has_name(name: bytes) -> bool:
+    """Does the kernel's BTF name ``name`` (a function, or ``btf_trace_<tracepoint>`` for a
+    tp_btf hook)? A whole name in the NUL-delimited string table; False without BTF."""
+    try:
+        return b"\0" + name + b"\0" in BTF_PATH.read_bytes()
+    except OSError:
+        return False
+
+
+#: tp_btf/sched_prepare_exec (Linux 6.10+): the fileless-exec kill without BPF-LSM
+PREPARE_EXEC_HOOK = b"btf_trace_sched_prepare_exec"
+
+
 def _check_btf() -> Check:
     if not BTF_PATH.is_file():
         return Check(False, f"{BTF_PATH} missing: kernel built without CONFIG_DEBUG_INFO_BTF")

@@ -8,7 +8,8 @@ maps a key to the mask of the rules that key satisfies, and the verdict is the l
     T & S & ~X
 
     T = what the object matches: paths trie (exec/file ops; rename: old | new path), for open
-        ANDed with the OR of the access slots; for network ops
+        ANDed with the OR of the access slots; for exec, | EXEC_FILELESS when the binary has
+        no name (a memfd, a deleted file: probes/common.h file_fileless); for network ops
         (addrs | ADDR_ANY) & (ports | PORT_ANY) & (PROTO_<p> | PROTO_ANY)
     S = (exe.self | lineage | EXE_ANY) & (uid.self | UID_ANY) & (gid.self | GID_ANY)
         & (cgroup.self | CGROUP_ANY)
@@ -30,7 +31,7 @@ of an LPM trie is ``struct { __u32 prefixlen; __u8 data[N]; }`` with bits past p
                                                              __u8 action; __u8 flags; } (8 B)
                    action 0 allow 1 audit 2 deny 3 kill; flags 1 MONITOR 2 FALLBACK_KILL
                    4 FALLBACK_AUDIT. rule_no indexes CompiledPolicySet.rules_by_no (the id).
-    st_pol_masks   ARRAY  key __u32 op -> st_mask slot[18] (2304 B), slots as in Slot below
+    st_pol_masks   ARRAY  key __u32 op -> st_mask slot[19] (2432 B), slots as in Slot below
     st_pol_paths   LPM    data[256] = op, path bytes[, NUL if exact] -> st_mask (128 B)
                    exact "/etc/shadow": data "\\x04/etc/shadow\\0", prefixlen = 8 * 13
                    prefix "/etc/sudoers.d/" or "/etc/sudoers*": no NUL, prefixlen = 8 * len
@@ -123,6 +124,7 @@ class Slot(enum.IntEnum):
     ACCESS_WRITE = 15
     ACCESS_CREATE = 16
     ACCESS_TRUNCATE = 17
+    EXEC_FILELESS = 18  # exec rules with targets.fileless: T of a binary with no name
 
 
 N_SLOTS = len(Slot)
@@ -203,6 +205,24 @@ def addr_lookup(op: int, address: str) -> tuple[int, bytes]:
     return 32 + 128, bytes([op, 0, 0, 0]) + packed
 
 
+_MAPPED = b"\0" * 10 + b"\xff\xff"
+#: the unspecified peer (v4 keys are v4-mapped) -> the loopback addresses it reaches
+_UNSPECIFIED_PEER = {
+    _MAPPED + bytes(4): (_MAPPED + bytes([127, 0, 0, 1]),),
+    bytes(16): (bytes(15) + b"\1", _MAPPED + bytes([127, 0, 0, 1])),
+}
+
+
+def peer_lookups(op: int, address: str) -> tuple[tuple[int, bytes], ...]:
+    """The keys a connect (or a datagram sent) to ``address`` is judged by: the address the
+    kernel sends to. The unspecified address means this host: 0.0.0.0 goes to 127.0.0.1, "::"
+    to ::1, or to ::ffff:127.0.0.1 from a socket bound to a v4-mapped address (judged as both),
+    as probes/guard.bpf.c's unspecified_peer does."""
+    prefixlen, data = addr_lookup(op, address)
+    reached = _UNSPECIFIED_PEER.get(data[4:], (data[4:],))
+    return tuple((prefixlen, data[:4] + peer) for peer in reached)
+
+
 def port_entries(op: int, value: int | str) -> Iterator[tuple[int, bytes]]:
     """A port range as the aligned power-of-two blocks that exactly cover it."""
     low, high = parse_port(value)
@@ -252,6 +272,8 @@ class CompiledRule:
     file: str
     rule_in_file: int
     access: tuple[str, ...] = ()  # open rules: the access kinds they guard
+    paths: tuple[str, ...] | None = None  # file and exec rules: targets.paths (None: every file)
+    fileless: bool = False  # exec rules with targets.fileless (paths is then (): no file named)
 
     @property
     def flags(self) -> int:
@@ -338,6 +360,8 @@ class _OpTables:
         op, target = self.op, rule.targets
         for path in target.paths or ():
             self.maps["paths"].add(path_entry(op, path), 0, bit)
+        if target.fileless:
+            self.slots[Slot.EXEC_FILELESS] |= bit
         for address in target.addresses or ():
             self.maps["addrs"].add(addr_entry(op, address), 0, bit)
         for port in target.ports or ():
@@ -413,6 +437,8 @@ def compile_policy_set(policy_set: PolicySet) -> CompiledPolicySet:
                     operation, index, rule_no, rule.id, policy_no, policy.name, policy.mode,
                     rule.action, rule.fallback, source.document.file, in_file,
                     rule.access_set if rule.operation == "open" else (),
+                    () if rule.targets.fileless else rule.targets.paths,
+                    bool(rule.targets.fileless),
                 )
             )  # fmt: skip
         if entries:

@@ -19,6 +19,7 @@ from agent.events.model import (
     NetEvent,
     OpenEvent,
     RenameEvent,
+    TruncateEvent,
 )
 from agent.policy.compile import (
     ACCESS_SLOTS,
@@ -31,6 +32,7 @@ from agent.policy.compile import (
     id_key,
     lpm_key,
     path_lookup,
+    peer_lookups,
     port_lookup,
     unpack_masks,
 )
@@ -62,6 +64,7 @@ class Request:
     address: str | None = None  # connect/accept: the peer; bind/listen: the local address
     port: int | None = None  # connect: the peer's port; bind/listen/accept: the local port
     protocol: str | None = None  # "tcp", "udp" or another name/number
+    fileless: bool = False  # exec: the binary has no name in any filesystem (memfd, deleted)
 
     def __post_init__(self) -> None:
         if self.operation not in OPERATIONS:
@@ -158,10 +161,18 @@ class Evaluator:
                 for name in request.access:
                     access |= slot[ACCESS_SLOTS[name]]
                 mask &= access
+            if request.fileless and request.operation == "exec":
+                mask |= slot[Slot.EXEC_FILELESS]
             return mask
         addr = port = 0
         if request.address is not None:
-            addr = self._lpm("addrs", addr_lookup(op, request.address))[0]
+            lookups = (
+                peer_lookups(op, request.address)
+                if request.operation == "connect"
+                else (addr_lookup(op, request.address),)
+            )
+            for lookup in lookups:
+                addr |= self._lpm("addrs", lookup)[0]
         if request.port is not None:
             port = self._lpm("ports", port_lookup(op, request.port))[0]
         proto_slot = PROTO_SLOTS.get(request.protocol or "")
@@ -208,16 +219,26 @@ class Evaluator:
         )
 
 
+def judged_kinds(operation: str, access: Iterable[str]) -> frozenset[str]:
+    """The event kinds a rule of ``operation`` judges: its own, and for an open rule guarding
+    ``truncate`` the truncate events too (truncate(2), ftruncate(2): no open happens)."""
+    if operation == "open" and "truncate" in access:
+        return frozenset({"open", "truncate"})
+    return frozenset({operation})
+
+
 def request_from_event(event: Event, process: Process) -> Request | None:
     """The request an observed event made, or None for kinds no rule guards (fork, exit).
 
     ``process`` is the actor as the agent's process table knows it: for an exec event that is
     the caller before the exec (its exe and ancestors), not the new image.
     """
+    if isinstance(event, TruncateEvent):  # the effect an open with O_TRUNC has, without the open
+        return Request("open", process, path=event.path, access=("truncate",))
     if event.kind not in OPS:
         return None
     if isinstance(event, ExecEvent):
-        return Request("exec", process, path=event.exe or event.filename)
+        return Request("exec", process, path=event.exe or event.filename, fileless=event.fileless)
     if isinstance(event, FileEvent):
         return Request(
             event.kind,

@@ -39,7 +39,7 @@ from agent.policy.source import Finding, located, read_document
 EXPECTATIONS = ("allow", "audit", "deny", "kill", "would-deny", "would-kill")
 _CASE_KEYS = (
     "name", "process", "operation", "path", "new_path", "access", "address", "port",
-    "protocol", "expect", "rule",
+    "protocol", "fileless", "expect", "rule",
 )  # fmt: skip
 _PROCESS_KEYS = ("exe", "uid", "gid", "cgroup", "ancestors")
 
@@ -89,6 +89,7 @@ def _case(data: Mapping[str, Any], index: int) -> Case:
             address=optional(data, "address", str, "an address"),
             port=optional(data, "port", int, "a port number"),
             protocol=optional(data, "protocol", str, "tcp or udp"),
+            fileless=optional(data, "fileless", bool, "true or false") or False,
         )
     except ValueError as exc:
         raise PolicyFieldError(("operation",), str(exc)) from None

@@ -9,16 +9,25 @@ the compiler. Mechanism names:
 - ``lsm``: BPF-LSM hook denies with EPERM (bprm_check_security, file_open, path_*/inode_*,
   socket_connect/bind/listen/accept).
 - ``fanotify``: FAN_OPEN_EXEC_PERM / FAN_OPEN_PERM answered from userspace with the Evaluator.
-- ``cgroup-sock``: cgroup/connect4|6, bind4|6 at the root cgroup deny with EPERM.
+- ``cgroup-sock``: cgroup/connect4|6, bind4|6 at the root cgroup deny with EPERM; connect rules
+  also judge datagrams sent without connect at cgroup/sendmsg4|6.
 - ``<hook>+sigkill``: the deny hook stops the effect and bpf_send_signal(SIGKILL) ends the process.
 - ``fanotify+sigkill`` for exec: the exec permission is denied (the new image never runs) and
   the caller is killed.
 - ``sigkill-after-the-fact``: no deny hook; the process is killed after the effect happened.
 - ``tracepoint``: recorded only (audit, monitor mode, or fallback = "audit").
+- ``exec-tracepoint`` (``+sigkill``): exec rules with ``targets.fileless`` on hosts without
+  BPF-LSM, judged in the kernel at tp_btf/sched_prepare_exec (fanotify cannot mark a file with
+  no name); it cannot deny, only kill before the new image runs (:func:`fileless_exec`).
+
+An ``open`` rule whose access includes ``truncate`` also names truncate(2) and ftruncate(2),
+which change the file without an open: they get their own :class:`Enforcement`
+(``truncate_call``), since only BPF-LSM (path_truncate, file_truncate) can deny them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,12 +41,17 @@ class HostCapabilities:
     cgroup_sock: bool  # cgroup v2 + cgroup sock_addr programs
     fanotify: bool  # fanotify permission events
     send_signal: bool  # bpf_send_signal
+    fileless_exec_hook: bool = False  # tp_btf/sched_prepare_exec (6.10+): fileless kill w/o LSM
 
 
 def host_capabilities() -> HostCapabilities:
     """What this host can enforce with, measured by ``sealtrail doctor``'s probes (each
     capability is tried for real: a program loaded, a fanotify mark placed)."""
-    from agent.kernel.host import probe_host  # loads BPF: only when asked
+    from agent.kernel.host import (  # loads BPF: only when asked
+        PREPARE_EXEC_HOOK,
+        btf_has_name,
+        probe_host,
+    )
 
     checks = probe_host().checks
     return HostCapabilities(
@@ -45,6 +59,7 @@ def host_capabilities() -> HostCapabilities:
         cgroup_sock=checks["cgroup2"].ok and checks["cgroup_bpf"].ok,
         fanotify=checks["fanotify_perm"].ok,
         send_signal=checks["send_signal"].ok,
+        fileless_exec_hook=btf_has_name(PREPARE_EXEC_HOOK),
     )
 
 
@@ -59,6 +74,7 @@ DENY_HOOKS: dict[str, tuple[str, ...]] = {
     "connect": ("cgroup-sock", "lsm"),
     "bind": ("cgroup-sock", "lsm"),
     "listen": ("lsm",),
+    "truncate": ("lsm",),  # truncate(2)/ftruncate(2) under open rules: path_/file_truncate
     # the LSM accept hook runs before the peer is known, so an address rule cannot be judged
     # there: accept rules need a fallback everywhere
     "accept": (),
@@ -82,8 +98,23 @@ class Enforcement:
     after_the_fact: bool = False  # the effect happens before the action: recorded as such
     note: str = ""
     error: str | None = None
+    #: open rules guarding truncate: how truncate(2) and ftruncate(2) are enforced
+    truncate_call: Enforcement | None = None
+    #: ways to the rule's objects this mechanism does not see (``fanotify_gaps``)
+    gaps: tuple[str, ...] = ()
+
+    def for_event(self, kind: str) -> Enforcement:
+        """How an event of ``kind`` under this rule is enforced (a truncate event: by the
+        truncate hook, not the open's)."""
+        return self.truncate_call if kind == "truncate" and self.truncate_call else self
 
     def to_dict(self) -> dict[str, Any]:
+        out = self._fields()
+        if self.truncate_call is not None:
+            out["truncate_call"] = self.truncate_call._fields()
+        return out
+
+    def _fields(self) -> dict[str, Any]:
         return {
             "rule": self.rule.rule_id,
             "policy": self.rule.policy_name,
@@ -94,12 +125,34 @@ class Enforcement:
             "after_the_fact": self.after_the_fact,
             "note": self.note,
             "error": self.error,
+            "open_on_host": list(self.gaps),
         }
 
 
+#: what an operation's notes and errors call it when it is not the rule's own operation
+_CALL_NAMES = {"truncate": "truncate(2)/ftruncate(2)"}
+
+
 def enforcement_for(rule: CompiledRule, host: HostCapabilities) -> Enforcement:
-    hook = deny_hook(rule.operation, host)
-    op = rule.operation
+    main = _enforcement(rule, rule.operation, host)
+    if rule.operation != "open" or "truncate" not in rule.access:
+        return main
+    call = _enforcement(rule, "truncate", host)
+    how = call.mechanism or "NONE"
+    flag = " after the fact" if call.after_the_fact else ""
+    note = f"{_CALL_NAMES['truncate']}: {how}{flag}, {call.note or call.error}"
+    return dataclasses.replace(
+        main,
+        note="; ".join(n for n in (main.note, note) if n),
+        error="; ".join(e for e in (main.error, call.error) if e) or None,
+        truncate_call=call,
+    )
+
+
+def _enforcement(rule: CompiledRule, op: str, host: HostCapabilities) -> Enforcement:
+    if rule.fileless and not host.lsm:
+        return fileless_exec(rule, host)
+    hook = deny_hook(op, host)
     if rule.action == "audit":
         return Enforcement(rule, "tracepoint", note="recorded, not stopped")
     if rule.action == "allow":
@@ -112,22 +165,117 @@ def enforcement_for(rule: CompiledRule, host: HostCapabilities) -> Enforcement:
         )
     if rule.action == "kill" and host.send_signal and hook:
         note = "denied, then killed: the exec never runs" if op == "exec" else "denied, then killed"
-        return Enforcement(rule, f"{hook}+sigkill", note=_create_note(rule, hook) or note)
+        how = Enforcement(rule, f"{hook}+sigkill", note=_hook_note(rule, op, hook) or note)
+        return _residual(how, op, hook)
     if rule.action == "deny" and hook:
-        return Enforcement(rule, hook, note=_create_note(rule, hook))
-    return _fallback(rule, host)
+        return _residual(Enforcement(rule, hook, note=_hook_note(rule, op, hook)), op, hook)
+    return _fallback(rule, op, host)
 
 
-def _create_note(rule: CompiledRule, hook: str) -> str:
-    """fanotify's permission event comes after a new file is created: say so, never hide it."""
-    if hook == "fanotify" and "create" in rule.access:
+def fanotify_gaps(rule: CompiledRule) -> tuple[str, ...]:
+    """The ways to a fanotify-enforced rule's objects that the kernel does not ask the agent
+    about (hosts without BPF-LSM; measured, docs in policies/README.md). What gets through one
+    is seen afterwards in the event stream and handled by the rule's ``fallback``."""
+    op = rule.operation
+    if rule.paths is None:
+        what = "a filesystem mounted after the policy loaded"
+    else:
+        what = "a directory on a rule path that is created, renamed or mounted over later"
+    gaps = [
+        f"{what} is marked when the agent sees the change (inotify, mountinfo): an {op} "
+        "there before that is not stopped"
+    ]
+    if op == "exec" and (rule.paths is None or any(p.endswith(("*", "/")) for p in rule.paths)):
+        gaps.append(
+            "a program under a prefix started through the dynamic loader (ld.so PROGRAM) is "
+            "opened, not exec'd, and not stopped"
+        )
+    return tuple(gaps)
+
+
+def _residual(how: Enforcement, op: str, hook: str) -> Enforcement:
+    """fanotify leaves gaps (``fanotify_gaps``): in enforce mode the rule must say what is done
+    with what gets through, never a silent difference from ``policy test``."""
+    if hook != "fanotify" or op not in ("exec", "open"):
+        return how
+    gaps = fanotify_gaps(how.rule)
+    fallback = how.rule.fallback
+    if fallback is None:
+        error = (
+            f"fanotify cannot stop every way to this {op} on this host ({'; '.join(gaps)}): "
+            'set fallback = "kill" or "audit" for what gets through (detected afterwards)'
+        )
+        return dataclasses.replace(how, error=error, gaps=gaps)
+    then = "killed" if fallback == "kill" else "audited"
+    note = f"open on this host, detected afterwards and {then}: {'; '.join(gaps)}"
+    return dataclasses.replace(how, note="; ".join(n for n in (how.note, note) if n), gaps=gaps)
+
+
+FILELESS_MECHANISM = "exec-tracepoint"
+
+
+def judged_in_kernel_at_exec(mechanism: str | None) -> bool:
+    """Does the guard judge (and report) this rule's execs in the kernel, at sched_prepare_exec?
+    Then the enforcer neither judges those exec events again nor needs fanotify for them."""
+    return mechanism is not None and mechanism.startswith(FILELESS_MECHANISM)
+
+
+def fileless_exec(rule: CompiledRule, host: HostCapabilities) -> Enforcement:
+    """A ``targets.fileless`` exec rule on a host without BPF-LSM. fanotify cannot mark a file
+    that has no name, so the guard judges these execs at sched_prepare_exec (caller still
+    current, bprm->file the memfd). That hook cannot deny: a SIGKILL sent there ends the caller
+    before one instruction of the new image runs, so deny needs ``fallback = "kill"``. Without
+    the hook (kernels before 6.10) only the exec event is left: after the fact."""
+    if not host.fileless_exec_hook:
+        if rule.action in ("audit", "allow") or rule.mode == "monitor":
+            return Enforcement(rule, "tracepoint", note="fileless exec: recorded from the event")
+        return _fallback(rule, "exec", host)
+    where = "judged in the kernel at sched_prepare_exec"
+    if rule.action == "allow":
+        return Enforcement(rule, FILELESS_MECHANISM, note=f"exception, {where}")
+    if rule.action == "audit" or rule.mode == "monitor":
+        what = "recorded, not stopped" if rule.action == "audit" else f"would-{rule.action}"
+        return Enforcement(rule, FILELESS_MECHANISM, note=f"{where}: {what}")
+    if not host.send_signal:
+        return _fallback(rule, "exec", host)
+    if rule.action == "kill" or rule.fallback == "kill":
+        return Enforcement(
+            rule,
+            f"{FILELESS_MECHANISM}+sigkill",
+            note=f"{where}: the caller is killed before the new image runs (no EPERM without "
+            "BPF-LSM)",
+        )
+    if rule.fallback == "audit":
+        note = "fallback: audited, exec not stopped"
+        return Enforcement(rule, FILELESS_MECHANISM, after_the_fact=True, note=note)
+    return Enforcement(
+        rule,
+        None,
+        error='no hook denies a fileless exec without BPF-LSM: set fallback = "kill" (the '
+        'caller is killed before the new image runs) or "audit"',
+    )
+
+
+def _hook_note(rule: CompiledRule, op: str, hook: str) -> str:
+    """What the deny hook leaves open or covers beyond the operation's name: never hidden."""
+    if op == "exec" and hook == "lsm":
+        return (
+            "code mapped executable from a named file (the dynamic loader's `ld.so PROGRAM`, "
+            "dlopen) is judged as its exec at mmap_file/file_mprotect"
+        )
+    if op == "open" and hook == "fanotify" and "create" in rule.access:
         return "a new file is created empty before its open is denied (no create hook without LSM)"
+    if op == "connect" and hook == "cgroup-sock":
+        return (
+            "UDP datagrams sent without connect are judged at sendmsg too; raw sockets "
+            "(CAP_NET_RAW) are not judged"
+        )
     return ""
 
 
-def _fallback(rule: CompiledRule, host: HostCapabilities) -> Enforcement:
+def _fallback(rule: CompiledRule, operation: str, host: HostCapabilities) -> Enforcement:
     """Enforce mode, no mechanism for the action as written: only an explicit fallback."""
-    op = rule.operation
+    op = _CALL_NAMES.get(operation, operation)
     if rule.fallback == "audit":
         return Enforcement(
             rule, "tracepoint", after_the_fact=True, note=f"fallback: audited, {op} not stopped"

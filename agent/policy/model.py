@@ -292,14 +292,18 @@ class Subject:
 @dataclass(frozen=True)
 class Target:
     """What a rule guards: ``paths`` for file operations and exec; ``addresses``, ``ports`` and
-    ``protocol`` (ANDed; each omitted one matches anything) for network operations."""
+    ``protocol`` (ANDed; each omitted one matches anything) for network operations;
+    ``fileless = true`` for exec only, instead of paths: every binary that has no name in any
+    filesystem when it is executed (a memfd, a file unlinked while open, an O_TMPFILE)."""
 
     paths: tuple[str, ...] | None = None
     addresses: tuple[str, ...] | None = None
     ports: tuple[int | str, ...] | None = None
     protocol: str | None = None
+    fileless: bool | None = None
 
-    KEYS = ("paths", "addresses", "ports", "protocol")
+    KEYS = ("paths", "addresses", "ports", "protocol", "fileless")
+    NET_KEYS = ("addresses", "ports", "protocol")
 
     def __post_init__(self) -> None:
         _items("paths", self.paths, parse_path)
@@ -307,9 +311,20 @@ class Target:
         _items("ports", self.ports, parse_port)
         if self.protocol is not None:
             _one_of("protocol", self.protocol, PROTOCOLS)
+        if self.fileless is False:
+            raise _fail("fileless", "fileless = false selects nothing: remove it")
+        if self.fileless and self.paths is not None:
+            raise PolicyFieldError(
+                ("fileless",),
+                "fileless names binaries that have no path: write it in a rule of its own, "
+                "without paths",
+                at_key=True,
+            )
         if all(getattr(self, key) is None for key in self.KEYS):
             raise PolicyFieldError(
-                (), "targets is empty: name paths, or addresses/ports/protocol", at_key=True
+                (),
+                "targets is empty: name paths (or fileless, for exec), or addresses/ports/protocol",
+                at_key=True,
             )
 
     @classmethod
@@ -320,6 +335,7 @@ class Target:
             addresses=optional_list(data, "addresses", str, "addresses or CIDRs"),
             ports=optional_list(data, "ports", (int, str), 'ports (443) or ranges ("1-1023")'),
             protocol=optional(data, "protocol", str, f"one of {', '.join(PROTOCOLS)}"),
+            fileless=optional(data, "fileless", bool, "true"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -359,7 +375,13 @@ class Rule:
                 raise _fail("access", "access applies to operation 'open' only: remove it")
             _items("access", self.access, _choice(ACCESS))
         file_op = self.operation in FILE_OPERATIONS
-        for key in Target.KEYS:
+        if self.targets.fileless is not None and self.operation != "exec":
+            raise PolicyFieldError(
+                ("targets", "fileless"),
+                f"targets.fileless applies to operation 'exec' only, not {self.operation!r}",
+                at_key=True,
+            )
+        for key in ("paths", *Target.NET_KEYS):
             if getattr(self.targets, key) is not None and (key == "paths") != file_op:
                 takes = "targets.paths" if file_op else "targets.addresses, ports, protocol"
                 raise PolicyFieldError(

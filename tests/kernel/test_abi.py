@@ -2,8 +2,10 @@
 
 Every struct in ``abi.STRUCTS`` must appear in the BTF of at least one object in
 agent/kernel/obj (or $SEALTRAIL_BPF_DIR), and wherever it appears its size, field names and
-order, and each field's offset and size must equal the mirror's. ``enum st_op`` must equal
-``abi.Op``. Layout drift fails here, not in production (the Tetragon alignchecker idea).
+order, and each field's offset and size must equal the mirror's. ``enum st_op`` and
+``enum st_variant`` must equal ``abi.Op`` and ``abi.Variant`` (``st_mechanism``, ``st_slot``:
+``abi.Mechanism``, ``compile.Slot``). Layout drift fails here, not in production (the Tetragon
+alignchecker idea).
 
 Not marked ``kernel``: ``bpftool btf dump file`` reads the ELF and needs no root. It needs
 bpftool and the built objects (``make probes``): without them it skips, except under CI,
@@ -14,6 +16,7 @@ deliberately wrong mirrors, to prove it catches drift; they need nothing.
 from __future__ import annotations
 
 import ctypes
+import enum
 import json
 import os
 import shutil
@@ -27,6 +30,7 @@ import pytest
 
 from agent.kernel import abi
 from agent.kernel.loader import OBJ_DIR
+from agent.policy.compile import Slot
 
 BtfType = dict[str, Any]
 
@@ -126,13 +130,23 @@ def _type_errors(btf: Btf, where: str, t: BtfType, ctype: Any) -> list[str]:
     return []
 
 
-def enum_errors(btf: Btf) -> list[str]:
-    enum = btf.enum("st_op")
-    if enum is None:
-        return ["enum st_op not in this BTF"]
-    got = {v["name"]: v["val"] for v in enum["values"]}
-    want = {f"ST_OP_{op.name}": op.value for op in abi.Op} | {"ST_OP_MAX": abi.OP_MAX}
-    return [] if got == want else [f"enum st_op: C {got}, mirror {want}"]
+#: C enum -> (its mirror, the prefix of its names, values only C spells as enumerators)
+ENUMS: dict[str, tuple[type[enum.IntEnum], str, dict[str, int]]] = {
+    "st_op": (abi.Op, "ST_OP_", {"ST_OP_MAX": abi.OP_MAX}),
+    "st_variant": (abi.Variant, "ST_V_", {}),
+    "st_mechanism": (abi.Mechanism, "ST_MECH_", {}),
+    "st_slot": (Slot, "ST_SLOT_", {"ST_SLOTS": abi.SLOTS}),
+}
+
+
+def enum_errors(btf: Btf, c_name: str = "st_op") -> list[str]:
+    found = btf.enum(c_name)
+    if found is None:
+        return [f"enum {c_name} not in this BTF"]
+    mirror, prefix, extra = ENUMS[c_name]
+    got = {v["name"]: v["val"] for v in found["values"]}
+    want = {f"{prefix}{item.name}": item.value for item in mirror} | extra
+    return [] if got == want else [f"enum {c_name}: C {got}, mirror {want}"]
 
 
 # ---- against the compiled objects ----
@@ -191,13 +205,14 @@ def test_struct_matches_btf(objects: dict[str, Btf], c_name: str) -> None:
     assert not errors, "\n".join(errors)
 
 
-def test_enum_st_op_matches_btf(objects: dict[str, Btf]) -> None:
-    holders = {name: btf for name, btf in objects.items() if btf.enum("st_op") is not None}
+@pytest.mark.parametrize("c_name", sorted(ENUMS))
+def test_enum_matches_btf(objects: dict[str, Btf], c_name: str) -> None:
+    holders = {name: btf for name, btf in objects.items() if btf.enum(c_name) is not None}
     if not holders:
         pytest.fail(
-            f"enum st_op is in the BTF of none of {sorted(objects)}: its values are unchecked"
+            f"enum {c_name} is in the BTF of none of {sorted(objects)}: its values are unchecked"
         )
-    errors = [f"{obj}: {e}" for obj, btf in holders.items() for e in enum_errors(btf)]
+    errors = [f"{obj}: {e}" for obj, btf in holders.items() for e in enum_errors(btf, c_name)]
     assert not errors, "\n".join(errors)
 
 

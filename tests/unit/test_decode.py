@@ -186,3 +186,55 @@ def test_guard_verdict_record() -> None:
         5,
     )
     assert ev.path == "/etc/shadow" and ev.exe == "/usr/bin/curl"
+
+
+@pytest.mark.parametrize(("flags", "source"), [(abi.F_PATH_RESOLVED, "kernel"), (0, "arg")])
+def test_truncate_record(flags: int, source: str) -> None:
+    (p, p2, b, b2), data = strings(b"/srv/data.db", b"", b"", b"")
+    rec = abi.File(hdr=hdr(abi.Op.TRUNCATE, flags), ret=0, length=1 << 40, path_len=p,
+                   path2_len=p2, base_len=b, base2_len=b2)  # fmt: skip
+    ev = decoder().decode(bytes(rec) + data)
+    assert isinstance(ev, model.TruncateEvent) and ev.kind == "truncate"
+    assert (ev.path, ev.path_source, ev.length, ev.result) == ("/srv/data.db", source, 1 << 40, 0)
+
+
+@pytest.mark.parametrize(
+    ("flags", "call"), [(0, ""), (abi.F_SENDMSG, "sendmsg"), (abi.F_TRUNCATE, "truncate")]
+)
+def test_guard_verdict_names_the_call_judged(flags: int, call: str) -> None:
+    exe = b"/usr/bin/nc\0"
+    rec = abi.Verdict(hdr=hdr(abi.Op.VERDICT, abi.F_PATH_RESOLVED | flags),
+                      guarded_op=abi.Op.CONNECT, action=abi.Action.DENY,
+                      rule_action=abi.Action.DENY, mechanism=abi.Mechanism.CGROUP_SOCK,
+                      family=socket.AF_INET, protocol=17, port=53, exe_len=len(exe))  # fmt: skip
+    ev = decoder().decode(bytes(rec) + exe)
+    assert isinstance(ev, model.GuardEvent) and ev.call == call
+
+
+def test_exec_of_a_memfd_is_fileless_and_names_it() -> None:
+    (exe_len, fn_len, args_len, cwd_len), data = strings(
+        b"memfd:payload", b"/dev/fd/3", b"payload\0x", b"/tmp"
+    )
+    rec = abi.Exec(
+        hdr=hdr(abi.Op.EXEC, abi.F_PATH_RESOLVED), exe_len=exe_len, filename_len=fn_len,
+        args_len=args_len, cwd_len=cwd_len, argc=2, exec_flags=abi.EXEC_FILELESS,
+    )  # fmt: skip
+    ev = decoder().decode(bytes(rec) + data)
+    assert isinstance(ev, model.ExecEvent)
+    assert (ev.exe, ev.fileless, ev.loader_target) == ("memfd:payload", True, None)
+    assert ev.to_dict()["fileless"] is True and "(fileless)" in ev.object_text()
+
+
+def test_exec_of_the_loader_names_its_target() -> None:
+    loader = b"/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
+    (exe_len, fn_len, args_len, cwd_len), data = strings(
+        loader, b"/lib64/ld-linux-x86-64.so.2", b"ld\0bin/tool\0arg", b"/srv"
+    )
+    rec = abi.Exec(
+        hdr=hdr(abi.Op.EXEC, abi.F_PATH_RESOLVED), exe_len=exe_len, filename_len=fn_len,
+        args_len=args_len, cwd_len=cwd_len, argc=3,
+    )  # fmt: skip
+    ev = decoder().decode(bytes(rec) + data)
+    assert isinstance(ev, model.ExecEvent)
+    assert (ev.fileless, ev.loader_target) == (False, "/srv/bin/tool")
+    assert ev.to_dict()["loader_target"] == "/srv/bin/tool"

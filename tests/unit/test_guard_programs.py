@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.enforce.guard import LINEAGE_PROGRAMS, LSM_PROGRAMS, PROGRAMS
+from agent.enforce.guard import FILELESS_PROGRAMS, LINEAGE_PROGRAMS, LSM_PROGRAMS, PROGRAMS
 from agent.errors import KernelError
 from agent.kernel.loader import BpfObject, object_path
 
@@ -17,7 +17,7 @@ def test_every_guard_program_is_attached_by_the_loader() -> None:
         pytest.skip(str(exc))  # `make test` builds the probes first
     with BpfObject(path) as obj:
         sections = obj.programs()
-    attached = set(PROGRAMS) | set(LINEAGE_PROGRAMS) | set(LSM_PROGRAMS)
+    attached = set(PROGRAMS) | set(LINEAGE_PROGRAMS) | set(LSM_PROGRAMS) | set(FILELESS_PROGRAMS)
     assert set(sections) == attached
     assert {n for n, s in sections.items() if s.startswith("lsm")} == set(LSM_PROGRAMS)
     assert {n for n, s in sections.items() if s.startswith("cgroup/")} == set(PROGRAMS)
