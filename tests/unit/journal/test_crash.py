@@ -155,7 +155,8 @@ def test_kill_9_at_random_points(tmp_path: Path) -> None:
         finally:
             protect.clear_all(journal)
     assert stats["kills"] == ROUNDS * KILLS_PER_ROUND
-    # The load really exercised torn tails, key rotations and segment rotations.
-    assert stats["cuts"] > 20 and stats["rotations"] > ROUNDS and stats["segments"] > 2 * ROUNDS
+    # The load really exercised torn tails, key rotations and segment rotations. How many kills
+    # land mid-line depends on the machine's load (18-35 of 200 seen on a busy 2-core host).
+    assert stats["cuts"] >= 10 and stats["rotations"] > ROUNDS and stats["segments"] > 2 * ROUNDS
     assert stats["partial"] > 0
     print(stats)
