@@ -145,14 +145,16 @@ def _shadowed(ranked: list[tuple[int, int, PolicySource, int, Rule]]) -> list[Fi
     """Rule B is shadowed by A if A ranks first (same key as the compiler) and covers B.
 
     ``ranked``: one operation's rules in precedence order. B is compared only with the earlier
-    rules that can cover it in the field where the fewest can (see :func:`_filed`), so the
-    cost grows with how much the rules overlap, not with the square of their number.
+    rules that can cover the one value of B that the fewest can cover (see :func:`_filed`), so
+    the cost grows with how much the rules overlap, not with the square of their number.
     """
     findings = []
     earlier: dict[_Key, list[int]] = defaultdict(list)
     for position, (_, _, source, index, rule) in enumerate(ranked):
         filed = _filed(rule)
-        found = [[earlier[k] for k in probes if k in earlier] for _, probes in filed]
+        found = [
+            [earlier[k] for k in probes if k in earlier] for _, each in filed for probes in each
+        ]
         fewest = min(found, key=lambda lists: sum(map(len, lists)))
         for candidate in sorted({n for numbers in fewest for n in numbers}):
             _, _, first_source, first_index, first = ranked[candidate]
@@ -181,11 +183,11 @@ def _shadowed(ranked: list[tuple[int, int, PolicySource, int, Rule]]) -> list[Fi
 _Key = tuple[object, ...]
 
 
-def _filed(rule: Rule) -> list[tuple[set[_Key], set[_Key]]]:
-    """Per field that coverage needs: (keys, probes). ``keys`` file the rule as a possible
-    coverer; ``probes`` are the keys under which every rule that covers it is filed (a rule
-    covers B only if, in each field, one of its values covers B's first value, or it leaves the
-    field out). A necessary condition only: :func:`_covers` decides."""
+def _filed(rule: Rule) -> list[tuple[set[_Key], list[set[_Key]]]]:
+    """Per field that coverage needs: (keys, probes per value). ``keys`` file the rule as a
+    possible coverer; each set of probes holds the keys under which every rule that covers one
+    value of it is filed (a rule covers B only if, in each field, it covers each of B's values,
+    or it leaves the field out). A necessary condition only: :func:`_covers` decides."""
     target, who = rule.targets, rule.subjects
     return [
         _field("paths", target.paths, _path_keys, _path_probes),
@@ -204,11 +206,16 @@ def _field(
     values: tuple[T, ...] | None,
     keys: Callable[[T], list[_Key]],
     probes: Callable[[T], list[_Key]],
-) -> tuple[set[_Key], set[_Key]]:
+) -> tuple[set[_Key], list[set[_Key]]]:
     if values is None:  # matches any value: covers every rule in this field
-        return {(name,)}, {(name,)}
+        return {(name,)}, [{(name,)}]
     filed = {(name, *key) for value in values for key in keys(value)}
-    return filed, {(name,)} | {(name, *key) for key in probes(values[0])}
+    # any value of B will do; a few bound the cost of a rule listing hundreds of paths
+    probed = values[:_PROBED_VALUES]
+    return filed, [{(name,)} | {(name, *key) for key in probes(value)} for value in probed]
+
+
+_PROBED_VALUES = 4
 
 
 def _path_keys(pattern: str) -> list[_Key]:
