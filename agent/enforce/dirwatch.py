@@ -22,6 +22,7 @@ import select
 import struct
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 from agent.errors import KernelError
 
@@ -57,11 +58,22 @@ WATCH_MASK = (
 _EVENT = struct.Struct("=iIII")  # wd, mask, cookie, len
 
 
-class DirWatch:
-    """``changed()`` is called (from this thread) after any watched directory or the mount
-    table changed; events that arrive together are coalesced into one call."""
+@dataclass(frozen=True)
+class NewDir:
+    """A directory that appeared in a watched directory (created or moved in)."""
 
-    def __init__(self, changed: Callable[[], None]) -> None:
+    parent: str
+    name: str
+
+
+class DirWatch:
+    """``changed(new)`` is called (from this thread) after watched directories or the mount
+    table changed; events that arrive together are coalesced into one call. ``new`` lists the
+    directories that appeared, or is None when anything else changed (a directory moved away
+    or deleted, a file in a directory where files matter, a mount, a lost event): then the
+    whole plan must be made again."""
+
+    def __init__(self, changed: Callable[[list[NewDir] | None], None]) -> None:
         self._changed = changed
         fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
@@ -73,6 +85,7 @@ class DirWatch:
         self._lock = threading.Lock()
         self._wds: dict[str, int] = {}
         self._files: dict[int, bool] = {}  # wd -> whether new files matter there, not only dirs
+        self._paths: dict[int, str] = {}  # wd -> the directory it watches
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="sealtrail-dirwatch", daemon=True)
         self._thread.start()
@@ -93,9 +106,11 @@ class DirWatch:
                     failed.append(f"{path}: {os.strerror(ctypes.get_errno())}")
                 else:
                     self._wds[path] = wd
+                    self._paths[wd] = path
             for path in set(self._wds) - set(directories):
                 wd = self._wds.pop(path)
                 self._files.pop(wd, None)
+                self._paths.pop(wd, None)
                 _libc.inotify_rm_watch(self._fd, wd)
             for path, files in directories.items():
                 if path in self._wds:
@@ -112,36 +127,45 @@ class DirWatch:
             ready = poller.poll()
             if self._stop:
                 return
+            new: list[NewDir] | None = []
             relevant = False
             for fd, _ in ready:
                 if fd == self._fd:
-                    relevant |= self._drain()
+                    drained = self._drain()
+                    relevant |= drained != []
+                    new = None if new is None or drained is None else new + drained
                 elif fd == self._mounts:
                     os.lseek(self._mounts, 0, os.SEEK_SET)
                     os.read(self._mounts, 1 << 20)
-                    relevant = True
+                    relevant, new = True, None
             if relevant:
                 try:
-                    self._changed()
+                    self._changed(new)
                 except Exception:  # the next change tries again; the thread must not die
                     log.exception("fanotify marks: updating after a directory change failed")
 
-    def _drain(self) -> bool:
-        relevant = False
+    def _drain(self) -> list[NewDir] | None:
+        """The new directories in what inotify queued, or None if the whole plan is due."""
+        new: list[NewDir] | None = []
         while True:
             try:
                 buf = os.read(self._fd, 64 * 1024)
             except BlockingIOError:
-                return relevant
+                return new
             off = 0
             while off + _EVENT.size <= len(buf):
                 wd, mask, _cookie, length = _EVENT.unpack_from(buf, off)
+                name = buf[off + _EVENT.size : off + _EVENT.size + length].rstrip(b"\0")
                 off += _EVENT.size + length
-                if mask & (IN_Q_OVERFLOW | IN_DELETE_SELF | IN_MOVE_SELF | IN_ISDIR):
-                    relevant = True  # a directory came or went: the plan may change
-                elif not mask & IN_IGNORED:
-                    with self._lock:
-                        relevant |= self._files.get(wd, False)
+                with self._lock:
+                    parent, files = self._paths.get(wd), self._files.get(wd, False)
+                if mask & (IN_CREATE | IN_MOVED_TO) and mask & IN_ISDIR and parent is not None:
+                    if new is not None:
+                        new.append(NewDir(parent, os.fsdecode(name)))
+                elif mask & (IN_Q_OVERFLOW | IN_DELETE_SELF | IN_MOVE_SELF | IN_ISDIR) or (
+                    files and not mask & IN_IGNORED
+                ):
+                    new = None  # a directory went away, a file where files matter, lost events
 
     def close(self) -> None:
         self._stop = True

@@ -37,10 +37,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from agent.enforce.dirwatch import DirWatch
+from agent.enforce.dirwatch import DirWatch, NewDir
 from agent.enforce.fanotify import FanotifyGuard, MarkTable, PermissionRequest
 from agent.enforce.guard import GUARDED_OPS, LSM_OPS, Guard, cgroup2_root, cgroup_dirs
-from agent.enforce.marks import MarkPlan, MarkRule, OsView, plan_marks
+from agent.enforce.marks import MarkPlan, MarkRule, OsView, extend_plan, plan_marks
 from agent.errors import KernelError
 from agent.events import model
 from agent.events.decode import open_access
@@ -302,18 +302,24 @@ class Enforcer:
             self._dirwatch = DirWatch(self.refresh_marks)
         return [f"cannot watch {failed}" for failed in self._dirwatch.watch(marks.watch)]
 
-    def refresh_marks(self) -> None:
-        """Plan the live policy's marks again (a watched directory or the mounts changed) and
-        apply the difference; called from the directory watcher's thread."""
+    def refresh_marks(self, new_dirs: list[NewDir] | None = None) -> None:
+        """Mark what watched directories or the mounts changed (the directory watcher's
+        thread): the new directories' subtrees if that is all that changed, else the whole plan
+        made again; then apply the difference."""
         with self._lock:
             state = self._state
             if state is None or self._table is None or not self._mark_rules:
                 return
-            marks = plan_marks(self._mark_rules, OsView())
+            marks = None
+            if new_dirs is not None:
+                changes = [(d.parent, d.name) for d in new_dirs]
+                marks = extend_plan(self._mark_plan, self._mark_rules, OsView(), changes)
+            if marks is None:
+                marks = plan_marks(self._mark_rules, OsView())
             try:
-                self._table.add(marks)
-            except KernelError as exc:  # e.g. a directory that is already gone again
-                log.warning("fanotify marks: %s; trying again at the next change", exc)
+                self._table.add(marks, strict=False)
+            except KernelError as exc:
+                log.error("fanotify marks: %s; trying again at the next change", exc)
                 return
             self._state = replace(state, identities=dict(marks.identities))
             self._mark_plan = marks

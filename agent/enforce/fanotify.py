@@ -260,8 +260,11 @@ class MarkTable:
         self.masks: dict[MarkKey, int] = {}
         self.places: dict[MarkKey, str] = {}
 
-    def add(self, plan: MarkPlan) -> list[tuple[MarkKey, int]]:
-        """Add every bit ``plan`` needs; returns what was added (for ``undo``)."""
+    def add(self, plan: MarkPlan, *, strict: bool = True) -> list[tuple[MarkKey, int]]:
+        """Add every bit ``plan`` needs; returns what was added (for ``undo``). An object that
+        is gone or changed since it was planned fails the whole add (``strict``: an install
+        then keeps the old policy whole), or is left out of ``plan`` (a refresh after a
+        directory change: one directory that vanished again must not hold back the others)."""
         added: list[tuple[MarkKey, int]] = []
         try:
             for key, mask in sorted(plan.marks.items()):
@@ -270,6 +273,10 @@ class MarkTable:
                     continue
                 place = plan.places[key]
                 fd = _open_object(key, place)
+                if fd is None and not strict:
+                    log.info("fanotify: %s changed before it could be marked", place)
+                    del plan.marks[key], plan.places[key], plan.refs[key]
+                    continue
                 if fd is None:
                     raise KernelError(f"fanotify: {place} changed since the marks were planned")
                 try:

@@ -279,3 +279,40 @@ def unescape_mount(field_: str) -> str:
             out.append(field_[i])
             i += 1
     return "".join(out)
+
+
+def extend_plan(
+    plan: MarkPlan, rules: Iterable[MarkRule], fs: FsView, new_dirs: Iterable[tuple[str, str]]
+) -> MarkPlan | None:
+    """``plan`` plus the directories that appeared, (parent, name) each: a directory inside a
+    tree or prefix rule gets that rule's marks with its subtree, one on the way to a rule path
+    that does not exist yet needs the whole plan made again (None), any other is not ours.
+    Cheap where planning again is not: a busy ``/tmp`` under ``/tmp/`` makes many directories."""
+    out = MarkPlan(
+        dict(plan.marks), dict(plan.places), {k: set(v) for k, v in plan.refs.items()},
+        dict(plan.identities), dict(plan.watch), plan.truncated,
+    )  # fmt: skip
+    rules = list(rules)
+    for parent, name in new_dirs:
+        new = os.path.join(parent, name)
+        inside = [r for r in rules if any(_in_scope(new, p) for p in r.paths or ())]
+        for rule in inside:
+            perm = FAN_OPEN_EXEC_PERM if rule.operation == "exec" else FAN_OPEN_PERM
+            _plan_tree(out, fs, rule, perm, new)
+        if not inside and any(
+            (p.rstrip("*").rstrip("/") or "/").startswith(new + "/")
+            for r in rules
+            for p in r.paths or ()
+        ):
+            return None
+    return out
+
+
+def _in_scope(directory: str, path: str) -> bool:
+    """Is ``directory`` (and so everything below it) matched by the rule path ``path``?"""
+    if path.endswith("*"):
+        return directory.startswith(path[:-1])
+    if path.endswith("/"):
+        root = path.rstrip("/")
+        return directory == root or directory.startswith(root + "/")
+    return False

@@ -12,6 +12,7 @@ from agent.enforce.marks import (
     MarkKey,
     MarkRule,
     Stat,
+    extend_plan,
     mounted_filesystems,
     plan_marks,
     unescape_mount,
@@ -158,3 +159,33 @@ def test_fdinfo_lines_by_device_and_inode() -> None:
         (0xFE00000, 0): FAN_OPEN_EXEC_PERM,
         (0xFE00000, 0x20C7BE): FAN_OPEN_PERM | FAN_EVENT_ON_CHILD,
     }
+
+
+def test_a_new_directory_inside_a_tree_is_added_without_planning_again() -> None:
+    fs = FakeFs("/tmp/a/")
+    rules = [rule("t", "exec", "/tmp/"), rule("s", "open", "/etc/sudoers*")]
+    fs.add("/etc/")
+    plan = plan_marks(rules, fs)
+    fs.add("/tmp/a/new/deeper/")
+    grown = extend_plan(plan, rules, fs, [("/tmp/a", "new")])
+    assert grown is not None
+    assert {grown.places[k] for k in grown.marks} - {plan.places[k] for k in plan.marks} == {
+        "/tmp/a/new",
+        "/tmp/a/new/deeper",
+    }
+    assert grown.marks[key(fs, "/tmp/a/new")] == FAN_OPEN_EXEC_PERM | FAN_EVENT_ON_CHILD
+    # a directory matching a prefix rule, created next to it
+    fs.add("/etc/sudoers.d/")
+    grown2 = extend_plan(plan, rules, fs, [("/etc", "sudoers.d")])
+    assert grown2 is not None and key(fs, "/etc/sudoers.d") in grown2.marks
+    # a directory no rule reaches into is not ours: nothing to mark, nothing to plan again
+    fs.add("/etc/other/")
+    assert extend_plan(plan, rules, fs, [("/etc", "other")]).marks == plan.marks  # type: ignore[union-attr]
+
+
+def test_a_new_directory_on_the_way_to_a_missing_rule_path_plans_everything_again() -> None:
+    fs = FakeFs("/w/")
+    rules = [rule("t", "open", "/w/not/yet/")]
+    plan = plan_marks(rules, fs)
+    fs.add("/w/not/")
+    assert extend_plan(plan, rules, fs, [("/w", "not")]) is None
