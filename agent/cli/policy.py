@@ -9,7 +9,9 @@ test: run fixture cases through the compiled policy (the tables the kernel gets)
 verdict that differs from the expected one. Exit 0 all pass, 1 any mismatch or invalid input.
 
 reload: signal the running agent (SIGHUP) and report whether it took the new policy set or kept
-the old one. Exit 0 loaded, 1 rejected (the old policy stays in force), 2 no agent answered.
+the old one. Exit 0 loaded (and the kernel holds all of it), 1 rejected (the old policy stays
+in force, whole) or installed with a mismatch (what the kernel holds differs from the plan:
+each difference printed), 2 no agent answered.
 """
 
 from __future__ import annotations
@@ -98,7 +100,12 @@ def run_reload(args: argparse.Namespace) -> int:
             if now.get("result") == "loaded":
                 print(f"policy {now.get('digest')} loaded ({len(now.get('files', []))} files)")
                 return 0
-            print(f"policy rejected; still enforcing {now.get('kept')}")
+            if now.get("result") == "mismatch":
+                print(f"policy {now.get('digest')} installed, but the kernel does not hold all "
+                      "of it (journaled as policy_mismatch):")  # fmt: skip
+            else:
+                kept = now.get("kept") or "no policy (observing only)"
+                print(f"policy rejected; still enforcing {kept}")
             for line in now.get("errors", []):
                 print(f"  {line}")
             return 1
