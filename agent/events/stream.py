@@ -33,6 +33,7 @@ _SYSCALLS: dict[str, tuple[str, ...]] = {
     "rename": ("rename", "renameat", "renameat2"),
     "chmod": ("chmod", "fchmod", "fchmodat", "fchmodat2"),
     "chown": ("chown", "lchown", "fchown", "fchownat"),
+    "truncate": ("truncate", "ftruncate"),
     "connect": ("connect",),
     "bind": ("bind",),
     "listen": ("listen",),

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from agent.events.model import ConnectEvent, OpenEvent
+from agent.events.model import ConnectEvent, OpenEvent, TruncateEvent
 from agent.policy.compile import CompiledPolicySet
-from agent.policy.evaluate import Evaluator, Process, request_from_event
+from agent.policy.evaluate import Evaluator, Process, judged_kinds, request_from_event
 
 from .conftest import Write, compiled_from, judge
 
@@ -157,3 +157,33 @@ def test_verdict_carries_digest_and_policy(write: Write) -> None:
     )
     request = request_from_event(connect, Process("/usr/bin/curl", 0, 0))
     assert request is not None and (request.address, request.port) == ("1.2.3.4", 443)
+
+
+def test_the_unspecified_peer_is_judged_as_the_loopback_it_reaches(write: Write) -> None:
+    """The kernel sends a connect to 0.0.0.0 to 127.0.0.1, and to "::" to ::1 (or to
+    ::ffff:127.0.0.1 from a socket bound v4-mapped): the guard judges those, so must this."""
+    rule = 'operation = "connect"\ntargets.addresses = ["127.0.0.1"]\naction = "deny"'
+    v4 = one_rule(write, rule)
+    for address in ("0.0.0.0", "::ffff:0.0.0.0", "::", "127.0.0.1"):
+        assert judge(v4, "connect", address=address, port=1) == ("deny", "r"), address
+    assert judge(v4, "connect", address="127.0.0.2", port=1) == ("allow", None)
+    v6 = one_rule(write, 'operation = "connect"\ntargets.addresses = ["::1"]\naction = "deny"')
+    assert judge(v6, "connect", address="::", port=1) == ("deny", "r")
+    assert judge(v6, "connect", address="0.0.0.0", port=1) == ("allow", None)
+    # bind to the unspecified address means every local address, not the loopback
+    bind = one_rule(write, 'operation = "bind"\ntargets.addresses = ["127.0.0.1"]\naction = "deny"')
+    assert judge(bind, "bind", address="0.0.0.0", port=1) == ("allow", None)
+
+
+def test_truncate_events_are_judged_by_open_rules_guarding_truncate(write: Write) -> None:
+    compiled = one_rule(
+        write, 'operation = "open"\naccess = ["truncate"]\ntargets.paths = ["/d/"]\naction = "deny"'
+    )
+    common = dict(ts_ns=0, pid=1, tid=1, ppid=0, uid=0, gid=0, cgroup_id=0, comm="c")
+    ev = TruncateEvent(path="/d/f", path_source="kernel", result=0, length=0, **common)
+    request = request_from_event(ev, Process("/usr/bin/x", 0, 0))
+    assert request is not None and (request.operation, request.access) == ("open", ("truncate",))
+    assert Evaluator(compiled).decide(request).effective == "deny"
+    assert judged_kinds("open", ("write", "truncate")) == {"open", "truncate"}
+    assert judged_kinds("open", ("write",)) == {"open"}
+    assert judged_kinds("unlink", ()) == {"unlink"}

@@ -88,3 +88,59 @@ def test_no_mechanism_is_an_error(
     assert got.mechanism is None and got.error == message
     with pytest.raises(MechanismUnavailable, match="rule 'r'"):
         require_enforceable((got,))
+
+
+def open_rule(action: str, access: tuple[str, ...], fallback: str | None = None,
+              mode: str = "enforce") -> CompiledRule:  # fmt: skip
+    return CompiledRule("open", 0, 0, "r", 0, "p", mode, action, fallback, "p.toml", 0, access)
+
+
+@pytest.mark.parametrize(
+    ("host", "action", "fallback", "mode", "main", "call", "after"),
+    [
+        (DEV, "deny", "kill", "enforce", "fanotify", "sigkill-after-the-fact", True),
+        (DEV, "kill", "kill", "enforce", "fanotify+sigkill", "sigkill-after-the-fact", True),
+        (DEV, "deny", "audit", "enforce", "fanotify", "tracepoint", True),
+        (STOCK, "deny", None, "enforce", "lsm", "lsm", False),
+        (STOCK, "kill", None, "enforce", "lsm+sigkill", "lsm+sigkill", False),
+        (DEV, "audit", None, "enforce", "tracepoint", "tracepoint", False),
+        (DEV, "deny", None, "monitor", "tracepoint", "tracepoint", False),
+    ],
+)
+def test_truncate_call_of_an_open_rule_has_its_own_mechanism(
+    host: HostCapabilities, action: str, fallback: str | None, mode: str, main: str, call: str,
+    after: bool,
+) -> None:  # fmt: skip
+    got = enforcement_for(open_rule(action, ("write", "truncate"), fallback, mode), host)
+    assert got.error is None and got.mechanism == main
+    assert got.truncate_call is not None and got.for_event("open") is got
+    truncate = got.for_event("truncate")
+    assert (truncate.mechanism, truncate.after_the_fact) == (call, after)
+    assert f"truncate(2)/ftruncate(2): {call}" in got.note
+    assert got.to_dict()["truncate_call"]["mechanism"] == call
+
+
+def test_truncate_without_a_deny_hook_is_an_error_without_fallback() -> None:
+    got = enforcement_for(open_rule("deny", ("truncate",)), DEV)
+    assert got.mechanism == "fanotify"  # the O_TRUNC open is still denied before the effect
+    assert (
+        got.error is not None
+        and (
+            'no deny mechanism for truncate(2)/ftruncate(2) on this host: set fallback = "kill" or '
+            '"audit"'
+        )
+        in got.error
+    )
+    with pytest.raises(MechanismUnavailable, match="truncate"):
+        require_enforceable((got,))
+
+
+def test_open_rules_not_guarding_truncate_have_no_truncate_call() -> None:
+    got = enforcement_for(open_rule("deny", ("write", "create")), DEV)
+    assert got.truncate_call is None and got.for_event("truncate") is got
+
+
+def test_connect_rules_say_what_the_cgroup_hooks_judge_and_what_they_do_not() -> None:
+    for action in ("deny", "kill"):
+        got = enforcement_for(rule("connect", action), DEV)
+        assert "judged at sendmsg" in got.note and "raw sockets" in got.note, got.note
