@@ -26,6 +26,7 @@ HOST_PACKAGES=(qemu-system-x86 debootstrap e2fsprogs)
 # test_enforce.py runs here with BPF-LSM: every file operation is then denied in the kernel.
 VM_TESTS=(tests/kernel/test_events.py tests/kernel/test_doctor.py tests/kernel/test_fanotify.py
     tests/kernel/test_enforce.py tests/kernel/test_agent.py tests/kernel/test_bypass_exec.py
+    tests/kernel/test_bypass.py tests/kernel/test_install_verify.py
     tests/vm
     --deselect tests/kernel/test_doctor.py::test_probe_is_fast_and_leaves_nothing_loaded
     --deselect tests/kernel/test_fanotify.py::test_exec_denied_and_program_never_runs)
