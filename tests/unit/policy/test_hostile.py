@@ -58,11 +58,12 @@ def run_cli(*args: str) -> tuple[int, str]:
     return code, out.getvalue() + err.getvalue()
 
 
-# ---- each hostile input found by hand or by the fuzzer; each one raised before ----
+# ---- each hostile input, found by hand or by the fuzzer ----
 
 
 def hostile_files(directory: Path) -> dict[str, str]:
-    """Write one of each hostile kind next to a valid file; {shown name: expected message}."""
+    """Write one of each hostile kind; {shown name: expected message}. Before the fix, the
+    comment says what each one did to ``check`` (and so to the agent)."""
     expected = {}
 
     def put(name: bytes, data: bytes, message: str) -> None:
@@ -70,18 +71,24 @@ def hostile_files(directory: Path) -> dict[str, str]:
         path.write_bytes(data)
         expected[shown(path)] = message
 
+    # RecursionError from tomllib
     put(b"deep-array.toml", b"a = " + b"[" * 5000 + b"]" * 5000, "nested more than 32 levels")
     put(b"deep-table.toml", b"a = " + b"{b = " * 300 + b"1" + b"}" * 300, "nested more than 32")
+    # ValueError: int()'s 4300-digit limit in tomllib, and in the message naming the port
     put(b"long-int.toml", b"a = " + b"7" * 5000, "integer too large")
     put(b"wide-int.toml", valid("w").replace(b"[\"/tmp/\"]", b"[0x" + b"f" * 4000 + b"]"),
         "integer too large")  # fmt: skip
+    # accepted: the byte became U+FFFD, so the rule named another path
     put(b"latin1-\xe9.toml", valid("l").replace(b"/tmp/", b"/tmp/\xe9"), "byte 0xe9 is not UTF-8")
+    # "Invalid statement", the encoding not named
     put(b"utf16.toml", VALID.format(name="u").encode("utf-16"), "UTF-16 or UTF-32 text")
+    # read whole, whatever its size
     put(b"big.toml", b"#" * (MAX_FILE_BYTES + 1), f"larger than {MAX_FILE_BYTES} bytes")
+    # no line and column
     put(b"eof.toml", b'name = "p"\nmode = ', ":2:8: error: TOML: Invalid value at the end")
-    os.symlink("/dev/zero", directory / "zero.toml")
+    os.symlink("/dev/zero", directory / "zero.toml")  # MemoryError
     expected[f"{directory}/zero.toml"] = "not a regular file (a character device)"
-    os.mkfifo(directory / "fifo.toml")
+    os.mkfifo(directory / "fifo.toml")  # blocked for ever
     expected[f"{directory}/fifo.toml"] = "not a regular file (a FIFO)"
     (directory / "dir.toml").mkdir()
     expected[f"{directory}/dir.toml"] = "not a regular file (a directory)"
@@ -92,10 +99,10 @@ def hostile_files(directory: Path) -> dict[str, str]:
     return expected
 
 
-def within_seconds(seconds: float, function: object, *args: object) -> object:
-    """Run ``function`` in a thread; fail (instead of hanging) if it blocks, e.g. on a FIFO."""
-    result: list[object] = []
-    thread = threading.Thread(target=lambda: result.append(function(*args)), daemon=True)  # type: ignore[operator]
+def check_within(seconds: float, directory: Path) -> Report:
+    """The daemon's call, in a thread: fail (instead of hanging) if it blocks, e.g. on a FIFO."""
+    result: list[Report] = []
+    thread = threading.Thread(target=lambda: result.append(check([directory], CAPS)), daemon=True)
     thread.start()
     thread.join(seconds)
     assert result, f"still running after {seconds} s"
@@ -105,8 +112,7 @@ def within_seconds(seconds: float, function: object, *args: object) -> object:
 def test_hostile_files_are_findings_and_the_valid_file_still_loads(tmp_path: Path) -> None:
     expected = hostile_files(tmp_path)
     (tmp_path / "good.toml").write_bytes(valid())
-    report = within_seconds(20, check, [tmp_path], CAPS)
-    assert isinstance(report, Report)
+    report = check_within(20, tmp_path)
     found = errors_by_file(report)
     assert set(found) == set(expected)
     for name, message in expected.items():
@@ -319,18 +325,16 @@ def policy_directory(files: list[tuple[bytes, bytes]]) -> Iterator[tuple[Path, s
 @given(st.lists(st.tuples(NAMES, CONTENTS), max_size=5, unique_by=lambda f: f[0]))
 def test_fuzz_check_and_cli_never_raise(files: list[tuple[bytes, bytes]]) -> None:
     with policy_directory(files) as (directory, names):
-        for report in (check([directory], CAPS), check([directory])):  # the daemon's, the CLI's
+        daemons, clis = check([directory], CAPS), check([directory])
+        for report in (daemons, clis):
             for finding in report.findings:
                 assert finding.file in names or (not files and finding.file == str(directory))
                 str(finding).encode("utf-8")  # printable as it is
             assert not report.ok or report.compiled is not None
-        for args in (
-            ["policy", "check", str(directory)],
-            ["policy", "check", "--json", str(directory)],
-        ):
-            code, text = run_cli(*args)
-            assert code == (0 if report.ok else 1) and "Traceback" not in text
-        assert json.loads(text)["ok"] == report.ok
+        code, text = run_cli("policy", "check", str(directory))
+        assert code == (0 if clis.ok else 1) and "Traceback" not in text
+        code, text = run_cli("policy", "check", "--json", str(directory))
+        assert code == (0 if clis.ok else 1) and json.loads(text)["ok"] == clis.ok
 
 
 def test_subprocess_hostile_directory_no_traceback(tmp_path: Path) -> None:
