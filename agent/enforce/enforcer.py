@@ -28,7 +28,6 @@ import collections
 import contextlib
 import logging
 import os
-import re
 import signal
 import threading
 import time
@@ -44,6 +43,7 @@ from agent.enforce.marks import MarkPlan, MarkRule, OsView, extend_plan, plan_ma
 from agent.errors import KernelError
 from agent.events import model
 from agent.events.decode import open_access
+from agent.events.loader import is_dynamic_loader
 from agent.events.stream import EventStream
 from agent.policy.compile import CompiledPolicySet, compile_policy_set
 from agent.policy.evaluate import (
@@ -66,9 +66,6 @@ from agent.policy.source import PolicySet
 log = logging.getLogger(__name__)
 
 FANOTIFY_MECHANISMS = frozenset({"fanotify", "fanotify+sigkill"})
-#: The dynamic loader run as a program (``ld.so PROGRAM``): it opens and maps PROGRAM instead of
-#: exec'ing it, so its open of a file an exact exec rule names is judged as that exec.
-LOADER_NAME = re.compile(r"ld(-linux)?(-[\w.-]+)?\.so(\.\d+)*")
 
 
 @dataclass(frozen=True)
@@ -375,7 +372,7 @@ class Enforcer:
                 open_access(flags) if flags is not None else ("read", "write", "create", "truncate")
             )
             requests.append(Request("open", process, path=req.path, access=access))
-            if loader_target is not None and _is_loader(process.exe):
+            if loader_target is not None and is_dynamic_loader(process.exe or ""):
                 # ld.so PROGRAM: the loader maps PROGRAM without an exec; judge it as one
                 requests.append(Request("exec", process, path=loader_target))
         if identity is not None and identity != req.path:
@@ -575,10 +572,6 @@ def _identity_target(state: _State, fd: int, operation: str) -> str | None:
     except OSError:
         return None
     return state.identities.get((st.st_dev, st.st_ino, operation))
-
-
-def _is_loader(exe: str | None) -> bool:
-    return exe is not None and LOADER_NAME.fullmatch(os.path.basename(exe)) is not None
 
 
 def _succeeded(ev: model.Event) -> bool:
