@@ -22,7 +22,7 @@ from typing import Any
 
 from agent import __version__, paths
 from agent.enforce.enforcer import Enforcer
-from agent.errors import SealtrailError
+from agent.errors import PolicyError, SealtrailError
 from agent.events import model
 from agent.events.decode import KIND_OP
 from agent.events.stream import DEFAULT_RINGBUF_BYTES, EventStream, StreamConfig, StreamItem
@@ -80,6 +80,18 @@ class LoadResult:
         if self.errors:
             out["errors"] = list(self.errors)
         return out
+
+
+def _has_policy_files(directory: Path) -> bool:
+    """Whether ``directory`` holds ``*.toml`` files; False only if it does not exist. One that
+    cannot be read is an error (never "no policies": that would start the agent unenforced)."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise PolicyError(f"{directory}: cannot list the policy directory: {exc.strerror}") from exc
+    return any(name.endswith(".toml") for name in names)
 
 
 def boot_id() -> str:
@@ -278,7 +290,7 @@ class Agent:
         directory = self.config.policies_dir
         kept = self.enforcer.digest
         try:
-            if directory.is_dir() and any(directory.glob("*.toml")):
+            if _has_policy_files(directory):
                 report = check([directory], self.caps)
                 policy_set, compiled = report.policy_set, report.compiled
                 errors = [str(f) for f in report.findings if f.severity == "error"]

@@ -230,3 +230,25 @@ def test_a_file_name_that_is_not_utf8_is_journaled_escaped(tmp_path: Path) -> No
         assert verify.returncode == 0, verify.stdout + verify.stderr
     finally:
         protect.clear_all(journal)
+
+
+def test_a_policies_path_that_cannot_be_listed_stops_the_start(tmp_path: Path) -> None:
+    """Only a missing directory means "no policies, observe only"; one that cannot be listed
+    (here a file) must not start the agent unenforced."""
+    not_a_dir = tmp_path / "policies"
+    not_a_dir.write_text("")
+    agent = start_agent(
+        "--journal", str(tmp_path / "journal"), "--keys", str(tmp_path / "keys"),
+        "--policies", str(not_a_dir), "--run-dir", str(tmp_path / "run"),
+    )  # fmt: skip
+    try:
+        rc = agent.wait(60 * SLOW)
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+            agent.wait()
+    stderr = agent.stderr.read() if agent.stderr else ""
+    assert rc != 0 and "cannot list the policy directory" in stderr, stderr
+    status = json.loads((tmp_path / "run" / "status.json").read_text())
+    assert status["result"] == "rejected", status
+    protect.clear_all(tmp_path / "journal")
