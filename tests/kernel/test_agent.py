@@ -82,6 +82,7 @@ def check_journal(journal: Path, keys: Path, marker: str, port: int) -> None:
         "cgroup_sock": True,
         "fanotify": True,
         "send_signal": True,
+        "fileless_exec_hook": True,  # sched_prepare_exec (6.10+)
     } or os.environ.get("SEALTRAIL_EXPECT_LSM")
     assert recs[-1]["type"] == "seal" and recs[-2]["type"] == "stop"
     execs = [r for r in recs if r["type"] == "event" and r["kind"] == "exec"]
