@@ -130,7 +130,7 @@ def plan_marks(rules: Iterable[MarkRule], fs: FsView) -> MarkPlan:
             # names: watch every existing ancestor for directory changes
             ancestor = os.path.dirname(path.rstrip("*").rstrip("/")) or "/"
             while True:
-                if fs.stat(ancestor) is not None:
+                if _real_dir(fs, ancestor):
                     _watch(out, ancestor, False)
                 if ancestor == "/":
                     break
@@ -151,7 +151,8 @@ def _mark_dir(
     if st is None or not st.is_dir:
         return None
     out.add(MarkKey(st.dev, st.ino), perm | FAN_EVENT_ON_CHILD, path, rule.ref)
-    _watch(out, path, files)
+    if not st.is_link:
+        _watch(out, path, files)
     return st
 
 
@@ -159,9 +160,16 @@ def _watch(out: MarkPlan, path: str, files: bool) -> None:
     out.watch[path] = out.watch.get(path, False) or files
 
 
+def _real_dir(fs: FsView, path: str) -> bool:
+    """A directory that is not a symlink (``/bin`` on merged-/usr systems is one: what it
+    names is watched where it really is, and inotify refuses a watch through a link)."""
+    st = fs.stat(path)
+    return st is not None and st.is_dir and not st.is_link
+
+
 def _existing_ancestor(fs: FsView, path: str) -> str:
     """``path`` or the nearest ancestor of it that exists (what can be watched for it)."""
-    while path != "/" and fs.stat(path) is None:
+    while path != "/" and not _real_dir(fs, path):
         path = os.path.dirname(path) or "/"
     return path
 
@@ -174,7 +182,7 @@ def _plan_exact(out: MarkPlan, fs: FsView, rule: MarkRule, perm: int, path: str)
         out.add(MarkKey(st.dev, st.ino), mask, path, rule.ref)
         out.identities.setdefault((st.dev, st.ino, rule.operation), path)
         # a file put in its place later is a new inode: planned again when the parent changes
-        if fs.stat(parent) is not None:
+        if _real_dir(fs, parent):
             _watch(out, parent, True)
         return
     # not there yet: every child of the parent asks until it exists (then only the file)

@@ -49,7 +49,7 @@ fallback = "kill"
 id = "no-exec-tool"
 description = "the tool never runs, whatever its name"
 operation = "exec"
-targets.paths = ["{work}/bin/tool", "{work}/anc/bin/tool"]
+targets.paths = ["{work}/bin/tool", "{work}/anc/bin/tool", "{work}/binlink/tool"]
 action = "deny"
 fallback = "kill"
 
@@ -105,6 +105,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         (work / d).mkdir(parents=True)
     for tool in ("tree-a/tool", "tree-a/sub/tool", "tree-b/tool", "bin/tool", "anc/bin/tool"):
         shutil.copy(TOUCH, work / tool)
+    (work / "binlink").symlink_to("bin")  # like /bin -> usr/bin: a rule path through a link
     (work / "etc/sudoers").write_text("root ALL=(ALL) ALL\n")
     (work / "etc/sudoers.d/10-old").write_text("old\n")
     (work / "etc/shadow").write_text("root:*:1::::::\n")

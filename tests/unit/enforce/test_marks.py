@@ -189,3 +189,12 @@ def test_a_new_directory_on_the_way_to_a_missing_rule_path_plans_everything_agai
     plan = plan_marks(rules, fs)
     fs.add("/w/not/")
     assert extend_plan(plan, rules, fs, [("/w", "not")]) is None
+
+
+def test_a_rule_path_through_a_symlinked_directory_is_not_watched_through_the_link() -> None:
+    fs = FakeFs("/usr/bin/dash")
+    fs.nodes["/bin"] = Stat(1, fs.nodes["/usr/bin"].ino, True, is_link=True)
+    fs.nodes["/bin/dash"] = fs.nodes["/usr/bin/dash"]
+    plan = plan_marks([rule("d", "exec", "/bin/dash")], fs)
+    assert plan.marks == {key(fs, "/usr/bin/dash"): FAN_OPEN_EXEC_PERM | FAN_OPEN_PERM}
+    assert "/bin" not in plan.watch  # inotify refuses a watch through a link (IN_DONT_FOLLOW)
