@@ -40,10 +40,11 @@ from agent.enforce.dirwatch import DirWatch, NewDir
 from agent.enforce.fanotify import FanotifyGuard, MarkTable, PermissionRequest
 from agent.enforce.guard import GUARDED_OPS, LSM_OPS, Guard, cgroup2_root, cgroup_dirs
 from agent.enforce.marks import MarkPlan, MarkRule, OsView, extend_plan, plan_marks
+from agent.enforce.mounts import MountView
 from agent.errors import KernelError
 from agent.events import model
 from agent.events.decode import open_access
-from agent.events.loader import is_dynamic_loader
+from agent.events.loader import is_dynamic_loader, is_loader_image
 from agent.events.stream import EventStream
 from agent.policy.compile import CompiledPolicySet, compile_policy_set
 from agent.policy.evaluate import (
@@ -210,6 +211,7 @@ class Enforcer:
         self._mark_plan = MarkPlan()
         self._dirwatch: DirWatch | None = None
         self._policy_set: PolicySet | None = None
+        self._mounts = MountView()
 
     @property
     def digest(self) -> str | None:
@@ -303,6 +305,8 @@ class Enforcer:
         """Mark what watched directories or the mounts changed (the directory watcher's
         thread): the new directories' subtrees if that is all that changed, else the whole plan
         made again; then apply the difference."""
+        if new_dirs is None:
+            self._mounts.invalidate()  # the mounts may be what changed
         with self._lock:
             state = self._state
             if state is None or self._table is None or not self._mark_rules:
@@ -355,10 +359,16 @@ class Enforcer:
         operation = "exec" if req.is_exec else "open"
         identity = _identity_target(state, req.fd, operation)
         loader_target = None if req.is_exec else _identity_target(state, req.fd, "exec")
+        # the names this file has here, if the caller reached it through another mount
+        try:
+            dev: int | None = os.fstat(req.fd).st_dev
+        except OSError:
+            dev = None
+        paths = [req.path, *self._mounts.aliases(req.path, req.tid, dev)]
         if (
             identity is None
             and loader_target is None
-            and not state.evaluator.targets(operation, req.path)
+            and not any(state.evaluator.targets(operation, p) for p in paths)
         ):
             return True  # a sibling of a marked file that no rule names: no need to ask /proc
         process, pid = process_of(req.tid, state.lineage)
@@ -372,20 +382,24 @@ class Enforcer:
                 open_access(flags) if flags is not None else ("read", "write", "create", "truncate")
             )
             requests.append(Request("open", process, path=req.path, access=access))
-            if loader_target is not None and is_dynamic_loader(process.exe or ""):
+            if loader_target is not None and (
+                is_dynamic_loader(process.exe or "") or is_loader_image(f"/proc/{req.tid}/exe")
+            ):
                 # ld.so PROGRAM: the loader maps PROGRAM without an exec; judge it as one
                 requests.append(Request("exec", process, path=loader_target))
         if identity is not None and identity != req.path:
             # a hard link to a file an exact rule names is the same inode: judge it by that name
             requests.append(replace(requests[0], path=identity))
+        requests += [replace(requests[0], path=alias) for alias in paths[1:]]
         verdict = _strictest(state.evaluator.decide(r) for r in requests)
         if verdict.effective not in ("deny", "kill"):
             return True
         if verdict.effective == "kill":
             kill_process(pid)
         decided = next(r for r in requests if state.evaluator.decide(r) == verdict)
-        self._record(state, verdict, decided.operation, pid, process.exe,
-                     {"path": req.path}, after_the_fact=False)  # fmt: skip
+        obj = {"path": req.path} | ({"judged_as": decided.path} if decided.path != req.path else {})
+        self._record(state, verdict, decided.operation, pid, process.exe, obj,
+                     after_the_fact=False)  # fmt: skip
         return False
 
     # ---- events from the stream (main loop) ----
@@ -417,6 +431,13 @@ class Enforcer:
         if request is None:
             return
         verdict = state.evaluator.decide(request)
+        seen_as: str | None = None
+        if (verdict.rule_id is None or verdict.action == "allow") and request.path is not None:
+            # the same file under another mount (a bind mount, another namespace): its names here
+            for alias in self._mounts.aliases(request.path, ev.pid):
+                judged = state.evaluator.decide(replace(request, path=alias))
+                if _SEVERITY.get(judged.effective, 0) > _SEVERITY.get(verdict.effective, 0):
+                    verdict, seen_as = judged, alias
         if verdict.rule_id is None or verdict.action == "allow":
             return
         how = state.enforcements.get((verdict.policy_name or "", verdict.rule_id))
@@ -432,6 +453,8 @@ class Enforcer:
             if kill:
                 kill_process(ev.pid)
             obj = {**_object(ev), "missed_by": "fanotify"}
+            if seen_as is not None:
+                obj["judged_as"] = seen_as
             self._record(state, verdict, request.operation, ev.pid, ev.exe, obj,
                          after_the_fact=True, action="kill" if kill else "audit",
                          mechanism="sigkill-after-the-fact" if kill else "tracepoint")  # fmt: skip

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import posixpath
 import re
+import struct
 
 _LOADER = re.compile(
     r"ld-linux[\w.-]*\.so(\.\d+)*|ld64\.so\.\d+|ld\.so(\.\d+)*|ld-musl-\w+\.so\.\d+"
@@ -55,3 +56,30 @@ def loader_target(argv: tuple[str, ...], cwd: str) -> str | None:
     if "/" not in target or target.startswith("/"):
         return target
     return posixpath.normpath(posixpath.join(cwd, target))
+
+
+_ELF64 = struct.Struct("<16sHHIQQQIHHHHHH")  # Elf64_Ehdr
+_PT_INTERP = 3
+_ET_DYN = 3
+
+
+def is_loader_image(path: str) -> bool:
+    """Is the ELF file at ``path`` (e.g. ``/proc/PID/exe``) shaped like a dynamic loader: a
+    shared object with no program interpreter of its own? True for the loader under any name
+    (a renamed copy, a hard link) and for static-pie programs, which is what matters here: such
+    a program can map another program without exec'ing it. Little-endian ELF64 only."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(_ELF64.size)
+            if len(head) < _ELF64.size or head[:5] != b"\x7fELF\x02" or head[5] != 1:
+                return False
+            fields = _ELF64.unpack(head)
+            e_type, e_phoff, e_phentsize, e_phnum = fields[1], fields[5], fields[9], fields[10]
+            if e_type != _ET_DYN or e_phentsize < 4 or e_phnum > 4096:
+                return False
+            f.seek(e_phoff)
+            table = f.read(e_phentsize * e_phnum)
+    except OSError:
+        return False
+    types = (int.from_bytes(table[i : i + 4], "little") for i in range(0, len(table), e_phentsize))
+    return _PT_INTERP not in types

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import pytest
 
-from agent.events.loader import is_dynamic_loader, loader_target
+from agent.events.loader import is_dynamic_loader, is_loader_image, loader_target
 
 
 @pytest.mark.parametrize(
@@ -38,3 +41,16 @@ def test_not_loaders(exe: str) -> None:
 )
 def test_target(argv: tuple[str, ...], target: str | None) -> None:
     assert loader_target(argv, "/home/u") == target
+
+
+def test_a_loader_is_recognised_by_its_elf_shape_under_any_name(tmp_path: Path) -> None:
+    renamed = tmp_path / "myld"
+    shutil.copy("/lib64/ld-linux-x86-64.so.2", renamed)
+    assert is_loader_image(str(renamed))  # a shared object without an interpreter of its own
+    assert not is_loader_image("/usr/bin/true")  # a program: it has PT_INTERP
+    assert not is_loader_image("/usr/lib/x86_64-linux-gnu/libc.so.6")  # libc names one too
+    (tmp_path / "text").write_text("#!/bin/sh\n")
+    assert not is_loader_image(str(tmp_path / "text"))
+    truncated = tmp_path / "short"
+    truncated.write_bytes(renamed.read_bytes()[:40])
+    assert not is_loader_image(str(truncated))

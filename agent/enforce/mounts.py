@@ -1,0 +1,136 @@
+"""Other names of one file: the same filesystem location seen through other mounts.
+
+A bind mount (``mount --bind /etc/sudoers.d /tmp/x``), the same in a private mount namespace
+(``unshare -m``, or ``unshare -rm`` by an ordinary user), or an overlay whose lower layer is a
+rule's directory shows a rule's files under another path. fanotify still asks about them (the
+marks are on the directory inodes, whichever mount reaches them), but the path it reports is
+the other one. ``MountView.aliases`` maps that path back to the names the file has in the
+agent's own mount namespace, so a rule is judged on the object, not on the mount used to reach
+it. Read from ``/proc/<tid>/mountinfo`` of the asking thread (its namespace may not be ours);
+the agent's own table is cached and dropped when the directory watcher sees the mounts change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from dataclasses import dataclass
+
+from agent.enforce.marks import unescape_mount
+
+
+@dataclass(frozen=True)
+class Mount:
+    dev: str  # "major:minor" of the filesystem
+    root: str  # the directory of that filesystem this mount shows at ``point``
+    point: str
+    fstype: str
+    lower: tuple[str, ...] = ()  # overlay: its layers (upper first), as paths of its namespace
+
+
+def read_mounts(path: str = "/proc/self/mountinfo") -> list[Mount]:
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return []
+    out: list[Mount] = []
+    for line in text.splitlines():
+        left, _, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if len(fields) < 5 or len(tail) < 3:
+            continue
+        layers: tuple[str, ...] = ()
+        if tail[0] == "overlay":
+            opts = dict(o.partition("=")[::2] for o in tail[2].split(","))
+            layers = tuple(
+                unescape_mount(p)
+                for key in ("upperdir", "lowerdir")
+                for p in opts.get(key, "").split(":")
+                if p
+            )
+        out.append(
+            Mount(fields[2], unescape_mount(fields[3]), unescape_mount(fields[4]), tail[0], layers)
+        )
+    return out
+
+
+def _under(path: str, top: str) -> str | None:
+    """``path`` relative to ``top`` ('' for itself), or None if it is not below it."""
+    if top == "/":
+        return path[1:] if path.startswith("/") else None
+    if path == top:
+        return ""
+    return path[len(top) + 1 :] if path.startswith(top + "/") else None
+
+
+def _mount_of(path: str, table: list[Mount]) -> tuple[Mount, str] | None:
+    """The mount ``path`` is on (the last one on the longest mount point) and the rest."""
+    best: tuple[Mount, str] | None = None
+    for m in table:
+        rest = _under(path, m.point)
+        if rest is not None and (best is None or len(m.point) >= len(best[0].point)):
+            best = (m, rest)
+    return best
+
+
+def _join(top: str, rest: str) -> str:
+    return os.path.join(top, rest) if rest else top
+
+
+class MountView:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ours: list[Mount] | None = None
+        self._ns = _mount_ns("self")
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._ours = None
+
+    def _table(self) -> list[Mount]:
+        with self._lock:
+            if self._ours is None:
+                self._ours = read_mounts()
+            return self._ours
+
+    def aliases(self, path: str, tid: int | None, dev: int | None = None) -> list[str]:
+        """The other names, in the agent's mount namespace, of the file thread ``tid`` reached
+        at ``path`` (a path as that thread's namespace shows it); [] if it has none. ``dev``
+        (the file's st_dev, when known) catches a cached table older than a new mount."""
+        ours = self._table()
+        foreign = tid is not None and _mount_ns(str(tid)) not in (self._ns, None)
+        table = read_mounts(f"/proc/{tid}/mountinfo") if foreign else ours
+        found = _mount_of(path, table)
+        stale = found is not None and dev is not None and found[0].dev != _devname(dev)
+        if stale and not foreign:  # mounted since the table was read: read it again
+            self.invalidate()
+            table = ours = self._table()
+            found = _mount_of(path, table)
+        if found is None:
+            return []
+        mount, rest = found
+        if not foreign and mount.root == "/" and not mount.lower:
+            return []  # the filesystem's own tree, in our namespace: the path is the name
+        out: list[str] = []
+        if mount.lower:  # an overlay: the file as it is in each layer that has it
+            out += [_join(layer, rest) for layer in mount.lower]
+        where = _join(mount.root, rest)  # the location inside its filesystem
+        for m in ours:
+            if m.dev != mount.dev or m.lower:
+                continue
+            inside = _under(where, m.root)
+            if inside is not None:
+                out.append(_join(m.point, inside))
+        return [p for p in dict.fromkeys(out) if p != path]
+
+
+def _devname(dev: int) -> str:
+    return f"{os.major(dev)}:{os.minor(dev)}"
+
+
+def _mount_ns(pid: str) -> str | None:
+    with contextlib.suppress(OSError):
+        return os.readlink(f"/proc/{pid}/ns/mnt")
+    return None
