@@ -306,7 +306,7 @@ class Enforcer:
         thread): the new directories' subtrees if that is all that changed, else the whole plan
         made again; then apply the difference."""
         if new_dirs is None:
-            self._mounts.invalidate()  # the mounts may be what changed
+            self._mounts.snapshot()  # the mounts may be what changed
         with self._lock:
             state = self._state
             if state is None or self._table is None or not self._mark_rules:
@@ -434,7 +434,7 @@ class Enforcer:
         seen_as: str | None = None
         if (verdict.rule_id is None or verdict.action == "allow") and request.path is not None:
             # the same file under another mount (a bind mount, another namespace): its names here
-            for alias in self._mounts.aliases(request.path, ev.pid):
+            for alias in self._mounts.aliases(request.path, ev.pid, recent=True):
                 judged = state.evaluator.decide(replace(request, path=alias))
                 if _SEVERITY.get(judged.effective, 0) > _SEVERITY.get(verdict.effective, 0):
                     verdict, seen_as = judged, alias

@@ -34,8 +34,8 @@ from agent.enforce.marks import (
     FAN_OPEN_PERM,
     MarkKey,
     MarkPlan,
-    unescape_mount,
 )
+from agent.enforce.mounts import mount_point
 from agent.errors import KernelError
 
 log = logging.getLogger(__name__)
@@ -400,7 +400,7 @@ def _open_by_fdinfo_handle(group: FanotifyGuard, key: MarkKey) -> int | None:
         raw = bytes.fromhex(fields["f_handle"])
         handle = _FileHandle(len(raw), int(fields["fhandle-type"], 16))
         ctypes.memmove(handle.f_handle, raw, len(raw))
-        mount = _mount_point(key.dev)
+        mount = mount_point(key.dev)
         if mount is None:
             return None
         mfd = os.open(mount, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # not O_PATH: EBADF
@@ -409,15 +409,4 @@ def _open_by_fdinfo_handle(group: FanotifyGuard, key: MarkKey) -> int | None:
         finally:
             os.close(mfd)
         return fd if fd >= 0 else None
-    return None
-
-
-def _mount_point(dev: int) -> str | None:
-    """A mount point of the filesystem with this st_dev, from /proc/self/mountinfo."""
-    wanted = f"{os.major(dev)}:{os.minor(dev)}"
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 4 and fields[2] == wanted:
-                return unescape_mount(fields[4])
     return None

@@ -35,21 +35,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from agent.enforce.mounts import mounted_filesystems, read_mounts
+
 FAN_OPEN_PERM = 0x10000
 FAN_OPEN_EXEC_PERM = 0x40000
 FAN_EVENT_ON_CHILD = 0x08000000
 
 #: Marks one plan may hold; a tree with more directories is marked up to here and reported.
 MAX_MARKS = 16384
-
-#: Filesystems without files a policy could name (or whose files fanotify cannot mark).
-PSEUDO_FILESYSTEMS = frozenset(
-    {
-        "proc", "sysfs", "cgroup", "cgroup2", "bpf", "tracefs", "debugfs", "securityfs",
-        "devpts", "mqueue", "pstore", "configfs", "fusectl", "hugetlbfs", "binfmt_misc",
-        "autofs", "efivarfs", "rpc_pipefs", "nsfs", "selinuxfs",
-    }
-)  # fmt: skip
 
 
 @dataclass(frozen=True, order=True)
@@ -82,6 +75,9 @@ class FsView(Protocol):
 
     def filesystems(self) -> list[str]:
         """Mount points of the mounted filesystems that hold files."""
+
+    def overlays(self) -> list[tuple[str, tuple[str, ...]]]:
+        """Overlay mounts: (mount point, its layers)."""
 
 
 @dataclass(frozen=True)
@@ -117,6 +113,8 @@ class MarkPlan:
 
 def plan_marks(rules: Iterable[MarkRule], fs: FsView) -> MarkPlan:
     out = MarkPlan()
+    rules = list(rules)
+    _plan_overlays(out, fs, rules)
     for rule in rules:
         perm = FAN_OPEN_EXEC_PERM if rule.operation == "exec" else FAN_OPEN_PERM
         if rule.paths is None:
@@ -213,6 +211,36 @@ def _plan_prefix(out: MarkPlan, fs: FsView, rule: MarkRule, perm: int, prefix: s
                 _plan_tree(out, fs, rule, perm, child)
 
 
+def _plan_overlays(out: MarkPlan, fs: FsView, rules: list[MarkRule]) -> None:
+    """An overlay whose layer holds a tree or prefix rule's files shows them on another
+    filesystem, whose directories the rule's marks are not on: mark the overlay's directories
+    that show them (the enforcer judges such a path by its layers' names, ``mounts``)."""
+    for point, layers in fs.overlays():
+        for rule in rules:
+            perm = FAN_OPEN_EXEC_PERM if rule.operation == "exec" else FAN_OPEN_PERM
+            for path in rule.paths or ():
+                if not path.endswith(("*", "/")):
+                    continue  # exact files: their inode marks fire through the overlay too
+                base = path.rstrip("*").rstrip("/") or "/"
+                for layer in layers:
+                    if _in_scope(layer, path):
+                        _plan_tree(out, fs, rule, perm, point)  # all of the overlay is inside
+                    elif (rest := _below(base, layer)) is not None:
+                        shown = os.path.join(point, rest) if rest else point
+                        if path.endswith("*"):
+                            _plan_prefix(out, fs, rule, perm, shown)
+                        else:
+                            _plan_tree(out, fs, rule, perm, shown)
+
+
+def _below(path: str, top: str) -> str | None:
+    """``path`` relative to ``top`` ('' for itself), or None if it is not at or below it."""
+    if path == top:
+        return ""
+    prefix = top.rstrip("/") + "/"
+    return path[len(prefix) :] if path.startswith(prefix) else None
+
+
 def _walk_dirs(fs: FsView, root: str) -> Iterator[str]:
     """``root`` and every directory below it, depth first; symlinks are not followed (a link
     to a directory outside the tree is another path)."""
@@ -251,42 +279,8 @@ class OsView:
     def filesystems(self) -> list[str]:
         return mounted_filesystems()
 
-
-def mounted_filesystems(mountinfo: str = "/proc/self/mountinfo") -> list[str]:
-    """One mount point per mounted filesystem that holds files (first mount of each device)."""
-    seen: set[str] = set()
-    out: list[str] = []
-    try:
-        with open(mountinfo) as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return ["/"]
-    for line in lines:
-        left, _, right = line.partition(" - ")
-        fields, tail = left.split(), right.split()
-        if len(fields) < 5 or not tail:
-            continue
-        dev, mount, fstype = fields[2], unescape_mount(fields[4]), tail[0]
-        if fstype in PSEUDO_FILESYSTEMS or dev in seen:
-            continue
-        seen.add(dev)
-        out.append(mount)
-    return out
-
-
-def unescape_mount(field_: str) -> str:
-    """Mount points in /proc/*/mountinfo escape space, tab, newline and backslash as octal."""
-    if "\\" not in field_:
-        return field_
-    out, i = [], 0
-    while i < len(field_):
-        if field_[i] == "\\" and field_[i + 1 : i + 4].isdigit() and i + 3 < len(field_):
-            out.append(chr(int(field_[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field_[i])
-            i += 1
-    return "".join(out)
+    def overlays(self) -> list[tuple[str, tuple[str, ...]]]:
+        return [(m.point, m.lower) for m in read_mounts() if m.lower]
 
 
 def extend_plan(

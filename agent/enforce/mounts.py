@@ -12,12 +12,21 @@ the agent's own table is cached and dropped when the directory watcher sees the 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
 import threading
+import time
 from dataclasses import dataclass
 
-from agent.enforce.marks import unescape_mount
+#: Filesystems without files a policy could name (or whose files fanotify cannot mark).
+PSEUDO_FILESYSTEMS = frozenset(
+    {
+        "proc", "sysfs", "cgroup", "cgroup2", "bpf", "tracefs", "debugfs", "securityfs",
+        "devpts", "mqueue", "pstore", "configfs", "fusectl", "hugetlbfs", "binfmt_misc",
+        "autofs", "efivarfs", "rpc_pipefs", "nsfs", "selinuxfs",
+    }
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,38 @@ def read_mounts(path: str = "/proc/self/mountinfo") -> list[Mount]:
     return out
 
 
+def unescape_mount(field_: str) -> str:
+    """Mount points in /proc/*/mountinfo escape space, tab, newline and backslash as octal."""
+    if "\\" not in field_:
+        return field_
+    out, i = [], 0
+    while i < len(field_):
+        if field_[i] == "\\" and field_[i + 1 : i + 4].isdigit() and i + 3 < len(field_):
+            out.append(chr(int(field_[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field_[i])
+            i += 1
+    return "".join(out)
+
+
+def mounted_filesystems(mountinfo: str = "/proc/self/mountinfo") -> list[str]:
+    """One mount point per mounted filesystem that holds files (first mount of each device)."""
+    seen: set[str] = set()
+    out: list[str] = []
+    for m in read_mounts(mountinfo):
+        if m.fstype not in PSEUDO_FILESYSTEMS and m.dev not in seen:
+            seen.add(m.dev)
+            out.append(m.point)
+    return out or ["/"]
+
+
+def mount_point(dev: int) -> str | None:
+    """A mount point of the filesystem with this st_dev."""
+    wanted = _devname(dev)
+    return next((m.point for m in read_mounts() if m.dev == wanted), None)
+
+
 def _under(path: str, top: str) -> str | None:
     """``path`` relative to ``top`` ('' for itself), or None if it is not below it."""
     if top == "/":
@@ -80,14 +121,28 @@ def _join(top: str, rest: str) -> str:
 
 
 class MountView:
+    #: How long a mount table that was replaced still names files for after-the-fact judging
+    #: (a mount made, used and removed before the agent looked at the event).
+    RECENT_S = 10.0
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._ours: list[Mount] | None = None
+        self._recent: collections.deque[tuple[float, list[Mount]]] = collections.deque()
         self._ns = _mount_ns("self")
 
     def invalidate(self) -> None:
+        """The mounts changed: read the table again when next needed (keeping this one a
+        while for ``aliases(recent=True)``)."""
         with self._lock:
+            if self._ours is not None:
+                self._recent.append((time.monotonic(), self._ours))
             self._ours = None
+
+    def snapshot(self) -> None:
+        """Read the table now (a mount that is gone again soon is still known afterwards)."""
+        self.invalidate()
+        self._table()
 
     def _table(self) -> list[Mount]:
         with self._lock:
@@ -95,10 +150,20 @@ class MountView:
                 self._ours = read_mounts()
             return self._ours
 
-    def aliases(self, path: str, tid: int | None, dev: int | None = None) -> list[str]:
+    def _recent_tables(self) -> list[list[Mount]]:
+        with self._lock:
+            now = time.monotonic()
+            while self._recent and now - self._recent[0][0] > self.RECENT_S:
+                self._recent.popleft()
+            return [table for _, table in self._recent]
+
+    def aliases(
+        self, path: str, tid: int | None, dev: int | None = None, *, recent: bool = False
+    ) -> list[str]:
         """The other names, in the agent's mount namespace, of the file thread ``tid`` reached
         at ``path`` (a path as that thread's namespace shows it); [] if it has none. ``dev``
-        (the file's st_dev, when known) catches a cached table older than a new mount."""
+        (the file's st_dev, when known) catches a cached table older than a new mount;
+        ``recent`` also asks the tables of the last seconds (judging after the fact)."""
         ours = self._table()
         foreign = tid is not None and _mount_ns(str(tid)) not in (self._ns, None)
         table = read_mounts(f"/proc/{tid}/mountinfo") if foreign else ours
@@ -107,23 +172,31 @@ class MountView:
         if stale and not foreign:  # mounted since the table was read: read it again
             self.invalidate()
             table = ours = self._table()
-            found = _mount_of(path, table)
-        if found is None:
-            return []
-        mount, rest = found
-        if not foreign and mount.root == "/" and not mount.lower:
-            return []  # the filesystem's own tree, in our namespace: the path is the name
-        out: list[str] = []
-        if mount.lower:  # an overlay: the file as it is in each layer that has it
-            out += [_join(layer, rest) for layer in mount.lower]
-        where = _join(mount.root, rest)  # the location inside its filesystem
-        for m in ours:
-            if m.dev != mount.dev or m.lower:
-                continue
-            inside = _under(where, m.root)
-            if inside is not None:
-                out.append(_join(m.point, inside))
+        out = _aliases(path, table, ours, foreign)
+        if recent and not out and not foreign:
+            for old in self._recent_tables():
+                out += _aliases(path, old, old, False)
         return [p for p in dict.fromkeys(out) if p != path]
+
+
+def _aliases(path: str, table: list[Mount], ours: list[Mount], foreign: bool) -> list[str]:
+    found = _mount_of(path, table)
+    if found is None:
+        return []
+    mount, rest = found
+    if not foreign and mount.root == "/" and not mount.lower:
+        return []  # the filesystem's own tree, in our namespace: the path is the name
+    out: list[str] = []
+    if mount.lower:  # an overlay: the file as it is in each layer
+        out += [_join(layer, rest) for layer in mount.lower]
+    where = _join(mount.root, rest)  # the location inside its filesystem
+    for m in ours:
+        if m.dev != mount.dev or m.lower:
+            continue
+        inside = _under(where, m.root)
+        if inside is not None:
+            out.append(_join(m.point, inside))
+    return out
 
 
 def _devname(dev: int) -> str:

@@ -13,10 +13,9 @@ from agent.enforce.marks import (
     MarkRule,
     Stat,
     extend_plan,
-    mounted_filesystems,
     plan_marks,
-    unescape_mount,
 )
+from agent.enforce.mounts import mounted_filesystems, unescape_mount
 
 
 class FakeFs:
@@ -26,6 +25,7 @@ class FakeFs:
         self.nodes: dict[str, Stat] = {"/": Stat(1, 1, True)}
         self.links: set[str] = set()
         self.mounts = mounts
+        self.overlay_mounts: list[tuple[str, tuple[str, ...]]] = []
         for path in paths:
             self.add(path)
 
@@ -52,6 +52,9 @@ class FakeFs:
 
     def filesystems(self) -> list[str]:
         return list(self.mounts)
+
+    def overlays(self) -> list[tuple[str, tuple[str, ...]]]:
+        return list(self.overlay_mounts)
 
 
 def key(fs: FakeFs, path: str) -> MarkKey:
@@ -198,3 +201,13 @@ def test_a_rule_path_through_a_symlinked_directory_is_not_watched_through_the_li
     plan = plan_marks([rule("d", "exec", "/bin/dash")], fs)
     assert plan.marks == {key(fs, "/usr/bin/dash"): FAN_OPEN_EXEC_PERM | FAN_OPEN_PERM}
     assert "/bin" not in plan.watch  # inotify refuses a watch through a link (IN_DONT_FOLLOW)
+
+
+def test_an_overlay_showing_a_tree_rule_files_gets_the_rule_marks_on_its_directories() -> None:
+    fs = FakeFs("/w/tree/sub/", "/mnt/merged/sub/", "/mnt/whole/tree/sub/")
+    fs.overlay_mounts = [("/mnt/merged", ("/up", "/w/tree")), ("/mnt/whole", ("/up2", "/w"))]
+    plan = plan_marks([rule("t", "exec", "/w/tree/")], fs)
+    marked = {plan.places[k] for k in plan.marks}
+    # a layer that is the tree itself: the whole overlay; a layer above it: the tree inside
+    assert {"/mnt/merged", "/mnt/merged/sub", "/mnt/whole/tree", "/mnt/whole/tree/sub"} <= marked
+    assert "/mnt/whole" not in marked
