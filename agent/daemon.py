@@ -328,6 +328,7 @@ class Agent:
             else:
                 self._record(journal, stream.poll(POLL_MS))
             journal.tick()
+            self._record_problems(journal)
             self._dispatch_signals(journal)
             now = time.monotonic()
             if wd is not None and now >= next_watchdog:
@@ -407,6 +408,29 @@ class Agent:
             verdict = enforcer.verdicts.popleft()
             journal.append("verdict", _text_safe(verdict.fields()))
             self.verdicts += 1
+
+    def _record_problems(self, journal: JournalWriter) -> None:
+        """What the enforcer found the kernel no longer holds of the live policy (marks it
+        could not keep current): journaled and in status.json, like a mismatch at load."""
+        enforcer = self.enforcer
+        if enforcer is None or not enforcer.problems:
+            return
+        errors: list[JsonValue] = []
+        while enforcer.problems:
+            errors.append(enforcer.problems.popleft())
+        digest = enforcer.digest
+        journal.append(
+            "policy_mismatch",
+            _text_safe({"digest": digest, "errors": errors, "trigger": "directory change"}),
+        )
+        self.last_load = _text_safe(
+            {**self.last_load, "result": "mismatch", "digest": digest, "errors": errors}
+        )
+        write_status(
+            self.config.run_dir,
+            {"pid": os.getpid(), "loads": self.reloads, "trigger": "directory change",
+             **self.last_load},
+        )  # fmt: skip
 
     def _dispatch_signals(self, journal: JournalWriter) -> None:
         while self._signals:

@@ -200,6 +200,9 @@ class Enforcer:
         self.stream = stream
         self.caps = caps
         self.verdicts: collections.deque[VerdictRecord] = collections.deque()
+        #: where the kernel stopped holding the live plan since the last install (from the
+        #: directory watcher's thread); the daemon journals them as policy_mismatch
+        self.problems: collections.deque[str] = collections.deque()
         self._state: _State | None = None
         self._guard: Guard | None = None
         self._fanotify: FanotifyGuard | None = None
@@ -249,7 +252,9 @@ class Enforcer:
                 ),
             )
             table = self._mark_table() if mark_rules else self._table
-            added = table.add(marks) if table is not None else []
+            # an object replaced between planning and marking (someone renaming files in a
+            # loop) must not keep a policy from loading: it is left out and reported below
+            added = table.add(marks, strict=False) if table is not None else []
             try:
                 self._update_stream(policy_set)
                 try:
@@ -265,6 +270,9 @@ class Enforcer:
             self._state = state  # the switch
             self._policy_set, self._mark_rules, self._mark_plan = policy_set, mark_rules, marks
             errors = table.prune(marks) if table is not None else []
+            for place in table.skipped if table is not None else []:
+                errors.append(f"{place} changed while it was being marked: not marked until "
+                              "the next change (judged after the fact)")  # fmt: skip
             errors += self._watch(marks)
             errors += self.verify()
         if marks.truncated:
@@ -324,8 +332,15 @@ class Enforcer:
                 return
             self._state = replace(state, identities=dict(marks.identities))
             self._mark_plan = marks
-            for error in self._table.prune(marks) + self._watch(marks):
+            errors = self._table.prune(marks) + self._watch(marks)
+            if marks.truncated:
+                errors.append(
+                    f"more than {len(marks.marks)} objects to mark after a directory change: "
+                    "marked that many; the rest is judged after the fact"
+                )
+            for error in errors:
                 log.error("%s", error)
+                self.problems.append(error)
 
     def verify(self) -> list[str]:
         """Every difference between what the kernel holds and the live plan."""

@@ -259,6 +259,7 @@ class MarkTable:
         self.group = group
         self.masks: dict[MarkKey, int] = {}
         self.places: dict[MarkKey, str] = {}
+        self.skipped: list[str] = []
 
     def add(self, plan: MarkPlan, *, strict: bool = True) -> list[tuple[MarkKey, int]]:
         """Add every bit ``plan`` needs; returns what was added (for ``undo``). An object that
@@ -266,6 +267,7 @@ class MarkTable:
         then keeps the old policy whole), or is left out of ``plan`` (a refresh after a
         directory change: one directory that vanished again must not hold back the others)."""
         added: list[tuple[MarkKey, int]] = []
+        self.skipped = []  # places left out of ``plan`` by this add
         try:
             for key, mask in sorted(plan.marks.items()):
                 bits = mask & ~self.masks.get(key, 0)
@@ -276,6 +278,7 @@ class MarkTable:
                 if fd is None and not strict:
                     log.info("fanotify: %s changed before it could be marked", place)
                     del plan.marks[key], plan.places[key], plan.refs[key]
+                    self.skipped.append(place)
                     continue
                 if fd is None:
                     raise KernelError(f"fanotify: {place} changed since the marks were planned")
