@@ -423,6 +423,8 @@ class Enforcer:
         the in-kernel guard judges it): such events need no Python object."""
         if self._state is None or kind not in self._state.operations:
             return False
+        if kind == "exec":
+            return True  # judged in the kernel too, but an exec through another mount is not
         return not (
             self._guard is not None
             and (kind in GUARDED_OPS or (self._guard.lsm and kind in LSM_OPS))
@@ -435,9 +437,10 @@ class Enforcer:
         if isinstance(ev, model.GuardEvent):
             self._guard_verdict(ev)
             return
-        if self._guard is not None and (
+        in_kernel = self._guard is not None and (
             ev.kind in GUARDED_OPS or (self._guard.lsm and ev.kind in LSM_OPS)
-        ):
+        )
+        if in_kernel and not isinstance(ev, model.ExecEvent):
             return  # the guard judged it in the kernel and reported any verdict itself
         # an exec is judged for its caller: the image before the exec, not the new one
         exe = self._caller_exe(ev) if isinstance(ev, model.ExecEvent) else ev.exe
@@ -446,13 +449,15 @@ class Enforcer:
         if request is None:
             return
         verdict = state.evaluator.decide(request)
+        if in_kernel:
+            # the LSM judged this exec by the path it saw; through another mount that is not
+            # the name a rule uses: an exec that got through that way is caught here
+            if verdict.rule_id is None or verdict.action == "allow":
+                self._missed_through_a_mount(state, ev, request, verdict, "lsm")
+            return
         seen_as: str | None = None
-        if (verdict.rule_id is None or verdict.action == "allow") and request.path is not None:
-            # the same file under another mount (a bind mount, another namespace): its names here
-            for alias in self._mounts.aliases(request.path, ev.pid, recent=True):
-                judged = state.evaluator.decide(replace(request, path=alias))
-                if _SEVERITY.get(judged.effective, 0) > _SEVERITY.get(verdict.effective, 0):
-                    verdict, seen_as = judged, alias
+        if verdict.rule_id is None or verdict.action == "allow":
+            verdict, seen_as = self._judge_aliases(state, request, ev.pid, verdict)
         if verdict.rule_id is None or verdict.action == "allow":
             return
         how = state.enforcements.get((verdict.policy_name or "", verdict.rule_id))
@@ -483,6 +488,36 @@ class Enforcer:
         action = "audit" if after and verdict.effective in ("deny", "kill") else None
         self._record(state, verdict, request.operation, ev.pid, ev.exe, _object(ev),
                      after_the_fact=after, action=action, mechanism=mechanism)  # fmt: skip
+
+    def _judge_aliases(
+        self, state: _State, request: Request, pid: int, verdict: Verdict
+    ) -> tuple[Verdict, str | None]:
+        """The strictest verdict over the names, in the agent's namespace, of the file the
+        process reached through another mount (a bind mount, another namespace), and the name
+        that gave it."""
+        seen_as = None
+        if request.path is None:
+            return verdict, None
+        for alias in self._mounts.aliases(request.path, pid, recent=True):
+            judged = state.evaluator.decide(replace(request, path=alias))
+            if _SEVERITY.get(judged.effective, 0) > _SEVERITY.get(verdict.effective, 0):
+                verdict, seen_as = judged, alias
+        return verdict, seen_as
+
+    def _missed_through_a_mount(
+        self, state: _State, ev: model.Event, request: Request, verdict: Verdict, missed_by: str
+    ) -> None:
+        verdict, seen_as = self._judge_aliases(state, request, ev.pid, verdict)
+        if seen_as is None or verdict.effective not in ("deny", "kill"):
+            return
+        how = state.enforcements.get((verdict.policy_name or "", verdict.rule_id or ""))
+        kill = how is not None and how.rule.fallback == "kill"
+        if kill:
+            kill_process(ev.pid)
+        obj = {**_object(ev), "missed_by": missed_by, "judged_as": seen_as}
+        self._record(state, verdict, request.operation, ev.pid, ev.exe, obj,
+                     after_the_fact=True, action="kill" if kill else "audit",
+                     mechanism="sigkill-after-the-fact" if kill else "tracepoint")  # fmt: skip
 
     def _caller_exe(self, ev: model.ExecEvent) -> str | None:
         # the exec event names the new image; rules judge the caller: its parent's image if

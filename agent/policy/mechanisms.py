@@ -183,8 +183,15 @@ def fanotify_gaps(rule: CompiledRule) -> tuple[str, ...]:
         what = "a directory on a rule path that is created, renamed or mounted over later"
     gaps = [
         f"{what} is marked when the agent sees the change (inotify, mountinfo): an {op} "
-        "there before that is not stopped"
+        "there before that is not stopped, and one made through io_uring is not seen "
+        "afterwards either (no syscall tracepoint runs; sysctl kernel.io_uring_disabled=2 "
+        "closes that)"
     ]
+    if op == "open" and {"write", "truncate"} & set(rule.access):
+        gaps.append(
+            "a file opened for writing before the policy loaded (or while the agent was down) "
+            "stays writable through that descriptor: opens are judged when they happen"
+        )
     if op == "exec" and (rule.paths is None or any(p.endswith(("*", "/")) for p in rule.paths)):
         gaps.append(
             "a program under a prefix started through the dynamic loader (ld.so PROGRAM) is "
@@ -196,6 +203,14 @@ def fanotify_gaps(rule: CompiledRule) -> tuple[str, ...]:
 def _residual(how: Enforcement, op: str, hook: str) -> Enforcement:
     """fanotify leaves gaps (``fanotify_gaps``): in enforce mode the rule must say what is done
     with what gets through, never a silent difference from ``policy test``."""
+    if hook == "lsm" and any(p.endswith(("*", "/")) for p in how.rule.paths or ()):
+        # the LSM hooks judge the path of the mount the caller used
+        gap = (
+            "a bind mount or another mount namespace shows these files under another path, "
+            "which the kernel judges as that path: an exec there is caught afterwards "
+            f"({how.rule.fallback or 'audited'}), another operation is not"
+        )
+        return dataclasses.replace(how, gaps=(gap,))
     if hook != "fanotify" or op not in ("exec", "open"):
         return how
     gaps = fanotify_gaps(how.rule)
