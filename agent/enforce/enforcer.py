@@ -644,7 +644,16 @@ def _identity_target(state: _State, fd: int, operation: str) -> str | None:
         st = os.fstat(fd)
     except OSError:
         return None
-    return state.identities.get((st.st_dev, st.st_ino, operation))
+    path = state.identities.get((st.st_dev, st.st_ino, operation))
+    if path is None:
+        return None
+    # only while the rule's path still names this inode: a file replaced since (renamed over)
+    # is another file, and once the old one is gone its inode number can be a new file's
+    try:
+        now = os.stat(path)
+    except OSError:
+        return None
+    return path if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino) else None
 
 
 def _succeeded(ev: model.Event) -> bool:

@@ -268,6 +268,7 @@ class MarkTable:
         directory change: one directory that vanished again must not hold back the others)."""
         added: list[tuple[MarkKey, int]] = []
         self.skipped = []  # places left out of ``plan`` by this add
+        self._forget_dropped()
         try:
             for key, mask in sorted(plan.marks.items()):
                 bits = mask & ~self.masks.get(key, 0)
@@ -278,6 +279,9 @@ class MarkTable:
                 if fd is None and not strict:
                     log.info("fanotify: %s changed before it could be marked", place)
                     del plan.marks[key], plan.places[key], plan.refs[key]
+                    # and its identity: an unmarked inode's number may be reused by a new file
+                    for ident in [i for i in plan.identities if i[:2] == (key.dev, key.ino)]:
+                        del plan.identities[ident]
                     self.skipped.append(place)
                     continue
                 if fd is None:
@@ -293,6 +297,14 @@ class MarkTable:
             self.undo(added)
             raise
         return added
+
+    def _forget_dropped(self) -> None:
+        """Marks the kernel dropped by itself (the inode of a deleted file was evicted, its
+        filesystem unmounted) are gone from here too: the inode number may already be a new
+        file's, which then needs a mark of its own."""
+        kernel = self.group.kernel_marks()
+        for key in [k for k in self.masks if (kernel_dev(k.dev), k.ino) not in kernel]:
+            del self.masks[key], self.places[key]
 
     def undo(self, added: list[tuple[MarkKey, int]]) -> None:
         for key, bits in reversed(added):

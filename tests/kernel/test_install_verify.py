@@ -112,3 +112,20 @@ def test_a_guard_table_changed_behind_its_back_is_reported(guard: Guard, tmp_pat
     assert any("st_pol_ports" in e for e in errors), errors
     guard.install(compiled)
     assert guard.verify(compiled) == []
+
+
+def test_a_mark_the_kernel_dropped_with_its_file_is_placed_on_the_new_one(tmp_path: Path) -> None:
+    """A marked file deleted is evicted with its mark; its inode number may be the next
+    file's: the table must not believe that number still marked."""
+    target = tmp_path / "f"
+    rules = [MarkRule(("p", "f"), "open", (str(target),))]
+    with FanotifyGuard(lambda req: True) as group:
+        table = MarkTable(group)
+        for round_ in range(20):
+            target.write_text(str(round_))
+            plan = plan_marks(rules, OsView())
+            table.add(plan)
+            table.prune(plan)
+            assert table.verify(plan) == [], round_
+            target.unlink()
+            os.sync()
