@@ -24,14 +24,30 @@ def _die_with_parent() -> None:
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
-def start_agent(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "agent.cli", "agent", *args],
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=_die_with_parent,
-        env=env,
-    )
+def start_agent(
+    *args: str, env: dict[str, str] | None = None, log: Path | None = None
+) -> subprocess.Popen[str]:
+    """The agent, its stderr a pipe (for short runs read with ``communicate``) or, with
+    ``log``, that file: an agent that runs for a whole module must not block on a full pipe
+    nobody reads (it logs every policy load and mark update at INFO)."""
+    stderr = open(log, "a") if log is not None else subprocess.PIPE  # noqa: SIM115
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-m", "agent.cli", "agent", *args],
+            stderr=stderr,
+            text=True,
+            preexec_fn=_die_with_parent,
+            env=env,
+        )
+    finally:
+        if log is not None:
+            stderr.close()  # type: ignore[union-attr]
+
+
+def agent_log(agent: subprocess.Popen[str], log: Path) -> str:
+    """What a module-long agent logged so far (for an assertion message)."""
+    del agent
+    return log.read_text() if log.exists() else ""
 
 
 def journal_records(journal: Path) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ import os
 import select
 import struct
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
@@ -56,14 +57,17 @@ WATCH_MASK = (
     | IN_ONLYDIR | IN_DONT_FOLLOW | IN_EXCL_UNLINK
 )  # fmt: skip
 _EVENT = struct.Struct("=iIII")  # wd, mask, cookie, len
+COALESCE_S = 0.005
 
 
 @dataclass(frozen=True)
 class NewDir:
-    """A directory that appeared in a watched directory (created or moved in)."""
+    """A directory that appeared in a watched directory (created or moved in), or with
+    ``gone`` one that went away from it (deleted or moved out)."""
 
     parent: str
     name: str
+    gone: bool = False
 
 
 class DirWatch:
@@ -73,8 +77,13 @@ class DirWatch:
     or deleted, a file in a directory where files matter, a mount, a lost event): then the
     whole plan must be made again."""
 
-    def __init__(self, changed: Callable[[list[NewDir] | None], None]) -> None:
+    def __init__(
+        self,
+        changed: Callable[[list[NewDir] | None], None],
+        mounts_changed: Callable[[], None] = lambda: None,
+    ) -> None:
         self._changed = changed
+        self._mounts_changed = mounts_changed
         fd = _libc.inotify_init1(IN_NONBLOCK | IN_CLOEXEC)
         if fd < 0:
             err = ctypes.get_errno()
@@ -123,10 +132,16 @@ class DirWatch:
         poller.register(self._mounts, select.POLLPRI | select.POLLERR)
         poller.register(self._wake_r, select.POLLIN)
         os.read(self._mounts, 1 << 20)  # the mount table as of now; POLLPRI says it changed
+        last_update_s = 0.0
         while not self._stop:
             ready = poller.poll()
             if self._stop:
                 return
+            # changes come in bursts (a tree unpacked, a rename loop): gather them into one
+            # update, waiting as long as the last update took (at least a few ms), so a storm
+            # costs the agent at most half its time and never holds the enforcer's lock back
+            # to back
+            time.sleep(min(max(COALESCE_S, last_update_s), 1.0))
             new: list[NewDir] | None = []
             relevant = False
             for fd, _ in ready:
@@ -137,12 +152,15 @@ class DirWatch:
                 elif fd == self._mounts:
                     os.lseek(self._mounts, 0, os.SEEK_SET)
                     os.read(self._mounts, 1 << 20)
+                    self._mounts_changed()
                     relevant, new = True, None
             if relevant:
+                started = time.monotonic()
                 try:
                     self._changed(new)
                 except Exception:  # the next change tries again; the thread must not die
                     log.exception("fanotify marks: updating after a directory change failed")
+                last_update_s = time.monotonic() - started
 
     def _drain(self) -> list[NewDir] | None:
         """The new directories in what inotify queued, or None if the whole plan is due."""
@@ -159,13 +177,19 @@ class DirWatch:
                 off += _EVENT.size + length
                 with self._lock:
                     parent, files = self._paths.get(wd), self._files.get(wd, False)
-                if mask & (IN_CREATE | IN_MOVED_TO) and mask & IN_ISDIR and parent is not None:
-                    if new is not None:
-                        new.append(NewDir(parent, os.fsdecode(name)))
-                elif mask & (IN_Q_OVERFLOW | IN_DELETE_SELF | IN_MOVE_SELF | IN_ISDIR) or (
-                    files and not mask & IN_IGNORED
+                if mask & IN_ISDIR and parent is not None and name:
+                    if new is not None:  # a directory came or went below a watched one
+                        gone = bool(mask & (IN_DELETE | IN_MOVED_FROM))
+                        new.append(NewDir(parent, os.fsdecode(name), gone=gone))
+                elif (
+                    mask & IN_Q_OVERFLOW
+                    or (mask & (IN_DELETE_SELF | IN_MOVE_SELF) and parent == "/")
+                    or (files and not mask & (IN_IGNORED | IN_DELETE_SELF | IN_MOVE_SELF))
                 ):
-                    new = None  # a directory went away, a file where files matter, lost events
+                    # lost events, the root itself, or a file where files matter (an exact
+                    # rule's file replaced); a watched directory moved or deleted is reported
+                    # by its parent's watch (every watched directory's parent is watched)
+                    new = None
 
     def close(self) -> None:
         self._stop = True

@@ -44,7 +44,7 @@ from agent.enforce.mounts import MountView
 from agent.errors import KernelError
 from agent.events import model
 from agent.events.decode import open_access
-from agent.events.loader import is_dynamic_loader, is_loader_image
+from agent.events.loader import is_dynamic_loader, is_loader_process
 from agent.events.stream import EventStream
 from agent.policy.compile import CompiledPolicySet, compile_policy_set
 from agent.policy.evaluate import (
@@ -215,6 +215,7 @@ class Enforcer:
         self._dirwatch: DirWatch | None = None
         self._policy_set: PolicySet | None = None
         self._mounts = MountView()
+        self._installing = False
 
     @property
     def digest(self) -> str | None:
@@ -239,6 +240,19 @@ class Enforcer:
             for e in enforcements
             if e.mechanism in FANOTIFY_MECHANISMS
         )
+        self._installing = True  # the directory watcher yields: this plan includes its change
+        try:
+            return self._install(policy_set, compiled, enforcements, mark_rules)
+        finally:
+            self._installing = False
+
+    def _install(
+        self,
+        policy_set: PolicySet,
+        compiled: CompiledPolicySet,
+        enforcements: tuple[Enforcement, ...],
+        mark_rules: tuple[MarkRule, ...],
+    ) -> InstallResult:
         with self._lock:
             marks = plan_marks(mark_rules, OsView()) if mark_rules else MarkPlan()
             state = _State(
@@ -306,22 +320,22 @@ class Enforcer:
         if not marks.watch and self._dirwatch is None:
             return []
         if self._dirwatch is None:
-            self._dirwatch = DirWatch(self.refresh_marks)
+            self._dirwatch = DirWatch(self.refresh_marks, self._mounts.snapshot)
         return [f"cannot watch {failed}" for failed in self._dirwatch.watch(marks.watch)]
 
     def refresh_marks(self, new_dirs: list[NewDir] | None = None) -> None:
         """Mark what watched directories or the mounts changed (the directory watcher's
         thread): the new directories' subtrees if that is all that changed, else the whole plan
         made again; then apply the difference."""
-        if new_dirs is None:
-            self._mounts.snapshot()  # the mounts may be what changed
+        if self._installing:
+            return  # an install is waiting for the lock, and plans everything anew
         with self._lock:
             state = self._state
             if state is None or self._table is None or not self._mark_rules:
                 return
             marks = None
             if new_dirs is not None:
-                changes = [(d.parent, d.name) for d in new_dirs]
+                changes = [(d.parent, d.name, d.gone) for d in new_dirs]
                 marks = extend_plan(self._mark_plan, self._mark_rules, OsView(), changes)
             if marks is None:
                 marks = plan_marks(self._mark_rules, OsView())
@@ -398,7 +412,7 @@ class Enforcer:
             )
             requests.append(Request("open", process, path=req.path, access=access))
             if loader_target is not None and (
-                is_dynamic_loader(process.exe or "") or is_loader_image(f"/proc/{req.tid}/exe")
+                is_dynamic_loader(process.exe or "") or is_loader_process(req.tid)
             ):
                 # ld.so PROGRAM: the loader maps PROGRAM without an exec; judge it as one
                 requests.append(Request("exec", process, path=loader_target))

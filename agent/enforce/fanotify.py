@@ -84,15 +84,21 @@ def kernel_dev(st_dev: int) -> int:
 
 def parse_fdinfo(text: str) -> dict[tuple[int, int], int]:
     """``fanotify ino:1f sdev:800013 mflags:0 mask:10000 ...`` lines (fs/notify/fdinfo.c)."""
-    marks: dict[tuple[int, int], int] = {}
+    return {key: int(fields["mask"], 16) for key, fields in fdinfo_marks(text).items()}
+
+
+def fdinfo_marks(text: str) -> dict[tuple[int, int], dict[str, str]]:
+    """(kernel device, inode or 0 for a filesystem mark) -> the fields of its fdinfo line
+    (``mask``, and for inode marks ``fhandle-type`` and ``f_handle``). Mount marks (mnt_id)
+    are not ours and left out."""
+    marks: dict[tuple[int, int], dict[str, str]] = {}
     for line in text.splitlines():
         if not line.startswith("fanotify "):
             continue
         fields = dict(f.split(":", 1) for f in line.split()[1:] if ":" in f)
         if "sdev" not in fields or "mask" not in fields:
-            continue  # a mount mark (mnt_id): not one of ours
-        key = (int(fields["sdev"], 16), int(fields.get("ino", "0"), 16))
-        marks[key] = int(fields["mask"], 16)
+            continue
+        marks[(int(fields["sdev"], 16), int(fields.get("ino", "0"), 16))] = fields
     return marks
 
 
@@ -166,7 +172,10 @@ class FanotifyGuard:
     def kernel_marks(self) -> dict[tuple[int, int], int]:
         """The marks the kernel holds for this group, from /proc/self/fdinfo: (kernel device
         number, inode or 0 for a filesystem mark) -> mask. Mount marks are not used."""
-        return parse_fdinfo(Path(f"/proc/self/fdinfo/{self.fd}").read_text())
+        return parse_fdinfo(self.fdinfo())
+
+    def fdinfo(self) -> str:
+        return Path(f"/proc/self/fdinfo/{self.fd}").read_text()
 
     # ---- answering ----
     def start(self) -> None:
@@ -277,7 +286,7 @@ class MarkTable:
                 place = plan.places[key]
                 fd = _open_object(key, place)
                 if fd is None and not strict:
-                    log.info("fanotify: %s changed before it could be marked", place)
+                    log.debug("fanotify: %s changed before it could be marked", place)
                     del plan.marks[key], plan.places[key], plan.refs[key]
                     # and its identity: an unmarked inode's number may be reused by a new file
                     for ident in [i for i in plan.identities if i[:2] == (key.dev, key.ino)]:
@@ -307,20 +316,22 @@ class MarkTable:
             del self.masks[key], self.places[key]
 
     def undo(self, added: list[tuple[MarkKey, int]]) -> None:
+        held = fdinfo_marks(self.group.fdinfo())
         for key, bits in reversed(added):
             try:
-                self._remove(key, bits)
+                self._remove(key, bits, held)
             except KernelError as exc:
                 log.error("fanotify: undoing a mark failed (kept): %s", exc)
 
     def prune(self, plan: MarkPlan) -> list[str]:
         """Remove what ``plan`` does not need; returns an error per mark that stays."""
         errors: list[str] = []
+        held = fdinfo_marks(self.group.fdinfo())  # once: a storm can remove thousands
         for key, have in sorted(self.masks.items()):
             want = plan.marks.get(key, 0)
             if have & ~want:
                 try:
-                    self._remove(key, have if not want else have & ~want)
+                    self._remove(key, have if not want else have & ~want, held)
                 except KernelError as exc:
                     errors.append(f"stale fanotify mark kept: {exc}")
         return errors
@@ -346,13 +357,13 @@ class MarkTable:
                               f"{kkey[1]} mask {mask:#x}")  # fmt: skip
         return errors
 
-    def _remove(self, key: MarkKey, bits: int) -> None:
+    def _remove(self, key: MarkKey, bits: int, held: dict[tuple[int, int], dict[str, str]]) -> None:
         remaining = self.masks[key] & ~bits
         if not remaining & ~FAN_EVENT_ON_CHILD:
             bits, remaining = self.masks[key], 0  # nothing left but flags: the whole mark
         fd = _open_object(key, self.places[key])
         if fd is None:
-            fd = _open_by_fdinfo_handle(self.group, key)
+            fd = _open_by_handle(key, held.get((kernel_dev(key.dev), key.ino)))
         if fd is None:  # not in fdinfo either: the kernel dropped it (inode freed, unmounted)
             self._forget(key, remaining)
             return
@@ -400,28 +411,20 @@ _libc.open_by_handle_at.argtypes = [ctypes.c_int, ctypes.POINTER(_FileHandle), c
 _libc.open_by_handle_at.restype = ctypes.c_int
 
 
-def _open_by_fdinfo_handle(group: FanotifyGuard, key: MarkKey) -> int | None:
-    """The marked inode, found through the file handle fdinfo lists for its mark (the object
-    was renamed since it was marked). Needs CAP_DAC_READ_SEARCH, which the agent has."""
-    if key.filesystem:
+def _open_by_handle(key: MarkKey, fields: dict[str, str] | None) -> int | None:
+    """The marked inode, through the file handle fdinfo lists for its mark (``fields``; the
+    object was renamed since it was marked). Needs CAP_DAC_READ_SEARCH, which the agent has."""
+    if key.filesystem or fields is None or "f_handle" not in fields:
         return None
-    want = (kernel_dev(key.dev), key.ino)
-    for line in Path(f"/proc/self/fdinfo/{group.fd}").read_text().splitlines():
-        fields = dict(f.split(":", 1) for f in line.split()[1:] if ":" in f)
-        if "f_handle" not in fields or "ino" not in fields:
-            continue
-        if (int(fields["sdev"], 16), int(fields["ino"], 16)) != want:
-            continue
-        raw = bytes.fromhex(fields["f_handle"])
-        handle = _FileHandle(len(raw), int(fields["fhandle-type"], 16))
-        ctypes.memmove(handle.f_handle, raw, len(raw))
-        mount = mount_point(key.dev)
-        if mount is None:
-            return None
-        mfd = os.open(mount, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # not O_PATH: EBADF
-        try:
-            fd = _libc.open_by_handle_at(mfd, ctypes.byref(handle), os.O_PATH | os.O_CLOEXEC)
-        finally:
-            os.close(mfd)
-        return fd if fd >= 0 else None
-    return None
+    raw = bytes.fromhex(fields["f_handle"])
+    handle = _FileHandle(len(raw), int(fields["fhandle-type"], 16))
+    ctypes.memmove(handle.f_handle, raw, len(raw))
+    mount = mount_point(key.dev)
+    if mount is None:
+        return None
+    mfd = os.open(mount, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # not O_PATH: EBADF
+    try:
+        fd = _libc.open_by_handle_at(mfd, ctypes.byref(handle), os.O_PATH | os.O_CLOEXEC)
+    finally:
+        os.close(mfd)
+    return fd if fd >= 0 else None

@@ -284,7 +284,10 @@ class OsView:
 
 
 def extend_plan(
-    plan: MarkPlan, rules: Iterable[MarkRule], fs: FsView, new_dirs: Iterable[tuple[str, str]]
+    plan: MarkPlan,
+    rules: Iterable[MarkRule],
+    fs: FsView,
+    new_dirs: Iterable[tuple[str, str, bool]],
 ) -> MarkPlan | None:
     """``plan`` plus the directories that appeared, (parent, name) each: a directory inside a
     tree or prefix rule gets that rule's marks with its subtree, one on the way to a rule path
@@ -295,8 +298,21 @@ def extend_plan(
         dict(plan.identities), dict(plan.watch), plan.truncated,
     )  # fmt: skip
     rules = list(rules)
-    for parent, name in new_dirs:
+    changes = list(new_dirs)
+    gone = {os.path.join(parent, name) for parent, name, went in changes if went}
+    if gone:  # their marks went with them (the kernel drops them): forget what lay below
+        if any(
+            _within(p.rstrip("*").rstrip("/") or "/", gone) for r in rules for p in r.paths or ()
+        ):
+            return None  # on the way to a rule path: plan it all again
+        for key in [k for k, p in out.places.items() if _within(p, gone)]:
+            del out.marks[key], out.places[key], out.refs[key]
+        for path in [p for p in out.watch if _within(p, gone)]:
+            del out.watch[path]
+    for parent, name, went in changes:
         new = os.path.join(parent, name)
+        if went:
+            continue
         inside = [r for r in rules if any(_in_scope(new, p) for p in r.paths or ())]
         for rule in inside:
             perm = FAN_OPEN_EXEC_PERM if rule.operation == "exec" else FAN_OPEN_PERM
@@ -308,6 +324,17 @@ def extend_plan(
         ):
             return None
     return out
+
+
+def _within(path: str, tops: set[str]) -> bool:
+    """Is ``path`` one of ``tops`` or below one (one set lookup per path component)?"""
+    while True:
+        if path in tops:
+            return True
+        parent = os.path.dirname(path)
+        if parent == path:
+            return False
+        path = parent
 
 
 def _in_scope(directory: str, path: str) -> bool:

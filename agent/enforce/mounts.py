@@ -135,8 +135,10 @@ class MountView:
         """The mounts changed: read the table again when next needed (keeping this one a
         while for ``aliases(recent=True)``)."""
         with self._lock:
-            if self._ours is not None:
+            if self._ours is not None and (not self._recent or self._recent[-1][1] != self._ours):
                 self._recent.append((time.monotonic(), self._ours))
+                while len(self._recent) > 16:  # a mount storm: the latest ones
+                    self._recent.popleft()
             self._ours = None
 
     def snapshot(self) -> None:
@@ -175,7 +177,8 @@ class MountView:
         out = _aliases(path, table, ours, foreign)
         if recent and not out and not foreign:
             for old in self._recent_tables():
-                out += _aliases(path, old, old, False)
+                if old != ours:
+                    out += _aliases(path, old, old, False)
         return [p for p in dict.fromkeys(out) if p != path]
 
 

@@ -15,6 +15,7 @@ loader is called.
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 import struct
@@ -64,22 +65,49 @@ _ET_DYN = 3
 
 
 def is_loader_image(path: str) -> bool:
-    """Is the ELF file at ``path`` (e.g. ``/proc/PID/exe``) shaped like a dynamic loader: a
-    shared object with no program interpreter of its own? True for the loader under any name
-    (a renamed copy, a hard link) and for static-pie programs, which is what matters here: such
-    a program can map another program without exec'ing it. Little-endian ELF64 only."""
+    """Is the ELF file at ``path`` shaped like a dynamic loader (``_loader_shaped``)?"""
     try:
         with open(path, "rb") as f:
-            head = f.read(_ELF64.size)
-            if len(head) < _ELF64.size or head[:5] != b"\x7fELF\x02" or head[5] != 1:
-                return False
-            fields = _ELF64.unpack(head)
-            e_type, e_phoff, e_phentsize, e_phnum = fields[1], fields[5], fields[9], fields[10]
-            if e_type != _ET_DYN or e_phentsize < 4 or e_phnum > 4096:
-                return False
-            f.seek(e_phoff)
-            table = f.read(e_phentsize * e_phnum)
+            return _loader_shaped(f.read(4096))
     except OSError:
         return False
-    types = (int.from_bytes(table[i : i + 4], "little") for i in range(0, len(table), e_phentsize))
+
+
+def is_loader_process(pid: int) -> bool:
+    """Is the program process ``pid`` runs shaped like a dynamic loader? Read from its memory
+    (the first page of its executable's mapping), never by opening the file: the fanotify
+    thread asks this, and an open of a file it marked would wait for itself."""
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe")
+        start = None
+        with open(f"/proc/{pid}/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                if len(fields) == 6 and int(fields[2], 16) == 0 and fields[5].rstrip("\n") == exe:
+                    start = int(fields[0].split("-")[0], 16)
+                    break
+        if start is None:
+            return False
+        fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            return _loader_shaped(os.pread(fd, 4096, start))
+        finally:
+            os.close(fd)
+    except (OSError, ValueError):
+        return False
+
+
+def _loader_shaped(image: bytes) -> bool:
+    """A shared object with no program interpreter of its own: the loader under any name (a
+    renamed copy, a hard link), and static-pie programs, which is what matters here: such a
+    program can map another program without exec'ing it. Little-endian ELF64 only; the program
+    headers must be in ``image`` (the first page, as the linkers put them)."""
+    if len(image) < _ELF64.size or image[:5] != b"\x7fELF\x02" or image[5] != 1:
+        return False
+    fields = _ELF64.unpack_from(image)
+    e_type, e_phoff, e_phentsize, e_phnum = fields[1], fields[5], fields[9], fields[10]
+    end = e_phoff + e_phentsize * e_phnum
+    if e_type != _ET_DYN or e_phentsize < 4 or end > len(image):
+        return False
+    types = (int.from_bytes(image[i : i + 4], "little") for i in range(e_phoff, end, e_phentsize))
     return _PT_INTERP not in types

@@ -27,7 +27,7 @@ import pytest
 from agent.enforce.guard import cgroup2_root
 from agent.journal import protect
 from agent.policy.mechanisms import host_capabilities
-from tests.agentproc import start_agent
+from tests.agentproc import agent_log, start_agent
 from tests.kernel.test_enforce import PY, SLOW, Env
 
 pytestmark = pytest.mark.kernel
@@ -52,6 +52,17 @@ operation = "exec"
 targets.paths = ["{work}/bin/tool", "{work}/anc/bin/tool", "{work}/binlink/tool"]
 action = "deny"
 fallback = "kill"
+
+[[rules]]
+id = "no-exec-shell-for-nobody"
+description = "a judged binary that root may run: its inode is marked for open and exec"
+operation = "exec"
+targets.paths = ["{work}/bin/shell"]
+action = "deny"
+fallback = "kill"
+
+[rules.subjects]
+uid = [65534]
 
 [[rules]]
 id = "sudoers-write"
@@ -105,6 +116,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         (work / d).mkdir(parents=True)
     for tool in ("tree-a/tool", "tree-a/sub/tool", "tree-b/tool", "bin/tool", "anc/bin/tool"):
         shutil.copy(TOUCH, work / tool)
+    shutil.copy("/usr/bin/bash", work / "bin/shell")
     (work / "binlink").symlink_to("bin")  # like /bin -> usr/bin: a rule path through a link
     (work / "etc/sudoers").write_text("root ALL=(ALL) ALL\n")
     (work / "etc/sudoers.d/10-old").write_text("old\n")
@@ -121,11 +133,12 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     env.agent = start_agent(
         "--journal", str(env.journal), "--keys", str(env.keys), "--policies", str(policies),
         "--cgroup", str(cgroup), "--run-dir", str(env.run_dir),
+        log=env.root / "agent.log",
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 30 * SLOW
         while not (env.run_dir / "status.json").exists():
-            assert env.agent.poll() is None, env.agent.stderr.read() if env.agent.stderr else ""
+            assert env.agent.poll() is None, agent_log(env.agent, env.root / "agent.log")
             assert time.monotonic() < deadline, "agent did not start"
             time.sleep(0.1)
         status = json.loads((env.run_dir / "status.json").read_text())
@@ -381,3 +394,15 @@ def test_journal_verifies(env: Env) -> None:
     r = env.sealtrail("journal", "verify", "--journal", str(env.journal),
                       "--key", str(env.keys / "journal.pub"))  # fmt: skip
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_a_judged_program_reading_a_judged_binary_does_not_hang_the_agent(env: Env) -> None:
+    """The shell's own binary is marked (an exact exec rule names it), and it reads the tool,
+    which an exact exec rule names too: the agent must judge that open (is it a loader?)
+    without opening the shell's binary itself, which would wait for its own answer."""
+    r = subprocess.run(
+        [str(env.work / "bin/shell"), "-c", f"read -r line < {env.work}/bin/tool; echo read"],
+        capture_output=True, text=True, timeout=20 * SLOW,
+    )  # fmt: skip
+    assert r.returncode == 0 and "read" in r.stdout, r
+    assert denied([str(env.work / "bin/tool"), str(env.root / "after-read")]), "agent stuck"

@@ -35,7 +35,7 @@ from agent.journal import protect
 from agent.policy.check import check
 from agent.policy.evaluate import Evaluator, Process, Request
 from agent.policy.mechanisms import host_capabilities
-from tests.agentproc import start_agent
+from tests.agentproc import agent_log, start_agent
 from tests.kernel.test_enforce import PY, SLOW, Env, Listener, free_port
 
 pytestmark = pytest.mark.kernel
@@ -181,10 +181,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         env.agent = start_agent(
             "--journal", str(env.journal), "--keys", str(env.keys), "--policies", str(policies),
             "--cgroup", str(cgroup), "--run-dir", str(env.run_dir),
+            log=env.root / "agent.log",
         )  # fmt: skip
         deadline = time.monotonic() + 30 * SLOW
         while not (env.run_dir / "status.json").exists():
-            assert env.agent.poll() is None, env.agent.stderr.read() if env.agent.stderr else ""
+            assert env.agent.poll() is None, agent_log(env.agent, env.root / "agent.log")
             assert time.monotonic() < deadline, "agent did not start"
             time.sleep(0.1)
         status = json.loads((env.run_dir / "status.json").read_text())

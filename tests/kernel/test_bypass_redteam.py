@@ -32,7 +32,7 @@ import pytest
 from agent.enforce.guard import cgroup2_root
 from agent.journal import protect
 from agent.policy.mechanisms import host_capabilities
-from tests.agentproc import start_agent
+from tests.agentproc import agent_log, start_agent
 from tests.kernel.test_enforce import PY, SLOW, Env
 
 pytestmark = pytest.mark.kernel
@@ -125,11 +125,12 @@ def env() -> Iterator[Env]:
     env.agent = start_agent(
         "--journal", str(env.journal), "--keys", str(env.keys), "--policies", str(policies),
         "--cgroup", str(cgroup), "--run-dir", str(env.run_dir),
+        log=env.root / "agent.log",
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 30 * SLOW
         while not (env.run_dir / "status.json").exists():
-            assert env.agent.poll() is None, env.agent.stderr.read() if env.agent.stderr else ""
+            assert env.agent.poll() is None, agent_log(env.agent, env.root / "agent.log")
             assert time.monotonic() < deadline, "agent did not start"
             time.sleep(0.1)
         assert status(env)["result"] == "loaded", status(env)
@@ -517,9 +518,11 @@ def _past_the_mark_limit(env: Env, many: Path) -> None:
         f"{'ran' if witness.exists() else 'stopped'} {r}"
     )
     never_silent(env, "rt-no-exec-tree", since, witness.exists(), "exec past the mark limit")
+    # the agent catches up with a storm at its own pace (it never spends more than half its
+    # time on marks): the limit shows in status.json once it has
+    assert until(lambda: status(env)["result"] == "mismatch", 60), status(env)
     s = status(env)
     print(f"[redteam] status after the storm: {s.get('result')} errors={s.get('errors')}")
-    assert s["result"] != "loaded" or s.get("errors"), "mark limit reached, status says loaded"
     assert denied([str(env.work / "bin/tool"), str(env.root / "w1")]), "agent stopped enforcing"
 
 

@@ -31,7 +31,7 @@ import pytest
 from agent.enforce.guard import cgroup2_root
 from agent.journal import protect
 from agent.policy.mechanisms import host_capabilities
-from tests.agentproc import start_agent
+from tests.agentproc import agent_log, start_agent
 
 pytestmark = pytest.mark.kernel
 
@@ -327,11 +327,12 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     env.agent = start_agent(
         "--journal", str(env.journal), "--keys", str(env.keys), "--policies", str(policies),
         "--cgroup", str(cgroup), "--run-dir", str(env.run_dir),
+        log=env.root / "agent.log",
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 30 * SLOW
         while not (env.run_dir / "status.json").exists():
-            assert env.agent.poll() is None, env.agent.stderr.read() if env.agent.stderr else ""
+            assert env.agent.poll() is None, agent_log(env.agent, env.root / "agent.log")
             assert time.monotonic() < deadline, "agent did not start"
             time.sleep(0.1)
         status = json.loads((env.run_dir / "status.json").read_text())

@@ -170,7 +170,7 @@ def test_a_new_directory_inside_a_tree_is_added_without_planning_again() -> None
     fs.add("/etc/")
     plan = plan_marks(rules, fs)
     fs.add("/tmp/a/new/deeper/")
-    grown = extend_plan(plan, rules, fs, [("/tmp/a", "new")])
+    grown = extend_plan(plan, rules, fs, [("/tmp/a", "new", False)])
     assert grown is not None
     assert {grown.places[k] for k in grown.marks} - {plan.places[k] for k in plan.marks} == {
         "/tmp/a/new",
@@ -179,11 +179,11 @@ def test_a_new_directory_inside_a_tree_is_added_without_planning_again() -> None
     assert grown.marks[key(fs, "/tmp/a/new")] == FAN_OPEN_EXEC_PERM | FAN_EVENT_ON_CHILD
     # a directory matching a prefix rule, created next to it
     fs.add("/etc/sudoers.d/")
-    grown2 = extend_plan(plan, rules, fs, [("/etc", "sudoers.d")])
+    grown2 = extend_plan(plan, rules, fs, [("/etc", "sudoers.d", False)])
     assert grown2 is not None and key(fs, "/etc/sudoers.d") in grown2.marks
     # a directory no rule reaches into is not ours: nothing to mark, nothing to plan again
     fs.add("/etc/other/")
-    assert extend_plan(plan, rules, fs, [("/etc", "other")]).marks == plan.marks  # type: ignore[union-attr]
+    assert extend_plan(plan, rules, fs, [("/etc", "other", False)]).marks == plan.marks  # type: ignore[union-attr]
 
 
 def test_a_new_directory_on_the_way_to_a_missing_rule_path_plans_everything_again() -> None:
@@ -191,7 +191,7 @@ def test_a_new_directory_on_the_way_to_a_missing_rule_path_plans_everything_agai
     rules = [rule("t", "open", "/w/not/yet/")]
     plan = plan_marks(rules, fs)
     fs.add("/w/not/")
-    assert extend_plan(plan, rules, fs, [("/w", "not")]) is None
+    assert extend_plan(plan, rules, fs, [("/w", "not", False)]) is None
 
 
 def test_a_rule_path_through_a_symlinked_directory_is_not_watched_through_the_link() -> None:
@@ -211,3 +211,13 @@ def test_an_overlay_showing_a_tree_rule_files_gets_the_rule_marks_on_its_directo
     # a layer that is the tree itself: the whole overlay; a layer above it: the tree inside
     assert {"/mnt/merged", "/mnt/merged/sub", "/mnt/whole/tree", "/mnt/whole/tree/sub"} <= marked
     assert "/mnt/whole" not in marked
+
+
+def test_a_directory_gone_from_a_tree_leaves_the_plan_with_its_subtree() -> None:
+    fs = FakeFs("/tmp/a/b/c/", "/tmp/keep/")
+    rules = [rule("t", "exec", "/tmp/")]
+    plan = plan_marks(rules, fs)
+    shrunk = extend_plan(plan, rules, fs, [("/tmp", "a", True)])
+    assert shrunk is not None
+    assert {shrunk.places[k] for k in shrunk.marks} == {"/tmp", "/tmp/keep"}
+    assert "/tmp/a/b" not in shrunk.watch

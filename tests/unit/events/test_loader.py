@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
-from agent.events.loader import is_dynamic_loader, is_loader_image, loader_target
+from agent.events.loader import (
+    is_dynamic_loader,
+    is_loader_image,
+    is_loader_process,
+    loader_target,
+)
 
 
 @pytest.mark.parametrize(
@@ -54,3 +61,16 @@ def test_a_loader_is_recognised_by_its_elf_shape_under_any_name(tmp_path: Path) 
     truncated = tmp_path / "short"
     truncated.write_bytes(renamed.read_bytes()[:40])
     assert not is_loader_image(str(truncated))
+
+
+def test_a_running_loader_is_recognised_from_its_memory_not_its_file() -> None:
+    via_loader = subprocess.Popen(["/lib64/ld-linux-x86-64.so.2", "/usr/bin/sleep", "5"])
+    plain = subprocess.Popen(["/usr/bin/sleep", "5"])
+    try:
+        time.sleep(0.3)
+        assert is_loader_process(via_loader.pid)
+        assert not is_loader_process(plain.pid)
+    finally:
+        for p in (via_loader, plain):
+            p.kill()
+            p.wait()
