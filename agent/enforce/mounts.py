@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import os
+import select
 import threading
 import time
 from dataclasses import dataclass
@@ -44,6 +45,10 @@ def read_mounts(path: str = "/proc/self/mountinfo") -> list[Mount]:
             text = f.read()
     except OSError:
         return []
+    return parse_mounts(text)
+
+
+def parse_mounts(text: str) -> list[Mount]:
     out: list[Mount] = []
     for line in text.splitlines():
         left, _, right = line.partition(" - ")
@@ -130,15 +135,18 @@ class MountView:
         self._ours: list[Mount] | None = None
         self._recent: collections.deque[tuple[float, list[Mount]]] = collections.deque()
         self._ns = _mount_ns("self")
+        # our own view of the table: the kernel flags it (POLLPRI) once the mounts change
+        # after it was read, so a mount made an instant ago is never judged with an old table
+        self._fd = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+        self._poll = select.poll()
+        self._poll.register(self._fd, select.POLLPRI | select.POLLERR)
 
     def invalidate(self) -> None:
         """The mounts changed: read the table again when next needed (keeping this one a
         while for ``aliases(recent=True)``)."""
         with self._lock:
-            if self._ours is not None and (not self._recent or self._recent[-1][1] != self._ours):
-                self._recent.append((time.monotonic(), self._ours))
-                while len(self._recent) > 16:  # a mount storm: the latest ones
-                    self._recent.popleft()
+            if self._ours is not None:
+                self._keep(self._ours)
             self._ours = None
 
     def snapshot(self) -> None:
@@ -148,9 +156,22 @@ class MountView:
 
     def _table(self) -> list[Mount]:
         with self._lock:
-            if self._ours is None:
-                self._ours = read_mounts()
+            changed = bool(self._poll.poll(0))
+            if changed and self._ours is not None:
+                self._keep(self._ours)
+            if self._ours is None or changed:
+                os.lseek(self._fd, 0, os.SEEK_SET)
+                chunks = []
+                while chunk := os.read(self._fd, 1 << 16):
+                    chunks.append(chunk)
+                self._ours = parse_mounts(b"".join(chunks).decode(errors="surrogateescape"))
             return self._ours
+
+    def _keep(self, table: list[Mount]) -> None:
+        if not self._recent or self._recent[-1][1] != table:
+            self._recent.append((time.monotonic(), table))
+            while len(self._recent) > 16:  # a mount storm: the latest ones
+                self._recent.popleft()
 
     def _recent_tables(self) -> list[list[Mount]]:
         with self._lock:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -25,9 +24,7 @@ from typing import Any
 import pytest
 
 from agent.enforce.guard import cgroup2_root
-from agent.journal import protect
 from agent.policy.mechanisms import host_capabilities
-from tests.agentproc import agent_log, start_agent
 from tests.kernel.test_enforce import PY, SLOW, Env
 
 pytestmark = pytest.mark.kernel
@@ -130,41 +127,14 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     lsm = host_capabilities().lsm
     env = Env(root, work, root / "journal", root / "keys", policies, root / "run", cgroup,
               None, {}, lsm)  # type: ignore[arg-type]  # fmt: skip
-    env.agent = start_agent(
-        "--journal", str(env.journal), "--keys", str(env.keys), "--policies", str(policies),
-        "--cgroup", str(cgroup), "--run-dir", str(env.run_dir),
-        log=env.root / "agent.log",
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30 * SLOW
-        while not (env.run_dir / "status.json").exists():
-            assert env.agent.poll() is None, agent_log(env.agent, env.root / "agent.log")
-            assert time.monotonic() < deadline, "agent did not start"
-            time.sleep(0.1)
-        status = json.loads((env.run_dir / "status.json").read_text())
-        assert status["result"] == "loaded", status
+    with env.running():
         yield env
-    finally:
-        env.agent.send_signal(signal.SIGTERM)
-        try:
-            env.agent.wait(30 * SLOW)
-        finally:
-            if env.agent.poll() is None:
-                env.agent.kill()
-        for _ in range(50):
-            try:
-                cgroup.rmdir()
-                break
-            except OSError:
-                time.sleep(0.1)
-        if env.journal.exists():
-            protect.clear_all(env.journal)
 
 
-def run(argv: list[str]) -> subprocess.CompletedProcess[str] | PermissionError:
+def run(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str] | PermissionError:
     """Run argv; an exec the kernel refused comes back as the PermissionError."""
     try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=30 * SLOW)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60 * SLOW, **kw)
     except PermissionError as exc:
         return exc
 
@@ -181,8 +151,8 @@ def reload(env: Env) -> subprocess.CompletedProcess[str]:
                          str(20 * SLOW))  # fmt: skip
 
 
-def status(env: Env) -> dict[str, object]:
-    loaded: dict[str, object] = json.loads((env.run_dir / "status.json").read_text())
+def status(env: Env) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((env.run_dir / "status.json").read_text())
     return loaded
 
 

@@ -17,7 +17,6 @@ here, and only those are killed.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -31,11 +30,9 @@ from typing import Any
 import pytest
 
 from agent.enforce.guard import cgroup2_root
-from agent.journal import protect
 from agent.policy.check import check
 from agent.policy.evaluate import Evaluator, Process, Request
 from agent.policy.mechanisms import host_capabilities
-from tests.agentproc import agent_log, start_agent
 from tests.kernel.test_enforce import PY, SLOW, Env, Listener, free_port
 
 pytestmark = pytest.mark.kernel
@@ -177,36 +174,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     cgroup.mkdir()
     env = Env(root, work, root / "journal", root / "keys", policies, root / "run", cgroup,
               None, ports, host_capabilities().lsm)  # type: ignore[arg-type]  # fmt: skip
-    try:
-        env.agent = start_agent(
-            "--journal", str(env.journal), "--keys", str(env.keys), "--policies", str(policies),
-            "--cgroup", str(cgroup), "--run-dir", str(env.run_dir),
-            log=env.root / "agent.log",
-        )  # fmt: skip
-        deadline = time.monotonic() + 30 * SLOW
-        while not (env.run_dir / "status.json").exists():
-            assert env.agent.poll() is None, agent_log(env.agent, env.root / "agent.log")
-            assert time.monotonic() < deadline, "agent did not start"
-            time.sleep(0.1)
-        status = json.loads((env.run_dir / "status.json").read_text())
-        assert status["result"] == "loaded", status
+    with env.running():
         yield env
-    finally:
-        if env.agent is not None:
-            env.agent.send_signal(signal.SIGTERM)
-            try:
-                env.agent.wait(30 * SLOW)
-            finally:
-                if env.agent.poll() is None:
-                    env.agent.kill()
-        for _ in range(50):
-            try:
-                cgroup.rmdir()  # the hooks are detached with the agent
-                break
-            except OSError:
-                time.sleep(0.1)
-        if env.journal.exists():
-            protect.clear_all(env.journal)
 
 
 @pytest.fixture(scope="module")

@@ -23,16 +23,15 @@ import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from agent.enforce.guard import cgroup2_root
-from agent.journal import protect
 from agent.policy.mechanisms import host_capabilities
-from tests.agentproc import agent_log, start_agent
+from tests.kernel.test_bypass import denied, reload, run, status, until
 from tests.kernel.test_enforce import PY, SLOW, Env
 
 pytestmark = pytest.mark.kernel
@@ -122,63 +121,9 @@ def env() -> Iterator[Env]:
     lsm = host_capabilities().lsm
     env = Env(root, work, root / "journal", root / "keys", policies, root / "run", cgroup,
               None, {}, lsm)  # type: ignore[arg-type]  # fmt: skip
-    env.agent = start_agent(
-        "--journal", str(env.journal), "--keys", str(env.keys), "--policies", str(policies),
-        "--cgroup", str(cgroup), "--run-dir", str(env.run_dir),
-        log=env.root / "agent.log",
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30 * SLOW
-        while not (env.run_dir / "status.json").exists():
-            assert env.agent.poll() is None, agent_log(env.agent, env.root / "agent.log")
-            assert time.monotonic() < deadline, "agent did not start"
-            time.sleep(0.1)
-        assert status(env)["result"] == "loaded", status(env)
+    with env.running():
         yield env
-    finally:
-        env.agent.send_signal(signal.SIGTERM)
-        try:
-            env.agent.wait(30 * SLOW)
-        finally:
-            if env.agent.poll() is None:
-                env.agent.kill()
-        for _ in range(50):
-            try:
-                cgroup.rmdir()
-                break
-            except OSError:
-                time.sleep(0.1)
-        if env.journal.exists():
-            protect.clear_all(env.journal)
         shutil.rmtree(root, ignore_errors=True)
-
-
-def status(env: Env) -> dict[str, Any]:
-    loaded: dict[str, Any] = json.loads((env.run_dir / "status.json").read_text())
-    return loaded
-
-
-def run(argv: list[str], **kw: Any) -> subprocess.CompletedProcess[str] | PermissionError:
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=60 * SLOW, **kw)
-    except PermissionError as exc:
-        return exc
-
-
-def denied(argv: list[str]) -> bool:
-    r = run(argv)
-    return isinstance(r, PermissionError) or (
-        r.returncode != 0 and "Operation not permitted" in r.stderr + r.stdout
-    )
-
-
-def until(check: Callable[[], object], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout * SLOW
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def verdicts(env: Env, rule: str) -> list[dict[str, Any]]:
@@ -200,11 +145,6 @@ def since_now(env: Env) -> int:
 def journaled(env: Env, rule: str, since: int, timeout: float = 3.0) -> bool:
     """A verdict for ``rule`` recorded after ``since`` (deny, or missed by fanotify)."""
     return until(lambda: any(int(v["ts"]) > since for v in verdicts(env, rule)), timeout)
-
-
-def reload(env: Env) -> subprocess.CompletedProcess[str]:
-    return env.sealtrail("policy", "reload", "--run-dir", str(env.run_dir), "--timeout",
-                         str(30 * SLOW))  # fmt: skip
 
 
 def open_on_host(env: Env, rule: str) -> list[str]:

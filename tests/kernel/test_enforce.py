@@ -12,6 +12,7 @@ EPERM or SIGKILL, no side effect, neighbours unaffected, and the verdict in the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -29,9 +30,8 @@ from typing import Any
 import pytest
 
 from agent.enforce.guard import cgroup2_root
-from agent.journal import protect
 from agent.policy.mechanisms import host_capabilities
-from tests.agentproc import agent_log, start_agent
+from tests.agentproc import agent_log, start_agent, stop_agent
 
 pytestmark = pytest.mark.kernel
 
@@ -254,6 +254,28 @@ class Env:
     ports: dict[str, int]
     lsm: bool  # BPF-LSM loads here: file operations are denied in the kernel
 
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Env]:
+        """The agent on this environment's directories, enforcing its policies (status.json
+        says loaded) for the ``with`` block; stopped, its cgroup and journal cleaned after."""
+        log = self.root / "agent.log"
+        self.agent = start_agent(
+            "--journal", str(self.journal), "--keys", str(self.keys),
+            "--policies", str(self.policies), "--cgroup", str(self.cgroup),
+            "--run-dir", str(self.run_dir), log=log,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 30 * SLOW
+            while not (self.run_dir / "status.json").exists():
+                assert self.agent.poll() is None, agent_log(self.agent, log)
+                assert time.monotonic() < deadline, "agent did not start"
+                time.sleep(0.1)
+            status = json.loads((self.run_dir / "status.json").read_text())
+            assert status["result"] == "loaded", status
+            yield self
+        finally:
+            stop_agent(self.agent, 30 * SLOW, self.cgroup, self.journal)
+
     def hook(self, without_lsm: str) -> str:
         """The mechanism name expected for a file rule: lsm here, else ``without_lsm``."""
         return without_lsm.replace("fanotify", "lsm") if self.lsm else without_lsm
@@ -324,35 +346,8 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         assert lsm, "this host must load BPF-LSM programs (SEALTRAIL_EXPECT_LSM is set)"
     env = Env(root, work, root / "journal", root / "keys", policies, root / "run", cgroup,
               None, ports, lsm)  # type: ignore[arg-type]  # fmt: skip
-    env.agent = start_agent(
-        "--journal", str(env.journal), "--keys", str(env.keys), "--policies", str(policies),
-        "--cgroup", str(cgroup), "--run-dir", str(env.run_dir),
-        log=env.root / "agent.log",
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 30 * SLOW
-        while not (env.run_dir / "status.json").exists():
-            assert env.agent.poll() is None, agent_log(env.agent, env.root / "agent.log")
-            assert time.monotonic() < deadline, "agent did not start"
-            time.sleep(0.1)
-        status = json.loads((env.run_dir / "status.json").read_text())
-        assert status["result"] == "loaded", status
+    with env.running():
         yield env
-    finally:
-        env.agent.send_signal(signal.SIGTERM)
-        try:
-            env.agent.wait(30 * SLOW)
-        finally:
-            if env.agent.poll() is None:
-                env.agent.kill()
-        for _ in range(50):
-            try:
-                cgroup.rmdir()
-                break
-            except OSError:
-                time.sleep(0.1)
-        if env.journal.exists():
-            protect.clear_all(env.journal)
 
 
 CONNECT = textwrap.dedent(
