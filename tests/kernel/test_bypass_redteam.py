@@ -31,6 +31,7 @@ import pytest
 
 from agent.enforce.guard import cgroup2_root
 from agent.policy.mechanisms import host_capabilities
+from tests.agentproc import agent_log
 from tests.kernel.test_bypass import denied, reload, run, status, until
 from tests.kernel.test_enforce import PY, SLOW, Env
 
@@ -460,7 +461,8 @@ def _past_the_mark_limit(env: Env, many: Path) -> None:
     never_silent(env, "rt-no-exec-tree", since, witness.exists(), "exec past the mark limit")
     # the agent catches up with a storm at its own pace (it never spends more than half its
     # time on marks): the limit shows in status.json once it has
-    assert until(lambda: status(env)["result"] == "mismatch", 60), status(env)
+    reported = until(lambda: status(env)["result"] == "mismatch", 120)
+    assert reported, (status(env), agent_log(env.agent, env.root / "agent.log")[-3000:])
     s = status(env)
     print(f"[redteam] status after the storm: {s.get('result')} errors={s.get('errors')}")
     assert denied([str(env.work / "bin/tool"), str(env.root / "w1")]), "agent stopped enforcing"
