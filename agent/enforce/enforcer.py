@@ -339,14 +339,24 @@ class Enforcer:
                 marks = extend_plan(self._mark_plan, self._mark_rules, OsView(), changes)
             if marks is None:
                 marks = plan_marks(self._mark_rules, OsView())
-            try:
-                self._table.add(marks, strict=False)
-            except KernelError as exc:
-                log.error("fanotify marks: %s; trying again at the next change", exc)
-                return
-            self._state = replace(state, identities=dict(marks.identities))
-            self._mark_plan = marks
-            errors = self._table.prune(marks) + self._watch(marks)
+            errors: list[str] = []
+            # a directory filled before its watch was in place (mkdir -p, tar x, a storm) has
+            # subdirectories no event will name: each pass looks into the newly watched ones
+            for _ in range(16):
+                watched = self._dirwatch.watched if self._dirwatch is not None else frozenset()
+                try:
+                    self._table.add(marks, strict=False)
+                except KernelError as exc:
+                    log.error("fanotify marks: %s; trying again at the next change", exc)
+                    return
+                self._state = replace(state, identities=dict(marks.identities))
+                self._mark_plan = marks
+                errors = self._table.prune(marks) + self._watch(marks)
+                unseen = _unmarked_subdirs(marks, set(marks.watch) - watched)
+                if not unseen or marks.truncated:
+                    break
+                grown = extend_plan(marks, self._mark_rules, OsView(), unseen)
+                marks = grown if grown is not None else plan_marks(self._mark_rules, OsView())
             if marks.truncated:
                 errors.append(
                     f"more than {len(marks.marks)} objects to mark after a directory change: "
@@ -668,6 +678,22 @@ def _identity_target(state: _State, fd: int, operation: str) -> str | None:
     except OSError:
         return None
     return path if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino) else None
+
+
+def _unmarked_subdirs(marks: MarkPlan, directories: set[str]) -> list[tuple[str, str, bool]]:
+    """Subdirectories of ``directories`` that ``marks`` has not placed (created before the
+    directory's watch was added), as extend_plan changes."""
+    placed = set(marks.places.values())
+    out: list[tuple[str, str, bool]] = []
+    for directory in sorted(directories):
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False) and entry.path not in placed:
+                out.append((directory, entry.name, False))
+    return out
 
 
 def _succeeded(ev: model.Event) -> bool:

@@ -376,3 +376,20 @@ def test_a_judged_program_reading_a_judged_binary_does_not_hang_the_agent(env: E
     )  # fmt: skip
     assert r.returncode == 0 and "read" in r.stdout, r
     assert denied([str(env.work / "bin/tool"), str(env.root / "after-read")]), "agent stuck"
+
+
+def test_a_tree_filled_before_its_watch_is_marked_to_the_bottom(env: Env) -> None:
+    """mkdir -p of a deep tree at once: the directories below the first new one exist before
+    their parent is watched, so no event names them; the agent looks into each new watch."""
+    top = env.work / "tree-a/deep"
+    bottom = top / "a/b/c/d/e/f"
+    bottom.mkdir(parents=True)
+    for i in range(200):
+        (top / f"wide{i:03d}").mkdir()
+    shutil.copy(TOUCH, bottom / "tool")
+    shutil.copy(TOUCH, top / "wide199/tool")
+    assert until(lambda: denied([str(bottom / "tool"), str(env.root / "deep-ran")]), 10)
+    assert until(lambda: denied([str(top / "wide199/tool"), str(env.root / "wide-ran")]), 10)
+    assert not (env.root / "deep-ran").exists() or missed(
+        env, "no-exec-tree-a", str(bottom / "tool")
+    )
