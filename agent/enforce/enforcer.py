@@ -31,7 +31,6 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -430,12 +429,14 @@ class Enforcer:
             # a hard link to a file an exact rule names is the same inode: judge it by that name
             requests.append(replace(requests[0], path=identity))
         requests += [replace(requests[0], path=alias) for alias in paths[1:]]
-        verdict = _strictest(state.evaluator.decide(r) for r in requests)
+        verdict, decided = max(
+            ((state.evaluator.decide(r), r) for r in requests),
+            key=lambda judged: _SEVERITY.get(judged[0].effective, 0),
+        )
         if verdict.effective not in ("deny", "kill"):
             return True
         if verdict.effective == "kill":
             kill_process(pid)
-        decided = next(r for r in requests if state.evaluator.decide(r) == verdict)
         obj = {"path": req.path} | ({"judged_as": decided.path} if decided.path != req.path else {})
         self._record(state, verdict, decided.operation, pid, process.exe, obj,
                      after_the_fact=False)  # fmt: skip
@@ -493,15 +494,7 @@ class Enforcer:
             if not _succeeded(ev):
                 return  # answered (and recorded) at the permission event
             # the kernel never asked (a path fanotify cannot see: module doc): the fallback
-            kill = how is not None and how.rule.fallback == "kill"
-            if kill:
-                kill_process(ev.pid)
-            obj = {**_object(ev), "missed_by": "fanotify"}
-            if seen_as is not None:
-                obj["judged_as"] = seen_as
-            self._record(state, verdict, request.operation, ev.pid, ev.exe, obj,
-                         after_the_fact=True, action="kill" if kill else "audit",
-                         mechanism="sigkill-after-the-fact" if kill else "tracepoint")  # fmt: skip
+            self._record_missed(state, verdict, ev, request, "fanotify", seen_as)
             return
         after = bool(how and how.after_the_fact)
         if mechanism == "sigkill-after-the-fact" and verdict.effective in ("deny", "kill"):
@@ -532,13 +525,27 @@ class Enforcer:
         self, state: _State, ev: model.Event, request: Request, verdict: Verdict, missed_by: str
     ) -> None:
         verdict, seen_as = self._judge_aliases(state, request, ev.pid, verdict)
-        if seen_as is None or verdict.effective not in ("deny", "kill"):
-            return
+        if seen_as is not None and verdict.effective in ("deny", "kill"):
+            self._record_missed(state, verdict, ev, request, missed_by, seen_as)
+
+    def _record_missed(
+        self,
+        state: _State,
+        verdict: Verdict,
+        ev: model.Event,
+        request: Request,
+        missed_by: str,
+        seen_as: str | None,
+    ) -> None:
+        """What a deny mechanism let through, seen afterwards: the rule's fallback (killed if
+        it says ``kill``), journaled as after the fact with what missed it."""
         how = state.enforcements.get((verdict.policy_name or "", verdict.rule_id or ""))
         kill = how is not None and how.rule.fallback == "kill"
         if kill:
             kill_process(ev.pid)
-        obj = {**_object(ev), "missed_by": missed_by, "judged_as": seen_as}
+        obj = {**_object(ev), "missed_by": missed_by}
+        if seen_as is not None:
+            obj["judged_as"] = seen_as
         self._record(state, verdict, request.operation, ev.pid, ev.exe, obj,
                      after_the_fact=True, action="kill" if kill else "audit",
                      mechanism="sigkill-after-the-fact" if kill else "tracepoint")  # fmt: skip
@@ -626,10 +633,6 @@ class Enforcer:
 
 
 _SEVERITY = {"allow": 0, "audit": 1, "would-deny": 1, "would-kill": 1, "deny": 2, "kill": 3}
-
-
-def _strictest(verdicts: Iterable[Verdict]) -> Verdict:
-    return max(verdicts, key=lambda v: _SEVERITY.get(v.effective, 0))
 
 
 class CgroupPaths:

@@ -35,7 +35,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agent.enforce.mounts import mounted_filesystems, read_mounts
+from agent.enforce.mounts import mounted_filesystems, read_mounts, relative_under
 
 FAN_OPEN_PERM = 0x10000
 FAN_OPEN_EXEC_PERM = 0x40000
@@ -225,20 +225,12 @@ def _plan_overlays(out: MarkPlan, fs: FsView, rules: list[MarkRule]) -> None:
                 for layer in layers:
                     if _in_scope(layer, path):
                         _plan_tree(out, fs, rule, perm, point)  # all of the overlay is inside
-                    elif (rest := _below(base, layer)) is not None:
+                    elif (rest := relative_under(base, layer)) is not None:
                         shown = os.path.join(point, rest) if rest else point
                         if path.endswith("*"):
                             _plan_prefix(out, fs, rule, perm, shown)
                         else:
                             _plan_tree(out, fs, rule, perm, shown)
-
-
-def _below(path: str, top: str) -> str | None:
-    """``path`` relative to ``top`` ('' for itself), or None if it is not at or below it."""
-    if path == top:
-        return ""
-    prefix = top.rstrip("/") + "/"
-    return path[len(prefix) :] if path.startswith(prefix) else None
 
 
 def _walk_dirs(fs: FsView, root: str) -> Iterator[str]:

@@ -102,7 +102,7 @@ def mount_point(dev: int) -> str | None:
     return next((m.point for m in read_mounts() if m.dev == wanted), None)
 
 
-def _under(path: str, top: str) -> str | None:
+def relative_under(path: str, top: str) -> str | None:
     """``path`` relative to ``top`` ('' for itself), or None if it is not below it."""
     if top == "/":
         return path[1:] if path.startswith("/") else None
@@ -115,7 +115,7 @@ def _mount_of(path: str, table: list[Mount]) -> tuple[Mount, str] | None:
     """The mount ``path`` is on (the last one on the longest mount point) and the rest."""
     best: tuple[Mount, str] | None = None
     for m in table:
-        rest = _under(path, m.point)
+        rest = relative_under(path, m.point)
         if rest is not None and (best is None or len(m.point) >= len(best[0].point)):
             best = (m, rest)
     return best
@@ -217,7 +217,7 @@ def _aliases(path: str, table: list[Mount], ours: list[Mount], foreign: bool) ->
     for m in ours:
         if m.dev != mount.dev or m.lower:
             continue
-        inside = _under(where, m.root)
+        inside = relative_under(where, m.root)
         if inside is not None:
             out.append(_join(m.point, inside))
     return out
