@@ -96,7 +96,7 @@ def _build(cls: type[E], common: dict[str, object], **fields: object) -> E:
 
     Its per-field object.__setattr__ calls cost ~2.5 us per event, a fifth of the agent's
     budget at 100 k events/s; the values here come from the fixed ABI, and
-    tests/unit/test_decode.py proves every event built this way has exactly its class's fields
+    tests/unit/events/test_decode.py proves every event built this way has exactly its class's fields
     and equals the one __init__ would build.
     """
     event = object.__new__(cls)
