@@ -284,11 +284,6 @@ class EventStream:
             raise KernelError("event stream is not started")
         return self._rb.poll_batch(timeout_ms)
 
-    def drain_batch(self) -> bytes:
-        if self._rb is None:
-            raise KernelError("event stream is not started")
-        return self._rb.drain_batch()
-
     def decode_records(self, raws: list[bytes]) -> list[StreamItem]:
         """Decode raw records as ``poll`` does, without the loss check."""
         return self._decode_all(raws, loss_check=False)
