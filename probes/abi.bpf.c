@@ -3,12 +3,46 @@
  * Never loaded: this object exists so that the BTF of every ABI type in sealtrail.h is
  * emitted (types used only through pointer casts in the probes are not), and
  * tests/kernel/test_abi.py can compare agent/kernel/abi.py with it (Tetragon's alignchecker).
+ *
+ * A #define leaves no BTF: enum st_defines carries each one of sealtrail.h (ST_X as
+ * ST_DEFINE_X) into it, so the test checks the mirror's constants too. The test fails if a
+ * define or an enum of the header is missing here.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include "sealtrail.h"
 
 char LICENSE[] SEC("license") = "GPL";
+
+enum st_defines {
+	ST_DEFINE_PATH_MAX = ST_PATH_MAX,
+	ST_DEFINE_PATH_DEPTH = ST_PATH_DEPTH,
+	ST_DEFINE_NAME_MAX = ST_NAME_MAX,
+	ST_DEFINE_ARGS_MAX = ST_ARGS_MAX,
+	ST_DEFINE_COMM_LEN = ST_COMM_LEN,
+	ST_DEFINE_FILTER_PREFIX_MAX = ST_FILTER_PREFIX_MAX,
+	ST_DEFINE_SCRATCH_SIZE = ST_SCRATCH_SIZE,
+	ST_DEFINE_F_TRUNCATED = ST_F_TRUNCATED,
+	ST_DEFINE_F_PATH_RESOLVED = ST_F_PATH_RESOLVED,
+	ST_DEFINE_F_PATH_RELATIVE = ST_F_PATH_RELATIVE,
+	ST_DEFINE_F_NO_EXIT = ST_F_NO_EXIT,
+	ST_DEFINE_F_SENDMSG = ST_F_SENDMSG,
+	ST_DEFINE_F_TRUNCATE = ST_F_TRUNCATE,
+	ST_DEFINE_EXEC_FILELESS = ST_EXEC_FILELESS,
+	ST_DEFINE_RULES_PER_OP = ST_RULES_PER_OP,
+	ST_DEFINE_MASK_WORDS = ST_MASK_WORDS,
+	ST_DEFINE_LPM_PATH_DATA = ST_LPM_PATH_DATA,
+	ST_DEFINE_LPM_ADDR_DATA = ST_LPM_ADDR_DATA,
+	ST_DEFINE_LPM_PORT_DATA = ST_LPM_PORT_DATA,
+	ST_DEFINE_POL_PATHS_MAX = ST_POL_PATHS_MAX,
+	ST_DEFINE_POL_CGROUPS_MAX = ST_POL_CGROUPS_MAX,
+	ST_DEFINE_POL_TABLE_MAX = ST_POL_TABLE_MAX,
+	ST_DEFINE_LINEAGE_MAX = ST_LINEAGE_MAX,
+	ST_DEFINE_RULE_MONITOR = ST_RULE_MONITOR,
+	ST_DEFINE_RULE_FALLBACK_KILL = ST_RULE_FALLBACK_KILL,
+	ST_DEFINE_RULE_FALLBACK_AUDIT = ST_RULE_FALLBACK_AUDIT,
+	ST_DEFINE_GUARD_LINEAGE = ST_GUARD_LINEAGE,
+};
 
 struct st_hdr _st_hdr;
 struct st_exec _st_exec;
@@ -41,3 +75,4 @@ enum st_action _st_action;
 enum st_mechanism _st_mechanism;
 enum st_slot _st_slot;
 enum st_pol_action _st_pol_action;
+enum st_defines _st_defines;

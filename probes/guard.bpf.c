@@ -46,47 +46,47 @@ struct pol_masks {
 };
 struct pol_addrs {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 4096);
+	__uint(max_entries, ST_POL_TABLE_MAX);
 	__uint(key_size, sizeof(struct st_lpm_addr_key));
 	__uint(value_size, sizeof(struct st_mask));
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 };
 struct pol_paths {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 16384);
+	__uint(max_entries, ST_POL_PATHS_MAX);
 	__uint(key_size, sizeof(struct st_lpm_path_key));
 	__uint(value_size, sizeof(struct st_mask));
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 };
 struct pol_inodes {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
+	__uint(max_entries, ST_POL_TABLE_MAX);
 	__uint(key_size, sizeof(struct st_inode_key));
 	__uint(value_size, sizeof(struct st_mask));
 };
 struct pol_ports {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 4096);
+	__uint(max_entries, ST_POL_TABLE_MAX);
 	__uint(key_size, sizeof(struct st_lpm_port_key));
 	__uint(value_size, sizeof(struct st_mask));
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 };
 struct pol_exe {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
-	__uint(max_entries, 4096);
+	__uint(max_entries, ST_POL_TABLE_MAX);
 	__uint(key_size, sizeof(struct st_lpm_path_key));
 	__uint(value_size, sizeof(struct st_pol_exe));
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 };
 struct pol_ids {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
+	__uint(max_entries, ST_POL_TABLE_MAX);
 	__uint(key_size, sizeof(struct st_pol_id_key));
 	__uint(value_size, sizeof(struct st_pol_id));
 };
 struct pol_cgroup {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 16384);
+	__uint(max_entries, ST_POL_CGROUPS_MAX);
 	__uint(key_size, sizeof(struct st_pol_cgroup_key));
 	__uint(value_size, sizeof(struct st_pol_id));
 };
@@ -112,7 +112,7 @@ OUTER(st_pol_cgroup, pol_cgroup);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
+	__uint(max_entries, ST_LINEAGE_MAX);
 	__type(key, struct st_lineage_key);
 	__type(value, struct st_lineage);
 } st_lineage SEC(".maps");

@@ -222,6 +222,17 @@ struct st_pending {
 #define ST_RULES_PER_OP 1024
 #define ST_MASK_WORDS (ST_RULES_PER_OP / 64)
 
+/* LPM key data bytes (struct st_lpm_*_key); a path key is the kernel's LPM_DATA_SIZE_MAX */
+#define ST_LPM_PATH_DATA 256
+#define ST_LPM_ADDR_DATA 20
+#define ST_LPM_PORT_DATA 4
+
+/* capacities (entries) of the policy tables, checked by the compiler before a load */
+#define ST_POL_PATHS_MAX 16384   /* st_pol_paths */
+#define ST_POL_CGROUPS_MAX 16384 /* st_pol_cgroup: (op, id) of each existing cgroup a rule names */
+#define ST_POL_TABLE_MAX 4096    /* st_pol_addrs, _ports, _exe, _uid, _gid, _inodes; cgroup paths */
+#define ST_LINEAGE_MAX 65536     /* st_lineage: tasks whose ancestry the guard follows at once */
+
 struct st_mask {
 	__u64 w[ST_MASK_WORDS];   /* bit i of rule index i is bit i%64 of w[i/64] */
 };
@@ -255,15 +266,15 @@ struct st_pol_rule {
 /* LPM keys: data starts with the op byte */
 struct st_lpm_path_key {   /* st_pol_exe: op, path bytes[, NUL if exact] */
 	__u32 prefixlen;
-	__u8 data[256];
+	__u8 data[ST_LPM_PATH_DATA];
 };
 struct st_lpm_addr_key {   /* st_pol_addrs: op, 0, 0, 0, IPv6 (IPv4 as ::ffff:a.b.c.d) */
 	__u32 prefixlen;
-	__u8 data[20];
+	__u8 data[ST_LPM_ADDR_DATA];
 };
 struct st_lpm_port_key {   /* st_pol_ports: op, 0, port (big-endian) */
 	__u32 prefixlen;
-	__u8 data[4];
+	__u8 data[ST_LPM_PORT_DATA];
 };
 struct st_pol_exe {
 	struct st_mask self;       /* rules whose binary condition this exe satisfies */

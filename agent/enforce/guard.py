@@ -80,9 +80,10 @@ def _tables() -> dict[str, _Table]:
             spec.name, kinds[spec.kind], spec.key_size, spec.value_size, spec.max_entries,
             BPF_F_NO_PREALLOC if spec.kind == "lpm_trie" else 0,
         )  # fmt: skip
-    cg = MAPS["cgroup"]
-    out["cgroup"] = _Table(cg.name, BPF_MAP_TYPE_HASH, 16, cg.value_size, 16384)
-    out["inodes"] = _Table("st_pol_inodes", BPF_MAP_TYPE_HASH, 16, MAPS["paths"].value_size, 4096)
+    cg, key, mask = MAPS["cgroup"], ctypes.sizeof(abi.PolCgroupKey), ctypes.sizeof(abi.Mask)
+    out["cgroup"] = _Table(cg.name, BPF_MAP_TYPE_HASH, key, cg.value_size, abi.POL_CGROUPS_MAX)
+    key = ctypes.sizeof(abi.InodeKey)
+    out["inodes"] = _Table("st_pol_inodes", BPF_MAP_TYPE_HASH, key, mask, abi.POL_TABLE_MAX)
     return out
 
 

@@ -1,7 +1,8 @@
 """ctypes mirror of ``probes/sealtrail.h``, the kernel/user ABI.
 
 Keep in sync with probes/sealtrail.h: tests/kernel/test_abi.py compares every struct here
-(size, field offsets and sizes) with the BTF of the compiled objects, so drift fails a test.
+(size, field offsets and sizes), every enum and every ``#define`` (``DEFINES``) with the BTF
+of the compiled objects, so drift fails a test.
 """
 
 from __future__ import annotations
@@ -19,8 +20,16 @@ FILTER_PREFIX_MAX = 256
 SCRATCH_SIZE = 20480
 RULES_PER_OP = 1024
 MASK_WORDS = RULES_PER_OP // 64
-SLOTS = 19
+LPM_PATH_DATA = 256
+LPM_ADDR_DATA = 20
+LPM_PORT_DATA = 4
+POL_PATHS_MAX = 16384
+POL_CGROUPS_MAX = 16384
+POL_TABLE_MAX = 4096
+LINEAGE_MAX = 65536
 RULE_MONITOR = 0x1
+RULE_FALLBACK_KILL = 0x2
+RULE_FALLBACK_AUDIT = 0x4
 GUARD_LINEAGE = 0x1
 
 
@@ -39,6 +48,42 @@ class Mechanism(enum.IntEnum):
     FANOTIFY = 3
     SIGKILL = 4
     EXEC_TRACEPOINT = 5
+
+
+class PolAction(enum.IntEnum):
+    """st_pol_rule.action: what a rule asks for (the verdict's action is ``Action``)."""
+
+    ALLOW = 0
+    AUDIT = 1
+    DENY = 2
+    KILL = 3
+
+
+class Slot(enum.IntEnum):
+    """Fixed masks of one operation (st_pol_masks value = st_mask slot[SLOTS])."""
+
+    EXE_ANY = 0  # rules whose subject does not name exe
+    UID_ANY = 1
+    GID_ANY = 2
+    CGROUP_ANY = 3
+    X_EXE_ANY = 4  # rules whose except does not name exe
+    X_UID_ANY = 5
+    X_GID_ANY = 6
+    X_CGROUP_ANY = 7
+    HAS_EXCEPT = 8
+    ADDR_ANY = 9
+    PORT_ANY = 10
+    PROTO_ANY = 11
+    PROTO_TCP = 12
+    PROTO_UDP = 13
+    ACCESS_READ = 14
+    ACCESS_WRITE = 15
+    ACCESS_CREATE = 16
+    ACCESS_TRUNCATE = 17
+    EXEC_FILELESS = 18  # exec rules with targets.fileless: T of a binary with no name
+
+
+SLOTS = len(Slot)
 
 
 class Op(enum.IntEnum):
@@ -240,15 +285,15 @@ class PolRule(_S):
 
 
 class LpmPathKey(_S):
-    _fields_ = [("prefixlen", c_uint32), ("data", c_uint8 * 256)]
+    _fields_ = [("prefixlen", c_uint32), ("data", c_uint8 * LPM_PATH_DATA)]
 
 
 class LpmAddrKey(_S):
-    _fields_ = [("prefixlen", c_uint32), ("data", c_uint8 * 20)]
+    _fields_ = [("prefixlen", c_uint32), ("data", c_uint8 * LPM_ADDR_DATA)]
 
 
 class LpmPortKey(_S):
-    _fields_ = [("prefixlen", c_uint32), ("data", c_uint8 * 4)]
+    _fields_ = [("prefixlen", c_uint32), ("data", c_uint8 * LPM_PORT_DATA)]
 
 
 class PolExe(_S):
@@ -320,6 +365,37 @@ STRUCTS: dict[str, type[ctypes.Structure]] = {
     "st_guard_rodata": GuardRodata,
 }
 
+# ``#define`` in the header -> its mirror here; the ABI test walks this table.
+DEFINES: dict[str, int] = {
+    "ST_PATH_MAX": PATH_MAX,
+    "ST_PATH_DEPTH": PATH_DEPTH,
+    "ST_NAME_MAX": NAME_MAX,
+    "ST_ARGS_MAX": ARGS_MAX,
+    "ST_COMM_LEN": COMM_LEN,
+    "ST_FILTER_PREFIX_MAX": FILTER_PREFIX_MAX,
+    "ST_SCRATCH_SIZE": SCRATCH_SIZE,
+    "ST_F_TRUNCATED": F_TRUNCATED,
+    "ST_F_PATH_RESOLVED": F_PATH_RESOLVED,
+    "ST_F_PATH_RELATIVE": F_PATH_RELATIVE,
+    "ST_F_NO_EXIT": F_NO_EXIT,
+    "ST_F_SENDMSG": F_SENDMSG,
+    "ST_F_TRUNCATE": F_TRUNCATE,
+    "ST_EXEC_FILELESS": EXEC_FILELESS,
+    "ST_RULES_PER_OP": RULES_PER_OP,
+    "ST_MASK_WORDS": MASK_WORDS,
+    "ST_LPM_PATH_DATA": LPM_PATH_DATA,
+    "ST_LPM_ADDR_DATA": LPM_ADDR_DATA,
+    "ST_LPM_PORT_DATA": LPM_PORT_DATA,
+    "ST_POL_PATHS_MAX": POL_PATHS_MAX,
+    "ST_POL_CGROUPS_MAX": POL_CGROUPS_MAX,
+    "ST_POL_TABLE_MAX": POL_TABLE_MAX,
+    "ST_LINEAGE_MAX": LINEAGE_MAX,
+    "ST_RULE_MONITOR": RULE_MONITOR,
+    "ST_RULE_FALLBACK_KILL": RULE_FALLBACK_KILL,
+    "ST_RULE_FALLBACK_AUDIT": RULE_FALLBACK_AUDIT,
+    "ST_GUARD_LINEAGE": GUARD_LINEAGE,
+}
+
 # Map names in the BPF objects.
 MAP_EVENTS = "st_events"
 MAP_CONFIG = "st_config"
@@ -330,6 +406,11 @@ RODATA_SECTION = ".rodata.st"
 MAP_GUARD_CFG = "st_guard_cfg"
 GUARD_RODATA_SECTION = ".rodata.guard"
 MAP_LINEAGE = "st_lineage"
+
+
+def u32_key(value: int) -> bytes:
+    """A ``__u32`` map key (array indexes: st_pol_rules, st_pol_masks, array-of-maps slots)."""
+    return bytes(c_uint32(value))
 
 
 def prefix_key(prefix: bytes) -> bytes:

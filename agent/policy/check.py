@@ -21,10 +21,10 @@ from agent.policy.compile import (
     MAX_RULES,
     CompiledPolicySet,
     compile_policy_set,
-    lpm_key,
     port_entries,
     port_lookup,
     precedence_class,
+    prefix_bits,
 )
 from agent.policy.mechanisms import Enforcement, HostCapabilities, plan
 from agent.policy.model import Rule, Subject, Target, parse_address, parse_path, parse_port
@@ -231,22 +231,22 @@ def _path_probes(pattern: str) -> list[_Key]:
 
 def _address_keys(cidr: str) -> list[_Key]:
     address, length = parse_address(cidr)
-    return [(lpm_key(length, address, 16),)]
+    return [(length, prefix_bits(length, address, 16))]
 
 
 def _address_probes(cidr: str) -> list[_Key]:
     address, length = parse_address(cidr)
-    return [(lpm_key(n, address, 16),) for n in range(length + 1)]
+    return [(n, prefix_bits(n, address, 16)) for n in range(length + 1)]
 
 
 def _port_keys(value: int | str) -> list[_Key]:
-    return [(lpm_key(length, data, 4),) for length, data in port_entries(0, value)]
+    return [(length, prefix_bits(length, data, 4)) for length, data in port_entries(0, value)]
 
 
 def _port_probes(value: int | str) -> list[_Key]:
     """The aligned blocks holding the lowest port of ``value``: a coverer has one of them."""
     data = port_lookup(0, parse_port(value)[0])[1]
-    return [(lpm_key(length, data, 4),) for length in range(16, 33)]
+    return [(length, prefix_bits(length, data, 4)) for length in range(16, 33)]
 
 
 def _id_keys(value: int) -> list[_Key]:
@@ -286,7 +286,7 @@ def _path_covers(a: str, b: str) -> bool:
 @functools.lru_cache(maxsize=65536)
 def _address_covers(a: str, b: str) -> bool:
     (a_addr, a_len), (b_addr, b_len) = parse_address(a), parse_address(b)
-    return a_len <= b_len and lpm_key(a_len, a_addr, 16) == lpm_key(a_len, b_addr, 16)
+    return a_len <= b_len and prefix_bits(a_len, a_addr, 16) == prefix_bits(a_len, b_addr, 16)
 
 
 def _ports_cover(a: tuple[int | str, ...] | None, b: tuple[int | str, ...] | None) -> bool:

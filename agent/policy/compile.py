@@ -23,15 +23,16 @@ Precedence is the index order, decided once here (:func:`precedence_class`): enf
 then enforcing kill, enforcing deny, then monitor-mode allow, kill, deny, then audit (any mode);
 ties by rule number = file order. So "lowest set bit" is the whole verdict function.
 
-Byte layout (native little-endian integers; LPM data is big-endian by construction; every key
-of an LPM trie is ``struct { __u32 prefixlen; __u8 data[N]; }`` with bits past prefixlen zero;
-``st_mask`` is ``__u64 w[16]``, bit i of rule index i is bit i%64 of w[i/64]):
+Byte layout (the structs of probes/sealtrail.h, packed with their BTF-checked mirrors in
+``agent.kernel.abi``; native little-endian integers; LPM data is big-endian by construction;
+every key of an LPM trie is ``struct { __u32 prefixlen; __u8 data[N]; }`` with bits past
+prefixlen zero; ``st_mask`` is ``__u64 w[16]``, bit i of rule index i is bit i%64 of w[i/64]):
 
     st_pol_rules   ARRAY  key __u32 op*1024+index -> struct { __u32 rule_no; __u16 policy_no;
                                                              __u8 action; __u8 flags; } (8 B)
-                   action 0 allow 1 audit 2 deny 3 kill; flags 1 MONITOR 2 FALLBACK_KILL
-                   4 FALLBACK_AUDIT. rule_no indexes CompiledPolicySet.rules_by_no (the id).
-    st_pol_masks   ARRAY  key __u32 op -> st_mask slot[19] (2432 B), slots as in Slot below
+                   action: enum st_pol_action (abi.PolAction); flags: ST_RULE_* (abi.RULE_*).
+                   rule_no indexes CompiledPolicySet.rules_by_no (the id).
+    st_pol_masks   ARRAY  key __u32 op -> st_mask slot[19] (2432 B), slots as in abi.Slot
     st_pol_paths   LPM    data[256] = op, path bytes[, NUL if exact] -> st_mask (128 B)
                    exact "/etc/shadow": data "\\x04/etc/shadow\\0", prefixlen = 8 * 13
                    prefix "/etc/sudoers.d/" or "/etc/sudoers*": no NUL, prefixlen = 8 * len
@@ -55,16 +56,17 @@ covers it, so one longest-prefix lookup yields every matching rule.
 
 from __future__ import annotations
 
-import enum
+import ctypes
 import functools
 import ipaddress
-import struct
+import sys
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from agent.errors import PolicyInvalid
-from agent.kernel.abi import OP_MAX, Op
+from agent.kernel import abi
+from agent.kernel.abi import OP_MAX, Op, Slot, u32_key
 from agent.policy.model import (
     ACCESS,
     PROTOCOLS,
@@ -91,43 +93,9 @@ OPS: dict[str, int] = {
         "accept",
     )
 }
-MAX_RULES = 1024  # per operation
-MASK_BYTES = MAX_RULES // 8
-PATH_DATA = 256  # LPM_DATA_SIZE_MAX
-ADDR_DATA = 20
-PORT_DATA = 4
-ACTION_CODES = {"allow": 0, "audit": 1, "deny": 2, "kill": 3}
-FLAG_MONITOR = 0x1
-FLAG_FALLBACK_KILL = 0x2
-FLAG_FALLBACK_AUDIT = 0x4
-_RULE = struct.Struct("<IHBB")
-
-
-class Slot(enum.IntEnum):
-    """Fixed masks of one operation (st_pol_masks value = st_mask slot[N_SLOTS])."""
-
-    EXE_ANY = 0  # rules whose subject does not name exe
-    UID_ANY = 1
-    GID_ANY = 2
-    CGROUP_ANY = 3
-    X_EXE_ANY = 4  # rules whose except does not name exe
-    X_UID_ANY = 5
-    X_GID_ANY = 6
-    X_CGROUP_ANY = 7
-    HAS_EXCEPT = 8
-    ADDR_ANY = 9
-    PORT_ANY = 10
-    PROTO_ANY = 11
-    PROTO_TCP = 12
-    PROTO_UDP = 13
-    ACCESS_READ = 14
-    ACCESS_WRITE = 15
-    ACCESS_CREATE = 16
-    ACCESS_TRUNCATE = 17
-    EXEC_FILELESS = 18  # exec rules with targets.fileless: T of a binary with no name
-
-
-N_SLOTS = len(Slot)
+MAX_RULES = abi.RULES_PER_OP  # per operation: the bits of a mask
+MASK_BYTES = ctypes.sizeof(abi.Mask)
+N_SLOTS = abi.SLOTS
 PROTO_SLOTS = {"tcp": Slot.PROTO_TCP, "udp": Slot.PROTO_UDP}
 ACCESS_SLOTS = {name: Slot[f"ACCESS_{name.upper()}"] for name in ACCESS}
 assert set(PROTO_SLOTS) == set(PROTOCOLS)
@@ -141,19 +109,31 @@ class MapSpec:
     kind: str  # "array" | "hash" | "lpm_trie"
     key_size: int
     value_size: int
-    max_entries: int
+    max_entries: int  # a sealtrail.h capacity
+
+    @property
+    def lpm_data(self) -> int:
+        """Bytes of an LPM key's data (after its ``__u32 prefixlen``)."""
+        return self.key_size - _PREFIXLEN.size
 
 
+def _spec(name: str, kind: str, key: type[ctypes._CData], value: type[ctypes._CData],
+          max_entries: int) -> MapSpec:  # fmt: skip
+    return MapSpec(name, kind, ctypes.sizeof(key), ctypes.sizeof(value), max_entries)
+
+
+_U32 = ctypes.c_uint32
 MAPS: dict[str, MapSpec] = {
-    "rules": MapSpec("st_pol_rules", "array", 4, _RULE.size, OP_MAX * MAX_RULES),
-    "masks": MapSpec("st_pol_masks", "array", 4, N_SLOTS * MASK_BYTES, OP_MAX),
-    "paths": MapSpec("st_pol_paths", "lpm_trie", 4 + PATH_DATA, MASK_BYTES, 16384),
-    "addrs": MapSpec("st_pol_addrs", "lpm_trie", 4 + ADDR_DATA, MASK_BYTES, 4096),
-    "ports": MapSpec("st_pol_ports", "lpm_trie", 4 + PORT_DATA, MASK_BYTES, 4096),
-    "exe": MapSpec("st_pol_exe", "lpm_trie", 4 + PATH_DATA, 4 * MASK_BYTES, 4096),
-    "uid": MapSpec("st_pol_uid", "hash", 8, 2 * MASK_BYTES, 4096),
-    "gid": MapSpec("st_pol_gid", "hash", 8, 2 * MASK_BYTES, 4096),
-    "cgroup": MapSpec("st_pol_cgroup", "lpm_trie", 4 + PATH_DATA, 2 * MASK_BYTES, 4096),
+    "rules": _spec("st_pol_rules", "array", _U32, abi.PolRule, OP_MAX * MAX_RULES),
+    "masks": _spec("st_pol_masks", "array", _U32, abi.PolMasks, OP_MAX),
+    "paths": _spec("st_pol_paths", "lpm_trie", abi.LpmPathKey, abi.Mask, abi.POL_PATHS_MAX),
+    "addrs": _spec("st_pol_addrs", "lpm_trie", abi.LpmAddrKey, abi.Mask, abi.POL_TABLE_MAX),
+    "ports": _spec("st_pol_ports", "lpm_trie", abi.LpmPortKey, abi.Mask, abi.POL_TABLE_MAX),
+    "exe": _spec("st_pol_exe", "lpm_trie", abi.LpmPathKey, abi.PolExe, abi.POL_TABLE_MAX),
+    "uid": _spec("st_pol_uid", "hash", abi.PolIdKey, abi.PolId, abi.POL_TABLE_MAX),
+    "gid": _spec("st_pol_gid", "hash", abi.PolIdKey, abi.PolId, abi.POL_TABLE_MAX),
+    # by path here; the guard turns it into the kernel's st_pol_cgroup, keyed by cgroup id
+    "cgroup": _spec("st_pol_cgroup", "lpm_trie", abi.LpmPathKey, abi.PolId, abi.POL_TABLE_MAX),
 }
 
 
@@ -169,13 +149,31 @@ def precedence_class(mode: str, action: str) -> int:
 # ---- key encoding: used by the compiler (entries) and the evaluator (lookups) ----
 
 
-def lpm_key(prefixlen: int, data: bytes, size: int) -> bytes:
-    """``struct { __u32 prefixlen; __u8 data[size]; }`` with the bits past prefixlen zeroed."""
+#: Every st_lpm_*_key starts with ``__u32 prefixlen`` and has its data right after it, no
+#: padding: checked here against the mirror, so the lookups below may build keys as bytes (the
+#: evaluator makes dozens per decision; a ctypes object each would double its cost).
+_PREFIXLEN = abi.LpmPathKey.prefixlen
+assert all(
+    key.prefixlen.offset == 0
+    and key.prefixlen.size == _PREFIXLEN.size
+    and key.data.offset == _PREFIXLEN.size
+    and ctypes.sizeof(key) == key.data.offset + key.data.size
+    for key in (abi.LpmPathKey, abi.LpmAddrKey, abi.LpmPortKey)
+)
+
+
+def prefix_bits(prefixlen: int, data: bytes, size: int) -> bytes:
+    """``data`` cut to its first ``prefixlen`` bits (the rest zeroed), padded to ``size``."""
     full, rest = divmod(prefixlen, 8)
     kept = bytearray(data[: full + (1 if rest else 0)])
     if rest:
         kept[-1] &= (0xFF << (8 - rest)) & 0xFF
-    return struct.pack("<I", prefixlen) + bytes(kept).ljust(size, b"\0")
+    return bytes(kept).ljust(size, b"\0")
+
+
+def lpm_key(prefixlen: int, data: bytes, size: int) -> bytes:
+    """An st_lpm_*_key with ``size`` bytes of data, the bits past ``prefixlen`` zeroed."""
+    return prefixlen.to_bytes(_PREFIXLEN.size, sys.byteorder) + prefix_bits(prefixlen, data, size)
 
 
 def path_entry(op: int, pattern: str) -> tuple[int, bytes]:
@@ -185,7 +183,7 @@ def path_entry(op: int, pattern: str) -> tuple[int, bytes]:
 
 
 def path_lookup(op: int, path: str) -> tuple[int, bytes]:
-    data = (bytes([op]) + path.encode("utf-8", "surrogateescape") + b"\0")[:PATH_DATA]
+    data = (bytes([op]) + path.encode("utf-8", "surrogateescape") + b"\0")[: abi.LPM_PATH_DATA]
     return 8 * len(data), data
 
 
@@ -239,7 +237,7 @@ def port_lookup(op: int, port: int) -> tuple[int, bytes]:
 
 
 def id_key(op: int, value: int) -> bytes:
-    return struct.pack("<II", op, value)
+    return bytes(abi.PolIdKey(op, value))
 
 
 def pack_masks(*masks: int) -> bytes:
@@ -278,16 +276,16 @@ class CompiledRule:
     @property
     def flags(self) -> int:
         return (
-            (FLAG_MONITOR if self.mode == "monitor" else 0)
-            | (FLAG_FALLBACK_KILL if self.fallback == "kill" else 0)
-            | (FLAG_FALLBACK_AUDIT if self.fallback == "audit" else 0)
+            (abi.RULE_MONITOR if self.mode == "monitor" else 0)
+            | (abi.RULE_FALLBACK_KILL if self.fallback == "kill" else 0)
+            | (abi.RULE_FALLBACK_AUDIT if self.fallback == "audit" else 0)
         )
 
     def entry(self) -> tuple[bytes, bytes]:
         """(key, value) in st_pol_rules."""
-        key = struct.pack("<I", OPS[self.operation] * MAX_RULES + self.index)
-        value = _RULE.pack(self.rule_no, self.policy_no, ACTION_CODES[self.action], self.flags)
-        return key, value
+        key = u32_key(OPS[self.operation] * MAX_RULES + self.index)
+        action = abi.PolAction[self.action.upper()]
+        return key, bytes(abi.PolRule(self.rule_no, self.policy_no, action, self.flags))
 
 
 @dataclass(frozen=True)
@@ -328,8 +326,8 @@ class _Lpm:
 
     def add(self, entry: tuple[int, bytes], slot: int, bit: int) -> None:
         prefixlen, data = entry
-        key = lpm_key(prefixlen, data, self.size)
-        self.raw.setdefault((prefixlen, key[4:]), [0] * self.width)[slot] |= bit
+        bits = prefix_bits(prefixlen, data, self.size)
+        self.raw.setdefault((prefixlen, bits), [0] * self.width)[slot] |= bit
 
     def closed(self) -> dict[bytes, bytes]:
         """Each entry ORed with every shorter entry covering it."""
@@ -340,10 +338,10 @@ class _Lpm:
             for shorter in lengths:
                 if shorter >= length:
                     break
-                covering = self.raw.get((shorter, lpm_key(shorter, data, self.size)[4:]))
+                covering = self.raw.get((shorter, prefix_bits(shorter, data, self.size)))
                 if covering is not None:
                     total = [a | b for a, b in zip(total, covering, strict=True)]
-            out[struct.pack("<I", length) + data] = pack_masks(*total)
+            out[lpm_key(length, data, self.size)] = pack_masks(*total)
         return out
 
 
@@ -413,7 +411,7 @@ def compile_policy_set(policy_set: PolicySet) -> CompiledPolicySet:
         rank = precedence_class(source.policy.mode, rule.action)
         placed[rule.operation].append((rank, rule_no, source, in_file))
     lpms = {
-        name: _Lpm(MAPS[name].key_size - 4, MAPS[name].value_size // MASK_BYTES)
+        name: _Lpm(MAPS[name].lpm_data, MAPS[name].value_size // MASK_BYTES)
         for name in ("paths", "addrs", "ports", "exe", "cgroup")
     }
     ids: dict[str, dict[bytes, list[int]]] = {"uid": {}, "gid": {}}
@@ -442,7 +440,7 @@ def compile_policy_set(policy_set: PolicySet) -> CompiledPolicySet:
                 )
             )  # fmt: skip
         if entries:
-            masks[struct.pack("<I", op)] = pack_masks(*tables.slots)
+            masks[u32_key(op)] = pack_masks(*tables.slots)
     maps: dict[str, dict[bytes, bytes]] = {name: lpm.closed() for name, lpm in lpms.items()}
     for name, table in ids.items():
         maps[name] = {key: pack_masks(*value) for key, value in table.items()}

@@ -21,13 +21,13 @@ from agent.events.model import (
     RenameEvent,
     TruncateEvent,
 )
+from agent.kernel.abi import Slot, u32_key
 from agent.policy.compile import (
     ACCESS_SLOTS,
     MAPS,
     OPS,
     PROTO_SLOTS,
     CompiledPolicySet,
-    Slot,
     addr_lookup,
     id_key,
     lpm_key,
@@ -112,7 +112,7 @@ class Evaluator:
     def lpm_value(self, name: str, lookup: tuple[int, bytes]) -> bytes | None:
         """The packed value the kernel's LPM trie ``name`` returns for ``lookup``, if any."""
         prefixlen, data = lookup
-        size = MAPS[name].key_size - 4
+        size = MAPS[name].lpm_data
         table = self.compiled.maps[name]
         for length in self._lengths[name]:
             if length <= prefixlen:
@@ -145,7 +145,7 @@ class Evaluator:
     def matching(self, request: Request) -> int:
         """The mask of every rule that matches ``request`` (bit = rule index)."""
         op = OPS[request.operation]
-        found = self.compiled.maps["masks"].get(op.to_bytes(4, "little"))
+        found = self.compiled.maps["masks"].get(u32_key(op))
         if found is None:
             return 0
         slot = unpack_masks(found)

@@ -2,10 +2,12 @@
 
 Every struct in ``abi.STRUCTS`` must appear in the BTF of at least one object in
 agent/kernel/obj (or $SEALTRAIL_BPF_DIR), and wherever it appears its size, field names and
-order, and each field's offset and size must equal the mirror's. ``enum st_op`` and
-``enum st_variant`` must equal ``abi.Op`` and ``abi.Variant`` (``st_mechanism``, ``st_slot``:
-``abi.Mechanism``, ``compile.Slot``). Layout drift fails here, not in production (the Tetragon
-alignchecker idea).
+order, and each field's offset and size must equal the mirror's. Every enum of the header must
+equal its mirror (``ENUMS``: ``st_op`` ``abi.Op``, ``st_variant`` ``abi.Variant``, ...), and
+every ``#define`` its value in ``abi.DEFINES`` (probes/abi.bpf.c carries them into the BTF as
+``enum st_defines``); a define or enum the header has and the checks do not is a failure too.
+The guard's inner map templates must have the shapes the agent creates (``guard.TABLES``).
+Layout drift fails here, not in production (the Tetragon alignchecker idea).
 
 Not marked ``kernel``: ``bpftool btf dump file`` reads the ELF and needs no root. It needs
 bpftool and the built objects (``make probes``): without them it skips, except under CI,
@@ -19,6 +21,7 @@ import ctypes
 import enum
 import json
 import os
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -28,9 +31,9 @@ from typing import Any
 
 import pytest
 
+from agent.enforce.guard import TABLES
 from agent.kernel import abi
 from agent.kernel.loader import OBJ_DIR
-from agent.policy.compile import Slot
 
 BtfType = dict[str, Any]
 
@@ -67,6 +70,9 @@ class Btf:
 
     def enum(self, name: str) -> BtfType | None:
         return self.named.get(("ENUM", name)) or self.named.get(("ENUM64", name))
+
+    def var(self, name: str) -> BtfType | None:
+        return self.named.get(("VAR", name))
 
 
 def _is_signed_int(ctype: Any) -> bool | None:
@@ -135,18 +141,32 @@ ENUMS: dict[str, tuple[type[enum.IntEnum], str, dict[str, int]]] = {
     "st_op": (abi.Op, "ST_OP_", {"ST_OP_MAX": abi.OP_MAX}),
     "st_variant": (abi.Variant, "ST_V_", {}),
     "st_mechanism": (abi.Mechanism, "ST_MECH_", {}),
-    "st_slot": (Slot, "ST_SLOT_", {"ST_SLOTS": abi.SLOTS}),
+    "st_slot": (abi.Slot, "ST_SLOT_", {"ST_SLOTS": abi.SLOTS}),
+    "st_action": (abi.Action, "ST_ACT_", {}),
+    "st_pol_action": (abi.PolAction, "ST_POL_", {}),
 }
+#: probes/abi.bpf.c's enum of the header's defines, ST_X as ST_DEFINE_X
+DEFINES_ENUM = "st_defines"
+
+
+def _mirror_values(c_name: str) -> dict[str, int]:
+    if c_name == DEFINES_ENUM:
+        return {f"ST_DEFINE_{name.removeprefix('ST_')}": v for name, v in abi.DEFINES.items()}
+    mirror, prefix, extra = ENUMS[c_name]
+    return {f"{prefix}{item.name}": item.value for item in mirror} | extra
 
 
 def enum_errors(btf: Btf, c_name: str = "st_op") -> list[str]:
     found = btf.enum(c_name)
     if found is None:
         return [f"enum {c_name} not in this BTF"]
-    mirror, prefix, extra = ENUMS[c_name]
     got = {v["name"]: v["val"] for v in found["values"]}
-    want = {f"{prefix}{item.name}": item.value for item in mirror} | extra
-    return [] if got == want else [f"enum {c_name}: C {got}, mirror {want}"]
+    want = _mirror_values(c_name)
+    return [
+        f"enum {c_name}: {name}: C {got.get(name)}, mirror {want.get(name)}"
+        for name in sorted(got.keys() | want.keys())
+        if got.get(name) != want.get(name)
+    ]
 
 
 # ---- against the compiled objects ----
@@ -205,7 +225,7 @@ def test_struct_matches_btf(objects: dict[str, Btf], c_name: str) -> None:
     assert not errors, "\n".join(errors)
 
 
-@pytest.mark.parametrize("c_name", sorted(ENUMS))
+@pytest.mark.parametrize("c_name", [*sorted(ENUMS), DEFINES_ENUM])
 def test_enum_matches_btf(objects: dict[str, Btf], c_name: str) -> None:
     holders = {name: btf for name, btf in objects.items() if btf.enum(c_name) is not None}
     if not holders:
@@ -213,6 +233,49 @@ def test_enum_matches_btf(objects: dict[str, Btf], c_name: str) -> None:
             f"enum {c_name} is in the BTF of none of {sorted(objects)}: its values are unchecked"
         )
     errors = [f"{obj}: {e}" for obj, btf in holders.items() for e in enum_errors(btf, c_name)]
+    assert not errors, "\n".join(errors)
+
+
+HEADER = Path(__file__).resolve().parents[2] / "probes" / "sealtrail.h"
+
+
+def test_every_enum_and_define_of_the_header_is_checked() -> None:
+    """A new enum or define in sealtrail.h must get a mirror (and an anchor in abi.bpf.c)."""
+    if not HEADER.is_file():
+        _unavailable(f"{HEADER} not found (tests run from a checkout)")
+    text = HEADER.read_text()
+    assert set(re.findall(r"^enum (st_\w+)", text, re.M)) == set(ENUMS)
+    assert set(re.findall(r"^#define (ST_\w+)", text, re.M)) == set(abi.DEFINES)
+
+
+def _uint(btf: Btf, member: BtfType) -> int:
+    """The value of a ``__uint(name, N)`` map field: a pointer to an array of N."""
+    return int(btf.resolve(btf.resolve(member["type_id"])["type_id"])["nr_elems"])
+
+
+def _inner_template(btf: Btf, outer: str) -> dict[str, int]:
+    """The ``__uint`` fields of the inner map template of array-of-maps ``outer``."""
+    var = btf.var(outer)
+    assert var is not None, f"map {outer} not in the guard's BTF"
+    values = next(m for m in btf.resolve(var["type_id"])["members"] if m["name"] == "values")
+    template = btf.resolve(btf.resolve(btf.resolve(values["type_id"])["type_id"])["type_id"])
+    return {m["name"]: _uint(btf, m) for m in template["members"]}
+
+
+def test_guard_inner_maps_are_what_the_agent_creates(objects: dict[str, Btf]) -> None:
+    """guard.bpf.c's templates (sealtrail.h capacities) against guard.TABLES (abi's mirror):
+    the kernel refuses an inner map of another shape when the agent installs a policy."""
+    btf = objects.get("guard.bpf.o")
+    if btf is None:
+        pytest.fail(f"guard.bpf.o not among {sorted(objects)}")
+    errors = []
+    for name, table in TABLES.items():
+        want = {"type": table.map_type, "max_entries": table.max_entries,
+                "key_size": table.key_size, "value_size": table.value_size,
+                "map_flags": table.flags}  # fmt: skip
+        got = {"map_flags": 0} | _inner_template(btf, table.outer)
+        if got != want:
+            errors.append(f"{name} ({table.outer}): C {got}, agent {want}")
     assert not errors, "\n".join(errors)
 
 

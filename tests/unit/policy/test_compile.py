@@ -15,7 +15,9 @@ from agent.policy.compile import (
     Slot,
     addr_lookup,
     compile_policy_set,
+    id_key,
     lpm_key,
+    pack_masks,
     port_entries,
     precedence_class,
     unpack_masks,
@@ -270,3 +272,39 @@ def test_thousand_rules_compile_fast(write: Write) -> None:
     assert judge(
         compiled, "open", exe="/usr/bin/app1", uid=1, path="/srv/app1/x", access=("read",)
     ) == ("kill", "r1")
+
+
+def test_keys_and_values_are_the_abi_structs() -> None:
+    """Bytes built by hand on the evaluator's hot path equal the checked mirror's."""
+    key = abi.LpmPathKey(8 * 3)
+    key.data[:3] = b"\x04/e"
+    assert lpm_key(8 * 3, b"\x04/etc", 256) == bytes(key)
+    port = abi.LpmPortKey(28)
+    port.data[:] = bytes([CONNECT, 0, 0x01, 0xF0])
+    assert lpm_key(28, bytes([CONNECT, 0, 0x01, 0xFF]), 4) == bytes(port)
+    mask = abi.Mask()
+    mask.w[0], mask.w[15] = 1, 1 << 63
+    assert pack_masks(1 | 1 << 1023) == bytes(mask)
+    assert id_key(CONNECT, 1000) == bytes(abi.PolIdKey(CONNECT, 1000))
+
+
+def test_rule_entry_is_an_abi_pol_rule(write: Write) -> None:
+    compiled = compiled_from(
+        write(
+            """\
+            name = "p"
+            mode = "monitor"
+            [[rules]]
+            id = "a"
+            operation = "unlink"
+            targets.paths = ["/x"]
+            action = "deny"
+            fallback = "audit"
+            """
+        )
+    )
+    ((key, value),) = compiled.maps["rules"].items()
+    rule = abi.PolRule.from_buffer_copy(value)
+    assert key == abi.u32_key(OPS["unlink"] * abi.RULES_PER_OP)
+    assert (rule.rule_no, rule.policy_no, rule.action) == (0, 0, abi.PolAction.DENY)
+    assert rule.flags == abi.RULE_MONITOR | abi.RULE_FALLBACK_AUDIT
