@@ -160,6 +160,7 @@ assert all(
     and ctypes.sizeof(key) == key.data.offset + key.data.size
     for key in (abi.LpmPathKey, abi.LpmAddrKey, abi.LpmPortKey)
 )
+_PREFIXLEN_SIZE, _BYTEORDER = _PREFIXLEN.size, sys.byteorder
 
 
 def prefix_bits(prefixlen: int, data: bytes, size: int) -> bytes:
@@ -173,7 +174,10 @@ def prefix_bits(prefixlen: int, data: bytes, size: int) -> bytes:
 
 def lpm_key(prefixlen: int, data: bytes, size: int) -> bytes:
     """An st_lpm_*_key with ``size`` bytes of data, the bits past ``prefixlen`` zeroed."""
-    return prefixlen.to_bytes(_PREFIXLEN.size, sys.byteorder) + prefix_bits(prefixlen, data, size)
+    head = prefixlen.to_bytes(_PREFIXLEN_SIZE, _BYTEORDER)
+    if not prefixlen % 8:  # whole bytes (every path key): nothing to mask
+        return head + data[: prefixlen // 8].ljust(size, b"\0")
+    return head + prefix_bits(prefixlen, data, size)
 
 
 def path_entry(op: int, pattern: str) -> tuple[int, bytes]:
