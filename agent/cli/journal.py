@@ -27,7 +27,14 @@ from agent.journal.checkpoint import InclusionProof, SignedCheckpoint
 from agent.journal.keys import PublicKey
 from agent.journal.reader import latest_checkpoint, prove
 from agent.journal.record import Record, parse_line
-from agent.journal.segments import Line, list_segments, read_segment, split_lines
+from agent.journal.segments import (
+    Line,
+    SegmentNumbering,
+    journal_chunks,
+    list_segments,
+    read_segment,
+    split_lines,
+)
 from agent.journal.verify import Finding, Verifier
 
 _DEFAULT_KEY = paths.DEFAULT_KEYS_DIR / paths.PUBLIC_KEY_NAME
@@ -319,7 +326,7 @@ def run_verify(args: argparse.Namespace) -> int:
         else None
     )
     segments = list_segments(args.journal)
-    verifier = Verifier(genesis, against=against, strict=args.strict)
+    verifier = Verifier(genesis, against=against, strict=args.strict, numbering=SegmentNumbering())
     progress = _Progress(sum(p.stat().st_size for _, p in segments))
     done = 0
 
@@ -329,40 +336,24 @@ def run_verify(args: argparse.Namespace) -> int:
                 progress.clear()
                 print(f"{finding.severity}: {finding}")
 
-    for _, path in segments:
-        content = read_segment(path)
+    for chunk in journal_chunks(segments):
 
         def reached(offset: int, base: int = done) -> None:
             progress.update(base + offset, verifier.summary.records)
 
-        show(verifier.feed_segment(path.name, content, progress=reached))
-        done += len(content)
+        show(verifier.feed_chunk(chunk, progress=reached))
+        done += len(chunk.data)
     show(verifier.finish())
     progress.clear()
     s = verifier.summary
     if args.json:
-        report = {
-            "ok": s.ok,
-            "records": s.records,
-            "seals": s.seals,
-            "rotations": s.rotations,
-            "segments": len(segments),
-            "host": s.host,
-            "last_seal_seq": s.last_seal_seq,
-            "unsealed": s.unsealed,
-            "key_id": s.key_id,
-            "clean_end": s.clean_end,
-            "recoveries": s.recoveries,
-            "errors": s.errors,
-            "findings": [f.to_dict() for f in s.findings],
-        }
-        print(json.dumps(report, indent=2, ensure_ascii=False))
+        print(json.dumps(s.to_dict(), indent=2, ensure_ascii=False))
         return 0 if s.ok else 1
     tail = f"; unsealed tail, {s.unsealed} records" if s.unsealed > 0 else ""
     end = "ends with the agent's stop and final seal" if s.clean_end else "no stop at the end"
     recoveries = f", {s.recoveries} unclean stops recovered" if s.recoveries else ""
     body = (
-        f"{s.records} records in {len(segments)} segments, {s.seals} seals, "
+        f"{s.records} records in {s.segments} segments, {s.seals} seals, "
         f"{s.rotations} key rotations{recoveries}, host {s.host}, last seal at seq "
         f"{s.last_seal_seq}{tail}; {end}"
     )

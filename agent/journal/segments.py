@@ -49,6 +49,56 @@ class Line(NamedTuple):
     complete: bool = True
 
 
+class Chunk(NamedTuple):
+    """A run of stored lines from a source: ``data`` starts at byte ``offset`` of ``segment``.
+
+    The unit a verifier is fed: a whole segment file read from disk, or a batch of lines a
+    collector received (whose segment id is then the sender's segment name).
+    """
+
+    segment: str
+    offset: int
+    data: bytes
+
+
+class SegmentProblem(NamedTuple):
+    message: str
+    #: The finding names the seq expected next (the numbering hides records).
+    names_seq: bool
+    #: The finding points at the segment's first line.
+    at_line: bool
+
+
+class SegmentNumbering:
+    """The file layer's check that segment files are named and numbered without a hole.
+
+    ``check`` is called with each new segment id in the order the lines come.
+    """
+
+    def __init__(self) -> None:
+        self._last = 0
+
+    def check(self, name: str) -> SegmentProblem | None:
+        number = segment_number(name)
+        if number is None:
+            return SegmentProblem("not a segment file name", names_seq=False, at_line=False)
+        last, self._last = self._last, number
+        if number == last + 1:
+            return None
+        if number > last + 1:
+            missing = ", ".join(segment_name(n) for n in range(last + 1, min(number, last + 4)))
+            return SegmentProblem(
+                f"segment file(s) missing before it: {missing}", names_seq=True, at_line=True
+            )
+        return SegmentProblem("segment out of order", names_seq=True, at_line=False)
+
+
+def journal_chunks(segments: list[tuple[int, Path]]) -> Iterator[Chunk]:
+    """The source of a journal directory: one chunk per segment file, in order."""
+    for _, path in segments:
+        yield Chunk(path.name, 0, read_segment(path))
+
+
 def split_lines(segment: str, content: bytes, base: int = 0) -> Iterator[Line]:
     pos = 0
     end = len(content)

@@ -30,7 +30,8 @@ from agent.journal.checkpoint import Checkpoint, SignedCheckpoint, follow_rotati
 from agent.journal.keys import PublicKey
 from agent.journal.merkle import CompactTree
 from agent.journal.record import GENESIS_PREV, RECORD_PREFIX, Record
-from agent.journal.segments import Line, segment_name, segment_number, split_lines
+from agent.journal.segments import Chunk, Line, SegmentNumbering, split_lines
+from agent.journal.state import ChainState, key_text
 
 Severity = Literal["error", "warning", "info"]
 #: A journal that does not end with ``stop`` and its seal; an error with ``strict``.
@@ -83,7 +84,12 @@ class Finding:
 
 @dataclass
 class Summary:
+    #: Records checked by this run (a resumed run counts from ``start``).
     records: int = 0
+    #: Seq of the first record this run checked (0, or the resumed state's ``next_seq``).
+    start: int = 0
+    #: Segments (sources) whose lines this run checked.
+    segments: int = 0
     seals: int = 0
     rotations: int = 0
     last_seal_seq: int = -1
@@ -102,6 +108,30 @@ class Summary:
     def ok(self) -> bool:
         return self.errors == 0
 
+    @property
+    def size(self) -> int:
+        """Records in the journal up to where this run ended (``start + records``)."""
+        return self.start + self.records
+
+    def to_dict(self) -> dict[str, object]:
+        """The summary as ``journal verify --json`` prints it (docs/journal-format.md)."""
+        return {
+            "ok": self.ok,
+            "records": self.records,
+            "start": self.start,
+            "seals": self.seals,
+            "rotations": self.rotations,
+            "segments": self.segments,
+            "host": self.host,
+            "last_seal_seq": self.last_seal_seq,
+            "unsealed": self.unsealed,
+            "key_id": self.key_id,
+            "clean_end": self.clean_end,
+            "recoveries": self.recoveries,
+            "errors": self.errors,
+            "findings": [f.to_dict() for f in self.findings],
+        }
+
 
 @dataclass
 class _Link:
@@ -115,7 +145,13 @@ class _Link:
 
 
 class Verifier:
-    """Streaming verifier of one host's journal against its genesis public key."""
+    """Streaming verifier of one host's journal against its genesis public key.
+
+    Lines come from a source that knows nothing of records: ``feed`` takes one ``Line``
+    (segment id, byte offset, bytes), ``feed_chunk``/``feed_segment`` a run of them. The segment
+    id is opaque here; a file source passes ``numbering`` (``segments.SegmentNumbering``) to have
+    segment files' numbering checked, a network source (the collector) does not.
+    """
 
     def __init__(
         self,
@@ -124,8 +160,16 @@ class Verifier:
         against: SignedCheckpoint | None = None,
         strict: bool = False,
         use_native: bool | None = None,
+        state: ChainState | None = None,
+        expected_host: str | None = None,
+        numbering: SegmentNumbering | None = None,
     ) -> None:
-        """``use_native``: None takes the native fast path where built, False never does."""
+        """``use_native``: None takes the native fast path where built, False never does.
+
+        ``state``: go on from a chain state a verifier (or the writer) reached earlier, as if the
+        records before it had just been checked (``resume``). ``expected_host``: records of any
+        other host are errors from the first one on.
+        """
         self.summary = Summary(key_id=genesis.key_id)
         if use_native is None:
             use_native = native.available()
@@ -133,6 +177,8 @@ class Verifier:
         #: Records the native fast path took (the rest went through ``feed``).
         self.fast_records = 0
         self._key = genesis
+        self._genesis = genesis
+        self._numbering = numbering
         self._strict = strict
         self._against = against
         self._tree = CompactTree()
@@ -142,7 +188,6 @@ class Verifier:
         self._host: str | None = None
         self._boot: str | None = None
         self._segment: str | None = None
-        self._segment_no = 0
         self._batch_start = 0  # first seq a coming seal must cover
         self._last_seal_at = -1  # seq of the last seal record, valid or not (as the writer saw it)
         self._after_stop = False  # the record just fed is a stop record
@@ -153,6 +198,12 @@ class Verifier:
         self._torn: Line | None = None
         self._hashes: dict[int, str] = {}
         self._initial: list[Finding] = []
+        self._last_type: str | None = None
+        self._epoch_start: int | None = None
+        if expected_host is not None:
+            self._host = self.summary.host = expected_host
+        if state is not None:
+            self._resume(state)
         if against is not None:
             try:
                 against.verify(genesis)
@@ -168,7 +219,96 @@ class Verifier:
         else:
             self._watch = frozenset()
 
+    @classmethod
+    def resume(
+        cls,
+        state: ChainState,
+        genesis: PublicKey,
+        *,
+        strict: bool = False,
+        use_native: bool | None = None,
+        numbering: SegmentNumbering | None = None,
+    ) -> Verifier:
+        """A verifier that goes on from ``state`` (which an earlier verification reached).
+
+        The state is trusted as it is (it is the caller's own record of what it verified); its
+        epoch key must be the genesis key or carried in the state. Records of another host than
+        the state's are errors.
+        """
+        return cls(
+            genesis,
+            strict=strict,
+            use_native=use_native,
+            state=state,
+            expected_host=state.host,
+            numbering=numbering,
+        )
+
+    def _resume(self, state: ChainState) -> None:
+        try:
+            self._key = state.epoch_key(self._genesis)
+        except FormatError as exc:
+            self._initial.append(self._error(f"chain state rejected: {exc}", None, None, None))
+        self._tree = state.tree()
+        self._expected = state.next_seq
+        self._prev = state.prev
+        self._host = state.host
+        self._boot = state.boot
+        self._batch_start = state.last_seal + 1
+        self._last_seal_at = state.last_seal
+        self._last_type = state.last_type
+        self._after_stop = state.last_type == "stop"
+        self._epoch_start = state.epoch_start
+        s = self.summary
+        s.start = state.next_seq
+        s.host = state.host
+        s.key_id = self._key.key_id
+        s.last_seal_seq = state.last_seal
+        s.clean_end = state.clean_end
+
+    def state(self) -> ChainState:
+        """Where the journal stands after the lines fed so far, to ``resume`` from later.
+
+        Only a clean run has one: raises ``FormatError`` once an error was found, or while a
+        torn line or a broken link is pending (the state would carry what was not verified).
+        """
+        if self.summary.errors or self._initial:
+            raise FormatError(
+                f"no chain state to resume from: verification found {self.summary.errors} errors"
+            )
+        if self._torn is not None or self._link is not None:
+            raise FormatError("no chain state to resume from: the last line is not complete")
+        if self._host is None:
+            raise FormatError("no chain state to resume from: no record was checked")
+        size = self._tree.size
+        return ChainState(
+            host=self._host,
+            next_seq=size,
+            prev=self._prev,
+            frontier=tuple(node.hex() for node in self._tree.frontier),
+            boot=self._boot,
+            key_id=self._key.key_id,
+            key=None if self._key == self._genesis else key_text(self._key),
+            epoch_start=self._epoch_start,
+            last_seal=self.summary.last_seal_seq,
+            last_type=self._last_type,
+            clean_end=self.summary.clean_end,
+        )
+
     # ----------------------------------------------------------------------------- input
+    def feed_chunk(
+        self, chunk: Chunk, *, progress: Callable[[int], None] | None = None
+    ) -> Iterator[Finding]:
+        """Check every line of one chunk of a source (``segments.Chunk``)."""
+        if not chunk.data:
+            self.summary.segments += chunk.segment != self._segment  # an empty segment file
+            return
+        if chunk.offset:
+            for line in split_lines(chunk.segment, chunk.data, chunk.offset):
+                yield from self.feed(line)
+            return
+        yield from self.feed_segment(chunk.segment, chunk.data, progress=progress)
+
     def feed_segment(
         self,
         segment: str,
@@ -236,6 +376,10 @@ class Verifier:
         taken = run.state.taken
         if taken:
             self._after_stop = self.summary.clean_end = False  # ordinary records only
+            last = run.state.last_offset
+            nl = content.find(b"\n", last)
+            line = content[last:] if nl < 0 else content[last:nl]
+            self._last_type = str(orjson.loads(line)["type"])  # once per run, for ``state``
             self._tree.restore(*chain.frontier())
             self._prev = chain.prev.hex()
             self._prev_at = (segment, run.state.last_offset)
@@ -273,6 +417,7 @@ class Verifier:
         # The end is clean only at a valid seal right after a stop record (close() writes both).
         self.summary.clean_end = self._after_stop and self.summary.seals > seals_before
         self._after_stop = record is not None and record.type == "stop"
+        self._last_type = record.type if record is not None else None
         hex_digest = digest.hex()
         # A broken link into a record that already has its own error (a seq gap, a foreign
         # host) is explained by that error; otherwise it is judged one record later.
@@ -322,21 +467,21 @@ class Verifier:
                 None,
             )
         s = self.summary
-        if s.records == 0:
+        if s.size == 0:
             yield self._error("journal is empty", None, None, None)
-        unsealed = s.records - 1 - s.last_seal_seq
+        unsealed = s.size - 1 - s.last_seal_seq
         s.unsealed = unsealed
         if unsealed > 0:
             yield self._finding(
                 "error" if self._strict else "info",
                 f"unsealed tail, {unsealed} records",
                 s.last_seal_seq + 1,
-                s.records - 1,
+                s.size - 1,
                 self._segment,
                 None,
             )
         s.clean_end = s.clean_end and self._torn is None
-        if s.records and not s.clean_end:
+        if s.size and not s.clean_end:
             severity: Severity = "error" if self._strict else "warning"
             yield self._finding(
                 severity, NOT_STOPPED, self._expected - 1, None, self._segment, None
@@ -346,26 +491,18 @@ class Verifier:
 
     # ----------------------------------------------------------------------------- checks
     def _new_segment(self, line: Line) -> Iterator[Finding]:
-        number = segment_number(line.segment)
-        if number is None:
-            yield self._error("not a segment file name", None, line.segment, None)
-        elif number != self._segment_no + 1:
-            if number > self._segment_no + 1:
-                missing = ", ".join(
-                    segment_name(n)
-                    for n in range(self._segment_no + 1, min(number, self._segment_no + 4))
-                )
-                yield self._error(
-                    f"segment file(s) missing before it: {missing}",
-                    self._expected,
-                    line.segment,
-                    line.offset,
-                )
-            else:
-                yield self._error("segment out of order", self._expected, line.segment, None)
-        if number is not None:
-            self._segment_no = number
         self._segment = line.segment
+        self.summary.segments += 1
+        if self._numbering is None:
+            return
+        problem = self._numbering.check(line.segment)
+        if problem is not None:
+            yield self._error(
+                problem.message,
+                self._expected if problem.names_seq else None,
+                line.segment,
+                line.offset if problem.at_line else None,
+            )
 
     def _check(self, record: Record, line: Line) -> Iterator[Finding]:
         seq = record.seq
@@ -422,6 +559,7 @@ class Verifier:
         elif record.type == "key_rotation":
             try:
                 self._key = follow_rotation(self._key, record)
+                self._epoch_start = record.ts
                 self.summary.rotations += 1
                 self.summary.key_id = self._key.key_id
             except FormatError as exc:
@@ -629,8 +767,9 @@ def verify_lines(
     against: SignedCheckpoint | None = None,
     strict: bool = False,
 ) -> Summary:
-    """Run a whole verification; the findings are in ``Summary.findings``."""
-    verifier = Verifier(genesis, against=against, strict=strict)
+    """Run a whole verification of segment files' lines; the findings are in
+    ``Summary.findings``."""
+    verifier = Verifier(genesis, against=against, strict=strict, numbering=SegmentNumbering())
     for line in lines:
         for _ in verifier.feed(line):
             pass

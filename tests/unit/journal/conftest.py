@@ -10,7 +10,7 @@ import pytest
 from agent.journal import native, protect
 from agent.journal.checkpoint import SignedCheckpoint
 from agent.journal.keys import KeyStore, PublicKey
-from agent.journal.segments import iter_lines, list_segments
+from agent.journal.segments import SegmentNumbering, iter_lines, list_segments
 from agent.journal.verify import Summary, Verifier, verify_lines
 from agent.journal.writer import JournalWriter
 
@@ -111,7 +111,13 @@ def verify_segments(
     strict: bool = False,
 ) -> Verifier:
     """Verify segment contents as ``journal verify`` does; the summary holds the findings."""
-    verifier = Verifier(genesis, against=against, strict=strict, use_native=use_native)
+    verifier = Verifier(
+        genesis,
+        against=against,
+        strict=strict,
+        use_native=use_native,
+        numbering=SegmentNumbering(),
+    )
     for name, content in segments:
         for _finding in verifier.feed_segment(name, content):
             pass
