@@ -10,7 +10,8 @@ import argparse
 import json
 from typing import Any
 
-from agent.kernel.host import CHECKS, REQUIRED, SECURITYFS, HostReport, probe_host
+from agent.kernel.host import SECURITYFS, HostReport, probe_host
+from agent.kernel.probe import CHECKS, REQUIRED
 
 _LABELS = {
     "btf": "BTF",
@@ -22,7 +23,7 @@ _LABELS = {
     "fentry": "fentry",
     "send_signal": "bpf_send_signal",
     "cgroup2": "cgroup v2",
-    "cgroup_bpf": "cgroup-bpf",
+    "cgroup_bpf": "cgroup BPF",
     "fanotify_perm": "fanotify perm",
 }
 _WIDTH = 17

@@ -20,43 +20,48 @@ fanotify cannot close every path to an object on its own (directories created af
 other mounts; ``mechanisms.fanotify_gaps``). What gets through is seen after the fact in the
 event stream (a successful open or exec that the policy denies) and handled by the rule's
 ``fallback``: recorded always, killed if it says so.
+
+Beside this module: the verdict record (``verdict``), cgroup ids to paths (``cgroups``), the
+acting process from /proc (``process``), mark planning (``marks``, pure); the event stream is
+reached only through ``EventSource``.
 """
 
 from __future__ import annotations
 
 import collections
-import contextlib
 import logging
 import os
-import signal
 import threading
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from agent.enforce.cgroups import CgroupPaths
 from agent.enforce.dirwatch import DirWatch, NewDir
 from agent.enforce.fanotify import FanotifyGuard, MarkTable, PermissionRequest
-from agent.enforce.guard import GUARDED_OPS, LSM_OPS, Guard, cgroup2_root, cgroup_dirs
+from agent.enforce.guard import GUARDED_OPS, LSM_OPS, Guard
 from agent.enforce.marks import MarkPlan, MarkRule, OsView, extend_plan, plan_marks
 from agent.enforce.mounts import MountView
+from agent.enforce.process import kill_process, process_of
+from agent.enforce.verdict import VerdictRecord, event_object, guard_object
 from agent.errors import KernelError
 from agent.events import model
 from agent.events.decode import open_access
 from agent.events.loader import is_dynamic_loader, is_loader_process
-from agent.events.stream import EventStream
+from agent.kernel.mechanism import HostCapabilities, Mechanism
 from agent.policy.compile import CompiledPolicySet, compile_policy_set
 from agent.policy.evaluate import (
+    Effect,
     Evaluator,
     Process,
     Request,
     Verdict,
+    effective_action,
     judged_kinds,
     request_from_event,
 )
 from agent.policy.mechanisms import (
     Enforcement,
-    HostCapabilities,
     judged_in_kernel_at_exec,
     plan,
     require_enforceable,
@@ -65,7 +70,34 @@ from agent.policy.source import PolicySet
 
 log = logging.getLogger(__name__)
 
-FANOTIFY_MECHANISMS = frozenset({"fanotify", "fanotify+sigkill"})
+FANOTIFY_MECHANISMS = frozenset({Mechanism.FANOTIFY, Mechanism.FANOTIFY_SIGKILL})
+
+
+class ExeHistory(Protocol):
+    """The binaries the stream saw each process run (``agent.events.proctable.ProcTable``)."""
+
+    def previous_exe(self, pid: int) -> str | None: ...
+
+    def lookup(self, pid: int, comm: str) -> str | None: ...
+
+
+class EventSource(Protocol):
+    """What the enforcer asks of the event stream (``agent.events.stream.EventStream``)."""
+
+    @property
+    def proctable(self) -> ExeHistory: ...
+
+    def shared_maps(self) -> dict[str, int]:
+        """Maps the guard's object shares (its verdicts go to the same ring buffer)."""
+        ...
+
+    def reconfigure(self, extra_kinds: frozenset[str], path_patterns: tuple[str, ...]) -> None:
+        """Stream these kinds too, file kinds only under these rule paths."""
+        ...
+
+    def pending_open_flags(self, tid: int) -> int | None:
+        """The flags of the open(2) thread ``tid`` is inside, if the probes saw it begin."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -74,40 +106,6 @@ class InstallResult:
 
     enforcements: tuple[Enforcement, ...]
     errors: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class VerdictRecord:
-    """One decision for the journal."""
-
-    action: str  # allow | audit | deny | kill | would_deny | would_kill
-    rule: str
-    policy: str
-    digest: str
-    mechanism: str
-    operation: str
-    after_the_fact: bool
-    pid: int
-    exe: str | None
-    object: dict[str, Any]
-
-    def fields(self) -> dict[str, Any]:
-        return {
-            "action": self.action,
-            "rule": self.rule,
-            "policy": self.digest,  # the policy set that decided (its digest)
-            "policy_name": self.policy,
-            "mechanism": self.mechanism,
-            "operation": self.operation,
-            "after_the_fact": self.after_the_fact,
-            "pid": self.pid,
-            "exe": self.exe,
-            "object": self.object,
-        }
-
-
-def journal_action(effective: str) -> str:
-    return effective.replace("-", "_")
 
 
 @dataclass
@@ -121,78 +119,12 @@ class _State:
     operations: frozenset[str] = frozenset()  # the operations some rule guards
 
 
-def process_of(tid: int, with_ancestors: bool) -> tuple[Process, int]:
-    """The acting process as /proc tells it (exe, real uid/gid, cgroup v2 path, ancestry), and
-    the thread's process id (tgid)."""
-    uid = gid = ppid = -1
-    tgid = tid
-    with open(f"/proc/{tid}/status") as f:
-        for line in f:
-            if line.startswith("Tgid:"):
-                tgid = int(line.split()[1])
-            elif line.startswith("Uid:"):
-                uid = int(line.split()[1])
-            elif line.startswith("Gid:"):
-                gid = int(line.split()[1])
-            elif line.startswith("PPid:"):
-                ppid = int(line.split()[1])
-    exe = _readlink(f"/proc/{tid}/exe")
-    cgroup = None
-    with contextlib.suppress(OSError), open(f"/proc/{tid}/cgroup") as f:
-        for line in f:
-            if line.startswith("0::"):
-                cgroup = line[3:].strip()
-    ancestors: list[str] = []
-    if with_ancestors:
-        if exe:
-            ancestors.append(exe)
-        pid, hops = ppid, 0
-        while pid > 1 and hops < 64:
-            parent_exe = _readlink(f"/proc/{pid}/exe")
-            if parent_exe:
-                ancestors.append(parent_exe)
-            pid = _ppid(pid)
-            hops += 1
-    process = Process(exe=exe, uid=uid, gid=gid, cgroup=cgroup, ancestors=tuple(ancestors))
-    return process, tgid
-
-
-def _readlink(path: str) -> str | None:
-    try:
-        return os.readlink(path).removesuffix(" (deleted)")
-    except OSError:
-        return None
-
-
-def _ppid(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return 0
-
-
-def kill_process(pid: int) -> bool:
-    """SIGKILL through a pidfd (no signal to a recycled pid once the fd is open)."""
-    try:
-        fd = os.pidfd_open(pid)
-    except OSError:
-        return False
-    try:
-        signal.pidfd_send_signal(fd, signal.SIGKILL)
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
 class Enforcer:
     """Holds the live policy and its mechanisms; the daemon feeds it events and drains verdicts."""
 
     def __init__(
         self,
-        stream: EventStream,
+        stream: EventSource,
         caps: HostCapabilities,
         cgroup: Path | None = None,
     ) -> None:
@@ -431,11 +363,11 @@ class Enforcer:
         requests += [replace(requests[0], path=alias) for alias in paths[1:]]
         verdict, decided = max(
             ((state.evaluator.decide(r), r) for r in requests),
-            key=lambda judged: _SEVERITY.get(judged[0].effective, 0),
+            key=lambda judged: judged[0].effective.severity,
         )
-        if verdict.effective not in ("deny", "kill"):
+        if not verdict.effective.stops:
             return True
-        if verdict.effective == "kill":
+        if verdict.effective == Effect.KILL:
             kill_process(pid)
         obj = {"path": req.path} | ({"judged_as": decided.path} if decided.path != req.path else {})
         self._record(state, verdict, decided.operation, pid, process.exe, obj,
@@ -478,7 +410,7 @@ class Enforcer:
             # the LSM judged this exec by the path it saw; through another mount that is not
             # the name a rule uses: an exec that got through that way is caught here
             if verdict.rule_id is None or verdict.action == "allow":
-                self._missed_through_a_mount(state, ev, request, verdict, "lsm")
+                self._missed_through_a_mount(state, ev, request, verdict, Mechanism.LSM)
             return
         seen_as: str | None = None
         if verdict.rule_id is None or verdict.action == "allow":
@@ -487,23 +419,23 @@ class Enforcer:
             return
         how = state.enforcements.get((verdict.policy_name or "", verdict.rule_id))
         how = how.for_event(ev.kind) if how else None  # truncate(2): not the open's hook
-        mechanism = how.mechanism if how else "tracepoint"
+        mechanism = how.mechanism if how and how.mechanism else Mechanism.TRACEPOINT
         if judged_in_kernel_at_exec(mechanism):
             return  # fileless exec: the guard judged it at sched_prepare_exec and reported it
-        if mechanism in FANOTIFY_MECHANISMS and verdict.effective in ("deny", "kill"):
+        if mechanism in FANOTIFY_MECHANISMS and verdict.effective.stops:
             if not _succeeded(ev):
                 return  # answered (and recorded) at the permission event
             # the kernel never asked (a path fanotify cannot see: module doc): the fallback
-            self._record_missed(state, verdict, ev, request, "fanotify", seen_as)
+            self._record_missed(state, verdict, ev, request, Mechanism.FANOTIFY, seen_as)
             return
         after = bool(how and how.after_the_fact)
-        if mechanism == "sigkill-after-the-fact" and verdict.effective in ("deny", "kill"):
+        if mechanism == Mechanism.SIGKILL_AFTER_THE_FACT and verdict.effective.stops:
             kill_process(ev.pid)
-            self._record(state, verdict, request.operation, ev.pid, ev.exe, _object(ev),
-                         after_the_fact=True, action="kill", mechanism=mechanism)  # fmt: skip
+            self._record(state, verdict, request.operation, ev.pid, ev.exe, event_object(ev),
+                         after_the_fact=True, action=Effect.KILL, mechanism=mechanism)  # fmt: skip
             return
-        action = "audit" if after and verdict.effective in ("deny", "kill") else None
-        self._record(state, verdict, request.operation, ev.pid, ev.exe, _object(ev),
+        action = Effect.AUDIT if after and verdict.effective.stops else None
+        self._record(state, verdict, request.operation, ev.pid, ev.exe, event_object(ev),
                      after_the_fact=after, action=action, mechanism=mechanism)  # fmt: skip
 
     def _judge_aliases(
@@ -517,15 +449,20 @@ class Enforcer:
             return verdict, None
         for alias in self._mounts.aliases(request.path, pid, recent=True):
             judged = state.evaluator.decide(replace(request, path=alias))
-            if _SEVERITY.get(judged.effective, 0) > _SEVERITY.get(verdict.effective, 0):
+            if judged.effective.severity > verdict.effective.severity:
                 verdict, seen_as = judged, alias
         return verdict, seen_as
 
     def _missed_through_a_mount(
-        self, state: _State, ev: model.Event, request: Request, verdict: Verdict, missed_by: str
+        self,
+        state: _State,
+        ev: model.Event,
+        request: Request,
+        verdict: Verdict,
+        missed_by: Mechanism,
     ) -> None:
         verdict, seen_as = self._judge_aliases(state, request, ev.pid, verdict)
-        if seen_as is not None and verdict.effective in ("deny", "kill"):
+        if seen_as is not None and verdict.effective.stops:
             self._record_missed(state, verdict, ev, request, missed_by, seen_as)
 
     def _record_missed(
@@ -534,7 +471,7 @@ class Enforcer:
         verdict: Verdict,
         ev: model.Event,
         request: Request,
-        missed_by: str,
+        missed_by: Mechanism,
         seen_as: str | None,
     ) -> None:
         """What a deny mechanism let through, seen afterwards: the rule's fallback (killed if
@@ -543,12 +480,13 @@ class Enforcer:
         kill = how is not None and how.rule.fallback == "kill"
         if kill:
             kill_process(ev.pid)
-        obj = {**_object(ev), "missed_by": missed_by}
+        obj = {**event_object(ev), "missed_by": str(missed_by)}
         if seen_as is not None:
             obj["judged_as"] = seen_as
         self._record(state, verdict, request.operation, ev.pid, ev.exe, obj,
-                     after_the_fact=True, action="kill" if kill else "audit",
-                     mechanism="sigkill-after-the-fact" if kill else "tracepoint")  # fmt: skip
+                     after_the_fact=True, action=Effect.KILL if kill else Effect.AUDIT,
+                     mechanism=Mechanism.SIGKILL_AFTER_THE_FACT if kill
+                     else Mechanism.TRACEPOINT)  # fmt: skip
 
     def _caller_exe(self, ev: model.ExecEvent) -> str | None:
         # the exec event names the new image; rules judge the caller: its parent's image if
@@ -566,25 +504,19 @@ class Enforcer:
         rule = compiled.rule(ev.op, ev.rule_index)
         action = ev.action
         if rule.mode == "monitor" and rule.action in ("deny", "kill"):
-            action = f"would_{rule.action}"
-        obj: dict[str, Any] = (
-            {"path": ev.path}
-            if ev.path is not None
-            else {"family": ev.family, "protocol": ev.protocol, "addr": ev.addr, "port": ev.port}
-        )
-        if ev.call:  # the call judged, when not the rule's operation (sendmsg, truncate)
-            obj["call"] = ev.call
-        mechanism = ev.mechanism + ("+sigkill" if ev.action == "kill" else "")
+            action = effective_action(rule.mode, rule.action)
+        killed = ev.action == Effect.KILL
+        mechanism = ev.mechanism + ("+sigkill" if killed else "")
         if (
-            ev.action == "kill"
-            and ev.mechanism == "cgroup-sock"
-            and not (self._guard.kernel_kills_at_cgroup)
+            killed
+            and ev.mechanism == Mechanism.CGROUP_SOCK
+            and not self._guard.kernel_kills_at_cgroup
         ):
             kill_process(ev.pid)  # the kernel denied; this kernel cannot signal from there
         self.verdicts.append(
             VerdictRecord(
                 action, rule.rule_id, rule.policy_name, compiled.digest, mechanism, ev.op,
-                False, ev.pid, ev.exe, obj,
+                False, ev.pid, ev.exe, guard_object(ev),
             )
         )  # fmt: skip
 
@@ -598,17 +530,17 @@ class Enforcer:
         obj: dict[str, Any],
         *,
         after_the_fact: bool,
-        action: str | None = None,
-        mechanism: str | None = None,
+        action: Effect | None = None,
+        mechanism: Mechanism | None = None,
     ) -> None:
         how = state.enforcements.get((verdict.policy_name or "", verdict.rule_id or ""))
         self.verdicts.append(
             VerdictRecord(
-                action or journal_action(verdict.effective),
+                action or verdict.effective,
                 verdict.rule_id or "",
                 verdict.policy_name or "",
                 verdict.digest,
-                mechanism or (how.mechanism if how and how.mechanism else "tracepoint"),
+                mechanism or (how.mechanism if how and how.mechanism else Mechanism.TRACEPOINT),
                 operation,
                 after_the_fact,
                 pid,
@@ -630,37 +562,6 @@ class Enforcer:
         if self._guard is not None:
             self._guard.close()
             self._guard = None
-
-
-_SEVERITY = {"allow": 0, "audit": 1, "would-deny": 1, "would-kill": 1, "deny": 2, "kill": 3}
-
-
-class CgroupPaths:
-    """cgroup v2 id (what the probes report) -> path below the cgroup2 mount (what rules name).
-
-    An id is a cgroup directory's inode number. Unknown ids trigger a rescan of the tree, at
-    most once a second; a cgroup that is gone stays unknown (its rules cannot match).
-    """
-
-    RESCAN_S = 1.0
-
-    def __init__(self) -> None:
-        self._paths: dict[int, str] = {}
-        self._next_scan = 0.0
-        try:
-            self._root: Path | None = cgroup2_root()
-        except KernelError:
-            self._root = None
-
-    def path(self, cgroup_id: int) -> str | None:
-        found = self._paths.get(cgroup_id)
-        if found is not None or self._root is None:
-            return found
-        now = time.monotonic()
-        if now >= self._next_scan:
-            self._next_scan = now + self.RESCAN_S
-            self._paths.update((cgid, rel) for rel, cgid in cgroup_dirs(self._root))
-        return self._paths.get(cgroup_id)
 
 
 def _identity_target(state: _State, fd: int, operation: str) -> str | None:
@@ -705,23 +606,3 @@ def _succeeded(ev: model.Event) -> bool:
         return True
     result = getattr(ev, "result", None)
     return isinstance(result, int) and result >= 0
-
-
-def _object(ev: model.Event) -> dict[str, Any]:
-    if isinstance(ev, model.FileEvent):
-        out: dict[str, Any] = {"path": ev.path, "result": ev.result}
-        if isinstance(ev, model.RenameEvent):
-            out["new_path"] = ev.new_path
-        if isinstance(ev, model.TruncateEvent):
-            out.update(call="truncate", length=ev.length)
-        return out
-    if isinstance(ev, model.NetEvent):
-        return {
-            "protocol": ev.protocol,
-            "local": f"{ev.local_addr}:{ev.local_port}",
-            "remote": f"{ev.remote_addr}:{ev.remote_port}",
-            "result": ev.result,
-        }
-    if isinstance(ev, model.ExecEvent):
-        return {"path": ev.exe, "argv": list(ev.argv)}
-    return {}

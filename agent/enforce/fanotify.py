@@ -10,8 +10,7 @@ filesystem mark only for exec permission.
 When the agent dies the kernel allows pending and future events: fanotify enforcement does not
 survive the agent (nor does anything else: nothing is pinned). ``sealtrail doctor`` states this.
 
-Bound by hand through ctypes: the stdlib has no fanotify, and the PyPI wrappers are
-unmaintained; the interface is three syscalls and two fixed structs.
+The calls are bound once, in ``agent.kernel.fanotify``.
 """
 
 from __future__ import annotations
@@ -28,46 +27,31 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.enforce.marks import (
-    FAN_EVENT_ON_CHILD,
-    FAN_OPEN_EXEC_PERM,
-    FAN_OPEN_PERM,
-    MarkKey,
-    MarkPlan,
-)
+from agent.enforce.marks import MarkKey, MarkPlan
 from agent.enforce.mounts import mount_point
 from agent.errors import KernelError
+from agent.kernel.abi import kernel_dev
+from agent.kernel.fanotify import (
+    FAN_ALLOW,
+    FAN_CLASS_CONTENT,
+    FAN_CLOEXEC,
+    FAN_DENY,
+    FAN_EVENT_ON_CHILD,
+    FAN_MARK_ADD,
+    FAN_MARK_FILESYSTEM,
+    FAN_MARK_ONLYDIR,
+    FAN_MARK_REMOVE,
+    FAN_NONBLOCK,
+    FAN_OPEN_EXEC_PERM,
+    FAN_OPEN_PERM,
+    FAN_REPORT_TID,
+    FAN_UNLIMITED_MARKS,
+    FAN_UNLIMITED_QUEUE,
+    fanotify_init,
+    fanotify_mark,
+)
 
 log = logging.getLogger(__name__)
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.fanotify_init.argtypes = [ctypes.c_uint, ctypes.c_uint]
-_libc.fanotify_init.restype = ctypes.c_int
-_libc.fanotify_mark.argtypes = [
-    ctypes.c_int,
-    ctypes.c_uint,
-    ctypes.c_uint64,
-    ctypes.c_int,
-    ctypes.c_char_p,
-]
-_libc.fanotify_mark.restype = ctypes.c_int
-
-FAN_CLOEXEC = 0x1
-FAN_NONBLOCK = 0x2
-FAN_CLASS_CONTENT = 0x4
-FAN_UNLIMITED_QUEUE = 0x10
-FAN_UNLIMITED_MARKS = 0x20
-FAN_REPORT_TID = 0x100  # event pid is the thread id (to match per-thread syscall state)
-
-FAN_MARK_ADD = 0x1
-FAN_MARK_REMOVE = 0x2
-FAN_MARK_ONLYDIR = 0x8
-FAN_MARK_FILESYSTEM = 0x100
-
-
-FAN_ALLOW = 0x1
-FAN_DENY = 0x2
-AT_FDCWD = -100
 
 # struct fanotify_event_metadata { u32 event_len; u8 vers; u8 reserved; u16 metadata_len;
 #                                  aligned_u64 mask; s32 fd; s32 pid; }
@@ -75,11 +59,6 @@ _META = struct.Struct("=IBBHQii")
 # struct fanotify_response { s32 fd; u32 response; }
 _RESPONSE = struct.Struct("=iI")
 FANOTIFY_METADATA_VERSION = 3
-
-
-def kernel_dev(st_dev: int) -> int:
-    """stat(2)'s device number in the kernel's own encoding (what fdinfo and BPF see)."""
-    return (os.major(st_dev) << 20) | os.minor(st_dev)
 
 
 def parse_fdinfo(text: str) -> dict[tuple[int, int], int]:
@@ -124,11 +103,7 @@ class FanotifyGuard:
         self._decide = decide
         flags = FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE
         flags |= FAN_UNLIMITED_MARKS | FAN_REPORT_TID
-        fd = _libc.fanotify_init(flags, os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC)
-        if fd < 0:
-            err = ctypes.get_errno()
-            raise KernelError(f"fanotify_init: {os.strerror(err)}", err)
-        self.fd = fd
+        self.fd = fanotify_init(flags, os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC)
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._thread: threading.Thread | None = None
         self._stop = False
@@ -138,9 +113,7 @@ class FanotifyGuard:
 
     # ---- marks ----
     def _mark(self, flags: int, mask: int, path: str) -> None:
-        if _libc.fanotify_mark(self.fd, flags, mask, AT_FDCWD, os.fsencode(path)) < 0:
-            err = ctypes.get_errno()
-            raise KernelError(f"fanotify_mark {path}: {os.strerror(err)}", err)
+        fanotify_mark(self.fd, flags, mask, path)
 
     def mark_file(self, path: str, *, open_: bool = True, exec_: bool = False) -> None:
         """Permission events for this inode (an exact file; follows symlinks to the target)."""
@@ -407,6 +380,7 @@ class _FileHandle(ctypes.Structure):
                 ("f_handle", ctypes.c_ubyte * 128)]  # fmt: skip
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.open_by_handle_at.argtypes = [ctypes.c_int, ctypes.POINTER(_FileHandle), ctypes.c_int]
 _libc.open_by_handle_at.restype = ctypes.c_int
 

@@ -11,18 +11,16 @@ cgroup it created) and apply to every process below it.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import logging
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from agent.enforce.cgroups import cgroup2_root, cgroup_dirs
 from agent.errors import KernelError
 from agent.kernel import abi
-from agent.kernel.host import BTF_PATH, PREPARE_EXEC_HOOK, btf_has_name
 from agent.kernel.libbpf import lib
 from agent.kernel.loader import (
     BPF_F_NO_PREALLOC,
@@ -34,6 +32,7 @@ from agent.kernel.loader import (
     cgroup_program_ids,
     object_path,
 )
+from agent.kernel.probe import PREPARE_EXEC_HOOK, btf_has_name
 from agent.policy.compile import MAPS, OPS, CompiledPolicySet, path_lookup
 from agent.policy.evaluate import Evaluator
 
@@ -90,26 +89,6 @@ def _tables() -> dict[str, _Table]:
 TABLES = _tables()
 
 
-def cgroup2_root() -> Path:
-    """The cgroup v2 mount point, from /proc/mounts (hybrid hosts mount it elsewhere)."""
-    with open("/proc/mounts") as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) > 2 and parts[2] == "cgroup2":
-                return Path(parts[1].replace("\\040", " "))
-    raise KernelError("no cgroup v2 mount in /proc/mounts: the network guard needs cgroup v2")
-
-
-def cgroup_dirs(root: Path) -> Iterator[tuple[str, int]]:
-    """(path below the cgroup2 mount, cgroup id) of every cgroup that exists now; a cgroup v2
-    directory's inode number is its id."""
-    top = str(root)
-    for dirpath, _dirs, _files in os.walk(top):
-        with contextlib.suppress(OSError):  # a cgroup removed while we walk
-            rel = "/" if dirpath == top else "/" + os.path.relpath(dirpath, top)
-            yield rel, os.stat(dirpath).st_ino
-
-
 def _cgroup_entries(compiled: CompiledPolicySet, root: Path) -> dict[bytes, bytes]:
     """st_pol_cgroup by cgroup id: every existing cgroup whose path matches an entry.
 
@@ -146,19 +125,14 @@ def _inode_entries(compiled: CompiledPolicySet) -> dict[bytes, bytes]:
             st = os.stat(data[1:-1])
         except OSError:
             continue
-        dev = (os.major(st.st_dev) << 20) | os.minor(st.st_dev)  # the kernel's s_dev encoding
-        entries[bytes(abi.InodeKey(op=data[0], dev=dev, ino=st.st_ino))] = value
+        inode = abi.InodeKey(op=data[0], dev=abi.kernel_dev(st.st_dev), ino=st.st_ino)
+        entries[bytes(inode)] = value
     return entries
 
 
 def _absent_lsm_programs() -> frozenset[str]:
-    """LSM_OPTIONAL programs whose hook this kernel lacks: its BTF has no such function (a
-    name in the BTF string table, NUL-delimited on both sides)."""
-    try:
-        btf = BTF_PATH.read_bytes()
-    except OSError:
-        return frozenset(LSM_OPTIONAL)
-    return frozenset(p for p, fn in LSM_OPTIONAL.items() if b"\0" + fn + b"\0" not in btf)
+    """LSM_OPTIONAL programs whose hook this kernel lacks: its BTF has no such function."""
+    return frozenset(p for p, fn in LSM_OPTIONAL.items() if not btf_has_name(fn))
 
 
 def _link_program_id(link_fd: int) -> int:

@@ -35,11 +35,9 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agent.enforce.mounts import mounted_filesystems, read_mounts, relative_under
-
-FAN_OPEN_PERM = 0x10000
-FAN_OPEN_EXEC_PERM = 0x40000
-FAN_EVENT_ON_CHILD = 0x08000000
+from agent.enforce.mounts import mounted_filesystems, relative_under
+from agent.kernel.fanotify import FAN_EVENT_ON_CHILD, FAN_OPEN_EXEC_PERM, FAN_OPEN_PERM
+from agent.kernel.procfs import read_mounts
 
 #: Marks one plan may hold; a tree with more directories is marked up to here and reported.
 MAX_MARKS = 16384

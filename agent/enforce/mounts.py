@@ -18,7 +18,8 @@ import os
 import select
 import threading
 import time
-from dataclasses import dataclass
+
+from agent.kernel.procfs import Mount, parse_mounts, read_mounts
 
 #: Filesystems without files a policy could name (or whose files fanotify cannot mark).
 PSEUDO_FILESYSTEMS = frozenset(
@@ -28,61 +29,6 @@ PSEUDO_FILESYSTEMS = frozenset(
         "autofs", "efivarfs", "rpc_pipefs", "nsfs", "selinuxfs",
     }
 )  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Mount:
-    dev: str  # "major:minor" of the filesystem
-    root: str  # the directory of that filesystem this mount shows at ``point``
-    point: str
-    fstype: str
-    lower: tuple[str, ...] = ()  # overlay: its layers (upper first), as paths of its namespace
-
-
-def read_mounts(path: str = "/proc/self/mountinfo") -> list[Mount]:
-    try:
-        with open(path) as f:
-            text = f.read()
-    except OSError:
-        return []
-    return parse_mounts(text)
-
-
-def parse_mounts(text: str) -> list[Mount]:
-    out: list[Mount] = []
-    for line in text.splitlines():
-        left, _, right = line.partition(" - ")
-        fields, tail = left.split(), right.split()
-        if len(fields) < 5 or len(tail) < 3:
-            continue
-        layers: tuple[str, ...] = ()
-        if tail[0] == "overlay":
-            opts = dict(o.partition("=")[::2] for o in tail[2].split(","))
-            layers = tuple(
-                unescape_mount(p)
-                for key in ("upperdir", "lowerdir")
-                for p in opts.get(key, "").split(":")
-                if p
-            )
-        out.append(
-            Mount(fields[2], unescape_mount(fields[3]), unescape_mount(fields[4]), tail[0], layers)
-        )
-    return out
-
-
-def unescape_mount(field_: str) -> str:
-    """Mount points in /proc/*/mountinfo escape space, tab, newline and backslash as octal."""
-    if "\\" not in field_:
-        return field_
-    out, i = [], 0
-    while i < len(field_):
-        if field_[i] == "\\" and field_[i + 1 : i + 4].isdigit() and i + 3 < len(field_):
-            out.append(chr(int(field_[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(field_[i])
-            i += 1
-    return "".join(out)
 
 
 def mounted_filesystems(mountinfo: str = "/proc/self/mountinfo") -> list[str]:

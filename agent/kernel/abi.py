@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+import os
 from ctypes import c_char, c_int64, c_uint8, c_uint16, c_uint32, c_uint64
 
 PATH_MAX = 4096
@@ -406,6 +407,12 @@ RODATA_SECTION = ".rodata.st"
 MAP_GUARD_CFG = "st_guard_cfg"
 GUARD_RODATA_SECTION = ".rodata.guard"
 MAP_LINEAGE = "st_lineage"
+
+
+def kernel_dev(st_dev: int) -> int:
+    """stat(2)'s device number in the kernel's own encoding, ``MAJOR << 20 | MINOR`` (what
+    st_inode_key.dev and fanotify's fdinfo hold)."""
+    return (os.major(st_dev) << 20) | os.minor(st_dev)
 
 
 def u32_key(value: int) -> bytes:

@@ -38,6 +38,7 @@ def object_path(name: str) -> Path:
 BPF_MAP_TYPE_HASH = 1
 BPF_MAP_TYPE_ARRAY = 2
 BPF_MAP_TYPE_LPM_TRIE = 11
+BPF_MAP_TYPE_RINGBUF = 27
 BPF_F_NO_PREALLOC = 1
 
 

@@ -28,7 +28,7 @@ from agent.policy.compile import (
 )
 from agent.policy.mechanisms import Enforcement, HostCapabilities, plan
 from agent.policy.model import Rule, Subject, Target, parse_address, parse_path, parse_port
-from agent.policy.source import Finding, PolicySet, PolicySource, load_policy_set
+from agent.policy.source import PolicyProblem, PolicySet, PolicySource, load_policy_set
 
 T = TypeVar("T")
 
@@ -36,7 +36,7 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class Report:
     policy_set: PolicySet
-    findings: tuple[Finding, ...]
+    findings: tuple[PolicyProblem, ...]
     compiled: CompiledPolicySet | None  # None when there are errors
     enforcement: tuple[Enforcement, ...] | None  # with a host only
 
@@ -65,7 +65,7 @@ def check(paths: Sequence[Path], host: HostCapabilities | None = None) -> Report
     try:  # also with other errors: a table limit is worth knowing at once
         compiled = compile_policy_set(policy_set)
     except PolicyInvalid as exc:
-        findings.extend(f for f in exc.findings if isinstance(f, Finding))
+        findings.extend(f for f in exc.findings if isinstance(f, PolicyProblem))
     if any(f.severity == "error" for f in findings):
         compiled = None
     if compiled is not None and host is not None:
@@ -81,7 +81,7 @@ def check(paths: Sequence[Path], host: HostCapabilities | None = None) -> Report
     return Report(policy_set, tuple(findings), compiled, enforcement)
 
 
-def check_set(policy_set: PolicySet) -> list[Finding]:
+def check_set(policy_set: PolicySet) -> list[PolicyProblem]:
     findings = _duplicates(policy_set)
     by_operation: dict[str, list[tuple[int, int, PolicySource, int, Rule]]] = defaultdict(list)
     for number, (source, index, rule) in enumerate(policy_set.rules()):
@@ -102,7 +102,7 @@ def _where(source: PolicySource, field: tuple[str | int, ...]) -> str:
     return f"{source.document.file}{line}"
 
 
-def _duplicates(policy_set: PolicySet) -> list[Finding]:
+def _duplicates(policy_set: PolicySet) -> list[PolicyProblem]:
     findings = []
     names: dict[str, PolicySource] = {}
     ids: dict[str, tuple[PolicySource, int]] = {}
@@ -126,7 +126,7 @@ def _duplicates(policy_set: PolicySet) -> list[Finding]:
     return findings
 
 
-def _never_matches(source: PolicySource, index: int, rule: Rule) -> list[Finding]:
+def _never_matches(source: PolicySource, index: int, rule: Rule) -> list[PolicyProblem]:
     findings = []
     subject = rule.subjects
     if subject and subject.except_ and subject.selects and _selects(subject.except_, subject):
@@ -141,7 +141,7 @@ def _never_matches(source: PolicySource, index: int, rule: Rule) -> list[Finding
     return findings
 
 
-def _shadowed(ranked: list[tuple[int, int, PolicySource, int, Rule]]) -> list[Finding]:
+def _shadowed(ranked: list[tuple[int, int, PolicySource, int, Rule]]) -> list[PolicyProblem]:
     """Rule B is shadowed by A if A ranks first (same key as the compiler) and covers B.
 
     ``ranked``: one operation's rules in precedence order. B is compared only with the earlier

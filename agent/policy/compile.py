@@ -76,7 +76,7 @@ from agent.policy.model import (
     parse_path,
     parse_port,
 )
-from agent.policy.source import Finding, PolicySet, PolicySource
+from agent.policy.source import PolicyProblem, PolicySet, PolicySource
 
 OPS: dict[str, int] = {
     name: int(Op[name.upper()])
@@ -421,7 +421,7 @@ def compile_policy_set(policy_set: PolicySet) -> CompiledPolicySet:
     ids: dict[str, dict[bytes, list[int]]] = {"uid": {}, "gid": {}}
     compiled: list[CompiledRule] = []
     masks: dict[bytes, bytes] = {}
-    findings: list[Finding] = []
+    findings: list[PolicyProblem] = []
     for operation, op in OPS.items():
         entries = sorted(placed.get(operation, []), key=lambda e: e[:2])
         if len(entries) > MAX_RULES:
@@ -453,7 +453,7 @@ def compile_policy_set(policy_set: PolicySet) -> CompiledPolicySet:
     for name, spec in MAPS.items():
         if len(maps[name]) > spec.max_entries:
             message = f"{len(maps[name])} entries for {spec.name}: at most {spec.max_entries}"
-            findings.append(Finding("error", "(policy set)", None, None, None, None, message))
+            findings.append(PolicyProblem("error", "(policy set)", None, None, None, None, message))
     if findings:
         raise PolicyInvalid(list(findings))
     return CompiledPolicySet(policy_set.digest, tuple(compiled), maps)

@@ -7,6 +7,7 @@ whose permission answers are decided in userspace.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -75,15 +76,45 @@ class Request:
             raise ValueError(f"access {self.access!r}: use {', '.join(ACCESS)}")
 
 
-def effective_action(mode: str, action: str) -> str:
-    """What happens: deny/kill in monitor mode only record "would-deny"/"would-kill"."""
-    return f"would-{action}" if mode == "monitor" and action in ("deny", "kill") else action
+class Effect(enum.StrEnum):
+    """What a verdict does, spelled as the journal's verdict ``action`` (docs/journal-format.md):
+    the rule's action, or in monitor mode what a deny or kill rule would have done."""
+
+    ALLOW = "allow"
+    AUDIT = "audit"
+    DENY = "deny"
+    KILL = "kill"
+    WOULD_DENY = "would_deny"
+    WOULD_KILL = "would_kill"
+
+    @property
+    def stops(self) -> bool:
+        """Is the operation stopped (deny, kill)?"""
+        return self in (Effect.DENY, Effect.KILL)
+
+    @property
+    def severity(self) -> int:
+        """Orders verdicts on one object: the strictest of several names of a file wins."""
+        return _SEVERITY[self]
+
+
+_SEVERITY = {
+    Effect.ALLOW: 0, Effect.AUDIT: 1, Effect.WOULD_DENY: 1, Effect.WOULD_KILL: 1,
+    Effect.DENY: 2, Effect.KILL: 3,
+}  # fmt: skip
+
+
+def effective_action(mode: str, action: str) -> Effect:
+    """What happens: deny/kill in monitor mode only record would_deny/would_kill."""
+    if mode == "monitor" and action in ("deny", "kill"):
+        return Effect(f"would_{action}")
+    return Effect(action)
 
 
 @dataclass(frozen=True)
 class Verdict:
     action: str  # allow | audit | deny | kill, as the rule says ("allow" if no rule matched)
-    effective: str  # action after the policy's mode: would-deny / would-kill in monitor mode
+    effective: Effect  # action after the policy's mode: would_deny / would_kill in monitor mode
     rule_id: str | None
     policy_name: str | None
     digest: str  # of the policy set that decided
@@ -208,7 +239,7 @@ class Evaluator:
         """The winning rule is the lowest set bit: indexes are in precedence order."""
         mask = self.matching(request)
         if not mask:
-            return Verdict("allow", "allow", None, None, self.compiled.digest)
+            return Verdict("allow", Effect.ALLOW, None, None, self.compiled.digest)
         rule = self.compiled.rule(request.operation, (mask & -mask).bit_length() - 1)
         return Verdict(
             rule.action,

@@ -11,7 +11,11 @@ A fixture file (syntax in policies/README.md, "Testing policies")::
     path = "/etc/shadow"
     access = ["write"]
     expect = "deny"                     # the effective verdict: allow, audit, deny, kill,
-    rule = "shadow-no-write"            # would-deny, would-kill; omit rule when none may match
+    rule = "shadow-no-write"            # would_deny, would_kill; omit rule when none may match
+
+``expect`` is spelled as the journal spells a verdict's action; ``would-deny`` and
+``would-kill``, the spelling fixture files had until 2026-12, are read as ``would_deny`` and
+``would_kill`` so that those files keep passing.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 
 from agent.errors import PolicyFieldError, PolicyInvalid
 from agent.policy._toml import Document
-from agent.policy.evaluate import Evaluator, Process, Request, Verdict
+from agent.policy.evaluate import Effect, Evaluator, Process, Request, Verdict
 from agent.policy.model import (
     ACCESS,
     OPERATIONS,
@@ -34,9 +38,11 @@ from agent.policy.model import (
     required,
     within,
 )
-from agent.policy.source import Finding, located, read_document
+from agent.policy.source import PolicyProblem, located, read_document
 
-EXPECTATIONS = ("allow", "audit", "deny", "kill", "would-deny", "would-kill")
+EXPECTATIONS = tuple(Effect)
+#: the monitor-mode spellings of fixture files written before one spelling was chosen
+_EARLIER_SPELLING = {"would-deny": Effect.WOULD_DENY, "would-kill": Effect.WOULD_KILL}
 _CASE_KEYS = (
     "name", "process", "operation", "path", "new_path", "access", "address", "port",
     "protocol", "fileless", "expect", "rule",
@@ -48,7 +54,7 @@ _PROCESS_KEYS = ("exe", "uid", "gid", "cgroup", "ancestors")
 class Case:
     name: str
     request: Request
-    expect: str
+    expect: Effect
     rule: str | None
     index: int  # position in the file, for locating mismatches
 
@@ -94,14 +100,15 @@ def _case(data: Mapping[str, Any], index: int) -> Case:
     except ValueError as exc:
         raise PolicyFieldError(("operation",), str(exc)) from None
     expect = required(data, "expect", str, f"one of {', '.join(EXPECTATIONS)}")
+    expect = _EARLIER_SPELLING.get(expect, expect)
     if expect not in EXPECTATIONS:
         raise PolicyFieldError(("expect",), f"{expect!r}: use one of {', '.join(EXPECTATIONS)}")
     name = optional(data, "name", str, "text") or f"case {index}"
-    return Case(name, request, expect, optional(data, "rule", str, "a rule id"), index)
+    return Case(name, request, Effect(expect), optional(data, "rule", str, "a rule id"), index)
 
 
 def load_fixtures(path: Path) -> Fixtures:
-    """Parse a fixture file; PolicyInvalid with a located Finding per bad case."""
+    """Parse a fixture file; PolicyInvalid with a located PolicyProblem per bad case."""
     document = read_document(path)
     data = document.data
     errors: list[PolicyFieldError] = []
@@ -131,7 +138,7 @@ def load_fixtures(path: Path) -> Fixtures:
 class Outcome:
     case: Case
     verdict: Verdict
-    finding: Finding | None  # set when the verdict is not the expected one
+    finding: PolicyProblem | None  # set when the verdict is not the expected one
 
     @property
     def passed(self) -> bool:

@@ -4,7 +4,8 @@ This is the seam between the policy compiler and the kernel side: the enforcemen
 the compiled maps, then asks :func:`plan` which hooks to attach for the rules present, and
 refuses to start (:func:`require_enforceable`) when a rule in enforce mode has no mechanism and
 no ``fallback``. A new mechanism (BPF-LSM) changes only the tables below, never the language or
-the compiler. Mechanism names:
+the compiler. Mechanism names (``agent.kernel.mechanism.Mechanism``, one spelling each, the
+journal's; the deny hooks per operation are ``mechanism.DENY_HOOKS``, which doctor plans with):
 
 - ``lsm``: BPF-LSM hook denies with EPERM (bprm_check_security, file_open, path_*/inode_*,
   socket_connect/bind/listen/accept).
@@ -32,61 +33,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.errors import MechanismUnavailable
+from agent.kernel.mechanism import HostCapabilities as HostCapabilities  # its users' name
+from agent.kernel.mechanism import Mechanism, deny_hook
 from agent.policy.compile import CompiledPolicySet, CompiledRule
-
-
-@dataclass(frozen=True)
-class HostCapabilities:
-    lsm: bool  # BPF-LSM programs load and attach
-    cgroup_sock: bool  # cgroup v2 + cgroup sock_addr programs
-    fanotify: bool  # fanotify permission events
-    send_signal: bool  # bpf_send_signal
-    fileless_exec_hook: bool = False  # tp_btf/sched_prepare_exec (6.10+): fileless kill w/o LSM
+from agent.policy.evaluate import effective_action
 
 
 def host_capabilities() -> HostCapabilities:
     """What this host can enforce with, measured by ``sealtrail doctor``'s probes (each
     capability is tried for real: a program loaded, a fanotify mark placed)."""
-    from agent.kernel.host import (  # loads BPF: only when asked
-        PREPARE_EXEC_HOOK,
-        btf_has_name,
-        probe_host,
-    )
+    from agent.kernel.host import probe_host  # loads BPF: only when asked
 
-    checks = probe_host().checks
-    return HostCapabilities(
-        lsm=checks["bpf_lsm"].ok,
-        cgroup_sock=checks["cgroup2"].ok and checks["cgroup_bpf"].ok,
-        fanotify=checks["fanotify_perm"].ok,
-        send_signal=checks["send_signal"].ok,
-        fileless_exec_hook=btf_has_name(PREPARE_EXEC_HOOK),
-    )
-
-
-#: Hooks that can deny each operation, best first.
-DENY_HOOKS: dict[str, tuple[str, ...]] = {
-    "exec": ("lsm", "fanotify"),
-    "open": ("lsm", "fanotify"),
-    "unlink": ("lsm",),
-    "rename": ("lsm",),
-    "chmod": ("lsm",),
-    "chown": ("lsm",),
-    "connect": ("cgroup-sock", "lsm"),
-    "bind": ("cgroup-sock", "lsm"),
-    "listen": ("lsm",),
-    "truncate": ("lsm",),  # truncate(2)/ftruncate(2) under open rules: path_/file_truncate
-    # the LSM accept hook runs before the peer is known, so an address rule cannot be judged
-    # there: accept rules need a fallback everywhere
-    "accept": (),
-}
-_CAPABILITY = {"lsm": "lsm", "fanotify": "fanotify", "cgroup-sock": "cgroup_sock"}
-
-
-def deny_hook(operation: str, host: HostCapabilities) -> str | None:
-    for hook in DENY_HOOKS[operation]:
-        if getattr(host, _CAPABILITY[hook]):
-            return hook
-    return None
+    return probe_host().capabilities
 
 
 @dataclass(frozen=True)
@@ -94,7 +52,7 @@ class Enforcement:
     """How one rule is enforced on one host; ``error`` set means it cannot be, as written."""
 
     rule: CompiledRule
-    mechanism: str | None
+    mechanism: Mechanism | None
     after_the_fact: bool = False  # the effect happens before the action: recorded as such
     note: str = ""
     error: str | None = None
@@ -154,18 +112,20 @@ def _enforcement(rule: CompiledRule, op: str, host: HostCapabilities) -> Enforce
         return fileless_exec(rule, host)
     hook = deny_hook(op, host)
     if rule.action == "audit":
-        return Enforcement(rule, "tracepoint", note="recorded, not stopped")
+        return Enforcement(rule, Mechanism.TRACEPOINT, note="recorded, not stopped")
     if rule.action == "allow":
-        where = "tracepoint" if rule.mode == "monitor" else (hook or "tracepoint")
+        where = Mechanism.TRACEPOINT if rule.mode == "monitor" else (hook or Mechanism.TRACEPOINT)
         return Enforcement(rule, where, note="exception, judged where the rules it exempts are")
     if rule.mode == "monitor":
         missing = "" if hook else f"; in enforce mode it would need a fallback ({op}: no deny hook)"
         return Enforcement(
-            rule, "tracepoint", note=f"monitor: records would-{rule.action}{missing}"
+            rule,
+            Mechanism.TRACEPOINT,
+            note=f"monitor: records {effective_action(rule.mode, rule.action)}{missing}",
         )
     if rule.action == "kill" and host.send_signal and hook:
         note = "denied, then killed: the exec never runs" if op == "exec" else "denied, then killed"
-        how = Enforcement(rule, f"{hook}+sigkill", note=_hook_note(rule, op, hook) or note)
+        how = Enforcement(rule, hook.killing(), note=_hook_note(rule, op, hook) or note)
         return _residual(how, op, hook)
     if rule.action == "deny" and hook:
         return _residual(Enforcement(rule, hook, note=_hook_note(rule, op, hook)), op, hook)
@@ -200,10 +160,10 @@ def fanotify_gaps(rule: CompiledRule) -> tuple[str, ...]:
     return tuple(gaps)
 
 
-def _residual(how: Enforcement, op: str, hook: str) -> Enforcement:
+def _residual(how: Enforcement, op: str, hook: Mechanism) -> Enforcement:
     """fanotify leaves gaps (``fanotify_gaps``): in enforce mode the rule must say what is done
     with what gets through, never a silent difference from ``policy test``."""
-    if hook == "lsm" and any(p.endswith(("*", "/")) for p in how.rule.paths or ()):
+    if hook == Mechanism.LSM and any(p.endswith(("*", "/")) for p in how.rule.paths or ()):
         # the LSM hooks judge the path of the mount the caller used
         gap = (
             "a bind mount or another mount namespace shows these files under another path, "
@@ -211,7 +171,7 @@ def _residual(how: Enforcement, op: str, hook: str) -> Enforcement:
             f"({how.rule.fallback or 'audited'}), another operation is not"
         )
         return dataclasses.replace(how, gaps=(gap,))
-    if hook != "fanotify" or op not in ("exec", "open"):
+    if hook != Mechanism.FANOTIFY or op not in ("exec", "open"):
         return how
     gaps = fanotify_gaps(how.rule)
     fallback = how.rule.fallback
@@ -226,13 +186,10 @@ def _residual(how: Enforcement, op: str, hook: str) -> Enforcement:
     return dataclasses.replace(how, note="; ".join(n for n in (how.note, note) if n), gaps=gaps)
 
 
-FILELESS_MECHANISM = "exec-tracepoint"
-
-
-def judged_in_kernel_at_exec(mechanism: str | None) -> bool:
+def judged_in_kernel_at_exec(mechanism: Mechanism | None) -> bool:
     """Does the guard judge (and report) this rule's execs in the kernel, at sched_prepare_exec?
     Then the enforcer neither judges those exec events again nor needs fanotify for them."""
-    return mechanism is not None and mechanism.startswith(FILELESS_MECHANISM)
+    return mechanism is not None and mechanism.hook == Mechanism.EXEC_TRACEPOINT
 
 
 def fileless_exec(rule: CompiledRule, host: HostCapabilities) -> Enforcement:
@@ -243,26 +200,31 @@ def fileless_exec(rule: CompiledRule, host: HostCapabilities) -> Enforcement:
     the hook (kernels before 6.10) only the exec event is left: after the fact."""
     if not host.fileless_exec_hook:
         if rule.action in ("audit", "allow") or rule.mode == "monitor":
-            return Enforcement(rule, "tracepoint", note="fileless exec: recorded from the event")
+            note = "fileless exec: recorded from the event"
+            return Enforcement(rule, Mechanism.TRACEPOINT, note=note)
         return _fallback(rule, "exec", host)
     where = "judged in the kernel at sched_prepare_exec"
     if rule.action == "allow":
-        return Enforcement(rule, FILELESS_MECHANISM, note=f"exception, {where}")
+        return Enforcement(rule, Mechanism.EXEC_TRACEPOINT, note=f"exception, {where}")
     if rule.action == "audit" or rule.mode == "monitor":
-        what = "recorded, not stopped" if rule.action == "audit" else f"would-{rule.action}"
-        return Enforcement(rule, FILELESS_MECHANISM, note=f"{where}: {what}")
+        what = (
+            "recorded, not stopped"
+            if rule.action == "audit"
+            else effective_action(rule.mode, rule.action)
+        )
+        return Enforcement(rule, Mechanism.EXEC_TRACEPOINT, note=f"{where}: {what}")
     if not host.send_signal:
         return _fallback(rule, "exec", host)
     if rule.action == "kill" or rule.fallback == "kill":
         return Enforcement(
             rule,
-            f"{FILELESS_MECHANISM}+sigkill",
+            Mechanism.EXEC_TRACEPOINT_SIGKILL,
             note=f"{where}: the caller is killed before the new image runs (no EPERM without "
             "BPF-LSM)",
         )
     if rule.fallback == "audit":
         note = "fallback: audited, exec not stopped"
-        return Enforcement(rule, FILELESS_MECHANISM, after_the_fact=True, note=note)
+        return Enforcement(rule, Mechanism.EXEC_TRACEPOINT, after_the_fact=True, note=note)
     return Enforcement(
         rule,
         None,
@@ -271,16 +233,16 @@ def fileless_exec(rule: CompiledRule, host: HostCapabilities) -> Enforcement:
     )
 
 
-def _hook_note(rule: CompiledRule, op: str, hook: str) -> str:
+def _hook_note(rule: CompiledRule, op: str, hook: Mechanism) -> str:
     """What the deny hook leaves open or covers beyond the operation's name: never hidden."""
-    if op == "exec" and hook == "lsm":
+    if op == "exec" and hook == Mechanism.LSM:
         return (
             "code mapped executable from a named file (the dynamic loader's `ld.so PROGRAM`, "
             "dlopen) is judged as its exec at mmap_file/file_mprotect"
         )
-    if op == "open" and hook == "fanotify" and "create" in rule.access:
+    if op == "open" and hook == Mechanism.FANOTIFY and "create" in rule.access:
         return "a new file is created empty before its open is denied (no create hook without LSM)"
-    if op == "connect" and hook == "cgroup-sock":
+    if op == "connect" and hook == Mechanism.CGROUP_SOCK:
         return (
             "UDP datagrams sent without connect are judged at sendmsg too; raw sockets "
             "(CAP_NET_RAW) are not judged"
@@ -293,12 +255,15 @@ def _fallback(rule: CompiledRule, operation: str, host: HostCapabilities) -> Enf
     op = _CALL_NAMES.get(operation, operation)
     if rule.fallback == "audit":
         return Enforcement(
-            rule, "tracepoint", after_the_fact=True, note=f"fallback: audited, {op} not stopped"
+            rule,
+            Mechanism.TRACEPOINT,
+            after_the_fact=True,
+            note=f"fallback: audited, {op} not stopped",
         )
     if rule.fallback == "kill" and host.send_signal:
         return Enforcement(
             rule,
-            "sigkill-after-the-fact",
+            Mechanism.SIGKILL_AFTER_THE_FACT,
             after_the_fact=True,
             note=f"fallback: the {op} takes effect, then the process is killed",
         )

@@ -5,8 +5,9 @@ directory's ``*.toml`` files by name (bytewise), not recursively.
 
 Nothing in a policy directory may stop the agent: every file is read without blocking (a FIFO),
 only if it is a regular file of at most :data:`MAX_FILE_BYTES` (a symlink to ``/dev/zero``), and
-every problem becomes a :class:`Finding` naming the file. File names are shown with bytes that
-are not UTF-8 escaped (``\\xff``), as in events, so findings can always be printed and sent as JSON.
+every problem becomes a :class:`PolicyProblem` (a finding) naming the file. File names are shown
+with bytes that are not UTF-8 escaped (``\\xff``), as in events, so findings can always be
+printed and sent as JSON. (The journal verifier's findings are ``agent.journal.verify.Finding``.)
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ MAX_FILE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
-class Finding:
+class PolicyProblem:
     """One problem: where it is, which rule and field, what is wrong and what is allowed."""
 
     severity: str  # "error" | "warning"
@@ -83,7 +84,7 @@ class PolicySource:
         *,
         rule: int | None = None,
         at_key: bool = False,
-    ) -> Finding:
+    ) -> PolicyProblem:
         """A finding about this file; ``rule`` (index in the file) prefixes ``rules[i]``."""
         path: FieldPath = ("rules", rule, *field) if rule is not None else field
         rule_id = self.policy.rules[rule].id if rule is not None else None
@@ -94,7 +95,7 @@ class PolicySource:
 
 def located(
     document: Document, severity: str, error: PolicyFieldError, rule_id: str | None = None
-) -> Finding:
+) -> PolicyProblem:
     position = document.position(error)
     if rule_id is None and len(error.field) >= 2 and error.field[0] == "rules":
         rules = document.data.get("rules")
@@ -102,7 +103,7 @@ def located(
         if isinstance(rules, list) and isinstance(index, int) and index < len(rules):
             raw_id = rules[index].get("id") if isinstance(rules[index], dict) else None
             rule_id = raw_id if isinstance(raw_id, str) else None
-    return Finding(
+    return PolicyProblem(
         severity,
         document.file,
         position.line if position else None,
@@ -169,7 +170,7 @@ def policy_files(paths: Sequence[Path]) -> list[Path]:
 
 
 def parse_policy(document: Document) -> Policy:
-    """The policy in one document, or PolicyInvalid with a located Finding per error."""
+    """The policy in one document, or PolicyInvalid with a located PolicyProblem per error."""
     try:
         return Policy.from_dict(document.data)
     except PolicyInvalid as exc:
@@ -178,16 +179,16 @@ def parse_policy(document: Document) -> Policy:
 
 
 def read_document(path: Path) -> Document:
-    """Read and parse one TOML file; every problem becomes PolicyInvalid with one Finding."""
+    """Read and parse one TOML file; every problem becomes PolicyInvalid with one PolicyProblem."""
     name = shown(path)
     try:
         return parse_document(name, _read_regular(path))
     except TomlError as exc:
         line, column = (exc.position.line, exc.position.column) if exc.position else (None, None)
         field = field_text(exc.field) or None
-        finding = Finding("error", name, line, column, None, field, exc.message)
+        finding = PolicyProblem("error", name, line, column, None, field, exc.message)
     except _Unreadable as exc:
-        finding = Finding("error", name, None, None, None, None, f"cannot read: {exc}")
+        finding = PolicyProblem("error", name, None, None, None, None, f"cannot read: {exc}")
     raise PolicyInvalid([finding])
 
 
@@ -229,22 +230,24 @@ _KINDS = {
 }
 
 
-def load_policy_set(paths: Sequence[Path]) -> tuple[PolicySet, list[Finding]]:
+def load_policy_set(paths: Sequence[Path]) -> tuple[PolicySet, list[PolicyProblem]]:
     """Every readable, valid policy under ``paths`` plus a finding for each file that is not.
 
     Files with errors are left out of the set; callers must not enforce a set with findings of
     severity error (``sealtrail policy check`` exits 1).
     """
     sources: list[PolicySource] = []
-    findings: list[Finding] = []
+    findings: list[PolicyProblem] = []
     files = policy_files(paths)
     if not files:
         where = ", ".join(shown(p) for p in paths)
-        findings.append(Finding("error", where, None, None, None, None, "no *.toml policy files"))
+        findings.append(
+            PolicyProblem("error", where, None, None, None, None, "no *.toml policy files")
+        )
     for file in files:
         try:
             document = read_document(file)
             sources.append(PolicySource(document, parse_policy(document)))
         except PolicyInvalid as exc:
-            findings.extend(f for f in exc.findings if isinstance(f, Finding))
+            findings.extend(f for f in exc.findings if isinstance(f, PolicyProblem))
     return PolicySet(tuple(sources)), findings

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.kernel import host
+from agent.kernel import host, probe
 from agent.kernel.host import HostReport, probe_host
 
 pytestmark = pytest.mark.kernel
@@ -65,7 +65,7 @@ def test_trampolines_refused_with_eperm(report: HostReport) -> None:
         assert check.log is not None and f"'{name}'" in check.log
     assert report.plan.enforcement["open"] == "fanotify"
     assert report.plan.enforcement["unlink"] == "none"
-    assert report.plan.enforcement["network"] == "cgroup-bpf"
+    assert report.plan.enforcement["network"] == "cgroup-sock"
     assert not report.plan.survives_agent
     assert any("does not survive the agent" in note for note in report.plan.notes)
 
@@ -115,7 +115,7 @@ def test_json_schema_is_stable() -> None:
         "lockdown",
         "lsm_list",
     }
-    assert list(doc["checks"]) == list(host.CHECKS)
+    assert list(doc["checks"]) == list(probe.CHECKS)
     for check in doc["checks"].values():
         assert set(check) == {"ok", "detail", "errno", "log"}
     assert set(doc["plan"]) == {"events", "enforcement", "survives_agent", "notes"}

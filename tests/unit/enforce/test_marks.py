@@ -15,7 +15,8 @@ from agent.enforce.marks import (
     extend_plan,
     plan_marks,
 )
-from agent.enforce.mounts import mounted_filesystems, unescape_mount
+from agent.enforce.mounts import mounted_filesystems
+from agent.kernel.procfs import unescape_mount
 
 
 class FakeFs:

@@ -70,6 +70,11 @@ def test_rule_entry_bytes(write: Write) -> None:
     # key op*1024+index; value rule_no u32, policy_no u16, action u8 (2 deny, 3 kill), flags u8
     assert rules[struct.pack("<I", OPS["unlink"] * 1024)] == bytes.fromhex("0000000000000203")
     assert rules[struct.pack("<I", OPEN * 1024)] == bytes.fromhex("0100000000000301")
+    unlink = abi.PolRule.from_buffer_copy(rules[abi.u32_key(OPS["unlink"] * abi.RULES_PER_OP)])
+    assert (unlink.action, unlink.flags) == (
+        abi.PolAction.DENY,
+        abi.RULE_MONITOR | abi.RULE_FALLBACK_KILL,
+    )
     paths = compiled.maps["paths"]
     bit0 = (1).to_bytes(MASK_BYTES, "little")
     exact = struct.pack("<I", 8 * 13) + b"\x04/etc/shadow\0".ljust(256, b"\0")
@@ -286,25 +291,3 @@ def test_keys_and_values_are_the_abi_structs() -> None:
     mask.w[0], mask.w[15] = 1, 1 << 63
     assert pack_masks(1 | 1 << 1023) == bytes(mask)
     assert id_key(CONNECT, 1000) == bytes(abi.PolIdKey(CONNECT, 1000))
-
-
-def test_rule_entry_is_an_abi_pol_rule(write: Write) -> None:
-    compiled = compiled_from(
-        write(
-            """\
-            name = "p"
-            mode = "monitor"
-            [[rules]]
-            id = "a"
-            operation = "unlink"
-            targets.paths = ["/x"]
-            action = "deny"
-            fallback = "audit"
-            """
-        )
-    )
-    ((key, value),) = compiled.maps["rules"].items()
-    rule = abi.PolRule.from_buffer_copy(value)
-    assert key == abi.u32_key(OPS["unlink"] * abi.RULES_PER_OP)
-    assert (rule.rule_no, rule.policy_no, rule.action) == (0, 0, abi.PolAction.DENY)
-    assert rule.flags == abi.RULE_MONITOR | abi.RULE_FALLBACK_AUDIT

@@ -18,7 +18,7 @@ def test_monitor_mode_reports_would(write: Write) -> None:
         compiled = one_rule(
             write, f'operation = "exec"\ntargets.paths = ["/tmp/"]\naction = "{action}"', "monitor"
         )
-        assert judge(compiled, "exec", path="/tmp/x") == (f"would-{action}", "r")
+        assert judge(compiled, "exec", path="/tmp/x") == (f"would_{action}", "r")
     compiled = one_rule(
         write, 'operation = "exec"\ntargets.paths = ["/tmp/"]\naction = "audit"', "monitor"
     )

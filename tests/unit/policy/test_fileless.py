@@ -76,7 +76,7 @@ def test_evaluator_matches_fileless_binaries_only(write: Write) -> None:
     assert judge(compiled, "exec", path="/tmp/a", fileless=True) == ("kill", "no-fileless")
     assert judge(compiled, "exec", path="/tmp/a") == ("deny", "no-tmp")
     monitor = compiled_from(write(FILELESS.format(mode="monitor", action="deny", extra="")))
-    assert judge(monitor, "exec", path="memfd:x", fileless=True) == ("would-deny", "no-fileless")
+    assert judge(monitor, "exec", path="memfd:x", fileless=True) == ("would_deny", "no-fileless")
 
 
 def test_exec_event_becomes_a_fileless_request(write: Write) -> None:

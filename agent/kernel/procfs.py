@@ -1,0 +1,166 @@
+"""The kernel's text files, parsed: mount tables, task status, securityfs lists.
+
+Each format is parsed here once, by pure functions over the text (unit-tested without a
+host), with small readers beside them. ``sealtrail doctor`` finds cgroup2 and tracefs in the
+mount table, the enforcer finds the acting process in ``/proc/<tid>``, the fanotify marks
+find mount points and overlays.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+# ---- /proc/<pid>/mountinfo ----
+
+
+@dataclass(frozen=True)
+class Mount:
+    dev: str  # "major:minor" of the filesystem
+    root: str  # the directory of that filesystem this mount shows at ``point``
+    point: str
+    fstype: str
+    lower: tuple[str, ...] = ()  # overlay: its layers (upper first), as paths of its namespace
+
+
+def read_mounts(path: str = "/proc/self/mountinfo") -> list[Mount]:
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError:
+        return []
+    return parse_mounts(text)
+
+
+def parse_mounts(text: str) -> list[Mount]:
+    """The entries of mountinfo text (proc(5)), in order; malformed lines skipped."""
+    out: list[Mount] = []
+    for line in text.splitlines():
+        left, _, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if len(fields) < 5 or len(tail) < 3:
+            continue
+        layers: tuple[str, ...] = ()
+        if tail[0] == "overlay":
+            opts = dict(o.partition("=")[::2] for o in tail[2].split(","))
+            layers = tuple(
+                unescape_mount(p)
+                for key in ("upperdir", "lowerdir")
+                for p in opts.get(key, "").split(":")
+                if p
+            )
+        out.append(
+            Mount(fields[2], unescape_mount(fields[3]), unescape_mount(fields[4]), tail[0], layers)
+        )
+    return out
+
+
+def unescape_mount(field_: str) -> str:
+    """Mount points in /proc/*/mountinfo escape space, tab, newline and backslash as octal."""
+    if "\\" not in field_:
+        return field_
+    out, i = [], 0
+    while i < len(field_):
+        if field_[i] == "\\" and field_[i + 1 : i + 4].isdigit() and i + 3 < len(field_):
+            out.append(chr(int(field_[i + 1 : i + 4], 8)))
+            i += 4
+        else:
+            out.append(field_[i])
+            i += 1
+    return "".join(out)
+
+
+def find_mount(mounts: Iterable[Mount], fstype: str, prefer: str | None = None) -> str | None:
+    """Mount point of the first ``fstype`` mount (``prefer`` wins if it is one of them)."""
+    points = [m.point for m in mounts if m.fstype == fstype]
+    if prefer in points:
+        return prefer
+    return points[0] if points else None
+
+
+# ---- /proc/<pid>/status, exe, stat, cgroup ----
+
+
+def parse_status(text: str) -> dict[str, str]:
+    """``Name:\\tvalue`` lines of /proc/<pid>/status -> {name: value}."""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition(":")
+        if sep:
+            fields[name] = value.strip()
+    return fields
+
+
+def read_status(pid: int | str) -> dict[str, str]:
+    """/proc/<pid>/status as ``parse_status`` reads it; OSError if the task is gone."""
+    with open(f"/proc/{pid}/status") as f:
+        return parse_status(f.read())
+
+
+def first_int(fields: Mapping[str, str], name: str, default: int = -1) -> int:
+    """The first number of a status field (``Uid:`` lists real, effective, saved, fs)."""
+    words = fields.get(name, "").split()
+    return int(words[0]) if words else default
+
+
+def effective_capabilities(fields: Mapping[str, str]) -> int:
+    """The ``CapEff`` bit set of a parsed status."""
+    return int(fields.get("CapEff", "0"), 16)
+
+
+def exe_of(pid: int | str) -> str | None:
+    """The task's binary (/proc/<pid>/exe), without the ``(deleted)`` mark; None if unknown."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)")
+    except OSError:
+        return None
+
+
+def ppid_of(pid: int) -> int:
+    """The parent's tgid from /proc/<pid>/stat (after the parenthesised comm); 0 if unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def parse_cgroup(text: str) -> str | None:
+    """The cgroup v2 path of a /proc/<pid>/cgroup text (its ``0::`` line)."""
+    for line in text.splitlines():
+        if line.startswith("0::"):
+            return line[3:].strip()
+    return None
+
+
+def cgroup_of(pid: int | str) -> str | None:
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            return parse_cgroup(f.read())
+    except OSError:
+        return None
+
+
+# ---- securityfs ----
+
+
+def parse_lockdown(text: str) -> str:
+    """``none [integrity] confidentiality`` -> ``integrity`` (the bracketed mode)."""
+    for word in text.split():
+        if word.startswith("[") and word.endswith("]"):
+            return word[1:-1]
+    return "unknown"
+
+
+def parse_lsm_list(text: str) -> tuple[str, ...]:
+    """``lockdown,capability,bpf`` -> its names, in order."""
+    return tuple(name for name in text.strip().split(",") if name)
+
+
+def read_text(path: Path) -> str | None:
+    try:
+        return path.read_text()
+    except OSError:
+        return None

@@ -1,0 +1,98 @@
+"""Parsers of the kernel's text files (agent.kernel.procfs): mount tables, status, securityfs."""
+
+from __future__ import annotations
+
+import pytest
+
+from agent.kernel import procfs
+from agent.kernel.procfs import Mount
+
+# a hybrid host's mountinfo: cgroup v1 at /sys/fs/cgroup, cgroup2 below it; tracefs twice
+HYBRID = """\
+20 1 0:19 / /sys rw,nosuid,nodev,noexec,relatime - sysfs sysfs rw
+21 20 0:20 / /sys/fs/cgroup ro,nosuid,nodev,noexec - tmpfs tmpfs ro,mode=755
+22 21 0:21 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw
+23 21 0:22 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+24 20 0:12 / /sys/kernel/debug/tracing rw,relatime - tracefs tracefs rw
+25 20 0:12 / /sys/kernel/tracing rw,relatime - tracefs tracefs rw
+"""
+
+
+def test_parse_mounts_fields_and_escapes() -> None:
+    mounts = procfs.parse_mounts(
+        "36 1 8:1 / /mnt/my\\040disk rw,relatime - ext4 /dev/sda1 rw\nbroken\n"
+    )
+    assert mounts == [Mount("8:1", "/", "/mnt/my disk", "ext4")]
+
+
+def test_overlay_layers_are_its_upper_then_lower_directories() -> None:
+    line = "40 1 0:50 / /merged rw - overlay overlay rw,lowerdir=/l1:/l2,upperdir=/up,workdir=/w\n"
+    assert procfs.parse_mounts(line)[0].lower == ("/up", "/l1", "/l2")
+
+
+def test_cgroup2_found_where_proc_mounts_says() -> None:
+    assert procfs.find_mount(procfs.parse_mounts(HYBRID), "cgroup2") == "/sys/fs/cgroup/unified"
+    unified = "30 1 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n"
+    assert procfs.find_mount(procfs.parse_mounts(unified), "cgroup2") == "/sys/fs/cgroup"
+    proc = "31 1 0:5 / /proc rw - proc proc rw\n"
+    assert procfs.find_mount(procfs.parse_mounts(proc), "cgroup2") is None
+
+
+def test_tracefs_prefers_the_canonical_mount() -> None:
+    mounts = procfs.parse_mounts(HYBRID)
+    assert (
+        procfs.find_mount(mounts, "tracefs", prefer="/sys/kernel/tracing") == "/sys/kernel/tracing"
+    )
+    assert procfs.find_mount(mounts, "tracefs", prefer="/elsewhere") == "/sys/kernel/debug/tracing"
+
+
+@pytest.mark.parametrize(
+    ("text", "mode"),
+    [
+        ("none [integrity] confidentiality\n", "integrity"),
+        ("[none] integrity confidentiality\n", "none"),
+        ("none integrity [confidentiality]", "confidentiality"),
+        ("", "unknown"),
+    ],
+)
+def test_parse_lockdown(text: str, mode: str) -> None:
+    assert procfs.parse_lockdown(text) == mode
+
+
+def test_parse_lsm_list() -> None:
+    assert procfs.parse_lsm_list("lockdown,capability,landlock,yama,bpf") == (
+        "lockdown",
+        "capability",
+        "landlock",
+        "yama",
+        "bpf",
+    )
+    assert procfs.parse_lsm_list("") == ()
+
+
+STATUS = """\
+Name:\tpython3
+Umask:\t0022
+Tgid:\t4321
+PPid:\t1
+Uid:\t1000\t1000\t1000\t1000
+Gid:\t100\t100\t100\t100
+CapEff:\t000001ffffffffff
+"""
+
+
+def test_status_fields_and_their_first_number() -> None:
+    fields = procfs.parse_status(STATUS)
+    assert fields["Name"] == "python3"
+    assert (procfs.first_int(fields, "Tgid"), procfs.first_int(fields, "Uid")) == (4321, 1000)
+    assert procfs.first_int(fields, "Gid") == 100
+    assert procfs.first_int(fields, "NoSuchField", 7) == 7
+    assert procfs.effective_capabilities(fields) == 0x1FFFFFFFFFF
+    assert procfs.effective_capabilities({}) == 0
+
+
+def test_cgroup_v2_path_is_the_unified_line() -> None:
+    assert procfs.parse_cgroup("12:cpu:/old\n0::/system.slice/ssh.service\n") == (
+        "/system.slice/ssh.service"
+    )
+    assert procfs.parse_cgroup("12:cpu:/old\n") is None
