@@ -1,146 +1,38 @@
 """Collector test fixtures: a real PostgreSQL server, and ``store_url``/``store`` parametrised
 over both backends so one suite tests both.
 
-The server is Debian's (``initdb`` and ``pg_ctl`` from /usr/lib/postgresql/*/bin), started once
-per session in a temporary directory on a free loopback port with its own socket directory, as
-user ``nobody`` when the tests run as root (initdb refuses root), and stopped in ``finally``.
+The server (``pgserver``: Debian's ``initdb`` and ``pg_ctl`` in a temporary directory on a free
+loopback port, as ``nobody`` when the tests run as root) is started once per session and stopped
+when the session ends.
 Each test gets a database of its own. Without the binaries the PostgreSQL tests skip on a
 developer's machine and FAIL under CI (``make bootstrap`` installs them: a skip would hide that).
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
-import pwd
-import re
-import shutil
-import signal
-import socket
-import subprocess
-import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from agent.collector.store import Store, open_store
+from tests.collector.pgserver import NoPostgres, PgServer, temporary_server
 
 IN_CI = bool(os.environ.get("CI"))
 _databases = itertools.count(1)
 
 
-def postgres_bin() -> Path | None:
-    """The newest /usr/lib/postgresql/N/bin holding initdb and pg_ctl."""
-    found = []
-    for directory in Path("/usr/lib/postgresql").glob("*/bin"):
-        if (directory / "initdb").is_file() and (directory / "pg_ctl").is_file():
-            match = re.fullmatch(r"\d+", directory.parent.name)
-            found.append((int(match[0]) if match else 0, directory))
-    return max(found)[1] if found else None
-
-
-@dataclass
-class PgServer:
-    bin: Path
-    root: Path
-    port: int
-    user: str | None
-
-    @property
-    def data(self) -> Path:
-        return self.root / "data"
-
-    def url(self, dbname: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
-
-    def run(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            argv, user=self.user, capture_output=True, text=True, check=check, timeout=120
-        )
-
-    def start(self) -> None:
-        options = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root}"
-        self.run(
-            str(self.bin / "pg_ctl"),
-            "-D",
-            str(self.data),
-            "-l",
-            str(self.root / "server.log"),
-            "-o",
-            options,
-            "-w",
-            "-t",
-            "60",
-            "start",
-        )
-
-    def stop(self) -> None:
-        stopped = self.run(
-            str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop", check=False
-        )
-        if stopped.returncode != 0:  # the postmaster we started, by its pid, if still there
-            with contextlib.suppress(FileNotFoundError, ValueError, ProcessLookupError):
-                pid = int((self.data / "postmaster.pid").read_text().split()[0])
-                os.kill(pid, signal.SIGKILL)
-
-    def log(self) -> str:
-        try:
-            return (self.root / "server.log").read_text(errors="replace")[-4000:]
-        except OSError:
-            return "(no server log)"
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
-    bin_dir = postgres_bin()
-    if bin_dir is None:
-        reason = "PostgreSQL server binaries missing (apt-get install postgresql; make bootstrap)"
-        if IN_CI:
-            pytest.fail(f"{reason}: required under CI")
-        pytest.skip(reason)
-    user = "nobody" if os.geteuid() == 0 else None
-    root = Path(tempfile.mkdtemp(prefix="sealtrail-pg-"))
-    if user is not None:
-        entry = pwd.getpwnam(user)
-        os.chown(root, entry.pw_uid, entry.pw_gid)
-    server = PgServer(bin_dir, root, 0, user)
-    started = False
     try:
-        server.run(
-            str(bin_dir / "initdb"),
-            "-D",
-            str(server.data),
-            "-U",
-            "postgres",
-            "--auth=trust",
-            "-E",
-            "UTF8",
-            "--no-instructions",
-        )
-        for _attempt in range(3):  # the free port may be taken between the probe and the start
-            server.port = _free_port()
-            try:
-                server.start()
-            except subprocess.CalledProcessError:
-                continue
-            started = True
-            break
-        if not started:
-            pytest.fail(f"PostgreSQL did not start:\n{server.log()}")
-        yield server
-    finally:
-        if started:
-            server.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        with temporary_server() as server:
+            yield server
+    except NoPostgres as exc:
+        if IN_CI:
+            pytest.fail(f"{exc}: required under CI")
+        pytest.skip(str(exc))
 
 
 @pytest.fixture

@@ -147,7 +147,7 @@ class Store(ABC):
     @abstractmethod
     def records(self, host: str, start: int, end: int) -> Iterator[tuple[int, bytes]]:
         """(seq, line) for the stored records start <= seq < end, in order, read in bounded
-        chunks (never all at once)."""
+        chunks (never all at once). Covers what was stored when it was called."""
 
     @abstractmethod
     def record_hashes(self, host: str, start: int, end: int) -> Iterator[bytes]:

@@ -96,7 +96,10 @@ class PostgresStore(SqlStore[PgCursor]):
     def _write(self) -> Iterator[PgCursor]:
         try:
             # the pool's block commits when it ends without an error, rolls back otherwise
-            with self._pool.connection(timeout=CONNECT_SECONDS) as conn, conn.cursor() as raw:
+            with (
+                self._pool.connection(timeout=CONNECT_SECONDS) as conn,
+                conn.cursor(binary=True) as raw,
+            ):
                 yield PgCursor(raw)
         except psycopg.errors.UniqueViolation as exc:
             raise Duplicate(f"store {self.where}: {_first_line(exc)}") from None

@@ -318,26 +318,31 @@ class SqlStore(Store, Generic[C]):
     ) -> Iterator[T]:
         with self._read() as cur:  # resolved now, so an unknown host fails at the call
             host_id = self._host_id(cur, host)
-        return self._chunks(host_id, start, end, column, make)
+            cur.execute("SELECT MAX(seq) FROM records WHERE host_id = ?", (host_id,))
+            last = cur.fetchone()[0]
+        return self._chunks(
+            host_id, start, min(end, -1 if last is None else int(last) + 1), column, make
+        )
 
     def _chunks(
         self, host_id: int, start: int, end: int, column: str, make: Callable[[Any], T]
     ) -> Iterator[T]:
-        # Keyset pages: each chunk is its own short query, so no lock or cursor is held while
-        # the caller works on the rows (stored records never change, so pages cannot shift).
+        # One short query per range of CHUNK_ROWS seqs, so no lock or cursor is held while the
+        # caller works on the rows, and no query can return more than a chunk whatever plan
+        # the database picks (a LIMIT with stale statistics made PostgreSQL sort the whole
+        # host for every page). Seqs are dense, so a range is a full chunk.
         while start < end:
+            stop = min(end, start + CHUNK_ROWS)
             with self._read() as cur:
                 cur.execute(
                     f"SELECT seq, {column} FROM records WHERE host_id = ? AND seq >= ?"
-                    " AND seq < ? ORDER BY seq LIMIT ?",
-                    (host_id, start, end, CHUNK_ROWS),
+                    " AND seq < ? ORDER BY seq",
+                    (host_id, start, stop),
                 )
                 rows = cur.fetchall()
             for row in rows:
                 yield make(row)
-            if len(rows) < CHUNK_ROWS:
-                return
-            start = int(rows[-1][0]) + 1
+            start = stop
 
     # ------------------------------------------------------------------------------ quarantine
     def quarantine(self, host: str, reason: str, body: bytes, now_ns: int) -> int:
