@@ -16,19 +16,18 @@ from agent.journal.durable import create_file
 
 
 def write_private(path: Path, data: bytes) -> None:
-    try:
-        create_file(path, data, 0o600)
-    except FileExistsError:
-        raise PkiError(f"{path} already exists; a key is never overwritten") from None
-    except OSError as exc:
-        raise PkiError(f"cannot write {path}: {exc.strerror}") from None
+    _create(path, data, 0o600, "a key is never overwritten")
 
 
 def write_public(path: Path, data: bytes) -> None:
+    _create(path, data, 0o644, "it is never overwritten")
+
+
+def _create(path: Path, data: bytes, mode: int, policy: str) -> None:
     try:
-        create_file(path, data, 0o644)
+        create_file(path, data, mode)
     except FileExistsError:
-        raise PkiError(f"{path} already exists; it is never overwritten") from None
+        raise PkiError(f"{path} already exists; {policy}") from None
     except OSError as exc:
         raise PkiError(f"cannot write {path}: {exc.strerror}") from None
 

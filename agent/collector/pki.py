@@ -18,9 +18,10 @@ import hashlib
 import ipaddress
 import re
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -41,6 +42,7 @@ CERT_DAYS = 825
 #: Certificates start a little in the past, so a host whose clock lags accepts them at once.
 _BACKDATE = datetime.timedelta(minutes=5)
 _ORG = "sealtrail"
+T = TypeVar("T")
 _USAGE_NAMES = {
     ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth",
     ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth",
@@ -324,27 +326,25 @@ def load_private_key(path: Path) -> CertificateIssuerPrivateKeyTypes:
 
 
 def load_certificate(path: Path) -> x509.Certificate:
-    data = read_public(path)
-    try:
-        return x509.load_pem_x509_certificate(data)
-    except ValueError:
-        pass
-    try:
-        return x509.load_der_x509_certificate(data)
-    except ValueError:
-        raise PkiError(f"{path} is not a certificate (PEM or DER)") from None
+    return _pem_or_der(
+        path, x509.load_pem_x509_certificate, x509.load_der_x509_certificate, "a certificate"
+    )
 
 
 def load_csr(path: Path) -> x509.CertificateSigningRequest:
+    return _pem_or_der(
+        path, x509.load_pem_x509_csr, x509.load_der_x509_csr, "a certificate request"
+    )
+
+
+def _pem_or_der(path: Path, pem: Callable[[bytes], T], der: Callable[[bytes], T], what: str) -> T:
     data = read_public(path)
-    try:
-        return x509.load_pem_x509_csr(data)
-    except ValueError:
-        pass
-    try:
-        return x509.load_der_x509_csr(data)
-    except ValueError:
-        raise PkiError(f"{path} is not a certificate request (PEM or DER)") from None
+    for load in (pem, der):
+        try:
+            return load(data)
+        except ValueError:
+            pass
+    raise PkiError(f"{path} is not {what} (PEM or DER)")
 
 
 def load_authority(cert_path: Path, key_path: Path) -> Authority:

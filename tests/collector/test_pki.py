@@ -201,3 +201,15 @@ def test_keys_others_can_read_are_refused(tmp_path: Path, ca: pki.Authority) -> 
     (tmp_path / "bad.key").chmod(0o600)
     with pytest.raises(PkiError, match="not a PEM private key"):
         pki.load_private_key(tmp_path / "bad.key")
+
+
+def test_certificates_and_requests_load_as_pem_or_der(tmp_path: Path, ca: pki.Authority) -> None:
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    (tmp_path / "ca.der").write_bytes(ca.cert.public_bytes(Encoding.DER))
+    assert pki.load_certificate(tmp_path / "ca.der") == ca.cert
+    (tmp_path / "junk").write_bytes(b"junk")
+    with pytest.raises(PkiError, match="is not a certificate request \\(PEM or DER\\)"):
+        pki.load_csr(tmp_path / "junk")
+    with pytest.raises(PkiError, match=r"cannot read .*missing"):
+        pki.load_certificate(tmp_path / "missing")
