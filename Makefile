@@ -46,8 +46,9 @@ $(OBJDIR)/%.bpf.o: probes/%.bpf.c probes/sealtrail.h probes/common.h $(BUILD)/vm
 	mkdir -p $(OBJDIR)
 	clang $(BPF_CFLAGS) -c $< -o $@.tmp && mv $@.tmp $@
 
-# The native core (journal verify fast path, kernel record encoder); agent/native.py loads it.
-NATIVE_LIB := agent/lib/libsealtrail.so
+# The native core (journal chain and verify fast path, kernel record encoder, ring-buffer sample
+# sink); agent/native/ loads it and checks it against its mirror (agent/native/layout.py).
+NATIVE_LIB := agent/native/lib/libsealtrail.so
 NATIVE_CFLAGS := -O2 -g -fPIC -shared -Wall -Wextra -Werror -Wno-deprecated-declarations
 native: $(NATIVE_LIB)
 

@@ -28,8 +28,9 @@ from agent.events.decode import KIND_OP
 from agent.events.stream import DEFAULT_RINGBUF_BYTES, EventStream, StreamConfig, StreamItem
 from agent.journal import JournalWriter
 from agent.journal.canonical import MAX_SAFE_INT, JsonValue
-from agent.journal.native import ENC_END, ENC_SLOW, EventEncoder
 from agent.kernel.ringbuf import record_at
+from agent.native.encoder import EventEncoder
+from agent.native.layout import ENC_END, ENC_SLOW
 from agent.policy.check import check
 from agent.policy.mechanisms import HostCapabilities, host_capabilities
 from agent.policy.source import PolicySet

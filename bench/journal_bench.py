@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import rfc8785
 
-from agent.journal import native, protect
+from agent import native
+from agent.journal import protect
 from agent.journal.canonical import canonical
 from agent.journal.keys import KeyStore
 from agent.journal.segments import list_segments, read_segment

@@ -28,18 +28,6 @@
 #include "stnative.h"
 
 #define ST_MAX_DEPTH 32
-#define ST_SAFE_INT 9007199254740991LL /* 2^53 - 1 */
-
-static const uint8_t RECORD_PREFIX[20] = "sealtrail/record/v1"; /* with its NUL: 20 bytes */
-
-
-enum {
-	ST_STOP_END = 0,     /* every complete line taken */
-	ST_STOP_LIMIT = 1,   /* limit reached */
-	ST_STOP_TORN = 2,    /* a line without its newline */
-	ST_STOP_SYNTAX = 3,  /* not canonical JSON the fast path accepts */
-	ST_STOP_RECORD = 4,  /* canonical, but not an ordinary record in sequence */
-};
 
 /* Spans of the top-level fields the checks need. */
 struct span {
@@ -347,9 +335,9 @@ static int ordinary(const struct st_verify *st, const struct scan *s)
 		const struct span *a = &f[F_ACTION];
 		if (f[F_POLICY].kind == 0 || f[F_RULE].kind == 0)
 			return 0;
-		return span_is(a, "allow", 5) || span_is(a, "audit", 5) || span_is(a, "deny", 4) ||
-		       span_is(a, "kill", 4) || span_is(a, "would_deny", 10) ||
-		       span_is(a, "would_kill", 10);
+#define IS_ACTION(name) span_is(a, #name, sizeof(#name) - 1) ||
+		return ST_VERDICT_ACTIONS(IS_ACTION) 0;
+#undef IS_ACTION
 	}
 	return 0;
 }
@@ -368,7 +356,7 @@ void st_record_hash(const uint8_t *line, size_t len, uint8_t out[32])
 {
 	SHA256_CTX ctx;
 	SHA256_Init(&ctx);
-	SHA256_Update(&ctx, RECORD_PREFIX, sizeof(RECORD_PREFIX));
+	SHA256_Update(&ctx, ST_RECORD_PREFIX, sizeof(ST_RECORD_PREFIX)); /* with its NUL */
 	SHA256_Update(&ctx, line, len);
 	SHA256_Final(out, &ctx);
 }
@@ -464,9 +452,8 @@ void st_chain_add(struct st_chain *c, const uint8_t *line, uint64_t len)
 	c->next_seq++;
 }
 
-/* The reopen scan. */
-/* Chain every complete line of buf (the writer trusts its own sealed segments); returns the
- * offset after the last newline. */
+/* The reopen scan: chain every complete line of buf (the writer trusts its own sealed
+ * segments); returns the offset after the last newline. */
 uint64_t st_chain_lines(struct st_chain *c, const uint8_t *buf, uint64_t len)
 {
 	uint64_t pos = 0;

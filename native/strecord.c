@@ -16,7 +16,7 @@
  * is not printable ASCII, a pid whose exe the caller did not supply, a value outside the
  * record domain). The caller then decodes that record in Python.
  *
- * Batches: st_rb_collect() is a libbpf ring_buffer sample callback that appends every sample
+ * Batches: st_batch_sample() is a libbpf ring_buffer sample callback that appends every sample
  * as [u32 size][bytes] to a growing buffer, so one poll hands Python one buffer instead of one
  * callback per record.
  */
@@ -31,18 +31,8 @@
 #include "../probes/sealtrail.h"
 #include "stnative.h"
 
-#define ST_SAFE_INT 9007199254740991LL
-
 /* ------------------------------------------------------------------ ring-buffer batches */
-struct st_batch {
-	uint8_t *buf;
-	uint64_t len;
-	uint64_t cap;
-	uint64_t count;
-	uint64_t failed; /* samples that could not be stored (out of memory): counted as lost */
-};
-
-int st_rb_collect(void *ctx, void *data, size_t size)
+int st_batch_sample(void *ctx, void *data, size_t size)
 {
 	struct st_batch *b = ctx;
 	uint64_t need = b->len + 4 + size;
@@ -102,37 +92,6 @@ int64_t st_chain_write(struct st_chain *c, int fd, const uint8_t *line, uint64_t
 }
 
 /* ------------------------------------------------------------------ encoding */
-struct st_encode {
-	/* in */
-	const char *host; /* canonical JSON of the host name, quotes included */
-	uint64_t host_len;
-	const char *boot; /* canonical JSON of the boot id */
-	uint64_t boot_len;
-	int64_t clock_offset; /* CLOCK_BOOTTIME -> wall-clock ns (agent/events/decode.py Clock) */
-	uint64_t fixed_ts;    /* the record ts to use, or 0 for CLOCK_REALTIME per record */
-	uint64_t ops_mask;    /* bit (1 << op) for every op the run may take */
-	uint64_t limit;       /* take at most this many records */
-	uint64_t run_end;     /* stop at this batch offset */
-	uint64_t n_exe;       /* the exe of every pid in the run: pid, JSON (or null) */
-	const uint32_t *exe_pid;
-	const uint32_t *exe_off;
-	const uint32_t *exe_len;
-	const char *exe_json;
-	uint8_t *out; /* lines, each with its newline */
-	uint64_t out_cap;
-	/* out */
-	uint64_t out_len;
-	uint64_t taken;
-	uint64_t stop;
-};
-
-enum {
-	ST_ENC_END = 0,   /* reached run_end */
-	ST_ENC_LIMIT = 1, /* limit reached */
-	ST_ENC_FULL = 2,  /* out is full */
-	ST_ENC_SLOW = 3,  /* the record at the returned offset needs the Python path */
-};
-
 /* Bytes of a network event line besides host, boot id and exe: keys and punctuation ~330,
  * numbers <= 10 x 20, two addresses <= 2 x 48, comm <= 16 x 6, prev 64. */
 #define FIXED_LINE_MAX 1024
@@ -212,14 +171,11 @@ static int put_comm(struct out *o, const char *comm)
 
 static const char *protocol_name(unsigned p)
 {
-	switch (p) {
-	case 1: return "icmp";
-	case 6: return "tcp";
-	case 17: return "udp";
-	case 58: return "icmpv6";
-	case 132: return "sctp";
-	case 136: return "udplite";
-	}
+#define NAME(number, name)                                                                         \
+	case number:                                                                               \
+		return #name;
+	switch (p) { ST_PROTOCOLS(NAME) }
+#undef NAME
 	return NULL;
 }
 
@@ -417,14 +373,4 @@ uint64_t st_encode_run(struct st_chain *c, struct st_encode *e, const uint8_t *b
 	}
 	e->out_len = (uint64_t)(o.p - (char *)e->out);
 	return pos;
-}
-
-/* Sizes of the structs Python mirrors (agent/native.py checks them on load). */
-void st_sizes(uint64_t out[5])
-{
-	out[0] = sizeof(struct st_tree);
-	out[1] = sizeof(struct st_chain);
-	out[2] = sizeof(struct st_encode);
-	out[3] = sizeof(struct st_batch);
-	out[4] = sizeof(struct st_verify);
 }

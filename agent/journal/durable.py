@@ -42,3 +42,16 @@ def fsync_dir(directory: Path) -> None:
 def leftovers(directory: Path) -> list[Path]:
     """Temporary files ``create_file`` left behind in a crash."""
     return sorted(directory.glob(".*.tmp-*"))
+
+
+def write_all(fd: int, data: bytes) -> int:
+    """Write all of ``data`` to ``fd``: after a short write (a signal, a full disk) the rest.
+    Returns the byte count; an OSError leaves an unknown part written."""
+    written = os.write(fd, data)
+    if written < len(data):
+        view = memoryview(data)[written:]
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+            written += n
+    return written

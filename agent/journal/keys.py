@@ -29,7 +29,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from agent.errors import FormatError, KeyStoreError
+from agent.errors import FormatError, JournalError, KeyStoreError
 from agent.journal.durable import create_file, fsync_dir, leftovers
 from agent.paths import PUBLIC_KEY_NAME
 
@@ -149,6 +149,34 @@ class KeyStore:
 
     def genesis(self) -> PublicKey:
         return PublicKey.load(self.public_path)
+
+    def bootstrap(self, *, create: bool) -> None:
+        """Before a journal is written: the genesis key must exist. ``create`` (the agent's
+        first start) makes it when the directory has none; otherwise its absence is an error,
+        since nobody could verify what would be written."""
+        if self.exists():
+            return
+        if not create:
+            raise JournalError(f"no genesis key in {self.directory}; run `sealtrail keys init`")
+        public = self.init()
+        log.info(  # the first start's normal course, not a problem
+            "created genesis key %s in %s; enroll it with the collector",
+            public.key_id,
+            self.directory,
+        )
+
+    def resume(self, kid: str | None) -> SigningKey:
+        """The epoch key a reopened journal goes on with: ``kid`` (from its last key rotation;
+        None: the genesis key). Every other private key file is erased: left by a crash in the
+        middle of a key rotation (a new key whose rotation record never reached disk, or an old
+        key whose erasure was interrupted) or of a key's creation."""
+        kid = kid or self.genesis().key_id
+        key = self.load(kid)
+        self.erase_leftovers()
+        for stray in self.private_key_ids():
+            if stray != kid:
+                self.erase(stray)
+        return key
 
     def create_epoch_key(self) -> SigningKey:
         """Generate a key and store its private half (0600) durably before it is used."""

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from agent.errors import JournalError
+from agent.journal import protect
 
 _SEGMENT_RE = re.compile(r"^seg-([0-9]{6,})\.jsonl$")
 
@@ -123,3 +124,13 @@ def iter_lines(directory: Path) -> Iterator[Line]:
     """Every line of every segment, in order."""
     for _, path in list_segments(directory):
         yield from split_lines(path.name, read_segment(path))
+
+
+def live_segment(segments: list[tuple[int, Path]]) -> int:
+    """Number of the segment records are appended to: the last one while it can be appended
+    to, else the next (the last was sealed, FS_IMMUTABLE_FL: a crash between sealing it and
+    creating the next); 1 for an empty journal. Every segment before it is sealed."""
+    if not segments:
+        return 1
+    number, path = segments[-1]
+    return number + 1 if protect.get_flags(path) & protect.FS_IMMUTABLE_FL else number

@@ -16,7 +16,6 @@ key. The collector (forwarding with signed receipts) closes that: docs/journal-f
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
@@ -24,12 +23,11 @@ from typing import Literal
 import orjson
 
 from agent.errors import FormatError
-from agent.journal import native
 from agent.journal.canonical import parse_canonical
+from agent.journal.chain import Chain, new_chain
 from agent.journal.checkpoint import Checkpoint, SignedCheckpoint, follow_rotation
 from agent.journal.keys import PublicKey
-from agent.journal.merkle import CompactTree
-from agent.journal.record import GENESIS_PREV, RECORD_PREFIX, Record
+from agent.journal.record import Record
 from agent.journal.segments import Chunk, Line, SegmentNumbering, split_lines
 from agent.journal.state import ChainState, key_text
 
@@ -171,9 +169,10 @@ class Verifier:
         other host are errors from the first one on.
         """
         self.summary = Summary(key_id=genesis.key_id)
-        if use_native is None:
-            use_native = native.available()
-        self._native = native.VerifyRun() if use_native else None
+        self._use_native = use_native is not False
+        #: Seq, prev and Merkle tree; the fast path (``add_ordinary``) takes runs of ordinary
+        #: records where the chain is native, the rest goes through ``feed``.
+        self._chain: Chain = new_chain(use_native=self._use_native)
         #: Records the native fast path took (the rest went through ``feed``).
         self.fast_records = 0
         self._key = genesis
@@ -181,9 +180,6 @@ class Verifier:
         self._numbering = numbering
         self._strict = strict
         self._against = against
-        self._tree = CompactTree()
-        self._expected = 0
-        self._prev = GENESIS_PREV
         self._prev_at: tuple[str, int] = ("", 0)
         self._host: str | None = None
         self._boot: str | None = None
@@ -249,9 +245,7 @@ class Verifier:
             self._key = state.epoch_key(self._genesis)
         except FormatError as exc:
             self._initial.append(self._error(f"chain state rejected: {exc}", None, None, None))
-        self._tree = state.tree()
-        self._expected = state.next_seq
-        self._prev = state.prev
+        self._chain = new_chain(state, use_native=self._use_native)
         self._host = state.host
         self._boot = state.boot
         self._batch_start = state.last_seal + 1
@@ -280,12 +274,11 @@ class Verifier:
             raise FormatError("no chain state to resume from: the last line is not complete")
         if self._host is None:
             raise FormatError("no chain state to resume from: no record was checked")
-        size = self._tree.size
         return ChainState(
             host=self._host,
-            next_seq=size,
-            prev=self._prev,
-            frontier=tuple(node.hex() for node in self._tree.frontier),
+            next_seq=self._chain.size,
+            prev=self._chain.prev,
+            frontier=self._chain.frontier(),
             boot=self._boot,
             key_id=self._key.key_id,
             key=None if self._key == self._genesis else key_text(self._key),
@@ -294,6 +287,11 @@ class Verifier:
             last_type=self._last_type,
             clean_end=self.summary.clean_end,
         )
+
+    @property
+    def _expected(self) -> int:
+        """The seq the next record must carry."""
+        return self._chain.next_seq
 
     # ----------------------------------------------------------------------------- input
     def feed_chunk(
@@ -318,29 +316,28 @@ class Verifier:
     ) -> Iterator[Finding]:
         """Check every line of one segment's ``content``; the same findings as ``feed`` per line.
 
-        Runs of ordinary records go through the native fast path when it is available;
+        Runs of ordinary records go through the chain's fast path (native: ``add_ordinary``);
         everything else, and every line it is unsure of, through ``feed``. ``progress`` is
         called with the byte offset reached, about every 64k records.
         """
-        run = self._native
-        if run is None:
-            for n, line in enumerate(split_lines(segment, content)):
-                yield from self.feed(line)
-                if progress is not None and n & 0xFFFF == 0:
-                    progress(line.offset)
-            return
         pos, end = 0, len(content)
         find = content.find
+        lines = 0
         while pos < end:
             limit = self._fast_limit(segment)
             if limit:
-                pos = self._fast(run, segment, content, pos, min(limit, 1 << 16))
-                if progress is not None:
+                run = min(limit, 1 << 16)
+                size = self._chain.size
+                pos = self._fast(segment, content, pos, run)
+                if progress is not None and self._chain.size > size:
                     progress(pos)
                 if pos >= end:
                     break
-                if run.state.stop == native.STOP_LIMIT:
+                if self._chain.size - size == run:  # stopped at its limit, not at a line
                     continue
+            if progress is not None and lines & 0xFFFF == 0:
+                progress(pos)
+            lines += 1
             nl = find(b"\n", pos)
             if nl < 0:
                 yield from self.feed(Line(segment, pos, content[pos:], False))
@@ -359,31 +356,22 @@ class Verifier:
             or self._boot is None
         ):
             return 0
-        size = self._tree.size
+        size = self._chain.size
         stops = [w for w in self._watch if w >= size]
         if self._against is not None and self._against.checkpoint.size - 1 >= size:
             stops.append(self._against.checkpoint.size - 1)
         return min(stops) - size if stops else 1 << 62
 
-    def _fast(
-        self, run: native.VerifyRun, segment: str, content: bytes, pos: int, limit: int
-    ) -> int:
+    def _fast(self, segment: str, content: bytes, pos: int, limit: int) -> int:
         assert self._host is not None and self._boot is not None
-        run.set_identity(orjson.dumps(self._host)[1:-1], orjson.dumps(self._boot)[1:-1])
-        chain = run.chain
-        chain.load(self._expected, bytes.fromhex(self._prev), self._tree.size, self._tree.frontier)
-        end = run.run(content, pos, limit)
-        taken = run.state.taken
+        size = self._chain.size
+        end = self._chain.add_ordinary(content, pos, self._host, self._boot, limit)
+        taken = self._chain.size - size
         if taken:
             self._after_stop = self.summary.clean_end = False  # ordinary records only
-            last = run.state.last_offset
-            nl = content.find(b"\n", last)
-            line = content[last:] if nl < 0 else content[last:nl]
-            self._last_type = str(orjson.loads(line)["type"])  # once per run, for ``state``
-            self._tree.restore(*chain.frontier())
-            self._prev = chain.prev.hex()
-            self._prev_at = (segment, run.state.last_offset)
-            self._expected = chain.next_seq
+            last = max(pos, content.rfind(b"\n", pos, end - 1) + 1)  # the last record taken
+            self._last_type = str(orjson.loads(content[last : end - 1])["type"])  # for ``state``
+            self._prev_at = (segment, last)
             self.summary.records += taken
             self.fast_records += taken
         return end
@@ -404,7 +392,6 @@ class Verifier:
             self._torn = line
             return
         data = line.data
-        digest = hashlib.sha256(RECORD_PREFIX + data).digest()
         seq = self._expected
         record: Record | None = None
         try:
@@ -418,26 +405,24 @@ class Verifier:
         self.summary.clean_end = self._after_stop and self.summary.seals > seals_before
         self._after_stop = record is not None and record.type == "stop"
         self._last_type = record.type if record is not None else None
-        hex_digest = digest.hex()
         # A broken link into a record that already has its own error (a seq gap, a foreign
         # host) is explained by that error; otherwise it is judged one record later.
         broken = (
             record is not None
-            and record.prev != self._prev
+            and record.prev != self._chain.prev
             and self.summary.errors == errors_before
         )
         if broken or self._link is not None:
             yield from self._judge_link(broken=broken, line=line)
+        chain = self._chain
         if record is not None:
-            self._expected = record.seq  # resynchronise after a gap or a replay
-        self._tree.append(digest)
-        self._prev = hex_digest
+            chain.renumber(record.seq)  # resynchronise after a gap or a replay
+        chain.add(data)  # the record hash over the bytes as stored
         self._prev_at = (line.segment, line.offset)
-        if self._tree.size - 1 in self._watch:
-            self._hashes[self._tree.size - 1] = hex_digest
-        self._expected += 1
+        if chain.size - 1 in self._watch:
+            self._hashes[chain.size - 1] = chain.prev
         self.summary.records += 1
-        if self._against is not None and self._tree.size == self._against.checkpoint.size:
+        if self._against is not None and chain.size == self._against.checkpoint.size:
             yield from self._check_against(line)
 
     def finish(self) -> Iterator[Finding]:
@@ -577,11 +562,11 @@ class Verifier:
         batch = (self._batch_start, seq - 1)
         self._batch_start = seq + 1
         bad: list[str] = []
-        if checkpoint.size != self._tree.size:
+        if checkpoint.size != self._chain.size:
             # After a reported seq gap or replay, positions and seqs differ: that is the cause.
             if not self._shifted:
-                bad.append(f"claims {checkpoint.size} records but {self._tree.size} precede it")
-        elif checkpoint.root != self._tree.root().hex():
+                bad.append(f"claims {checkpoint.size} records but {self._chain.size} precede it")
+        elif checkpoint.root != self._chain.root().hex():
             # Once the tree holds an altered leaf, every later root differs too; those seals
             # still protect their batches through the signed ``last`` hash and the chain.
             if self._tree_tainted_at is None:
@@ -687,7 +672,7 @@ class Verifier:
     def _check_against(self, line: Line) -> Iterator[Finding]:
         assert self._against is not None
         cp = self._against.checkpoint
-        if self._tree.root().hex() != cp.root or self._prev != cp.last:
+        if self._chain.root().hex() != cp.root or self._chain.prev != cp.last:
             yield self._error(
                 f"journal does not extend the checkpoint of size {cp.size}: history before it "
                 "was rewritten",
@@ -699,7 +684,7 @@ class Verifier:
     def _check_against_end(self) -> Iterator[Finding]:
         assert self._against is not None
         cp, tail = self._against.checkpoint, self._against.tail
-        size = self._tree.size
+        size = self._chain.size
         if size < cp.size:
             yield self._error(
                 f"truncated: the checkpoint covers records 0\u2013{cp.size - 1}, the journal "

@@ -1,9 +1,10 @@
 """BPF ring buffer consumer over libbpf's ring_buffer__poll.
 
-With the native core, libbpf calls ``st_rb_collect`` (C), which appends every record to one
-growing buffer as ``[u32 size][bytes]``: a poll hands Python one batch and no per-record
-callback runs in Python. Without it, a Python callback copies each record into a list. Either
-way, decoding happens after the poll returns.
+With the native core, libbpf calls the sample sink ``st_batch_sample`` (C,
+``agent.native.sampler``), which appends every record to one growing buffer as
+``[u32 size][bytes]``: a poll hands Python one batch and no per-record callback runs in Python.
+Without it, a Python callback copies each record into a list. Either way, decoding happens
+after the poll returns.
 """
 
 from __future__ import annotations
@@ -12,11 +13,11 @@ import ctypes
 import os
 from collections.abc import Iterator
 
-from agent import native
 from agent.errors import KernelError
 from agent.kernel import libbpf
 from agent.kernel.libbpf import SampleFn, lib
 from agent.kernel.loader import Map
+from agent.native import sampler
 
 
 def record_at(batch: bytes, pos: int) -> tuple[bytes, int]:
@@ -36,13 +37,13 @@ def split_batch(batch: bytes) -> Iterator[bytes]:
 class RingBuffer:
     def __init__(self, ringbuf: Map) -> None:
         self._batch: list[bytes] = []
-        self._native: native.StBatch | None = None
-        #: Records the native collector could not store (out of memory): lost, and counted.
+        self._native: sampler.StBatch | None = None
+        #: Records the native sample sink could not store (out of memory): lost, and counted.
         self.failed = 0
-        collect = native.sample_collector()
-        if collect is not None:
-            self._native = native.StBatch()
-            self._cb = ctypes.cast(collect, SampleFn)
+        sink = sampler.batch_sampler()
+        if sink is not None:
+            self._native = sampler.StBatch()
+            self._cb = ctypes.cast(sink, SampleFn)
             ctx: int | None = ctypes.addressof(self._native)
         else:
             batch = self._batch
@@ -62,7 +63,7 @@ class RingBuffer:
 
     @property
     def batches(self) -> bool:
-        """True if ``poll_batch``/``drain_batch`` are available (the native collector)."""
+        """True if ``poll_batch`` is available (the native sample sink)."""
         return self._native is not None
 
     def _wait(self, timeout_ms: int) -> None:
@@ -95,10 +96,6 @@ class RingBuffer:
         self._wait(timeout_ms)
         return self._take()
 
-    def drain_batch(self) -> bytes:
-        self._consume()
-        return self._take()
-
     def _records(self) -> list[bytes]:
         if self._native is not None:
             return list(split_batch(self._take()))
@@ -121,4 +118,4 @@ class RingBuffer:
             lib.ring_buffer__free(self._ptr)
             self._ptr = None
         if self._native is not None:
-            native.free_batch(self._native)
+            sampler.free_batch(self._native)

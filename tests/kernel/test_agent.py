@@ -117,7 +117,7 @@ print(os.getpid(), flush=True)
 def test_agent_records_network_events_the_same_either_way(tmp_path: Path, path: str) -> None:
     """connect/bind/listen/accept records: exact fields, whether the native encoder wrote them
     (the default) or the Python path did (SEALTRAIL_NATIVE=0)."""
-    from agent.journal import native
+    from agent import native
 
     if path == "native" and not native.available():
         pytest.fail("native core not built: run `make native`")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.journal import native, protect
+from agent import native
+from agent.journal import protect
 from agent.journal.checkpoint import SignedCheckpoint
 from agent.journal.keys import KeyStore, PublicKey
 from agent.journal.segments import SegmentNumbering, iter_lines, list_segments

@@ -134,7 +134,7 @@ def test_kill_9_at_random_points(tmp_path: Path) -> None:
                 stats["partial"] += w.recovery.partial_seq is not None
                 if w.recovery.partial_seq is not None:
                     assert w.recovery.partial_seq == w.recovery.last_good_seq + 1
-                os.close(w._fd)  # and crash again, cleanly this time, for the next child
+                os.close(w._live.fd)  # and crash again, cleanly this time, for the next child
 
                 summary = verify_lines(iter_lines(journal), KeyStore(keys).genesis())
                 bad = [str(f) for f in summary.findings if f.severity == "error"]

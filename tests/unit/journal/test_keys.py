@@ -109,7 +109,7 @@ def test_tick_rotates_when_the_epoch_ends(journal: Journal) -> None:
 def test_stray_keys_from_a_crash_mid_rotation_are_erased(journal: Journal) -> None:
     w = journal.writer()
     w.append("start", {})
-    os.close(w._fd)  # crash ...
+    os.close(w._live.fd)  # crash ...
     stray = KeyStore(journal.keys).create_epoch_key()  # ... after the new key was written
     w = journal.writer()
     assert w.key_id != stray.key_id
@@ -121,7 +121,7 @@ def test_stray_keys_from_a_crash_mid_rotation_are_erased(journal: Journal) -> No
 def test_leftover_temporary_key_files_are_cleaned_safely(journal: Journal) -> None:
     w = journal.writer()
     w.append("start", {})
-    os.close(w._fd)  # crash
+    os.close(w._live.fd)  # crash
     live = journal.keys / f"epoch-{w.key_id}.key"
     linked = journal.keys / f".{live.name}.tmp-aaaa"  # crash between link and unlink
     os.link(live, linked)

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import agent.native
-from agent.journal import native
+from agent import native
 from agent.journal.keys import KeyStore, PublicKey
 from agent.journal.segments import list_segments
 from agent.journal.verify import Summary, Verifier

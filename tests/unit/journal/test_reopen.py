@@ -1,6 +1,6 @@
 """Reopening a journal: the native bulk scan finds exactly what the Python scan finds.
 
-``_scan`` rebuilds seq, chain, Merkle tree, key epoch, last seal and the torn-tail cut from
+``scan`` rebuilds seq, chain, Merkle tree, key epoch, last seal and the torn-tail cut from
 the segments. Both ways run on copies of the same journals (clean, crashed mid-line, several
 boots and key rotations, damaged in the last segment) and must agree on every field, and on
 the bytes left on disk after a cut.
@@ -16,10 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.journal import native, protect
-from agent.journal import writer as writer_module
+from agent import native
+from agent.journal import protect
+from agent.journal import recover as recover_module
+from agent.journal.recover import SCAN_STATE, ScanState
+from agent.journal.recover import scan as _scan
 from agent.journal.segments import list_segments
-from agent.journal.writer import SCAN_STATE, _scan
+from agent.native.hashchain import NativeChain
 
 from .conftest import Journal
 
@@ -41,22 +44,22 @@ def scan_both(directory: Path, tmp: Path) -> None:
         files = [(p.name, p.read_bytes()) for _, p in list_segments(copy)]
         results.append(
             (
-                scan.next_seq,
-                scan.prev,
+                scan.chain.next_seq,
+                scan.chain.prev,
                 scan.host,
                 scan.key_id,
                 scan.epoch_start,
                 scan.last_seal_seq,
                 scan.tail,
                 scan.recovery,
-                scan.tree.size,
-                scan.tree.root(),
-                scan.tree.frontier,
+                scan.chain.size,
+                scan.chain.root(),
+                scan.chain.frontier(),
                 files,
             )
         )
         if use_native:
-            assert scan.chain is not None
+            assert isinstance(scan.chain, NativeChain)
     assert results[0] == results[1] == results[2] == results[3]
 
 
@@ -104,40 +107,40 @@ def test_bulk_scan_is_used_and_fast_path_taken(
     journal.fill(200, seal_every=45, close=False, segment_bytes=20000)
     taken: list[int] = []
     lines: list[int] = []
-    add_ordinary, add_lines = native.Chain.add_ordinary, native.Chain.add_lines
+    add_ordinary, add_lines = NativeChain.add_ordinary, NativeChain.add_lines
 
-    def spy_ordinary(self: native.Chain, content: bytes, pos: int, host: str, boot: str) -> int:
+    def spy_ordinary(self: NativeChain, content: bytes, pos: int, host: str, boot: str) -> int:
         end = add_ordinary(self, content, pos, host, boot)
         taken.append(content.count(b"\n", pos, end))
         return end
 
-    def spy_lines(self: native.Chain, content: bytes) -> int:
+    def spy_lines(self: NativeChain, content: bytes) -> int:
         lines.append(content.count(b"\n"))
         return add_lines(self, content)
 
-    monkeypatch.setattr(native.Chain, "add_ordinary", spy_ordinary)
-    monkeypatch.setattr(native.Chain, "add_lines", spy_lines)
+    monkeypatch.setattr(NativeChain, "add_ordinary", spy_ordinary)
+    monkeypatch.setattr(NativeChain, "add_lines", spy_lines)
     scan = _scan(journal.dir, use_native=True, use_saved_state=False)
-    assert scan.chain is not None and scan.chain.next_seq == scan.next_seq
+    assert isinstance(scan.chain, NativeChain)
     assert len(journal.segments()) > 1
-    assert sum(lines) + sum(taken) > 0.9 * scan.next_seq  # nearly all in C
+    assert sum(lines) + sum(taken) > 0.9 * scan.chain.next_seq  # nearly all in C
     assert sum(taken) > 10  # the last segment's events too
 
 
 def saved_state_used(directory: Path) -> bool:
-    """Did ``_scan`` start from the saved state? (It then reads fewer segments.)"""
+    """Did ``scan`` start from the saved state? (It then reads fewer segments.)"""
     read: list[str] = []
-    original = writer_module.read_segment
+    original = recover_module.read_segment
 
     def spy(path: Path) -> bytes:
         read.append(path.name)
         return original(path)
 
-    writer_module.read_segment = spy  # type: ignore[assignment]
+    recover_module.read_segment = spy  # type: ignore[assignment]
     try:
         _scan(directory)
     finally:
-        writer_module.read_segment = original  # type: ignore[assignment]
+        recover_module.read_segment = original  # type: ignore[assignment]
     return len(read) < len(list_segments(directory))
 
 
@@ -163,7 +166,7 @@ def test_a_stale_or_forged_saved_state_is_ignored(
     if damage == "garbage":
         path.write_bytes(b"{not json")
     elif damage == "other_frontier":
-        state["frontier"][0] = "00" * 32
+        state["chain"]["frontier"][0] = "00" * 32
         path.write_text(json.dumps(state))
     elif damage == "segment_grew":
         named.write_bytes(named.read_bytes() + segs[-1].read_bytes().splitlines(True)[0])
@@ -191,4 +194,43 @@ def outcome(directory: Path, use_saved_state: bool) -> object:
         scan = _scan(directory, use_saved_state=use_saved_state)
     except Exception as exc:
         return type(exc).__name__, str(exc)
-    return scan.next_seq, scan.prev, scan.tree.root(), scan.last_seal_seq, scan.recovery
+    return (
+        scan.chain.next_seq,
+        scan.chain.prev,
+        scan.chain.root(),
+        scan.last_seal_seq,
+        scan.recovery,
+    )
+
+
+def test_saved_state_is_a_chain_state(journal: Journal) -> None:
+    journal.fill(150, seal_every=10)
+    raw = json.loads((journal.dir / SCAN_STATE).read_bytes())
+    assert sorted(raw) == ["chain", "format", "segment", "size"] and raw["format"] == 2
+    state = ScanState.from_dict(raw)
+    assert state.to_dict() == raw
+    assert state.chain.host == journal.host and state.chain.last_type == "seal"
+    named = journal.dir / state.segment
+    assert named.stat().st_size == state.size
+
+
+def test_a_format_1_saved_state_is_ignored(journal: Journal) -> None:
+    journal.fill(150, seal_every=10)
+    path = journal.dir / SCAN_STATE
+    protect.clear_all(journal.dir)
+    raw = json.loads(path.read_bytes())
+    chain = raw.pop("chain")
+    old = {
+        "format": 1,
+        **raw,
+        "next_seq": chain["next_seq"],
+        "prev": chain["prev"],
+        "tree_size": chain["next_seq"],
+        "frontier": chain["frontier"],
+        "host": chain["host"],
+        "key_id": chain["key_id"],
+        "epoch_start": chain["epoch_start"],
+        "last_seal_seq": chain["last_seal"],
+    }
+    path.write_text(json.dumps(old))
+    assert not saved_state_used(journal.dir)

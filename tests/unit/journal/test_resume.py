@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent import native
 from agent.errors import FormatError
-from agent.journal import native
 from agent.journal.keys import KeyStore, PublicKey
 from agent.journal.segments import Chunk, Line, iter_lines
 from agent.journal.state import ChainState

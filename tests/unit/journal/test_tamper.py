@@ -367,13 +367,13 @@ def test_unsealed_tail_removed_caught_against_checkpoint(journal: Journal) -> No
     assert errors(summary) == [str(f) for f in end_findings(summary)] != []
     summary = journal.verify(against=checkpoint)
     assert_caught_at(summary, first_removed, "unsealed tail changed")
-    os.close(w._fd)
+    os.close(w._live.fd)
 
 
 def test_torn_last_line_is_recovered_not_tampering(journal: Journal) -> None:
     w = journal.fill(50, seal_every=10, close=False)
     w.append("event", {"kind": "exit", "pid": 1})
-    os.close(w._fd)  # crash
+    os.close(w._live.fd)  # crash
     last = journal.segments()[-1]
     whole = last.read_bytes()
     last.write_bytes(whole[:-17])  # the tail of the last line never reached the disk
@@ -395,7 +395,7 @@ def crash_and_restart(journal: Journal) -> None:
     """An agent run that dies after a seal (no stop record), then a run that stops cleanly."""
     w = journal.fill(50, seal_every=10, close=False)
     w.flush_and_seal()
-    os.close(w._fd)  # crash: nothing torn, nothing unsealed, no stop record
+    os.close(w._live.fd)  # crash: nothing torn, nothing unsealed, no stop record
     summary = journal.verify(strict=True)
     assert errors(summary) == [str(f) for f in end_findings(summary)] != []
     w = journal.writer(boot_id="boot-2")

@@ -125,7 +125,7 @@ def test_segments_are_protected_where_the_filesystem_allows(journal: Journal) ->
     with pytest.raises(PermissionError):
         os.truncate(segments[-1], 0)
     w.append("event", {"kind": "exec"})  # appending still works
-    os.close(w._fd)  # crash with a torn tail under +a: recovery must clear the flag to cut
+    os.close(w._live.fd)  # crash with a torn tail under +a: recovery must clear the flag to cut
     with open(segments[-1], "ab") as f:
         f.write(b'{"boot_id":"boot-1","ho')
     w = journal.writer(protect_files=True)
@@ -163,7 +163,7 @@ def test_damage_before_a_seal_is_not_cut(journal: Journal) -> None:
 def test_reopen_after_crash_between_immutable_and_next_segment(journal: Journal) -> None:
     w = journal.fill(60, seal_every=10, close=False, segment_bytes=1 << 30)
     w.flush_and_seal()
-    os.close(w._fd)
+    os.close(w._live.fd)
     last = journal.segments()[-1]
     if not protect.set_flag(last, protect.FS_IMMUTABLE_FL, True):
         pytest.skip("no inode flags here")
@@ -236,7 +236,7 @@ def test_a_failed_write_closes_the_journal_and_reopening_recovers(
     w.append("event", {"kind": "exec", "pid": 1})
     full = os.open("/dev/full", os.O_WRONLY)
     try:
-        os.dup2(full, w._fd)  # every write now fails with ENOSPC, as on a full disk
+        os.dup2(full, w._live.fd)  # every write now fails with ENOSPC, as on a full disk
     finally:
         os.close(full)
     with pytest.raises(JournalError, match=r"write failed, journal closed.*No space"):

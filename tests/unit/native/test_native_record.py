@@ -20,12 +20,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agent import native
 from agent.daemon import NATIVE_KINDS, event_fields, record_batch
 from agent.events.decode import KIND_OP, Clock, DecodeError, Decoder
-from agent.journal import native
 from agent.journal.keys import KeyStore
 from agent.journal.writer import JournalWriter
 from agent.kernel import abi
+from agent.native.encoder import EventEncoder
 
 pytestmark = pytest.mark.skipif(
     not native.available() and not os.environ.get("CI"),
@@ -92,7 +93,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
 TAKEN: list[int] = []
 
 
-class SmallEncoder(native.EventEncoder):
+class SmallEncoder(EventEncoder):
     OUT_CAP = 8192  # fills after a few lines: runs stop and resume (ENC_FULL)
 
 
