@@ -5,7 +5,9 @@ verify        hash, chain, seals, key rotations, Merkle roots, gaplessness, the 
               the end (--strict: required); exit 0 only if all hold
 checkpoint    print the latest signed checkpoint (keep it: `verify --against` it later)
 prove SEQ     inclusion proof of one record against the latest checkpoint
-verify-proof  check such a proof with the public key alone
+prove --consistency-from CHECKPOINT
+              consistency proof: the latest checkpoint extends one exported earlier
+verify-proof  check either proof with the public key alone
 """
 
 from __future__ import annotations
@@ -23,9 +25,14 @@ from typing import Any, TextIO
 
 from agent import paths
 from agent.errors import FormatError, JournalError, KeyStoreError, UsageError
-from agent.journal.checkpoint import InclusionProof, SignedCheckpoint
+from agent.journal.checkpoint import (
+    CONSISTENCY_FORMAT,
+    ConsistencyProof,
+    InclusionProof,
+    SignedCheckpoint,
+)
 from agent.journal.keys import PublicKey
-from agent.journal.reader import latest_checkpoint, prove
+from agent.journal.reader import latest_checkpoint, prove, prove_consistency
 from agent.journal.record import Record, parse_line
 from agent.journal.segments import (
     Line,
@@ -117,11 +124,24 @@ def register(subparsers: Any) -> None:
     checkpoint = add("checkpoint", "print the latest signed checkpoint")
     checkpoint.set_defaults(func=run_checkpoint)
 
-    proof = add("prove", "print an inclusion proof of record SEQ")
-    proof.add_argument("seq", type=int, metavar="SEQ")
+    proof = add(
+        "prove",
+        "print an inclusion proof of record SEQ, or with --consistency-from a proof that the "
+        "latest checkpoint extends an older one",
+    )
+    proof.add_argument("seq", type=int, metavar="SEQ", nargs="?")
+    proof.add_argument(
+        "--consistency-from",
+        type=Path,
+        metavar="CHECKPOINT",
+        help="a checkpoint exported earlier (`journal checkpoint`): print the RFC 9162 "
+        "consistency proof from it to the latest checkpoint",
+    )
     proof.set_defaults(func=run_prove)
 
-    check = sub.add_parser("verify-proof", help="check an inclusion proof with the public key")
+    check = sub.add_parser(
+        "verify-proof", help="check an inclusion or consistency proof with the public key"
+    )
     check.add_argument(
         "proof",
         nargs="?",
@@ -366,19 +386,36 @@ def run_verify(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------- proofs
 def run_checkpoint(args: argparse.Namespace) -> int:
-    signed, _ = latest_checkpoint(args.journal)
+    signed = latest_checkpoint(args.journal)
     sys.stdout.buffer.write(signed.to_bytes())
     return 0
 
 
 def run_prove(args: argparse.Namespace) -> int:
+    if (args.seq is None) == (args.consistency_from is None):
+        raise UsageError("journal prove takes either SEQ or --consistency-from CHECKPOINT")
+    if args.consistency_from is not None:
+        old = SignedCheckpoint.from_dict(_load_json(args.consistency_from, "checkpoint"))
+        sys.stdout.buffer.write(prove_consistency(args.journal, old).to_bytes())
+        return 0
     sys.stdout.buffer.write(prove(args.journal, args.seq).to_bytes())
     return 0
 
 
 def run_verify_proof(args: argparse.Namespace) -> int:
     genesis = _genesis(args.key)
-    proof = InclusionProof.from_dict(_load_json(args.proof, "proof"))
+    document = _load_json(args.proof, "proof")
+    if isinstance(document, dict) and document.get("format") == CONSISTENCY_FORMAT:
+        consistency = ConsistencyProof.from_dict(document)
+        consistency.verify(genesis)
+        old, new = consistency.old.checkpoint, consistency.new.checkpoint
+        print(
+            f"OK: the checkpoint of size {new.size} (key {new.key_id}) extends the checkpoint "
+            f"of size {old.size} (key {old.key_id}) of host {new.host}, from genesis key "
+            f"{genesis.key_id}"
+        )
+        return 0
+    proof = InclusionProof.from_dict(document)
     record = proof.verify(genesis)
     cp = proof.checkpoint.checkpoint
     print(

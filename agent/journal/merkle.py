@@ -13,7 +13,7 @@ checked against the RFC algorithms by the tests.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from agent.errors import FormatError
 
@@ -183,3 +183,88 @@ def verify_consistency(
         raise FormatError("consistency proof does not lead to the old root")
     if sr != new_root:
         raise FormatError("consistency proof does not lead to the new root")
+
+
+# --------------------------------------------------------------------- proofs from a stream
+# The proofs above take every leaf in memory (fine for tests and small trees). A journal or a
+# collector's store holds millions of records: these build the same proofs from the record
+# hashes read once, in order, keeping O(log n) nodes. The nodes a proof needs are the roots of
+# disjoint ranges of leaves, known from the sizes alone; one pass feeds each range's tree.
+
+
+def inclusion_ranges(index: int, size: int) -> list[tuple[int, int]]:
+    """The leaf ranges whose roots make PATH(index, D[size]), in proof order."""
+    if not 0 <= index < size:
+        raise FormatError(f"leaf {index} is not in a tree of size {size}")
+    ranges: list[tuple[int, int]] = []
+    lo, hi = 0, size
+    while hi - lo > 1:
+        k = _largest_power_of_two_below(hi - lo)
+        if index - lo < k:
+            ranges.append((lo + k, hi))
+            hi = lo + k
+        else:
+            ranges.append((lo, lo + k))
+            lo += k
+    ranges.reverse()
+    return ranges
+
+
+def consistency_ranges(old_size: int, size: int) -> list[tuple[int, int]]:
+    """The leaf ranges whose roots make PROOF(old_size, D[size]), in proof order."""
+    if not 0 < old_size <= size:
+        raise FormatError(f"no consistency proof from size {old_size} to size {size}")
+    ranges: list[tuple[int, int]] = []
+    lo, hi, m, complete = 0, size, old_size, True
+    while True:
+        n = hi - lo
+        if m == n:
+            if not complete:
+                ranges.append((lo, hi))
+            break
+        k = _largest_power_of_two_below(n)
+        if m <= k:
+            ranges.append((lo + k, hi))
+            hi = lo + k
+        else:
+            ranges.append((lo, lo + k))
+            lo, m, complete = lo + k, m - k, False
+    ranges.reverse()
+    return ranges
+
+
+def range_roots(ranges: Sequence[tuple[int, int]], hashes: Iterable[bytes]) -> list[bytes]:
+    """The roots of disjoint leaf ``ranges`` from record ``hashes`` 0, 1, ... read once.
+
+    ``hashes`` may stop after the last range; it must not stop before it.
+    """
+    order = sorted(range(len(ranges)), key=lambda i: ranges[i][0])
+    roots: list[bytes] = [b""] * len(ranges)
+    it = iter(hashes)
+    pos = 0
+    for i in order:
+        lo, hi = ranges[i]
+        if lo < pos:
+            raise ValueError("proof ranges overlap")
+        for _ in range(lo - pos):
+            if next(it, None) is None:
+                raise FormatError(f"the tree ends before leaf {lo}")
+        tree = CompactTree()
+        for _ in range(hi - lo):
+            data = next(it, None)
+            if data is None:
+                raise FormatError(f"the tree ends before leaf {hi - 1}")
+            tree.append(data)
+        roots[i] = tree.root()
+        pos = hi
+    return roots
+
+
+def stream_inclusion_proof(index: int, size: int, hashes: Iterable[bytes]) -> list[bytes]:
+    """``inclusion_proof`` from record hashes read once (``hashes``: record hashes from 0)."""
+    return range_roots(inclusion_ranges(index, size), hashes)
+
+
+def stream_consistency_proof(old_size: int, size: int, hashes: Iterable[bytes]) -> list[bytes]:
+    """``consistency_proof`` from record hashes read once."""
+    return range_roots(consistency_ranges(old_size, size), hashes)

@@ -76,7 +76,7 @@ def check_fields(rtype: str, fields: Mapping[str, object]) -> None:
         )
 
 
-def _parse_ts(value: object) -> int:
+def parse_ts(value: object) -> int:
     if not isinstance(value, str) or not value.isdigit() or not value.isascii():
         raise FormatError(f"ts must be a decimal string of nanoseconds, got {value!r}")
     if len(value) > 1 and value[0] == "0":
@@ -124,6 +124,8 @@ class Record:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Record:
         """Inverse of ``to_dict``: every key that is not common becomes a type field."""
+        if not isinstance(data, Mapping):
+            raise FormatError("a record must be a JSON object")
         fields = dict(data)
         try:
             common = {name: fields.pop(name) for name in COMMON_FIELDS}
@@ -133,7 +135,7 @@ class Record:
             raise FormatError(f"type must be a string, got {common['type']!r}")
         return cls(
             seq=common["seq"],
-            ts=_parse_ts(common["ts"]),
+            ts=parse_ts(common["ts"]),
             host=common["host"],
             boot_id=common["boot_id"],
             type=common["type"],

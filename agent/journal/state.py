@@ -17,14 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.errors import FormatError
-from agent.journal.canonical import JsonValue
+from agent.journal.canonical import MAX_SAFE_INT, JsonValue
 from agent.journal.keys import PublicKey, b64, unb64
 from agent.journal.merkle import CompactTree
-from agent.journal.record import GENESIS_PREV, is_hex64
+from agent.journal.record import GENESIS_PREV, is_hex64, parse_ts
 
 STATE_FORMAT = "sealtrail-chain-state/v1"
-#: The largest integer JSON carries exactly (the journal's own bound for integers).
-_MAX_INT = (1 << 53) - 1
 _FIELDS = frozenset(
     {
         "format",
@@ -44,7 +42,7 @@ _FIELDS = frozenset(
 
 
 def _int(value: object, name: str, low: int) -> int:
-    if type(value) is not int or not low <= value <= _MAX_INT:
+    if type(value) is not int or not low <= value <= MAX_SAFE_INT:
         raise FormatError(f"chain state {name} must be an integer from {low}, got {value!r}")
     return value
 
@@ -62,11 +60,10 @@ def _ns(value: object) -> int | None:
     numbers stop being exact at 2**53, and ns since 1970 are past it)."""
     if value is None:
         return None
-    if not isinstance(value, str) or not value.isascii() or not value.isdigit():
-        raise FormatError(f"chain state epoch_start must be a decimal string, got {value!r}")
-    if value != str(int(value)) or len(value) > 19:
-        raise FormatError(f"chain state epoch_start must be canonical decimal, got {value!r}")
-    return int(value)
+    try:
+        return parse_ts(value)
+    except FormatError as exc:
+        raise FormatError(f"chain state epoch_start: {exc}") from None
 
 
 @dataclass(frozen=True)

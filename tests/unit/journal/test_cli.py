@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -162,7 +164,7 @@ def test_prove_and_verify_proof(
         capsys, "journal", "verify-proof", str(proof), "--key", str(other / "journal.pub")
     )
     assert rc == 1 and "rotation" in err
-    signed, _ = latest_checkpoint(filled.dir)
+    signed = latest_checkpoint(filled.dir)
     rc, _, err = run(
         capsys, "journal", "prove", str(signed.checkpoint.size + 5), "--journal", str(filled.dir)
     )
@@ -230,8 +232,36 @@ def test_tail_follow_crosses_segment_rotation(journal: Journal) -> None:
         stdout=subprocess.PIPE,
         text=True,
     )
+    stdout = proc.stdout
+    assert stdout is not None
+    printed: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        for line in stdout:
+            printed.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+
+    def next_pid(deadline: float) -> int | None:
+        """The pid of the next event tail prints, None if it prints none before ``deadline``."""
+        try:
+            line = printed.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            return None
+        return int(json.loads(line)["pid"])
+
     try:
-        time.sleep(0.5)  # let it reach the follow loop
+        # -n 0 starts at the end tail finds: on a loaded machine that may be after records
+        # written "soon after" it started, so mark until tail shows it is following.
+        deadline = time.monotonic() + 60
+        while True:
+            w.append("event", {"kind": "exec", "pid": -1})
+            w.flush_and_seal()
+            if next_pid(time.monotonic() + 0.5) == -1:
+                break
+            assert time.monotonic() < deadline, "journal tail -f printed nothing in 60 s"
+        while (pid := next_pid(time.monotonic() + 0.5)) is not None:  # later markers
+            assert pid == -1
         first_segments = len(journal.segments())
         for i in range(60):
             w.append("event", {"kind": "exec", "pid": i})
@@ -239,8 +269,7 @@ def test_tail_follow_crosses_segment_rotation(journal: Journal) -> None:
                 w.flush_and_seal()
         w.close()
         assert len(journal.segments()) > first_segments + 1
-        assert proc.stdout is not None
-        got = [json.loads(proc.stdout.readline())["pid"] for _ in range(60)]
+        got = [next_pid(time.monotonic() + 30) for _ in range(60)]
         assert got == list(range(60))
     finally:
         proc.kill()
@@ -258,3 +287,65 @@ def test_verify_progress_bar_on_a_terminal_only(
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     rc, _, err = run(capsys, *argv)
     assert rc == 0 and "verifying [" in err
+
+
+def test_consistency_proof_between_two_checkpoints(
+    filled: Journal, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pub = str(filled.keys / "journal.pub")
+    j = ["--journal", str(filled.dir)]
+    _, out, _ = run(capsys, "journal", "checkpoint", *j)
+    old = tmp_path / "old.json"
+    old.write_text(out)
+    filled.fill(90, seal_every=15, rotate_every=40)  # more records, seals and a rotation
+    rc, out, _ = run(capsys, "journal", "prove", "--consistency-from", str(old), *j)
+    proof = tmp_path / "consistency.json"
+    proof.write_text(out)
+    doc = json.loads(out)
+    assert rc == 0 and doc["format"] == "sealtrail-consistency-proof/v1" and doc["path"]
+    assert doc["new"]["checkpoint"]["size"] > doc["old"]["checkpoint"]["size"]
+    rc, out, _ = run(capsys, "journal", "verify-proof", str(proof), "--key", pub)
+    assert rc == 0 and out.startswith("OK: the checkpoint of size ") and "extends" in out
+    doc["path"][0] = "00" * 32  # a proof that does not lead to the roots
+    proof.write_text(json.dumps(doc))
+    rc, _, err = run(capsys, "journal", "verify-proof", str(proof), "--key", pub)
+    assert rc == 1 and "does not extend" in err and "Traceback" not in err
+    rc, _, err = run(capsys, "journal", "prove", "3", "--consistency-from", str(old), *j)
+    assert rc != 0 and "either SEQ or --consistency-from" in err
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "named"),
+    [
+        (("rotations",), "nope", "rotations"),
+        (("rotations",), [1], "rotations[0]"),
+        (("seal_seq",), "7", "seal_seq"),
+        (("checkpoint", "size"), "007", "size"),
+        (("checkpoint", "ts"), "007", "ts"),
+        (("checkpoint", "ts"), 7, "ts"),
+        (("sig",), 5, "sig"),
+        (("checkpoint",), [], "checkpoint"),
+    ],
+)
+def test_verify_against_a_malformed_checkpoint_is_one_clear_line(
+    filled: Journal,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    path: tuple[str, ...],
+    value: object,
+    named: str,
+) -> None:
+    _, out, _ = run(capsys, "journal", "checkpoint", "--journal", str(filled.dir))
+    doc = json.loads(out)
+    node = doc
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    cp = tmp_path / "cp.json"
+    cp.write_text(json.dumps(doc))
+    pub = str(filled.keys / "journal.pub")
+    argv = ["journal", "verify", "--journal", str(filled.dir), "--key", pub, "--against"]
+    rc, out, err = run(capsys, *argv, str(cp))
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert rc == 1 and len(lines) == 1 and named in lines[0], err
+    assert "Traceback" not in err and out == ""

@@ -309,7 +309,7 @@ def test_stop_without_its_final_seal_fails_strict(built: Journal) -> None:
 
 
 def test_tail_truncated_at_a_seal_boundary_caught_against_checkpoint(built: Journal) -> None:
-    checkpoint, _ = latest_checkpoint(built.dir)
+    checkpoint = latest_checkpoint(built.dir)
     first_removed = cut_after_seal(built, 2)
     summary = built.verify(strict=True)  # on its own: a journal that did not stop cleanly
     assert errors(summary) == [str(f) for f in end_findings(summary)] != []
@@ -318,7 +318,7 @@ def test_tail_truncated_at_a_seal_boundary_caught_against_checkpoint(built: Jour
 
 
 def test_history_rewritten_before_checkpoint(built: Journal) -> None:
-    checkpoint, _ = latest_checkpoint(built.dir)
+    checkpoint = latest_checkpoint(built.dir)
     path, i, lines = find(built, TARGET)
     lines[i] = edit(lines[i], pid=7)
     built.rewrite(path, lines)
@@ -354,7 +354,7 @@ def test_unsealed_tail_removed_caught_against_checkpoint(journal: Journal) -> No
     w.flush_and_seal()
     for i in range(5):
         w.append("event", {"kind": "exit", "pid": i})
-    checkpoint, _ = latest_checkpoint(journal.dir)
+    checkpoint = latest_checkpoint(journal.dir)
     assert checkpoint.tail is not None and checkpoint.tail.count == 5
     summary = journal.verify()
     assert summary.ok and summary.unsealed == 5

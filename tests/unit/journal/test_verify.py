@@ -66,7 +66,7 @@ def test_empty_journal_and_bad_segment_name(journal: Journal) -> None:
 
 def test_against_a_checkpoint_from_another_host_key(journal: Journal, tmp_path: object) -> None:
     journal.fill(30, seal_every=10)
-    checkpoint, _ = latest_checkpoint(journal.dir)
+    checkpoint = latest_checkpoint(journal.dir)
     forged = SignedCheckpoint(checkpoint.checkpoint, b"\0" * 64, checkpoint.seal_seq)
     summary = journal.verify(against=forged)
     assert any("--against checkpoint rejected" in e for e in errors(summary))
