@@ -96,8 +96,8 @@ def _build(cls: type[E], common: dict[str, object], **fields: object) -> E:
 
     Its per-field object.__setattr__ calls cost ~2.5 us per event, a fifth of the agent's
     budget at 100 k events/s; the values here come from the fixed ABI, and
-    tests/unit/events/test_decode.py proves every event built this way has exactly its class's fields
-    and equals the one __init__ would build.
+    tests/unit/events/test_decode.py proves every event built this way has exactly its class's
+    fields and equals the one __init__ would build.
     """
     event = object.__new__(cls)
     values = event.__dict__
@@ -130,7 +130,7 @@ class Decoder:
     def decode(self, raw: bytes) -> model.Event:
         if len(raw) < _HDR_SIZE:
             raise DecodeError(f"record of {len(raw)} bytes is shorter than its header")
-        op = int.from_bytes(raw[:2], "little")
+        op = int.from_bytes(raw[_OP], "little")
         fn = self._dispatch.get(op)
         if fn is None:
             raise DecodeError(f"unknown opcode {op}")
@@ -303,6 +303,14 @@ _SIZES: dict[type[abi._S], int] = {
     cls: ctypes.sizeof(cls) for cls in (abi.Exec, abi.Proc, abi.File, abi.Net, abi.Verdict)
 }
 _HDR_SIZE = ctypes.sizeof(abi.Hdr)
+_OP = slice(abi.Hdr.op.offset, abi.Hdr.op.offset + abi.Hdr.op.size)
+
+
+def record_op(raw: bytes) -> int:
+    """The opcode of a raw record (its header's ``op``), read without decoding the record:
+    for choosing a record's path before paying for its decoding."""
+    return int.from_bytes(raw[_OP], "little")
+
 
 OP_KIND: dict[int, str] = {
     abi.Op.EXEC: "exec",

@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 
 from agent.cli.watch import format_human, format_json, parse_kinds
-from agent.daemon import event_fields
 from agent.errors import UsageError
 from agent.events import model
 from agent.events.stream import StreamConfig, prefix_entries
 from agent.journal.writer import JournalWriter
 from agent.kernel import abi
+from agent.recorder import event_fields, text_safe
 
 
 def test_only_rejects_unknown_kinds_naming_them() -> None:
@@ -117,13 +117,11 @@ def test_journal_integers_stay_json_safe() -> None:
 
 
 def test_verdict_fields_are_escaped_inside_nested_objects() -> None:
-    from agent.daemon import _text_safe
-
     odd = os.fsdecode(b"/srv/\xff")
-    fields = _text_safe({"rule": "r", "object": {"path": odd, "new_path": None}, "n": [odd]})
+    fields = text_safe({"rule": "r", "object": {"path": odd, "new_path": None}, "n": [odd]})
     assert fields == {
         "rule": "r", "object": {"path": "/srv/\\xff", "new_path": None}, "n": ["/srv/\\xff"],
         "escaped": True,
     }  # fmt: skip
     clean = {"rule": "r", "object": {"path": "/srv/caf\u00e9"}}
-    assert _text_safe(dict(clean)) == clean  # valid UTF-8 stays as it is, no flag
+    assert text_safe(dict(clean)) == clean  # valid UTF-8 stays as it is, no flag

@@ -11,31 +11,12 @@ import pytest
 from agent.events import model
 from agent.events.decode import Clock, DecodeError, Decoder
 from agent.kernel import abi
+from tests.unit.events.records import hdr, strings
 
 
 class FixedClock(Clock):
     def __init__(self) -> None:
         self.offset_ns = 1_000
-
-
-def hdr(op: abi.Op, flags: int = 0) -> abi.Hdr:
-    return abi.Hdr(
-        op=op,
-        flags=flags,
-        ts_ns=5,
-        pid=10,
-        tid=11,
-        ppid=1,
-        uid=1000,
-        gid=100,
-        cgroup_id=7,
-        comm=b"worker",
-    )
-
-
-def strings(*parts: bytes) -> tuple[list[int], bytes]:
-    lens = [len(p) + 1 if p else 0 for p in parts]
-    return lens, b"".join(p + b"\0" if p else b"" for p in parts)
 
 
 class CheckedDecoder(Decoder):

@@ -1,0 +1,236 @@
+"""The recorder: what the event stream yields, into the journal, in order.
+
+It turns events into journal fields, chooses the record path once (the native encoder takes
+the events that are only recorded, straight from ring-buffer bytes, where the native core is
+loaded and the stream hands out batches; everything else is decoded and journaled in Python),
+and keeps the rule that makes the journal evidence: an event the enforcer acts on is in the
+journal before the enforcer sees it, and what the enforcer decided follows it.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from agent.enforce.enforcer import ExeHistory
+from agent.enforce.verdict import VerdictRecord
+from agent.events import model
+from agent.events.decode import KIND_OP, Decoder, record_op
+from agent.events.stream import StreamItem
+from agent.journal import JournalWriter
+from agent.journal.canonical import MAX_SAFE_INT, JsonValue
+from agent.kernel.ringbuf import record_at
+from agent.native.encoder import EventEncoder
+from agent.native.layout import ENC_END, ENC_SLOW
+
+log = logging.getLogger(__name__)
+
+#: Event kinds the native encoder journals straight from ring-buffer bytes (native/strecord.c)
+#: when nothing but the journal needs them.
+NATIVE_KINDS = ("connect", "bind", "listen", "accept")
+
+
+class RecordSource(Protocol):
+    """What the recorder reads: ``agent.events.stream.EventStream`` (a fake in unit tests)."""
+
+    @property
+    def proctable(self) -> ExeHistory: ...
+    @property
+    def decoder(self) -> Decoder: ...
+    @property
+    def batches(self) -> bool: ...
+    def poll(self, timeout_ms: int) -> list[StreamItem]: ...
+    def poll_batch(self, timeout_ms: int) -> bytes: ...
+    def drain(self) -> list[StreamItem]: ...
+    def decode_records(self, raws: list[bytes]) -> list[StreamItem]: ...
+    def due_loss(self) -> model.LossEvent | None: ...
+
+
+class Judge(Protocol):
+    """What the recorder hands events to: ``agent.enforce.enforcer.Enforcer``."""
+
+    verdicts: collections.deque[VerdictRecord]
+
+    def needs(self, kind: str) -> bool: ...
+    def handle(self, ev: model.Event) -> None: ...
+
+
+def event_fields(ev: model.Event) -> dict[str, JsonValue]:
+    """An event as journal fields: nanosecond values and cgroup ids as decimal strings (they
+    pass 2**53), and so any other integer beyond the JSON-safe range; bytes that are not UTF-8
+    escaped (``model.escape_undecodable``; docs/journal-format.md, section 4)."""
+    d: dict[str, Any] = ev.to_dict()
+    d["ts_ns"] = str(ev.ts_ns)
+    d["cgroup_id"] = str(ev.cgroup_id)
+    if "duration_ns" in d:
+        d["duration_ns"] = str(d["duration_ns"])
+    for key, value in d.items():
+        if type(value) is int and not -MAX_SAFE_INT <= value <= MAX_SAFE_INT:
+            d[key] = str(value)
+    model.escape_undecodable(d)
+    return d
+
+
+def text_safe(fields: dict[str, Any]) -> dict[str, JsonValue]:
+    """Fields that may carry file names or paths (policy files, verdict objects, exes): bytes
+    that are not UTF-8 escaped as in events, so that no name can stop the agent."""
+    model.escape_undecodable(fields)
+    return fields
+
+
+def loss_fields(loss: model.LossEvent) -> dict[str, JsonValue]:
+    drops: dict[str, JsonValue] = {k: v for k, v in sorted(loss.by_kind.items())}
+    return {"drops": drops, "count": loss.count, "since_ns": str(loss.since_ns)}
+
+
+def record_batch(
+    journal: JournalWriter,
+    encoder: EventEncoder,
+    batch: bytes,
+    ops_mask: int,
+    slow: Callable[[list[bytes]], None],
+) -> int:
+    """Journal a ring-buffer batch in order; returns the records the native encoder took.
+
+    Runs of ``ops_mask`` records go to ``journal.append_events``; the record where the encoder
+    stops, and every following one up to the next it may take, go to ``slow`` as raw records.
+    """
+    taken_total = 0
+    pos, end = 0, len(batch)
+    while pos < end:
+        start = pos
+        run_end = encoder.scan(batch, pos, ops_mask)
+        stop = ENC_END
+        while pos < run_end:
+            pos, taken, stop = journal.append_events(encoder, batch, pos)
+            taken_total += taken
+            if stop == ENC_SLOW:
+                break
+        if pos >= end:
+            break
+        if stop != ENC_SLOW and run_end > start:
+            continue  # the run ended at its pid limit: scan the next one
+        raws: list[bytes] = []
+        while pos < end:
+            raw, after = record_at(batch, pos)
+            op = record_op(raw)
+            if raws and op < 64 and ops_mask >> op & 1:
+                break
+            raws.append(raw)
+            pos = after
+        slow(raws)
+    return taken_total
+
+
+@dataclass
+class RecordCounters:
+    """What the recorder journaled since start (the stop record and the status line)."""
+
+    recorded: int = 0  # event records
+    recorded_native: int = 0  # of which the native encoder wrote
+    lost: int = 0  # events the kernel dropped, as loss records say
+    verdicts: int = 0
+
+    def fields(self) -> dict[str, JsonValue]:
+        return asdict(self)
+
+
+@dataclass
+class Recorder:
+    """Journals what ``stream`` yields and hands the enforcer what it needs (module doc)."""
+
+    journal: JournalWriter
+    stream: RecordSource
+    enforcer: Judge
+    counters: RecordCounters = field(default_factory=RecordCounters)
+
+    def __post_init__(self) -> None:
+        self._encoder = self._native_encoder()
+
+    @property
+    def native(self) -> bool:
+        """Whether the native encoder takes the events that are only recorded."""
+        return self._encoder is not None
+
+    def _native_encoder(self) -> EventEncoder | None:
+        """The native record path, where the native core is loaded (else all in Python)."""
+        stream, journal = self.stream, self.journal
+        if not (stream.batches and journal.takes_events):
+            return None
+        lookup = stream.proctable.lookup
+        return EventEncoder(
+            host=journal.host,
+            boot_id=journal.boot_id,
+            clock_offset=stream.decoder.clock.offset_ns,
+            exe_of=lambda pid: lookup(pid, ""),
+        )
+
+    def poll(self, timeout_ms: int) -> None:
+        """Wait up to ``timeout_ms`` for the stream and journal what came."""
+        if self._encoder is None:
+            self.record(self.stream.poll(timeout_ms))
+        else:
+            self._record_batch(self._encoder, self.stream.poll_batch(timeout_ms))
+
+    def drain(self) -> None:
+        """Journal what the kernel already queued (before stopping: it is still evidence)."""
+        self.record(self.stream.drain())
+
+    def record(self, items: list[StreamItem]) -> None:
+        """Journal decoded items with one write per run, and let the enforcer see the ones it
+        needs; what it acts on is in the journal before it acts."""
+        journal, enforcer, counters = self.journal, self.enforcer, self.counters
+        pending: list[tuple[str, Mapping[str, JsonValue]]] = []
+        for item in items:
+            if isinstance(item, model.LossEvent):
+                counters.lost += item.count
+                log.warning("kernel dropped %d events since %d", item.count, item.since_ns)
+                pending.append(("loss", loss_fields(item)))
+                continue
+            guard = isinstance(item, model.GuardEvent)
+            if not guard:  # a guard decision is a verdict record
+                pending.append(("event", event_fields(item)))
+                counters.recorded += 1
+            if guard or enforcer.needs(item.kind):
+                if pending:
+                    journal.append_many(pending)
+                    pending = []
+                enforcer.handle(item)
+        if pending:
+            journal.append_many(pending)
+        self._record_verdicts()
+
+    def _native_ops(self) -> int:
+        """Ops whose events are only recorded, as a bit mask: the native encoder takes them."""
+        mask = 0
+        for kind in NATIVE_KINDS:
+            if not self.enforcer.needs(kind):
+                mask |= 1 << KIND_OP[kind]
+        return mask
+
+    def _record_batch(self, encoder: EventEncoder, batch: bytes) -> None:
+        """One ring-buffer batch, in order: events that are only recorded through the native
+        encoder, every other record through ``record`` (decode, enforcer)."""
+        stream = self.stream
+        taken = record_batch(
+            self.journal,
+            encoder,
+            batch,
+            self._native_ops(),
+            lambda raws: self.record(stream.decode_records(raws)),
+        )
+        self.counters.recorded += taken
+        self.counters.recorded_native += taken
+        loss = stream.due_loss()
+        # with no loss too: the verdicts the enforcer's own threads made (fanotify) are
+        # journaled at every poll, as on the Python path, not at the next decoded record
+        self.record([loss] if loss is not None else [])
+
+    def _record_verdicts(self) -> None:
+        verdicts = self.enforcer.verdicts
+        while verdicts:
+            self.journal.append("verdict", text_safe(verdicts.popleft().fields()))
+            self.counters.verdicts += 1
