@@ -425,6 +425,19 @@ class Verifier:
         if self._against is not None and chain.size == self._against.checkpoint.size:
             yield from self._check_against(line)
 
+    def settle(self) -> Iterator[Finding]:
+        """End of a batch, not of the journal: judge what waits for a next line (a broken
+        link into the last line, a torn last line), so ``state`` can be taken or refused."""
+        yield from self._initial
+        self._initial.clear()
+        if self._link is not None:
+            yield from self._judge_link(broken=False, line=None)
+        if self._torn is not None:
+            torn, self._torn = self._torn, None
+            yield self._error(
+                "torn line at the end of the batch", self._expected, torn.segment, torn.offset
+            )
+
     def finish(self) -> Iterator[Finding]:
         """End of input: pending judgements, the unsealed tail, truncation against a checkpoint."""
         yield from self._initial

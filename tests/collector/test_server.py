@@ -1,0 +1,342 @@
+"""The collector server end to end: a real ``collector serve`` process, real mutual TLS on
+loopback, real journals written by the agent's writer, the real store (SQLite and PostgreSQL).
+
+Every batch is verified on arrival; what holds is stored exactly once and receipted, what does
+not is rejected with its reason, kept aside, and never merged.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.collector import pki
+from agent.collector.protocol import HEALTH_PATH, INGEST_PATH, LINES_TYPE, METRICS_PATH, Receipt
+from agent.collector.store import open_store
+from agent.journal.keys import KeyStore, PublicKey
+from agent.journal.merkle import CompactTree
+from agent.journal.record import record_hash
+
+from .journals import HostJournal
+from .server_proc import Client, Collector
+
+
+@pytest.fixture
+def collector(tmp_path: Path, store_url: str) -> Iterator[Collector]:
+    c = Collector(tmp_path / "coll", store=store_url)
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def host_a(tmp_path: Path) -> HostJournal:
+    j = HostJournal(tmp_path, "host-a")
+    KeyStore(j.keys).init()
+    shutil.copytree(j.keys, tmp_path / "host-a-keys-at-genesis")  # for a wipe and restart
+    j.fill(600, seal_every=40, rotate_every=250)
+    return j
+
+
+def _enrolled(collector: Collector, journal: HostJournal, tmp_path: Path) -> Client:
+    bundle = collector.enroll(journal.host, journal.pub, tmp_path / f"{journal.host}-bundle")
+    collector.start() if not collector.alive() else None
+    return collector.client(bundle)
+
+
+def _root(lines: list[bytes]) -> str:
+    tree = CompactTree()
+    for line in lines:
+        tree.append(record_hash(line))
+    return tree.root().hex()
+
+
+def _stored(collector: Collector, host: str) -> list[bytes]:
+    with open_store(collector.store or "") as store:
+        size = store.head(host).size
+        return [line for _, line in store.records(host, 0, size)]
+
+
+def test_batches_are_verified_stored_once_and_receipted(
+    collector: Collector, host_a: HostJournal, tmp_path: Path
+) -> None:
+    client = _enrolled(collector, host_a, tmp_path)
+    lines = host_a.lines()
+    head = client.head()
+    assert head.status == 200 and head.doc["size"] == 0 and head.doc["status"] == "ok"
+    pub = PublicKey.load(tmp_path / "host-a-bundle" / "collector.pub")
+    for start in range(0, len(lines), 97):
+        ans = client.ingest(start, lines[start : start + 97])
+        assert ans.status == 200, ans.doc
+        receipt = Receipt.from_dict(ans.doc["receipt"])
+        receipt.verify(pub, host="host-a")
+        end = min(start + 97, len(lines))
+        assert receipt.size == ans.doc["size"] == end
+        assert receipt.root == _root(lines[:end])
+    # a re-send of accepted records is idempotent: same bytes, nothing stored twice
+    again = client.ingest(100, lines[100:300])
+    assert again.status == 200 and again.doc["accepted"] == 0 and again.doc["skipped"] == 200
+    assert _stored(collector, "host-a") == lines  # exactly the journal's bytes, once each
+    head = client.head().doc
+    assert head["size"] == len(lines) and head["last_hash"] == record_hash(lines[-1]).hex()
+    assert head["checkpoint"]["checkpoint"]["size"] == len(lines) - 1  # the final seal
+    metrics = client.request("GET", METRICS_PATH)
+    assert metrics.status == 200 and "sealtrail_collector_records_accepted_total 6" in str(
+        metrics.doc
+    )
+    assert client.request("GET", HEALTH_PATH).doc["ok"] is True
+
+
+def test_gap_fork_rollback_tamper_and_replay_are_rejected(
+    collector: Collector, host_a: HostJournal, tmp_path: Path
+) -> None:
+    client = _enrolled(collector, host_a, tmp_path)
+    lines = host_a.lines()
+    assert client.ingest(0, lines[:200]).status == 200
+    gap = client.ingest(250, lines[250:300])
+    assert gap.status == 409 and gap.doc["error"] == "gap" and gap.doc["size"] == 200
+
+    forked = list(lines[150:260])
+    forked[10] = forked[10].replace(b'"pid":', b'"pid":9', 1)
+    fork = client.ingest(150, forked)
+    assert fork.status == 422 and fork.doc["error"] == "fork" and fork.doc["seq"] == 160
+
+    tampered = list(lines[200:260])
+    victim = next(i for i in range(3, 50) if b'"pid":' in tampered[i])
+    tampered[victim] = tampered[victim].replace(b'"pid":', b'"pid":9', 1)
+    bad = client.ingest(200, tampered)
+    assert bad.status == 422 and bad.doc["error"] == "tamper", bad.doc
+    assert bad.doc["seq"] == 200 + victim
+
+    # a wiped journal restarted under the same genesis key: a different record 0
+    wiped = HostJournal(tmp_path / "wiped", "host-a")
+    wiped.keys.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(tmp_path / "host-a-keys-at-genesis", wiped.keys)
+    wiped.fill(30)
+    rollback = client.ingest(0, wiped.lines())
+    assert rollback.status == 422 and rollback.doc["error"] == "rollback"
+    assert rollback.doc["seq"] == 0
+
+    # nothing of the rejected batches was merged; they are kept aside; the head holds
+    assert _stored(collector, "host-a") == lines[:200]
+    with open_store(collector.store or "") as store:
+        kept = store.quarantined("host-a")
+        assert [q.reason.split(":")[0] for q in kept] == ["fork", "tamper", "rollback"]
+        assert store.head("host-a").status == "rollback"
+    # the genuine continuation is still accepted after all that
+    ok = client.ingest(200, lines[200:])
+    assert ok.status == 200 and ok.doc["size"] == len(lines)
+
+
+def test_another_hosts_records_and_foreign_keys_are_refused(
+    collector: Collector, host_a: HostJournal, tmp_path: Path
+) -> None:
+    client_a = _enrolled(collector, host_a, tmp_path)
+    host_b = HostJournal(tmp_path, "host-b")
+    host_b.fill(50)
+    client_b = _enrolled(collector, host_b, tmp_path)
+    # host A's certificate sending host B's records
+    foreign = client_a.ingest(0, host_b.lines())
+    assert foreign.status == 422 and foreign.doc["error"] == "foreign-host"
+    # host B's records re-signed by a key that is not chained from B's enrolled genesis key
+    impostor = HostJournal(tmp_path / "impostor", "host-b")
+    impostor.fill(50)
+    resigned = client_b.ingest(0, impostor.lines())
+    assert resigned.status == 422 and resigned.doc["error"] == "unenrolled-key"
+    assert client_b.ingest(0, host_b.lines()).status == 200
+    assert _stored(collector, "host-a") == []
+
+
+def test_tls_refuses_no_certificate_another_ca_and_unenrolled(
+    collector: Collector, host_a: HostJournal, tmp_path: Path
+) -> None:
+    client = _enrolled(collector, host_a, tmp_path)
+    assert client.head().status == 200
+    with pytest.raises((ssl.SSLError, OSError)):
+        collector.client(None).head()  # no client certificate: the handshake fails
+    other = Collector(tmp_path / "other-coll", store=str(tmp_path / "other.sqlite"))
+    other_bundle = other.enroll("host-a", host_a.pub, tmp_path / "other-bundle")
+    stranger = Client(other_bundle, collector.ca, collector.port)
+    with pytest.raises((ssl.SSLError, OSError)):
+        stranger.head()  # a certificate from another CA
+    # a certificate of the collector's own CA that is bound to no enrolled host
+    ca = pki.load_authority(collector.dir / "ca.crt", collector.dir / "ca.key")
+    key = pki.new_key()
+    cert = pki.issue_client(ca, key.public_key(), "host-z")
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    pki.write_key(loose / "client.key", key)
+    pki.write_cert(loose / "client.crt", cert)
+    ans = collector.client(loose).head()
+    assert ans.status == 403 and ans.doc["error"] == "unenrolled"
+
+
+def test_bad_input_gets_a_clear_4xx_and_the_server_stays_up(
+    collector: Collector, host_a: HostJournal, tmp_path: Path
+) -> None:
+    client = _enrolled(collector, host_a, tmp_path)
+    lines = host_a.lines()
+    cases = [
+        ({"Content-Type": "application/json"}, b"{}", 415, "content-type"),
+        ({"Content-Type": LINES_TYPE}, b"x\n", 400, "bad-request"),  # no start header
+        ({"Content-Type": LINES_TYPE, "Sealtrail-Start": "-1"}, b"x\n", 400, "bad-request"),
+        ({"Content-Type": LINES_TYPE, "Sealtrail-Start": "0"}, b"{not json\n", 422, "malformed"),
+        ({"Content-Type": LINES_TYPE, "Sealtrail-Start": "0"}, lines[0], 422, "malformed"),
+        ({"Content-Type": LINES_TYPE, "Sealtrail-Start": "5"}, lines[0] + b"\n", 409, "gap"),
+        (
+            {"Content-Type": LINES_TYPE, "Sealtrail-Start": "0"},
+            b"\n".join(lines[1:3]) + b"\n",
+            422,
+            "malformed",
+        ),
+    ]
+    for headers, body, status, error in cases:
+        ans = client.request("POST", INGEST_PATH, body, headers)
+        assert (ans.status, ans.doc["error"]) == (status, error), (headers, body[:40], ans.doc)
+    huge = client.request(
+        "POST",
+        INGEST_PATH,
+        b"x" * (17 << 20),
+        {"Content-Type": LINES_TYPE, "Sealtrail-Start": "0"},
+    )
+    assert huge.status == 413
+    assert client.request("GET", "/v1/nothing").status == 404
+    assert collector.alive() and client.ingest(0, lines).status == 200
+
+
+def test_a_slow_client_is_cut_off_and_others_are_served(
+    tmp_path: Path, host_a: HostJournal
+) -> None:
+    collector = Collector(tmp_path / "slow", store=str(tmp_path / "slow.sqlite"))
+    toml = collector.dir / "collector.toml"
+    text = toml.read_text()
+    assert "request_seconds" in text
+    toml.write_text(
+        "\n".join(
+            "request_seconds = 2.0" if ln.startswith("request_seconds") else ln
+            for ln in text.splitlines()
+        )
+        + "\n"
+    )
+    try:
+        client = _enrolled(collector, host_a, tmp_path)
+        ctx = client.ctx
+        # headers trickled a byte at a time: the connection is closed, not held forever
+        with socket.create_connection(("127.0.0.1", collector.port), timeout=10) as raw:
+            tls = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+            started = time.monotonic()
+            closed = False
+            for ch in b"POST /v1/ingest HTTP/1.1\r\nHost: x\r\n":
+                try:
+                    tls.sendall(bytes([ch]))
+                except OSError:
+                    closed = True
+                    break
+                time.sleep(0.2)
+                if time.monotonic() - started > 8:
+                    break
+            if not closed:
+                try:
+                    closed = tls.recv(1) == b""
+                except OSError:
+                    closed = True
+            assert closed and time.monotonic() - started < 10
+        # a body trickled after complete headers: 408
+        with socket.create_connection(("127.0.0.1", collector.port), timeout=10) as raw:
+            tls = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+            tls.sendall(
+                b"POST /v1/ingest HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                + LINES_TYPE.encode()
+                + b"\r\nSealtrail-Start: 0\r\nContent-Length: 100000\r\n\r\nabc"
+            )
+            reply = tls.recv(4096)
+            assert b" 408 " in reply.split(b"\r\n")[0]
+        assert client.ingest(0, host_a.lines()).status == 200
+    finally:
+        collector.stop()
+
+
+def test_two_collectors_on_one_postgresql_never_fork_a_host(
+    tmp_path: Path, pg_url: str, host_a: HostJournal
+) -> None:
+    """Two serve processes on one PostgreSQL receive the same host's batches at once: each
+    record is stored exactly once, in order, and the head only moves forward."""
+    first = Collector(tmp_path / "c1", store=pg_url)
+    second = Collector(tmp_path / "c2", store=pg_url)
+    try:
+        bundle = first.enroll("host-a", host_a.pub, tmp_path / "bundle")
+        first.start()
+        # the second collector shares the CA (same fleet): copy the first's PKI and keys
+        for name in ("ca.crt", "ca.key", "server.crt", "server.key", "collector.key"):
+            (second.dir / name).write_bytes((first.dir / name).read_bytes())
+        second.start()
+        lines = host_a.lines()
+        results: list[int] = []
+
+        def push(port: int) -> None:
+            client = Client(bundle, first.ca, port)
+            pos = 0
+            while pos < len(lines):
+                ans = client.ingest(pos, lines[pos : pos + 64])
+                results.append(ans.status)
+                if ans.status in (200, 409):
+                    pos = ans.doc["size"]
+                else:
+                    raise AssertionError(ans.doc)
+
+        threads = [threading.Thread(target=push, args=(c.port,)) for c in (first, second)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=300)
+        assert _stored(first, "host-a") == lines
+        assert 200 in results
+    finally:
+        first.stop()
+        second.stop()
+
+
+def test_collector_kill_9_mid_ingest_keeps_only_whole_batches(
+    collector: Collector, tmp_path: Path
+) -> None:
+    big = HostJournal(tmp_path, "host-a")
+    big.fill(20000, seal_every=500)
+    client = _enrolled(collector, big, tmp_path)
+    lines = big.lines()
+
+    def flood() -> None:
+        pos = 0
+        while pos < len(lines):
+            try:
+                ans = client.ingest(pos, lines[pos : pos + 2000])
+            except OSError:
+                return
+            pos = ans.doc["size"] if ans.status in (200, 409) else len(lines)
+
+    t = threading.Thread(target=flood)
+    t.start()
+    time.sleep(0.5)
+    collector.stop(signal.SIGKILL)
+    t.join(timeout=60)
+    with open_store(collector.store or "") as store:
+        head = store.head("host-a")
+        stored = [line for _, line in store.records("host-a", 0, head.size)]
+    assert stored == lines[: head.size]  # a prefix, whole batches only
+    assert head.size % 2000 == 0 or head.size == len(lines)
+    collector.start()
+    pos = client.head().doc["size"]
+    assert pos == head.size
+    while pos < len(lines):
+        ans = client.ingest(pos, lines[pos : pos + 2000])
+        assert ans.status == 200, ans.doc
+        pos = ans.doc["size"]
+    assert _stored(collector, "host-a") == lines
