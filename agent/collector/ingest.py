@@ -8,7 +8,8 @@ the enrolled genesis key, and each new seal's Merkle root over everything accept
 is the old tree). No second implementation.
 
 Outcomes:
-- accepted: the new records are durable in the store (``Store.append``, one transaction,
+- accepted: the new records up to the batch's last seal (``_sealed_prefix``) are durable in
+  the store (``Store.append``, one transaction,
   compare-and-swap on the head's size) before the signed receipt is made;
 - idempotent re-send: lines already accepted are compared by record hash; the same bytes are
   skipped, nothing is stored twice;
@@ -53,6 +54,8 @@ class Accepted:
     skipped: int  # records re-sent that were already held (same bytes)
     size: int
     receipt: Receipt
+    #: Records after the batch's last seal: not stored yet (send them again with their seal).
+    pending: int = 0
 
 
 @dataclass(frozen=True)
@@ -160,9 +163,12 @@ class Ingest:
                 )
                 return self._reject(host, head, kind, what, seq, body)
         new = lines[overlap:]
+        sealed = _sealed_prefix(new)
+        pending = len(new) - sealed
+        new = new[:sealed]
         if not new:
             self.store.touch(host.name, now)
-            return Accepted(0, overlap, size, self._receipt(host, head))
+            return Accepted(0, overlap, size, self._receipt(host, head), pending)
         verifier = self._verifier(host, head)
         if isinstance(verifier, Rejected):
             return verifier
@@ -194,7 +200,8 @@ class Ingest:
         if head.status == Status.GAP:
             self.store.set_status(host.name, Status.OK, "", now)
         new_head = self.store.head(host.name)
-        return Accepted(len(new), overlap, new_head.size, self._receipt(host, new_head, state))
+        receipt = self._receipt(host, new_head, state)
+        return Accepted(len(new), overlap, new_head.size, receipt, pending)
 
     def _diverges(self, host: Host, start: int, lines: list[bytes]) -> int | None:
         """The first seq at which ``lines`` differ from the stored records, or None."""
@@ -263,6 +270,28 @@ def _first_seq(errors: list[Finding]) -> int | None:
         if seqs:
             return min(seqs)
     return None
+
+
+def _sealed_prefix(lines: list[bytes]) -> int:
+    """How many of ``lines`` a seal covers: up to and including the last seal line.
+
+    Only sealed records are stored: a record after the last seal is authenticated by nothing
+    yet (its hash is checked only by the record after it, its content only by the next seal),
+    so storing it would let a changed last line in. The agent seals at least every heartbeat,
+    and its final stop is sealed, so every record is stored at the latest one seal later.
+    """
+    for i in range(len(lines) - 1, -1, -1):
+        if _SEAL_MARK in lines[i] and _is_seal(lines[i]):
+            return i + 1
+    return 0
+
+
+def _is_seal(line: bytes) -> bool:
+    """The line is a seal record (not merely a line with a nested ``"type":"seal"``)."""
+    try:
+        return parse_line(line).type == "seal"
+    except FormatError:
+        return True  # malformed: let the verifier judge it (and reject the batch)
 
 
 def _last_checkpoint(lines: list[bytes]) -> tuple[str | None, int | None]:

@@ -196,6 +196,7 @@ def _answer(state: _State, outcome: object) -> web.Response:
                 "accepted": outcome.accepted,
                 "skipped": outcome.skipped,
                 "size": outcome.size,
+                "pending": outcome.pending,
                 "receipt": outcome.receipt.to_dict(),
             }
         )

@@ -7,6 +7,7 @@ not is rejected with its reason, kept aside, and never merged.
 
 from __future__ import annotations
 
+import datetime
 import shutil
 import signal
 import socket
@@ -74,14 +75,21 @@ def test_batches_are_verified_stored_once_and_receipted(
     head = client.head()
     assert head.status == 200 and head.doc["size"] == 0 and head.doc["status"] == "ok"
     pub = PublicKey.load(tmp_path / "host-a-bundle" / "collector.pub")
-    for start in range(0, len(lines), 97):
-        ans = client.ingest(start, lines[start : start + 97])
+    pos = 0
+    while pos < len(lines):  # as the forwarder does: resume where the collector's size says
+        end = min(pos + 97, len(lines))
+        ans = client.ingest(pos, lines[pos:end])
         assert ans.status == 200, ans.doc
         receipt = Receipt.from_dict(ans.doc["receipt"])
         receipt.verify(pub, host="host-a")
-        end = min(start + 97, len(lines))
-        assert receipt.size == ans.doc["size"] == end
-        assert receipt.root == _root(lines[:end])
+        size = ans.doc["size"]
+        # only what a seal covers is stored: up to the batch's last seal
+        last_seal = max(i for i in range(end) if b'"type":"seal"' in lines[i]) + 1
+        assert receipt.size == size == max(pos, last_seal)
+        assert ans.doc["pending"] == end - size
+        assert receipt.root == _root(lines[:size])
+        assert size > pos  # seals come every ~41 lines here, so every batch holds one
+        pos = size
     # a re-send of accepted records is idempotent: same bytes, nothing stored twice
     again = client.ingest(100, lines[100:300])
     assert again.status == 200 and again.doc["accepted"] == 0 and again.doc["skipped"] == 200
@@ -90,9 +98,15 @@ def test_batches_are_verified_stored_once_and_receipted(
     assert head["size"] == len(lines) and head["last_hash"] == record_hash(lines[-1]).hex()
     assert head["checkpoint"]["checkpoint"]["size"] == len(lines) - 1  # the final seal
     metrics = client.request("GET", METRICS_PATH)
-    assert metrics.status == 200 and "sealtrail_collector_records_accepted_total 6" in str(
-        metrics.doc
-    )
+    values = {
+        name: float(value)
+        for name, _, value in (
+            ln.partition(" ") for ln in str(metrics.doc).splitlines() if not ln.startswith("#")
+        )
+    }
+    assert metrics.status == 200
+    assert values["sealtrail_collector_records_accepted_total"] == len(lines)
+    assert values["sealtrail_collector_records_resent_total"] == 200
     assert client.request("GET", HEALTH_PATH).doc["ok"] is True
 
 
@@ -101,21 +115,23 @@ def test_gap_fork_rollback_tamper_and_replay_are_rejected(
 ) -> None:
     client = _enrolled(collector, host_a, tmp_path)
     lines = host_a.lines()
-    assert client.ingest(0, lines[:200]).status == 200
+    first = client.ingest(0, lines[:200])
+    held = first.doc["size"]  # up to the last seal in those 200
+    assert first.status == 200 and 150 < held <= 200
     gap = client.ingest(250, lines[250:300])
-    assert gap.status == 409 and gap.doc["error"] == "gap" and gap.doc["size"] == 200
+    assert gap.status == 409 and gap.doc["error"] == "gap" and gap.doc["size"] == held
 
     forked = list(lines[150:260])
     forked[10] = forked[10].replace(b'"pid":', b'"pid":9', 1)
     fork = client.ingest(150, forked)
     assert fork.status == 422 and fork.doc["error"] == "fork" and fork.doc["seq"] == 160
 
-    tampered = list(lines[200:260])
+    tampered = list(lines[held : held + 60])
     victim = next(i for i in range(3, 50) if b'"pid":' in tampered[i])
     tampered[victim] = tampered[victim].replace(b'"pid":', b'"pid":9', 1)
-    bad = client.ingest(200, tampered)
+    bad = client.ingest(held, tampered)
     assert bad.status == 422 and bad.doc["error"] == "tamper", bad.doc
-    assert bad.doc["seq"] == 200 + victim
+    assert bad.doc["seq"] == held + victim
 
     # a wiped journal restarted under the same genesis key: a different record 0
     wiped = HostJournal(tmp_path / "wiped", "host-a")
@@ -127,13 +143,13 @@ def test_gap_fork_rollback_tamper_and_replay_are_rejected(
     assert rollback.doc["seq"] == 0
 
     # nothing of the rejected batches was merged; they are kept aside; the head holds
-    assert _stored(collector, "host-a") == lines[:200]
+    assert _stored(collector, "host-a") == lines[:held]
     with open_store(collector.store or "") as store:
         kept = store.quarantined("host-a")
         assert [q.reason.split(":")[0] for q in kept] == ["fork", "tamper", "rollback"]
         assert store.head("host-a").status == "rollback"
     # the genuine continuation is still accepted after all that
-    ok = client.ingest(200, lines[200:])
+    ok = client.ingest(held, lines[held:])
     assert ok.status == 200 and ok.doc["size"] == len(lines)
 
 
@@ -178,6 +194,15 @@ def test_tls_refuses_no_certificate_another_ca_and_unenrolled(
     pki.write_cert(loose / "client.crt", cert)
     ans = collector.client(loose).head()
     assert ans.status == 403 and ans.doc["error"] == "unenrolled"
+    # an expired certificate of the collector's own CA, even for an enrolled key
+    old = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=30)
+    expired = pki.issue_client(ca, key.public_key(), "host-z", days=1, now=old)
+    pki_dir = tmp_path / "expired"
+    pki_dir.mkdir()
+    pki.write_key(pki_dir / "client.key", key)
+    pki.write_cert(pki_dir / "client.crt", expired)
+    with pytest.raises((ssl.SSLError, OSError)):
+        collector.client(pki_dir).head()
 
 
 def test_bad_input_gets_a_clear_4xx_and_the_server_stays_up(
