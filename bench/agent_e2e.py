@@ -242,9 +242,7 @@ COLUMNS = (
 
 
 def print_table(runs: list[dict[str, object]]) -> None:
-    hdr = " ".join(f"{name:>{w}}" for name, w in COLUMNS)
-    print(hdr)
-    print("-" * len(hdr))
+    rows = []
     for r in runs:
         v = r["verify"]
         assert isinstance(v, dict)
@@ -263,7 +261,8 @@ def print_table(runs: list[dict[str, object]]) -> None:
             f"{r['bytes_per_event']:.0f}",
             f"rc={v['rc']} {v['wall_s']:.1f}s {str(v['summary'])[:15]}",
         ]
-        print(" ".join(f"{c:>{w}}" for c, (_, w) in zip(cells, COLUMNS, strict=True)))
+        rows.append(cells)
+    benchlib.print_table(COLUMNS, rows)
 
 
 def main() -> int:
@@ -276,22 +275,11 @@ def main() -> int:
     )
     ap.add_argument("--ringbuf-size", type=int, default=8 << 20, help="agent --ringbuf-size")
     ap.add_argument("--quick", action="store_true", help="2 s runs")
-    ap.add_argument(
-        "--working-tree-probes",
-        action="store_true",
-        help="bench agent/kernel/obj as built (default: probes/ as committed at HEAD)",
-    )
+    benchlib.add_probes_option(ap)
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        raise SystemExit("bench: needs root (runs the agent)")
+    benchlib.need_root("runs the agent")
     seconds = 2.0 if args.quick and args.seconds == 5.0 else args.seconds
-    benchlib.build_loadgen()
-    probes = (
-        {"probes": "working tree (agent/kernel/obj)"}
-        if args.working_tree_probes
-        else benchlib.build_probes("HEAD")  # sets SEALTRAIL_BPF_DIR, inherited by the agent
-    )
-    print(f"probes: {probes}")
+    probes = benchlib.prepare(args)
     # flood with the agent's ring buffer, flood with a tiny one (forces drops: the loss
     # accounting under overload), then the paced rates
     plan: list[tuple[float | None, int]] = [(None, args.ringbuf_size), (None, 64 << 10)]

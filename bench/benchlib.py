@@ -1,11 +1,13 @@
-"""Shared pieces of the sealtrail benchmarks: build the C load generator, run it, consume an
-EventStream in a background thread, per-program BPF run time, and small statistics.
+"""Shared pieces of the sealtrail benchmarks: the common start (root, the load generator, which
+probes), run the load generator, consume an EventStream in a background thread, per-program
+BPF run time, small statistics, and the one table printer.
 
 Not a test helper: benchmarks print numbers, they do not assert.
 """
 
 from __future__ import annotations
 
+import argparse
 import ctypes
 import json
 import os
@@ -15,6 +17,7 @@ import statistics
 import subprocess
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -89,6 +92,37 @@ def build_probes(rev: str = "HEAD") -> dict[str, str]:
         info[obj.name] = hashlib.sha256(obj.read_bytes()).hexdigest()[:16]
     os.environ["SEALTRAIL_BPF_DIR"] = str(PROBE_OBJ)
     return info
+
+
+# ---- the common start of a benchmark ----
+
+WORKING_TREE_PROBES = {"probes": "working tree (agent/kernel/obj)"}
+
+
+def add_probes_option(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument(
+        "--working-tree-probes",
+        action="store_true",
+        help="bench agent/kernel/obj as built (default: probes/ as committed at HEAD)",
+    )
+
+
+def need_root(why: str) -> None:
+    if os.geteuid() != 0:
+        raise SystemExit(f"bench: needs root ({why})")
+
+
+def prepare(
+    args: argparse.Namespace, build: Callable[[], dict[str, str]] = build_probes
+) -> dict[str, str]:
+    """Build the load generator and choose the probes: ``build()`` (default: probes/ as
+    committed at HEAD, SEALTRAIL_BPF_DIR pointing at them, inherited by an agent started
+    later) or, with --working-tree-probes, agent/kernel/obj as built. Prints and returns
+    which."""
+    build_loadgen()
+    probes = dict(WORKING_TREE_PROBES) if args.working_tree_probes else build()
+    print(f"probes: {probes}", flush=True)
+    return probes
 
 
 def loadgen(
@@ -292,6 +326,65 @@ def summary(values: list[float]) -> dict[str, float]:
     }
 
 
+# ---- output ----
+
+
+def num(value: object, spec: str = ".0f") -> str:
+    """A number as ``spec`` formats it; anything else (None: not measured) as "-"."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return format(value, spec)
+    return "-"
+
+
+def _fit(value: object, width: int) -> str:
+    text = value if isinstance(value, str) else num(value)
+    return f"{text:<{-width}}" if width < 0 else f"{text:>{width}}"
+
+
+def print_table(
+    columns: Sequence[tuple[str, int]], rows: Iterable[Sequence[object] | None]
+) -> None:
+    """A header, a rule, then a line per row: each cell in its column of ``(name, width)``,
+    right-aligned (left-aligned where the width is negative); strings as they are, numbers as
+    ``num`` shows them; a row of None is an empty line (between groups)."""
+    header = " ".join(_fit(name, width) for name, width in columns).rstrip()
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        if row is None:
+            print()
+            continue
+        cells = (_fit(c, width) for c, (_, width) in zip(row, columns, strict=True))
+        print(" ".join(cells).rstrip())
+
+
+def print_comparison(rows: list[dict[str, object]]) -> None:
+    """The rows of ``compare_scenarios``: per workload, each scenario against "a" (no agent),
+    then 1000 vs 10 rules against the noise."""
+    columns = [("workload", -18), ("scenario", -16), ("ns/iter", 9), ("min..max", 19),
+               ("x none", 7), ("+ns/iter", 9), ("(min)", 8), ("+ns/sys", 8), ("", -1)]  # fmt: skip
+    lines: list[Sequence[object] | None] = []
+    last = None
+    for r in rows:
+        if last is not None and r["workload"] != last:
+            lines.append(None)
+        last = r["workload"]
+        if r["scenario"] == "c-b":
+            flat = "flat within noise" if r["flat"] else "NOT flat"
+            lines.append(["", "1000 vs 10", "", "", num(r["ratio"], ".3f"),
+                          num(r["ns_per_iter_diff"], "+.0f"), "", "",
+                          f"(noise {num(r['noise_ns'])}: {flat})"])  # fmt: skip
+            continue
+        s = r["ns_per_iter"]
+        assert isinstance(s, dict)
+        lines.append([r["workload"], f"{r['scenario']}: {SCENARIOS[str(r['scenario'])]}",
+                      s["median"], f"{s['min']:.0f}..{s['max']:.0f}",
+                      num(r["ratio_to_a"], ".3f"), num(r["added_ns_per_iter"], "+.0f"),
+                      num(r["added_ns_per_iter_min_based"], "+.0f"),
+                      num(r["added_ns_per_syscall"], "+.0f"), ""])  # fmt: skip
+    print_table(columns, lines)
+
+
 def write_json(name: str, data: object) -> Path:
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     path = OUT_DIR / name
@@ -299,10 +392,15 @@ def write_json(name: str, data: object) -> Path:
     return path
 
 
+#: The policy benchmarks' scenarios: no agent, 10 rules, 1000 rules (and their rule counts).
+SCENARIOS = {"a": "none", "b": "10 rules", "c": "1000 rules"}
+SCENARIO_SIZE = {"b": 10, "c": 1000}
+
+
 def compare_scenarios(
     samples: dict[str, dict[str, list[float]]],
     wls: dict[str, dict[str, object]],
-    scenarios: tuple[str, ...],
+    scenarios: tuple[str, ...] = tuple(SCENARIOS),
 ) -> list[dict[str, object]]:
     """Rows per workload and scenario against scenario "a" (no agent), plus one "c-b" row:
     1000 vs 10 rules, the difference of medians against the noise (the larger spread)."""

@@ -299,17 +299,13 @@ def main() -> None:
         help="s to wait before a sample for other sessions' tracing programs to go",
     )  # fmt: skip
     ap.add_argument("--json", type=Path, default=OUT_DIR / "fanotify_overhead.json")
-    ap.add_argument(
-        "--working-tree-probes", action="store_true",
-        help="this checkout's agent/kernel/obj instead of the probes compiled at HEAD",
-    )  # fmt: skip
+    benchlib.add_probes_option(ap)
     ap.add_argument(
         "--unconfined", action="store_true",
         help="the policy files exactly as shipped (tmp-exec then denies /tmp execs host-wide)",
     )  # fmt: skip
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        raise SystemExit("bench: needs root")
+    benchlib.need_root("runs the agent: BPF programs, fanotify, cgroups")
     configs = [c for c in args.configs.split(",") if c]
     if unknown := set(configs) - set(CONFIGS):
         raise SystemExit(f"bench: unknown configurations {sorted(unknown)}")
@@ -320,12 +316,9 @@ def main() -> None:
     load_before = _loadavg()
     foreign_before = benchlib.foreign_bpf_programs()
     fan_before = other_fanotify_holders()
-    benchlib.build_loadgen()
-    if args.working_tree_probes:
-        probes: dict[str, str] = {"probes": "working tree"}
-        main_bpf = REPO / "agent" / "kernel" / "obj"
-    else:
-        probes = benchlib.build_probes()
+    probes = benchlib.prepare(args)
+    main_bpf = REPO / "agent" / "kernel" / "obj"
+    if not args.working_tree_probes:
         main_bpf = benchlib.PROBE_OBJ
         os.environ.pop("SEALTRAIL_BPF_DIR", None)  # each agent gets its own below
 
@@ -474,14 +467,13 @@ def report(
 ) -> None:
     base = {w: summary(v) for w, v in samples.get("none", {}).items()}
     print("\nµs per iteration: median of rounds [min..max], (+added vs none, median - median)")
-    head = f"{'configuration':28}" + "".join(f"{w:>36}" for w in WORKLOADS)
-    print(head + f"{'marks ino/mnt/sdev':>22}{'start s':>9}{'tainted':>9}")
+    lines: list[list[object]] = []
     for key in keys:
-        cells = []
+        cells: list[object] = [key]
         for w in WORKLOADS:
             vals = samples[key].get(w)
             if not vals:
-                cells.append(f"{'-':>36}")
+                cells.append("-")
                 continue
             s = summary(vals)
             digits = 1 if w.startswith("exec") else 3
@@ -489,22 +481,23 @@ def report(
             cell += f"{s['max'] / 1e3:.{digits}f}]"
             if key != "none" and w in base:
                 cell += f" ({(s['median'] - base[w]['median']) / 1e3:+.{digits}f})"
-            cells.append(f"{cell:>36}")
+            cells.append(cell)
         m = meta.get(key, {})
         marks = m.get("marks", [])
         mk = "/".join(str(marks[-1][k]) for k in ("ino", "mnt", "sdev")) if marks else "-"
-        start = f"{sorted(m['start_s'])[len(m['start_s']) // 2]:.2f}" if m.get("start_s") else "-"
-        bad = len(tainted.get(key, []))
-        print(f"{key:28}" + "".join(cells) + f"{mk:>22}{start:>9}{bad:>9}")
+        start = sorted(m["start_s"])[len(m["start_s"]) // 2] if m.get("start_s") else None
+        lines.append([*cells, mk, benchlib.num(start, ".2f"), len(tainted.get(key, []))])
+    columns = [("configuration", -28), *((w, 36) for w in WORKLOADS),
+               ("marks ino/mnt/sdev", 21), ("start s", 8), ("tainted", 8)]  # fmt: skip
+    benchlib.print_table(columns, lines)
     if agent_cpu:
         print("\nagent CPU µs per iteration (all threads, /proc/PID/stat; median of rounds)")
-        print(f"{'configuration':28}" + "".join(f"{w:>14}" for w in WORKLOADS))
-        for key in keys:
-            if key in agent_cpu:
-                vals = agent_cpu[key]
-                print(f"{key:28}" + "".join(
-                    f"{summary(vals[w])['median']:14.3f}" if w in vals else f"{'-':>14}"
-                    for w in WORKLOADS))  # fmt: skip
+        benchlib.print_table(
+            [("configuration", -28), *((w, 13) for w in WORKLOADS)],
+            [[key, *(benchlib.num(summary(agent_cpu[key][w])["median"], ".3f")
+                     if w in agent_cpu[key] else "-" for w in WORKLOADS)]
+             for key in keys if key in agent_cpu],
+        )  # fmt: skip
     agents = sorted({k.split("/")[0] for k in keys if k != "none"})
     if base:
         print("\ntargets (added vs none, median; worst configuration in brackets)")

@@ -23,6 +23,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import rfc8785
+from benchlib import num, print_table
 
 from agent import native
 from agent.journal import protect
@@ -87,7 +88,8 @@ def realistic(rnd: random.Random, i: int) -> tuple[str, dict[str, Any]]:
     return "event", base
 
 
-def bench_canonical(records: list[tuple[str, dict[str, Any]]]) -> None:
+def bench_canonical(records: list[tuple[str, dict[str, Any]]]) -> tuple[float, float]:
+    """Records per second canonicalised by rfc8785 and by ours."""
     sample = [fields for _, fields in records[:20000]]
     t = time.perf_counter()
     for f in sample:
@@ -97,7 +99,7 @@ def bench_canonical(records: list[tuple[str, dict[str, Any]]]) -> None:
     for f in sample:
         canonical(f)
     fast = len(sample) / (time.perf_counter() - t)
-    print(f"canonical JSON      rfc8785 {slow:>10,.0f}/s   ours {fast:>10,.0f}/s")
+    return slow, fast
 
 
 def bench_append(
@@ -147,34 +149,32 @@ def main() -> None:
     args = parser.parse_args()
     rnd = random.Random(5)
     records = [realistic(rnd, i) for i in range(args.records)]
-    bench_canonical(records)
+    slow, fast = bench_canonical(records)
+    rows: list[list[object]] = [
+        ["canonical JSON", num(fast, ",.0f"), f"/s (rfc8785: {slow:,.0f}/s)"],
+    ]
+    best = f"records/s, best of {args.repeat}"
     base = args.dir or Path(tempfile.mkdtemp(prefix="journal-bench-"))
     try:
         rates = [bench_append(base / f"run{i}", records) for i in range(args.repeat)]
-        print(
-            f"{'append':<19} {max(rates):>10,.0f} records/s  best of {args.repeat} "
-            f"({', '.join(f'{r:,.0f}' for r in rates)}); seal every 100 ms or 8192 records, "
-            "fdatasync before and after each seal"
-        )
+        rows.append(["append", num(max(rates), ",.0f"), f"{best} "
+                     f"({', '.join(f'{r:,.0f}' for r in rates)}); seal every 100 ms or 8192 "
+                     "records, fdatasync before and after each seal"])  # fmt: skip
         rates = [bench_append(base / f"many{i}", records, batch=256) for i in range(args.repeat)]
-        print(
-            f"{'append_many (256)':<19} {max(rates):>10,.0f} records/s  best of {args.repeat} "
-            f"({', '.join(f'{r:,.0f}' for r in rates)}); the same, one write per 256 records"
-        )
+        rows.append(["append_many (256)", num(max(rates), ",.0f"), f"{best} "
+                     f"({', '.join(f'{r:,.0f}' for r in rates)}); the same, one write per 256 "
+                     "records"])  # fmt: skip
         modes = [("verify", None)] if native.available() else []
         for label, use_native in [*modes, ("verify, Python", False)]:
             results = [bench_verify(base / "run0", use_native) for _ in range(args.repeat)]
             vrate, count, size = max(results)
-            print(
-                f"{label:<19} {vrate:>10,.0f} records/s  best of {args.repeat}; hash, "
-                "canonical form, chain, seals, Merkle roots, file reads"
-            )
+            what = f"{best}; hash, canonical form, chain, seals, Merkle roots, file reads"
+            rows.append([label, num(vrate, ",.0f"), what])
+        rows.append(["bytes per record", num(size / count, ",.1f"),
+                     f"({count} records incl. seals, {size / 1e6:.1f} MB)"])  # fmt: skip
+        print_table([("journal", -19), ("", 11), ("", -1)], rows)
         if not native.available():
             print("verify: native journal core not built (`make native`), Python path only")
-        print(
-            f"{'bytes per record':<19} {size / count:>10,.1f}  ({count} records incl. seals, "
-            f"{size / 1e6:.1f} MB)"
-        )
     finally:
         if args.dir is None:
             for d in base.glob("*/journal"):

@@ -55,14 +55,12 @@ import time
 from pathlib import Path
 
 import benchlib
-from benchlib import BenchCgroup, BpfStats, loadgen, summary
+from benchlib import SCENARIO_SIZE, SCENARIOS, BenchCgroup, BpfStats, loadgen, summary
 
 MARKER = "LSM_OVERHEAD_JSON "
 SIZES = (10, 1000)
 SPLIT = {"connect": 0.3, "open": 0.3, "unlink": 0.2, "exec": 0.2}
 MISS_PORT = 9  # no rule names port 9 (rule ports are >= 20000)
-SCENARIOS = {"a": "none", "b": "10 rules", "c": "1000 rules"}
-SCENARIO_SIZE = {"b": 10, "c": 1000}
 OBJ_DIR = benchlib.OUT_DIR / "lsm-obj"  # the probes at HEAD, for the VM (SEALTRAIL_BPF_DIR)
 VM_OBJ_DIR = "/repo/build/bench/lsm-obj"
 
@@ -284,8 +282,7 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
     from agent.policy.mechanisms import host_capabilities
     from agent.policy.source import load_policy_set
 
-    if os.geteuid() != 0:
-        raise SystemExit("bench: needs root (loads BPF-LSM programs, cgroups)")
+    benchlib.need_root("loads BPF-LSM programs, cgroups")
     if not benchlib.LOADGEN.exists():
         raise SystemExit(f"bench: {benchlib.LOADGEN} missing: run this script on the host first")
     caps = host_capabilities()
@@ -331,17 +328,11 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
         shutil.rmtree(root, ignore_errors=True)
     timing = result["timing"]
     assert isinstance(timing, dict)
-    result["rows"] = report(timing["samples"], wls)
+    result["rows"] = benchlib.compare_scenarios(timing["samples"], wls)
     return result
 
 
 # ---- report ----
-
-
-def report(
-    samples: dict[str, dict[str, list[float]]], wls: dict[str, dict[str, object]]
-) -> list[dict[str, object]]:
-    return benchlib.compare_scenarios(samples, wls, SCENARIOS)
 
 
 def print_tables(result: dict[str, object]) -> None:
@@ -349,43 +340,25 @@ def print_tables(result: dict[str, object]) -> None:
     assert isinstance(host, dict)
     print(f"kernel {host['kernel']}, {host['cpus']} CPUs (vm: {host['vm']}), "
           f"iterations per sample {result['iters']}")  # fmt: skip
-    hdr = (f"{'workload':<15} {'scenario':<14} {'ns/iter':>10} {'min..max':>21} {'x none':>7} "
-           f"{'+ns/iter':>9} {'+ns/sys':>8}")  # fmt: skip
-    print(hdr)
-    print("-" * len(hdr))
     rows = result["rows"]
     assert isinstance(rows, list)
-    last = None
-    for r in rows:
-        if last is not None and r["workload"] != last:
-            print()
-        last = r["workload"]
-        if r["scenario"] == "c-b":
-            flat = "flat within noise" if r["flat"] else "NOT flat"
-            diff, noise = r["ns_per_iter_diff"], r["noise_ns"]
-            print(f"{'':<15} {'1000 vs 10':<14} {'':>10} {'':>21} {r['ratio']:>7.3f} "
-                  f"{diff:>+9.0f} (noise {noise:.0f}: {flat})")  # fmt: skip
-            continue
-        s = r["ns_per_iter"]
-        per_sys = r["added_ns_per_syscall"]
-        per_sys_s = f"{per_sys:>+8.0f}" if isinstance(per_sys, float) else f"{'-':>8}"
-        print(f"{r['workload']:<15} {r['scenario'] + ': ' + SCENARIOS[r['scenario']]:<14} "
-              f"{s['median']:>10.0f} {s['min']:>10.0f}..{s['max']:<10.0f} "
-              f"{r['ratio_to_a']:>7.3f} {r['added_ns_per_iter']:>+9.0f} {per_sys_s}")  # fmt: skip
+    benchlib.print_comparison(rows)
     stats = result["bpf_stats"]
     assert isinstance(stats, dict)
     print()
     print("BPF run time (BPF_ENABLE_STATS): ns per call [calls per iteration]; 1000/10 ratio")
+    lines: list[list[object]] = []
     for wl, by_n in stats.items():
         small, big = by_n.get("10", {}), by_n.get("1000", {})
         for prog in sorted(set(small) | set(big)):
             s, b = small.get(prog), big.get(prog)
-            cell = [
-                f"{v['ns_per_call']:>8.0f} ns [{v['calls_per_iter']:5.2f}]" if v else f"{'-':>20}"
-                for v in (s, b)
-            ]
-            ratio = f"{b['ns_per_call'] / s['ns_per_call']:.2f}" if s and b else "-"
-            print(f"  {wl:<15} {prog:<20} 10: {cell[0]}  1000: {cell[1]}  x{ratio}")
+            cells = [f"{v['ns_per_call']:.0f} ns [{v['calls_per_iter']:5.2f}]" if v else "-"
+                     for v in (s, b)]  # fmt: skip
+            ratio = b["ns_per_call"] / s["ns_per_call"] if s and b else None
+            lines.append([wl, prog, *cells, benchlib.num(ratio, ".2f")])
+    columns = [("workload", -15), ("program", -20), ("10 rules", 20), ("1000 rules", 20),
+               ("x", 6)]  # fmt: skip
+    benchlib.print_table(columns, lines)
     timing = result["timing"]
     assert isinstance(timing, dict)
     load = summary(timing["guard_load_s"])
@@ -450,8 +423,7 @@ def main() -> int:
     ap.add_argument("--here", action="store_true",
                     help="measure here, not in the VM (needs BPF-LSM)")  # fmt: skip
     ap.add_argument("--no-table", action="store_true", help=argparse.SUPPRESS)  # host prints it
-    ap.add_argument("--working-tree-probes", action="store_true",
-                    help="bench agent/kernel/obj as built (default: probes/ at HEAD)")  # fmt: skip
+    benchlib.add_probes_option(ap)
     args = ap.parse_args()
     inside = bool(os.environ.get("SEALTRAIL_VM")) or args.here
     if inside:
@@ -467,13 +439,7 @@ def main() -> int:
         else:
             print(MARKER + json.dumps(result, separators=(",", ":")), flush=True)
         return 0
-    benchlib.build_loadgen()
-    probes = (
-        {"probes": "working tree (agent/kernel/obj)"}
-        if args.working_tree_probes
-        else build_probe_objects()
-    )
-    print(f"probes: {probes}", flush=True)
+    probes = benchlib.prepare(args, build_probe_objects)
     argv = [a for a in sys.argv[1:] if a != "--working-tree-probes"]
     load_start = os.getloadavg()
     result = run_in_vm(argv, args.working_tree_probes)

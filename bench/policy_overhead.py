@@ -45,7 +45,15 @@ import time
 from pathlib import Path
 
 import benchlib
-from benchlib import BenchCgroup, BpfStats, loadgen, own_prog_stats, summary
+from benchlib import (
+    SCENARIO_SIZE,
+    SCENARIOS,
+    BenchCgroup,
+    BpfStats,
+    loadgen,
+    own_prog_stats,
+    summary,
+)
 
 from agent.enforce.enforcer import Enforcer
 from agent.enforce.fanotify import PermissionRequest
@@ -78,7 +86,10 @@ def _split(n: int) -> dict[str, int]:
 
 
 def _rule(rule_id: str, op: str, body: str, action: str = "deny") -> str:
-    return f'[[rules]]\nid = "{rule_id}"\noperation = "{op}"\n{body}\naction = "{action}"\n'
+    rule = f'[[rules]]\nid = "{rule_id}"\noperation = "{op}"\n{body}\naction = "{action}"\n'
+    if op in ("open", "exec"):  # fanotify cannot stop every way there: say what gets through
+        rule += 'fallback = "audit"\n'
+    return rule
 
 
 def policy_files(n: int) -> dict[str, str]:
@@ -206,9 +217,6 @@ class PolicyAgent:
 
 
 # ---- timing ----
-
-SCENARIOS = {"a": "none", "b": "10 rules", "c": "1000 rules"}
-SCENARIO_SIZE = {"b": 10, "c": 1000}
 
 
 def workloads(quick: bool) -> dict[str, dict[str, object]]:
@@ -351,36 +359,10 @@ def load_pass(
 # ---- report ----
 
 
-def report(
-    samples: dict[str, dict[str, list[float]]], wls: dict[str, dict[str, object]]
-) -> list[dict[str, object]]:
-    return benchlib.compare_scenarios(samples, wls, SCENARIOS)
-
-
 def print_tables(result: dict[str, object]) -> None:
     rows = result["rows"]
     assert isinstance(rows, list)
-    hdr = (f"{'workload':<18} {'scenario':<14} {'ns/iter':>9} {'min..max':>19} {'+ns/iter':>9} "
-           f"{'(min)':>8} {'+ns/sys':>8}")  # fmt: skip
-    print(hdr)
-    print("-" * len(hdr))
-    last = None
-    for r in rows:
-        if last is not None and r["workload"] != last:
-            print()
-        last = r["workload"]
-        if r["scenario"] == "c-b":
-            flat = "flat within noise" if r["flat"] else "NOT flat"
-            print(f"{'':<18} {'1000 vs 10':<14} {r['ns_per_iter_diff']:>+9.0f} "
-                  f"(noise {r['noise_ns']:.0f}: {flat})")  # fmt: skip
-            continue
-        s = r["ns_per_iter"]
-        per_sys = r["added_ns_per_syscall"]
-        per_sys_s = f"{per_sys:>+8.0f}" if isinstance(per_sys, float) else f"{'-':>8}"
-        print(f"{r['workload']:<18} {r['scenario'] + ': ' + SCENARIOS[r['scenario']]:<14} "
-              f"{s['median']:>9.0f} {s['min']:>9.0f}..{s['max']:<9.0f} "
-              f"{r['added_ns_per_iter']:>+9.0f} {r['added_ns_per_iter_min_based']:>+8.0f} "
-              f"{per_sys_s}")  # fmt: skip
+    benchlib.print_comparison(rows)
     fan = result["fanotify"]
     assert isinstance(fan, dict)
     print()
@@ -404,19 +386,19 @@ def print_tables(result: dict[str, object]) -> None:
     load = result["load"]
     assert isinstance(load, dict)
     print()
-    print(f"{'compile + load':<38} " + " ".join(f"{n + ' rules':>22}" for n in load))
-    steps = next(iter(load.values())).keys()
-    for step in steps:
-        cells = []
+    lines: list[list[object]] = []
+    for step in next(iter(load.values())):
+        cells: list[object] = [step]
         for t in load.values():
             s = summary(t[step])
             if step == "fanotify marks":
-                cells.append(f"{s['median']:>22.0f}")
+                cells.append(s["median"])
             else:
                 cells.append(
-                    f"{s['median'] * 1e3:>9.1f} ms ({s['min'] * 1e3:.0f}..{s['max'] * 1e3:.0f})"
+                    f"{s['median'] * 1e3:9.1f} ms ({s['min'] * 1e3:.0f}..{s['max'] * 1e3:.0f})"
                 )
-        print(f"{step:<38} " + " ".join(f"{c:>22}" for c in cells))
+        lines.append(cells)
+    benchlib.print_table([("compile + load", -38)] + [(f"{n} rules", 22) for n in load], lines)
 
 
 def main() -> int:
@@ -425,22 +407,11 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="1/5 of the iterations, 3 rounds")
     ap.add_argument("--cpu", type=int, default=1, help="CPU the load generator is pinned to")
     ap.add_argument("--load-reps", type=int, default=5, help="compile+load repetitions")
-    ap.add_argument(
-        "--working-tree-probes",
-        action="store_true",
-        help="bench agent/kernel/obj as built (default: probes/ as committed at HEAD)",
-    )
+    benchlib.add_probes_option(ap)
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        raise SystemExit("bench: needs root (loads BPF programs, fanotify, cgroups)")
+    benchlib.need_root("loads BPF programs, fanotify, cgroups")
     rounds = 3 if args.quick and args.rounds == 7 else args.rounds
-    benchlib.build_loadgen()
-    probes = (
-        {"probes": "working tree (agent/kernel/obj)"}
-        if args.working_tree_probes
-        else benchlib.build_probes("HEAD")
-    )
-    print(f"probes: {probes}")
+    probes = benchlib.prepare(args)
     dirs = prepare()
     sets = {}
     for n, d in dirs.items():
@@ -480,7 +451,7 @@ def main() -> int:
         result["load"] = load_pass(dirs, cgroup, caps, args.load_reps)
     samples = timing["samples"]
     assert isinstance(samples, dict)
-    result["rows"] = report(samples, wls)
+    result["rows"] = benchlib.compare_scenarios(samples, wls)
     med = {wl: {s: summary(v)["median"] for s, v in by.items()} for wl, by in samples.items()}
     result["fanotify"] = {
         str(SCENARIO_SIZE[scn]): {

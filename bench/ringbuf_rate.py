@@ -18,13 +18,12 @@ Results: stdout and build/bench/ringbuf_rate.json.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import threading
 import time
 
 import benchlib
-from benchlib import loadgen, summary
+from benchlib import loadgen, num, summary
 
 from agent.events.decode import Clock, Decoder
 from agent.events.stream import EventStream, StreamConfig
@@ -172,20 +171,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=3.0, help="flood duration per run")
     ap.add_argument("--starts", type=int, default=5, help="agent starts to time (median)")
-    ap.add_argument(
-        "--working-tree-probes",
-        action="store_true",
-        help="bench agent/kernel/obj as built (default: probes/ as committed at HEAD)",
-    )
+    benchlib.add_probes_option(ap)
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        raise SystemExit("bench: needs root (loads BPF programs)")
-    benchlib.build_loadgen()
-    if args.working_tree_probes:
-        probes = {"probes": "working tree (agent/kernel/obj)"}
-    else:
-        probes = benchlib.build_probes("HEAD")
-    print(f"probes: {probes}")
+    benchlib.need_root("loads BPF programs")
+    probes = benchlib.prepare(args)
     TMP.mkdir(parents=True, exist_ok=True)
     FILE.touch()
 
@@ -193,20 +182,20 @@ def main() -> int:
         "probes": probes,
         "foreign_bpf_programs": benchlib.foreign_bpf_programs(),
     }
-    runs = []
+    runs, lines = [], []
     for cpus in ([0, 1], [1]):
         for mode in ("raw", "decoded"):
             for ringbuf in (8 << 20, 64 << 20):
+                where = ",".join(map(str, cpus))
+                print(f"  flood: cpus {where}, {mode}, {ringbuf >> 20} MiB ...", flush=True)
                 r = throughput(mode, cpus, args.seconds, ringbuf)
                 runs.append(r)
-                where = ",".join(map(str, cpus))
-                print(
-                    f"flood cpus={where:<4} {mode:<8} ringbuf={ringbuf >> 20:>2} MiB: "
-                    f"offered {r['offered_per_s']:>9,.0f}/s  "
-                    f"drained {r['drained_per_s']:>9,.0f}/s  "
-                    f"dropped {r['dropped']:>9,} ({r['dropped_pct']:.1f}%)",
-                    flush=True,
-                )
+                lines.append([where, mode, ringbuf >> 20, num(r["offered_per_s"], ",.0f"),
+                              num(r["drained_per_s"], ",.0f"), num(r["dropped"], ","),
+                              num(r["dropped_pct"], ".1f")])  # fmt: skip
+    columns = [("cpus", -4), ("mode", -8), ("MiB", 3), ("offered/s", 11), ("drained/s", 11),
+               ("dropped", 11), ("%", 5)]  # fmt: skip
+    benchlib.print_table(columns, lines)
     result["throughput"] = runs
     off = offline_decode()
     result["offline_decode"] = off

@@ -264,35 +264,40 @@ def report(result: dict[str, object], wls: dict[str, dict[str, object]]) -> list
     return rows
 
 
-def _num(v: object, width: int, sign: bool = False) -> str:
-    if not isinstance(v, int | float):
-        return f"{'-':>{width}}"
-    return f"{v:>+{width}.0f}" if sign else f"{v:>{width}.0f}"
-
-
 def print_table(rows: list[dict[str, object]]) -> None:
-    hdr = (
-        f"{'workload':<20} {'scenario':<29} {'ns/iter':>8} {'min..max':>17} "
-        f"{'+ns/iter':>8} {'(min)':>7} {'+ns/sys':>7} {'probe':>6} {'nowake':>6}"
-    )
-    print(hdr)
-    print("-" * len(hdr))
+    columns = [
+        ("workload", -20),
+        ("scenario", -29),
+        ("ns/iter", 8),
+        ("min..max", 17),
+        ("+ns/iter", 8),
+        ("(min)", 7),
+        ("+ns/sys", 7),
+        ("probe", 6),
+        ("nowake", 6),
+    ]
+    lines: list[list[object] | None] = []
     last = None
     for r in rows:
         s = r["ns_per_iter"]
         assert isinstance(s, dict)
-        wl = str(r["workload"])
-        if last is not None and wl != last:
-            print()
-        last = wl
-        scn = f"{r['scenario']}: {r['scenario_desc']}"
-        print(
-            f"{wl:<20} {scn:<29} {s['median']:>8.0f} {s['min']:>8.0f}..{s['max']:<7.0f} "
-            f"{_num(r['added_ns_per_iter'], 8, True)} "
-            f"{_num(r['added_ns_per_iter_min_based'], 7, True)} "
-            f"{_num(r['added_ns_per_syscall'], 7, True)} {_num(r['probe_ns_per_iter'], 6)} "
-            f"{_num(r['probe_ns_per_iter_nodrain'], 6)}"
+        if last is not None and r["workload"] != last:
+            lines.append(None)
+        last = r["workload"]
+        lines.append(
+            [
+                r["workload"],
+                f"{r['scenario']}: {r['scenario_desc']}",
+                s["median"],
+                f"{s['min']:.0f}..{s['max']:.0f}",
+                benchlib.num(r["added_ns_per_iter"], "+.0f"),
+                benchlib.num(r["added_ns_per_iter_min_based"], "+.0f"),
+                benchlib.num(r["added_ns_per_syscall"], "+.0f"),
+                r["probe_ns_per_iter"],
+                r["probe_ns_per_iter_nodrain"],
+            ]
         )
+    benchlib.print_table(columns, lines)
 
 
 def main() -> int:
@@ -301,22 +306,11 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="1/5 of the iterations, 3 rounds")
     ap.add_argument("--cpu", type=int, default=1, help="CPU the load generator is pinned to")
     ap.add_argument("--no-stats", action="store_true", help="skip the BPF_ENABLE_STATS pass")
-    ap.add_argument(
-        "--working-tree-probes",
-        action="store_true",
-        help="bench agent/kernel/obj as built (default: probes/ as committed at HEAD)",
-    )
+    benchlib.add_probes_option(ap)
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        raise SystemExit("bench: needs root (loads BPF programs)")
+    benchlib.need_root("loads BPF programs")
     rounds = 3 if args.quick and args.rounds == 9 else args.rounds
-
-    benchlib.build_loadgen()
-    if args.working_tree_probes:
-        probes = {"probes": "working tree (agent/kernel/obj)"}
-    else:
-        probes = benchlib.build_probes("HEAD")
-    print(f"probes: {probes}")
+    probes = benchlib.prepare(args)
     prepare_files()
     ncpu = os.cpu_count() or 1
     if ncpu > 1:  # the agent (consumer thread) on another CPU than the load generator
