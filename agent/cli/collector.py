@@ -4,6 +4,10 @@ init     a collector directory: CA (or --ca-cert/--ca-key), server certificate, 
          store and collector.toml
 enroll   bind a host name, a client certificate and the host's genesis journal key, and write
          the bundle the host's agent forwards with (--forward-tls DIR)
+hosts    one line per enrolled host: size, last seal, last receive, lag and state (ok,
+         lagging, silent, gap, fork, tamper, rollback, unenrolled-key)
+verify   verify what the store holds again, end to end, with the journal's own verifier
+export   a host's records as a journal directory that `sealtrail journal verify` checks
 
 Options, defaults and the directory layouts: docs/collector.md.
 """
@@ -11,13 +15,25 @@ Options, defaults and the directory layouts: docs/collector.md.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.collector import layout, pki
-from agent.collector.config import DEFAULT_LISTEN
+from agent.collector.config import DEFAULT_LISTEN, CollectorConfig, load_config
+from agent.collector.export import export_host
+from agent.collector.hoststate import HostRow, enrolled_host, survey
 from agent.collector.provision import enroll_host, init_collector
+from agent.collector.reverify import HostReport, verify_host
+from agent.collector.store import Store, open_store
+from agent.journal.verify import Finding
+from agent.journal.writer import DEFAULT_SEGMENT_BYTES
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
 
 
 def register(subparsers: Any) -> None:
@@ -124,6 +140,76 @@ def register(subparsers: Any) -> None:
     _store(enroll, "override the store of collector.toml")
     _days(enroll, "the client certificate")
     enroll.set_defaults(func=run_enroll)
+    _register_operator(sub)
+
+    serve = sub.add_parser(
+        "serve",
+        help="receive and verify the hosts' journals (HTTPS, mutual TLS)",
+        description="Serve the forwarding protocol v1 (docs/collector.md) until SIGTERM.",
+    )
+    _dir(serve)
+    serve.add_argument(
+        "--listen",
+        metavar="ADDR:PORT",
+        help="address to listen on (default: collector.toml's listen)",
+    )
+    _store(serve, "the store (default: collector.toml's store)")
+    serve.set_defaults(func=run_serve)
+
+
+def _register_operator(sub: Any) -> None:
+    """The operator's commands: they read the store and judge; none of them changes it."""
+    hosts = sub.add_parser(
+        "hosts",
+        help="list the enrolled hosts and their state",
+        description="One line per enrolled host: accepted size, last seal, last receive, lag and "
+        "state. lagging: no seal for more than one heartbeat; silent: none for silent_after "
+        "heartbeats ([heartbeat] of collector.toml); docs/collector.md.",
+    )
+    _dir(hosts)
+    _store(hosts, "override the store of collector.toml")
+    hosts.add_argument("--json", action="store_true", help="machine-readable list")
+    hosts.set_defaults(func=run_hosts)
+
+    verify = sub.add_parser(
+        "verify",
+        help="verify what the store holds, end to end; exit 0 only if everything holds",
+        description="Verify every stored record of each host again with the journal's "
+        "verifier and the enrolled genesis key, and the store's hashes and heads against them "
+        "(docs/collector.md).",
+    )
+    _dir(verify)
+    _store(verify, "override the store of collector.toml")
+    verify.add_argument("--host", metavar="NAME", help="only this host (default: every host)")
+    verify.add_argument("--json", action="store_true", help="machine-readable report")
+    verify.set_defaults(func=run_verify)
+
+    export = sub.add_parser(
+        "export",
+        help="write a host's records as a journal directory",
+        description="Write the stored records of one host, byte for byte, as journal segment "
+        "files with its enrolled genesis key as journal.pub, for `sealtrail journal verify "
+        "--journal OUT --key OUT/journal.pub` (docs/collector.md).",
+    )
+    _dir(export)
+    _store(export, "override the store of collector.toml")
+    export.add_argument("--host", required=True, metavar="NAME", help="the host to export")
+    export.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="OUT",
+        help="the directory to write; created (mode 0700) or empty",
+    )
+    export.add_argument(
+        "--segment-bytes",
+        type=int,
+        default=DEFAULT_SEGMENT_BYTES,
+        metavar="N",
+        help="start a new segment after the first seal at N bytes, as the agent's writer does "
+        f"(default {DEFAULT_SEGMENT_BYTES})",
+    )
+    export.set_defaults(func=run_export)
 
 
 def _dir(parser: argparse.ArgumentParser) -> None:
@@ -147,6 +233,16 @@ def _days(parser: argparse.ArgumentParser, what: str) -> None:
         default=pki.CERT_DAYS,
         help=f"validity of {what} in days (default {pki.CERT_DAYS})",
     )
+
+
+def _open_store(args: argparse.Namespace) -> tuple[CollectorConfig, Store]:
+    """The collector's configuration and its store, or the one ``--store`` names (a bare path
+    relative to the current directory, as for ``init``)."""
+    config = load_config(Path(args.dir).absolute())
+    if args.store is not None:
+        store = args.store
+        config = config.override(store=store if "://" in store else str(Path(store).absolute()))
+    return config, open_store(config.store_url(), quarantine_limit=config.quarantine_limit)
 
 
 def run_init(args: argparse.Namespace) -> int:
@@ -194,6 +290,176 @@ def run_enroll(args: argparse.Namespace) -> int:
         print(f"  {path}")
     print(
         f"copy {done.out} to the host and start its agent with --forward-tls DIR",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from agent.collector.config import load_config
+    from agent.collector.server import serve
+
+    config = load_config(args.dir)
+    changes = {k: v for k, v in (("listen", args.listen), ("store", args.store)) if v}
+    if changes:
+        config = config.override(**changes)
+
+    def ready(address: tuple[str, int]) -> None:
+        print(f"collector {config.name} serving on {address[0]}:{address[1]}", flush=True)
+
+    asyncio.run(serve(config, ready=ready))
+    return 0
+
+
+# ------------------------------------------------------------------------------ operator
+def run_hosts(args: argparse.Namespace) -> int:
+    config, store = _open_store(args)
+    now = time.time_ns()
+    with store:
+        rows = survey(store, config, now)
+    if args.json:
+        document = {
+            "now_ns": str(now),
+            "heartbeat_seconds": config.heartbeat_seconds,
+            "silent_after": config.silent_after,
+            "hosts": [row.to_dict() for row in rows],
+        }
+        print(json.dumps(document, indent=2, ensure_ascii=False))
+        return 0
+    if not rows:
+        print("no host is enrolled (sealtrail collector enroll)", file=sys.stderr)
+        return 0
+    table = [("HOST", "SIZE", "LAST SEAL", "LAST RECEIVE", "LAG", "STATE")]
+    table += [_host_line(row) for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]) - 1)]
+    for line in table:
+        cells = [cell.ljust(width) for cell, width in zip(line, widths, strict=False)]
+        print("  ".join([*cells, line[-1]]).rstrip())
+    return 0
+
+
+def _host_line(row: HostRow) -> tuple[str, str, str, str, str, str]:
+    state = str(row.state)
+    if row.since_ns is not None:
+        state += f" since {_when(row.since_ns)}"
+    if row.head.detail:
+        state += f": {row.head.detail}"
+    return (
+        row.host.name,
+        str(row.head.size),
+        _when(row.head.last_seal_ns),
+        _when(row.head.last_receive_ns),
+        "-" if row.lag_seconds is None else _age(row.lag_seconds),
+        state,
+    )
+
+
+def _when(ns: int | None) -> str:
+    if ns is None:
+        return "-"
+    return datetime.fromtimestamp(ns / 1e9, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _age(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    if days:
+        return f"{days}d{hours:02d}h"
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s"
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    _, store = _open_store(args)
+    reports: list[HostReport] = []
+    with store:
+        hosts = [enrolled_host(store, args.host)] if args.host else store.hosts()
+        total = sum(store.head(host.name).size for host in hosts)
+        with _progress() as progress:
+            task = progress.add_task("", total=total)
+            for host in hosts:
+                progress.update(task, description=host.name)
+
+                def show(finding: Finding, name: str = host.name) -> None:
+                    if not args.json and finding.severity != "info":
+                        print(f"{finding.severity}: {name}: {finding}")
+
+                def advance(records: int) -> None:
+                    progress.advance(task, records)
+
+                report = verify_host(store, host, emit=show, progress=advance)
+                reports.append(report)
+                if not args.json:
+                    print(_report_line(report))
+    ok = all(report.ok for report in reports)
+    if args.json:
+        document = {"ok": ok, "hosts": [report.to_dict() for report in reports]}
+        print(json.dumps(document, indent=2, ensure_ascii=False))
+    else:
+        failed = sum(not report.ok for report in reports)
+        records = sum(report.summary.records for report in reports)
+        verdict = f"FAILED: {failed} of {len(reports)} hosts" if failed else "OK"
+        print(f"store {verdict}: {len(reports)} hosts, {records} records verified")
+    return 0 if ok else 1
+
+
+def _progress() -> Progress:
+    """A progress bar on stderr, only when stderr is a terminal (rich is imported only here:
+    every sealtrail command imports this module)."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("verifying {task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("records"),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=True,
+        # findings printed meanwhile go above the bar when both share the terminal
+        redirect_stdout=sys.stdout.isatty(),
+        redirect_stderr=False,
+        disable=not sys.stderr.isatty(),
+    )
+
+
+def _report_line(report: HostReport) -> str:
+    s = report.summary
+    name = report.host.name
+    if report.head.size == 0 and s.ok:
+        return f"{name}: OK: no records yet (status {report.head.status})"
+    tail = f"; unsealed tail, {s.unsealed} records" if s.unsealed > 0 else ""
+    end = "; ends with the agent's stop and final seal" if s.clean_end else ""
+    body = (
+        f"{s.records} records, {s.seals} seals, {s.rotations} key rotations, last seal at seq "
+        f"{s.last_seal_seq}{tail}{end} (status {report.head.status})"
+    )
+    return f"{name}: OK: {body}" if s.ok else f"{name}: FAILED: {s.errors} errors; {body}"
+
+
+def run_export(args: argparse.Namespace) -> int:
+    _, store = _open_store(args)
+    with store:
+        done = export_host(store, args.host, args.out, segment_bytes=args.segment_bytes)
+    print(
+        f"exported {done.records} records of host {done.host} to {done.out} in "
+        f"{len(done.segments)} segments; genesis key {done.key.name} (id {done.key_id})"
+    )
+    print(
+        f"check them: sealtrail journal verify --journal {done.out} --key {done.key}",
         file=sys.stderr,
     )
     return 0
