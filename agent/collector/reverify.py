@@ -9,7 +9,9 @@ memory). Then what the store keeps beside the records must agree with them:
 
 - each row's stored record hash is the hash of its stored line (ingest compares re-sent lines
   by that hash, so a changed hash would let a forged line pass as a re-send);
-- the rows are exactly seqs 0 .. size-1 of the head: none missing at the end, none beyond;
+- the rows are exactly seqs 0 .. size-1 of the head: none missing at the end, none beyond,
+  and the last is a valid seal (ingest stores a batch only up to its last seal, so records
+  after it were added behind the collector's back: they are authenticated by nothing);
 - the head's chain state is the one the verifier reached (ingest resumes from it), its last
   hash that of the last record, and its checkpoint the one the last valid seal signs.
 
@@ -100,6 +102,7 @@ class _HostCheck:
                 out(self._bad_hashes())
                 progress(rows)
             out(self.verifier.finish())
+            out(self._unsealed())
         out(self._rows(size))
         if self.report.ok:
             out(self._head(size))
@@ -139,6 +142,18 @@ class _HostCheck:
                 "the stored record hash is not the hash of the stored line: " + _BEHIND, seq
             )
         self.bad_hashes.clear()
+
+    def _unsealed(self) -> Iterator[Finding]:
+        """Ingest stores a batch only up to its last seal: records after the last valid seal
+        were added by someone else (a record without a seal is authenticated by nothing)."""
+        s = self.report.summary
+        if s.unsealed > 0:
+            yield self._error(
+                f"{s.unsealed} records after the last valid seal: ingest stores only sealed "
+                "records, " + _BEHIND,
+                s.last_seal_seq + 1,
+                seq_end=s.size - 1,
+            )
 
     def _rows(self, size: int) -> Iterator[Finding]:
         if self.last_seq < size - 1:

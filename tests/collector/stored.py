@@ -42,25 +42,29 @@ class StoredJournal:
         store.enroll(self.host, fingerprint, self.genesis.to_line(), now_ns)
 
     def forward(self, store: Store, *, batches: int = 3, upto: int | None = None) -> None:
-        """Append lines 0 .. upto-1 (all by default) in ``batches`` batches, as ingest would
-        after verifying each: chain state, last checkpoint and last seal time."""
+        """Send lines 0 .. upto-1 (all by default) in ``batches`` batches and store each up to
+        its last seal, as ingest does after verifying it (the rest waits for its seal; records
+        after the journal's last seal are not stored): chain state, checkpoint, seal time."""
         lines = self.lines[: len(self.lines) if upto is None else upto]
         verifier = Verifier(self.genesis, expected_host=self.host)
         step = -(-len(lines) // batches)
-        for start in range(0, len(lines), step):
-            batch = lines[start : start + step]
+        size = 0
+        for end in range(step, len(lines) + step, step):
+            seals = [i for i in range(size, min(end, len(lines))) if _is_seal(lines[i])]
+            if not seals:
+                continue
+            batch = lines[size : seals[-1] + 1]
             body = b"\n".join(batch) + b"\n"
-            found = list(verifier.feed_chunk(Chunk(f"batch:{start}", 0, body)))
+            found = list(verifier.feed_chunk(Chunk(f"batch:{size}", 0, body)))
             assert not [f for f in found if f.severity == "error"], found
-            seals = [parse_line(line) for line in batch if b'"type":"seal"' in line]
-            seals = [record for record in seals if record.type == "seal"]
-            checkpoint = seal_ns = None
-            if seals:
-                cp, sig = Checkpoint.from_seal(seals[-1])
-                checkpoint = json.dumps(SignedCheckpoint(cp, sig, seals[-1].seq).to_dict())
-                seal_ns = seals[-1].ts
+            seal = parse_line(batch[-1])
+            cp, sig = Checkpoint.from_seal(seal)
+            checkpoint = json.dumps(SignedCheckpoint(cp, sig, seal.seq).to_dict())
             state = json.dumps(verifier.state().to_dict())
             hashes = [record_hash(line) for line in batch]
-            assert store.append(
-                self.host, start, batch, hashes, state, checkpoint, seal_ns, seal_ns or 1
-            )
+            assert store.append(self.host, size, batch, hashes, state, checkpoint, seal.ts, seal.ts)
+            size += len(batch)
+
+
+def _is_seal(line: bytes) -> bool:
+    return b'"type":"seal"' in line and parse_line(line).type == "seal"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 from pathlib import Path
 
@@ -15,7 +16,8 @@ from agent.collector.config import make_config
 from agent.collector.reverify import HostReport, verify_host
 from agent.collector.store import Store
 from agent.journal.record import record_hash
-from agent.journal.verify import Finding
+from agent.journal.segments import Chunk
+from agent.journal.verify import Finding, Verifier
 from tests.collector.stored import StoredJournal
 from tests.collector.test_store import raw_execute
 from tests.unit.journal.conftest import first_error_seq
@@ -73,14 +75,36 @@ def test_a_clean_store_verifies_and_the_head_matches(store: Store, web: StoredJo
     assert report.head.size == len(web.lines)
 
 
-def test_a_host_still_sending_verifies_with_its_unsealed_tail(tmp_path: Path, store: Store) -> None:
+def test_a_host_still_sending_verifies_up_to_its_last_seal(tmp_path: Path, store: Store) -> None:
     live = StoredJournal(tmp_path, "db-01", 90, seal_every=40, close=False)
     live.enroll(store, 1)
     live.forward(store, batches=2)
     report, found = check(store, "db-01")
     assert report.ok, errors(found)
-    assert report.summary.unsealed > 0 and not report.summary.clean_end
-    assert any("does not end with the agent's stop" in f.message for f in found)
+    assert report.head.size == live.seq_of(b'"size":%d,' % (report.head.size - 1)) + 1
+    assert report.summary.unsealed == 0 and not report.summary.clean_end
+    assert [f.severity for f in found] == ["warning"]  # no stop record yet
+
+
+def test_unsealed_records_in_the_store_are_an_error(tmp_path: Path, store: Store) -> None:
+    """Ingest stores only sealed records; unsealed ones appended behind its back (with a
+    matching head) are authenticated by nothing."""
+    live = StoredJournal(tmp_path, "db-01", 90, seal_every=40, close=False)
+    live.enroll(store, 1)
+    live.forward(store, batches=1)
+    size = store.head("db-01").size
+    verifier = Verifier(live.genesis, expected_host="db-01")
+    list(verifier.feed_chunk(Chunk("all", 0, live.bytes)))
+    tail = live.lines[size:]
+    assert tail and store.append(
+        "db-01", size, tail, [record_hash(line) for line in tail],
+        json.dumps(verifier.state().to_dict()), None, None, 2,
+    )  # fmt: skip
+    _report, found = check(store, "db-01")
+    assert [(f.seq, f.seq_end) for f in found if f.severity == "error"] == [
+        (size, len(live.lines) - 1)
+    ]
+    assert "ingest stores only sealed records" in errors(found)[0]
 
 
 def test_a_host_without_records_is_ok(store: Store, web: StoredJournal, tmp_path: Path) -> None:
@@ -136,8 +160,11 @@ def test_a_changed_last_line_is_found(store: Store, web: StoredJournal, url: str
         url, f"UPDATE records SET line = ? WHERE host_id = {HOST_ID} AND seq = ?",
         (changed, "web-01", last),
     )  # fmt: skip
-    report, _ = check(store)
-    assert not report.ok and first_error_seq(report.summary) == last
+    report, found = check(store)
+    assert not report.ok
+    assert any(f.seq == last and f.message.startswith("malformed record") for f in found)
+    # the stop record before it lost its seal with it
+    assert (last - 1, last) in [(f.seq, f.seq_end) for f in found if "only sealed" in f.message]
 
 
 def test_a_line_changed_with_its_hash_is_found_by_the_chain(
@@ -179,8 +206,14 @@ def test_deleted_rows_at_the_end_are_found(store: Store, web: StoredJournal, url
         url, f"DELETE FROM records WHERE host_id = {HOST_ID} AND seq >= ?", ("web-01", size - 3)
     )
     _report, found = check(store)
-    assert [(f.seq, f.seq_end) for f in found if f.severity == "error"] == [(size - 3, size - 1)]
-    assert "the head holds" in errors(found)[0]
+    kept = web.lines[: size - 3]  # the last seal, the stop record and the final seal go
+    last_seal = max(i for i, line in enumerate(kept) if b'"type":"seal"' in line)
+    assert last_seal < size - 4
+    assert [(f.seq, f.seq_end) for f in found if f.severity == "error"] == [
+        (last_seal + 1, size - 4),  # left after the last seal that is still there
+        (size - 3, size - 1),
+    ]
+    assert "the head holds" in errors(found)[1]
 
 
 def test_a_row_beyond_the_head_is_found(store: Store, web: StoredJournal, url: str) -> None:
@@ -318,3 +351,18 @@ def test_cli_verify_without_a_terminal_shows_no_bar(
 ) -> None:
     rc, _, err = run(capsys, "verify", "--dir", collector_dir(tmp_path, store_url))
     assert rc == 0 and err == ""
+
+
+def test_cli_verify_of_a_live_host_says_it_has_no_stop_yet_without_warning(
+    tmp_path: Path, store: Store, store_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    live = StoredJournal(tmp_path, "db-01", 90, seal_every=40, close=False)
+    live.enroll(store, 1)
+    live.forward(store, batches=2)
+    coll = collector_dir(tmp_path, store_url)
+    rc, out, _ = run(capsys, "verify", "--dir", coll)
+    assert rc == 0 and "warning" not in out
+    assert re.search(r", last seal at seq \d+; no stop record yet \(status ok\)$", out, re.M)
+    rc, out, _ = run(capsys, "verify", "--dir", coll, "--json")
+    (host,) = json.loads(out)["hosts"]
+    assert [f["severity"] for f in host["findings"]] == ["warning"]  # all of them, in JSON
