@@ -33,14 +33,10 @@ from agent.journal import JournalWriter
 from agent.journal.canonical import JsonValue
 from agent.policy.mechanisms import HostCapabilities, host_capabilities
 from agent.policyload import Installer, load_policies
-from agent.recorder import NATIVE_KINDS as NATIVE_KINDS  # (*)
 from agent.recorder import Judge, RecordCounters, Recorder, RecordSource, text_safe
-from agent.recorder import event_fields as event_fields  # (*)
-from agent.recorder import record_batch as record_batch  # (*)
 from agent.sdnotify import Notifier
 from agent.status import write_status
 
-# (*) moved to agent.recorder; named here until tests/unit/test_native_record.py imports them
 # from there (another change owns that file)
 
 log = logging.getLogger(__name__)

@@ -21,12 +21,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent import native
-from agent.daemon import NATIVE_KINDS, event_fields, record_batch
 from agent.events.decode import KIND_OP, Clock, DecodeError, Decoder
 from agent.journal.keys import KeyStore
 from agent.journal.writer import JournalWriter
 from agent.kernel import abi
 from agent.native.encoder import EventEncoder
+from agent.recorder import NATIVE_KINDS, event_fields, record_batch
 
 pytestmark = pytest.mark.skipif(
     not native.available() and not os.environ.get("CI"),
