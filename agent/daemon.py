@@ -37,8 +37,6 @@ from agent.recorder import Judge, RecordCounters, Recorder, RecordSource, text_s
 from agent.sdnotify import Notifier
 from agent.status import write_status
 
-# from there (another change owns that file)
-
 log = logging.getLogger(__name__)
 
 # What the journal records by default: process lifecycle and network activity. File events are
