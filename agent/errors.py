@@ -47,6 +47,11 @@ class FormatError(SealtrailError):
     """A record, checkpoint, proof or key file does not follow docs/journal-format.md."""
 
 
+class ForwardError(SealtrailError):
+    """Forwarding the journal to the collector failed: the bundle, the connection, or an
+    answer that does not follow the protocol."""
+
+
 class PolicyError(SealtrailError):
     """A policy, a policy set or a fixture file cannot be used as written."""
 

@@ -43,6 +43,9 @@ REQUIRED_FIELDS: Mapping[str, frozenset[str]] = {
     ),
     "key_rotation": frozenset({"new_key", "new_key_id", "old_key_id", "sig"}),
     "seal": frozenset({"size", "root", "key_id", "sig"}),
+    # the collector's signed word that it holds records 0..size-1 (agent.forward)
+    "receipt": frozenset({"collector", "size", "root", "collector_ts", "key_id", "sig"}),
+    "forward_error": frozenset({"collector", "error", "detail"}),
 }
 WRITER_TYPES = frozenset({"recovery", "key_rotation", "seal", "stop"})
 VERDICT_ACTIONS = frozenset({"allow", "audit", "deny", "kill", "would_deny", "would_kill"})

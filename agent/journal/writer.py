@@ -36,6 +36,9 @@ DEFAULT_EPOCH_SECONDS = 3600.0
 DEFAULT_SEAL_INTERVAL = 0.1
 DEFAULT_SEAL_EVERY = 8192
 DEFAULT_SEGMENT_BYTES = 64 << 20
+#: An idle journal is still sealed this often, so the collector can tell a quiet host from a
+#: cut-off, stopped or killed one (it flags a host silent after 3 heartbeats without a seal).
+DEFAULT_HEARTBEAT = 10.0
 
 __all__ = ["JournalWriter", "Recovery"]
 
@@ -56,6 +59,7 @@ class JournalWriter:
         seal_interval: float,
         seal_every: int,
         segment_bytes: int,
+        heartbeat: float,
         clock: Callable[[], int],
     ) -> None:
         self.directory = live.directory
@@ -76,10 +80,12 @@ class JournalWriter:
         self._seal_interval = seal_interval
         self._seal_every = seal_every
         self._segment_bytes = segment_bytes
+        self._heartbeat = heartbeat
         self._clock = clock
         self._lock = threading.Lock()
         self._unsealed = 0
         self._unsealed_since = 0.0
+        self._sealed_at = time.monotonic()
         self._common = {"host": host, "boot_id": boot_id}
 
     # ----------------------------------------------------------------------------- opening
@@ -95,6 +101,7 @@ class JournalWriter:
         seal_interval: float = DEFAULT_SEAL_INTERVAL,
         seal_every: int = DEFAULT_SEAL_EVERY,
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        heartbeat: float = DEFAULT_HEARTBEAT,
         protect_files: bool = True,
         create_keys: bool = True,
         clock: Callable[[], int] = time.time_ns,
@@ -104,6 +111,7 @@ class JournalWriter:
 
         ``create_keys``: make the genesis key pair if ``keys_dir`` has none (the agent's first
         start). ``protect_files``: set FS_APPEND_FL / FS_IMMUTABLE_FL where supported.
+        ``heartbeat``: the longest time ``tick`` lets pass without a seal, idle or not.
         ``use_native``: keep the chain in the native core where it is built (the same bytes
         either way; ``append_events`` needs it).
         """
@@ -128,6 +136,7 @@ class JournalWriter:
             seal_interval=seal_interval,
             seal_every=seal_every,
             segment_bytes=segment_bytes,
+            heartbeat=heartbeat,
             clock=clock,
         )
         if found.recovery is not None:
@@ -218,12 +227,16 @@ class JournalWriter:
             return end, taken, encoder.stop
 
     def tick(self) -> None:
-        """Seal records older than the seal interval and rotate an expired epoch key."""
+        """Seal records older than the seal interval, seal an idle journal every heartbeat
+        (the seal then covers only the seal before it), and rotate an expired epoch key."""
         with self._lock:
             if self._live.closed:
                 return
-            if self._unsealed and time.monotonic() - self._unsealed_since >= self._seal_interval:
+            now = time.monotonic()
+            if self._unsealed and now - self._unsealed_since >= self._seal_interval:
                 self._seal()
+            elif now - self._sealed_at >= self._heartbeat and self.next_seq:
+                self._seal(heartbeat=True)
             if self._clock() - self._epoch_start >= self._epoch_ns:
                 self._rotate_key()
 
@@ -253,6 +266,14 @@ class JournalWriter:
     @property
     def next_seq(self) -> int:
         return self._chain.next_seq
+
+    @property
+    def sealed_size(self) -> int:
+        """Records durable on disk: every record up to and including the last seal (each seal
+        is fdatasynced after it is written, the records it covers before). What a forwarder
+        may send: a record it sent that a power loss then took back would fork the journal
+        at the collector."""
+        return self._last_seal_seq + 1
 
     @property
     def key_id(self) -> str:
@@ -288,8 +309,8 @@ class JournalWriter:
             self._unsealed_since = time.monotonic()
         self._unsealed += n
 
-    def _seal(self, *, rotate_segment: bool = True) -> int | None:
-        if not self._unsealed:
+    def _seal(self, *, rotate_segment: bool = True, heartbeat: bool = False) -> int | None:
+        if not (self._unsealed or heartbeat):
             return None
         self._live.sync()  # the records a seal covers are durable before the seal exists
         chain = self._chain
@@ -315,6 +336,7 @@ class JournalWriter:
         seq = self._emit(seal)
         self._live.sync()
         self._last_seal_seq = seq
+        self._sealed_at = time.monotonic()
         self._unsealed = 0
         if rotate_segment and self._live.size >= self._segment_bytes:
             self._rotate_segment()

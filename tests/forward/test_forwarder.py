@@ -1,0 +1,346 @@
+"""The forwarder's decisions, step by step, against an in-memory collector (``fakes``) over real
+journals: what it sends, when it moves on, what it waits, what it journals."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+from agent.collector.protocol import Receipt
+from agent.forward.client import Answer
+from agent.forward.forwarder import Forwarder, Wait
+from agent.forward.pacing import Pacing
+from agent.forward.records import receipt_of
+from agent.forward.source import JournalSource
+from agent.journal.keys import SigningKey
+from agent.journal.record import Record
+from agent.journal.segments import iter_lines
+from tests.forward.conftest import Journal
+from tests.forward.fakes import FakeCollector, down
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def stored(journal: Journal) -> list[bytes]:
+    return [line.data for line in iter_lines(journal.dir)]
+
+
+def forwarder(
+    journal: Journal,
+    collector: FakeCollector,
+    *,
+    durable: int | None = None,
+    clock: Clock | None = None,
+    status_dir: Path | None = None,
+    max_records: int = 50,
+    **pacing: object,
+) -> Forwarder:
+    return Forwarder(
+        JournalSource(journal.dir, max_records=max_records),
+        collector,
+        collector.key.public,
+        host=journal.host,
+        durable=len(stored(journal)) if durable is None else durable,
+        collector="https://collector.test:8443",
+        pacing=Pacing(**{"rate": 0, **pacing}),  # type: ignore[arg-type]
+        status_dir=status_dir,
+        clock=clock or Clock(),
+        rng=random.Random(7),
+    )
+
+
+def run(fwd: Forwarder, steps: int = 200) -> list[Wait]:
+    """Step until the forwarder has nothing to do (idle), or ``steps`` steps."""
+    waits = []
+    for _ in range(steps):
+        wait = fwd.step()
+        waits.append(wait)
+        if wait.idle:
+            break
+    return waits
+
+
+def test_forwards_every_line_exactly_once_and_then_idles(journal: Journal) -> None:
+    journal.fill(200, seal_every=20)
+    collector = FakeCollector(journal.host)
+    fwd = forwarder(journal, collector)
+    waits = run(fwd)
+    assert waits[-1].idle and all(w.seconds == 0 for w in waits[:-1])
+    assert collector.lines == stored(journal)
+    ingests = [r for r in collector.requests if r[0] == "ingest"]
+    assert sum(n for _, _, n in ingests) == len(stored(journal))  # nothing sent twice
+    status = fwd.status()
+    assert status["state"] == "idle" and status["lag_records"] == 0
+    assert status["acknowledged"] == status["head"] == len(stored(journal))
+
+
+def test_sends_only_what_is_durable(journal: Journal) -> None:
+    w = journal.fill(60, seal_every=20, close=False)
+    w.append("event", {"kind": "exec", "pid": 1})  # written, not yet sealed
+    collector = FakeCollector(journal.host)
+    fwd = forwarder(journal, collector, durable=w.sealed_size)
+    run(fwd)
+    assert len(collector.lines) == w.sealed_size < len(stored(journal))
+    w.flush_and_seal()
+    fwd.notify(w.sealed_size)
+    run(fwd)
+    assert collector.lines == stored(journal)
+    w.close({"reason": "test"})
+
+
+def test_resumes_from_the_head_after_a_restart(journal: Journal) -> None:
+    journal.fill(100, seal_every=20)
+    collector = FakeCollector(journal.host)
+    collector.lines = stored(journal)[:37]
+    fwd = forwarder(journal, collector)
+    run(fwd)
+    assert collector.lines == stored(journal)
+    assert collector.requests[1][:2] == ("ingest", 37)
+
+
+def test_a_gap_resumes_where_the_collector_says(journal: Journal) -> None:
+    journal.fill(100, seal_every=20)
+    collector = FakeCollector(journal.host)
+    fwd = forwarder(journal, collector)
+    fwd.step()  # head: 0
+    collector.lines = []
+    fwd.step()  # batch 0..49 accepted
+    del collector.lines[20:]  # the collector lost records (restored from a backup)
+    run(fwd)
+    assert collector.lines == stored(journal)
+    starts = [start for kind, start, _ in collector.requests if kind == "ingest"]
+    assert starts[:4] == [0, 25, 20, 25]  # resumed at the size the 409 named
+    (error,) = fwd.take_records()[:1]
+    assert error[1]["error"] == "behind"  # it had signed for 25
+
+
+def test_receipts_are_checked_and_journaled_at_most_once_a_second(journal: Journal) -> None:
+    journal.fill(200, seal_every=20)
+    collector = FakeCollector(journal.host)
+    clock = Clock()
+    fwd = forwarder(journal, collector, clock=clock)
+    run(fwd)
+    records = fwd.take_records()
+    assert [t for t, _ in records] == ["receipt"]
+    record = Record(0, 1, journal.host, "b", "receipt", "0" * 64, records[0][1])
+    receipt = receipt_of(record)
+    receipt.verify(collector.key.public, host=journal.host)
+    assert receipt.size == len(stored(journal))
+    assert fwd.take_records() == []  # nothing new
+    w = journal.writer()
+    w.append("event", {"kind": "exec", "pid": 1})
+    w.flush_and_seal()
+    fwd.notify(w.sealed_size)
+    run(fwd)
+    assert fwd.take_records() == []  # within the second
+    clock.now += 1.0
+    assert [t for t, _ in fwd.take_records()] == ["receipt"]
+    w.close({"reason": "test"})
+
+
+def test_a_receipt_for_bookkeeping_only_is_not_journaled(journal: Journal) -> None:
+    """A journaled receipt is a record to forward whose receipt would be journaled: forever."""
+    journal.fill(20, seal_every=20, close=False).close({"reason": "test"})
+    collector = FakeCollector(journal.host)
+    clock = Clock()
+    fwd = forwarder(journal, collector, clock=clock)
+    run(fwd)
+    (receipt,) = fwd.take_records()
+    w = journal.writer(heartbeat=0.01)
+    w.append(*receipt)
+    w.flush_and_seal()  # the receipt and its seal
+    time.sleep(0.02)
+    w.tick()  # a heartbeat seal
+    fwd.notify(w.sealed_size)
+    run(fwd)
+    clock.now += 5
+    assert fwd.take_records() == []
+    assert collector.lines == stored(journal)
+    w.close({"reason": "test"})
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    ["key", "host", "size"],
+)
+def test_a_receipt_that_does_not_hold_is_not_trusted(journal: Journal, tamper: str) -> None:
+    journal.fill(40, seal_every=20)
+    collector = FakeCollector(journal.host)
+    fwd = forwarder(journal, collector)
+    fwd.step()
+    if tamper == "key":
+        collector.key = SigningKey.generate()
+    elif tamper == "host":
+        collector.signed_host = "other-host"
+    else:
+        size = len(stored(journal)) + 1
+        receipt = Receipt.sign(collector.key, "coll", journal.host, size, b"\0" * 32, None)
+        collector.script = [Answer(200, {"size": size, "receipt": receipt.to_dict()}, None)]
+    wait = fwd.step()
+    assert wait.seconds <= Pacing().backoff_base * 2 and not wait.idle
+    status = fwd.status()
+    assert status["acknowledged"] == 0 and status["head"] is None
+    assert status["last_error"]["error"] == "receipt"
+    (error,) = fwd.take_records()
+    assert error[0] == "forward_error" and error[1]["error"] == "receipt"
+    assert "receipt not trusted" in str(error[1]["detail"])
+
+
+def test_a_rejection_sends_what_precedes_it_then_waits_long(journal: Journal) -> None:
+    journal.fill(100, seal_every=20)
+    lines = stored(journal)
+    collector = FakeCollector(journal.host)
+
+    def reject(start: int, body: bytes) -> Answer | None:
+        if start + body.count(b"\n") > 70:
+            return Answer(422, {"error": "tamper", "detail": "hash mismatch", "seq": 70}, None)
+        return None
+
+    collector.hook = reject
+    fwd = forwarder(journal, collector, max_records=50)
+    while (wait := fwd.step()).seconds == 0:
+        pass
+    last_seal = max(i for i, line in enumerate(lines[:70]) if line.endswith(b'"type":"seal"}'))
+    assert collector.lines == lines[: last_seal + 1]  # what could go before the rejected record
+    assert wait.seconds == Pacing().refused_backoff
+    status = fwd.status()
+    assert status["state"] == "rejected"
+    assert status["rejected"]["seq"] == 70 and status["rejected"]["error"] == "tamper"
+    errors = [f for t, f in fwd.take_records() if t == "forward_error"]
+    assert [f["error"] for f in errors] == ["rejected"]
+    assert errors[0]["code"] == "tamper" and errors[0]["seq"] == 70
+    for n in (2, 3):  # the same rejection again after the wait: not journaled again, longer
+        while (wait := fwd.step()).seconds == 0:
+            pass
+        assert wait.seconds == Pacing().refused_backoff * 2 ** (n - 1)
+    assert fwd.take_records() == []
+    collector.hook = None  # the operator fixed it at the collector
+    run(fwd)
+    assert collector.lines == lines and fwd.status()["rejected"] is None
+
+
+def test_network_errors_back_off_with_full_jitter_and_are_journaled_once(
+    journal: Journal,
+) -> None:
+    journal.fill(40, seal_every=20)
+    collector = FakeCollector(journal.host)
+    collector.script = [down("timed out") for _ in range(12)]
+    fwd = forwarder(journal, collector, backoff_base=0.5, backoff_cap=30.0)
+    waits = [fwd.step() for _ in range(12)]
+    for attempt, wait in enumerate(waits, 1):
+        assert 0 <= wait.seconds <= min(30.0, 0.5 * 2**attempt) and not wait.idle
+    assert max(w.seconds for w in waits[6:]) > 5  # it does grow
+    errors = fwd.take_records()
+    assert [f["error"] for _, f in errors] == ["unreachable"]
+    assert fwd.status()["state"] == "backoff"
+    run(fwd)
+    assert collector.lines == stored(journal)
+
+
+def test_server_errors_retry_from_the_head(journal: Journal) -> None:
+    journal.fill(40, seal_every=20)
+    collector = FakeCollector(journal.host)
+    fwd = forwarder(journal, collector)
+    fwd.step()
+    collector.script = [Answer(500, {"error": "internal"}, None)]
+    wait = fwd.step()
+    assert 0 <= wait.seconds <= 1.0 and fwd.status()["head"] is None
+    run(fwd)
+    assert collector.lines == stored(journal)
+
+
+@pytest.mark.parametrize("status", [429, 503])
+def test_pushback_is_honoured(journal: Journal, status: int) -> None:
+    journal.fill(40, seal_every=20)
+    collector = FakeCollector(journal.host)
+    fwd = forwarder(journal, collector)
+    fwd.step()
+    collector.script = [Answer(status, {"error": "busy"}, 7.0)]
+    assert fwd.step() == Wait(7.0)
+    assert fwd.status()["state"] == "pushback" and fwd.take_records() == []
+    collector.script = [Answer(status, {"error": "busy"}, None)]  # no Retry-After: backoff
+    assert 0 <= fwd.step().seconds <= 2.0
+    run(fwd)
+    assert collector.lines == stored(journal)
+
+
+def test_the_catch_up_rate_is_limited(journal: Journal) -> None:
+    journal.fill(300, seal_every=20)
+    collector = FakeCollector(journal.host)
+    clock = Clock()
+    fwd = forwarder(journal, collector, clock=clock, rate=100, max_records=50)
+    sent_at: list[float] = []
+    while not (wait := fwd.step()).idle:
+        if wait.seconds == 0 and collector.requests[-1][0] == "ingest":
+            sent_at.append(clock.now)
+        clock.now += wait.seconds
+    assert collector.lines == stored(journal)
+    records = len(stored(journal))
+    elapsed = sent_at[-1] - sent_at[0]
+    # one second of burst, then 100 records/s
+    assert (records - 150) / 100 <= elapsed <= records / 100
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (Answer(200, {"host": "other", "size": 0}, None), "protocol"),
+        (Answer(200, {"host": "host-a"}, None), "protocol"),
+        (Answer(403, {"error": "unenrolled", "detail": "not bound"}, None), "refused"),
+    ],
+)
+def test_a_collector_that_does_not_know_the_host_is_a_long_wait(
+    journal: Journal, answer: Answer, error: str
+) -> None:
+    journal.fill(20, seal_every=20)
+    collector = FakeCollector(journal.host)
+    collector.script = [answer]
+    wait = fwd_step = forwarder(journal, collector).step()
+    assert fwd_step == wait
+    if error == "refused" or answer.body.get("host") == "other":
+        assert wait.seconds == Pacing().refused_backoff
+    assert collector.requests == [("head", None, 0)]
+
+
+def test_a_collector_ahead_of_the_journal_is_reported(journal: Journal) -> None:
+    """The collector holds more than this host's journal: it was cut or replaced."""
+    journal.fill(20, seal_every=20)
+    collector = FakeCollector(journal.host)
+    collector.lines = [b"x"] * 500
+    fwd = forwarder(journal, collector)
+    assert fwd.step().seconds == Pacing().refused_backoff
+    (error,) = fwd.take_records()
+    assert error[1]["error"] == "ahead" and "cut or replaced" in str(error[1]["detail"])
+    assert [r[0] for r in collector.requests] == ["head"]
+
+
+def test_status_file_and_lag(journal: Journal, tmp_path: Path) -> None:
+    journal.fill(100, seal_every=20)
+    collector = FakeCollector(journal.host)
+    collector.script = [down() for _ in range(3)]
+    clock = Clock()
+    fwd = forwarder(journal, collector, clock=clock, status_dir=tmp_path)
+    for _ in range(3):
+        fwd.step()
+    fwd.step()  # head
+    collector.script = [down()]
+    fwd.step()  # the batch read (its first record's time known), then the network fails
+    status = fwd.status()
+    assert status["lag_records"] == len(stored(journal)) and status["lag_seconds"] > 0
+    assert status["last_error"]["error"] == "unreachable"
+    run(fwd)
+    fwd._write_status(force=True)
+    from agent.status import read_status
+
+    written = read_status(tmp_path, "forward.json")
+    assert written is not None and written["lag_records"] == 0 and written["lag_seconds"] == 0
+    assert written["last_receipt"]["size"] == len(stored(journal))
