@@ -88,7 +88,8 @@ def drop_tables(url: str) -> None:
 
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
-            "DROP TABLE IF EXISTS records, quarantine, heads, hosts, schema_version CASCADE"
+            "DROP TABLE IF EXISTS batches, records, quarantine, heads, hosts, schema_version"
+            " CASCADE"
         )
 
 

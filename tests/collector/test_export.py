@@ -16,9 +16,7 @@ from agent.collector.store import Store
 from agent.journal.keys import PublicKey
 from agent.journal.segments import list_segments
 from tests.collector.stored import StoredJournal
-from tests.collector.test_store import raw_execute
-
-HOST_ID = "(SELECT id FROM hosts WHERE name = ? AND retired_ns IS NULL)"
+from tests.collector.test_store import tamper
 
 
 @pytest.fixture
@@ -94,11 +92,7 @@ def test_a_tampered_store_exports_as_stored_and_journal_verify_finds_it(
 ) -> None:
     seq = web.seq_of(b'"pid":1300,')
     changed = web.lines[seq].replace(b'"pid":1300,', b'"pid":1301,')
-    raw_execute(
-        store_url,
-        f"UPDATE records SET line = ? WHERE host_id = {HOST_ID} AND seq = ?",
-        (changed, "web-01", seq),
-    )
+    tamper(store_url, "web-01", seq, line=changed)
     out = tmp_path / "export"
     export_host(store, "web-01", out)
     assert (out / "seg-000001.jsonl").read_bytes() == web.bytes.replace(web.lines[seq], changed)

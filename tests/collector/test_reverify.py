@@ -19,7 +19,7 @@ from agent.journal.record import record_hash
 from agent.journal.segments import Chunk
 from agent.journal.verify import Finding, Verifier
 from tests.collector.stored import StoredJournal
-from tests.collector.test_store import raw_execute
+from tests.collector.test_store import cut_records, raw_execute, tamper
 from tests.unit.journal.conftest import first_error_seq
 
 HOST_ID = "(SELECT id FROM hosts WHERE name = ? AND retired_ns IS NULL)"
@@ -125,11 +125,7 @@ def test_big_hosts_are_read_in_runs_and_judged_the_same(
     journal.forward(store, batches=3)
     assert check(store)[0].ok
     seq = journal.seq_of(b'"pid":1201,')
-    raw_execute(
-        url,
-        f"DELETE FROM records WHERE host_id = {HOST_ID} AND seq = ?",
-        ("web-01", seq),
-    )
+    cut_records(url, "web-01", seq, seq + 1)
     report, found = check(store)
     assert not report.ok and first_error_seq(report.summary) == seq
     assert any(f.segment is not None and f.segment.startswith("store:web-01@") for f in found)
@@ -139,10 +135,7 @@ def test_big_hosts_are_read_in_runs_and_judged_the_same(
 def test_a_changed_line_is_found_with_its_seq(store: Store, web: StoredJournal, url: str) -> None:
     seq = web.seq_of(b'"pid":1180,')
     changed = web.lines[seq].replace(b'"pid":1180,', b'"pid":1181,')
-    raw_execute(
-        url, f"UPDATE records SET line = ? WHERE host_id = {HOST_ID} AND seq = ?",
-        (changed, "web-01", seq),
-    )  # fmt: skip
+    tamper(url, "web-01", seq, line=changed)  # one byte changed inside its batch's lines
     report, found = check(store)
     assert not report.ok
     assert first_error_seq(report.summary) == seq, errors(found)
@@ -156,10 +149,7 @@ def test_a_changed_line_is_found_with_its_seq(store: Store, web: StoredJournal, 
 def test_a_changed_last_line_is_found(store: Store, web: StoredJournal, url: str) -> None:
     last = len(web.lines) - 1
     changed = web.lines[last].replace(b'"type":"seal"', b'"type":"seal" ', 1)
-    raw_execute(
-        url, f"UPDATE records SET line = ? WHERE host_id = {HOST_ID} AND seq = ?",
-        (changed, "web-01", last),
-    )  # fmt: skip
+    tamper(url, "web-01", last, line=changed)
     report, found = check(store)
     assert not report.ok
     assert any(f.seq == last and f.message.startswith("malformed record") for f in found)
@@ -172,20 +162,14 @@ def test_a_line_changed_with_its_hash_is_found_by_the_chain(
 ) -> None:
     seq = web.seq_of(b'"pid":1042,')
     changed = web.lines[seq].replace(b'"pid":1042,', b'"pid":1043,')
-    raw_execute(
-        url, f"UPDATE records SET line = ?, hash = ? WHERE host_id = {HOST_ID} AND seq = ?",
-        (changed, record_hash(changed), "web-01", seq),
-    )  # fmt: skip
+    tamper(url, "web-01", seq, line=changed, digest=record_hash(changed))
     report, found = check(store)
     assert first_error_seq(report.summary) == seq, errors(found)
     assert not any("stored record hash" in f.message for f in found)
 
 
 def test_a_changed_hash_column_is_found(store: Store, web: StoredJournal, url: str) -> None:
-    raw_execute(
-        url, f"UPDATE records SET hash = ? WHERE host_id = {HOST_ID} AND seq = ?",
-        (bytes(32), "web-01", 77),
-    )  # fmt: skip
+    tamper(url, "web-01", 77, digest=bytes(32))
     _report, found = check(store)
     assert errors(found) == [
         "record 77 in store:web-01: the stored record hash is not the hash of the stored "
@@ -194,7 +178,7 @@ def test_a_changed_hash_column_is_found(store: Store, web: StoredJournal, url: s
 
 
 def test_a_deleted_row_is_found_with_its_seq(store: Store, web: StoredJournal, url: str) -> None:
-    raw_execute(url, f"DELETE FROM records WHERE host_id = {HOST_ID} AND seq = ?", ("web-01", 123))
+    cut_records(url, "web-01", 123, 124)
     report, found = check(store)
     assert first_error_seq(report.summary) == 123
     assert any(f.seq == 123 and f.message.startswith("missing") for f in found)
@@ -202,9 +186,7 @@ def test_a_deleted_row_is_found_with_its_seq(store: Store, web: StoredJournal, u
 
 def test_deleted_rows_at_the_end_are_found(store: Store, web: StoredJournal, url: str) -> None:
     size = len(web.lines)
-    raw_execute(
-        url, f"DELETE FROM records WHERE host_id = {HOST_ID} AND seq >= ?", ("web-01", size - 3)
-    )
+    cut_records(url, "web-01", size - 3)
     _report, found = check(store)
     kept = web.lines[: size - 3]  # the last seal, the stop record and the final seal go
     last_seal = max(i for i, line in enumerate(kept) if b'"type":"seal"' in line)
@@ -220,8 +202,9 @@ def test_a_row_beyond_the_head_is_found(store: Store, web: StoredJournal, url: s
     size = len(web.lines)
     raw_execute(
         url,
-        f"INSERT INTO records (host_id, seq, line, hash) SELECT host_id, ?, line, hash"
-        f" FROM records WHERE host_id = {HOST_ID} AND seq = 5",
+        "INSERT INTO batches (host_id, first_seq, count, lines, hashes)"
+        f" SELECT host_id, ?, count, lines, hashes FROM batches WHERE host_id = {HOST_ID}"
+        " AND first_seq = 0",
         (size + 10, "web-01"),
     )
     _report, found = check(store)
@@ -283,9 +266,7 @@ def test_cli_verify_every_host_clean_and_then_tampered(
     total = len(web.lines) + len(other.lines)
     assert lines[-1] == f"store OK: 2 hosts, {total} records verified"
 
-    raw_execute(
-        store_url, f"DELETE FROM records WHERE host_id = {HOST_ID} AND seq = ?", ("web-01", 200)
-    )
+    cut_records(store_url, "web-01", 200, 201)
     rc, out, _ = run(capsys, "verify", "--dir", coll)
     assert rc == 1
     assert "error: web-01: record 200 in store:web-01@0 at byte " in out

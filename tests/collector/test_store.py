@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,6 +57,94 @@ def raw_execute(url: str, statement: str, params: Sequence[object] = ()) -> None
         with conn:
             conn.execute(statement, params)
         conn.close()
+
+
+def raw_query(url: str, statement: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+    """Read the store behind its back (``?`` placeholders)."""
+    if url.startswith("postgresql://"):
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            return [tuple(row) for row in conn.execute(statement.replace("?", "%s"), params)]
+    lite = sqlite3.connect(url)
+    try:
+        return [tuple(row) for row in lite.execute(statement, params)]
+    finally:
+        lite.close()
+
+
+HOST_ID = "(SELECT id FROM hosts WHERE name = ? AND retired_ns IS NULL)"
+
+
+def batch_holding(url: str, host: str, seq: int) -> tuple[int, int, bytes, bytes]:
+    """(first_seq, count, lines, hashes) of the stored batch that holds record ``seq``."""
+    ((first, count, lines, hashes),) = raw_query(
+        url,
+        f"SELECT first_seq, count, lines, hashes FROM batches WHERE host_id = {HOST_ID}"
+        " AND first_seq <= ? AND first_seq + count > ?",
+        (host, seq, seq),
+    )
+    return int(first), int(count), bytes(lines), bytes(hashes)
+
+
+def tamper(
+    url: str, host: str, seq: int, *, line: bytes | None = None, digest: bytes | None = None
+) -> None:
+    """Change record ``seq``'s line and/or stored hash inside its batch's blobs, as an intruder
+    with SQL access would."""
+    first, _, lines, hashes = batch_holding(url, host, seq)
+    i = seq - first
+    if line is not None:
+        parts = lines.split(b"\n")
+        parts[i] = line
+        lines = b"\n".join(parts)
+    if digest is not None:
+        hashes = hashes[: 32 * i] + digest + hashes[32 * i + 32 :]
+    raw_execute(
+        url,
+        f"UPDATE batches SET lines = ?, hashes = ? WHERE host_id = {HOST_ID} AND first_seq = ?",
+        (lines, hashes, host, first),
+    )
+
+
+def delete_batch(url: str, host: str, seq: int) -> tuple[int, int]:
+    """Delete the batch row that holds record ``seq``; its (first_seq, count)."""
+    first, count, _, _ = batch_holding(url, host, seq)
+    raw_execute(
+        url, f"DELETE FROM batches WHERE host_id = {HOST_ID} AND first_seq = ?", (host, first)
+    )
+    return first, count
+
+
+def cut_records(url: str, host: str, start: int, end: int = 1 << 62) -> None:
+    """Delete records start .. end-1 from the batches that hold them, as an intruder would:
+    each such batch row is deleted and what it held outside the range stored back as batches
+    of their own (blobs cut, counts set)."""
+    rows = raw_query(
+        url,
+        f"SELECT first_seq, count, lines, hashes FROM batches WHERE host_id = {HOST_ID}"
+        " AND first_seq < ? AND first_seq + count > ?",
+        (host, end, start),
+    )
+    for first, count, blob, digests in rows:
+        lines, hashes = bytes(blob).split(b"\n"), bytes(digests)
+        raw_execute(
+            url, f"DELETE FROM batches WHERE host_id = {HOST_ID} AND first_seq = ?", (host, first)
+        )
+        for lo, hi in ((first, min(start, first + count)), (max(end, first), first + count)):
+            if lo < hi:
+                raw_execute(
+                    url,
+                    "INSERT INTO batches (host_id, first_seq, count, lines, hashes)"
+                    f" VALUES ({HOST_ID}, ?, ?, ?, ?)",
+                    (
+                        host,
+                        lo,
+                        hi - lo,
+                        b"\n".join(lines[lo - first : hi - first]),
+                        hashes[32 * (lo - first) : 32 * (hi - first)],
+                    ),
+                )
 
 
 # ------------------------------------------------------------------------------ enrollment
@@ -329,18 +418,196 @@ def test_kill_9_mid_ingest_leaves_whole_batches(store: Store, store_url: str) ->
         assert all(b'"seq":%d,' % seq in line for seq, line in stored)
 
 
-def test_records_stored_behind_the_heads_back_are_reported(store: Store, store_url: str) -> None:
+@pytest.mark.parametrize(
+    "change",
+    [
+        # a batch stored at seq 6, inside the new batch's 5..7
+        "INSERT INTO batches (host_id, first_seq, count, lines, hashes)"
+        " SELECT host_id, 6, count, lines, hashes FROM batches WHERE first_seq = 0",
+        # the stored batch 0..4 made to reach past the head, to seq 6
+        "UPDATE batches SET count = 7 WHERE first_seq = 0",
+        # a batch stored exactly where the new one starts
+        "INSERT INTO batches (host_id, first_seq, count, lines, hashes)"
+        " SELECT host_id, 5, count, lines, hashes FROM batches WHERE first_seq = 0",
+    ],
+)
+def test_records_stored_behind_the_heads_back_are_reported(
+    store: Store, store_url: str, change: str
+) -> None:
     store.enroll("web-01", FP_A, KEY_A, 100)
     fill(store, "web-01", 5)
-    raw_execute(
-        store_url,
-        "INSERT INTO records (host_id, seq, line, hash) SELECT host_id, 6, line, hash"
-        " FROM records WHERE seq = 0",
-    )
+    raw_execute(store_url, change)
     lines, hashes = batch(5, 3)
-    with pytest.raises(StoreError, match="changed behind the collector's back"):
+    with pytest.raises(
+        StoreError, match=r"5\.\.7 are already stored.*changed behind the collector"
+    ):
         store.append("web-01", 5, lines, hashes, "{}", None, None, 1)
     assert store.head("web-01").size == 5  # rolled back whole
+    assert all(b'"seq":6,' not in line for _, line in store.records("web-01", 0, 5))
+    # a batch that overlaps nothing stored is still taken
+    raw_execute(store_url, "DELETE FROM batches WHERE first_seq > 0")
+    raw_execute(store_url, "UPDATE batches SET count = 5")
+    assert store.append("web-01", 5, lines, hashes, "{}", None, None, 1)
+
+
+def test_a_store_keeps_one_row_per_batch(store: Store, store_url: str) -> None:
+    store.enroll("web-01", FP_A, KEY_A, 100)
+    lines = fill(store, "web-01", 25, per=10)
+    rows = raw_query(store_url, "SELECT first_seq, count, lines, hashes FROM batches ORDER BY 1")
+    assert [(r[0], r[1]) for r in rows] == [(0, 10), (10, 10), (20, 5)]
+    for first, count, blob, digests in rows:
+        part = lines[first : first + count]
+        assert bytes(blob) == b"\n".join(part)
+        assert bytes(digests) == b"".join(record_hash(line) for line in part)
+    assert store.append("web-01", 25, [], [], '{"n":25}', None, None, 9)  # nothing: no row
+    assert len(raw_query(store_url, "SELECT first_seq FROM batches")) == 3
+    assert store.head("web-01").state == '{"n":25}'
+    if store_url.startswith("postgresql://"):  # Debian's server has lz4: the lines use it
+        assert raw_query(
+            store_url,
+            "SELECT attcompression FROM pg_attribute"
+            " WHERE attrelid = 'batches'::regclass AND attname = 'lines'",
+        ) == [("l",)]
+
+
+def test_lines_are_stored_exactly_and_a_newline_is_refused(store: Store) -> None:
+    store.enroll("web-01", FP_A, KEY_A, 100)
+    odd = [b"", b"\r", b" x ", b"\x00\xff", b""]
+    assert store.append("web-01", 0, odd, [record_hash(x) for x in odd], "{}", None, None, 1)
+    assert list(store.records("web-01", 0, 9)) == list(enumerate(odd))
+    one = [b""]
+    assert store.append("web-01", 5, one, [record_hash(b"")], "{}", None, None, 1)
+    assert list(store.records("web-01", 5, 6)) == [(5, b"")]
+    bad = [b"a", b"b\nc"]
+    with pytest.raises(StoreError, match="a line holds a newline"):
+        store.append("web-01", 6, bad, [record_hash(x) for x in bad], "{}", None, None, 1)
+    assert store.head("web-01").size == 6
+
+
+def test_records_slice_batches(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sql, "CHUNK_ROWS", 5)
+    store.enroll("web-01", FP_A, KEY_A, 100)
+    lines: list[bytes] = []
+    for count in (1, 17, 3, 1, 40, 2):  # batches smaller and larger than a window
+        more, hashes = batch(len(lines), count)
+        assert store.append("web-01", len(lines), more, hashes, "{}", None, None, 1)
+        lines += more
+    every = list(enumerate(lines))
+    hashes = [record_hash(line) for line in lines]
+    for start, end in [(0, 64), (0, 1), (1, 18), (2, 5), (17, 22), (20, 21), (30, 62), (63, 99)]:
+        assert list(store.records("web-01", start, end)) == every[start:end], (start, end)
+        assert list(store.record_hashes("web-01", start, end)) == hashes[start:end]
+    assert list(store.records("web-01", -5, 2)) == every[:2]
+    assert list(store.records("web-01", 70, 80)) == list(store.records("web-01", 9, 3)) == []
+
+
+def test_records_skip_rows_deleted_and_find_rows_far_beyond(store: Store, store_url: str) -> None:
+    store.enroll("web-01", FP_A, KEY_A, 100)
+    lines = fill(store, "web-01", 50, per=10)
+    assert delete_batch(store_url, "web-01", 23) == (20, 10)
+    raw_execute(
+        store_url,
+        "INSERT INTO batches (host_id, first_seq, count, lines, hashes)"
+        " SELECT host_id, ?, count, lines, hashes FROM batches WHERE first_seq = 0",
+        (1 << 50,),
+    )
+    seqs = [seq for seq, _ in store.records("web-01", 0, 1 << 62)]  # a hole of 2^50: skipped
+    assert seqs == [*range(20), *range(30, 50), *range(1 << 50, (1 << 50) + 10)]
+    assert [line for _, line in store.records("web-01", 15, 35)] == lines[15:20] + lines[30:35]
+    assert len(list(store.record_hashes("web-01", 0, 50))) == 40
+
+
+def test_a_byte_changed_in_a_batch_is_read_at_its_seq(store: Store, store_url: str) -> None:
+    store.enroll("web-01", FP_A, KEY_A, 100)
+    lines = fill(store, "web-01", 30, per=10)
+    changed = lines[14].replace(b'"seq":14', b'"seq":15')
+    tamper(store_url, "web-01", 14, line=changed)
+    tamper(store_url, "web-01", 20, digest=bytes(32))
+    got = list(store.records("web-01", 0, 30))
+    assert got == list(enumerate([*lines[:14], changed, *lines[15:]]))
+    hashes = list(store.record_hashes("web-01", 0, 30))
+    assert [i for i, h in enumerate(hashes) if h != record_hash(got[i][1])] == [14, 20]
+
+
+def test_a_batch_whose_newlines_changed_gives_no_seq_outside_it(
+    store: Store, store_url: str
+) -> None:
+    store.enroll("web-01", FP_A, KEY_A, 100)
+    lines = fill(store, "web-01", 30, per=10)
+    first, count, blob, _ = batch_holding(store_url, "web-01", 12)
+    joined = b"\n".join(lines[10:20])
+    assert (first, count, blob) == (10, 10, joined)
+    for changed, expect in [
+        # one newline fewer: seqs 10..18, the last of them two lines in one
+        (joined.replace(b"\n", b"", 1), [lines[10] + lines[11], *lines[12:20]]),
+        # one newline more: still seqs 10..19, the newline kept in the last
+        (joined.replace(b'"t":"', b'"t":"\n', 1), [b'{"seq":10,"t":"']),
+    ]:
+        raw_execute(store_url, "UPDATE batches SET lines = ? WHERE first_seq = 10", (changed,))
+        got = list(store.records("web-01", 0, 30))
+        seqs = [seq for seq, _ in got]
+        inside = [line for seq, line in got if 10 <= seq < 20]
+        assert (
+            seqs == sorted(seqs)
+            and seqs[:10] == list(range(10))
+            and seqs[-10:] == list(range(20, 30))
+        )
+        assert len(inside) <= 10 and b"\n".join(inside) == changed
+        assert inside[: len(expect)] == expect
+
+
+def test_a_v1_store_is_migrated_to_one_row_per_run(
+    store: Store, store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store of version 1 (one row per record) opens as version 2: each run of consecutive
+    seqs (cut at MIGRATE_BATCH_BYTES) becomes one batch, every byte and hash kept."""
+    store.enroll("web-01", FP_A, KEY_A, 100)
+    store.enroll("db-01", FP_B, KEY_B, 100)
+    store.close()
+    if store_url.startswith("postgresql://"):
+        from agent.collector.store.postgres import TYPES
+    else:
+        from agent.collector.store.sqlite import TYPES
+    raw_execute(store_url, "DROP TABLE batches")
+    raw_execute(store_url, sql.RECORDS_V1.format(**TYPES))
+    web, _ = batch(0, 120, b"web")
+    db, _ = batch(0, 10, b"db")
+    web[50] = b"an intruder's\nline"  # a row no batch can hold among others
+    rows = [("web-01", seq, line) for seq, line in enumerate(web) if seq not in (30, 31)]
+    rows += [("db-01", seq, line) for seq, line in enumerate(db)]
+    for host, seq, line in rows:
+        raw_execute(
+            store_url,
+            f"INSERT INTO records (host_id, seq, line, hash) VALUES ({HOST_ID}, ?, ?, ?)",
+            (host, seq, line, record_hash(line) if seq != 7 else b"short"),
+        )
+    raw_execute(store_url, f"UPDATE heads SET size = 120 WHERE host_id = {HOST_ID}", ("web-01",))
+    raw_execute(store_url, f"UPDATE heads SET size = 10 WHERE host_id = {HOST_ID}", ("db-01",))
+    raw_execute(store_url, "UPDATE schema_version SET version = 1")
+    monkeypatch.setattr(sql, "MIGRATE_BATCH_BYTES", 40 * (len(web[60]) + 1))  # 40 of 51..90
+
+    with open_store(store_url) as again:
+        assert raw_query(store_url, "SELECT version FROM schema_version") == [(2,)]
+        stored = {(h, seq): line for h, seq, line in rows}
+        for host in ("web-01", "db-01"):
+            got = list(again.records(host, 0, 200))
+            assert got == [(seq, line) for (h, seq), line in stored.items() if h == host]
+            want = [record_hash(line) if s != 7 else b"short" for s, line in got]
+            assert list(again.record_hashes(host, 0, 200))[: len(want)] == want
+        runs = raw_query(
+            store_url,
+            f"SELECT first_seq, count FROM batches WHERE host_id = {HOST_ID} ORDER BY first_seq",
+            ("web-01",),
+        )
+        assert [tuple(r) for r in runs] == [
+            (0, 7), (7, 1), (8, 22),  # 7: its hash no longer has 32 bytes
+            (32, 18), (50, 1),  # 30, 31 missing; 50 holds a newline
+            (51, 40), (91, 29),  # cut at 40 lines' bytes
+        ]  # fmt: skip
+        lines, hashes = batch(120, 5)
+        assert again.append("web-01", 120, lines, hashes, "{}", None, None, 1)
+    with pytest.raises(Exception, match="records"):
+        raw_query(store_url, "SELECT * FROM records")
 
 
 # ------------------------------------------------------------------------------ quarantine

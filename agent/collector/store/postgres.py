@@ -1,4 +1,4 @@
-"""The fleet store: PostgreSQL through psycopg 3, records inserted with binary COPY.
+"""The fleet store: PostgreSQL through psycopg 3, a batch inserted as one row of two bytea.
 
 Several collector processes may share one database: the head's compare-and-swap (see ``sql``)
 keeps two of them receiving the same host from forking it or storing a record twice. A commit
@@ -27,11 +27,12 @@ log = logging.getLogger(__name__)
 
 CONNECT_SECONDS = 10
 POOL_SIZE = 8
-_TYPES = {
+TYPES = {
     "id": "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
     "int": "BIGINT",
     "blob": "BYTEA",
     "without_rowid": "",
+    "lines_compression": "",
 }
 #: Any constant key for pg_advisory_xact_lock, shared by every process migrating this schema.
 _SCHEMA_LOCK = 0x5EA17A11
@@ -84,13 +85,24 @@ class PostgresStore(SqlStore[PgCursor]):
         )
         try:
             self._pool.open(wait=True, timeout=CONNECT_SECONDS)
-            self._migrate(_TYPES)
+            self._migrate(self._types())
         except PoolTimeout:
             self._pool.close()
             raise StoreError(f"cannot connect to the store {self.where}") from None
         except BaseException:
             self._pool.close()
             raise
+
+    def _types(self) -> dict[str, str]:
+        """TYPES, with lz4 for the lines if this server has it (PostgreSQL 14 on, built with
+        lz4, as Debian's and most are)."""
+        with self._read() as cur:
+            cur.execute(
+                "SELECT 1 FROM pg_settings WHERE name = 'default_toast_compression'"
+                " AND 'lz4' = ANY(enumvals)"
+            )
+            lz4 = cur.fetchone() is not None
+        return {**TYPES, "lines_compression": " COMPRESSION lz4" if lz4 else ""}
 
     @contextmanager
     def _write(self) -> Iterator[PgCursor]:
@@ -111,23 +123,6 @@ class PostgresStore(SqlStore[PgCursor]):
             ) from None
 
     _read = _write
-
-    def _insert_records(
-        self,
-        cur: PgCursor,
-        host_id: int,
-        start: int,
-        lines: Sequence[bytes],
-        hashes: Sequence[bytes],
-    ) -> None:
-        with cur.raw.copy(
-            "COPY records (host_id, seq, line, hash) FROM STDIN (FORMAT BINARY)"
-        ) as copy:
-            copy.set_types(["int8", "int8", "bytea", "bytea"])
-            seq = start
-            for line, digest in zip(lines, hashes, strict=True):
-                copy.write_row((host_id, seq, line, digest))
-                seq += 1
 
     def _lock_schema(self, cur: PgCursor) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(?)", (_SCHEMA_LOCK,))

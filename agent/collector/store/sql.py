@@ -3,15 +3,20 @@ transactions, the bulk insert and their column types.
 
 Statements use ``?`` placeholders (the PostgreSQL backend translates them). The head advances
 only by ``UPDATE heads SET size = new ... WHERE host_id = ? AND size = expected``, run *before*
-the records are inserted: in PostgreSQL that row lock makes a second collector appending to the
+the batch is inserted: in PostgreSQL that row lock makes a second collector appending to the
 same host wait, re-read the row and match nothing, so it returns False instead of colliding on
-the records' primary key; in SQLite the write transaction (BEGIN IMMEDIATE) already serialises.
+the batches' primary key; in SQLite the write transaction (BEGIN IMMEDIATE) already serialises.
+
+Records are kept one row per accepted batch (``batches``: host_id, first_seq, count, the lines
+joined with ``\n``, the 32-byte record hashes concatenated), not one row per record: a row costs
+the same few microseconds whatever its size, so a batch of 5 000 records costs one insert
+instead of 5 000. ``records`` and ``record_hashes`` slice the batches back into records.
 """
 
 from __future__ import annotations
 
 from abc import abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -21,17 +26,20 @@ from agent.collector.store.base import Head, Host, QuarantineEntry, Status, Stor
 from agent.journal.keys import PublicKey
 from agent.journal.record import is_hex64
 
-SCHEMA_VERSION = 1
-#: Rows per query when streaming records: about 2 MB of lines at a time.
+SCHEMA_VERSION = 2
+#: Seqs per query when streaming records: a query reads the batches that start in a window of
+#: this many seqs (about 2 MB of lines, plus the rest of the last batch, which the server's body
+#: limit bounds to 16 MiB).
 CHUNK_ROWS = 4096
+#: A v1 store's records are regrouped into batches of at most this many bytes of lines.
+MIGRATE_BATCH_BYTES = 4 << 20
 #: What one quarantined entry costs beside its body (row, reason), for the per-host bound.
 _ENTRY_OVERHEAD = 256
 _REASON_MAX = 4096
 
-# Version 1 of the schema, for both backends; {id} {int} {blob} {without_rowid} are their types.
-# records has no foreign key: each row would cost a lookup on the hot path, and every insert
-# comes from ``append``, which has just resolved the host in the same transaction.
-_SCHEMA_V1 = (
+# The tables of both backends; {id} {int} {blob} {without_rowid} {lines_compression} are their
+# types and options.
+_HOSTS_HEADS_QUARANTINE = (
     """CREATE TABLE hosts (
         id {id}, name TEXT NOT NULL, fingerprint TEXT NOT NULL, genesis_key TEXT NOT NULL,
         enrolled_ns {int} NOT NULL, retired_ns {int})""",
@@ -42,15 +50,28 @@ _SCHEMA_V1 = (
         last_hash {blob}, checkpoint TEXT, last_seal_ns {int}, last_receive_ns {int},
         status TEXT NOT NULL, detail TEXT NOT NULL, updated_ns {int} NOT NULL,
         quarantine_dropped {int} NOT NULL)""",
-    """CREATE TABLE records (
-        host_id {int} NOT NULL, seq {int} NOT NULL, line {blob} NOT NULL, hash {blob} NOT NULL,
-        PRIMARY KEY (host_id, seq)){without_rowid}""",
     """CREATE TABLE quarantine (
         id {id}, host_id {int} NOT NULL REFERENCES hosts (id), received_ns {int} NOT NULL,
         reason TEXT NOT NULL, size {int} NOT NULL, kept {int} NOT NULL, body {blob} NOT NULL)""",
     "CREATE INDEX quarantine_host ON quarantine (host_id, id)",
 )
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_SCHEMA_V1,)
+#: Version 1 kept one row per record (kept here to migrate from, and for the tests).
+RECORDS_V1 = """CREATE TABLE records (
+        host_id {int} NOT NULL, seq {int} NOT NULL, line {blob} NOT NULL, hash {blob} NOT NULL,
+        PRIMARY KEY (host_id, seq)){without_rowid}"""
+SCHEMA_V1 = (*_HOSTS_HEADS_QUARANTINE, RECORDS_V1)
+# Version 2: one row per accepted batch, records first_seq .. first_seq + count - 1; ``lines``
+# is the lines joined with "\n" (no newline at the end), ``hashes`` their 32-byte record hashes
+# one after the other. No foreign key: it would cost a lookup per append, and every insert
+# comes from ``append``, which has just resolved the host in the same transaction. A table
+# with a rowid in SQLite, not WITHOUT ROWID: its rows are large (SQLite's advice). PostgreSQL
+# compresses the lines with lz4 where the server has it (twice the append rate of its default
+# pglz, about as small).
+BATCHES = """CREATE TABLE batches (
+        host_id {int} NOT NULL, first_seq {int} NOT NULL, count {int} NOT NULL,
+        lines {blob}{lines_compression} NOT NULL, hashes {blob} NOT NULL,
+        PRIMARY KEY (host_id, first_seq))"""
+SCHEMA = (*_HOSTS_HEADS_QUARANTINE, BATCHES)
 
 _ACTIVE = "SELECT id FROM hosts WHERE name = ? AND retired_ns IS NULL"
 _HOST_COLUMNS = "name, fingerprint, genesis_key, enrolled_ns"
@@ -90,12 +111,6 @@ class SqlStore(Store, Generic[C]):
         """Statements that only read."""
 
     @abstractmethod
-    def _insert_records(
-        self, cur: C, host_id: int, start: int, lines: Sequence[bytes], hashes: Sequence[bytes]
-    ) -> None:
-        """Insert rows (host_id, start + i, lines[i], hashes[i]) in bulk."""
-
-    @abstractmethod
     def _lock_schema(self, cur: C) -> None:
         """Keep other processes from migrating at the same time, until the transaction ends."""
 
@@ -112,13 +127,68 @@ class SqlStore(Store, Generic[C]):
                     f"the store has schema version {version}, newer than this sealtrail "
                     f"({SCHEMA_VERSION}): upgrade sealtrail to use it"
                 )
-            for statements in MIGRATIONS[version:]:
-                for statement in statements:
+            if version == 0:
+                for statement in SCHEMA:
                     cur.execute(statement.format(**types))
+            elif version == 1:
+                self._from_v1(cur, types)
             if row is None:
                 cur.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
             elif version != SCHEMA_VERSION:
                 cur.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+
+    def _from_v1(self, cur: C, types: dict[str, str]) -> None:
+        """One row per record to one row per run of consecutive seqs (at most
+        ``MIGRATE_BATCH_BYTES`` of lines each), in the transaction that opens the store: every
+        record is kept byte for byte with its stored hash, then the old table goes."""
+        cur.execute(BATCHES.format(**types))
+        host_id = -1
+        while True:  # each host, by index seeks (DISTINCT would read every row's line)
+            cur.execute("SELECT MIN(host_id) FROM records WHERE host_id > ?", (host_id,))
+            found = cur.fetchone()[0]
+            if found is None:
+                break
+            host_id = int(found)
+            self._regroup_v1(cur, host_id)
+        cur.execute("DROP TABLE records")
+
+    def _regroup_v1(self, cur: C, host_id: int) -> None:
+        first, lines, hashes, size = 0, list[bytes](), list[bytes](), 0
+
+        def flush() -> None:
+            nonlocal lines, hashes, size
+            if lines:
+                _insert_batch(cur, host_id, first, len(lines), b"\n".join(lines), b"".join(hashes))
+            lines, hashes, size = [], [], 0
+
+        last = -1
+        while True:
+            cur.execute(
+                "SELECT seq, line, hash FROM records WHERE host_id = ? AND seq > ?"
+                " ORDER BY seq LIMIT ?",
+                (host_id, last, CHUNK_ROWS),
+            )
+            rows = cur.fetchall()
+            if not rows:
+                break
+            for raw_seq, raw_line, raw_hash in rows:
+                seq, line, digest = int(raw_seq), bytes(raw_line), bytes(raw_hash)
+                # a row a batch cannot hold faithfully among others (only a change behind the
+                # collector's back makes one) becomes a batch of its own, kept as it is
+                odd = b"\n" in line or len(digest) != 32
+                if lines and (
+                    odd or seq != first + len(lines) or size + len(line) > MIGRATE_BATCH_BYTES
+                ):
+                    flush()
+                if not lines:
+                    first = seq
+                lines.append(line)
+                hashes.append(digest)
+                size += len(line) + 1
+                if odd:
+                    flush()
+            last = int(rows[-1][0])
+        flush()
 
     # ------------------------------------------------------------------------------ hosts
     def enroll(
@@ -254,8 +324,12 @@ class SqlStore(Store, Generic[C]):
             raise StoreError(f"append: expected size must be an integer >= 0, not {expected_size}")
         if len(lines) != len(hashes):
             raise StoreError(f"append: {len(lines)} lines but {len(hashes)} hashes")
-        if not all(len(h) == 32 for h in hashes):
+        if any(map((32).__ne__, map(len, hashes))):
             raise StoreError("append: a record hash has 32 bytes")
+        joined = b"\n".join(lines)
+        if joined.count(b"\n") != max(0, len(lines) - 1):
+            raise StoreError("append: a line holds a newline")
+        end = expected_size + len(lines)
         try:
             with self._write() as cur:
                 host_id = self._host_id(cur, host)
@@ -265,7 +339,7 @@ class SqlStore(Store, Generic[C]):
                     " last_seal_ns = COALESCE(?, last_seal_ns), last_receive_ns = ?,"
                     " updated_ns = ? WHERE host_id = ? AND size = ?",
                     (
-                        expected_size + len(lines),
+                        end,
                         state_json,
                         hashes[-1] if hashes else None,
                         checkpoint_json,
@@ -279,13 +353,15 @@ class SqlStore(Store, Generic[C]):
                 if cur.rowcount != 1:
                     return False  # nothing was written: the empty transaction commits
                 if lines:
-                    self._insert_records(cur, host_id, expected_size, lines, hashes)
+                    # the batch that starts last before the new one's end is the only one that
+                    # can overlap it if the stored batches do not overlap each other, which
+                    # this check keeps true
+                    stored = _batch_before(cur, host_id, end)
+                    if stored is not None and stored[0] + stored[1] > expected_size:
+                        raise _overlap(host, expected_size, end, stored)
+                    _insert_batch(cur, host_id, expected_size, len(lines), joined, b"".join(hashes))
         except Duplicate:
-            raise StoreError(
-                f"host {host}: records from seq {expected_size} on are already stored although the"
-                f" head says {expected_size}: the store was changed behind the collector's back"
-                " (sealtrail collector verify)"
-            ) from None
+            raise _overlap(host, expected_size, end, None) from None
         return True
 
     def set_status(self, host: str, status: Status, detail: str, now_ns: int) -> None:
@@ -308,41 +384,58 @@ class SqlStore(Store, Generic[C]):
 
     # ------------------------------------------------------------------------------ records
     def records(self, host: str, start: int, end: int) -> Iterator[tuple[int, bytes]]:
-        return self._stream(host, start, end, "line", lambda row: (int(row[0]), bytes(row[1])))
+        return self._stream(host, start, end, "lines", _lines_of)
 
     def record_hashes(self, host: str, start: int, end: int) -> Iterator[bytes]:
-        return self._stream(host, start, end, "hash", lambda row: bytes(row[1]))
+        return self._stream(host, start, end, "hashes", _hashes_of)
 
     def _stream(
-        self, host: str, start: int, end: int, column: str, make: Callable[[Any], T]
+        self, host: str, start: int, end: int, column: str, split: _Split[T]
     ) -> Iterator[T]:
         with self._read() as cur:  # resolved now, so an unknown host fails at the call
             host_id = self._host_id(cur, host)
-            cur.execute("SELECT MAX(seq) FROM records WHERE host_id = ?", (host_id,))
-            last = cur.fetchone()[0]
-        return self._chunks(
-            host_id, start, min(end, -1 if last is None else int(last) + 1), column, make
-        )
+            last = _batch_before(cur, host_id, None)
+        stored_end = -1 if last is None else last[0] + last[1]
+        return self._chunks(host_id, max(start, 0), min(end, stored_end), column, split)
 
     def _chunks(
-        self, host_id: int, start: int, end: int, column: str, make: Callable[[Any], T]
+        self, host_id: int, start: int, end: int, column: str, split: _Split[T]
     ) -> Iterator[T]:
-        # One short query per range of CHUNK_ROWS seqs, so no lock or cursor is held while the
-        # caller works on the rows, and no query can return more than a chunk whatever plan
-        # the database picks (a LIMIT with stale statistics made PostgreSQL sort the whole
-        # host for every page). Seqs are dense, so a range is a full chunk.
-        while start < end:
-            stop = min(end, start + CHUNK_ROWS)
+        # One short query per window of CHUNK_ROWS seqs (the batches that start in it), so no
+        # lock or cursor is held while the caller works on the records, and no query returns
+        # more than a window whatever plan the database picks; no LIMIT (with stale statistics
+        # PostgreSQL once sorted a whole host for every page), MIN and MAX are index seeks.
+        if start >= end:
+            return
+        with self._read() as cur:
+            holding = _batch_before(cur, host_id, start + 1)
+        pos = holding[0] if holding is not None and holding[0] + holding[1] > start else start
+        while pos < end:
+            stop = min(end, pos + CHUNK_ROWS)
             with self._read() as cur:
                 cur.execute(
-                    f"SELECT seq, {column} FROM records WHERE host_id = ? AND seq >= ?"
-                    " AND seq < ? ORDER BY seq",
-                    (host_id, start, stop),
+                    f"SELECT first_seq, count, {column} FROM batches WHERE host_id = ?"
+                    " AND first_seq >= ? AND first_seq < ? ORDER BY first_seq",
+                    (host_id, pos, stop),
                 )
                 rows = cur.fetchall()
-            for row in rows:
-                yield make(row)
-            start = stop
+                if not rows:  # a hole (rows deleted behind the collector's back): skip it
+                    cur.execute(
+                        "SELECT MIN(first_seq) FROM batches WHERE host_id = ? AND first_seq >= ?"
+                        " AND first_seq < ?",
+                        (host_id, stop, end),
+                    )
+                    found = cur.fetchone()[0]
+                    if found is None:
+                        return
+                    pos = int(found)
+                    continue
+            for first, count, blob in rows:
+                first, count = int(first), int(count)
+                lo, hi = max(start, first), min(end, first + count)
+                if lo < hi:
+                    yield from split(first, count, bytes(blob), lo - first, hi - first)
+                pos = max(stop, first + count)
 
     # ------------------------------------------------------------------------------ quarantine
     def quarantine(self, host: str, reason: str, body: bytes, now_ns: int) -> int:
@@ -401,6 +494,58 @@ class SqlStore(Store, Generic[C]):
         if row is None:
             raise _unknown(host)
         return int(row[0])
+
+
+_Split = Callable[[int, int, bytes, int, int], Iterable[T]]
+
+
+def _lines_of(first: int, count: int, blob: bytes, lo: int, hi: int) -> Iterator[tuple[int, bytes]]:
+    """(seq, line) for the records lo .. hi-1 of the batch (indices in it). A blob whose lines
+    are not ``count`` any more (changed behind the collector's back) is read as it is: the
+    newlines after the count-1st stay in the last line, missing ones leave the last seqs out,
+    so no seq outside the batch is ever given and verification finds the change."""
+    parts = blob.split(b"\n", count - 1) if hi == count else blob.split(b"\n", hi)[:hi]
+    return zip(range(first + lo, first + len(parts)), parts[lo:], strict=False)
+
+
+def _hashes_of(first: int, count: int, blob: bytes, lo: int, hi: int) -> Iterator[bytes]:
+    del first, count
+    for i in range(lo, hi):
+        digest = blob[32 * i : 32 * i + 32]
+        if not digest:
+            return
+        yield digest
+
+
+def _insert_batch(
+    cur: Cursor, host_id: int, first: int, count: int, lines: bytes, hashes: bytes
+) -> None:
+    cur.execute(
+        "INSERT INTO batches (host_id, first_seq, count, lines, hashes) VALUES (?, ?, ?, ?, ?)",
+        (host_id, first, count, lines, hashes),
+    )
+
+
+def _batch_before(cur: Cursor, host_id: int, end: int | None) -> tuple[int, int] | None:
+    """(first_seq, count) of the batch that starts last before seq ``end`` (None: of all)."""
+    bound = "" if end is None else " AND first_seq < ?"
+    params = (host_id,) if end is None else (host_id, end)
+    cur.execute(
+        "SELECT first_seq, count FROM batches WHERE host_id = ? AND first_seq ="
+        f" (SELECT MAX(first_seq) FROM batches WHERE host_id = ?{bound})",
+        (host_id, *params),
+    )
+    row = cur.fetchone()
+    return None if row is None else (int(row[0]), int(row[1]))
+
+
+def _overlap(host: str, start: int, end: int, stored: tuple[int, int] | None) -> StoreError:
+    held = "" if stored is None else f" (a stored batch holds {stored[0]}..{sum(stored) - 1})"
+    return StoreError(
+        f"host {host}: records {start}..{end - 1} are already stored{held} although the head"
+        f" says {start}: the store was changed behind the collector's back"
+        " (sealtrail collector verify)"
+    )
 
 
 def _cost(reason: str, kept: int) -> int:

@@ -16,20 +16,20 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
-from itertools import repeat
 from pathlib import Path
 
 from agent.collector.errors import StoreError
 from agent.collector.store.sql import Duplicate, SqlStore
 
 BUSY_SECONDS = 30.0
-_TYPES = {
+TYPES = {
     "id": "INTEGER PRIMARY KEY AUTOINCREMENT",
     "int": "INTEGER",
     "blob": "BLOB",
     "without_rowid": " WITHOUT ROWID",
+    "lines_compression": "",
 }
 
 
@@ -40,7 +40,7 @@ class SqliteStore(SqlStore[sqlite3.Cursor]):
         self._lock = threading.Lock()
         self._conn = self._connect()
         try:
-            self._migrate(_TYPES)
+            self._migrate(TYPES)
         except BaseException:
             self._conn.close()
             raise
@@ -108,19 +108,6 @@ class SqliteStore(SqlStore[sqlite3.Cursor]):
                 raise StoreError(f"store {self.path}: {exc}") from None
             finally:
                 cur.close()
-
-    def _insert_records(
-        self,
-        cur: sqlite3.Cursor,
-        host_id: int,
-        start: int,
-        lines: Sequence[bytes],
-        hashes: Sequence[bytes],
-    ) -> None:
-        cur.executemany(
-            "INSERT INTO records (host_id, seq, line, hash) VALUES (?, ?, ?, ?)",
-            zip(repeat(host_id), range(start, start + len(lines)), lines, hashes, strict=False),
-        )
 
     def _lock_schema(self, cur: sqlite3.Cursor) -> None:
         pass  # BEGIN IMMEDIATE already excludes every other writer
