@@ -6,8 +6,13 @@ systemd watchdog. Signal handlers only enqueue (HUP = reload, TERM/INT = gracefu
 loop acts on them. A policy load is one transaction with a result (``agent.policyload``).
 
 The service is built from factories (event stream, journal writer, enforcer, host probe,
-clock, notifier); the defaults are this host's kernel, and unit tests run the same loop over a
-fake stream of raw ring-buffer records.
+forwarder, clock, notifier); the defaults are this host's kernel, and unit tests run the same
+loop over a fake stream of raw ring-buffer records.
+
+With ``--forward`` the journal is shipped to a collector by ``agent.forward.Forwarder`` on its
+own thread, started once the journal is open. The loop tells it when records are durable
+(sealed), journals the receipts and errors it hands back (it never touches the writer), and
+on SIGTERM stops it after the final seal, waiting at most ``--forward-wait`` seconds.
 """
 
 from __future__ import annotations
@@ -29,8 +34,10 @@ from agent import __version__, paths
 from agent.enforce.enforcer import Enforcer, EventSource
 from agent.errors import SealtrailError
 from agent.events.stream import DEFAULT_RINGBUF_BYTES, EventStream, StreamConfig
+from agent.forward.forwarder import ForwardConfig, Forwarder
 from agent.journal import JournalWriter
 from agent.journal.canonical import JsonValue
+from agent.journal.writer import DEFAULT_HEARTBEAT
 from agent.policy.mechanisms import HostCapabilities, host_capabilities
 from agent.policyload import Installer, load_policies
 from agent.recorder import Judge, RecordCounters, Recorder, RecordSource, text_safe
@@ -59,6 +66,8 @@ class AgentConfig:
     # where the network guard attaches (default: the cgroup v2 root, i.e. the whole host)
     cgroup: Path | None = None
     run_dir: Path = paths.DEFAULT_RUN_DIR  # status.json: pid and the last policy load
+    heartbeat: float = DEFAULT_HEARTBEAT  # the longest time without a seal, idle or not
+    forward: ForwardConfig | None = None  # --forward URL --forward-tls DIR
 
 
 class Stream(RecordSource, EventSource, Protocol):
@@ -74,6 +83,15 @@ class Enforcing(Judge, Installer, Protocol):
     problems: collections.deque[str]
 
     def close(self) -> None: ...
+
+
+class Forwarding(Protocol):
+    """The forwarder the service runs: ``agent.forward.forwarder.Forwarder``."""
+
+    def start(self) -> None: ...
+    def notify(self, durable: int) -> None: ...
+    def take_records(self) -> list[tuple[str, dict[str, JsonValue]]]: ...
+    def stop(self, timeout: float | None = None) -> bool: ...
 
 
 def boot_id() -> str:
@@ -92,6 +110,20 @@ def open_journal(config: AgentConfig) -> JournalWriter:
         boot_id=boot_id(),
         epoch_seconds=config.epoch_seconds,
         seal_interval=config.seal_interval,
+        heartbeat=config.heartbeat,
+    )
+
+
+def open_forwarder(config: AgentConfig, journal: JournalWriter) -> Forwarding | None:
+    """The journal's forwarder, if the agent forwards (``ForwardError`` if it cannot)."""
+    if config.forward is None:
+        return None
+    return Forwarder.open(
+        config.forward,
+        config.journal_dir,
+        host=journal.host,
+        durable=journal.sealed_size,
+        run_dir=config.run_dir,
     )
 
 
@@ -102,6 +134,7 @@ class Factories:
     open_stream: Callable[[StreamConfig], Stream] = EventStream
     open_writer: Callable[[AgentConfig], JournalWriter] = open_journal
     open_enforcer: Callable[[Stream, HostCapabilities, Path | None], Enforcing] = Enforcer
+    open_forwarder: Callable[[AgentConfig, JournalWriter], Forwarding | None] = open_forwarder
     capabilities: Callable[[], HostCapabilities] = host_capabilities
     clock: Callable[[], float] = time.monotonic
 
@@ -119,7 +152,10 @@ class Agent:
         self.reloads = 0
         self.caps: HostCapabilities | None = None
         self.enforcer: Enforcing | None = None
+        self.forwarder: Forwarding | None = None
         self.last_load: dict[str, JsonValue] = {}
+        self._trigger = "start"
+        self._events_per_s = 0.0
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         self._signals.append(signum)
@@ -155,6 +191,9 @@ class Agent:
         journal = self.make.open_writer(cfg)
         stop_fields: dict[str, JsonValue] = {"reason": "signal"}
         try:
+            self.forwarder = self.make.open_forwarder(cfg, journal)
+            if self.forwarder is not None:
+                self.forwarder.start()  # what earlier runs left unsent goes at once
             self.caps = self.make.capabilities()
             journal.append("start", self._start_fields())
             stream = self.make.open_stream(
@@ -181,7 +220,31 @@ class Agent:
             raise
         finally:
             self.notifier.stopping()
-            journal.close({**stop_fields, **self.counters.fields()})
+            try:
+                journal.close({**stop_fields, **self.counters.fields()})
+            finally:
+                self._stop_forwarding(journal)
+
+    def _forward(self, journal: JournalWriter) -> None:
+        """Journal what the forwarder handed back; tell it what is durable now."""
+        forwarder = self.forwarder
+        if forwarder is None:
+            return
+        records = forwarder.take_records()
+        if records:
+            journal.append_many(records)
+        forwarder.notify(journal.sealed_size)
+
+    def _stop_forwarding(self, journal: JournalWriter) -> None:
+        """After the final seal: forward it all, within the bounded wait."""
+        forwarder = self.forwarder
+        if forwarder is None:
+            return
+        forwarder.notify(journal.sealed_size)
+        if forwarder.stop():
+            log.info("forwarded the journal up to its final seal")
+        else:
+            log.warning("the collector does not hold the whole journal; the next start sends it")
 
     def _load_policies(self, journal: JournalWriter, trigger: str) -> bool:
         """Check, compile and install the policy directory as one transaction; journal, log
@@ -196,20 +259,25 @@ class Agent:
         self._write_status(trigger)
         return result.result != "rejected"
 
-    def _write_status(self, trigger: str) -> None:
-        write_status(
-            self.config.run_dir,
-            {"pid": os.getpid(), "loads": self.reloads, "trigger": trigger, **self.last_load},
-        )
+    def _write_status(self, trigger: str | None = None) -> None:
+        """status.json: the last policy load (``trigger``: what caused it), what is recorded."""
+        self._trigger = trigger or self._trigger
+        status = {"pid": os.getpid(), "loads": self.reloads, "trigger": self._trigger}
+        status["recorded"] = self.counters.recorded
+        status["events_per_s"] = round(self._events_per_s, 1)
+        status["updated_ns"] = str(time.time_ns())
+        write_status(self.config.run_dir, {**status, **self.last_load})
 
     def _loop(self, recorder: Recorder) -> None:
         journal, clock = recorder.journal, self.make.clock
         next_status = clock() + STATUS_INTERVAL_S
         wd = self.notifier.watchdog_interval_s
         next_watchdog = clock()
+        recorded_before = self.counters.recorded
         while not self._stopping:
             recorder.poll(POLL_MS)
             journal.tick()
+            self._forward(journal)
             self._record_problems(journal)
             self._dispatch_signals(journal)
             now = clock()
@@ -219,6 +287,10 @@ class Agent:
             if now >= next_status:
                 counters = recorder.counters
                 self.notifier.status(f"recorded {counters.recorded} events, lost {counters.lost}")
+                interval = now - next_status + STATUS_INTERVAL_S
+                self._events_per_s = (counters.recorded - recorded_before) / interval
+                recorded_before = counters.recorded
+                self._write_status()
                 next_status = now + STATUS_INTERVAL_S
 
     def _record_problems(self, journal: JournalWriter) -> None:

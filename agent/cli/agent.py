@@ -9,6 +9,10 @@ from typing import Any
 from agent import paths
 from agent.cli.watch import add_ringbuf_size, parse_kinds
 from agent.daemon import DEFAULT_RECORD_KINDS, Agent, AgentConfig
+from agent.errors import UsageError
+from agent.forward.forwarder import ForwardConfig
+from agent.forward.pacing import DEFAULT_RATE, DEFAULT_STOP_WAIT, Pacing
+from agent.journal.writer import DEFAULT_HEARTBEAT
 
 
 def register(sub: Any) -> None:
@@ -64,9 +68,54 @@ def register(sub: Any) -> None:
         type=Path,
         default=paths.DEFAULT_RUN_DIR,
         metavar="DIR",
-        help=f"pid and status file (default {paths.DEFAULT_RUN_DIR})",
+        help=f"pid and status files (default {paths.DEFAULT_RUN_DIR})",
+    )
+    p.add_argument(
+        "--heartbeat",
+        type=float,
+        default=DEFAULT_HEARTBEAT,
+        metavar="S",
+        help="seal the journal at least this often, even when idle: a collector flags a host "
+        f"silent after 3 heartbeats without a seal (default {DEFAULT_HEARTBEAT:g})",
+    )
+    fwd = p.add_argument_group("forwarding to a collector")
+    fwd.add_argument(
+        "--forward", metavar="URL", help="ship the journal to the collector at https://HOST:PORT"
+    )
+    fwd.add_argument(
+        "--forward-tls",
+        type=Path,
+        metavar="DIR",
+        help="the host's enrollment bundle (`collector enroll --out`): client.crt, client.key, "
+        "ca.crt, collector.pub",
+    )
+    fwd.add_argument(
+        "--forward-wait",
+        type=float,
+        default=DEFAULT_STOP_WAIT,
+        metavar="S",
+        help="on a clean stop, forward up to the final seal for at most S seconds; the rest "
+        f"goes with the next start (default {DEFAULT_STOP_WAIT:g})",
+    )
+    fwd.add_argument(
+        "--forward-rate",
+        type=int,
+        default=DEFAULT_RATE,
+        metavar="N",
+        help=f"catch-up limit in records/s, 0: none (default {DEFAULT_RATE})",
     )
     p.set_defaults(func=run)
+
+
+def forward_config(args: argparse.Namespace) -> ForwardConfig | None:
+    if args.forward is None:
+        if args.forward_tls is not None:
+            raise UsageError("--forward-tls needs --forward URL")
+        return None
+    if args.forward_tls is None:
+        raise UsageError("--forward needs --forward-tls DIR (the enrollment bundle)")
+    pacing = Pacing(rate=args.forward_rate, stop_wait=args.forward_wait)
+    return ForwardConfig(args.forward, args.forward_tls, pacing)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,5 +128,9 @@ def run(args: argparse.Namespace) -> int:
         epoch_seconds=args.epoch_seconds,
         cgroup=args.cgroup,
         run_dir=args.run_dir,
+        heartbeat=args.heartbeat,
+        forward=forward_config(args),
     )
+    if not config.heartbeat > 0:
+        raise UsageError(f"--heartbeat must be a positive number of seconds, not {args.heartbeat}")
     return Agent(config).run()
