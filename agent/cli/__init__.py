@@ -16,7 +16,7 @@ from agent import __version__
 from agent.errors import SealtrailError
 
 # Modules under agent.cli that provide subcommands, in --help order.
-_COMMANDS = ("agent", "watch", "doctor", "keys", "journal", "policy", "collector")
+_COMMANDS = ("agent", "status", "watch", "doctor", "keys", "journal", "policy", "collector")
 
 
 def build_parser() -> argparse.ArgumentParser:

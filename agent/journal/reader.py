@@ -1,4 +1,5 @@
-"""Reading a journal directory: records for ``tail``, the latest checkpoint, inclusion proofs.
+"""Reading a journal directory: records for ``tail``, the latest checkpoint, inclusion proofs,
+and where the journal ends (``sealtrail status``).
 
 IO only; nothing here decides whether the journal is authentic (that is ``verify``), so the
 documents produced are checked by whoever receives them, with the genesis public key.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from agent.errors import FormatError, JournalError
 from agent.journal import merkle
@@ -19,7 +21,7 @@ from agent.journal.checkpoint import (
     Tail,
 )
 from agent.journal.record import Record, parse_line, record_hash
-from agent.journal.segments import Line, iter_lines
+from agent.journal.segments import Line, iter_lines, list_segments
 
 
 def iter_records(directory: Path) -> Iterator[tuple[Line, Record | None]]:
@@ -97,3 +99,53 @@ def prove_consistency(directory: Path, old: SignedCheckpoint) -> ConsistencyProo
         )
     path = merkle.stream_consistency_proof(old_size, size, _hashes(directory))
     return ConsistencyProof(old, new, tuple(path))
+
+
+class JournalEnd(NamedTuple):
+    """The journal's last complete record and its last seal (None where there is none)."""
+
+    last: Record | None
+    seal: Record | None
+
+
+def journal_end(directory: Path, block: int = 1 << 16) -> JournalEnd:
+    """Read from the end of the last segments back to the last seal: a running agent seals
+    every few hundred milliseconds (and every segment but the live one ends with a seal), so
+    this reads a few blocks, not the journal. Lines that are not records are passed over."""
+    last: Record | None = None
+    for _, path in reversed(list_segments(directory)):
+        for data in _lines_backward(path, block):
+            try:
+                record = parse_line(data)
+            except FormatError:
+                continue
+            last = last or record
+            if record.type == "seal":
+                return JournalEnd(last, record)
+    return JournalEnd(last, None)
+
+
+def _lines_backward(path: Path, block: int) -> Iterator[bytes]:
+    """The complete lines of a file, last first (a partial last line left out)."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below, while the generator is consumed
+    except OSError as exc:
+        raise JournalError(f"cannot read {path}: {exc.strerror}") from None
+    with f:
+        end = f.seek(0, 2)
+        head = b""  # the start of a line whose beginning is not read yet
+        complete = False  # a newline follows ``head``
+        while end > 0:
+            start = max(0, end - block)
+            f.seek(start)
+            parts = (f.read(end - start) + head).split(b"\n")
+            end = start
+            head, tail = parts[0], parts[1:]
+            if not complete:
+                if not tail:
+                    continue
+                tail = tail[:-1]  # after the last newline: a partial line or nothing
+                complete = True
+            yield from reversed(tail)
+        if complete and head:
+            yield head
