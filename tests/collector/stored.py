@@ -5,8 +5,13 @@ store with the chain state and checkpoint the verifier gives."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
+import pytest
+
+from agent.cli import main
+from agent.collector.config import make_config
 from agent.collector.store import Store
 from agent.journal.checkpoint import Checkpoint, SignedCheckpoint
 from agent.journal.keys import KeyStore, PublicKey
@@ -66,5 +71,32 @@ class StoredJournal:
             size += len(batch)
 
 
+def forwarded(
+    store: Store, root: Path, host: str, records: int, *, batches: int = 3, **fill: object
+) -> StoredJournal:
+    """A host's journal written, enrolled now and forwarded into ``store`` in ``batches``."""
+    journal = StoredJournal(root, host, records, **fill)
+    journal.enroll(store, time.time_ns())
+    journal.forward(store, batches=batches)
+    return journal
+
+
 def _is_seal(line: bytes) -> bool:
     return b'"type":"seal"' in line and parse_line(line).type == "seal"
+
+
+def collector_dir(tmp_path: Path, store_url: str, **values: object) -> Path:
+    """``tmp_path/coll`` with only a ``collector.toml`` naming ``store_url``: the operator's
+    commands read no key or certificate."""
+    directory = tmp_path / "coll"
+    directory.mkdir(exist_ok=True)
+    config = make_config(directory, "coll-1", store=store_url, **values)
+    (directory / "collector.toml").write_text(config.to_toml())
+    return directory
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
+    """``sealtrail ARGV...`` in process: exit status, stdout, stderr."""
+    rc = main([*map(str, argv)])
+    out, err = capsys.readouterr()
+    return rc, out, err

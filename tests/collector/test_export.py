@@ -3,42 +3,22 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 
-from agent.cli import main
-from agent.collector.config import make_config
 from agent.collector.errors import CollectorError
 from agent.collector.export import export_host
 from agent.collector.store import Store
 from agent.journal.keys import PublicKey
 from agent.journal.segments import list_segments
-from tests.collector.stored import StoredJournal
+from tests.collector.stored import StoredJournal, collector_dir, forwarded, run_cli
 from tests.collector.test_store import tamper
 
 
 @pytest.fixture
 def web(tmp_path: Path, store: Store) -> StoredJournal:
-    journal = StoredJournal(tmp_path, "web-01", 500, seal_every=30, rotate_every=200)
-    journal.enroll(store, time.time_ns())
-    journal.forward(store, batches=3)
-    return journal
-
-
-def coll(tmp_path: Path, store_url: str) -> Path:
-    directory = tmp_path / "coll"
-    directory.mkdir()
-    config = make_config(directory, "coll-1", store=store_url)
-    (directory / "collector.toml").write_text(config.to_toml())
-    return directory
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
-    rc = main([*map(str, argv)])
-    out, err = capsys.readouterr()
-    return rc, out, err
+    return forwarded(store, tmp_path, "web-01", 500, seal_every=30, rotate_every=200)
 
 
 def test_export_then_journal_verify_ok_and_byte_identical(
@@ -49,9 +29,9 @@ def test_export_then_journal_verify_ok_and_byte_identical(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     out = tmp_path / "export"
-    rc, stdout, err = run(
-        capsys, "collector", "export", "--dir", coll(tmp_path, store_url), "--host", "web-01",
-        "--out", out,
+    rc, stdout, err = run_cli(
+        capsys, "collector", "export", "--dir", collector_dir(tmp_path, store_url),
+        "--host", "web-01", "--out", out,
     )  # fmt: skip
     assert rc == 0, err
     assert stdout.startswith(f"exported {len(web.lines)} records of host web-01 to {out} in 1 ")
@@ -63,7 +43,7 @@ def test_export_then_journal_verify_ok_and_byte_identical(
         0o700,
         0o640,
     )
-    rc, stdout, err = run(
+    rc, stdout, err = run_cli(
         capsys, "journal", "verify", "--journal", out, "--key", out / "journal.pub", "--strict"
     )
     assert rc == 0, stdout
@@ -96,7 +76,9 @@ def test_a_tampered_store_exports_as_stored_and_journal_verify_finds_it(
     out = tmp_path / "export"
     export_host(store, "web-01", out)
     assert (out / "seg-000001.jsonl").read_bytes() == web.bytes.replace(web.lines[seq], changed)
-    rc, stdout, _ = run(capsys, "journal", "verify", "--journal", out, "--key", out / "journal.pub")
+    rc, stdout, _ = run_cli(
+        capsys, "journal", "verify", "--journal", out, "--key", out / "journal.pub"
+    )
     assert rc == 1 and f"error: record {seq} in seg-000001.jsonl" in stdout
 
 
@@ -110,9 +92,9 @@ def test_export_refuses_a_non_empty_out_and_writes_nothing(
     out = tmp_path / "export"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    directory = coll(tmp_path, store_url)
+    directory = collector_dir(tmp_path, store_url)
     base = ["collector", "export", "--dir", directory, "--store", store_url]
-    rc, stdout, err = run(capsys, *base, "--host", "web-01", "--out", out)
+    rc, stdout, err = run_cli(capsys, *base, "--host", "web-01", "--out", out)
     assert rc == 1 and stdout == "" and err.count("\n") == 1
     assert "is not empty" in err and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     for argv, words in [
@@ -120,13 +102,13 @@ def test_export_refuses_a_non_empty_out_and_writes_nothing(
         (["--host", "web-01", "--out", out / "notes.txt"], "exists and is not a directory"),
         (["--host", "web-01", "--out", tmp_path / "y", "--segment-bytes", "0"], "at least 1"),
     ]:
-        rc, stdout, err = run(capsys, *base, *argv)
+        rc, stdout, err = run_cli(capsys, *base, *argv)
         assert rc == 1 and err.startswith("sealtrail: error: ") and err.count("\n") == 1, err
         assert words in err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
     # an empty directory is fine
     (tmp_path / "empty").mkdir()
-    assert run(capsys, *base, "--host", "web-01", "--out", tmp_path / "empty")[0] == 0
+    assert run_cli(capsys, *base, "--host", "web-01", "--out", tmp_path / "empty")[0] == 0
 
 
 def test_a_host_without_records_has_nothing_to_export(

@@ -15,7 +15,7 @@ from agent.cli import main
 from agent.collector.config import make_config
 from agent.collector.hoststate import HostState, host_state, survey
 from agent.collector.store import Head, Status, Store
-from tests.collector.stored import StoredJournal
+from tests.collector.stored import StoredJournal, collector_dir
 
 S = 1_000_000_000
 NOW = 1_800_000_000 * S
@@ -139,14 +139,6 @@ def test_survey_of_a_fleet(store: Store, fleet: dict[str, int]) -> None:
     assert rows["new-01"].lag_seconds is None and rows["new-01"].head.size == 0
 
 
-def _coll(tmp_path: Path, store_url: str, **values: object) -> Path:
-    directory = tmp_path / "coll"
-    directory.mkdir(exist_ok=True)
-    config = make_config(directory, "coll-1", store=store_url, **values)
-    (directory / "collector.toml").write_text(config.to_toml())
-    return directory
-
-
 def test_cli_hosts_lists_every_state(
     tmp_path: Path,
     store: Store,
@@ -154,7 +146,7 @@ def test_cli_hosts_lists_every_state(
     fleet: dict[str, int],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    assert main(["collector", "hosts", "--dir", str(_coll(tmp_path, store_url))]) == 0
+    assert main(["collector", "hosts", "--dir", str(collector_dir(tmp_path, store_url))]) == 0
     out, err = capsys.readouterr()
     assert err == ""
     header, *lines = out.splitlines()
@@ -179,7 +171,7 @@ def test_cli_hosts_json_and_a_slower_heartbeat(
     fleet: dict[str, int],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    coll = _coll(tmp_path, str(tmp_path / "unused.sqlite"), heartbeat_seconds=20)
+    coll = collector_dir(tmp_path, str(tmp_path / "unused.sqlite"), heartbeat_seconds=20)
     assert main(["collector", "hosts", "--dir", str(coll), "--store", store_url, "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert (doc["heartbeat_seconds"], doc["silent_after"]) == (20, 3)
@@ -202,7 +194,7 @@ def test_cli_hosts_json_and_a_slower_heartbeat(
 def test_cli_hosts_of_an_empty_store_and_errors(
     tmp_path: Path, store_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    coll = _coll(tmp_path, store_url)
+    coll = collector_dir(tmp_path, store_url)
     assert main(["collector", "hosts", "--dir", str(coll)]) == 0
     out, err = capsys.readouterr()
     assert out == "" and "no host is enrolled" in err

@@ -6,23 +6,19 @@ from __future__ import annotations
 import io
 import json
 import re
-import time
 from pathlib import Path
 
 import pytest
 
 from agent.cli import main
-from agent.collector.config import make_config
 from agent.collector.reverify import HostReport, verify_host
 from agent.collector.store import Store
 from agent.journal.record import record_hash
 from agent.journal.segments import Chunk
 from agent.journal.verify import Finding, Verifier
-from tests.collector.stored import StoredJournal
-from tests.collector.test_store import cut_records, raw_execute, tamper
+from tests.collector.stored import StoredJournal, collector_dir, forwarded, run_cli
+from tests.collector.test_store import HOST_ID, cut_records, raw_execute, tamper
 from tests.unit.journal.conftest import first_error_seq
-
-HOST_ID = "(SELECT id FROM hosts WHERE name = ? AND retired_ns IS NULL)"
 
 
 @pytest.fixture
@@ -34,10 +30,7 @@ def url(store_url: str) -> str:
 @pytest.fixture
 def web(tmp_path: Path, store: Store) -> StoredJournal:
     """web-01: 400 events, sealed every 25, a key rotation every 150, forwarded in 4 batches."""
-    journal = StoredJournal(tmp_path, "web-01", 400, seal_every=25, rotate_every=150)
-    journal.enroll(store, time.time_ns())
-    journal.forward(store, batches=4)
-    return journal
+    return forwarded(store, tmp_path, "web-01", 400, batches=4, seal_every=25, rotate_every=150)
 
 
 def check(store: Store, name: str = "web-01") -> tuple[HostReport, list[Finding]]:
@@ -49,20 +42,6 @@ def check(store: Store, name: str = "web-01") -> tuple[HostReport, list[Finding]
 
 def errors(found: list[Finding]) -> list[str]:
     return [str(f) for f in found if f.severity == "error"]
-
-
-def collector_dir(tmp_path: Path, store_url: str) -> Path:
-    directory = tmp_path / "coll"
-    directory.mkdir()
-    config = make_config(directory, "coll-1", store=store_url)
-    (directory / "collector.toml").write_text(config.to_toml())
-    return directory
-
-
-def run(capsys: pytest.CaptureFixture[str], *argv: object) -> tuple[int, str, str]:
-    rc = main(["collector", *map(str, argv)])
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 # ------------------------------------------------------------------------------ clean
@@ -257,7 +236,7 @@ def test_cli_verify_every_host_clean_and_then_tampered(
     other.enroll(store, 1, fingerprint="d" * 64)
     other.forward(store, batches=2)
     coll = collector_dir(tmp_path, store_url)
-    rc, out, err = run(capsys, "verify", "--dir", coll)
+    rc, out, err = run_cli(capsys, "collector", "verify", "--dir", coll)
     assert rc == 0 and err == "", err
     lines = out.splitlines()
     assert lines[0].startswith(f"db-01: OK: {len(other.lines)} records,")
@@ -267,14 +246,14 @@ def test_cli_verify_every_host_clean_and_then_tampered(
     assert lines[-1] == f"store OK: 2 hosts, {total} records verified"
 
     cut_records(store_url, "web-01", 200, 201)
-    rc, out, _ = run(capsys, "verify", "--dir", coll)
+    rc, out, _ = run_cli(capsys, "collector", "verify", "--dir", coll)
     assert rc == 1
     assert "error: web-01: record 200 in store:web-01@0 at byte " in out
     assert "web-01: FAILED: " in out and out.splitlines()[-1].startswith("store FAILED: 1 of 2")
-    rc, out, _ = run(capsys, "verify", "--dir", coll, "--host", "db-01")
+    rc, out, _ = run_cli(capsys, "collector", "verify", "--dir", coll, "--host", "db-01")
     assert rc == 0 and "web-01" not in out
 
-    rc, out, _ = run(capsys, "verify", "--dir", coll, "--json")
+    rc, out, _ = run_cli(capsys, "collector", "verify", "--dir", coll, "--json")
     doc = json.loads(out)
     assert rc == 1 and doc["ok"] is False
     assert [(h["host"], h["ok"], h["stored_size"]) for h in doc["hosts"]] == [
@@ -292,14 +271,14 @@ def test_cli_verify_store_override_and_errors(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     coll = collector_dir(tmp_path, str(tmp_path / "elsewhere.sqlite"))
-    rc, out, _ = run(capsys, "verify", "--dir", coll, "--store", store_url)
+    rc, out, _ = run_cli(capsys, "collector", "verify", "--dir", coll, "--store", store_url)
     assert rc == 0 and "web-01: OK" in out
     for argv, words in [
         (["--dir", coll, "--store", store_url, "--host", "nope"], "no host 'nope' is enrolled"),
         (["--dir", tmp_path / "none"], "collector.toml does not exist"),
         (["--dir", coll, "--store", "mysql://x"], "unknown scheme"),
     ]:
-        rc, out, err = run(capsys, "verify", *argv)
+        rc, out, err = run_cli(capsys, "collector", "verify", *argv)
         assert rc == 1 and out == "" and err.startswith("sealtrail: error: "), err
         assert err.count("\n") == 1 and words in err, err
 
@@ -330,7 +309,7 @@ def test_cli_verify_without_a_terminal_shows_no_bar(
     web: StoredJournal,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    rc, _, err = run(capsys, "verify", "--dir", collector_dir(tmp_path, store_url))
+    rc, _, err = run_cli(capsys, "collector", "verify", "--dir", collector_dir(tmp_path, store_url))
     assert rc == 0 and err == ""
 
 
@@ -341,9 +320,9 @@ def test_cli_verify_of_a_live_host_says_it_has_no_stop_yet_without_warning(
     live.enroll(store, 1)
     live.forward(store, batches=2)
     coll = collector_dir(tmp_path, store_url)
-    rc, out, _ = run(capsys, "verify", "--dir", coll)
+    rc, out, _ = run_cli(capsys, "collector", "verify", "--dir", coll)
     assert rc == 0 and "warning" not in out
     assert re.search(r", last seal at seq \d+; no stop record yet \(status ok\)$", out, re.M)
-    rc, out, _ = run(capsys, "verify", "--dir", coll, "--json")
+    rc, out, _ = run_cli(capsys, "collector", "verify", "--dir", coll, "--json")
     (host,) = json.loads(out)["hosts"]
     assert [f["severity"] for f in host["findings"]] == ["warning"]  # all of them, in JSON
