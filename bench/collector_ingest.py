@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import os
 import signal
 import socket
@@ -63,13 +64,6 @@ def journal(root: Path, host: str, records: int) -> tuple[Path, list[bytes]]:
     return keys / "journal.pub", lines
 
 
-def bodies(lines: list[bytes], batch: int) -> list[tuple[int, bytes]]:
-    return [
-        (s, b"".join(ln + b"\n" for ln in lines[s : s + batch]))
-        for s in range(0, len(lines), batch)
-    ]
-
-
 def in_process(root: Path, records: int, batch: int, store_url: str | None) -> None:
     _, lines = journal(root, "solo", records)
     store = open_store(store_url or str(root / "solo.sqlite"))
@@ -78,11 +72,13 @@ def in_process(root: Path, records: int, batch: int, store_url: str | None) -> N
     host = store.host("solo")
     assert host is not None
     ingest = Ingest(store, "bench", SigningKey.generate())
-    work = bodies(lines, batch)
     started = time.perf_counter()
-    for start, body in work:
-        outcome = ingest.ingest(host, start, body)
+    pos = 0
+    while pos < len(lines):  # as the forwarder does: from the size the collector holds
+        body = b"".join(ln + b"\n" for ln in lines[pos : pos + batch])
+        outcome = ingest.ingest(host, pos, body)
         assert isinstance(outcome, Accepted), outcome
+        pos = outcome.size if outcome.size > pos else pos + batch
     took = time.perf_counter() - started
     store.close()
     print(
@@ -129,36 +125,38 @@ class Server:
             self.proc.wait(timeout=60)
 
 
-def push(port: int, ctx: ssl.SSLContext, work: list[tuple[int, bytes]], errors: list[str]) -> None:
+def push(port: int, ctx: ssl.SSLContext, lines: list[bytes], batch: int, errors: list[str]) -> None:
+    """Send ``lines`` as the forwarder does: each batch from the size the collector holds."""
     conn = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=300)
+    pos, width = 0, batch
     try:
-        for start, body in work:
-            while True:
-                conn.request(
-                    "POST",
-                    INGEST_PATH,
-                    body,
-                    {"Content-Type": LINES_TYPE, START_HEADER: str(start)},
-                )
-                resp = conn.getresponse()
-                data = resp.read()
-                if resp.status == 503:
-                    time.sleep(float(resp.getheader("Retry-After") or 1))
-                    continue
-                if resp.status != 200:
-                    errors.append(f"{resp.status} {data[:200]!r}")
-                    return
-                break
+        while pos < len(lines):
+            body = b"".join(ln + b"\n" for ln in lines[pos : pos + width])
+            conn.request(
+                "POST", INGEST_PATH, body, {"Content-Type": LINES_TYPE, START_HEADER: str(pos)}
+            )
+            resp = conn.getresponse()
+            data = resp.read()
+            if resp.status == 503:
+                time.sleep(float(resp.getheader("Retry-After") or 1))
+                continue
+            if resp.status != 200:
+                errors.append(f"{resp.status} {data[:200]!r}")
+                return
+            size = json.loads(data)["size"]
+            pos, width = (size, batch) if size > pos else (pos, width * 2)  # no seal: send more
     finally:
         conn.close()
 
 
-def through_server(server: Server, work: dict[str, tuple[ssl.SSLContext, list]], what: str) -> None:
+def through_server(
+    server: Server, work: dict[str, tuple[ssl.SSLContext, list[bytes]]], batch: int, what: str
+) -> None:
     errors: list[str] = []
-    records = sum(b.count(b"\n") for _, w in work.values() for _, b in w)
+    records = sum(len(lines) for _, lines in work.values())
     threads = [
-        threading.Thread(target=push, args=(server.port, ctx, w, errors))
-        for ctx, w in work.values()
+        threading.Thread(target=push, args=(server.port, ctx, lines, batch, errors))
+        for ctx, lines in work.values()
     ]
     started = time.perf_counter()
     for t in threads:
@@ -184,20 +182,22 @@ def main() -> None:
         root = Path(tmp)
         in_process(root, args.records, args.batch, args.store)
         server = Server(root, args.store)
-        work: dict[str, tuple[ssl.SSLContext, list]] = {}
+        work: dict[str, tuple[ssl.SSLContext, list[bytes]]] = {}
         for n in range(args.hosts):
             host = f"h{n:03d}"
             pub, lines = journal(root, host, args.per_host)
-            work[host] = (server.enroll(host, pub), bodies(lines, args.batch))
+            work[host] = (server.enroll(host, pub), lines)
         backlog = None
         if args.catch_up:
             pub, lines = journal(root, "backlog", args.catch_up)
-            backlog = {"backlog": (server.enroll("backlog", pub), bodies(lines, args.batch))}
+            backlog = {"backlog": (server.enroll("backlog", pub), lines)}
         server.start()
         try:
-            through_server(server, work, f"{args.hosts} hosts at once, through the server")
+            through_server(
+                server, work, args.batch, f"{args.hosts} hosts at once, through the server"
+            )
             if backlog:
-                through_server(server, backlog, "catch-up of one host's backlog")
+                through_server(server, backlog, args.batch, "catch-up of one host's backlog")
         finally:
             server.stop()
 

@@ -159,7 +159,8 @@ def test_enroll_takes_the_key_line_and_refuses_bad_keys(
     assert run(capsys, "init", "--dir", coll, "--name", "c")[0] == 0
     line = journal_pub.read_text().strip()
     base = ["enroll", "--dir", coll, "--host", "web-01", "--out", tmp_path / "b"]
-    rc, _, err = run(capsys, *base, "--journal-key", line[:-1] + "0")
+    wrong_id = line[:-1] + ("1" if line.endswith("0") else "0")  # always a different id
+    rc, _, err = run(capsys, *base, "--journal-key", wrong_id)
     assert rc == 1 and "--journal-key: public key id" in err
     rc, _, err = run(capsys, *base, "--journal-key", tmp_path / "missing.pub")
     assert rc == 1 and "cannot read public key" in err
