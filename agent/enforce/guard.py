@@ -16,8 +16,8 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
+from agent.closing import Closing
 from agent.enforce.cgroups import cgroup2_root, cgroup_dirs
 from agent.errors import KernelError
 from agent.kernel import abi
@@ -144,7 +144,7 @@ def _link_program_id(link_fd: int) -> int:
     return int.from_bytes(info.raw[8:12], "little")
 
 
-class Guard:
+class Guard(Closing):
     """Load + attach the guard; ``install`` compiled policies; ``close`` detaches everything."""
 
     def __init__(
@@ -307,14 +307,3 @@ class Guard:
             for m in maps:
                 m.close()
         self._inner = {0: [], 1: []}
-
-    def __enter__(self) -> Guard:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

@@ -11,8 +11,8 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from types import TracebackType
 
+from agent.closing import Closing
 from agent.errors import KernelError, UsageError
 from agent.events import model
 from agent.events.decode import KIND_OP, OP_KIND, Clock, DecodeError, Decoder
@@ -105,7 +105,7 @@ def prefix_entries(prefix: str) -> list[bytes]:
     return [abi.prefix_key(raw + b"\0"), abi.prefix_key(raw + b"/")]
 
 
-class EventStream:
+class EventStream(Closing):
     """Context manager: ``with EventStream(cfg) as s: for item in s.poll(100): ...``."""
 
     def __init__(self, config: StreamConfig | None = None) -> None:
@@ -249,14 +249,6 @@ class EventStream:
     def __enter__(self) -> EventStream:
         self.start()
         return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     # ---- consumption ----
     def poll(self, timeout_ms: int) -> list[StreamItem]:

@@ -11,8 +11,8 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
+from agent.closing import Closing
 from agent.errors import KernelError
 from agent.kernel import libbpf
 from agent.kernel.libbpf import lib
@@ -187,7 +187,7 @@ class Link:
             self.ptr = 0
 
 
-class BpfObject:
+class BpfObject(Closing):
     """One compiled ``.bpf.o``: configure before ``load()``, attach after."""
 
     def __init__(self, path: Path | str) -> None:
@@ -319,14 +319,3 @@ class BpfObject:
         if self._ptr:
             lib.bpf_object__close(self._ptr)
             self._ptr = None
-
-    def __enter__(self) -> BpfObject:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

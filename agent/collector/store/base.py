@@ -17,7 +17,8 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from types import TracebackType
+
+from agent.closing import Closing
 
 
 class Status(enum.StrEnum):
@@ -73,7 +74,7 @@ class QuarantineEntry:
     body: bytes
 
 
-class Store(ABC):
+class Store(Closing, ABC):
     """What the collector needs of a store. All methods may be called from several threads;
     every write is durable when the method returns."""
 
@@ -167,14 +168,3 @@ class Store(ABC):
     # ------------------------------------------------------------------------------ life
     @abstractmethod
     def close(self) -> None: ...
-
-    def __enter__(self) -> Store:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
