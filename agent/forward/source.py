@@ -119,9 +119,11 @@ class JournalSource:
         want = min(count, self.max_records, limit - start)
         if want < count:
             end = _after_lines(data, end, count, want)
+            count = want
         sealed_end = _last_seal_end(data, end)
         sealed = sealed_end > 0
         if sealed:
+            count -= data.count(b"\n", sealed_end, end)  # usually none: the limit is a seal
             end = sealed_end
         else:  # the next seal is further than a batch (or a line is longer than one)
             data = self._pread(cursor.path, cursor.offset, MAX_BATCH_BYTES)
@@ -133,7 +135,7 @@ class JournalSource:
                         f"{MAX_BATCH_BYTES} bytes, more than a collector takes"
                     )
                 return None  # a long line still being written
-        count = data.count(b"\n", 0, end)
+            count = data.count(b"\n", 0, end)
         first = self._record(data[: data.index(b"\n")], cursor.path, cursor.offset)
         if first.seq != start:
             raise JournalError(

@@ -150,7 +150,7 @@ def test_the_collector_holds_exactly_the_journal(collector: Collector, host: Hos
     for record in receipts:
         receipt = receipt_of(record)
         receipt.verify(host.collector_key, host=HOST)
-        assert receipt.size < record.seq  # it acknowledged records before it
+        assert receipt.size <= record.seq  # it acknowledged records before it
     assert not host.records("forward_error")
     status = host.forward_status()
     assert status["state"] == "stopped" and status["lag_records"] == 0

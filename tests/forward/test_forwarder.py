@@ -51,7 +51,7 @@ def forwarder(
         host=journal.host,
         durable=len(stored(journal)) if durable is None else durable,
         collector="https://collector.test:8443",
-        pacing=Pacing(**{"rate": 0, **pacing}),  # type: ignore[arg-type]
+        pacing=Pacing(**{"rate": 0, "batch_interval": 0, **pacing}),  # type: ignore[arg-type]
         status_dir=status_dir,
         clock=clock or Clock(),
         rng=random.Random(7),
@@ -344,3 +344,20 @@ def test_status_file_and_lag(journal: Journal, tmp_path: Path) -> None:
     written = read_status(tmp_path, "forward.json")
     assert written is not None and written["lag_records"] == 0 and written["lag_seconds"] == 0
     assert written["last_receipt"]["size"] == len(stored(journal))
+
+
+def test_caught_up_it_sends_at_most_a_batch_per_interval(journal: Journal) -> None:
+    w = journal.fill(40, seal_every=20, close=False)
+    collector = FakeCollector(journal.host)
+    clock = Clock()
+    fwd = forwarder(journal, collector, clock=clock, batch_interval=0.25, durable=w.sealed_size)
+    run(fwd)
+    sent = len(collector.requests)
+    w.append("event", {"kind": "exec", "pid": 1})
+    w.flush_and_seal()
+    fwd.notify(w.sealed_size)
+    assert fwd.step() == Wait(0.25)  # caught up a moment ago: wait for more to come
+    clock.now += 0.25
+    run(fwd)
+    assert len(collector.requests) == sent + 1 and collector.lines == stored(journal)
+    w.close({"reason": "test"})

@@ -24,7 +24,7 @@ def threaded(journal: Journal, collector: FakeCollector, durable: int) -> Forwar
         host=journal.host,
         durable=durable,
         collector="https://collector.test",
-        pacing=Pacing(rate=0, backoff_base=0.05, backoff_cap=0.2),
+        pacing=Pacing(rate=0, backoff_base=0.05, backoff_cap=0.2, batch_interval=0.01),
     )
     fwd.start()
     return fwd
