@@ -152,6 +152,8 @@ def test_the_collector_holds_exactly_the_journal(collector: Collector, host: Hos
         receipt.verify(host.collector_key, host=HOST)
         assert receipt.size <= record.seq  # it acknowledged records before it
     assert not host.records("forward_error")
+    key = str(host.keys / "journal.pub")  # the host's own journal, receipts and all:
+    sealtrail("journal", "verify", "--journal", str(host.journal), "--key", key, "--strict")
     status = host.forward_status()
     assert status["state"] == "stopped" and status["lag_records"] == 0
     verify = sealtrail("collector", "verify", "--dir", str(collector.dir), "--json")
@@ -277,3 +279,27 @@ def test_tcp_connections_cut_mid_batch(collector: Collector, host: Host) -> None
         proxy.close()
     assert_exactly_the_journal(collector, host)
     assert {r.fields["error"] for r in host.records("forward_error")} == {"unreachable"}
+
+
+def host_state(collector: Collector) -> str:
+    doc = json.loads(sealtrail("collector", "hosts", "--dir", str(collector.dir), "--json").stdout)
+    (row,) = doc["hosts"]
+    return str(row["state"])
+
+
+def test_an_idle_host_stays_ok_by_its_heartbeat_and_turns_silent_when_stopped(
+    collector: Collector, host: Host
+) -> None:
+    toml = collector.dir / "collector.toml"
+    toml.write_text(toml.read_text().replace("seconds = 10\n", "seconds = 1\n"))
+    collector.start()
+    host.start(collector.port, "--rate", "100", "--events", "50", "--heartbeat", "1")
+    wait_for("forwarded", caught_up(host, 50), 30, host)
+    time.sleep(4.5)  # idle for more than 3 heartbeats: the heartbeat seals keep it ok
+    assert host_state(collector) == "ok"
+    assert host.stop() == 0
+    wait_for("silent", lambda: host_state(collector) == "silent", 30, host)
+    host.start(collector.port, "--rate", "100", "--events", "10", "--heartbeat", "1")
+    wait_for("ok again", lambda: host_state(collector) == "ok", 30, host)
+    assert host.stop() == 0
+    assert_exactly_the_journal(collector, host)
