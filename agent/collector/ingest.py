@@ -197,11 +197,12 @@ class Ingest:
         )
         if not stored:
             return None  # another collector advanced the head: judge again from there
-        if head.status == Status.GAP:
-            self.store.set_status(host.name, Status.OK, "", now)
-        new_head = self.store.head(host.name)
-        receipt = self._receipt(host, new_head, state)
-        return Accepted(len(new), overlap, new_head.size, receipt, pending)
+        # The receipt says what this append made durable (another collector may already have
+        # gone further: reading the head again could pair its size with this state's root).
+        receipt = Receipt.sign(
+            self._key, self.name, host.name, state.next_seq, state.root(), self._clock()
+        )
+        return Accepted(len(new), overlap, state.next_seq, receipt, pending)
 
     def _diverges(self, host: Host, start: int, lines: list[bytes]) -> int | None:
         """The first seq at which ``lines`` differ from the stored records, or None."""
