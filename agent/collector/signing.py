@@ -15,7 +15,7 @@ from pathlib import Path
 from agent.collector.errors import PkiError
 from agent.collector.keyfiles import read_private, write_private, write_public
 from agent.errors import FormatError
-from agent.journal.keys import PRIVATE_TAG, SigningKey, b64, unb64
+from agent.journal.keys import PRIVATE_TAG, SigningKey, b64
 
 
 def create_signing_key(key_path: Path, pub_path: Path) -> SigningKey:
@@ -30,15 +30,8 @@ def create_signing_key(key_path: Path, pub_path: Path) -> SigningKey:
 def load_signing_key(key_path: Path) -> SigningKey:
     """The receipt key; refuses a key file others can read, or one whose id does not match."""
     try:
-        parts = read_private(key_path).decode("ascii").split()
+        return SigningKey.from_line(read_private(key_path).decode("ascii"))
     except UnicodeDecodeError:
-        parts = []
-    if len(parts) != 3 or parts[0] != PRIVATE_TAG:
-        raise PkiError(f"{key_path} is not a sealtrail private key ('{PRIVATE_TAG} SEED ID')")
-    try:
-        key = SigningKey(unb64(parts[1], "private key"))
-    except (FormatError, ValueError) as exc:
+        raise PkiError(f"{key_path} is not a sealtrail private key") from None
+    except FormatError as exc:
         raise PkiError(f"{key_path}: {exc}") from None
-    if key.key_id != parts[2]:
-        raise PkiError(f"{key_path} holds key {key.key_id}, but names {parts[2]}")
-    return key

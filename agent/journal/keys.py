@@ -116,6 +116,21 @@ class SigningKey:
     def sign(self, message: bytes) -> bytes:
         return self._key.sign(message)
 
+    @classmethod
+    def from_line(cls, text: str) -> SigningKey:
+        """A private key line ``PRIVATE_TAG SEED ID``; raises ``FormatError`` saying what is
+        wrong (the caller names the file)."""
+        parts = text.split()
+        if len(parts) != 3 or parts[0] != PRIVATE_TAG:
+            raise FormatError(f"not a sealtrail private key ('{PRIVATE_TAG} SEED ID')")
+        try:
+            key = cls(unb64(parts[1], "private key"))
+        except ValueError as exc:
+            raise FormatError(str(exc)) from None
+        if key.key_id != parts[2]:
+            raise FormatError(f"holds key {key.key_id}, but names {parts[2]}")
+        return key
+
 
 class KeyStore:
     """The keys directory: genesis public key plus the live epoch private key."""
@@ -192,7 +207,7 @@ class KeyStore:
     def load(self, kid: str) -> SigningKey:
         path = self.private_path(kid)
         try:
-            parts = path.read_text(encoding="ascii").split()
+            text = path.read_text(encoding="ascii")
         except FileNotFoundError:
             raise KeyStoreError(
                 f"private key for epoch key {kid} is missing from {self.directory}: the journal "
@@ -200,13 +215,11 @@ class KeyStore:
             ) from None
         except (OSError, UnicodeDecodeError) as exc:
             raise KeyStoreError(f"cannot read {path}: {exc}") from None
-        if len(parts) != 3 or parts[0] != PRIVATE_TAG:
-            raise KeyStoreError(f"{path} is not a sealtrail private key")
         try:
-            key = SigningKey(unb64(parts[1], "private key"))
-        except (FormatError, ValueError) as exc:
+            key = SigningKey.from_line(text)
+        except FormatError as exc:
             raise KeyStoreError(f"{path}: {exc}") from None
-        if key.key_id != kid or parts[2] != kid:
+        if key.key_id != kid:
             raise KeyStoreError(f"{path} holds key {key.key_id}, not {kid}")
         return key
 
