@@ -262,6 +262,9 @@ def test_watch_cli_streams_json_and_stops_on_ctrl_c() -> None:
     watch = subprocess.Popen(
         [sys.executable, "-m", "agent.cli", "watch", "--json", "--only", "exec"],
         stdout=subprocess.PIPE,
+        # as a shell starts it: Ctrl-C at its default (a test runner may have it ignored, and
+        # an ignored SIGINT is inherited)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert watch.stdout is not None
