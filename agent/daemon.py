@@ -4,6 +4,8 @@ One thread runs the loop: poll the event stream into the journal (``agent.record
 the journal (seals within its interval, key rotation on time), dispatch signals, ping the
 systemd watchdog. Signal handlers only enqueue (HUP = reload, TERM/INT = graceful stop); the
 loop acts on them. A policy load is one transaction with a result (``agent.policyload``).
+systemd hears (``agent.sdnotify``) READY once the agent enforces, RELOADING then READY around a
+SIGHUP reload, and a STATUS line (``Agent._status_line``) at each change and every 10 s.
 
 The service is built from factories (event stream, journal writer, enforcer, host probe,
 forwarder, clock, notifier); the defaults are this host's kernel, and unit tests run the same
@@ -28,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Protocol
+from typing import Any, Protocol
 
 from agent import __version__, paths
 from agent.enforce.enforcer import Enforcer, EventSource
@@ -92,6 +94,12 @@ class Forwarding(Protocol):
     def notify(self, durable: int) -> None: ...
     def take_records(self) -> list[tuple[str, dict[str, JsonValue]]]: ...
     def stop(self, timeout: float | None = None) -> bool: ...
+    def status(self) -> dict[str, Any]: ...
+
+
+def short_digest(digest: str) -> str:
+    """A policy digest short enough for a status line: its first 12 hex digits."""
+    return digest.removeprefix("sha256:")[:12]
 
 
 def boot_id() -> str:
@@ -208,7 +216,7 @@ class Agent:
                     )
                 journal.flush_and_seal()
                 log.info("sealtrail agent running; journal %s", cfg.journal_dir)
-                self.notifier.ready(f"enforcing policy {enforcer.digest}")
+                self.notifier.ready(self._status_line())
                 recorder = Recorder(journal, stream, enforcer, self.counters)
                 self._loop(recorder)
                 recorder.drain()  # what the kernel already queued is still evidence
@@ -268,6 +276,25 @@ class Agent:
         status["updated_ns"] = str(time.time_ns())
         write_status(self.config.run_dir, {**status, **self.last_load})
 
+    def _status_line(self) -> str:
+        """systemd's ``STATUS=``: the policy in force and how its last load went, the event
+        rate, what is recorded and lost since start and, forwarding, what the collector does
+        not hold yet (``Forwarder.status``)."""
+        digest = self.enforcer.digest if self.enforcer is not None else None
+        policy = f"policy {short_digest(digest)}" if digest else "no policy"
+        result = self.last_load.get("result")
+        if result == "rejected":
+            policy += " (reload rejected, kept)"
+        elif result == "mismatch":
+            policy += " (kernel differs, see sealtrail status)"
+        counters = self.counters
+        recorded = f"recorded {counters.recorded}, lost {counters.lost}"
+        parts = [policy, f"{self._events_per_s:.1f} events/s", recorded]
+        if self.forwarder is not None:
+            fwd = self.forwarder.status()
+            parts.append(f"forward lag {fwd['lag_records']} records, {fwd['lag_seconds']:.1f} s")
+        return "; ".join(parts)
+
     def _loop(self, recorder: Recorder) -> None:
         journal, clock = recorder.journal, self.make.clock
         next_status = clock() + STATUS_INTERVAL_S
@@ -286,11 +313,11 @@ class Agent:
                 next_watchdog = now + wd
             if now >= next_status:
                 counters = recorder.counters
-                self.notifier.status(f"recorded {counters.recorded} events, lost {counters.lost}")
                 interval = now - next_status + STATUS_INTERVAL_S
                 self._events_per_s = (counters.recorded - recorded_before) / interval
                 recorded_before = counters.recorded
                 self._write_status()
+                self.notifier.status(self._status_line())
                 next_status = now + STATUS_INTERVAL_S
 
     def _record_problems(self, journal: JournalWriter) -> None:
@@ -311,14 +338,17 @@ class Agent:
             {**self.last_load, "result": "mismatch", "digest": digest, "errors": errors}
         )
         self._write_status("directory change")
+        self.notifier.status(self._status_line())
 
     def _dispatch_signals(self, journal: JournalWriter) -> None:
         while self._signals:
             sig = self._signals.popleft()
             if sig == signal.SIGHUP:
                 log.info("SIGHUP: reload")
+                self.notifier.reloading()
                 journal.append("reload", {"trigger": "SIGHUP"})
                 self._load_policies(journal, "SIGHUP")
+                self.notifier.ready(self._status_line())  # rejected too: the old set is in force
             else:
                 log.info("%s: stopping", signal.Signals(sig).name)
                 self._stopping = True

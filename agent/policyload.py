@@ -24,6 +24,12 @@ from agent.recorder import text_safe
 
 log = logging.getLogger(__name__)
 
+_RECORD_TYPES = {
+    "loaded": "policy_loaded",
+    "rejected": "policy_rejected",
+    "mismatch": "policy_mismatch",
+}
+
 
 class Installer(Protocol):
     """What a load installs into: ``agent.enforce.enforcer.Enforcer``."""
@@ -55,30 +61,48 @@ class LoadResult:
             out["errors"] = list(self.errors)
         return out
 
+    @property
+    def record_type(self) -> str:
+        """The type of this load's journal record."""
+        return _RECORD_TYPES[self.result]
+
     def record(self, trigger: str) -> tuple[str, dict[str, JsonValue]]:
         """The journal record of this load (type, fields)."""
         fields: dict[str, JsonValue]
         if self.result == "rejected":
-            rtype = "policy_rejected"
             fields = {"errors": list(self.errors), "kept": self.digest}
         elif self.result == "mismatch":
-            rtype = "policy_mismatch"
             fields = {"digest": self.digest, "files": list(self.files),
                       "errors": list(self.errors)}  # fmt: skip
         else:
-            rtype = "policy_loaded"
             fields = {"digest": self.digest, "files": list(self.files)}
-        return rtype, text_safe({**fields, "trigger": trigger})
+        return self.record_type, text_safe({**fields, "trigger": trigger})
 
     def log(self, trigger: str) -> None:
+        """Log it; in the systemd journal with the fields ``SEALTRAIL_EVENT`` (the record type)
+        and ``SEALTRAIL_POLICY`` (the digest in force; ``agent.logsetup``)."""
+        fields = {"SEALTRAIL_EVENT": self.record_type}
+        if self.digest is not None:  # None: rejected at start, nothing in force
+            fields["SEALTRAIL_POLICY"] = self.digest
         if self.result == "rejected":
             for line in self.errors:
-                log.error("policy rejected: %s", line)
+                log.error("policy rejected: %s", line, extra=fields)
         elif self.result == "mismatch":
             for line in self.errors:
-                log.error("policy %s installed, but the kernel differs: %s", self.digest, line)
+                log.error(
+                    "policy %s installed, but the kernel differs: %s",
+                    self.digest,
+                    line,
+                    extra=fields,
+                )
         else:
-            log.info("policy %s loaded (%d files, %s)", self.digest, len(self.files), trigger)
+            log.info(
+                "policy %s loaded (%d files, %s)",
+                self.digest,
+                len(self.files),
+                trigger,
+                extra=fields,
+            )
 
 
 def _has_policy_files(directory: Path) -> bool:

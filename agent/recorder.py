@@ -25,6 +25,8 @@ from agent.journal.canonical import MAX_SAFE_INT, JsonValue
 from agent.kernel.ringbuf import record_at
 from agent.native.encoder import EventEncoder
 from agent.native.layout import ENC_END, ENC_SLOW
+from agent.policy.evaluate import Effect
+from agent.policy.source import shown
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +189,12 @@ class Recorder:
         for item in items:
             if isinstance(item, model.LossEvent):
                 counters.lost += item.count
-                log.warning("kernel dropped %d events since %d", item.count, item.since_ns)
+                log.warning(
+                    "kernel dropped %d events since %d",
+                    item.count,
+                    item.since_ns,
+                    extra={"SEALTRAIL_EVENT": "loss"},
+                )
                 pending.append(("loss", loss_fields(item)))
                 continue
             guard = isinstance(item, model.GuardEvent)
@@ -232,5 +239,34 @@ class Recorder:
     def _record_verdicts(self) -> None:
         verdicts = self.enforcer.verdicts
         while verdicts:
-            self.journal.append("verdict", text_safe(verdicts.popleft().fields()))
+            verdict = verdicts.popleft()
+            seq = self.journal.append("verdict", text_safe(verdict.fields()))
             self.counters.verdicts += 1
+            if verdict.action in _LOGGED_ACTIONS:
+                log_verdict(verdict, seq)
+
+
+#: Verdicts that are also logged: what was stopped, or would be in enforce mode. Allow and
+#: audit verdicts are in the journal only (on a busy host they are its volume).
+_LOGGED_ACTIONS = frozenset({Effect.DENY, Effect.KILL, Effect.WOULD_DENY, Effect.WOULD_KILL})
+
+
+def log_verdict(verdict: VerdictRecord, seq: int) -> None:
+    """One log line for a verdict journaled as ``seq``, with its journal fields
+    (``agent.logsetup``)."""
+    log.warning(
+        "%s %s by rule %s (policy %s): pid %d %s",
+        verdict.action,
+        verdict.operation,
+        verdict.rule,
+        verdict.policy,
+        verdict.pid,
+        shown(verdict.exe or "?"),  # bytes that are not UTF-8 as \xNN
+        extra={
+            "SEALTRAIL_EVENT": "verdict",
+            "SEALTRAIL_ACTION": verdict.action,
+            "SEALTRAIL_RULE": verdict.rule,
+            "SEALTRAIL_POLICY": verdict.digest,
+            "SEALTRAIL_SEQ": seq,
+        },
+    )

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from agent import __version__
 from agent.errors import SealtrailError
+from agent.logsetup import setup_logging
 
 # Modules under agent.cli that provide subcommands, in --help order.
 _COMMANDS = ("agent", "status", "watch", "doctor", "keys", "journal", "policy", "collector")
@@ -45,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # one-shot command shows warnings and errors unless asked (-v)
     base = logging.INFO if args.command == "agent" else logging.WARNING
     level = max(logging.DEBUG, base - 10 * min(args.verbose, 2))
-    logging.basicConfig(level=level, format="sealtrail: %(levelname)s: %(name)s: %(message)s")
+    setup_logging(level)  # the journal under systemd, stderr otherwise
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2

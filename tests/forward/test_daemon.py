@@ -4,6 +4,7 @@ its receipts journaled by the loop, stopped after the final seal (everything for
 from __future__ import annotations
 
 import dataclasses
+import re
 import signal
 import time
 from pathlib import Path
@@ -58,6 +59,9 @@ def test_the_agent_forwards_its_journal_and_journals_the_receipts(tmp_path: Path
     status = read_status(svc.config.run_dir, "forward.json")
     assert status is not None and status["state"] == "stopped"
     assert status["lag_records"] == 0 and status["acknowledged"] == len(lines)
+    # systemd's STATUS= says what the collector does not hold yet (at READY: a start record)
+    ready = svc.notifier.sent[0]
+    assert re.fullmatch(r"policy \w{12}; .*; forward lag \d+ records, \d+\.\d s", ready["status"])
 
 
 def test_a_collector_down_costs_the_stop_only_its_wait(tmp_path: Path) -> None:

@@ -126,6 +126,29 @@ def test_verdicts_made_meanwhile_are_journaled_at_the_next_poll(journal: Journal
     assert not enforcer.verdicts
 
 
+def test_stops_are_logged_with_their_journal_fields(
+    journal: JournalWriter, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What was stopped (or would be) is logged too, with the fields the systemd journal keeps
+    (agent.logsetup): rule, policy digest, and the seq of its record here; allow and audit
+    verdicts are journaled only."""
+    recorder, _, enforcer = recorder_for(journal, [[]])
+    exec_ev = recorder.stream.decode_records([exec_record(32, b"/tmp/x")])[0]
+    for action in ("allow", "audit", "would_deny", "deny"):
+        enforcer.verdicts.append(verdict_on(exec_ev, action))
+    with caplog.at_level("INFO", logger="agent.recorder"):
+        recorder.poll(50)
+    seqs = [v["seq"] for v in records(journal, "verdict")]
+    logged = [(r.getMessage(), r.SEALTRAIL_ACTION, r.SEALTRAIL_SEQ) for r in caplog.records]
+    assert logged == [
+        ("would_deny exec by rule r1 (policy p): pid 32 /tmp/x", "would_deny", seqs[2]),
+        ("deny exec by rule r1 (policy p): pid 32 /tmp/x", "deny", seqs[3]),
+    ]
+    last = caplog.records[-1]
+    fields = (last.SEALTRAIL_RULE, last.SEALTRAIL_POLICY, last.SEALTRAIL_EVENT)
+    assert fields == ("r1", "d" * 64, "verdict")
+
+
 @pytest.mark.parametrize("journal", PATHS, indirect=True)
 def test_guard_decisions_go_to_the_enforcer_not_into_event_records(
     journal: JournalWriter,

@@ -7,13 +7,13 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent.daemon import Agent, AgentConfig, Factories
+from agent.daemon import Agent, AgentConfig, Factories, short_digest
 from agent.errors import SealtrailError
 from agent.journal.writer import JournalWriter
 from agent.kernel.abi import Op
@@ -34,7 +34,7 @@ class RecordingNotifier(Notifier):
         self.watchdog_interval_s = watchdog_s
         self.sent: list[dict[str, str]] = []
 
-    def notify(self, **fields: str) -> None:
+    def notify(self, *, fds: Sequence[int] = (), **fields: str) -> None:
         self.sent.append(fields)
 
 
@@ -136,6 +136,14 @@ def test_sighup_reloads_and_a_bad_reload_keeps_the_policy_in_force(tmp_path: Pat
     assert records[3]["digest"] == digest and records[3]["trigger"] == "SIGHUP"
     rejected = records[5]
     assert rejected["kept"] == digest and rejected["errors"]
+    # systemd hears each reload begin and end (Type=notify-reload), a rejected one too
+    sent = [m for m in svc.notifier.sent if "reloading" in m or "ready" in m]
+    reload = [["monotonic_usec", "reloading"], ["ready", "status"]]
+    assert [sorted(m) for m in sent] == [["ready", "status"], *reload, *reload]
+    assert sent[1]["monotonic_usec"].isdigit()
+    policy = f"policy {short_digest(digest)}"
+    ready = [m["status"].split("; ")[0] for m in sent if "ready" in m]
+    assert ready == [policy, policy, f"{policy} (reload rejected, kept)"]
     status = read_status(svc.config.run_dir)
     assert status is not None
     assert (status["result"], status["kept"], status["loads"]) == ("rejected", digest, 3)
@@ -193,8 +201,11 @@ def test_ready_watchdog_status_and_stopping_from_the_loop(tmp_path: Path) -> Non
     svc.at(48, send(signal.SIGTERM))  # 12 s of clock
     svc.run()
     sent = svc.notifier.sent
-    assert sent[0] == {"ready": "1", "status": f"enforcing policy {svc.enforcer.digest}"}
+    assert svc.enforcer.digest is not None
+    policy = f"policy {short_digest(svc.enforcer.digest)}"
+    assert sent[0] == {"ready": "1", "status": f"{policy}; 0.0 events/s; recorded 0, lost 0"}
     assert sent[-1] == {"stopping": "1"}
     pings = [m for m in sent if m == {"watchdog": "1"}]
     assert 11 <= len(pings) <= 13
-    assert [m for m in sent if set(m) == {"status"}] == [{"status": "recorded 1 events, lost 0"}]
+    statuses = [m for m in sent if set(m) == {"status"}]  # 1 event in the first 10 s
+    assert statuses == [{"status": f"{policy}; 0.1 events/s; recorded 1, lost 0"}]
