@@ -7,8 +7,11 @@ it SIGTERM when the runner exits, whatever way it exits.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import itertools
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -17,6 +20,10 @@ from pathlib import Path
 from typing import Any
 
 PR_SET_PDEATHSIG = 1
+#: test agents pin under here, never in the machine's own /sys/fs/bpf/sealtrail
+PIN_ROOT = Path("/sys/fs/bpf/sealtrail-tests")
+_pin_numbers = itertools.count()
+_pin_dirs: dict[int, Path] = {}  # agent pid -> its pin directory
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -24,24 +31,59 @@ def _die_with_parent() -> None:
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
+def fresh_pin_dir() -> Path:
+    """A pin directory of this test run's own: a test agent never takes over (or leaves
+    behind) the machine's /sys/fs/bpf/sealtrail. Removed at exit (``unpin_all``)."""
+    return PIN_ROOT / f"test-{os.getpid()}-{next(_pin_numbers)}"
+
+
+def unpin_all() -> None:
+    """Detach what the test agents pinned (conftest, at the end of the session): nothing a
+    test started stays enforcing. A pin directory an agent still holds is left to it."""
+    from agent.kernel.pins import PinError, unpin
+
+    for path in sorted(PIN_ROOT.glob(f"test-{os.getpid()}-*")) if PIN_ROOT.exists() else []:
+        with contextlib.suppress(PinError):
+            unpin(path)
+    with contextlib.suppress(OSError):
+        PIN_ROOT.rmdir()  # when no other test run uses it
+
+
 def start_agent(
     *args: str, env: dict[str, str] | None = None, log: Path | None = None
 ) -> subprocess.Popen[str]:
     """The agent, its stderr a pipe (for short runs read with ``communicate``) or, with
     ``log``, that file: an agent that runs for a whole module must not block on a full pipe
-    nobody reads (it logs every policy load and mark update at INFO)."""
+    nobody reads (it logs every policy load and mark update at INFO). Its pins go to a
+    directory of the test run's own unless ``--pin-dir`` is among ``args``."""
+    pin_dir = None
+    if "--pin-dir" not in args and "--no-pin" not in args:
+        pin_dir = fresh_pin_dir()
+        args = (*args, "--pin-dir", str(pin_dir))
     stderr = open(log, "a") if log is not None else subprocess.PIPE  # noqa: SIM115
     try:
-        return subprocess.Popen(
+        agent = subprocess.Popen(
             [sys.executable, "-m", "agent.cli", "agent", *args],
             stderr=stderr,
             text=True,
             preexec_fn=_die_with_parent,
             env=env,
         )
+        if pin_dir is not None:
+            _pin_dirs[agent.pid] = pin_dir
+        return agent
     finally:
         if log is not None:
             stderr.close()  # type: ignore[union-attr]
+
+
+def unpin_agent(agent: subprocess.Popen[str]) -> None:
+    """Detach what a stopped test agent pinned (an agent stops, its pins stay: by design)."""
+    from agent.kernel.pins import unpin
+
+    pin_dir = _pin_dirs.pop(agent.pid, None)
+    if pin_dir is not None:
+        unpin(pin_dir)
 
 
 def agent_log(agent: subprocess.Popen[str], log: Path) -> str:
@@ -70,6 +112,8 @@ def stop_agent(agent: subprocess.Popen[str], timeout: float, cgroup: Path, journ
     finally:
         if agent.poll() is None:
             agent.kill()
+            agent.wait(timeout)
+    unpin_agent(agent)
     for _ in range(50):
         try:
             cgroup.rmdir()

@@ -46,3 +46,13 @@ def pytest_runtest_makereport(
     if IN_CI and report.skipped and item.get_closest_marker("kernel") is not None:
         report.outcome = "failed"
         report.longrepr = f"kernel test skipped under CI (not allowed): {report.longrepr}"
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Whatever test agents pinned and no test unpinned (an agent that was not stopped by
+    ``stop_agent``) is detached here: no test leaves a program enforcing on the machine."""
+    del session, exitstatus
+    if os.geteuid() == 0:
+        from tests.agentproc import unpin_all
+
+        unpin_all()

@@ -39,7 +39,7 @@ from typing import Any, Protocol
 from agent.enforce.cgroups import CgroupPaths
 from agent.enforce.dirwatch import DirWatch, NewDir
 from agent.enforce.fanotify import FanotifyGuard, MarkTable, PermissionRequest
-from agent.enforce.guard import GUARDED_OPS, LSM_OPS, Guard
+from agent.enforce.guard import GUARDED_OPS, LSM_OPS, Guard, RuleRef, SavedRule
 from agent.enforce.marks import MarkPlan, MarkRule, OsView, extend_plan, plan_marks
 from agent.enforce.mounts import MountView
 from agent.enforce.process import kill_process, process_of
@@ -48,7 +48,9 @@ from agent.errors import KernelError
 from agent.events import model
 from agent.events.decode import open_access
 from agent.events.loader import is_dynamic_loader, is_loader_process
+from agent.journal.canonical import JsonValue
 from agent.kernel.mechanism import HostCapabilities, Mechanism
+from agent.kernel.pins import GUARD, PinDir
 from agent.policy.compile import CompiledPolicySet, compile_policy_set
 from agent.policy.evaluate import (
     Effect,
@@ -127,9 +129,13 @@ class Enforcer:
         stream: EventSource,
         caps: HostCapabilities,
         cgroup: Path | None = None,
+        pins: PinDir | None = None,
     ) -> None:
         self.stream = stream
         self.caps = caps
+        self.pins = pins  # where the guard is pinned (agent.kernel.pins), None: not pinned
+        #: the guard an earlier agent pinned, taken over at the first install (for the journal)
+        self.takeover: dict[str, JsonValue] | None = None
         self.verdicts: collections.deque[VerdictRecord] = collections.deque()
         #: where the kernel stopped holding the live plan since the last install (from the
         #: directory watcher's thread); the daemon journals them as policy_mismatch
@@ -236,13 +242,22 @@ class Enforcer:
         self, compiled: CompiledPolicySet, enforcements: tuple[Enforcement, ...]
     ) -> None:
         in_kernel = GUARDED_OPS | (LSM_OPS if self.caps.lsm else frozenset())
-        if self._guard is None and any(
+        # a guard an earlier agent pinned is taken over even if this policy needs none: its
+        # policy must be replaced, not left enforcing behind this one's back
+        pinned = self.pins is not None and self.pins.holds(GUARD)
+        if self._guard is None and (pinned or any(
             e.rule.operation in in_kernel or judged_in_kernel_at_exec(e.mechanism)
             for e in enforcements
-        ):
+        )):  # fmt: skip
             self._guard = Guard(
-                self._cgroup, shared_maps=self.stream.shared_maps(), lsm=self.caps.lsm
-            )
+                self._cgroup, shared_maps=self.stream.shared_maps(), lsm=self.caps.lsm,
+                pins=self.pins,
+            )  # fmt: skip
+            if self._guard.taken_over and self.pins is not None:
+                gen = self._guard.generation
+                earlier = self._guard.earlier.get(gen)
+                self.takeover = {"pin_dir": str(self.pins.path), "generation": gen,
+                                 "digest": earlier.digest if earlier else None}  # fmt: skip
         if self._guard is not None:
             self._guard.install(compiled)
 
@@ -497,11 +512,13 @@ class Enforcer:
 
     def _guard_verdict(self, ev: model.GuardEvent) -> None:
         assert self._guard is not None
-        compiled = self._guard.compiled.get(ev.generation)
-        if compiled is None:
+        compiled = self._guard.policy_of(ev.generation)
+        try:
+            rule: RuleRef = compiled.rule(ev.op, ev.rule_index) if compiled else _unknown(ev)
+        except KeyError:
+            rule = _unknown(ev)
+        if compiled is None:  # journaled all the same: the kernel decided, it is evidence
             log.error("guard verdict from unknown generation %d", ev.generation)
-            return
-        rule = compiled.rule(ev.op, ev.rule_index)
         action = ev.action
         if rule.mode == "monitor" and rule.action in ("deny", "kill"):
             action = effective_action(rule.mode, rule.action)
@@ -515,7 +532,8 @@ class Enforcer:
             kill_process(ev.pid)  # the kernel denied; this kernel cannot signal from there
         self.verdicts.append(
             VerdictRecord(
-                action, rule.rule_id, rule.policy_name, compiled.digest, mechanism, ev.op,
+                action, rule.rule_id, rule.policy_name, compiled.digest if compiled else "",
+                mechanism, ev.op,
                 False, ev.pid, ev.exe, guard_object(ev),
             )
         )  # fmt: skip
@@ -562,6 +580,12 @@ class Enforcer:
         if self._guard is not None:
             self._guard.close()
             self._guard = None
+
+
+def _unknown(ev: model.GuardEvent) -> SavedRule:
+    """The rule of a verdict whose policy generation is not known here (its rule table was
+    lost with an earlier agent): named by its number, taken as the kernel took it."""
+    return SavedRule(f"#{ev.rule_index}@{ev.generation}", "", "enforce", ev.rule_action)
 
 
 def _identity_target(state: _State, fd: int, operation: str) -> str | None:

@@ -7,15 +7,23 @@ new one, never a mix and never none. The previous slot's maps are then released.
 
 The hooks attach to one cgroup (the cgroup v2 root for a host-wide agent; a test attaches to a
 cgroup it created) and apply to every process below it.
+
+With a pin directory (``agent.kernel.pins``) the guard's maps and links are pinned, so the
+kernel keeps judging with the last installed policy while no agent runs, and a starting agent
+takes them over: same maps (the live slot stays live until its first install flips), links
+switched to its programs. The rule tables of pinned generations are saved beside
+(``PinDir.state_file``), so a verdict taken before the restart still names its rule.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from agent.closing import Closing
 from agent.enforce.cgroups import cgroup2_root, cgroup_dirs
@@ -32,6 +40,7 @@ from agent.kernel.loader import (
     cgroup_program_ids,
     object_path,
 )
+from agent.kernel.pins import GUARD, PinDir
 from agent.kernel.probe import PREPARE_EXEC_HOOK, btf_has_name
 from agent.policy.compile import MAPS, OPS, CompiledPolicySet, path_lookup
 from agent.policy.evaluate import Evaluator
@@ -130,6 +139,65 @@ def _inode_entries(compiled: CompiledPolicySet) -> dict[bytes, bytes]:
     return entries
 
 
+class RuleRef(Protocol):
+    """What a guard verdict needs of the rule it names (a CompiledRule, or a saved one)."""
+
+    @property
+    def rule_id(self) -> str: ...
+    @property
+    def policy_name(self) -> str: ...
+    @property
+    def mode(self) -> str: ...
+    @property
+    def action(self) -> str: ...
+
+
+class Generation(Protocol):
+    """A policy generation as verdicts resolve it: a CompiledPolicySet, or a SavedGeneration."""
+
+    @property
+    def digest(self) -> str: ...
+    def rule(self, operation: str, index: int) -> RuleRef: ...
+
+
+@dataclass(frozen=True)
+class SavedRule:
+    rule_id: str
+    policy_name: str
+    mode: str
+    action: str
+
+
+@dataclass(frozen=True)
+class SavedGeneration:
+    """The rule table of a generation an earlier agent installed (from PinDir.state_file)."""
+
+    digest: str
+    rules: dict[tuple[str, int], SavedRule]
+
+    def rule(self, operation: str, index: int) -> SavedRule:
+        return self.rules[(operation, index)]
+
+    @classmethod
+    def of(cls, compiled: CompiledPolicySet) -> SavedGeneration:
+        rules = {(r.operation, r.index): SavedRule(r.rule_id, r.policy_name, r.mode, r.action)
+                 for r in compiled.rules}  # fmt: skip
+        return cls(compiled.digest, rules)
+
+    def to_json(self) -> dict[str, object]:
+        rows = [[op, i, r.rule_id, r.policy_name, r.mode, r.action]
+                for (op, i), r in sorted(self.rules.items())]  # fmt: skip
+        return {"digest": self.digest, "rules": rows}
+
+    @classmethod
+    def from_json(cls, data: object) -> SavedGeneration:
+        if not isinstance(data, dict) or not isinstance(data.get("rules"), list):
+            raise ValueError("not a saved generation")
+        rules = {(str(op), int(i)): SavedRule(str(rid), str(pol), str(mode), str(action))
+                 for op, i, rid, pol, mode, action in data["rules"]}  # fmt: skip
+        return cls(str(data["digest"]), rules)
+
+
 def _absent_lsm_programs() -> frozenset[str]:
     """LSM_OPTIONAL programs whose hook this kernel lacks: its BTF has no such function."""
     return frozenset(p for p, fn in LSM_OPTIONAL.items() if not btf_has_name(fn))
@@ -152,8 +220,10 @@ class Guard(Closing):
         cgroup: Path | str | None = None,
         shared_maps: dict[str, int] | None = None,
         lsm: bool = False,
+        pins: PinDir | None = None,
     ) -> None:
         self.cgroup = Path(cgroup) if cgroup else cgroup2_root()
+        self.pins = pins
         self.cgroup_root = cgroup2_root()
         self.lsm = lsm
         # cgroup programs get bpf_send_signal only on newer kernels; without it the agent
@@ -165,37 +235,100 @@ class Guard(Closing):
         if not self.fileless_exec:
             self._skipped |= frozenset(FILELESS_PROGRAMS)
         try:
-            self._obj = self._load(shared_maps, lsm, self._skipped, cgroup_signal=True)
+            self._obj = self._load_pinned(shared_maps, cgroup_signal=True)
         except KernelError as exc:
             if "bpf_send_signal" not in str(exc):
                 raise
             log.info("guard: no bpf_send_signal in cgroup programs here; kills from userspace")
             self.kernel_kills_at_cgroup = False
-            self._obj = self._load(shared_maps, lsm, self._skipped, cgroup_signal=False)
+            self._obj = self._load_pinned(shared_maps, cgroup_signal=False)
         self._inner: dict[int, list[Map]] = {0: [], 1: []}
         self._installed: dict[int, dict[str, dict[bytes, bytes]]] = {0: {}, 1: {}}
-        self.generation = 0
         self.compiled: dict[int, CompiledPolicySet] = {}
+        #: generations an earlier agent installed and pinned (their verdicts may still come)
+        self.earlier: dict[int, SavedGeneration] = {}
         try:
-            for prog in PROGRAMS:
-                self._obj.attach_cgroup(prog, self.cgroup)
-            for prog in LINEAGE_PROGRAMS + (LSM_PROGRAMS if lsm else ()) + FILELESS_PROGRAMS:
-                if prog not in self._skipped:
-                    self._obj.attach(prog)
+            self._attach_all(lsm)
             self._cfg = self._obj.map(abi.MAP_GUARD_CFG)
             self._outer = {name: self._obj.map(t.outer) for name, t in TABLES.items()}
+            # a pinned config carries on the earlier agent's numbering (0 when fresh)
+            self.generation = int(max(self._read_cfg().generation))
+            self.taken_over = self.generation > 0
+            if self.taken_over:
+                self._take_over()
         except BaseException:
             self._obj.close()
             raise
 
+    def _load_pinned(self, shared_maps: dict[str, int] | None, cgroup_signal: bool) -> BpfObject:
+        """Load, reusing the maps an earlier agent pinned; if they no longer fit this build
+        (an upgrade changed a table's size), start afresh: logged, since until the new
+        programs attach nothing judges in the kernel."""
+        try:
+            return self._load(shared_maps, self.lsm, self._skipped, cgroup_signal, self.pins)
+        except KernelError as exc:
+            if self.pins is None or "reuse pinned map" not in str(exc):
+                raise
+            log.warning("guard: the maps pinned in %s do not fit this agent (%s); replacing "
+                        "them", self.pins.path, str(exc).splitlines()[0])  # fmt: skip
+            self.pins.remove(GUARD)
+            return self._load(shared_maps, self.lsm, self._skipped, cgroup_signal, self.pins)
+
+    def _attach_all(self, lsm: bool) -> None:
+        pins, keep = self.pins, set()
+        cgroup_ino = os.stat(self.cgroup).st_ino  # the cgroup id: a pin per cgroup attached to
+        for prog in PROGRAMS:
+            if pins is None:
+                self._obj.attach_cgroup(prog, self.cgroup)
+                continue
+            pin = pins.links_dir(GUARD) / f"{prog}@cgroup{cgroup_ino}"
+            keep.add(pin)
+            self._obj.attach_pinned(
+                prog, pin, functools.partial(self._obj.attach_cgroup, prog, self.cgroup)
+            )
+        for prog in LINEAGE_PROGRAMS + (LSM_PROGRAMS if lsm else ()) + FILELESS_PROGRAMS:
+            if prog in self._skipped:
+                continue
+            if pins is None:
+                self._obj.attach(prog)
+                continue
+            pin = pins.links_dir(GUARD) / prog
+            keep.add(pin)
+            self._obj.attach_pinned(prog, pin, functools.partial(self._obj.attach, prog))
+        if pins is not None:
+            for gone in pins.prune_links(GUARD, keep):
+                log.info("guard: detached %s, pinned by an earlier agent and not wanted now", gone)
+
+    def _take_over(self) -> None:
+        """The pinned slot is live: know its maps (verify, the next flip) and the rules of the
+        pinned generations (the verdicts still in the ring buffer)."""
+        assert self.pins is not None
+        cfg = self._read_cfg()
+        for gen, data in self.pins.load_generations().items():
+            if gen in tuple(cfg.generation):
+                try:
+                    self.earlier[gen] = SavedGeneration.from_json(data)
+                except (ValueError, TypeError, KeyError) as exc:
+                    log.warning("guard: saved generation %d unreadable: %s", gen, exc)
+        log.info("guard: took over the pinned guard at generation %d (policy %s)",
+                 self.generation, self.earlier[self.generation].digest[:12]
+                 if self.generation in self.earlier else "unknown")  # fmt: skip
+
+    def policy_of(self, generation: int) -> Generation | None:
+        """The policy a verdict of ``generation`` was taken under (None: not known here)."""
+        return self.compiled.get(generation) or self.earlier.get(generation)
+
     @staticmethod
     def _load(
-        shared_maps: dict[str, int] | None, lsm: bool, skipped: frozenset[str], cgroup_signal: bool
-    ) -> BpfObject:
+        shared_maps: dict[str, int] | None, lsm: bool, skipped: frozenset[str],
+        cgroup_signal: bool, pins: PinDir | None,
+    ) -> BpfObject:  # fmt: skip
         obj = BpfObject(object_path("guard"))
         try:
             for name, fd in (shared_maps or {}).items():
                 obj.reuse_map(name, fd)
+            if pins is not None:
+                obj.pin_maps(pins.maps_dir(GUARD), skip=frozenset(shared_maps or {}))
             # LSM programs load only where BPF-LSM does (doctor probes it), and those of hooks
             # the kernel has: elsewhere it refuses them and would take the whole object down
             obj.only_load(
@@ -241,11 +374,20 @@ class Guard(Closing):
                 m.close()
             raise
         self.generation += 1
+        self.compiled[self.generation] = compiled
+        # keep the previous generation for verdicts still in the ring buffer
+        for gen in [g for g in self.compiled if g < self.generation - 1]:
+            del self.compiled[gen]
+        for gen in [g for g in self.earlier if g < self.generation - 1]:
+            del self.earlier[gen]
+        if self.pins is not None:  # before the switch: a kill after it still finds the rules
+            saved = {g: SavedGeneration.of(c).to_json() for g, c in self.compiled.items()}
+            saved.update({g: e.to_json() for g, e in self.earlier.items()})
+            self.pins.save_generations(saved)
         cfg.generation[idle] = self.generation
         cfg.flags = abi.GUARD_LINEAGE if compiled.follows_descendants else 0
         cfg.slot = idle
         self._cfg.update(b"\0" * 4, bytes(cfg))  # the switch: one store
-        self.compiled[self.generation] = compiled
         old = self._inner[1 - idle]
         for name in TABLES:
             self._outer[name].delete((1 - idle).to_bytes(4, "little"))
@@ -253,9 +395,6 @@ class Guard(Closing):
             m.close()
         self._inner[idle] = fresh
         self._installed[idle] = installed
-        # keep the previous generation for verdicts still in the ring buffer
-        for gen in [g for g in self.compiled if g < self.generation - 1]:
-            del self.compiled[gen]
         log.info("guard: policy %s live as generation %d", compiled.digest[:12], self.generation)
         return self.generation
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agent.closing import Closing
 from agent.errors import KernelError, UsageError
@@ -19,6 +19,7 @@ from agent.events.decode import KIND_OP, OP_KIND, Clock, DecodeError, Decoder
 from agent.events.proctable import ProcTable
 from agent.kernel import abi
 from agent.kernel.loader import BpfObject, Map, object_path
+from agent.kernel.pins import EVENTS, PinDir
 from agent.kernel.ringbuf import RingBuffer
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,9 @@ class StreamConfig:
     exclude_self: bool = True
     # Load every program (attach only what kinds need) so reconfigure() can add kinds later.
     load_all: bool = False
+    # Pin the ring buffer and drop counters there (agent.kernel.pins): what the pinned guard
+    # judges while no agent runs waits in them for the next one. None: nothing pinned.
+    pins: PinDir | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         unknown = self.kinds - set(model.KINDS)
@@ -127,9 +131,26 @@ class EventStream(Closing):
 
     # ---- lifecycle ----
     def start(self) -> None:
+        try:
+            self._start()
+        except KernelError as exc:
+            pins = self.config.pins
+            if pins is None or "reuse pinned map" not in str(exc):
+                raise
+            # another ring buffer size than the pinned one (--ringbuf-size changed): what the
+            # old one holds is lost, and said so
+            first = str(exc).splitlines()[0]
+            log.warning("the ring buffer pinned in %s does not fit this agent (%s); replacing "
+                        "it, with the records it held", pins.path, first)  # fmt: skip
+            pins.remove(EVENTS)
+            self._start()
+
+    def _start(self) -> None:
         cfg = self.config
         obj = BpfObject(object_path("events"))
         try:
+            if cfg.pins is not None:
+                obj.pin_maps(cfg.pins.maps_dir(EVENTS), only={abi.MAP_EVENTS, abi.MAP_DROPS})
             wanted_programs = self._programs_for(cfg.kinds)
             if not cfg.load_all:
                 obj.only_load(lambda name, _section: name in wanted_programs)

@@ -46,6 +46,8 @@ REQUIRED_FIELDS: Mapping[str, frozenset[str]] = {
     # the collector's signed word that it holds records 0..size-1 (agent.forward)
     "receipt": frozenset({"collector", "size", "root", "collector_ts", "key_id", "sig"}),
     "forward_error": frozenset({"collector", "error", "detail"}),
+    # the agent took over the guard an earlier agent pinned (agent.kernel.pins)
+    "guard_takeover": frozenset({"pin_dir", "generation"}),
 }
 WRITER_TYPES = frozenset({"recovery", "key_rotation", "seal", "stop"})
 VERDICT_ACTIONS = frozenset({"allow", "audit", "deny", "kill", "would_deny", "would_kill"})

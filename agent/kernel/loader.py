@@ -180,9 +180,13 @@ def cgroup_program_ids(cgroup_path: str | Path, attach_type: int) -> set[int]:
 class Link:
     program: str
     ptr: int
+    #: pinned on the BPF filesystem: closing it leaves the program attached (agent.kernel.pins)
+    pinned: bool = False
 
     def destroy(self) -> None:
         if self.ptr:
+            if self.pinned:
+                lib.bpf_link__disconnect(self.ptr)  # close our fd only; the pin holds it
             lib.bpf_link__destroy(self.ptr)
             self.ptr = 0
 
@@ -304,6 +308,46 @@ class BpfObject(Closing):
         link = Link(program, ptr)
         self.links.append(link)
         return link
+
+    def attach_pinned(self, program: str, pin: Path, attach: Callable[[], Link]) -> Link:
+        """``attach()`` the program, pinned at ``pin``; if an earlier agent pinned a link
+        there, take it over without a moment unattached: a cgroup link is switched to this
+        program in place (BPF_LINK_UPDATE, atomic); a link the kernel cannot update (tracing,
+        LSM) is replaced by attaching first and then dropping the old pin, so for an instant
+        both programs run, never neither."""
+        raw = os.fsencode(pin)
+        if pin.exists():
+            old = lib.bpf_link__open(raw)
+            if old and lib.bpf_link__update_program(old, self._prog(program)) == 0:
+                link = Link(program, old, pinned=True)
+                self.links.append(link)
+                return link
+            fresh = attach()
+            tmp = os.fsencode(pin.with_name(pin.name + "-new"))  # bpffs: no "." in names
+            if old:
+                lib.bpf_link__disconnect(old)
+                lib.bpf_link__destroy(old)  # our fd; the old pin still holds the link
+            libbpf.check(lib.bpf_link__pin(fresh.ptr, tmp), f"{program}: pin")
+            os.rename(tmp, raw)  # the old link's last reference goes: it detaches now
+        else:
+            fresh = attach()
+            libbpf.check(lib.bpf_link__pin(fresh.ptr, raw), f"{program}: pin at {pin}")
+        fresh.pinned = True
+        return fresh
+
+    def pin_maps(
+        self, directory: Path, only: set[str] | None = None, skip: frozenset[str] = frozenset()
+    ) -> None:
+        """Before load: pin this object's maps in ``directory`` (all but libbpf's internal
+        .rodata/.bss ones, ``only`` those if given, never ``skip``); a map already pinned
+        there is reused as it is (same type, sizes and flags), else load fails."""
+        ptr = lib.bpf_object__next_map(self._obj(), None)
+        while ptr:
+            name = lib.bpf_map__name(ptr).decode()
+            if "." not in name and name not in skip and (only is None or name in only):
+                path = os.fsencode(directory / name)
+                libbpf.check(lib.bpf_map__set_pin_path(ptr, path), f"map {name}: pin path")
+            ptr = lib.bpf_object__next_map(self._obj(), ptr)
 
     def map(self, name: str) -> Map:
         return Map.of_object(self._map_ptr(name), name)

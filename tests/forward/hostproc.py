@@ -91,7 +91,7 @@ def main(argv: list[str]) -> int:
     make = Factories(
         open_stream=lambda _config: stream,
         open_writer=open_writer,
-        open_enforcer=lambda _s, _c, _g: RecordingEnforcer(args.journal),
+        open_enforcer=lambda _s, _c, _g, _p: RecordingEnforcer(args.journal),
         capabilities=lambda: CAPS,
     )
     return Agent(config, make).run()

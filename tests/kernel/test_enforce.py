@@ -31,7 +31,7 @@ import pytest
 
 from agent.enforce.guard import cgroup2_root
 from agent.policy.mechanisms import host_capabilities
-from tests.agentproc import agent_log, start_agent, stop_agent
+from tests.agentproc import agent_log, start_agent, stop_agent, unpin_agent
 
 pytestmark = pytest.mark.kernel
 
@@ -912,13 +912,19 @@ def test_journal_of_the_enforcing_agent_verifies(env: Env) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_stopping_the_agent_restores_normal_behaviour(env: Env) -> None:
-    """Runs last: nothing is pinned, so a stopped agent leaves no enforcement behind."""
+def test_a_stopped_agent_leaves_the_guard_enforcing_until_unpinned(env: Env) -> None:
+    """Runs last. The in-kernel guard is pinned: it outlives the agent (a restart opens no
+    window) and denies the connect with no agent running; what userspace answered (fanotify)
+    ends with the agent. ``--unpin`` detaches the rest and everything is back to normal."""
     env.agent.send_signal(signal.SIGTERM)
     assert env.agent.wait(30 * SLOW) == 0
     listener = Listener(env.ports["deny"])
     try:
-        r = env.in_cgroup([PY, "-c", CONNECT, "127.0.0.1", str(env.ports["deny"])])
+        connect = [PY, "-c", CONNECT, "127.0.0.1", str(env.ports["deny"])]
+        r = env.in_cgroup(connect)
+        assert r.stdout.strip() == "errno 1", r  # EPERM
+        unpin_agent(env.agent)
+        r = env.in_cgroup(connect)
         assert r.stdout.strip() == "connected", r
     finally:
         listener.close()

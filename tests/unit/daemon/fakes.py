@@ -13,6 +13,7 @@ from agent.enforce.enforcer import InstallResult
 from agent.enforce.verdict import VerdictRecord
 from agent.events import model
 from agent.events.stream import EventStream, StreamItem
+from agent.journal.canonical import JsonValue
 from agent.policy.compile import CompiledPolicySet, compile_policy_set
 from agent.policy.source import PolicySet
 from tests.agentproc import journal_records
@@ -99,6 +100,7 @@ class RecordingEnforcer:
         self.judged = judged
         self.verdicts: collections.deque[VerdictRecord] = collections.deque()
         self.problems: collections.deque[str] = collections.deque()
+        self.takeover: dict[str, JsonValue] | None = None
         self.handled: list[tuple[model.Event, list[dict[str, Any]]]] = []
         self.installed: list[CompiledPolicySet] = []
         self.install_errors: tuple[str, ...] = ()
