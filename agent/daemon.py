@@ -40,6 +40,7 @@ from agent.forward.forwarder import ForwardConfig, Forwarder
 from agent.journal import JournalWriter
 from agent.journal.canonical import JsonValue
 from agent.journal.writer import DEFAULT_HEARTBEAT
+from agent.kernel.pins import PinDir
 from agent.policy.mechanisms import HostCapabilities, host_capabilities
 from agent.policyload import Installer, load_policies
 from agent.recorder import Judge, RecordCounters, Recorder, RecordSource, text_safe
@@ -70,6 +71,9 @@ class AgentConfig:
     run_dir: Path = paths.DEFAULT_RUN_DIR  # status.json: pid and the last policy load
     heartbeat: float = DEFAULT_HEARTBEAT  # the longest time without a seal, idle or not
     forward: ForwardConfig | None = None  # --forward URL --forward-tls DIR
+    # pin the guard and the ring buffer there (agent.kernel.pins): enforcement outlives the
+    # agent and a restart takes it over; None: nothing pinned, all of it ends with the agent
+    pin_dir: Path | None = None
 
 
 class Stream(RecordSource, EventSource, Protocol):
@@ -83,6 +87,8 @@ class Enforcing(Judge, Installer, Protocol):
     """The enforcer the service runs: ``agent.enforce.enforcer.Enforcer``."""
 
     problems: collections.deque[str]
+    #: set once the enforcer took over a guard an earlier agent pinned: what to journal
+    takeover: dict[str, JsonValue] | None
 
     def close(self) -> None: ...
 
@@ -141,7 +147,9 @@ class Factories:
 
     open_stream: Callable[[StreamConfig], Stream] = EventStream
     open_writer: Callable[[AgentConfig], JournalWriter] = open_journal
-    open_enforcer: Callable[[Stream, HostCapabilities, Path | None], Enforcing] = Enforcer
+    open_enforcer: Callable[[Stream, HostCapabilities, Path | None, PinDir | None], Enforcing] = (
+        Enforcer
+    )
     open_forwarder: Callable[[AgentConfig, JournalWriter], Forwarding | None] = open_forwarder
     capabilities: Callable[[], HostCapabilities] = host_capabilities
     clock: Callable[[], float] = time.monotonic
@@ -204,16 +212,22 @@ class Agent:
                 self.forwarder.start()  # what earlier runs left unsent goes at once
             self.caps = self.make.capabilities()
             journal.append("start", self._start_fields())
+            pins = self._pins()
             stream = self.make.open_stream(
-                StreamConfig(kinds=cfg.record_kinds, ringbuf_bytes=cfg.ringbuf_bytes, load_all=True)
-            )
+                StreamConfig(
+                    kinds=cfg.record_kinds, ringbuf_bytes=cfg.ringbuf_bytes, load_all=True,
+                    pins=pins,
+                )
+            )  # fmt: skip
             stream.start()
-            self.enforcer = enforcer = self.make.open_enforcer(stream, self.caps, cfg.cgroup)
+            self.enforcer = enforcer = self.make.open_enforcer(stream, self.caps, cfg.cgroup, pins)
             try:
                 if not self._load_policies(journal, "start"):
                     raise SealtrailError(
                         f"{cfg.policies_dir}: policy rejected, not starting (see the errors above)"
                     )
+                if enforcer.takeover is not None:
+                    journal.append("guard_takeover", enforcer.takeover)
                 journal.flush_and_seal()
                 log.info("sealtrail agent running; journal %s", cfg.journal_dir)
                 self.notifier.ready(self._status_line())
@@ -223,6 +237,8 @@ class Agent:
             finally:
                 enforcer.close()
                 stream.close()
+                if pins is not None:
+                    pins.release()
         except Exception as exc:  # the stop record says why the agent stopped, whatever the error
             stop_fields = {"reason": "error", "error": f"{type(exc).__name__}: {exc}"}
             raise
@@ -232,6 +248,14 @@ class Agent:
                 journal.close({**stop_fields, **self.counters.fields()})
             finally:
                 self._stop_forwarding(journal)
+
+    def _pins(self) -> PinDir | None:
+        """The pin directory, held for this run (``PinError`` if another agent holds it)."""
+        if self.config.pin_dir is None:
+            return None
+        pins = PinDir(self.config.pin_dir, self.config.run_dir / "guard-generations.json")
+        pins.acquire()
+        return pins
 
     def _forward(self, journal: JournalWriter) -> None:
         """Journal what the forwarder handed back; tell it what is durable now."""
