@@ -34,6 +34,7 @@ from typing import Any, Protocol
 
 from agent import __version__, paths
 from agent.enforce.enforcer import Enforcer, EventSource
+from agent.enforce.handover import FANOTIFY_FDNAME, Handover, held_note
 from agent.errors import SealtrailError
 from agent.events.stream import DEFAULT_RINGBUF_BYTES, EventStream, StreamConfig
 from agent.forward.forwarder import ForwardConfig, Forwarder
@@ -44,7 +45,7 @@ from agent.kernel.pins import PinDir
 from agent.policy.mechanisms import HostCapabilities, host_capabilities
 from agent.policyload import Installer, load_policies
 from agent.recorder import Judge, RecordCounters, Recorder, RecordSource, text_safe
-from agent.sdnotify import Notifier
+from agent.sdnotify import Notifier, received_fds
 from agent.status import write_status
 
 log = logging.getLogger(__name__)
@@ -147,9 +148,7 @@ class Factories:
 
     open_stream: Callable[[StreamConfig], Stream] = EventStream
     open_writer: Callable[[AgentConfig], JournalWriter] = open_journal
-    open_enforcer: Callable[[Stream, HostCapabilities, Path | None, PinDir | None], Enforcing] = (
-        Enforcer
-    )
+    open_enforcer: Callable[[Stream, HostCapabilities, Path | None, Handover], Enforcing] = Enforcer
     open_forwarder: Callable[[AgentConfig, JournalWriter], Forwarding | None] = open_forwarder
     capabilities: Callable[[], HostCapabilities] = host_capabilities
     clock: Callable[[], float] = time.monotonic
@@ -220,7 +219,10 @@ class Agent:
                 )
             )  # fmt: skip
             stream.start()
-            self.enforcer = enforcer = self.make.open_enforcer(stream, self.caps, cfg.cgroup, pins)
+            handover = self._handover(journal, pins)
+            self.enforcer = enforcer = self.make.open_enforcer(
+                stream, self.caps, cfg.cgroup, handover
+            )
             try:
                 if not self._load_policies(journal, "start"):
                     raise SealtrailError(
@@ -234,6 +236,9 @@ class Agent:
                 recorder = Recorder(journal, stream, enforcer, self.counters)
                 self._loop(recorder)
                 recorder.drain()  # what the kernel already queued is still evidence
+                # a clean stop: systemd releases a stored fanotify group as the unit stops,
+                # as asked; only an unasked release is a gap for the next start to journal
+                held_note(cfg.run_dir).unlink(missing_ok=True)
             finally:
                 enforcer.close()
                 stream.close()
@@ -256,6 +261,42 @@ class Agent:
         pins = PinDir(self.config.pin_dir, self.config.run_dir / "guard-generations.json")
         pins.acquire()
         return pins
+
+    def _handover(self, journal: JournalWriter, pins: PinDir | None) -> Handover:
+        """What an earlier agent left to this one (agent.enforce.handover): the pins, and
+        the fanotify group systemd's fd store passes back; a group that was stored and is not
+        passed back was released by systemd, and the gap is journaled."""
+        passed = received_fds()
+        group = passed.pop(FANOTIFY_FDNAME, [])
+        for fd in [*group[1:], *(fd for fds in passed.values() for fd in fds)]:
+            os.close(fd)  # nothing else is stored: not ours to keep open
+        note = held_note(self.config.run_dir)
+        if not group and note.exists():
+            journal.append("enforcement_gap", {
+                "mechanism": "fanotify",
+                "reason": "the fanotify group an earlier run handed to systemd's fd store was "
+                "not passed back: systemd released it (the unit stopped, or the agent did not "
+                "come back within its start limits), and the kernel allowed what it held",
+                "held_since": note.read_text().strip(),
+            })  # fmt: skip
+            log.warning("fanotify: the group stored by an earlier run was released; what it "
+                        "held was allowed (journaled as enforcement_gap)")  # fmt: skip
+        if group:
+            if not note.exists():
+                note.write_text(f"{time.time_ns()}\n")
+        else:
+            note.unlink(missing_ok=True)
+        store = None
+        if self.notifier.enabled:
+
+            def store(fd: int) -> bool:
+                if not self.notifier.store_fds([fd], FANOTIFY_FDNAME):
+                    return False
+                note.parent.mkdir(parents=True, exist_ok=True)
+                note.write_text(f"{time.time_ns()}\n")
+                return True
+
+        return Handover(pins, group[0] if group else None, store)
 
     def _forward(self, journal: JournalWriter) -> None:
         """Journal what the forwarder handed back; tell it what is durable now."""

@@ -29,6 +29,7 @@ reached only through ``EventSource``.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import threading
@@ -40,6 +41,7 @@ from agent.enforce.cgroups import CgroupPaths
 from agent.enforce.dirwatch import DirWatch, NewDir
 from agent.enforce.fanotify import FanotifyGuard, MarkTable, PermissionRequest
 from agent.enforce.guard import GUARDED_OPS, LSM_OPS, Guard, RuleRef, SavedRule
+from agent.enforce.handover import Handover, exec_chain
 from agent.enforce.marks import MarkPlan, MarkRule, OsView, extend_plan, plan_marks
 from agent.enforce.mounts import MountView
 from agent.enforce.process import kill_process, process_of
@@ -49,8 +51,9 @@ from agent.events import model
 from agent.events.decode import open_access
 from agent.events.loader import is_dynamic_loader, is_loader_process
 from agent.journal.canonical import JsonValue
+from agent.kernel.fanotify import FAN_OPEN_EXEC_PERM
 from agent.kernel.mechanism import HostCapabilities, Mechanism
-from agent.kernel.pins import GUARD, PinDir
+from agent.kernel.pins import GUARD
 from agent.policy.compile import CompiledPolicySet, compile_policy_set
 from agent.policy.evaluate import (
     Effect,
@@ -129,11 +132,13 @@ class Enforcer:
         stream: EventSource,
         caps: HostCapabilities,
         cgroup: Path | None = None,
-        pins: PinDir | None = None,
+        handover: Handover | None = None,
     ) -> None:
         self.stream = stream
         self.caps = caps
-        self.pins = pins  # where the guard is pinned (agent.kernel.pins), None: not pinned
+        #: what outlives this agent and what an earlier one left (agent.enforce.handover)
+        self.handover = handover or Handover()
+        self.pins = self.handover.pins  # where the guard is pinned, None: not pinned
         #: the guard an earlier agent pinned, taken over at the first install (for the journal)
         self.takeover: dict[str, JsonValue] | None = None
         self.verdicts: collections.deque[VerdictRecord] = collections.deque()
@@ -153,6 +158,7 @@ class Enforcer:
         self._policy_set: PolicySet | None = None
         self._mounts = MountView()
         self._installing = False
+        self._exempted: set[str] = set()  # the agent's own exec chain (handover.exec_chain)
 
     @property
     def digest(self) -> str | None:
@@ -202,7 +208,10 @@ class Enforcer:
                     *(judged_kinds(e.rule.operation, e.rule.access) for e in enforcements)
                 ),
             )
-            table = self._mark_table() if mark_rules else self._table
+            # an inherited group is adopted whatever the plan: what waits in it is answered,
+            # and the earlier agent's marks it holds are pruned to this plan
+            inherited = self.handover.fanotify_fd is not None
+            table = self._mark_table() if mark_rules or inherited else self._table
             # an object replaced between planning and marking (someone renaming files in a
             # loop) must not keep a policy from loading: it is left out and reported below
             added = table.add(marks, strict=False) if table is not None else []
@@ -226,17 +235,47 @@ class Enforcer:
                               "the next change (judged after the fact)")  # fmt: skip
             errors += self._watch(marks)
             errors += self.verify()
+            errors += self._exempt(marks)
         if marks.truncated:
             errors.append(f"more than {len(marks.marks)} objects to mark: marked that many")
         return InstallResult(enforcements, tuple(errors))
 
     def _mark_table(self) -> MarkTable:
         if self._fanotify is None:
-            self._fanotify = FanotifyGuard(self._decide_permission)
-            self._fanotify.start()
-        if self._table is None:
-            self._table = MarkTable(self._fanotify)
+            h = self.handover
+            group = FanotifyGuard(self._decide_permission, fd=h.fanotify_fd)
+            self._table = MarkTable(group)
+            if group.inherited:
+                log.info("fanotify: took over the group an earlier agent stored, with %d marks",
+                         self._table.adopt())  # fmt: skip
+            elif h.store is not None and h.store(group.fd):
+                log.info("fanotify: group handed to the service manager's fd store")
+            if h.holds_group:  # the group may wait for an agent: this one must be able to start
+                for path in exec_chain():
+                    try:
+                        group.ignore_exec(path)
+                        self._exempted.add(path)
+                    except KernelError as exc:
+                        log.warning("fanotify: cannot exempt %s (its exec may wait for the "
+                                    "agent while none runs): %s", path, exc)  # fmt: skip
+            self._fanotify = group
+            group.start()
+        assert self._table is not None
         return self._table
+
+    def _exempt(self, marks: MarkPlan) -> list[str]:
+        """Exec rules fanotify cannot enforce: on the agent's own exec chain (ignore marks)."""
+        errors = []
+        exempt = set()
+        for path in self._exempted:
+            with contextlib.suppress(OSError):
+                st = os.stat(path)
+                exempt.add((st.st_dev, st.st_ino))
+        for key, mask in sorted(marks.marks.items()):
+            if mask & FAN_OPEN_EXEC_PERM and (key.dev, key.ino) in exempt:
+                errors.append(f"exec of {marks.places[key]} is not asked of the agent: it is the "
+                              "agent's own exec chain (exempt so that it can restart)")  # fmt: skip
+        return errors
 
     def _install_guard(
         self, compiled: CompiledPolicySet, enforcements: tuple[Enforcement, ...]

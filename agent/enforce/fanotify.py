@@ -7,8 +7,14 @@ agent itself. Marks are narrow: inode marks for exact files, directory marks wit
 FAN_EVENT_ON_CHILD for prefixes (one per directory, kept current by the caller), a
 filesystem mark only for exec permission.
 
-When the agent dies the kernel allows pending and future events: fanotify enforcement does not
-survive the agent (nor does anything else: nothing is pinned). ``sealtrail doctor`` states this.
+When the group's last fd is closed the kernel allows what is pending and asks nothing more.
+Under systemd the agent hands its group to the service manager's file-descriptor store
+(``agent.enforce.handover``), so a crash does not close it: permission events wait in the
+kernel for the restarted agent, which is passed the same group back and answers them. So that
+systemd can exec that agent while the group waits, the agent's own exec chain (its start
+script, interpreter and the ELF loader) carries ignore marks (``ignore_exec``). Outside systemd
+nothing holds the group: fanotify enforcement ends with the agent (the pinned in-kernel guard
+does not, ``agent.kernel.pins``).
 
 The calls are bound once, in ``agent.kernel.fanotify``.
 """
@@ -39,6 +45,8 @@ from agent.kernel.fanotify import (
     FAN_EVENT_ON_CHILD,
     FAN_MARK_ADD,
     FAN_MARK_FILESYSTEM,
+    FAN_MARK_IGNORED_MASK,
+    FAN_MARK_IGNORED_SURV_MODIFY,
     FAN_MARK_ONLYDIR,
     FAN_MARK_REMOVE,
     FAN_NONBLOCK,
@@ -62,8 +70,20 @@ FANOTIFY_METADATA_VERSION = 3
 
 
 def parse_fdinfo(text: str) -> dict[tuple[int, int], int]:
-    """``fanotify ino:1f sdev:800013 mflags:0 mask:10000 ...`` lines (fs/notify/fdinfo.c)."""
-    return {key: int(fields["mask"], 16) for key, fields in fdinfo_marks(text).items()}
+    """``fanotify ino:1f sdev:800013 mflags:0 mask:10000 ...`` lines (fs/notify/fdinfo.c).
+    Ignore-only marks (mask 0, the agent's own exec chain) are not events asked: left out."""
+    marks = {key: int(fields["mask"], 16) for key, fields in fdinfo_marks(text).items()}
+    return {key: mask for key, mask in marks.items() if mask}
+
+
+def ignored_marks(text: str) -> dict[tuple[int, int], int]:
+    """The ignore masks of the group's marks (``ignored_mask:`` in fdinfo), where set."""
+    out = {}
+    for key, fields in fdinfo_marks(text).items():
+        ignored = int(fields.get("ignored_mask", "0"), 16)
+        if ignored:
+            out[key] = ignored
+    return out
 
 
 def fdinfo_marks(text: str) -> dict[tuple[int, int], dict[str, str]]:
@@ -99,11 +119,18 @@ class FanotifyGuard:
     request is DENIED (fail closed) and the error logged.
     """
 
-    def __init__(self, decide: Decide) -> None:
+    def __init__(self, decide: Decide, fd: int | None = None) -> None:
+        """A new group, or with ``fd`` the group an earlier agent made (passed back from
+        systemd's fd store): its marks, and the events waiting on them, are this one's now."""
         self._decide = decide
         flags = FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK | FAN_UNLIMITED_QUEUE
         flags |= FAN_UNLIMITED_MARKS | FAN_REPORT_TID
-        self.fd = fanotify_init(flags, os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC)
+        self.inherited = fd is not None
+        if fd is None:
+            fd = fanotify_init(flags, os.O_RDONLY | os.O_LARGEFILE | os.O_CLOEXEC)
+        else:  # the store hands it back as it was made: non-blocking, as _run needs
+            os.set_blocking(fd, False)
+        self.fd = fd
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._thread: threading.Thread | None = None
         self._stop = False
@@ -128,6 +155,12 @@ class FanotifyGuard:
     def mark_filesystem_exec(self, path: str) -> None:
         """Exec permission events for the whole filesystem holding ``path``."""
         self._mark(FAN_MARK_ADD | FAN_MARK_FILESYSTEM, FAN_OPEN_EXEC_PERM, path)
+
+    def ignore_exec(self, path: str) -> None:
+        """Never ask about exec of this inode (an ignore mark that survives writes): the
+        agent's own exec chain, which must start while the group waits for an agent."""
+        flags = FAN_MARK_ADD | FAN_MARK_IGNORED_MASK | FAN_MARK_IGNORED_SURV_MODIFY
+        self._mark(flags, FAN_OPEN_EXEC_PERM, path)
 
     def unmark(self, path: str, mask: int, *, filesystem: bool = False) -> None:
         flags = FAN_MARK_REMOVE | (FAN_MARK_FILESYSTEM if filesystem else 0)
@@ -243,6 +276,16 @@ class MarkTable:
         self.places: dict[MarkKey, str] = {}
         self.skipped: list[str] = []
 
+    def adopt(self) -> int:
+        """Take the marks the group already holds (an inherited group: an earlier agent's
+        plan) as this table's, so the next install keeps what it needs of them and prunes
+        the rest by the file handle or filesystem the kernel lists. Returns how many."""
+        for (kdev, ino), mask in self.group.kernel_marks().items():
+            key = MarkKey(os.makedev(kdev >> 20, kdev & 0xFFFFF), ino)
+            self.masks[key] = mask
+            self.places.setdefault(key, "")  # no name known: removed through fdinfo
+        return len(self.masks)
+
     def add(self, plan: MarkPlan, *, strict: bool = True) -> list[tuple[MarkKey, int]]:
         """Add every bit ``plan`` needs; returns what was added (for ``undo``). An object that
         is gone or changed since it was planned fails the whole add (``strict``: an install
@@ -337,6 +380,9 @@ class MarkTable:
         fd = _open_object(key, self.places[key])
         if fd is None:
             fd = _open_by_handle(key, held.get((kernel_dev(key.dev), key.ino)))
+        if fd is None and key.filesystem:  # any name on it will do: its root
+            root = mount_point(key.dev)
+            fd = _open_object(key, root) if root is not None else None
         if fd is None:  # not in fdinfo either: the kernel dropped it (inode freed, unmounted)
             self._forget(key, remaining)
             return

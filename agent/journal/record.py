@@ -48,6 +48,8 @@ REQUIRED_FIELDS: Mapping[str, frozenset[str]] = {
     "forward_error": frozenset({"collector", "error", "detail"}),
     # the agent took over the guard an earlier agent pinned (agent.kernel.pins)
     "guard_takeover": frozenset({"pin_dir", "generation"}),
+    # enforcement an earlier run held through a restart was released (agent.enforce.handover)
+    "enforcement_gap": frozenset({"mechanism", "reason"}),
 }
 WRITER_TYPES = frozenset({"recovery", "key_rotation", "seal", "stop"})
 VERDICT_ACTIONS = frozenset({"allow", "audit", "deny", "kill", "would_deny", "would_kill"})

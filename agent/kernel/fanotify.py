@@ -24,6 +24,8 @@ FAN_REPORT_TID = 0x100  # event pid is the thread id (to match per-thread syscal
 FAN_MARK_ADD = 0x1
 FAN_MARK_REMOVE = 0x2
 FAN_MARK_ONLYDIR = 0x8
+FAN_MARK_IGNORED_MASK = 0x20
+FAN_MARK_IGNORED_SURV_MODIFY = 0x40
 FAN_MARK_FILESYSTEM = 0x100
 
 # event masks

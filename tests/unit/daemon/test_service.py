@@ -53,7 +53,7 @@ class Service:
         make = Factories(
             open_stream=lambda _config: self.stream,
             open_writer=self._open_writer,
-            open_enforcer=lambda _stream, _caps, _cgroup, _pins: self.enforcer,
+            open_enforcer=lambda _stream, _caps, _cgroup, _handover: self.enforcer,
             capabilities=lambda: CAPS,
             clock=lambda: self.now,
         )
