@@ -45,7 +45,9 @@ class Plan:
 
     events: tuple[str, ...]
     enforcement: dict[str, str]
-    #: Always False: the agent pins nothing, so no mechanism enforces after it exits.
+    #: Does some enforcement go on while no agent runs? The in-kernel mechanisms (LSM,
+    #: cgroup-sock, bpf_send_signal) are pinned by the agent (agent.kernel.pins); fanotify
+    #: only under systemd (its fd store, agent.enforce.handover): ``notes`` says which.
     survives_agent: bool
     notes: tuple[str, ...]
 
@@ -120,15 +122,25 @@ def derive_plan(checks: dict[str, Check]) -> Plan:
             "unlink/rename/chmod/chown cannot be denied without BPF-LSM: "
             "only SIGKILL after the fact, flagged as such"
         )
-    if set(enforcement.values()) != {NO_MECHANISM}:
+    in_kernel = sorted(op for op, m in enforcement.items() if m not in (NO_MECHANISM, "fanotify"))
+    if in_kernel:
         notes.append(
-            "enforcement does not survive the agent: nothing is pinned, so its LSM and cgroup "
-            "programs are detached and its fanotify marks removed when it exits, and the kernel "
-            "allows what the rules deny until it runs again (a supervisor restarts it)"
+            f"in-kernel enforcement ({', '.join(in_kernel)}) is pinned under "
+            "/sys/fs/bpf/sealtrail: it goes on while no agent runs and a restarted agent takes "
+            "it over; "
+            "`sealtrail agent --unpin` (package removal) detaches it"
+        )
+    fanotify_ops = sorted(op for op, m in enforcement.items() if m == "fanotify")
+    if fanotify_ops:
+        notes.append(
+            f"fanotify enforcement ({', '.join(fanotify_ops)}) outlives the agent only under "
+            "systemd, whose fd store keeps the group through a restart (operations wait for the "
+            "next agent, bounded by the unit's start limits); run by hand, the kernel allows "
+            "them while no agent runs"
         )
     if "tp_btf" not in events and events:
         notes.append("no tp_btf: process lifecycle events (exec/fork/exit) unavailable")
-    return Plan(events, enforcement, False, tuple(notes))
+    return Plan(events, enforcement, bool(in_kernel), tuple(notes))
 
 
 def _libbpf_version() -> str | None:

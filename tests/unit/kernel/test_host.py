@@ -25,8 +25,10 @@ def test_plan_without_lsm_is_the_fallback_table() -> None:
         "network": "cgroup-sock",
         "kill": "bpf_send_signal",
     }
-    assert not plan.survives_agent
-    assert any("does not survive the agent" in note for note in plan.notes)
+    assert plan.survives_agent  # the cgroup hooks and the kills are pinned
+    assert any(n.startswith("in-kernel enforcement (kill, network) is pinned") for n in plan.notes)
+    assert any(n.startswith("fanotify enforcement (exec, open) outlives the agent only under "
+                            "systemd") for n in plan.notes)  # fmt: skip
 
 
 def test_plan_with_lsm() -> None:
@@ -35,8 +37,8 @@ def test_plan_with_lsm() -> None:
         "network": "cgroup-sock",
         "kill": "bpf_send_signal",
     }
-    assert not plan.survives_agent  # nothing is pinned: LSM and cgroup programs go too
-    assert len(plan.notes) == 1 and "does not survive the agent" in plan.notes[0]
+    assert plan.survives_agent  # every hook is in the kernel, and pinned
+    assert len(plan.notes) == 1 and "is pinned under /sys/fs/bpf/sealtrail" in plan.notes[0]
 
 
 def test_plan_says_none_when_nothing_denies() -> None:
