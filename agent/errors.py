@@ -39,8 +39,17 @@ class JournalCorrupt(JournalError):
     """The journal on disk is damaged beyond a torn tail; run ``sealtrail journal verify``."""
 
 
+class ConfigError(SealtrailError):
+    """The agent's configuration file (``agent.toml``) cannot be used as written."""
+
+
 class KeyStoreError(SealtrailError):
     """A signing key is missing, malformed, or would be overwritten."""
+
+
+class KeyPermissionError(KeyStoreError):
+    """A key file or the keys directory is open to others than its owner, or another user's:
+    the agent refuses to use it (fail closed)."""
 
 
 class FormatError(SealtrailError):

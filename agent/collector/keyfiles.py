@@ -1,17 +1,17 @@
 """Private key files: created 0600 from the first instant, and refused when others can read them.
 
 Writing goes through ``agent.journal.durable.create_file`` (O_EXCL with the final mode at
-creation, fsync, never overwriting). Reading checks the mode of the opened file itself (fstat,
-not a stat of the name before the open), so what is checked is what is read.
+creation, fsync, never overwriting). Reading goes through ``agent.journal.permissions``, which
+checks the mode of the opened file itself, so what is checked is what is read.
 """
 
 from __future__ import annotations
 
-import os
-import stat
 from pathlib import Path
 
 from agent.collector.errors import PkiError
+from agent.errors import KeyPermissionError
+from agent.journal import permissions
 from agent.journal.durable import create_file
 
 
@@ -35,25 +35,11 @@ def _create(path: Path, data: bytes, mode: int, policy: str) -> None:
 def read_private(path: Path) -> bytes:
     """The bytes of a private key file; refuses a file that group or others may read."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        return permissions.read_private(path, owner=None)
     except OSError as exc:
         raise PkiError(f"cannot read private key {path}: {exc.strerror}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise PkiError(f"private key {path} is not a regular file")
-        mode = stat.S_IMODE(st.st_mode)
-        if mode & 0o077:
-            raise PkiError(
-                f"private key {path} has mode {mode:04o}: group or others have access to it, so it "
-                f"may have leaked; make it its owner's only (chmod 600 {path})"
-            )
-        chunks = []
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
+    except KeyPermissionError as exc:
+        raise PkiError(str(exc)) from None
 
 
 def read_public(path: Path) -> bytes:

@@ -7,6 +7,9 @@ Files in the keys directory (format in docs/journal-format.md):
 - ``epoch-<key id>.key``: the one live private key (mode 0600), one line
   ``sealtrail-ed25519-private <b64 raw 32-byte seed> <key id>``.
 
+Keys that others than their owner may reach, or that belong to another user than the one using
+them, are refused before they are used (``agent.journal.permissions``): the store fails closed.
+
 Forward security: when an epoch ends the writer creates the next key, writes a ``key_rotation``
 record signed by the old key, and then *erases* the old private key (overwrite with zeros, fsync,
 unlink, fsync the directory), so a later intruder cannot re-sign the past. Overwriting in place
@@ -30,6 +33,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from agent.errors import FormatError, JournalError, KeyStoreError
+from agent.journal import permissions
 from agent.journal.durable import create_file, fsync_dir, leftovers
 from agent.paths import PUBLIC_KEY_NAME
 
@@ -133,10 +137,12 @@ class SigningKey:
 
 
 class KeyStore:
-    """The keys directory: genesis public key plus the live epoch private key."""
+    """The keys directory: genesis public key plus the live epoch private key. ``owner``: the
+    user the keys must belong to, the one who uses them (default: this process's)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, owner: int | None = None) -> None:
         self.directory = Path(directory)
+        self.owner = os.geteuid() if owner is None else owner
 
     @property
     def public_path(self) -> Path:
@@ -155,6 +161,7 @@ class KeyStore:
                 f"{self.public_path} already exists; the genesis key is created once"
             )
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.check_access()  # a directory that was there already: others must not reach in
         key = self.create_epoch_key()
         try:
             create_file(self.public_path, key.public.to_line().encode("ascii"), 0o644)
@@ -165,11 +172,24 @@ class KeyStore:
     def genesis(self) -> PublicKey:
         return PublicKey.load(self.public_path)
 
+    def check_access(self) -> None:
+        """Refuse (``KeyPermissionError``) the directory, the public key or any private key
+        file when others than their owner, or another user than ``owner``, may change or read
+        them (``agent.journal.permissions``)."""
+        permissions.check_directory(self.directory, self.owner)
+        if self.exists():
+            permissions.check_public(self.public_path, self.owner)
+        for kid in self.private_key_ids():
+            path = self.private_path(kid)
+            permissions.check_private(path, os.lstat(path), self.owner)
+
     def bootstrap(self, *, create: bool) -> None:
         """Before a journal is written: the genesis key must exist. ``create`` (the agent's
         first start) makes it when the directory has none; otherwise its absence is an error,
-        since nobody could verify what would be written."""
+        since nobody could verify what would be written. Keys others may reach are refused
+        (``check_access``), whether they were there or are about to be made."""
         if self.exists():
+            self.check_access()
             return
         if not create:
             raise JournalError(f"no genesis key in {self.directory}; run `sealtrail keys init`")
@@ -207,7 +227,7 @@ class KeyStore:
     def load(self, kid: str) -> SigningKey:
         path = self.private_path(kid)
         try:
-            text = path.read_text(encoding="ascii")
+            text = permissions.read_private(path, self.owner).decode("ascii")
         except FileNotFoundError:
             raise KeyStoreError(
                 f"private key for epoch key {kid} is missing from {self.directory}: the journal "
