@@ -1,13 +1,16 @@
 """Default filesystem locations of sealtrail, in one place.
 
 Every path here can be overridden by a command-line flag (``--journal DIR``, ``--keys DIR``,
-``--policies DIR``) so that a user or a test can do a throwaway run.
+``--policies DIR``) so that a user or a test can do a throwaway run; the agent's also by its
+configuration file (``agent.config``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+#: The agent's configuration file (``sealtrail agent --config FILE`` names another).
+DEFAULT_AGENT_CONFIG = Path("/etc/sealtrail/agent.toml")
 #: Policy files the agent loads.
 DEFAULT_POLICIES_DIR = Path("/etc/sealtrail/policies")
 #: Host signing keys: ``journal.pub`` (genesis public key) and the live epoch private key.

@@ -39,12 +39,15 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def add_ringbuf_size(p: argparse.ArgumentParser) -> None:
-    """--ringbuf-size, shared by every command that streams events (watch, agent)."""
+def add_ringbuf_size(
+    p: argparse.ArgumentParser, default: int | None = DEFAULT_RINGBUF_BYTES
+) -> None:
+    """--ringbuf-size, shared by every command that streams events (watch, agent; the agent's
+    default is None, so that a value in its configuration file is not masked)."""
     p.add_argument(
         "--ringbuf-size",
         type=int,
-        default=DEFAULT_RINGBUF_BYTES,
+        default=default,
         metavar="BYTES",
         help=f"kernel ring buffer size, a power of two (default {DEFAULT_RINGBUF_BYTES})",
     )

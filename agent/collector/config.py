@@ -1,17 +1,15 @@
-"""``collector.toml``: the collector's configuration, read with tomllib.
+"""``collector.toml``: the collector's configuration (read and checked by ``agent.tomlconfig``).
 
 A ``CollectorConfig`` cannot be invalid: every value is checked when it is made, from the file or
-from a command-line override (``override``). Errors name the file, the line where tomllib or a
-look at the file can tell it, and the key (``[timeouts] request_seconds``), never a traceback.
+from a command-line override (``override``). Errors name the file, the line and the key
+(``[timeouts] request_seconds``), never a traceback.
 Relative paths (files, a bare store path) are relative to the collector directory.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,34 +20,20 @@ from agent.collector.errors import CollectorError, ConfigError
 from agent.collector.names import check_host_name
 from agent.collector.store import DEFAULT_QUARANTINE_LIMIT
 from agent.collector.store.url import check_store_url
+from agent.tomlconfig import (
+    FieldError,
+    field_names,
+    integer,
+    num,
+    number,
+    parse,
+    quote,
+    string,
+    table,
+)
 
 DEFAULT_LISTEN = "0.0.0.0:8443"
 _LISTEN = re.compile(r"(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9.-]+)):(?P<port>\d{1,5})")
-
-
-class _FieldError(Exception):
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(message)
-        self.key = key
-        self.message = message
-
-
-def _number(key: str, value: object, low: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= low:
-        raise _FieldError(key, f"must be a number of at least {low:g}, not {value!r}")
-    return float(value)
-
-
-def _integer(key: str, value: object, low: int) -> int:
-    if type(value) is not int or value < low:
-        raise _FieldError(key, f"must be an integer of at least {low}, not {value!r}")
-    return value
-
-
-def _string(key: str, value: object) -> str:
-    if not isinstance(value, str) or not value or not value.isprintable():
-        raise _FieldError(key, f"must be a non-empty string, not {value!r}")
-    return value
 
 
 @dataclass(frozen=True)
@@ -63,7 +47,7 @@ class Timeouts:
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
-            value = _number(f"timeouts.{f.name}", getattr(self, f.name), 0.001)
+            value = number(f"timeouts.{f.name}", getattr(self, f.name), 0.001)
             object.__setattr__(self, f.name, value)
 
 
@@ -83,7 +67,7 @@ class Files:
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
             if f.name != "ca_key" or self.ca_key is not None:
-                _string(f"files.{f.name}", getattr(self, f.name))
+                string(f"files.{f.name}", getattr(self, f.name))
 
 
 @dataclass(frozen=True)
@@ -109,25 +93,25 @@ class CollectorConfig:
         try:
             check_host_name(self.name)
         except CollectorError as exc:
-            raise _FieldError("name", str(exc)) from None
+            raise FieldError("name", str(exc)) from None
         self.listen_address()
         try:
-            check_store_url(_string("store", self.store))
+            check_store_url(string("store", self.store))
         except CollectorError as exc:
-            raise _FieldError("store", str(exc)) from None
+            raise FieldError("store", str(exc)) from None
         object.__setattr__(
-            self, "heartbeat_seconds", _number("heartbeat.seconds", self.heartbeat_seconds, 0.1)
+            self, "heartbeat_seconds", number("heartbeat.seconds", self.heartbeat_seconds, 0.1)
         )
-        _integer("heartbeat.silent_after", self.silent_after, 1)
-        _integer("limits.body_bytes", self.body_limit, 1024)
-        _integer("limits.quarantine_bytes_per_host", self.quarantine_limit, 0)
+        integer("heartbeat.silent_after", self.silent_after, 1)
+        integer("limits.body_bytes", self.body_limit, 1024)
+        integer("limits.quarantine_bytes_per_host", self.quarantine_limit, 0)
 
     # ------------------------------------------------------------------------------ views
     def listen_address(self) -> tuple[str, int]:
-        match = _LISTEN.fullmatch(_string("listen", self.listen))
+        match = _LISTEN.fullmatch(string("listen", self.listen))
         port = int(match["port"]) if match else 0
         if match is None or not 1 <= port <= 65535:
-            raise _FieldError(
+            raise FieldError(
                 "listen",
                 f"must be HOST:PORT or [IPV6]:PORT with a port 1-65535, not {self.listen!r}",
             )
@@ -151,7 +135,7 @@ class CollectorConfig:
         """The same configuration with command-line values; a bad one names its option."""
         try:
             return dataclasses.replace(self, **changes)
-        except _FieldError as exc:
+        except FieldError as exc:
             raise ConfigError(f"{exc.key}: {exc.message}") from None
 
     # ------------------------------------------------------------------------------ serial
@@ -159,12 +143,12 @@ class CollectorConfig:
         t, f = self.timeouts, self.files
         lines = [
             "# sealtrail collector configuration; every key is described in docs/collector.md",
-            f"name = {_quote(self.name)}",
-            f"listen = {_quote(self.listen)}",
-            f"store = {_quote(self.store)}",
+            f"name = {quote(self.name)}",
+            f"listen = {quote(self.listen)}",
+            f"store = {quote(self.store)}",
             "",
             "[heartbeat]",
-            f"seconds = {_num(self.heartbeat_seconds)}",
+            f"seconds = {num(self.heartbeat_seconds)}",
             f"silent_after = {self.silent_after}",
             "",
             "[limits]",
@@ -172,11 +156,11 @@ class CollectorConfig:
             f"quarantine_bytes_per_host = {self.quarantine_limit}",
             "",
             "[timeouts]",
-            *(f"{x.name} = {_num(getattr(t, x.name))}" for x in dataclasses.fields(t)),
+            *(f"{x.name} = {num(getattr(t, x.name))}" for x in dataclasses.fields(t)),
             "",
             "[files]",
             *(
-                f"{x.name} = {_quote(getattr(f, x.name))}"
+                f"{x.name} = {quote(getattr(f, x.name))}"
                 for x in dataclasses.fields(f)
                 if getattr(f, x.name) is not None
             ),
@@ -185,19 +169,17 @@ class CollectorConfig:
 
     @classmethod
     def from_toml(cls, directory: Path, data: Mapping[str, Any]) -> CollectorConfig:
-        """Every key known, none missing but those with defaults; raises ``_FieldError``."""
-        top = _table(
+        """Every key known, none missing but those with defaults; raises ``FieldError``."""
+        top = table(
             data, "", {"name", "listen", "store", "heartbeat", "limits", "timeouts", "files"}
         )
-        heartbeat = _table(top.get("heartbeat", {}), "heartbeat", {"seconds", "silent_after"})
-        limits = _table(
-            top.get("limits", {}), "limits", {"body_bytes", "quarantine_bytes_per_host"}
-        )
-        timeouts = _table(top.get("timeouts", {}), "timeouts", _names(Timeouts))
-        files = _table(top.get("files", {}), "files", _names(Files))
+        heartbeat = table(top.get("heartbeat", {}), "heartbeat", {"seconds", "silent_after"})
+        limits = table(top.get("limits", {}), "limits", {"body_bytes", "quarantine_bytes_per_host"})
+        timeouts = table(top.get("timeouts", {}), "timeouts", field_names(Timeouts))
+        files = table(top.get("files", {}), "files", field_names(Files))
         files.setdefault("ca_key", None if "ca_cert" in files else layout.CA_KEY)
         if "name" not in top:
-            raise _FieldError("name", "is missing (the collector's name)")
+            raise FieldError("name", "is missing (the collector's name)")
         defaults = cls(directory=directory, name=top["name"])
         return cls(
             directory=directory,
@@ -217,78 +199,20 @@ def load_config(directory: Path) -> CollectorConfig:
     """``DIR/collector.toml``, or a ``ConfigError`` naming file, line and key."""
     path = directory / layout.CONFIG
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(
             f"{path} does not exist: is {directory} a collector directory? "
             f"(sealtrail collector init --dir {directory})"
         ) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read {path}: {exc}") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from None  # tomllib's text says line and column
-    try:
-        return CollectorConfig.from_toml(directory, data)
-    except _FieldError as exc:
-        where = _line_of(text, exc.key)
-        at = f" line {where}:" if where else ""
-        raise ConfigError(f"{path}:{at} {_toml_key(exc.key)}: {exc.message}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    return parse(path, raw, lambda data: CollectorConfig.from_toml(directory, data), ConfigError)
 
 
 def make_config(directory: Path, name: str, **values: Any) -> CollectorConfig:
     """A new configuration (``collector init``), checked like one read from a file."""
     try:
         return CollectorConfig(directory=directory, name=name, **values)
-    except _FieldError as exc:
+    except FieldError as exc:
         raise ConfigError(f"{exc.key}: {exc.message}") from None
-
-
-# ------------------------------------------------------------------------------ helpers
-def _table(value: object, name: str, known: set[str]) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise _FieldError(name, "must be a table")
-    unknown = sorted(set(value) - known)
-    if unknown:
-        prefix = f"{name}." if name else ""
-        raise _FieldError(
-            prefix + unknown[0],
-            f"is not a known key (known here: {', '.join(sorted(known))})",
-        )
-    return value
-
-
-def _names(cls: type[Any]) -> set[str]:
-    return {f.name for f in dataclasses.fields(cls)}
-
-
-def _toml_key(dotted: str) -> str:
-    table, _, key = dotted.rpartition(".")
-    return f"[{table}] {key}" if table else dotted
-
-
-def _line_of(text: str, dotted: str) -> int | None:
-    """The line of ``key = ...`` under ``[table]``, for a message; None if not plainly there."""
-    table, _, key = dotted.rpartition(".")
-    current = ""
-    for number, line in enumerate(text.splitlines(), 1):
-        stripped = line.strip()
-        header = re.fullmatch(r"\[\s*([A-Za-z0-9_-]+)\s*\](?:\s*#.*)?", stripped)
-        if header:
-            current = header[1]
-            if current == dotted:
-                return number
-        elif current == table and re.match(rf"{re.escape(key)}\s*=", stripped):
-            return number
-    return None
-
-
-def _quote(text: str) -> str:
-    """A TOML basic string. Values are printable (checked), so JSON escapes only quote and
-    backslash, the way TOML does."""
-    return json.dumps(text, ensure_ascii=False)
-
-
-def _num(value: float) -> str:
-    return str(int(value)) if value == int(value) else repr(value)

@@ -66,7 +66,7 @@ def test_overrides_are_checked_like_the_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('name = "c"\nlisten = \n', r"collector.toml: Invalid value \(at line 2, column 10\)"),
+        ('name = "c"\nlisten = \n', r"collector.toml: line 2, column 10: TOML: Invalid value"),
         ('name = "c"\n\n[timeouts]\nrequest_seconds = "x"\n', r"line 4: \[timeouts\] request_"),
         ('name = "c"\n[timeouts]\nrequest_seconds = 0\n', r"must be a number of at least 0.001"),
         ('name = "c"\nlisten = "[::1]:99999"\n', r"line 2: listen: must be HOST:PORT"),
@@ -97,3 +97,10 @@ def test_strings_are_quoted_for_toml(tmp_path: Path) -> None:
     config = make_config(tmp_path, "c", store='/odd "path"\\with ü')
     write(tmp_path, config.to_toml())
     assert load_config(tmp_path).store == '/odd "path"\\with ü'
+
+
+def test_the_documented_file_is_what_init_writes(tmp_path: Path) -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    section = doc.split("\n## `collector.toml`\n", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    assert load_config(write(tmp_path, example)) == make_config(tmp_path, "coll-1")
