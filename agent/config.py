@@ -26,6 +26,7 @@ from agent.forward.client import Endpoint
 from agent.forward.forwarder import ForwardConfig
 from agent.forward.pacing import DEFAULT_RATE, DEFAULT_STOP_WAIT, Pacing
 from agent.journal.writer import DEFAULT_EPOCH_SECONDS, DEFAULT_HEARTBEAT
+from agent.kernel.pins import DEFAULT_PIN_DIR
 from agent.tomlconfig import FieldError
 
 #: Every key of agent.toml and the flag of ``sealtrail agent`` that overrides it.
@@ -39,12 +40,14 @@ FLAGS = {
     "ringbuf_size": "--ringbuf-size",
     "epoch_seconds": "--epoch-seconds",
     "heartbeat_seconds": "--heartbeat",
+    "pin_dir": "--pin-dir",
+    "pin": "--no-pin",
     "forward.url": "--forward",
     "forward.tls": "--forward-tls",
     "forward.wait_seconds": "--forward-wait",
     "forward.rate": "--forward-rate",
 }
-_PATHS = ("policies", "journal", "keys", "run_dir", "cgroup")
+_PATHS = ("policies", "journal", "keys", "run_dir", "cgroup", "pin_dir")
 
 
 def _path(key: str, value: object) -> Path:
@@ -112,6 +115,10 @@ class AgentSettings:
     epoch_seconds: float = DEFAULT_EPOCH_SECONDS
     #: The journal is sealed at least this often, idle or not.
     heartbeat_seconds: float = DEFAULT_HEARTBEAT
+    #: Where the in-kernel guard and the ring buffer are pinned (docs/restarts.md).
+    pin_dir: Path = DEFAULT_PIN_DIR
+    #: Pin them at all; false: the in-kernel guard ends with the agent.
+    pin: bool = True
     forward: ForwardSettings = field(default_factory=ForwardSettings)
 
     def __post_init__(self) -> None:
@@ -129,6 +136,8 @@ class AgentSettings:
             "heartbeat_seconds",
             tomlconfig.number("heartbeat_seconds", self.heartbeat_seconds, 0.001),
         )
+        if not isinstance(self.pin, bool):
+            raise FieldError("pin", f"must be true or false, not {self.pin!r}")
         if not isinstance(self.forward, ForwardSettings):
             raise FieldError("forward", "must be a table")
 
@@ -155,6 +164,7 @@ class AgentSettings:
             f"ringbuf_size = {self.ringbuf_size}",
             f"epoch_seconds = {tomlconfig.num(self.epoch_seconds)}",
             f"heartbeat_seconds = {tomlconfig.num(self.heartbeat_seconds)}",
+            f"pin = {'true' if self.pin else 'false'}",
             "",
             "[forward]",
             _optional("url", f.url),

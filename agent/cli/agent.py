@@ -12,6 +12,7 @@ from agent.config import FLAGS, load_settings
 from agent.daemon import DEFAULT_RECORD_KINDS, Agent, AgentConfig
 from agent.forward.pacing import DEFAULT_RATE, DEFAULT_STOP_WAIT
 from agent.journal.writer import DEFAULT_HEARTBEAT
+from agent.kernel.pins import DEFAULT_PIN_DIR, unpin
 
 
 def register(sub: Any) -> None:
@@ -84,6 +85,25 @@ def register(sub: Any) -> None:
         help="seal the journal at least this often, even when idle: a collector flags a host "
         f"silent after 3 heartbeats without a seal (default {DEFAULT_HEARTBEAT:g})",
     )
+    p.add_argument(
+        "--pin-dir",
+        type=Path,
+        metavar="DIR",
+        help="pin the in-kernel guard and the ring buffer there, so enforcement outlives the "
+        f"agent and a restart takes it over (default {DEFAULT_PIN_DIR}; on the BPF filesystem)",
+    )
+    p.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_const",
+        const=False,
+        help="pin nothing: the in-kernel guard ends with the agent (pin = false)",
+    )
+    p.add_argument(
+        "--unpin",
+        action="store_true",
+        help="detach and remove what agents pinned in --pin-dir, then exit (no agent may run)",
+    )
     fwd = p.add_argument_group("forwarding to a collector")
     fwd.add_argument(
         "--forward", metavar="URL", help="ship the journal to the collector at https://HOST:PORT"
@@ -116,14 +136,25 @@ def _kinds(text: str) -> frozenset[str]:
     return frozenset(kind.strip() for kind in text.split(",") if kind.strip())
 
 
+#: options whose argparse name is not their flag's (``--no-pin`` sets ``pin``)
+_DEST = {"pin": "pin"}
+
+
 def _given(args: argparse.Namespace) -> dict[str, Any]:
     """The options given on the command line, by their agent.toml key (the others are None)."""
-    values = {key: getattr(args, flag[2:].replace("-", "_")) for key, flag in FLAGS.items()}
+    values = {key: getattr(args, _DEST.get(key, flag[2:].replace("-", "_")))
+              for key, flag in FLAGS.items()}  # fmt: skip
     return {key: value for key, value in values.items() if value is not None}
 
 
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config).override(_given(args))
+    if args.unpin:
+        if unpin(settings.pin_dir):
+            print(f"unpinned {settings.pin_dir}: its programs are detached")
+        else:
+            print(f"{settings.pin_dir}: nothing pinned")
+        return 0
     if args.print_config:
         print(settings.to_toml(), end="")
         return 0
@@ -138,5 +169,6 @@ def run(args: argparse.Namespace) -> int:
         run_dir=settings.run_dir,
         heartbeat=settings.heartbeat_seconds,
         forward=settings.forward.config(),
+        pin_dir=settings.pin_dir if settings.pin else None,
     )
     return Agent(config).run()

@@ -215,4 +215,6 @@ def test_every_key_is_documented_with_its_default_and_flag() -> None:
         default = (defaults[table] if table else defaults).get(name)
         if isinstance(default, list):
             default = f"[{', '.join(quote(item) for item in default)}]"
+        elif isinstance(default, bool):
+            default = "true" if default else "false"
         assert ("| not set" if default is None else f"| `{default}`") in row, key
