@@ -83,12 +83,36 @@ unit: venv
 test: bootstrap lint
 	$(VENV)/bin/pytest -q tests
 	$(MAKE) test-vm
+	$(MAKE) test-packaging
 
 # Stock-kernel VM (Debian 12, qemu TCG): BPF-LSM and the kernel suites on another kernel.
 # tests/vm/run.sh installs its own host packages (qemu-system-x86 debootstrap e2fsprogs).
 .PHONY: test-vm
 test-vm: venv probes native
 	tests/vm/run.sh
+
+# The .deb (packaging/build-deb.sh, docs/packaging.md): a venv over Debian's python3 at
+# /opt/sealtrail with the probes and the native core, the units, the baseline policies in monitor
+# mode. Rebuilt when what goes in changes; output in build/deb/.
+DEB_APT_PACKAGES := python3-venv libsystemd-dev pkg-config binutils
+DEB_INPUTS := pyproject.toml README.md $(OBJECTS) $(NATIVE_LIB) \
+    $(shell find agent packaging policies docs -type f -not -path '*/__pycache__/*' 2>/dev/null)
+.PHONY: deb
+deb: $(BUILD)/deb/.built
+$(BUILD)/deb/.built: $(DEB_INPUTS)
+	@$(MAKE) --no-print-directory apt APT_PACKAGES="$(DEB_APT_PACKAGES)"
+	packaging/build-deb.sh $(BUILD)/deb
+	touch $@
+
+# Packaging e2e (DESIGN.md 7, tier 4): the .deb under real systemd (systemd-nspawn --boot on a
+# debootstrapped Debian 12, cached in build/packaging), lintian, the Vagrantfile's syntax.
+PACKAGING_APT_PACKAGES := debootstrap systemd-container lintian ruby
+.PHONY: test-packaging
+test-packaging: deb venv tracefs
+	@$(MAKE) --no-print-directory apt APT_PACKAGES="$(PACKAGING_APT_PACKAGES)"
+	ruby -c vagrant/Vagrantfile
+	lintian --fail-on error,warning $(BUILD)/deb/sealtrail_*_amd64.deb
+	SEALTRAIL_PACKAGING=1 $(VENV)/bin/pytest -q -s tests/packaging
 
 bench: bootstrap
 	$(VENV)/bin/python -m bench
