@@ -35,7 +35,7 @@ from typing import Any, Protocol
 from agent import __version__, paths
 from agent.enforce.enforcer import Enforcer, EventSource
 from agent.enforce.handover import FANOTIFY_FDNAME, Handover, held_note
-from agent.errors import SealtrailError
+from agent.errors import JournalError, SealtrailError
 from agent.events.stream import DEFAULT_RINGBUF_BYTES, EventStream, StreamConfig
 from agent.forward.forwarder import ForwardConfig, Forwarder
 from agent.journal import JournalWriter
@@ -305,7 +305,10 @@ class Agent:
             return
         records = forwarder.take_records()
         if records:
-            journal.append_many(records)
+            try:
+                journal.append_many(records)
+            except JournalError as exc:  # the forwarder's bookkeeping never stops the agent
+                log.error("forwarding records not journaled: %s: %r", exc, records[:3])
         forwarder.notify(journal.sealed_size)
 
     def _stop_forwarding(self, journal: JournalWriter) -> None:

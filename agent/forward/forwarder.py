@@ -7,6 +7,11 @@ deleted, so a restart resumes from the head, and a batch the collector made dura
 answer was lost is sent again and skipped there (same bytes at an accepted seq).
 
 - 409 gap: resume from the size the collector names.
+- A head this journal does not continue (the collector holds more records than it has, or its
+  last record is not this journal's): the journal was wiped, cut or replaced since. Logged and
+  journaled, then the journal is sent from record 0 (``_probe_until``): the collector compares
+  what overlaps and rejects with the precise finding, ``rollback`` for a wiped journal (record
+  0 differs), ``fork`` at the first differing seq; matching records are acknowledged as held.
 - 422 rejection: logged and journaled once, kept in the status file, then retried only after a
   long backoff (``Pacing.refused``: 5 minutes, doubling to an hour): a journal is immutable,
   so the same batch fails the same way until someone changes the collector (re-enrollment).
@@ -35,6 +40,7 @@ millisecond whatever its size, hence ``Pacing.batch_interval``).
 from __future__ import annotations
 
 import collections
+import hashlib
 import logging
 import os
 import random
@@ -60,7 +66,7 @@ from agent.forward.records import receipt_fields
 from agent.forward.source import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_RECORDS, Batch, JournalSource
 from agent.journal.canonical import JsonValue
 from agent.journal.keys import PublicKey
-from agent.journal.record import parse_line
+from agent.journal.record import RECORD_PREFIX, parse_line
 from agent.status import write_status
 
 log = logging.getLogger(__name__)
@@ -155,6 +161,9 @@ class Forwarder:
         self._head: int | None = None  # what the collector holds; None: ask it
         self._acked = 0  # covered by a verified receipt
         self._cap: int | None = None  # send no further than this (records before a rejected one)
+        #: sending from 0 to show the collector where this journal differs from what it holds:
+        #: receipts for more than was sent are fine up to here (records it holds already)
+        self._probe_until: int | None = None
         self._send_after = 0.0  # caught up: no batch before this (Pacing.batch_interval)
         self._attempt = 0
         self._rejections = 0
@@ -372,7 +381,8 @@ class Forwarder:
             else:
                 if receipt.size == size:
                     self._acked = max(self._acked, size)
-        return self._move_head(size)
+        last = answer.body.get("last_hash")
+        return self._move_head(size, last if isinstance(last, str) else None)
 
     def _answered(self, batch: Batch, answer: Answer) -> Wait:
         status, body = answer.status, answer.body
@@ -393,7 +403,11 @@ class Forwarder:
         try:
             receipt = Receipt.from_dict(body.get("receipt"))  # type: ignore[arg-type]
             receipt.verify(self._key, host=self.host)
-            if receipt.size != batch.end or body.get("size") != batch.end:
+            probing = self._probe_until is not None and batch.end <= self._probe_until
+            held = receipt.size >= batch.end and body.get("size") == receipt.size
+            if not (probing and held) and (
+                receipt.size != batch.end or body.get("size") != batch.end
+            ):
                 raise FormatError(f"it is for {receipt.size} records, {batch.end} were sent up to")
         except FormatError as exc:
             self._head = None
@@ -403,6 +417,8 @@ class Forwarder:
             return self._retry()
         self._reachable()
         self._head = self._acked = batch.end
+        if self._probe_until is not None and batch.end >= self._probe_until:
+            self._probe_until = None  # all it held matched: what follows is new to it
         if batch.end >= self._durable:  # it took all there was: caught up
             self._send_after = self._clock() + self.pacing.batch_interval
         self._attempt = self._rejections = 0
@@ -417,16 +433,30 @@ class Forwarder:
             self._unjournaled = self._unjournaled or substantive
         return NOW
 
-    def _move_head(self, size: int) -> Wait:
+    def _move_head(self, size: int, last_hash: str | None = None) -> Wait:
         with self._cond:
             durable = self._durable
         if size > durable:
+            why = (f"the collector holds {size} records of host {self.host}, this journal "
+                   f"only {durable} durable ones: it was cut or replaced since they were "
+                   "sent")  # fmt: skip
+        elif size and last_hash is not None and not self._holds(size - 1, last_hash):
+            why = (f"the collector's record {size - 1} of host {self.host} is not this "
+                   "journal's: it was wiped or replaced since it was sent")  # fmt: skip
+        else:
+            why = None
+        if why is not None:
+            if durable == 0:  # nothing to show it yet: ask again once there is
+                self._head = None
+                return Wait(IDLE_POLL, idle=True)
+            if self._probe_until is None:
+                self._problem("diverged", f"{why}; sending it from record 0 so that the "
+                              "collector finds where it differs")  # fmt: skip
+                self._probe_until = min(size, durable)
+                self._head = 0
+                return NOW
             self._head = None
-            self._problem(
-                "ahead",
-                f"the collector holds {size} records of host {self.host}, this journal only "
-                f"{durable} durable ones: it was cut or replaced since they were sent",
-            )
+            self._problem("ahead", why)
             return self._rejected_wait()
         if size < self._acked:
             self._problem(
@@ -436,6 +466,17 @@ class Forwarder:
             )
         self._head = size
         return NOW
+
+    def _holds(self, seq: int, record_hash: str) -> bool:
+        """Is the stored record ``seq`` of this journal the one with ``record_hash``?"""
+        try:
+            batch = self._source.read(seq, seq + 1)
+        except JournalError:
+            return False
+        if batch is None:
+            return False
+        line = batch.data[: batch.data.index(b"\n")]
+        return hashlib.sha256(RECORD_PREFIX + line).hexdigest() == record_hash
 
     def _rejected_batch(self, batch: Batch, body: dict[str, Any]) -> Wait:
         code, seq = str(body.get("error")), body.get("seq")
@@ -450,7 +491,7 @@ class Forwarder:
                 f"records from {at} rejected ({code}): {detail}",
                 key=("rejected", code, at),
                 code=code,
-                seq=at,
+                at_seq=at,  # not ``seq``: every record's own seq is a common field
                 start=batch.start,
                 count=batch.count,
             )

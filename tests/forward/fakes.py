@@ -15,6 +15,7 @@ from agent.collector.protocol import Receipt
 from agent.errors import ForwardError
 from agent.forward.client import Answer
 from agent.journal.keys import SigningKey
+from agent.journal.record import RECORD_PREFIX
 
 
 @dataclass
@@ -49,7 +50,9 @@ class FakeCollector:
         if scripted is not None:
             return scripted
         size = len(self.lines)
-        return Answer(200, {"host": self.host, "size": size, "receipt": self._receipt(size)}, None)
+        last = hashlib.sha256(RECORD_PREFIX + self.lines[-1]).hexdigest() if self.lines else None
+        body = {"host": self.host, "size": size, "last_hash": last, "receipt": self._receipt(size)}
+        return Answer(200, body, None)
 
     def ingest(self, start: int, body: bytes) -> Answer:
         lines = body.splitlines()

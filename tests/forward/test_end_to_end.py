@@ -303,3 +303,35 @@ def test_an_idle_host_stays_ok_by_its_heartbeat_and_turns_silent_when_stopped(
     wait_for("ok again", lambda: host_state(collector) == "ok", 30, host)
     assert host.stop() == 0
     assert_exactly_the_journal(collector, host)
+
+
+def test_a_wiped_journal_is_reported_as_a_rollback_not_silence(
+    collector: Collector, host: Host
+) -> None:
+    """The host's journal is deleted (the keys kept) and the agent starts again from record 0:
+    the collector must not wait for records it already has, it must say what happened."""
+    collector.start()
+    host.start(collector.port, "--rate", "2000", "--events", "3000")
+    wait_for("forwarded", caught_up(host, 3000), 60, host)
+    assert host.stop() == 0
+    held = stored(collector)
+    from agent.journal import protect
+
+    protect.clear_all(host.journal)
+    for seg in host.journal.iterdir():
+        seg.unlink()
+    host.start(collector.port, "--rate", "2000", "--events", "200")
+    try:
+        wait_for("rejected", lambda: any(
+            e.fields.get("detail", "").find("rollback") >= 0 for e in host.records("forward_error")
+        ), 60, host)  # fmt: skip
+    finally:
+        host.stop()
+    assert stored(collector) == held  # nothing of the new journal merged
+    hosts = json.loads(
+        sealtrail("collector", "hosts", "--dir", str(collector.dir), "--json").stdout
+    )
+    (entry,) = [h for h in hosts["hosts"] if h["host"] == HOST]
+    assert entry["state"] == "rollback", entry
+    errors = [r.fields["error"] for r in host.records("forward_error")]
+    assert errors[0] == "diverged" and "rejected" in errors, errors

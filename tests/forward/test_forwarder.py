@@ -217,7 +217,7 @@ def test_a_rejection_sends_what_precedes_it_then_waits_long(journal: Journal) ->
     assert status["rejected"]["seq"] == 70 and status["rejected"]["error"] == "tamper"
     errors = [f for t, f in fwd.take_records() if t == "forward_error"]
     assert [f["error"] for f in errors] == ["rejected"]
-    assert errors[0]["code"] == "tamper" and errors[0]["seq"] == 70
+    assert errors[0]["code"] == "tamper" and errors[0]["at_seq"] == 70
     for n in (2, 3):  # the same rejection again after the wait: not journaled again, longer
         while (wait := fwd.step()).seconds == 0:
             pass
@@ -311,16 +311,47 @@ def test_a_collector_that_does_not_know_the_host_is_a_long_wait(
     assert collector.requests == [("head", None, 0)]
 
 
-def test_a_collector_ahead_of_the_journal_is_reported(journal: Journal) -> None:
-    """The collector holds more than this host's journal: it was cut or replaced."""
+def test_a_collector_ahead_of_the_journal_gets_it_from_0_and_says_where_it_differs(
+    journal: Journal,
+) -> None:
+    """The collector holds more than this host's journal: it was cut or replaced. The
+    forwarder says so, then sends from record 0 so the collector finds where it differs."""
     journal.fill(20, seal_every=20)
     collector = FakeCollector(journal.host)
     collector.lines = [b"x"] * 500
     fwd = forwarder(journal, collector)
+    assert fwd.step().seconds == 0  # the head: diverged, from 0 at once
+    assert fwd.step().seconds == Pacing().refused_backoff  # rejected where it differs
+    errors = [fields for _, fields in fwd.take_records()]
+    assert errors[0]["error"] == "diverged" and "cut or replaced" in str(errors[0]["detail"])
+    assert errors[1]["error"] == "rejected" and "fork" in str(errors[1]["detail"])
+    assert [r[:2] for r in collector.requests] == [("head", None), ("ingest", 0)]
+
+
+def test_a_journal_cut_short_is_acknowledged_as_held_and_then_waits(journal: Journal) -> None:
+    """Every record this journal has, the collector holds already (the journal lost its end):
+    the resend is acknowledged as held, and nothing is sent twice into the store."""
+    journal.fill(40, seal_every=20)
+    collector = FakeCollector(journal.host)
+    collector.lines = stored(journal) + [b"lost"] * 10
+    fwd = forwarder(journal, collector)
+    run(fwd)
+    assert collector.lines == stored(journal) + [b"lost"] * 10
+    errors = [fields for _, fields in fwd.take_records() if "error" in fields]
+    assert [e["error"] for e in errors] == ["diverged"], errors
+
+
+def test_a_collector_whose_last_record_is_not_ours_gets_the_journal_from_0(
+    journal: Journal,
+) -> None:
+    """Same size, other last record (a journal wiped and grown again): sent from 0."""
+    journal.fill(20, seal_every=20)
+    collector = FakeCollector(journal.host)
+    collector.lines = [b"y"] * 10
+    fwd = forwarder(journal, collector)
+    fwd.step()
     assert fwd.step().seconds == Pacing().refused_backoff
-    (error,) = fwd.take_records()
-    assert error[1]["error"] == "ahead" and "cut or replaced" in str(error[1]["detail"])
-    assert [r[0] for r in collector.requests] == ["head"]
+    assert [r[:2] for r in collector.requests] == [("head", None), ("ingest", 0)]
 
 
 def test_status_file_and_lag(journal: Journal, tmp_path: Path) -> None:
