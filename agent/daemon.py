@@ -20,6 +20,7 @@ on SIGTERM stops it after the final seal, waiting at most ``--forward-wait`` sec
 from __future__ import annotations
 
 import collections
+import hashlib
 import logging
 import os
 import platform
@@ -41,7 +42,7 @@ from agent.forward.forwarder import ForwardConfig, Forwarder
 from agent.journal import JournalWriter
 from agent.journal.canonical import JsonValue
 from agent.journal.writer import DEFAULT_HEARTBEAT
-from agent.kernel.pins import PinDir
+from agent.kernel.pins import DEFAULT_PIN_DIR, GUARD, PinDir, PinError
 from agent.policy.mechanisms import HostCapabilities, host_capabilities
 from agent.policyload import Installer, load_policies
 from agent.recorder import Judge, RecordCounters, Recorder, RecordSource, text_safe
@@ -90,6 +91,10 @@ class Enforcing(Judge, Installer, Protocol):
     problems: collections.deque[str]
     #: set once the enforcer took over a guard an earlier agent pinned: what to journal
     takeover: dict[str, JsonValue] | None
+    #: set once it took over the fanotify group an earlier agent stored: what to journal
+    fanotify_takeover: dict[str, JsonValue] | None
+    #: "held": the fanotify group waits for the next agent through a restart; else why not
+    restart_hold: str | None
 
     def close(self) -> None: ...
 
@@ -230,6 +235,8 @@ class Agent:
                     )
                 if enforcer.takeover is not None:
                     journal.append("guard_takeover", enforcer.takeover)
+                if enforcer.fanotify_takeover is not None:
+                    journal.append("fanotify_takeover", enforcer.fanotify_takeover)
                 journal.flush_and_seal()
                 log.info("sealtrail agent running; journal %s", cfg.journal_dir)
                 self.notifier.ready(self._status_line())
@@ -238,7 +245,7 @@ class Agent:
                 recorder.drain()  # what the kernel already queued is still evidence
                 # a clean stop: systemd releases a stored fanotify group as the unit stops,
                 # as asked; only an unasked release is a gap for the next start to journal
-                held_note(cfg.run_dir).unlink(missing_ok=True)
+                held_note(cfg.journal_dir.parent).unlink(missing_ok=True)
             finally:
                 enforcer.close()
                 stream.close()
@@ -255,10 +262,25 @@ class Agent:
                 self._stop_forwarding(journal)
 
     def _pins(self) -> PinDir | None:
-        """The pin directory, held for this run (``PinError`` if another agent holds it)."""
+        """The pin directory, held for this run (``PinError`` if another agent holds it). A
+        guard pinned in the default directory while this agent pins elsewhere (or nothing)
+        would go on enforcing an earlier policy unseen: refused."""
+        default = PinDir(DEFAULT_PIN_DIR)
+        if (
+            self.config.pin_dir is None
+            or Path(os.path.realpath(self.config.pin_dir)) != default.path
+        ) and default.holds(GUARD):
+            raise PinError(f"{DEFAULT_PIN_DIR}: a guard an earlier agent pinned there "
+                           "enforces its policy; take it over (--pin-dir "
+                           f"{DEFAULT_PIN_DIR}) or detach it first (sealtrail agent "
+                           "--unpin)")  # fmt: skip
         if self.config.pin_dir is None:
             return None
-        pins = PinDir(self.config.pin_dir, self.config.run_dir / "guard-generations.json")
+        pin_dir = Path(os.path.realpath(self.config.pin_dir))
+        # the rule tables of this pin directory's generations, in the run directory (a file,
+        # not a pin); one file per pin directory, never shared
+        tag = hashlib.sha256(os.fsencode(pin_dir)).hexdigest()[:16]
+        pins = PinDir(pin_dir, self.config.run_dir / f"guard-generations-{tag}.json")
         pins.acquire()
         return pins
 
@@ -266,11 +288,17 @@ class Agent:
         """What an earlier agent left to this one (agent.enforce.handover): the pins, and
         the fanotify group systemd's fd store passes back; a group that was stored and is not
         passed back was released by systemd, and the gap is journaled."""
+        cfg = self.config
         passed = received_fds()
         group = passed.pop(FANOTIFY_FDNAME, [])
         for fd in [*group[1:], *(fd for fds in passed.values() for fd in fds)]:
             os.close(fd)  # nothing else is stored: not ours to keep open
-        note = held_note(self.config.run_dir)
+        if len(group) > 1:  # one group, never more: the others would wait with nobody reading
+            self.notifier.remove_fds(FANOTIFY_FDNAME)
+            self.notifier.store_fds(group[:1], FANOTIFY_FDNAME)
+        # beside the journal, not in the run directory: systemd removes that when the unit
+        # fails, which is when the note matters
+        note = held_note(cfg.journal_dir.parent)
         if not group and note.exists():
             journal.append("enforcement_gap", {
                 "mechanism": "fanotify",
@@ -286,17 +314,21 @@ class Agent:
                 note.write_text(f"{time.time_ns()}\n")
         else:
             note.unlink(missing_ok=True)
-        store = None
-        if self.notifier.enabled:
+        if not self.notifier.enabled:
+            return Handover(pins, group[0] if group else None)
 
-            def store(fd: int) -> bool:
-                if not self.notifier.store_fds([fd], FANOTIFY_FDNAME):
-                    return False
-                note.parent.mkdir(parents=True, exist_ok=True)
-                note.write_text(f"{time.time_ns()}\n")
-                return True
+        def store(fd: int) -> bool:
+            if not self.notifier.store_fds([fd], FANOTIFY_FDNAME):
+                return False
+            note.write_text(f"{time.time_ns()}\n")
+            return True
 
-        return Handover(pins, group[0] if group else None, store)
+        def unstore() -> None:
+            self.notifier.remove_fds(FANOTIFY_FDNAME)
+            note.unlink(missing_ok=True)
+
+        startup = (cfg.policies_dir, cfg.keys_dir, cfg.journal_dir, cfg.run_dir)
+        return Handover(pins, group[0] if group else None, store, unstore, startup)
 
     def _forward(self, journal: JournalWriter) -> None:
         """Journal what the forwarder handed back; tell it what is durable now."""
@@ -341,6 +373,8 @@ class Agent:
         status = {"pid": os.getpid(), "loads": self.reloads, "trigger": self._trigger}
         status["recorded"] = self.counters.recorded
         status["events_per_s"] = round(self._events_per_s, 1)
+        if self.enforcer is not None and self.enforcer.restart_hold is not None:
+            status["fanotify_restart"] = self.enforcer.restart_hold
         status["updated_ns"] = str(time.time_ns())
         write_status(self.config.run_dir, {**status, **self.last_load})
 

@@ -33,6 +33,7 @@ import contextlib
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,7 +42,7 @@ from agent.enforce.cgroups import CgroupPaths
 from agent.enforce.dirwatch import DirWatch, NewDir
 from agent.enforce.fanotify import FanotifyGuard, MarkTable, PermissionRequest
 from agent.enforce.guard import GUARDED_OPS, LSM_OPS, Guard, RuleRef, SavedRule
-from agent.enforce.handover import Handover, exec_chain
+from agent.enforce.handover import Handover, private_chain, startup_files
 from agent.enforce.marks import MarkPlan, MarkRule, OsView, extend_plan, plan_marks
 from agent.enforce.mounts import MountView
 from agent.enforce.process import kill_process, process_of
@@ -51,7 +52,7 @@ from agent.events import model
 from agent.events.decode import open_access
 from agent.events.loader import is_dynamic_loader, is_loader_process
 from agent.journal.canonical import JsonValue
-from agent.kernel.fanotify import FAN_OPEN_EXEC_PERM
+from agent.kernel.fanotify import FAN_EVENT_ON_CHILD, FAN_OPEN_EXEC_PERM, FAN_OPEN_PERM
 from agent.kernel.mechanism import HostCapabilities, Mechanism
 from agent.kernel.pins import GUARD
 from agent.policy.compile import CompiledPolicySet, compile_policy_set
@@ -158,7 +159,14 @@ class Enforcer:
         self._policy_set: PolicySet | None = None
         self._mounts = MountView()
         self._installing = False
-        self._exempted: set[str] = set()  # the agent's own exec chain (handover.exec_chain)
+        self._exempted: set[str] = set()  # the agent's own exec chain (handover.private_chain)
+        self._stored = False  # the group is in the service manager's fd store
+        self._started_ns = time.time_ns()  # verdicts from before: judged while no agent ran
+        self._startup: tuple[set[tuple[int, int]], set[tuple[int, int]]] | None = None
+        #: "held": the group waits for the next agent through a restart; else why it does not
+        self.restart_hold: str | None = None
+        #: the inherited group's marks and the unanswered events denied (for the journal)
+        self.fanotify_takeover: dict[str, JsonValue] | None = None
 
     @property
     def digest(self) -> str | None:
@@ -229,6 +237,7 @@ class Enforcer:
                 raise
             self._state = state  # the switch
             self._policy_set, self._mark_rules, self._mark_plan = policy_set, mark_rules, marks
+            self._hold(marks)
             errors = table.prune(marks) if table is not None else []
             for place in table.skipped if table is not None else []:
                 errors.append(f"{place} changed while it was being marked: not marked until "
@@ -241,27 +250,76 @@ class Enforcer:
         return InstallResult(enforcements, tuple(errors))
 
     def _mark_table(self) -> MarkTable:
+        """The group and its marks: made, or inherited (its marks adopted). Its reader starts
+        only once a policy is in force (``_hold``): an inherited group's waiting events must
+        be judged by this agent's policy, never allowed for want of one."""
         if self._fanotify is None:
-            h = self.handover
-            group = FanotifyGuard(self._decide_permission, fd=h.fanotify_fd)
+            group = FanotifyGuard(self._decide_permission, fd=self.handover.fanotify_fd)
             self._table = MarkTable(group)
             if group.inherited:
-                log.info("fanotify: took over the group an earlier agent stored, with %d marks",
-                         self._table.adopt())  # fmt: skip
-            elif h.store is not None and h.store(group.fd):
-                log.info("fanotify: group handed to the service manager's fd store")
-            if h.holds_group:  # the group may wait for an agent: this one must be able to start
-                for path in exec_chain():
-                    try:
-                        group.ignore_exec(path)
-                        self._exempted.add(path)
-                    except KernelError as exc:
-                        log.warning("fanotify: cannot exempt %s (its exec may wait for the "
-                                    "agent while none runs): %s", path, exc)  # fmt: skip
+                marks = self._table.adopt()
+                denied = group.deny_unanswered()
+                log.info("fanotify: took over the group an earlier agent stored: %d marks, %d "
+                         "events it read and never answered denied", marks, denied)  # fmt: skip
+                self.fanotify_takeover = {"marks": marks, "denied_unanswered": denied}
+                self._stored = True  # the store has it: systemd passed it back
             self._fanotify = group
-            group.start()
         assert self._table is not None
         return self._table
+
+    def _hold(self, marks: MarkPlan) -> None:
+        """After a switch: start answering, and keep the group through a restart where that is
+        safe (agent.enforce.handover), else take it out of the store; ``restart_hold`` says
+        which, and why."""
+        group, h = self._fanotify, self.handover
+        if group is None:
+            return
+        if h.managed:
+            chain, problem = private_chain()
+            problem = problem or self._startup_conflict(marks)
+            for path in chain if problem is None else ():
+                try:
+                    group.ignore_exec(path)  # the restarted agent's exec must not wait
+                    self._exempted.add(path)
+                except KernelError as exc:
+                    problem = f"cannot exempt {path} from the group: {exc}"
+            if problem is None:
+                if not self._stored and h.store is not None and h.store(group.fd):
+                    log.info("fanotify: the group is held by the service manager through a "
+                             "restart of the agent")  # fmt: skip
+                    self._stored = True
+                self.restart_hold = "held"
+            else:
+                if self._stored and h.unstore is not None:
+                    h.unstore()
+                self._stored = False
+                if self.restart_hold != problem:
+                    log.warning("fanotify enforcement ends with the agent (not held through a "
+                                "restart): %s", problem)  # fmt: skip
+                self.restart_hold = problem
+        if not group.started:
+            group.start()
+
+    def _startup_conflict(self, marks: MarkPlan) -> str | None:
+        """Why a held group would hang the next agent's start: a mark of ``marks`` that asks
+        for an open it makes as it starts (None: no such mark)."""
+        if self._startup is None:
+            self._startup = startup_files(self.handover.startup_paths)
+        files, dirs = self._startup
+        devs = {dev for dev, _ in files | dirs}
+        for key, mask in sorted(marks.marks.items()):
+            if not mask & FAN_OPEN_PERM:
+                continue
+            place = marks.places[key]
+            if (
+                (key.filesystem and key.dev in devs)
+                or (key.dev, key.ino) in files
+                or (mask & FAN_EVENT_ON_CHILD and (key.dev, key.ino) in dirs)
+            ):
+                return (f"an open rule marks {place}, which the agent itself opens (or a "
+                        "file in it) as it starts: a restarted agent would wait on its own "
+                        "group")  # fmt: skip
+        return None
 
     def _exempt(self, marks: MarkPlan) -> list[str]:
         """Exec rules fanotify cannot enforce: on the agent's own exec chain (ignore marks)."""
@@ -562,13 +620,18 @@ class Enforcer:
         if rule.mode == "monitor" and rule.action in ("deny", "kill"):
             action = effective_action(rule.mode, rule.action)
         killed = ev.action == Effect.KILL
-        mechanism = ev.mechanism + ("+sigkill" if killed else "")
         if (
             killed
             and ev.mechanism == Mechanism.CGROUP_SOCK
             and not self._guard.kernel_kills_at_cgroup
         ):
-            kill_process(ev.pid)  # the kernel denied; this kernel cannot signal from there
+            if ev.ts_ns >= self._started_ns:
+                kill_process(ev.pid)  # the kernel denied; this kernel cannot signal from there
+            else:  # judged while no agent ran: by now the pid may be another process's
+                killed = False
+                log.warning("guard: not killing pid %d, denied before this agent started",
+                            ev.pid)  # fmt: skip
+        mechanism = ev.mechanism + ("+sigkill" if killed else "")
         self.verdicts.append(
             VerdictRecord(
                 action, rule.rule_id, rule.policy_name, compiled.digest if compiled else "",

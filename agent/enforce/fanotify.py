@@ -156,6 +156,27 @@ class FanotifyGuard:
         """Exec permission events for the whole filesystem holding ``path``."""
         self._mark(FAN_MARK_ADD | FAN_MARK_FILESYSTEM, FAN_OPEN_EXEC_PERM, path)
 
+    def deny_unanswered(self, up_to: int = 65536) -> int:
+        """Deny every permission event an earlier reader of this (inherited) group took and
+        never answered: the kernel finds such an event by the fd number it gave that reader, so
+        each number it could have been is answered FAN_DENY (a number no event holds is refused
+        with ENOENT). Returns how many were denied. Only before this agent reads anything: then
+        no event of its own is waiting for an answer."""
+        if self._thread is not None:
+            raise KernelError("deny_unanswered after the reader started")
+        denied = 0
+        for number in range(up_to):
+            try:
+                os.write(self.fd, _RESPONSE.pack(number, FAN_DENY))
+                denied += 1
+            except OSError:
+                continue
+        return denied
+
+    @property
+    def started(self) -> bool:
+        return self._thread is not None
+
     def ignore_exec(self, path: str) -> None:
         """Never ask about exec of this inode (an ignore mark that survives writes): the
         agent's own exec chain, which must start while the group waits for an agent."""

@@ -198,6 +198,21 @@ class SavedGeneration:
         return cls(str(data["digest"]), rules)
 
 
+def _pinned_generation(pins: PinDir) -> int:
+    """The highest generation the pinned guard config holds (0 if it cannot be read)."""
+    fd = lib.bpf_obj_get(os.fsencode(pins.maps_dir(GUARD) / abi.MAP_GUARD_CFG))
+    if fd < 0:
+        return 0
+    try:
+        raw = Map(fd, abi.MAP_GUARD_CFG, 4, ctypes.sizeof(abi.GuardCfg), 1, BPF_MAP_TYPE_ARRAY)
+        value = raw.lookup(b"\0" * 4)
+        return int(max(abi.GuardCfg.from_buffer_copy(value).generation)) if value else 0
+    except (KernelError, ValueError):
+        return 0
+    finally:
+        os.close(fd)
+
+
 def _absent_lsm_programs() -> frozenset[str]:
     """LSM_OPTIONAL programs whose hook this kernel lacks: its BTF has no such function."""
     return frozenset(p for p, fn in LSM_OPTIONAL.items() if not btf_has_name(fn))
@@ -224,6 +239,7 @@ class Guard(Closing):
     ) -> None:
         self.cgroup = Path(cgroup) if cgroup else cgroup2_root()
         self.pins = pins
+        self._generation_floor = 0
         self.cgroup_root = cgroup2_root()
         self.lsm = lsm
         # cgroup programs get bpf_send_signal only on newer kernels; without it the agent
@@ -252,7 +268,7 @@ class Guard(Closing):
             self._cfg = self._obj.map(abi.MAP_GUARD_CFG)
             self._outer = {name: self._obj.map(t.outer) for name, t in TABLES.items()}
             # a pinned config carries on the earlier agent's numbering (0 when fresh)
-            self.generation = int(max(self._read_cfg().generation))
+            self.generation = max(self._generation_floor, int(max(self._read_cfg().generation)))
             self.taken_over = self.generation > 0
             if self.taken_over:
                 self._take_over()
@@ -271,7 +287,10 @@ class Guard(Closing):
                 raise
             log.warning("guard: the maps pinned in %s do not fit this agent (%s); replacing "
                         "them", self.pins.path, str(exc).splitlines()[0])  # fmt: skip
-            self.pins.remove(GUARD)
+            # numbering goes on from the pinned guard's: verdicts of its generations still in
+            # the ring buffer must not be read as the new ones' (their tables stay saved)
+            self._generation_floor = _pinned_generation(self.pins)
+            self.pins.remove(GUARD, keep_state=True)
             return self._load(shared_maps, self.lsm, self._skipped, cgroup_signal, self.pins)
 
     def _attach_all(self, lsm: bool) -> None:

@@ -14,15 +14,26 @@ held. So enforcement fails closed through a restart, and a host whose agent cann
 not bricked. The agent notes a stored group in its run directory (``fanotify-held``); an agent
 that starts with that note but without the group journals the gap (``enforcement_gap``).
 
-So that systemd can exec the new agent while the group waits, the agent's own exec chain (its
-start script, its interpreter, the ELF loader) carries fanotify ignore marks (``exec_chain``):
-an exec rule that names one of those files cannot be enforced by fanotify, and the install says
-so. The packaged agent runs a private copy of the interpreter (``/opt/sealtrail``), so that
-exemption does not cover the system's ``python3``.
+So that systemd can exec the new agent while the group waits (exec rules mark whole
+filesystems), the agent's own exec chain carries fanotify ignore marks: its interpreter and that
+interpreter's ELF loader. An exemption of a file the host shares would be a way around exec
+rules, so a group is only held where both are the agent's own (``private_chain``): copies inside
+its virtual environment that only root may execute (the package's ``python3-agent``, whose
+loader is patched to a private copy). And a group is only held where nothing the agent opens as
+it starts (its libraries and modules, ``ld.so.cache``, its configuration, keys, policies and
+journal) is under a mark that asks for opens (``startup_conflicts``): that open would wait for
+the agent that is starting, and the restart would hang until systemd gives up. Where either
+does not hold, the group is not stored (or removed from the store) and the agent says why: then
+fanotify enforcement ends with the agent, as without systemd.
+
+Events the killed agent had read but not answered are known to the kernel by the fd numbers of
+the dead process; the next agent denies each of them before it reads anything
+(``FanotifyGuard.deny_unanswered``), so none waits for ever and none is allowed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 import sys
@@ -45,10 +56,15 @@ class Handover:
     fanotify_fd: int | None = None
     #: hands a new group to systemd's fd store; True if sent (None: no service manager)
     store: Callable[[int], bool] | None = None
+    #: takes the group out of the store again (it must not be held: ``Enforcer``)
+    unstore: Callable[[], None] | None = None
+    #: directories and files the agent opens as it starts (configuration, keys, policies,
+    #: journal): a mark that asks for opens there forbids holding the group
+    startup_paths: tuple[Path, ...] = ()
 
     @property
-    def holds_group(self) -> bool:
-        """Will a fanotify group of this agent outlive it (inherited, or storable)?"""
+    def managed(self) -> bool:
+        """Is there a service manager to hold a group (inherited, or storable)?"""
         return self.fanotify_fd is not None or self.store is not None
 
 
@@ -75,19 +91,52 @@ def elf_interpreter(path: str) -> str | None:
     return None
 
 
-def exec_chain() -> list[str]:
-    """The files an exec of this agent opens for exec: the start script (``sealtrail``, a
-    ``#!`` script), the interpreter it names, and that interpreter's ELF loader."""
-    chain: list[str] = []
-    script = os.path.realpath(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+def private_chain() -> tuple[list[str], str | None]:
+    """The files an exec of this agent opens for exec (its interpreter, that interpreter's ELF
+    loader), and why they may not be exempted, if so (None: they may)."""
     interpreter = os.path.realpath(sys.executable)
-    if script and os.path.isfile(script) and script != interpreter:
-        chain.append(script)
-    chain.append(interpreter)
     loader = elf_interpreter(interpreter)
-    if loader:
-        chain.append(os.path.realpath(loader))
-    return chain
+    chain = [interpreter] + ([os.path.realpath(loader)] if loader else [])
+    prefix = os.path.realpath(sys.prefix) + "/"
+    if sys.prefix == sys.base_prefix:
+        return chain, f"the agent runs on the host's own interpreter {interpreter}"
+    for path in chain:
+        if not path.startswith(prefix):
+            return chain, f"{path} is the host's, not the agent's own copy in {sys.prefix}"
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            return chain, f"{path}: {exc.strerror}"
+        if st.st_uid != 0 or st.st_mode & 0o033:
+            return chain, (f"{path} may be executed or changed by others than root (mode "
+                           f"{st.st_mode & 0o7777:o}): chmod 700")  # fmt: skip
+    return chain, None
+
+
+def startup_files(extra: tuple[Path, ...]) -> tuple[set[tuple[int, int]], set[tuple[int, int]]]:
+    """What the agent opens as it starts: (files, directories) by (st_dev, st_ino). Files: its
+    mapped libraries, its modules, the loader's cache and the agent's own paths; directories:
+    theirs (a mark with FAN_EVENT_ON_CHILD there asks for their opens), ``extra`` among them."""
+    names = {"/etc/ld.so.cache", "/etc/ld.so.preload", "/etc/localtime"}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/maps").read_text().splitlines():
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].startswith("/"):
+                names.add(fields[5])
+    for module in list(sys.modules.values()):
+        name = getattr(module, "__file__", None)
+        if isinstance(name, str):
+            names.add(name)
+            names.add(name.rsplit("/", 1)[0] + "/__pycache__")
+    files: set[tuple[int, int]] = set()
+    dirs: set[tuple[int, int]] = set()
+    for name in [*names, *map(str, extra)]:
+        with contextlib.suppress(OSError, ValueError):
+            st = os.stat(name)
+            (dirs if os.path.isdir(name) else files).add((st.st_dev, st.st_ino))
+            parent = os.stat(os.path.dirname(os.path.realpath(name)) or "/")
+            dirs.add((parent.st_dev, parent.st_ino))
+    return files, dirs
 
 
 def held_note(run_dir: Path) -> Path:

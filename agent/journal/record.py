@@ -50,6 +50,8 @@ REQUIRED_FIELDS: Mapping[str, frozenset[str]] = {
     "guard_takeover": frozenset({"pin_dir", "generation"}),
     # enforcement an earlier run held through a restart was released (agent.enforce.handover)
     "enforcement_gap": frozenset({"mechanism", "reason"}),
+    # the agent took over the fanotify group an earlier agent stored (agent.enforce.handover)
+    "fanotify_takeover": frozenset({"marks", "denied_unanswered"}),
 }
 WRITER_TYPES = frozenset({"recovery", "key_rotation", "seal", "stop"})
 VERDICT_ACTIONS = frozenset({"allow", "audit", "deny", "kill", "would_deny", "would_kill"})

@@ -323,7 +323,9 @@ class BpfObject(Closing):
                 self.links.append(link)
                 return link
             fresh = attach()
-            tmp = os.fsencode(pin.with_name(pin.name + "-new"))  # bpffs: no "." in names
+            tmp_path = pin.with_name(pin.name + "-new")  # bpffs: no "." in names
+            tmp_path.unlink(missing_ok=True)  # an earlier agent died right here: its new link goes
+            tmp = os.fsencode(tmp_path)
             if old:
                 lib.bpf_link__disconnect(old)
                 lib.bpf_link__destroy(old)  # our fd; the old pin still holds the link

@@ -83,7 +83,7 @@ class PinDir:
     """One agent's pin directory (module doc): paths, the lock, removal."""
 
     def __init__(self, path: Path, state_file: Path | None = None) -> None:
-        self.path = path
+        self.path = Path(os.path.realpath(path))  # the bpffs check below is on the real place
         #: where the guard keeps the rule tables of its pinned generations, so that a verdict
         #: the kernel took before a restart still resolves to its rule (a file, not a pin:
         #: bpffs holds only BPF objects). On /run: gone at reboot, like the pins.
@@ -129,13 +129,14 @@ class PinDir:
         loads, a cgroup it no longer attaches to): their programs detach now."""
         gone = []
         for pin in sorted((self.path / obj / "links").glob("*")):
-            if pin not in keep:
+            if pin not in keep and not pin.name.endswith("-new"):
                 pin.unlink()
                 gone.append(pin.name)
         return gone
 
-    def remove(self, obj: str | None = None) -> None:
-        """Unpin everything (of ``obj``): links whose last holder this was detach."""
+    def remove(self, obj: str | None = None, *, keep_state: bool = False) -> None:
+        """Unpin everything (of ``obj``): links whose last holder this was detach. The saved
+        rule tables go too unless ``keep_state``."""
         target = self.path / obj if obj else self.path
         if not target.exists():
             return
@@ -145,7 +146,7 @@ class PinDir:
             else:
                 pin.unlink()
         target.rmdir()
-        if obj in (None, GUARD) and self.state_file is not None:
+        if obj in (None, GUARD) and self.state_file is not None and not keep_state:
             self.state_file.unlink(missing_ok=True)
 
     # ---- the guard's generations (see state_file) ----

@@ -17,7 +17,9 @@ import array
 import ctypes
 import json
 import os
+import shutil
 import signal
+import site
 import socket
 import subprocess
 import sys
@@ -31,6 +33,7 @@ import pytest
 
 from agent.journal import protect
 from tests.agentproc import fresh_pin_dir, journal_records
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.kernel
 
@@ -50,6 +53,21 @@ operation = "exec"
 targets.paths = ["{forbidden}"]
 action = "deny"
 fallback = "kill"  # what fanotify cannot stop (io_uring, a race with a rename) is killed after
+"""
+
+OPEN_RULE = """
+name = "policies"
+description = "an open rule on a directory the agent opens as it starts"
+mode = "enforce"
+
+[[rules]]
+id = "no-policy-writes"
+description = "nobody writes the policy directory"
+operation = "open"
+access = ["write"]
+targets.paths = ["{dir}/"]
+action = "deny"
+fallback = "kill"
 """
 
 # exec the forbidden binary in a loop; a line per attempt: "<start> <end> ok|eperm|<error>"
@@ -120,11 +138,16 @@ class Manager:
                 return
         raise AssertionError("no READY=1: " + log.read_text())
 
-    def start(self, args: list[str], log: Path, *, pass_group: bool) -> subprocess.Popen[str]:
-        """The agent with $NOTIFY_SOCKET, and with the stored group at fd 3 if asked."""
+    def start(
+        self, args: list[str], log: Path, *, pass_group: bool, python: Path | None = None
+    ) -> subprocess.Popen[str]:
+        """The agent with $NOTIFY_SOCKET, and with the stored group at fd 3 if asked; run by
+        ``python`` (the agent's private interpreter, ``private_python``) if given."""
         group = self.stored.get("fanotify") if pass_group else None
         env = {k: v for k, v in os.environ.items() if not k.startswith(("LISTEN_", "NOTIFY_"))}
         env["NOTIFY_SOCKET"] = str(self.path)
+        if python is not None:  # the checkout and its venv's packages, on another interpreter
+            env["PYTHONPATH"] = os.pathsep.join([str(REPO), *site.getsitepackages()])
         if group is not None:
             env.update(LISTEN_FDS="1", LISTEN_FDNAMES="fanotify")
 
@@ -134,20 +157,38 @@ class Manager:
                 os.dup2(group, 3)  # inheritable, as systemd passes it
                 os.environ["LISTEN_PID"] = str(os.getpid())
 
+        saved = dict(os.environ)
         os.environ.update(env)  # the child's environ is this process's at exec (env=None)
         try:
             with open(log, "a") as err:
-                return subprocess.Popen([PY, "-m", "agent.cli", "agent", *args], stderr=err,
-                                        text=True, preexec_fn=child, close_fds=False)  # fmt: skip
+                argv = [str(python or PY), "-m", "agent.cli", "agent", *args]
+                return subprocess.Popen(argv, stderr=err, text=True, preexec_fn=child,
+                                        close_fds=False)  # fmt: skip
         finally:
-            for key in ("NOTIFY_SOCKET", "LISTEN_FDS", "LISTEN_FDNAMES"):
-                os.environ.pop(key, None)
+            os.environ.clear()
+            os.environ.update(saved)
 
     def release(self) -> None:
         """What systemd does when the unit stops for good: close the store."""
         for fd in self.stored.values():
             os.close(fd)
         self.stored.clear()
+
+
+def private_python(root: Path) -> Path:
+    """The agent's own interpreter, as the package has it: a copy in a virtual environment
+    whose ELF loader is a private copy too (patchelf), both only root may execute; the agent
+    exempts exactly these from its group, so that its restart can exec while the group waits."""
+    venv = root / "venv"
+    subprocess.run([PY, "-m", "venv", "--copies", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python3-agent"
+    shutil.copy2(venv / "bin" / "python3", python)
+    loader = venv / "lib" / "ld-agent.so"
+    shutil.copy2(os.path.realpath("/lib64/ld-linux-x86-64.so.2"), loader)
+    subprocess.run(["patchelf", "--set-interpreter", str(loader), str(python)], check=True)
+    for path in (python, loader):
+        path.chmod(0o700)
+    return python
 
 
 @pytest.fixture
@@ -193,12 +234,15 @@ def test_a_forbidden_exec_waits_through_a_kill_and_the_next_agent_denies_it(
 ) -> None:
     manager, args, root = setup
     log = root / "agent.log"
-    first = manager.start(args, log, pass_group=False)
+    python = private_python(root)
+    first = manager.start(args, log, pass_group=False, python=python)
     second = None
     loop = None
     try:
         manager.wait_ready(first, log)
         assert "fanotify" in manager.stored, "the agent did not hand its group to the store"
+        status = json.loads((root / "run" / "status.json").read_text())
+        assert status["fanotify_restart"] == "held", status
         forbidden, witness = root / "work" / "bin" / "forbidden", root / "witness"
         out, stop = root / "attempts.txt", root / "stop"
         loop = subprocess.Popen([PY, "-c", LOOP, str(forbidden), str(witness), str(out),
@@ -207,7 +251,7 @@ def test_a_forbidden_exec_waits_through_a_kill_and_the_next_agent_denies_it(
         kill(first, signal.SIGKILL)
         dead_at = time.monotonic()
         time.sleep(1.0)  # no agent: the loop's exec waits in the kernel
-        second = manager.start(args, log, pass_group=True)
+        second = manager.start(args, log, pass_group=True, python=python)
         manager.wait_ready(second, log)
         back_at = time.monotonic()
         time.sleep(0.5)
@@ -234,6 +278,8 @@ def test_a_forbidden_exec_waits_through_a_kill_and_the_next_agent_denies_it(
         time.sleep(0.2)
     assert verdicts and verdicts[0]["mechanism"] == "fanotify", verdicts
     assert not [r for r in records[last_start:] if r["type"] == "enforcement_gap"]
+    (takeover,) = [r for r in records[last_start:] if r["type"] == "fanotify_takeover"]
+    assert takeover["marks"] >= 1, takeover
     kill(second, signal.SIGTERM)
     status = json.loads((root / "run" / "status.json").read_text())
     assert status["pid"] == second.pid
@@ -244,14 +290,15 @@ def test_a_group_systemd_released_is_journaled_as_a_gap(
 ) -> None:
     manager, args, root = setup
     log = root / "agent.log"
-    first = manager.start(args, log, pass_group=False)
+    python = private_python(root)
+    first = manager.start(args, log, pass_group=False, python=python)
     manager.wait_ready(first, log)
-    assert (root / "run" / "fanotify-held").exists()
+    assert (root / "fanotify-held").exists()
     kill(first, signal.SIGKILL)
     manager.release()  # the start limit was hit: systemd let the group go
     witness = root / "after-release"
     assert subprocess.run([str(root / "work" / "bin" / "forbidden"), str(witness)]).returncode == 0
-    second = manager.start(args, log, pass_group=False)
+    second = manager.start(args, log, pass_group=False, python=python)
     try:
         manager.wait_ready(second, log)
         records = journal_records(root / "journal")
@@ -261,4 +308,29 @@ def test_a_group_systemd_released_is_journaled_as_a_gap(
     finally:
         kill(second, signal.SIGTERM)
     # a clean stop is no gap: the note is gone, the next start journals nothing
-    assert not (root / "run" / "fanotify-held").exists()
+    assert not (root / "fanotify-held").exists()
+
+
+@pytest.mark.parametrize("why", ["shared interpreter", "open rule on the policies"])
+def test_a_group_that_would_hang_the_restart_is_not_held_and_the_agent_says_why(
+    setup: tuple[Manager, list[str], Path], why: str
+) -> None:
+    """Held, the group would make the next agent wait on itself: on an interpreter the host
+    shares (exempting it would exempt every python on the host), or when a rule asks for opens
+    the agent makes as it starts. Then nothing is stored, and status.json says why."""
+    manager, args, root = setup
+    python = None
+    if why == "open rule on the policies":
+        python = private_python(root)
+        (root / "policies" / "own.toml").write_text(OPEN_RULE.format(dir=root / "policies"))
+    log = root / "agent.log"
+    agent = manager.start(args, log, pass_group=False, python=python)
+    try:
+        manager.wait_ready(agent, log)
+        assert "fanotify" not in manager.stored
+        status = json.loads((root / "run" / "status.json").read_text())
+        expected = "is the host's, not the agent's own" if python is None else "agent itself opens"
+        assert expected in status["fanotify_restart"], status
+        assert not (root / "fanotify-held").exists()
+    finally:
+        kill(agent, signal.SIGTERM)

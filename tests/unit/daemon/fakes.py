@@ -101,6 +101,8 @@ class RecordingEnforcer:
         self.verdicts: collections.deque[VerdictRecord] = collections.deque()
         self.problems: collections.deque[str] = collections.deque()
         self.takeover: dict[str, JsonValue] | None = None
+        self.fanotify_takeover: dict[str, JsonValue] | None = None
+        self.restart_hold: str | None = None
         self.handled: list[tuple[model.Event, list[dict[str, Any]]]] = []
         self.installed: list[CompiledPolicySet] = []
         self.install_errors: tuple[str, ...] = ()
