@@ -1,7 +1,7 @@
 """Collector ingest + verify throughput: one host in process, many hosts through the real server.
 
     python bench/collector_ingest.py [--records 200000] [--hosts 50] [--per-host 20000]
-                                     [--catch-up 1000000] [--store URL]
+                                     [--catch-up 1000000] [--store URL] [--servers N]
 
 1. one host, in process: ``Ingest.ingest`` (the journal's verifier resumed per batch, then the
    store's durable append) on batches of ``--batch`` records: records/s.
@@ -9,6 +9,9 @@
    loopback (one client thread per host, each with its own enrolled certificate): aggregate
    records/s, from the first request to the last receipt.
 3. catch-up: one host's backlog of ``--catch-up`` records through the server: seconds.
+
+``--servers N`` runs N ``collector serve`` processes on the one store (PostgreSQL: several
+collectors serve one fleet behind a load balancer) and spreads the hosts over them round-robin.
 
 Numbers only (no assertions); the machine is shared, so run it more than once.
 """
@@ -87,14 +90,19 @@ def in_process(root: Path, records: int, batch: int, store_url: str | None) -> N
     )
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 class Server:
-    def __init__(self, root: Path, store_url: str | None) -> None:
+    def __init__(self, root: Path, store_url: str | None, count: int = 1) -> None:
         self.dir = root / "collector"
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.ports = [free_port() for _ in range(count)]
+        self.port = self.ports[0]
         init_collector(self.dir, name="bench", listen=f"127.0.0.1:{self.port}", store=store_url)
-        self.proc: subprocess.Popen[bytes] | None = None
+        self.procs: list[subprocess.Popen[bytes]] = []
 
     def enroll(self, host: str, pub: Path) -> ssl.SSLContext:
         out = self.dir.parent / f"{host}.bundle"
@@ -105,24 +113,24 @@ class Server:
 
     def start(self) -> None:
         log = open(self.dir.parent / "serve.log", "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "collector", "serve", "--dir", str(self.dir)],
-            stdout=log,
-            stderr=log,
-            cwd=REPO,
-        )
-        for _ in range(600):
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise SystemExit("collector did not start")
+        for port in self.ports:
+            argv = [sys.executable, "-m", "agent.cli", "collector", "serve", "--dir",
+                    str(self.dir), "--listen", f"127.0.0.1:{port}"]  # fmt: skip
+            self.procs.append(subprocess.Popen(argv, stdout=log, stderr=log, cwd=REPO))
+        for port in self.ports:
+            for _ in range(600):
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=1):
+                        break
+                except OSError:
+                    time.sleep(0.05)
+            else:
+                raise SystemExit("collector did not start")
 
     def stop(self) -> None:
-        if self.proc is not None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=60)
+        for proc in self.procs:
+            os.kill(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
 
 
 def push(port: int, ctx: ssl.SSLContext, lines: list[bytes], batch: int, errors: list[str]) -> None:
@@ -155,8 +163,10 @@ def through_server(
     errors: list[str] = []
     records = sum(len(lines) for _, lines in work.values())
     threads = [
-        threading.Thread(target=push, args=(server.port, ctx, lines, batch, errors))
-        for ctx, lines in work.values()
+        threading.Thread(
+            target=push, args=(server.ports[n % len(server.ports)], ctx, lines, batch, errors)
+        )
+        for n, (ctx, lines) in enumerate(work.values())
     ]
     started = time.perf_counter()
     for t in threads:
@@ -177,11 +187,12 @@ def main() -> None:
     p.add_argument("--per-host", type=int, default=20_000)
     p.add_argument("--catch-up", type=int, default=1_000_000)
     p.add_argument("--store", help="store URL (default: a new SQLite file)")
+    p.add_argument("--servers", type=int, default=1, help="collector processes on the store")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="st-ingest-") as tmp:
         root = Path(tmp)
         in_process(root, args.records, args.batch, args.store)
-        server = Server(root, args.store)
+        server = Server(root, args.store, args.servers)
         work: dict[str, tuple[ssl.SSLContext, list[bytes]]] = {}
         for n in range(args.hosts):
             host = f"h{n:03d}"
@@ -193,9 +204,8 @@ def main() -> None:
             backlog = {"backlog": (server.enroll("backlog", pub), lines)}
         server.start()
         try:
-            through_server(
-                server, work, args.batch, f"{args.hosts} hosts at once, through the server"
-            )
+            what = f"{args.hosts} hosts at once, through {args.servers} server process(es)"
+            through_server(server, work, args.batch, what)
             if backlog:
                 through_server(server, backlog, args.batch, "catch-up of one host's backlog")
         finally:
