@@ -3,9 +3,12 @@
 #
 # Not dh-python: Debian 12's python3-cryptography is too old for the project and it has no
 # rfc8785 or orjson packages. The package carries its own venv at /opt/sealtrail, built with
-# Debian's /usr/bin/python3 (3.11, what the target runs) at its final path: inside a private mount
-# namespace an overlay over /opt catches what is written to /opt/sealtrail, so the venv's
-# shebangs, pyvenv.cfg and byte code name /opt/sealtrail and the build host's /opt is untouched.
+# Debian's /usr/bin/python3 (3.11, what the target runs) at its final path /opt/sealtrail/venv:
+# inside a private mount namespace an overlay over /opt catches what is written there, so the
+# venv's shebangs, pyvenv.cfg and byte code name their final path and the build host's /opt is
+# untouched. The agent's private interpreter (bin/python3-agent, with its own ELF loader) is not
+# in the package: postinst copies the target's own, and a dpkg trigger renews the copies when
+# python3.11 or libc6 changes them (a loader must match the libc it loads).
 # The project goes in non-editable with its dependencies from the package index; compiled probes
 # (agent/kernel/obj) and the native core (agent/native/lib) are package data of its wheel.
 # Needs root (unshare -m, mount) and, for systemd-python, libsystemd-dev + pkg-config.
@@ -15,7 +18,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT=$(realpath -m "${1:-$REPO/build/deb}")
 PY=/usr/bin/python3   # Debian's, never a pyenv or venv python: the venv is built against it
 PKG=sealtrail
-PREFIX=/opt/sealtrail
+PREFIX=/opt/sealtrail/venv
 ARCH=amd64
 
 log() { echo "deb: $*" >&2; }
@@ -57,7 +60,7 @@ unshare -m --propagation private bash -euo pipefail -c '
     die "venv build failed (log: $WORK/venv.log)"
 }
 mkdir -p "$STAGE/opt"
-mv "$WORK/upper/sealtrail" "$STAGE$PREFIX"
+mv "$WORK/upper/sealtrail" "$STAGE/opt/sealtrail"
 SITE=$(echo "$STAGE$PREFIX"/lib/python3.*/site-packages)
 for f in agent/native/lib/libsealtrail.so agent/kernel/obj/events.bpf.o agent/kernel/obj/guard.bpf.o; do
     [ -f "$SITE/$f" ] || die "$f is not in the installed package (package data in pyproject.toml)"
@@ -66,7 +69,7 @@ done
 rm -f "$SITE"/sealtrail-*.dist-info/direct_url.json
 # As dh_strip and dh_fixperms would: shared objects stripped and not executable. Not the BPF
 # objects: libbpf needs their BTF, and they are eBPF, not amd64 (lintian overrides say so).
-find "$STAGE$PREFIX" -name '*.so*' -type f -exec strip --strip-unneeded {} + -exec chmod 0644 {} +
+find "$STAGE/opt" -name '*.so*' -type f -exec strip --strip-unneeded {} + -exec chmod 0644 {} +
 
 # ---- the rest of the tree ----
 install -d "$STAGE/usr/bin" "$STAGE/lib/systemd/system" "$STAGE/usr/lib/tmpfiles.d" \
@@ -103,12 +106,14 @@ install -m 0644 "$REPO/packaging/debian/lintian-overrides" "$STAGE/usr/share/lin
 for s in postinst prerm postrm; do
     install -m 0755 "$REPO/packaging/debian/$s" "$STAGE/DEBIAN/$s"
 done
+install -m 0644 "$REPO/packaging/debian/triggers" "$STAGE/DEBIAN/triggers"
 SIZE=$(du -sk --exclude=DEBIAN "$STAGE" | cut -f1)
 sed -e "s/@VERSION@/$VERSION/" -e "s/@ARCH@/$ARCH/" -e "s/@SIZE@/$SIZE/" \
     "$REPO/packaging/debian/control" >"$STAGE/DEBIAN/control"
 (cd "$STAGE" && find . -path ./DEBIAN -prune -o -type f -print0 | sed -z 's|^\./||' | sort -z |
     xargs -0 md5sum) >"$STAGE/DEBIAN/md5sums"
-chmod 0644 "$STAGE/DEBIAN/md5sums" "$STAGE/DEBIAN/conffiles" "$STAGE/DEBIAN/control"
+chmod 0644 "$STAGE/DEBIAN/md5sums" "$STAGE/DEBIAN/conffiles" "$STAGE/DEBIAN/control" \
+    "$STAGE/DEBIAN/triggers"
 
 DEB=$OUT/${PKG}_${VERSION}_${ARCH}.deb
 rm -f "$OUT"/"${PKG}"_*.deb

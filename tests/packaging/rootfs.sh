@@ -14,6 +14,7 @@ PACKAGES=(
     systemd systemd-sysv dbus         # PID 1, systemctl; dbus for systemctl show/reload
     python3                           # the package's interpreter (its venv is built against it)
     libbpf1 libssl3                   # the loader (ctypes) and the native core's libcrypto
+    patchelf                          # postinst: the agent's private interpreter and loader
     e2fsprogs                         # chattr, for the evidence purge (append-only journal)
     procps                            # ps, pgrep in the tests
 )
