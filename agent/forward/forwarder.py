@@ -7,6 +7,8 @@ deleted, so a restart resumes from the head, and a batch the collector made dura
 answer was lost is sent again and skipped there (same bytes at an accepted seq).
 
 - 409 gap: resume from the size the collector names.
+- 413 (a batch over the collector's body limit): the same records again in half the bytes,
+  down to one seal interval (a batch ends at a seal).
 - A head this journal does not continue (the collector holds more records than it has, or its
   last record is not this journal's): the journal was wiped, cut or replaced since. Logged and
   journaled, then the journal is sent from record 0 (``_probe_until``): the collector compares
@@ -74,6 +76,7 @@ log = logging.getLogger(__name__)
 DEFAULT_PACING = Pacing()
 #: When caught up, how often the journal's durable size is looked at without a notify.
 IDLE_POLL = 1.0
+MIN_BATCH_BYTES = 4096  # what a 413 halves the batch down to, at least
 #: Receipts are journaled at most this often (and only for records other than bookkeeping).
 RECEIPT_INTERVAL = 1.0
 STATUS_INTERVAL = 1.0
@@ -397,6 +400,13 @@ class Forwarder:
         if status == 422:
             self._reachable()
             return self._rejected_batch(batch, body)
+        if status == 413 and batch.count > 1:  # over the collector's body limit: halve, again
+            self._reachable()
+            self._source.max_bytes = max(MIN_BATCH_BYTES, len(batch.data) // 2)
+            self._source.max_records = max(1, batch.count // 2)
+            log.info("collector: a batch of %d bytes is over its limit; sending at most %d",
+                     len(batch.data), self._source.max_bytes)  # fmt: skip
+            return NOW
         return self._refused(answer)
 
     def _accepted(self, batch: Batch, body: dict[str, Any]) -> Wait:

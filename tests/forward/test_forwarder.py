@@ -392,3 +392,17 @@ def test_caught_up_it_sends_at_most_a_batch_per_interval(journal: Journal) -> No
     run(fwd)
     assert len(collector.requests) == sent + 1 and collector.lines == stored(journal)
     w.close({"reason": "test"})
+
+
+def test_a_batch_over_the_collectors_body_limit_is_sent_again_in_halves(
+    journal: Journal,
+) -> None:
+    journal.fill(200, seal_every=10)
+    collector = FakeCollector(journal.host)
+    limit = 8000  # a few seal intervals: a batch ends at a seal, so it cannot be cut smaller
+    too_large = Answer(413, {"error": "too-large", "detail": f"at most {limit} bytes"}, None)
+    collector.hook = lambda _start, body: too_large if len(body) > limit else None
+    fwd = forwarder(journal, collector, max_records=200)
+    run(fwd, steps=400)
+    assert collector.lines == stored(journal)  # all of it, in batches under the limit
+    assert not [f for _, f in fwd.take_records() if f.get("error") == "refused"]
