@@ -8,6 +8,7 @@ not is rejected with its reason, kept aside, and never merged.
 from __future__ import annotations
 
 import datetime
+import http.client
 import shutil
 import signal
 import socket
@@ -20,7 +21,16 @@ from pathlib import Path
 import pytest
 
 from agent.collector import pki
-from agent.collector.protocol import HEALTH_PATH, INGEST_PATH, LINES_TYPE, METRICS_PATH, Receipt
+from agent.collector.protocol import (
+    HEAD_PATH,
+    HEALTH_PATH,
+    INGEST_PATH,
+    LINES_TYPE,
+    METRICS_PATH,
+    START_HEADER,
+    Receipt,
+)
+from agent.collector.provision import enroll_host
 from agent.collector.store import open_store
 from agent.journal.keys import KeyStore, PublicKey
 from agent.journal.merkle import CompactTree
@@ -365,3 +375,55 @@ def test_collector_kill_9_mid_ingest_keeps_only_whole_batches(
         assert ans.status == 200, ans.doc
         pos = ans.doc["size"]
     assert _stored(collector, "host-a") == lines
+
+
+def test_hundreds_of_agents_connected_at_once_are_each_served(
+    tmp_path: Path, store_url: str
+) -> None:
+    """200 enrolled hosts hold a TLS connection each, all open at the same moment, then each
+    asks its head and sends its journal: every one is answered, verified and stored whole."""
+    hosts = 200
+    collector = Collector(tmp_path / "coll", store=store_url)
+    journals = []
+    for n in range(hosts):
+        j = HostJournal(tmp_path, f"fleet-{n:03d}")
+        KeyStore(j.keys).init()
+        j.fill(12, seal_every=12)
+        enroll_host(collector.dir, j.host, str(j.pub), tmp_path / f"{j.host}-bundle",
+                    store=store_url)  # fmt: skip
+        journals.append(j)
+    collector.start()
+    barrier = threading.Barrier(hosts, timeout=120)
+    results: dict[str, tuple[int, int]] = {}
+
+    def agent(j: HostJournal) -> None:
+        client = collector.client(tmp_path / f"{j.host}-bundle")
+        conn = http.client.HTTPSConnection("127.0.0.1", client.port, context=client.ctx,
+                                           timeout=120)  # fmt: skip
+        try:
+            conn.connect()  # the handshake: every host connected before any sends
+            barrier.wait()
+            conn.request("GET", HEAD_PATH)
+            head = conn.getresponse()
+            head.read()
+            body = b"".join(line + b"\n" for line in j.lines())
+            conn.request("POST", INGEST_PATH, body, {"Content-Type": LINES_TYPE,
+                                                     START_HEADER: "0"})  # fmt: skip
+            resp = conn.getresponse()
+            results[j.host] = (head.status, resp.status)
+            resp.read()
+        finally:
+            conn.close()
+
+    try:
+        threads = [threading.Thread(target=agent, args=(j,)) for j in journals]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(180)
+        assert collector.alive()
+        assert results == {j.host: (200, 200) for j in journals}
+        for j in journals[:: hosts // 10]:
+            assert _stored(collector, j.host) == j.lines()
+    finally:
+        collector.stop()
