@@ -1,5 +1,6 @@
 # sealtrail: every entry point bootstraps what it needs, idempotently.
-#   make run    build + stream live events (sealtrail watch)
+#   make run    build + the agent and a collector on loopback (packaging/run-local.sh)
+#   make watch  build + stream live events (sealtrail watch)
 #   make test   build + the whole test suite (lint, types, unit, kernel e2e)
 SHELL := /bin/bash
 PYTHON ?= python3
@@ -69,7 +70,14 @@ fuzz-native:
 tracefs:
 	@mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
 
+# The whole product, no package or systemd: agent (example policies, monitor mode), collector
+# on loopback, the commands to look at them; state in build/run (packaging/run-local.sh).
 run: bootstrap
+	packaging/run-local.sh
+
+# Live events only (ARGS="--only exec,connect" passes arguments on).
+.PHONY: watch
+watch: bootstrap
 	$(VENV)/bin/sealtrail watch $(ARGS)
 
 lint: venv
