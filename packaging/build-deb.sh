@@ -31,6 +31,10 @@ for obj in "$REPO"/probes/*.bpf.c; do
     [ -f "$o" ] || die "$o missing: run make probes"
 done
 [ -f "$REPO/agent/native/lib/libsealtrail.so" ] || die "native core missing: run make native"
+# The package is for the distribution it is built on: its Python minor version, in the venv, the
+# dependencies, the trigger and the lintian overrides (Debian 12: 3.11; Ubuntu 24.04: 3.12).
+PYVER=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+PYNEXT=$("$PY" -c 'import sys; print("%d.%d" % (sys.version_info[0], sys.version_info[1] + 1))')
 UPSTREAM=$("$PY" -c 'import sys, tomllib; print(tomllib.load(open(sys.argv[1], "rb"))["project"]["version"])' \
     "$REPO/pyproject.toml")
 VERSION=$UPSTREAM-1
@@ -99,16 +103,18 @@ done
 install -m 0644 "$REPO/packaging/debian/copyright" "$STAGE/usr/share/doc/$PKG/copyright"
 sed "s/@VERSION@/$VERSION/" "$REPO/packaging/debian/changelog" | gzip -9n \
     >"$STAGE/usr/share/doc/$PKG/changelog.Debian.gz"
-install -m 0644 "$REPO/packaging/debian/lintian-overrides" "$STAGE/usr/share/lintian/overrides/$PKG"
+sed "s/@PYVER@/$PYVER/g" "$REPO/packaging/debian/lintian-overrides" \
+    >"$STAGE/usr/share/lintian/overrides/$PKG"
 
 # ---- control files ----
 (cd "$STAGE" && find etc -type f | sed 's|^|/|' | sort) >"$STAGE/DEBIAN/conffiles"
 for s in postinst prerm postrm; do
     install -m 0755 "$REPO/packaging/debian/$s" "$STAGE/DEBIAN/$s"
 done
-install -m 0644 "$REPO/packaging/debian/triggers" "$STAGE/DEBIAN/triggers"
+sed "s/@PYVER@/$PYVER/g" "$REPO/packaging/debian/triggers" >"$STAGE/DEBIAN/triggers"
 SIZE=$(du -sk --exclude=DEBIAN "$STAGE" | cut -f1)
 sed -e "s/@VERSION@/$VERSION/" -e "s/@ARCH@/$ARCH/" -e "s/@SIZE@/$SIZE/" \
+    -e "s/@PYVER@/$PYVER/g" -e "s/@PYNEXT@/$PYNEXT/g" \
     "$REPO/packaging/debian/control" >"$STAGE/DEBIAN/control"
 (cd "$STAGE" && find . -path ./DEBIAN -prune -o -type f -print0 | sed -z 's|^\./||' | sort -z |
     xargs -0 md5sum) >"$STAGE/DEBIAN/md5sums"
