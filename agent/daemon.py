@@ -42,6 +42,7 @@ from agent.forward.forwarder import ForwardConfig, Forwarder
 from agent.journal import JournalWriter
 from agent.journal.canonical import JsonValue
 from agent.journal.writer import DEFAULT_HEARTBEAT
+from agent.journaldown import REOPEN_SECONDS, Journal, JournalDown
 from agent.kernel.pins import DEFAULT_PIN_DIR, GUARD, PinDir, PinError
 from agent.policy.mechanisms import HostCapabilities, host_capabilities
 from agent.policyload import Installer, load_policies
@@ -107,6 +108,10 @@ class Forwarding(Protocol):
     def take_records(self) -> list[tuple[str, dict[str, JsonValue]]]: ...
     def stop(self, timeout: float | None = None) -> bool: ...
     def status(self) -> dict[str, Any]: ...
+
+
+def _clock_text(ns: int) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9))
 
 
 def short_digest(digest: str) -> str:
@@ -175,6 +180,8 @@ class Agent:
         self.forwarder: Forwarding | None = None
         self.last_load: dict[str, JsonValue] = {}
         self._trigger = "start"
+        self._journal_down: JournalDown | None = None
+        self.journal: Journal | None = None
         self._events_per_s = 0.0
 
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
@@ -208,7 +215,7 @@ class Agent:
 
     def _run(self) -> None:
         cfg = self.config
-        journal = self.make.open_writer(cfg)
+        self.journal = journal = self.make.open_writer(cfg)
         stop_fields: dict[str, JsonValue] = {"reason": "signal"}
         try:
             self.forwarder = self.make.open_forwarder(cfg, journal)
@@ -241,7 +248,7 @@ class Agent:
                 log.info("sealtrail agent running; journal %s", cfg.journal_dir)
                 self.notifier.ready(self._status_line())
                 recorder = Recorder(journal, stream, enforcer, self.counters)
-                self._loop(recorder)
+                recorder = self._loop(recorder)
                 recorder.drain()  # what the kernel already queued is still evidence
                 # a clean stop: systemd releases a stored fanotify group as the unit stops,
                 # as asked; only an unasked release is a gap for the next start to journal
@@ -257,9 +264,9 @@ class Agent:
         finally:
             self.notifier.stopping()
             try:
-                journal.close({**stop_fields, **self.counters.fields()})
+                self.journal.close({**stop_fields, **self.counters.fields()})
             finally:
-                self._stop_forwarding(journal)
+                self._stop_forwarding(self.journal)
 
     def _pins(self) -> PinDir | None:
         """The pin directory, held for this run (``PinError`` if another agent holds it). A
@@ -330,7 +337,7 @@ class Agent:
         startup = (cfg.policies_dir, cfg.keys_dir, cfg.journal_dir, cfg.run_dir)
         return Handover(pins, group[0] if group else None, store, unstore, startup)
 
-    def _forward(self, journal: JournalWriter) -> None:
+    def _forward(self, journal: Journal) -> None:
         """Journal what the forwarder handed back; tell it what is durable now."""
         forwarder = self.forwarder
         if forwarder is None:
@@ -343,7 +350,7 @@ class Agent:
                 log.error("forwarding records not journaled: %s: %r", exc, records[:3])
         forwarder.notify(journal.sealed_size)
 
-    def _stop_forwarding(self, journal: JournalWriter) -> None:
+    def _stop_forwarding(self, journal: Journal) -> None:
         """After the final seal: forward it all, within the bounded wait."""
         forwarder = self.forwarder
         if forwarder is None:
@@ -354,7 +361,7 @@ class Agent:
         else:
             log.warning("the collector does not hold the whole journal; the next start sends it")
 
-    def _load_policies(self, journal: JournalWriter, trigger: str) -> bool:
+    def _load_policies(self, journal: Journal, trigger: str) -> bool:
         """Check, compile and install the policy directory as one transaction; journal, log
         and write to status.json what happened. False if the set was rejected (the old one
         stays in force, whole)."""
@@ -373,6 +380,10 @@ class Agent:
         status = {"pid": os.getpid(), "loads": self.reloads, "trigger": self._trigger}
         status["recorded"] = self.counters.recorded
         status["events_per_s"] = round(self._events_per_s, 1)
+        down = self._journal_down
+        status["journal"] = "ok" if down is None else {
+            "error": down.error, "since_ns": str(down.since_ns), "not_recorded": down.total,
+        }  # fmt: skip
         if self.enforcer is not None and self.enforcer.restart_hold is not None:
             status["fanotify_restart"] = self.enforcer.restart_hold
         status["updated_ns"] = str(time.time_ns())
@@ -391,25 +402,40 @@ class Agent:
             policy += " (kernel differs, see sealtrail status)"
         counters = self.counters
         recorded = f"recorded {counters.recorded}, lost {counters.lost}"
+        down = self._journal_down
+        if down is not None:
+            recorded = (f"JOURNAL NOT WRITABLE ({down.error}), {down.total} records not recorded "
+                        f"since {_clock_text(down.since_ns)}; {recorded}")  # fmt: skip
         parts = [policy, f"{self._events_per_s:.1f} events/s", recorded]
         if self.forwarder is not None:
             fwd = self.forwarder.status()
             parts.append(f"forward lag {fwd['lag_records']} records, {fwd['lag_seconds']:.1f} s")
         return "; ".join(parts)
 
-    def _loop(self, recorder: Recorder) -> None:
-        journal, clock = recorder.journal, self.make.clock
+    def _loop(self, recorder: Recorder) -> Recorder:
+        """Run until asked to stop; returns the recorder in use then (its journal may have
+        been swapped: ``agent.journaldown``)."""
+        clock = self.make.clock
         next_status = clock() + STATUS_INTERVAL_S
         wd = self.notifier.watchdog_interval_s
         next_watchdog = clock()
+        next_reopen = 0.0
         recorded_before = self.counters.recorded
         while not self._stopping:
-            recorder.poll(POLL_MS)
-            journal.tick()
-            self._forward(journal)
-            self._record_problems(journal)
-            self._dispatch_signals(journal)
+            journal = recorder.journal
+            try:
+                recorder.poll(POLL_MS)
+                journal.tick()
+                self._forward(journal)
+                self._record_problems(journal)
+                self._dispatch_signals(journal)
+            except JournalError as exc:
+                recorder = self._journal_failed(recorder, exc)
+                next_reopen = clock() + REOPEN_SECONDS
             now = clock()
+            if isinstance(recorder.journal, JournalDown) and now >= next_reopen:
+                recorder = self._reopen_journal(recorder)
+                next_reopen = now + REOPEN_SECONDS
             if wd is not None and now >= next_watchdog:
                 self.notifier.watchdog()  # from the main loop only: a stuck loop stops pinging
                 next_watchdog = now + wd
@@ -421,8 +447,49 @@ class Agent:
                 self._write_status()
                 self.notifier.status(self._status_line())
                 next_status = now + STATUS_INTERVAL_S
+        return recorder
 
-    def _record_problems(self, journal: JournalWriter) -> None:
+    def _journal_failed(self, recorder: Recorder, exc: JournalError) -> Recorder:
+        """A write failed and closed the journal: go on enforcing, counting what is not
+        recorded (``JournalDown``). Any other journal error is the agent's own bug: raised."""
+        journal = recorder.journal
+        if not isinstance(journal, JournalWriter) or not journal.closed:
+            raise exc
+        log.error("%s: recording stops, enforcement goes on; the journal is tried again every "
+                  "%g s and what is not recorded meanwhile is journaled as lost", exc,
+                  REOPEN_SECONDS, extra={"SEALTRAIL_EVENT": "journal_down"})  # fmt: skip
+        down = JournalDown(journal.host, journal.boot_id, journal.sealed_size, str(exc))
+        self._journal_down = down
+        self._write_status()
+        self.notifier.status(self._status_line())
+        return Recorder(down, recorder.stream, recorder.enforcer, self.counters)
+
+    def _reopen_journal(self, recorder: Recorder) -> Recorder:
+        """Open the journal again (the writer cuts a torn last line and says so); the first
+        record: what was not recorded while it could not be written. Still failing: stay."""
+        down = recorder.journal
+        assert isinstance(down, JournalDown)
+        try:
+            writer = self.make.open_writer(self.config)
+        except (SealtrailError, OSError) as exc:
+            log.debug("journal still not writable: %s", exc)
+            return recorder
+        try:
+            writer.append("loss", down.loss_fields())
+            writer.flush_and_seal()
+        except JournalError as exc:
+            log.debug("journal still not writable: %s", exc)
+            return recorder
+        log.warning("the journal is writable again; %d records were not recorded while it was "
+                    "not (journaled as a loss record)", down.total,
+                    extra={"SEALTRAIL_EVENT": "journal_up"})  # fmt: skip
+        self.journal = writer
+        self._journal_down = None
+        self._write_status()
+        self.notifier.status(self._status_line())
+        return Recorder(writer, recorder.stream, recorder.enforcer, self.counters)
+
+    def _record_problems(self, journal: Journal) -> None:
         """What the enforcer found the kernel no longer holds of the live policy (marks it
         could not keep current): journaled and in status.json, like a mismatch at load."""
         enforcer = self.enforcer
@@ -442,7 +509,7 @@ class Agent:
         self._write_status("directory change")
         self.notifier.status(self._status_line())
 
-    def _dispatch_signals(self, journal: JournalWriter) -> None:
+    def _dispatch_signals(self, journal: Journal) -> None:
         while self._signals:
             sig = self._signals.popleft()
             if sig == signal.SIGHUP:

@@ -20,8 +20,8 @@ from agent.enforce.verdict import VerdictRecord
 from agent.events import model
 from agent.events.decode import KIND_OP, Decoder, record_op
 from agent.events.stream import StreamItem
-from agent.journal import JournalWriter
 from agent.journal.canonical import MAX_SAFE_INT, JsonValue
+from agent.journaldown import Journal
 from agent.kernel.ringbuf import record_at
 from agent.native.encoder import EventEncoder
 from agent.native.layout import ENC_END, ENC_SLOW
@@ -89,7 +89,7 @@ def loss_fields(loss: model.LossEvent) -> dict[str, JsonValue]:
 
 
 def record_batch(
-    journal: JournalWriter,
+    journal: Journal,
     encoder: EventEncoder,
     batch: bytes,
     ops_mask: int,
@@ -144,7 +144,7 @@ class RecordCounters:
 class Recorder:
     """Journals what ``stream`` yields and hands the enforcer what it needs (module doc)."""
 
-    journal: JournalWriter
+    journal: Journal
     stream: RecordSource
     enforcer: Judge
     counters: RecordCounters = field(default_factory=RecordCounters)

@@ -264,6 +264,11 @@ class JournalWriter:
             self._live.close()
 
     @property
+    def closed(self) -> bool:
+        """Closed: by ``close``, or by a write that failed (then nothing more is written)."""
+        return self._live.closed
+
+    @property
     def next_seq(self) -> int:
         return self._chain.next_seq
 
