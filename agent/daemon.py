@@ -110,6 +110,19 @@ class Forwarding(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
+#: A test hook: while the file this names exists, the main loop hangs (no watchdog ping), as a
+#: stuck loop would; the packaging test proves systemd's watchdog restarts the agent then.
+TEST_HANG_ENV = "SEALTRAIL_TEST_HANG_FILE"
+
+
+def _hang_if_asked() -> None:
+    hang = os.environ.get(TEST_HANG_ENV)
+    if hang and os.path.exists(hang):
+        log.warning("%s exists: the main loop hangs (test hook)", hang)
+        while os.path.exists(hang):
+            time.sleep(0.5)
+
+
 def _clock_text(ns: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ns / 1e9))
 
@@ -422,6 +435,7 @@ class Agent:
         next_reopen = 0.0
         recorded_before = self.counters.recorded
         while not self._stopping:
+            _hang_if_asked()
             journal = recorder.journal
             try:
                 recorder.poll(POLL_MS)
