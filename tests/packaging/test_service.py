@@ -9,19 +9,30 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.packaging.container import REPO_INSIDE, Container
+from tests.packaging.steps import (
+    AGENT,
+    COLLECTOR,
+    CONNECT_RULE,
+    FORBIDDEN_BIN,
+    JOURNAL,
+    POLICY,
+    PORT,
+    PUB,
+    SECRET,
+    TEST_POLICY,
+    attempt,
+    install,
+    journal_verifies,
+    set_mode,
+    wait_state,
+)  # fmt: skip
 
-AGENT = "sealtrail-agent.service"
-COLLECTOR = "sealtrail-collector.service"
-INSTALL = f"{REPO_INSIDE}/packaging/install.sh"
-PUB = "/etc/sealtrail/keys/journal.pub"
-JOURNAL = "/var/lib/sealtrail/journal"
 # What changes on any running Debian whatever is installed, and dpkg's and apt's own records.
 VOLATILE = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp", "/var/log", "/var/cache",
             "/var/lib/apt", "/var/lib/dpkg", "/var/lib/systemd", "/root", REPO_INSIDE)  # fmt: skip
@@ -37,87 +48,6 @@ def file_list(ct: Container) -> set[str]:
     prune = " -o ".join(f"-path {p}" for p in VOLATILE)
     out = ct.sh(f"find / -xdev \\( {prune} \\) -prune -o -print")
     return set(out.split("\n")) - {""}
-
-
-def wait_state(ct: Container, unit: str, wanted: set[str], timeout: float = 30) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        state = ct.run("systemctl", "is-active", unit, check=False).stdout.strip()
-        if state in wanted or time.monotonic() > deadline:
-            return state
-        time.sleep(0.1)
-
-
-def install(ct: Container, deb: Path) -> None:
-    shutil.copy(deb, ct.root / "root" / "sealtrail.deb")
-    ct.run("sh", INSTALL, "/root/sealtrail.deb")
-
-
-def journal_verifies(ct: Container, strict: bool = False) -> str:
-    args = ["sealtrail", "journal", "verify", "--journal", JOURNAL, "--key", PUB]
-    return ct.run(*args, *(["--strict"] if strict else [])).stdout
-
-
-# A process of the container's that attempts one action and says what happened: ALLOWED, or
-# the errno's name. A forbidden exec would create MARKER (the binary is a copy of touch).
-PROBE = r"""
-import errno, socket, subprocess, sys
-kind, arg = sys.argv[1], sys.argv[2]
-try:
-    if kind == "exec":
-        subprocess.run([arg, "/root/exec-ran"], check=True)
-    elif kind == "open":
-        open(arg, "rb").close()
-    elif kind == "bind":
-        socket.socket().bind(("127.0.0.1", int(arg)))
-    elif kind == "connect":
-        socket.create_connection(("127.0.0.1", int(arg)), timeout=2).close()
-except OSError as exc:
-    print(errno.errorcode.get(exc.errno, exc.errno))
-else:
-    print("ALLOWED")
-"""
-# The container's agent sees the whole host's events (tracepoints are global), so the test's
-# rules name only paths of the test's own, and none has fallback = "kill": an after-the-fact kill
-# of a host process the container's fanotify does not see would hit whatever runs on this host.
-FORBIDDEN_BIN = "/srv/pkgtest/bin/touch"
-SECRET = "/srv/pkgtest/secret"
-PORT = 4242  # nothing listens: an allowed connect is refused, a denied one is EPERM
-TEST_POLICY = "/etc/sealtrail/policies/pkgtest.toml"
-EXEC_RULE = """
-[[rules]]
-id = "pkgtest-bin"
-operation = "exec"
-targets.paths = ["/srv/pkgtest/bin/"]
-action = "deny"
-fallback = "audit"
-"""
-OPEN_RULE = f"""
-[[rules]]
-id = "pkgtest-secret"
-operation = "open"
-targets.paths = ["{SECRET}"]
-action = "deny"
-fallback = "audit"
-"""
-CONNECT_RULE = f"""
-[[rules]]
-id = "pkgtest-port"
-operation = "connect"
-targets.ports = [{PORT}]
-action = "deny"
-"""
-POLICY = f'name = "pkgtest"\nmode = "enforce"\n{EXEC_RULE}{OPEN_RULE}{CONNECT_RULE}'
-
-
-def attempt(ct: Container, kind: str, arg: str) -> str:
-    proc = ct.spawn(["python3", "-c", PROBE, kind, arg])
-    return proc.stdout.strip() or f"exit {proc.returncode}: {proc.stderr.strip()}"
-
-
-def set_mode(ct: Container, policy: str, mode: str) -> None:
-    path = f"/etc/sealtrail/policies/{policy}.toml"
-    ct.run("sed", "-i", f's/^mode = "[a-z]*"/mode = "{mode}"/', path)
 
 
 # ---- install ----
@@ -267,6 +197,36 @@ def test_kill_restarts_and_nothing_forbidden_gets_through(container: Container) 
     assert "1 unclean stops recovered" in out, out
     for kind in KINDS:
         assert counts[kind]["stuck"] == 0, counts
+
+
+HANG = "/run/pkgtest-hang"
+DROP_IN = "/run/systemd/system/sealtrail-agent.service.d/pkgtest-watchdog.conf"
+
+
+def test_the_watchdog_restarts_a_hung_agent(container: Container) -> None:
+    # The agent's test hook hangs its main loop while HANG exists; a shorter watchdog than the
+    # shipped 30 s (and its abort) keeps the test short: what is tested is the wiring.
+    container.run("mkdir", "-p", str(Path(DROP_IN).parent))
+    container.run("tee", DROP_IN, input=f"[Service]\nEnvironment=SEALTRAIL_TEST_HANG_FILE={HANG}\n"
+                  "WatchdogSec=3\nTimeoutAbortSec=2\n")  # fmt: skip
+    container.run("systemctl", "daemon-reload")
+    container.run("systemctl", "restart", AGENT)
+    restarts = int(container.unit(AGENT, "NRestarts"))
+    since = container.sh("date '+%Y-%m-%d %H:%M:%S'").strip()
+    container.run("touch", HANG)
+    deadline = time.monotonic() + 30
+    while "Watchdog timeout" not in (log := container.journal(AGENT, since)):
+        assert time.monotonic() < deadline, log
+        time.sleep(0.2)
+    container.run("rm", HANG)  # before the restarted agent reaches its loop (RestartSec=1)
+    assert wait_state(container, AGENT, {"active", "failed"}) == "active"
+    assert int(container.unit(AGENT, "NRestarts")) == restarts + 1
+    assert "the main loop hangs (test hook)" in log
+    assert attempt(container, "exec", FORBIDDEN_BIN) == "EPERM"
+    container.run("rm", DROP_IN)
+    container.run("systemctl", "daemon-reload")
+    container.run("systemctl", "restart", AGENT)
+    assert container.unit(AGENT, "WatchdogUSec") == "30s"
 
 
 # ---- faults: the unit does not start, and says why ----
