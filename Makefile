@@ -113,13 +113,14 @@ $(BUILD)/deb/.built: $(DEB_INPUTS)
 	touch $@
 
 # Packaging e2e (DESIGN.md 7, tier 4): the .deb under real systemd (systemd-nspawn --boot on a
-# debootstrapped Debian 12, cached in build/packaging), lintian, the Vagrantfile's syntax.
-PACKAGING_APT_PACKAGES := debootstrap systemd-container lintian ruby
+# debootstrapped Debian 12, cached in build/packaging), lintian, piuparts, the Vagrantfile's syntax.
+PACKAGING_APT_PACKAGES := debootstrap systemd-container lintian piuparts ruby
 .PHONY: test-packaging
 test-packaging: deb venv tracefs
 	@$(MAKE) --no-print-directory apt APT_PACKAGES="$(PACKAGING_APT_PACKAGES)"
 	ruby -c vagrant/Vagrantfile
 	lintian --fail-on error,warning $(BUILD)/deb/sealtrail_*_amd64.deb
+	tests/packaging/piuparts.sh $(BUILD)/deb/sealtrail_*_amd64.deb
 	SEALTRAIL_PACKAGING=1 $(VENV)/bin/pytest -q -s tests/packaging
 
 bench: bootstrap

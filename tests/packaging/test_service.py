@@ -171,6 +171,9 @@ def test_kill_restarts_and_nothing_forbidden_gets_through(container: Container) 
     for kind in KINDS:
         container.run("systemd-run", "--quiet", f"--unit=pkgtest-loop-{kind}", "--collect",
                       "python3", "/root/loop.py", kind, "10", f"/run/loop-{kind}.json")  # fmt: skip
+    # The package's private interpreter lets the agent keep its fanotify group through a restart.
+    status = json.loads(container.sh("cat /run/sealtrail/status.json"))
+    assert status.get("fanotify_restart") == "held", status.get("fanotify_restart")
     time.sleep(2)
     pid = container.unit(AGENT, "MainPID")
     container.run("systemctl", "kill", "-s", "KILL", AGENT)
