@@ -54,6 +54,8 @@ def cached_rootfs() -> Path:
     key = hashlib.sha256(recipe.read_bytes()).hexdigest()[:12]
     out = CACHE / f"rootfs-{key}"
     if not (out / "root" / "usr" / "lib" / "os-release").exists():
+        for stale in CACHE.glob("rootfs-*"):  # an earlier recipe's
+            subprocess.run(["rm", "-rf", str(stale)], check=True)
         subprocess.run([str(recipe), str(out)], check=True)
     return out / "root"
 
