@@ -19,8 +19,6 @@ from __future__ import annotations
 import logging
 import os
 
-from systemd.journal import JournalHandler
-
 STDERR_FORMAT = "sealtrail: %(levelname)s: %(name)s: %(message)s"
 SYSLOG_IDENTIFIER = "sealtrail"
 
@@ -40,7 +38,9 @@ def stderr_is_journal() -> bool:
 def setup_logging(level: int) -> None:
     """The root logger at ``level``, to the journal or stderr (module doc)."""
     handler: logging.Handler
-    if stderr_is_journal():
+    if stderr_is_journal():  # systemd-python only here: where systemd runs this process
+        from systemd.journal import JournalHandler
+
         handler = JournalHandler(SYSLOG_IDENTIFIER=SYSLOG_IDENTIFIER)
         handler.setFormatter(logging.Formatter("%(message)s"))
     else:

@@ -12,7 +12,9 @@ systemd under a name (``FDSTORE=1``, ``FDNAME=``; the unit needs ``FileDescripto
 passed back to this start (``LISTEN_FDS``/``LISTEN_FDNAMES``), by name.
 
 Outside systemd (no ``$NOTIFY_SOCKET``) every notification is a silent no-op, and
-``received_fds`` is empty (no ``$LISTEN_FDS`` for this pid).
+``received_fds`` is empty (no ``$LISTEN_FDS`` for this pid); ``systemd.daemon`` is then not
+even imported, so the agent runs where systemd-python is not installed (the stock-kernel test
+VM, which boots without systemd).
 """
 
 from __future__ import annotations
@@ -20,13 +22,19 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-
-from systemd import daemon
+from types import ModuleType
 
 # sd_notify(3): "FDNAME=... may contain ASCII characters, excluding control characters and
 # ':', and may be at most 255 characters" (systemd's fdname_is_valid)
 _FDNAME_MAX = 255
 _LISTEN_VARS = ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+
+
+def _daemon() -> ModuleType:
+    """systemd-python's ``systemd.daemon``, imported where systemd talks to this process."""
+    from systemd import daemon
+
+    return daemon
 
 
 def watchdog_interval_s() -> float | None:
@@ -54,7 +62,9 @@ def received_fds() -> dict[str, list[int]]:
     ``$LISTEN_FDS``, ``$LISTEN_FDNAMES`` and ``$LISTEN_PID`` once and unsets them (a child
     must not take them for its own): call it once, early. Each fd is close-on-exec, and the
     caller's to close; a stored fd stays in the store until ``Notifier.remove_fds``."""
-    passed = daemon.listen_fds_with_names(unset_environment=True)
+    if "LISTEN_FDS" not in os.environ:
+        return {}
+    passed = _daemon().listen_fds_with_names(unset_environment=True)
     for name in _LISTEN_VARS:  # libsystemd unset them in the C environment, not in os.environ
         os.environ.pop(name, None)
     out: dict[str, list[int]] = {}
@@ -75,7 +85,7 @@ class Notifier:
         if not self.enabled:
             return
         message = "\n".join(f"{key.upper()}={value}" for key, value in fields.items())
-        daemon.notify(message, fds=list(fds))
+        _daemon().notify(message, fds=list(fds))
 
     def ready(self, status: str) -> None:
         self.notify(ready="1", status=status)
