@@ -129,7 +129,7 @@ class PinDir:
         loads, a cgroup it no longer attaches to): their programs detach now."""
         gone = []
         for pin in sorted((self.path / obj / "links").glob("*")):
-            if pin not in keep and not pin.name.endswith("-new"):
+            if pin not in keep:  # a stale "-new" of a replacement cut short included
                 pin.unlink()
                 gone.append(pin.name)
         return gone
