@@ -276,6 +276,10 @@ class Agent:
             raise
         finally:
             self.notifier.stopping()
+            if self._journal_down is not None:  # no record can say it: the log does
+                log.error("stopping with the journal not writable: %d records were not recorded "
+                          "since %s", self._journal_down.total,
+                          _clock_text(self._journal_down.since_ns))  # fmt: skip
             try:
                 self.journal.close({**stop_fields, **self.counters.fields()})
             finally:
