@@ -20,7 +20,6 @@ on SIGTERM stops it after the final seal, waiting at most ``--forward-wait`` sec
 from __future__ import annotations
 
 import collections
-import hashlib
 import logging
 import os
 import platform
@@ -115,8 +114,7 @@ class Forwarding(Protocol):
 TEST_HANG_ENV = "SEALTRAIL_TEST_HANG_FILE"
 
 
-def _hang_if_asked() -> None:
-    hang = os.environ.get(TEST_HANG_ENV)
+def _hang_if_asked(hang: str | None) -> None:
     if hang and os.path.exists(hang):
         log.warning("%s exists: the main loop hangs (test hook)", hang)
         while os.path.exists(hang):
@@ -290,22 +288,14 @@ class Agent:
         guard pinned in the default directory while this agent pins elsewhere (or nothing)
         would go on enforcing an earlier policy unseen: refused."""
         default = PinDir(DEFAULT_PIN_DIR)
-        if (
-            self.config.pin_dir is None
-            or Path(os.path.realpath(self.config.pin_dir)) != default.path
-        ) and default.holds(GUARD):
+        pins = PinDir(self.config.pin_dir, self.config.run_dir) if self.config.pin_dir else None
+        if (pins is None or pins.path != default.path) and default.holds(GUARD):
             raise PinError(f"{DEFAULT_PIN_DIR}: a guard an earlier agent pinned there "
                            "enforces its policy; take it over (--pin-dir "
                            f"{DEFAULT_PIN_DIR}) or detach it first (sealtrail agent "
                            "--unpin)")  # fmt: skip
-        if self.config.pin_dir is None:
-            return None
-        pin_dir = Path(os.path.realpath(self.config.pin_dir))
-        # the rule tables of this pin directory's generations, in the run directory (a file,
-        # not a pin); one file per pin directory, never shared
-        tag = hashlib.sha256(os.fsencode(pin_dir)).hexdigest()[:16]
-        pins = PinDir(pin_dir, self.config.run_dir / f"guard-generations-{tag}.json")
-        pins.acquire()
+        if pins is not None:
+            pins.acquire()
         return pins
 
     def _handover(self, journal: JournalWriter, pins: PinDir | None) -> Handover:
@@ -438,8 +428,9 @@ class Agent:
         next_watchdog = clock()
         next_reopen = 0.0
         recorded_before = self.counters.recorded
+        hang_file = os.environ.get(TEST_HANG_ENV)  # read once: not in the loop
         while not self._stopping:
-            _hang_if_asked()
+            _hang_if_asked(hang_file)
             journal = recorder.journal
             try:
                 recorder.poll(POLL_MS)

@@ -76,16 +76,6 @@ def parse_fdinfo(text: str) -> dict[tuple[int, int], int]:
     return {key: mask for key, mask in marks.items() if mask}
 
 
-def ignored_marks(text: str) -> dict[tuple[int, int], int]:
-    """The ignore masks of the group's marks (``ignored_mask:`` in fdinfo), where set."""
-    out = {}
-    for key, fields in fdinfo_marks(text).items():
-        ignored = int(fields.get("ignored_mask", "0"), 16)
-        if ignored:
-            out[key] = ignored
-    return out
-
-
 def fdinfo_marks(text: str) -> dict[tuple[int, int], dict[str, str]]:
     """(kernel device, inode or 0 for a filesystem mark) -> the fields of its fdinfo line
     (``mask``, and for inode marks ``fhandle-type`` and ``f_handle``). Mount marks (mnt_id)

@@ -40,7 +40,7 @@ from agent.kernel.loader import (
     cgroup_program_ids,
     object_path,
 )
-from agent.kernel.pins import GUARD, PinDir
+from agent.kernel.pins import GUARD, PinDir, stale
 from agent.kernel.probe import PREPARE_EXEC_HOOK, btf_has_name
 from agent.policy.compile import MAPS, OPS, CompiledPolicySet, path_lookup
 from agent.policy.evaluate import Evaluator
@@ -283,7 +283,7 @@ class Guard(Closing):
         try:
             return self._load(shared_maps, self.lsm, self._skipped, cgroup_signal, self.pins)
         except KernelError as exc:
-            if self.pins is None or "reuse pinned map" not in str(exc):
+            if self.pins is None or not stale(exc):
                 raise
             log.warning("guard: the maps pinned in %s do not fit this agent (%s); replacing "
                         "them", self.pins.path, str(exc).splitlines()[0])  # fmt: skip

@@ -19,7 +19,7 @@ from agent.events.decode import KIND_OP, OP_KIND, Clock, DecodeError, Decoder
 from agent.events.proctable import ProcTable
 from agent.kernel import abi
 from agent.kernel.loader import BpfObject, Map, object_path
-from agent.kernel.pins import EVENTS, PinDir
+from agent.kernel.pins import EVENTS, PinDir, stale
 from agent.kernel.ringbuf import RingBuffer
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class EventStream(Closing):
             self._start()
         except KernelError as exc:
             pins = self.config.pins
-            if pins is None or "reuse pinned map" not in str(exc):
+            if pins is None or not stale(exc):
                 raise
             # another ring buffer size than the pinned one (--ringbuf-size changed): what the
             # old one holds is lost, and said so

@@ -27,6 +27,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -48,6 +49,12 @@ _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctype
 
 class PinError(SealtrailError):
     """The pin directory cannot be used (not on bpffs, held by another agent)."""
+
+
+def stale(exc: KernelError) -> bool:
+    """Did a load fail because a map pinned earlier does not fit this object (libbpf's
+    "couldn't reuse pinned map ... parameter mismatch": another size, type or flags)?"""
+    return "reuse pinned map" in str(exc)
 
 
 def bpffs_mount_of(path: Path) -> Path | None:
@@ -82,12 +89,14 @@ def ensure_bpffs(path: Path) -> None:
 class PinDir:
     """One agent's pin directory (module doc): paths, the lock, removal."""
 
-    def __init__(self, path: Path, state_file: Path | None = None) -> None:
+    def __init__(self, path: Path, state_dir: Path | None = None) -> None:
         self.path = Path(os.path.realpath(path))  # the bpffs check below is on the real place
         #: where the guard keeps the rule tables of its pinned generations, so that a verdict
         #: the kernel took before a restart still resolves to its rule (a file, not a pin:
-        #: bpffs holds only BPF objects). On /run: gone at reboot, like the pins.
-        self.state_file = state_file
+        #: bpffs holds only BPF objects), in ``state_dir`` (the run directory: gone at reboot,
+        #: like the pins); one file per pin directory, never shared
+        tag = hashlib.sha256(os.fsencode(self.path)).hexdigest()[:16]
+        self.state_file = state_dir / f"guard-generations-{tag}.json" if state_dir else None
         self._lock_fd: int | None = None
 
     def acquire(self) -> None:
