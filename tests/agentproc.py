@@ -101,24 +101,64 @@ def journal_records(journal: Path) -> list[dict[str, Any]]:
     return out
 
 
+def end_process(proc: subprocess.Popen[str], sig: int, timeout: float) -> None:
+    """Send ``sig`` to a process the test started (unless it is gone), wait for it, and
+    SIGKILL it if it does not end in ``timeout`` seconds."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+    try:
+        proc.wait(timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout)
+
+
+def remove_cgroup(cgroup: Path) -> None:
+    """rmdir a cgroup the test made, once the kernel let go of it (its last task gone)."""
+    for _ in range(50):
+        try:
+            cgroup.rmdir()
+            return
+        except OSError:
+            time.sleep(0.1)
+
+
 def stop_agent(agent: subprocess.Popen[str], timeout: float, cgroup: Path, journal: Path) -> None:
     """SIGTERM the agent (SIGKILL if it does not stop), remove the test's cgroup once the
     agent let go of it, and clear the journal's append-only flags so pytest can delete it."""
     from agent.journal import protect
 
-    agent.send_signal(signal.SIGTERM)
-    try:
-        agent.wait(timeout)
-    finally:
-        if agent.poll() is None:
-            agent.kill()
-            agent.wait(timeout)
+    end_process(agent, signal.SIGTERM, timeout)
     unpin_agent(agent)
-    for _ in range(50):
-        try:
-            cgroup.rmdir()
-            break
-        except OSError:
-            time.sleep(0.1)
+    remove_cgroup(cgroup)
     if journal.exists():
         protect.clear_all(journal)
+
+
+#: A policy of one rule the in-kernel guard judges: connect to 127.0.0.1:{port} is denied,
+#: for processes in the cgroup the test attaches the guard to (``connect_in_cgroup``).
+CONNECT_DENY_POLICY = """
+name = "{name}"
+description = "a connect deny to a port the test listens on"
+mode = "enforce"
+
+[[rules]]
+id = "deny-connect"
+description = "connect to the test's listening port"
+operation = "connect"
+targets.addresses = ["127.0.0.1/32"]
+targets.ports = [{port}]
+action = "deny"
+"""
+
+
+def connect_in_cgroup(cgroup: Path, port: int) -> str:
+    """connect(2) to 127.0.0.1:``port`` from a new process in ``cgroup``: "ok", or the errno
+    as a string ("1": EPERM)."""
+    code = (f"import socket; s = socket.socket()\ntry: s.connect(('127.0.0.1', {port}))"
+            "; print('ok')\nexcept OSError as e: print(e.errno)")  # fmt: skip
+    script = f'echo $$ > {cgroup}/cgroup.procs && exec "$@"'
+    out = subprocess.run(["/bin/sh", "-c", script, "sh", sys.executable, "-c", code],
+                         capture_output=True, text=True, timeout=30)  # fmt: skip
+    return out.stdout.strip()

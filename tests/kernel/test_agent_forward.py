@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -19,27 +17,19 @@ from agent.collector.store import open_store
 from agent.enforce.cgroups import cgroup2_root
 from agent.journal.keys import KeyStore
 from agent.journal.segments import iter_lines
-from tests.agentproc import agent_log, journal_records, start_agent, stop_agent
+from tests.agentproc import (
+    CONNECT_DENY_POLICY,
+    agent_log,
+    connect_in_cgroup,
+    journal_records,
+    start_agent,
+    stop_agent,
+)
 from tests.collector.server_proc import Collector, sealtrail
 
 pytestmark = pytest.mark.kernel
 
-PY = sys.executable
 SLOW = 10 if os.environ.get("SEALTRAIL_VM") else 1
-
-POLICY = """
-name = "forwarded"
-description = "a connect deny whose verdict must reach the collector"
-mode = "enforce"
-
-[[rules]]
-id = "deny-connect"
-description = "connect to the test's port"
-operation = "connect"
-targets.addresses = ["127.0.0.1/32"]
-targets.ports = [{port}]
-action = "deny"
-"""
 
 
 def test_the_agent_forwards_its_journal_and_the_collector_holds_exactly_it(
@@ -56,7 +46,9 @@ def test_the_agent_forwards_its_journal_and_the_collector_holds_exactly_it(
     listener.listen(8)
     port = listener.getsockname()[1]
     (root / "policies").mkdir()
-    (root / "policies" / "forwarded.toml").write_text(POLICY.format(port=port))
+    (root / "policies" / "forwarded.toml").write_text(
+        CONNECT_DENY_POLICY.format(name="forwarded", port=port)
+    )
     cgroup = cgroup2_root() / f"sealtrail-fwd-{os.getpid()}"
     cgroup.mkdir()
     journal, run_dir, log = root / "journal", root / "run", root / "agent.log"
@@ -73,12 +65,8 @@ def test_the_agent_forwards_its_journal_and_the_collector_holds_exactly_it(
             assert agent.poll() is None, agent_log(agent, log)
             assert time.monotonic() < deadline, "agent did not start"
             time.sleep(0.1)
-        code = (f"import socket; s = socket.socket()\ntry: s.connect(('127.0.0.1', {port}))"
-                "; print('ok')\nexcept OSError as e: print(e.errno)")  # fmt: skip
-        script = f'echo $$ > {cgroup}/cgroup.procs && exec "$@"'
-        out = subprocess.run(["/bin/sh", "-c", script, "sh", PY, "-c", code],
-                             capture_output=True, text=True, timeout=30)  # fmt: skip
-        assert out.stdout.strip() == "1", out  # EPERM
+        out = connect_in_cgroup(cgroup, port)
+        assert out == "1", out  # EPERM
         deadline = time.monotonic() + 15 * SLOW
         while not [r for r in journal_records(journal) if r["type"] == "verdict"]:
             assert time.monotonic() < deadline, "no verdict journaled"

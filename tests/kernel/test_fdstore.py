@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 
 from agent.journal import protect
-from tests.agentproc import fresh_pin_dir, journal_records
+from tests.agentproc import end_process, fresh_pin_dir, journal_records
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.kernel
@@ -219,14 +219,7 @@ def setup(tmp_path: Path) -> Iterator[tuple[Manager, list[str], Path]]:
 
 
 def kill(agent: subprocess.Popen[str], sig: int) -> None:
-    if agent.poll() is None:
-        agent.send_signal(sig)
-    try:
-        agent.wait(30 * SLOW)
-    finally:
-        if agent.poll() is None:
-            agent.kill()
-            agent.wait(10)
+    end_process(agent, sig, 30 * SLOW)
 
 
 def test_a_forbidden_exec_waits_through_a_kill_and_the_next_agent_denies_it(

@@ -17,26 +17,19 @@ import pytest
 
 from agent.enforce.cgroups import cgroup2_root
 from agent.journal import protect
-from tests.agentproc import agent_log, journal_records, start_agent, stop_agent
+from tests.agentproc import (
+    CONNECT_DENY_POLICY,
+    agent_log,
+    connect_in_cgroup,
+    journal_records,
+    start_agent,
+    stop_agent,
+)
 
 pytestmark = pytest.mark.kernel
 
 PY = sys.executable
 SLOW = 10 if os.environ.get("SEALTRAIL_VM") else 1
-
-POLICY = """
-name = "full-disk"
-description = "a connect deny that must hold while the journal cannot be written"
-mode = "enforce"
-
-[[rules]]
-id = "deny-connect"
-description = "connect to the test's port"
-operation = "connect"
-targets.addresses = ["127.0.0.1/32"]
-targets.ports = [{port}]
-action = "deny"
-"""
 
 
 def status(run_dir: Path) -> dict[str, object]:
@@ -61,7 +54,9 @@ def test_a_full_journal_disk_stops_recording_not_enforcing_and_the_loss_is_journ
     listener.listen(8)
     port = listener.getsockname()[1]
     (root / "policies").mkdir()
-    (root / "policies" / "p.toml").write_text(POLICY.format(port=port))
+    (root / "policies" / "p.toml").write_text(
+        CONNECT_DENY_POLICY.format(name="full-disk", port=port)
+    )
     cgroup = cgroup2_root() / f"sealtrail-full-{os.getpid()}"
     cgroup.mkdir()
     agent = None
@@ -87,12 +82,8 @@ def test_a_full_journal_disk_stops_recording_not_enforcing_and_the_loss_is_journ
         assert isinstance(down, dict) and "No space" in str(down["error"]), down
         assert "recording stops, enforcement goes on" in log.read_text()
 
-        code = (f"import socket; s = socket.socket()\ntry: s.connect(('127.0.0.1', {port}))"
-                "; print('ok')\nexcept OSError as e: print(e.errno)")  # fmt: skip
-        script = f'echo $$ > {cgroup}/cgroup.procs && exec "$@"'
-        out = subprocess.run(["/bin/sh", "-c", script, "sh", PY, "-c", code],
-                             capture_output=True, text=True, timeout=30)  # fmt: skip
-        assert out.stdout.strip() == "1", out  # still EPERM: enforcement goes on
+        out = connect_in_cgroup(cgroup, port)
+        assert out == "1", out  # still EPERM: enforcement goes on
         for _ in range(20):
             subprocess.run(["/bin/true"])  # not recorded, counted
         assert agent.poll() is None

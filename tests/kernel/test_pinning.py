@@ -26,7 +26,15 @@ import pytest
 
 from agent.enforce.cgroups import cgroup2_root
 from agent.kernel.loader import cgroup_program_ids
-from tests.agentproc import agent_log, journal_records, start_agent
+from tests.agentproc import (
+    CONNECT_DENY_POLICY,
+    agent_log,
+    connect_in_cgroup,
+    end_process,
+    journal_records,
+    remove_cgroup,
+    start_agent,
+)
 
 pytestmark = pytest.mark.kernel
 
@@ -36,19 +44,6 @@ SLOW = 10 if os.environ.get("SEALTRAIL_VM") else 1
 ATTACH_TYPES = {"bind4": 8, "bind6": 9, "connect4": 10, "connect6": 11, "sendmsg4": 14,
                 "sendmsg6": 15}  # fmt: skip
 
-POLICY = """
-name = "pinning"
-description = "a connect deny the guard keeps while no agent runs"
-mode = "enforce"
-
-[[rules]]
-id = "deny-connect"
-description = "connect to the test's listening port"
-operation = "connect"
-targets.addresses = ["127.0.0.1/32"]
-targets.ports = [{port}]
-action = "deny"
-"""
 
 AUDIT_OPEN = """
 name = "pinning"
@@ -115,12 +110,7 @@ class Env:
             time.sleep(0.05)
 
     def connect_from_cgroup(self) -> str:
-        code = (f"import socket; s = socket.socket()\ntry: s.connect(('127.0.0.1', {self.port}))"
-                "; print('ok')\nexcept OSError as e: print(e.errno)")  # fmt: skip
-        script = f'echo $$ > {self.cgroup}/cgroup.procs && exec "$@"'
-        out = subprocess.run(["/bin/sh", "-c", script, "sh", PY, "-c", code],
-                             capture_output=True, text=True, timeout=30)  # fmt: skip
-        return out.stdout.strip()
+        return connect_in_cgroup(self.cgroup, self.port)
 
     def sealtrail(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([PY, "-m", "agent.cli", *args], capture_output=True, text=True,
@@ -138,7 +128,9 @@ def env(tmp_path: Path) -> Iterator[Env]:
     listener.listen(1024)
     port = listener.getsockname()[1]
     (root / "policies").mkdir()
-    (root / "policies" / "pinning.toml").write_text(POLICY.format(port=port))
+    (root / "policies" / "pinning.toml").write_text(
+        CONNECT_DENY_POLICY.format(name="pinning", port=port)
+    )
     cgroup = cgroup2_root() / f"sealtrail-pin-{os.getpid()}"
     cgroup.mkdir()
     pin_dir = Path("/sys/fs/bpf/sealtrail-tests") / f"pinning-{os.getpid()}"
@@ -149,12 +141,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
         listener.close()
         unpinned = env.sealtrail("agent", "--unpin", "--pin-dir", str(pin_dir))
         assert unpinned.returncode == 0, unpinned.stderr
-        for _ in range(50):
-            try:
-                cgroup.rmdir()
-                break
-            except OSError:
-                time.sleep(0.1)
+        remove_cgroup(cgroup)
         from agent.journal import protect
 
         if (root / "journal").exists():
@@ -162,13 +149,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
 
 
 def stop(agent: subprocess.Popen[str], sig: int = signal.SIGTERM) -> None:
-    agent.send_signal(sig)
-    try:
-        agent.wait(30 * SLOW)
-    finally:
-        if agent.poll() is None:
-            agent.kill()
-            agent.wait(10)
+    end_process(agent, sig, 30 * SLOW)
 
 
 def attempts(path: Path) -> list[tuple[float, str]]:
