@@ -263,7 +263,7 @@ class Agent:
                 recorder.drain()  # what the kernel already queued is still evidence
                 # a clean stop: systemd releases a stored fanotify group as the unit stops,
                 # as asked; only an unasked release is a gap for the next start to journal
-                held_note(cfg.journal_dir.parent).unlink(missing_ok=True)
+                held_note(cfg.journal_dir).unlink(missing_ok=True)
             finally:
                 enforcer.close()
                 stream.close()
@@ -310,9 +310,7 @@ class Agent:
         if len(group) > 1:  # one group, never more: the others would wait with nobody reading
             self.notifier.remove_fds(FANOTIFY_FDNAME)
             self.notifier.store_fds(group[:1], FANOTIFY_FDNAME)
-        # beside the journal, not in the run directory: systemd removes that when the unit
-        # fails, which is when the note matters
-        note = held_note(cfg.journal_dir.parent)
+        note = held_note(cfg.journal_dir)
         if not group and note.exists():
             journal.append("enforcement_gap", {
                 "mechanism": "fanotify",

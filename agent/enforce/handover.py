@@ -139,5 +139,7 @@ def startup_files(extra: tuple[Path, ...]) -> tuple[set[tuple[int, int]], set[tu
     return files, dirs
 
 
-def held_note(run_dir: Path) -> Path:
-    return run_dir / HELD_NOTE
+def held_note(journal_dir: Path) -> Path:
+    """The note that a group is stored: beside the journal, not in the run directory, which
+    systemd removes when the unit fails (just when the note matters)."""
+    return journal_dir.parent / HELD_NOTE
