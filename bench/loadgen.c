@@ -15,10 +15,14 @@
  *   getppid            null syscall: the cost of the syscall slow path alone
  *   open PATH          open(PATH, O_RDONLY) + close        (2 syscalls per iteration)
  *   openfail PATH      open(PATH) failing with ENOENT      (1 syscall per iteration)
+ *   stat PATH          stat(PATH)                          (1 syscall: newfstatat)
  *   create PATH        open(PATH, O_CREAT|O_EXCL|O_WRONLY) + close + unlink  (3 syscalls):
  *                      a scratch file made and removed (the LSM path_mknod/path_unlink hooks)
  *   udpconnect PORT    connect() of one UDP socket to 127.0.0.1:PORT (1 syscall; no packet)
  *   tcpconnect PORT    socket + connect to a closed 127.0.0.1:PORT (ECONNREFUSED) + close (3)
+ *   tcpaccept          socket + connect + accept + setsockopt(SO_LINGER 0) + close + close
+ *                      against a listener of its own on 127.0.0.1 (6 syscalls; the client
+ *                      resets, so no TIME_WAIT sockets pile up)
  *   exec PATH          fork + execve(PATH) + waitpid
  *
  * Output: one line per round, "round=<i> iters=<n> ns_per_iter=<x> syscalls_per_iter=<k>",
@@ -36,13 +40,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 static const char *mode, *arg;
-static int udp_fd = -1;
+static int udp_fd = -1, listen_fd = -1;
 static struct sockaddr_in lo_addr;
 
 static double now_s(void)
@@ -84,6 +89,8 @@ static int syscalls_per_iter(void)
 		return 2;
 	if (!strcmp(mode, "tcpconnect") || !strcmp(mode, "create"))
 		return 3;
+	if (!strcmp(mode, "tcpaccept"))
+		return 6;
 	if (!strcmp(mode, "exec"))
 		return 0; /* hundreds, and not the point: report per exec */
 	return 1;
@@ -101,6 +108,11 @@ static void run(long iters)
 				die(arg);
 			close(fd);
 		}
+	} else if (!strcmp(mode, "stat")) {
+		struct stat st;
+		for (long i = 0; i < iters; i++)
+			if (stat(arg, &st))
+				die(arg);
 	} else if (!strcmp(mode, "openfail")) {
 		for (long i = 0; i < iters; i++)
 			if (open(arg, O_RDONLY) >= 0)
@@ -127,6 +139,23 @@ static void run(long iters)
 			    errno != ECONNREFUSED)
 				die("tcp connect: port is not closed");
 			close(s);
+		}
+	} else if (!strcmp(mode, "tcpaccept")) {
+		struct linger rst = {1, 0};
+		for (long i = 0; i < iters; i++) {
+			int c = socket(AF_INET, SOCK_STREAM, 0);
+			if (c < 0)
+				die("socket");
+			if (connect(c, (struct sockaddr *)&lo_addr, sizeof(lo_addr)))
+				die("tcp connect to own listener");
+			int a = accept(listen_fd, NULL, NULL);
+			if (a < 0)
+				die("accept");
+			/* an RST, not a FIN: no TIME_WAIT socket is left to slow the next port search */
+			if (setsockopt(c, SOL_SOCKET, SO_LINGER, &rst, sizeof(rst)))
+				die("SO_LINGER");
+			close(c);
+			close(a);
 		}
 	} else if (!strcmp(mode, "exec")) {
 		for (long i = 0; i < iters; i++) {
@@ -192,6 +221,17 @@ int main(int argc, char **argv)
 		lo_addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
 		if (!strcmp(mode, "udpconnect") && (udp_fd = socket(AF_INET, SOCK_DGRAM, 0)) < 0)
 			die("socket");
+	}
+
+	if (!strcmp(mode, "tcpaccept")) {
+		socklen_t len = sizeof(lo_addr);
+		lo_addr.sin_family = AF_INET;
+		lo_addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		if ((listen_fd = socket(AF_INET, SOCK_STREAM, 0)) < 0 ||
+		    bind(listen_fd, (struct sockaddr *)&lo_addr, sizeof(lo_addr)) ||
+		    listen(listen_fd, 64) ||
+		    getsockname(listen_fd, (struct sockaddr *)&lo_addr, &len))
+			die("tcpaccept listener");
 	}
 
 	long warmup = iters / 10 > 0 ? iters / 10 : 1;
