@@ -1,6 +1,8 @@
 """``sealtrail journal``: read, verify and prove the tamper-evident journal.
 
-tail          the latest records, aligned (colour on a TTY); --json prints them as stored
+tail          the latest records, aligned (colour on a TTY); -f follows across segments
+query         every record the filters keep, oldest first (docs/query.md)
+export        the same as a file of records: --format ocsf (OCSF 1.5 events) or json
 verify        hash, chain, seals, key rotations, Merkle roots, gaplessness, the agent's stop at
               the end (--strict: required); exit 0 only if all hold
 checkpoint    print the latest signed checkpoint (keep it: `verify --against` it later)
@@ -13,18 +15,20 @@ verify-proof  check either proof with the public key alone
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from agent import paths
 from agent.errors import FormatError, JournalError, KeyStoreError, UsageError
+from agent.journal import ocsf
 from agent.journal.checkpoint import (
     CONSISTENCY_FORMAT,
     ConsistencyProof,
@@ -32,20 +36,13 @@ from agent.journal.checkpoint import (
     SignedCheckpoint,
 )
 from agent.journal.keys import PublicKey
+from agent.journal.query import Filter, Match, Scan, end_position, follow, last, query, user_name
 from agent.journal.reader import latest_checkpoint, prove, prove_consistency
-from agent.journal.record import Record, parse_line
-from agent.journal.segments import (
-    Line,
-    SegmentNumbering,
-    journal_chunks,
-    list_segments,
-    read_segment,
-    split_lines,
-)
+from agent.journal.record import Record
+from agent.journal.segments import SegmentNumbering, journal_chunks, list_segments
 from agent.journal.verify import Finding, Verifier
 
 _DEFAULT_KEY = paths.DEFAULT_KEYS_DIR / paths.PUBLIC_KEY_NAME
-_FOLLOW_POLL_S = 0.25
 _PROGRESS_MIN_BYTES = 8 << 20  # below this a verify run takes well under a second
 _HIDDEN = frozenset({"seq", "ts", "host", "boot_id", "type", "prev", "sig", "new_key"})
 _COLOURS = {
@@ -56,6 +53,7 @@ _COLOURS = {
     "audit": "36",
     "allow": "32",
 }
+_USER_FIELDS = frozenset({"uid", "auid"})
 _TYPE_COLOURS = {"loss": "1;33", "recovery": "1;33", "policy_rejected": "31", "seal": "2"}
 
 
@@ -88,7 +86,7 @@ def register(subparsers: Any) -> None:
             help=f"the host's genesis public key (default {_DEFAULT_KEY})",
         )
 
-    tail = add("tail", "print the latest records")
+    tail = add("tail", "print the latest records (with -f: and then new ones)")
     tail.add_argument("-f", "--follow", action="store_true", help="keep printing new records")
     tail.add_argument(
         "-n",
@@ -97,12 +95,26 @@ def register(subparsers: Any) -> None:
         metavar="N",
         help="how many records (default 10; all with --since)",
     )
-    tail.add_argument("--json", action="store_true", help="records exactly as stored")
-    tail.add_argument("--type", metavar="T,...", help="only these record types")
-    tail.add_argument("--verdict", metavar="A,...", help="only verdicts with these actions")
-    tail.add_argument("--since", metavar="TIME", help="ISO time, @epoch, or age like 10m, 2h, 1d")
-    tail.add_argument("--rule", metavar="ID", help="only records of this rule")
+    add_filters(tail)
+    add_output(tail)
     tail.set_defaults(func=run_tail)
+
+    query = add("query", "print every record the filters keep, oldest first")
+    query.add_argument("-n", "--lines", type=int, metavar="N", help="at most N records")
+    add_filters(query)
+    add_output(query)
+    query.set_defaults(func=run_query)
+
+    export = add("export", "write the records the filters keep as OCSF events or JSON lines")
+    export.add_argument(
+        "--format",
+        choices=("ocsf", "json"),
+        default="ocsf",
+        help="ocsf: one OCSF 1.5 event per line (records with no OCSF class are left out); "
+        "json: the records as stored (default ocsf)",
+    )
+    add_filters(export)
+    export.set_defaults(func=run_export)
 
     verify = add("verify", "verify the whole journal; exit 0 only if everything holds")
     add_key(verify)
@@ -153,50 +165,143 @@ def register(subparsers: Any) -> None:
     check.set_defaults(func=run_verify_proof)
 
 
-# --------------------------------------------------------------------------------- tail
-def parse_since(text: str, now: float | None = None) -> int:
-    """``--since`` as nanoseconds since the epoch."""
-    now = time.time() if now is None else now
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd])", text)
-    if match:
-        scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-        return int((now - float(match.group(1)) * scale) * 1e9)
-    if text.startswith("@") and text[1:].replace(".", "", 1).isdigit():
-        return int(float(text[1:]) * 1e9)
-    try:
-        return int(datetime.fromisoformat(text).timestamp() * 1e9)
-    except ValueError:
-        raise UsageError(f"--since {text!r}: use an ISO time, @EPOCH, or an age like 10m") from None
+# --------------------------------------------------------------------------------- query
+_FILTERS = (
+    ("--since", "TIME", "records at or after TIME: '2026-12-02 18:00', 18:00, -1h, yesterday, "
+     "@EPOCH (docs/query.md)"),
+    ("--until", "TIME", "records at or before TIME (same forms)"),
+    ("--type", "T,...", "record types (event, verdict, seal, policy_loaded, ...)"),
+    ("--kind", "K,...", "event kinds (exec, open, connect, ...); a verdict's operation"),
+    ("--action", "A,...", "verdict actions (deny, kill, would_deny, audit, allow, would_kill)"),
+    ("--rule", "ID,...", "verdicts of these rule ids"),
+    ("--policy", "DIGEST,...", "verdicts and policy records of this policy digest (a prefix "
+     "of at least 4 hex digits will do)"),
+    ("--pid", "PID,...", "events and verdicts of these process ids"),
+    ("--exe", "GLOB,...", "acting binary matches GLOB (fnmatch: * crosses /)"),
+    ("--path", "GLOB,...", "a path the record is about matches GLOB (an event's path or "
+     "new_path, an exec's binary, a verdict's object)"),
+    ("--host", "NAME,...", "records of these hosts"),
+    ("--auid", "USER,...", "the login uid (auditd's auid) of the acting task: a user name, "
+     "a uid, or unset: what a person did after sudo or su"),
+    ("--session", "ID,...", "the audit session id (auditd's ses) of the acting task"),
+)  # fmt: skip
 
 
-def _csv(text: str | None) -> frozenset[str] | None:
-    return frozenset(t.strip() for t in text.split(",") if t.strip()) if text else None
+_RELATIVE_TIME = re.compile(r"^-\d+(\.\d+)?[a-zA-Zµ \d.]*$")
 
 
-class _Filter:
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.types = _csv(args.type)
-        self.actions = _csv(args.verdict)
-        self.rule = args.rule
-        self.since = parse_since(args.since) if args.since else None
+def add_filters(p: argparse.ArgumentParser) -> None:
+    """The filters ``tail``, ``query`` and ``export`` share: each combines with the others
+    (AND); a comma-separated list matches any of its values (OR)."""
+    # ``--since -1h`` as journalctl takes it: argparse reads "-1h" as an option unless it
+    # looks like a negative number, and this parser has no option that does
+    p._negative_number_matcher = _RELATIVE_TIME  # type: ignore[attr-defined]
+    group = p.add_argument_group("filters (combined: every one given must hold)")
+    for flag, metavar, help in _FILTERS:
+        group.add_argument(flag, metavar=metavar, help=help)
+    group.add_argument("--verdict", metavar="A,...", dest="action", help=argparse.SUPPRESS)
 
-    def __call__(self, record: Record) -> bool:
-        if self.types is not None and record.type not in self.types:
-            return False
-        if self.actions is not None and (
-            record.type != "verdict" or record.fields.get("action") not in self.actions
-        ):
-            return False
-        if self.rule is not None and record.fields.get("rule") != self.rule:
-            return False
-        return self.since is None or record.ts >= self.since
+
+def add_output(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-o",
+        "--output",
+        choices=("text", "json", "ocsf"),
+        default="text",
+        help="text: aligned rows, user names resolved as ausearch -i does; json: one record "
+        "per line exactly as stored (like journalctl -o json); ocsf: one OCSF 1.5 event per "
+        "line (records with no OCSF class are left out)",
+    )
+    p.add_argument("--json", action="store_const", const="json", dest="output",
+                   help="the same as -o json")  # fmt: skip
+
+
+def _filter(args: argparse.Namespace) -> Filter:
+    names = ("since", "until", "type", "kind", "action", "rule", "policy", "pid", "exe", "path",
+             "host", "auid", "session")  # fmt: skip
+    return Filter.from_text(**{name: getattr(args, name) for name in names})
+
+
+def _journal_dir(args: argparse.Namespace) -> Path:
+    directory: Path = args.journal
+    if not directory.is_dir():
+        raise JournalError(f"journal directory {directory} does not exist")
+    return directory
+
+
+class _Printer:
+    """Writes matches in the chosen output form, flushing after each batch."""
+
+    def __init__(self, output: str, out: TextIO) -> None:
+        self.output = output
+        self.out = out
+        self.colour = output == "text" and out.isatty() and "NO_COLOR" not in os.environ
+
+    def __call__(self, matches: Iterable[Match]) -> None:
+        write = self.out.write
+        for match in matches:
+            if self.output == "json":
+                write(match.line.data.decode("utf-8") + "\n")
+            elif self.output == "ocsf":
+                event = ocsf.to_ocsf(match.record, match.line.data)
+                if event is not None:
+                    write(ocsf.dumps(event) + "\n")
+            else:
+                write(format_record(match.record, self.colour) + "\n")
+        self.out.flush()
+
+
+def _report_skipped(scan: Scan) -> None:
+    if scan.skipped:
+        print(
+            f"sealtrail: {scan.skipped} lines are not records and were passed over "
+            "(journal verify says why)",
+            file=sys.stderr,
+        )
+
+
+def run_tail(args: argparse.Namespace) -> int:
+    directory = _journal_dir(args)
+    flt = _filter(args)
+    limit = args.lines if args.lines is not None else (None if args.since else 10)
+    printer = _Printer(args.output, sys.stdout)
+    scan = Scan()
+    start = end_position(directory)
+    if limit is None:
+        printer(query(directory, flt, scan=scan))
+    else:
+        printer(last(directory, flt, limit, scan=scan))
+    _report_skipped(scan)
+    if args.follow:
+        printer(follow(directory, flt, start))
+    return 0
+
+
+def run_query(args: argparse.Namespace) -> int:
+    directory = _journal_dir(args)
+    scan = Scan()
+    printer = _Printer(args.output, sys.stdout)
+    printer(itertools.islice(query(directory, _filter(args), scan=scan), args.lines))
+    _report_skipped(scan)
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    directory = _journal_dir(args)
+    scan = Scan()
+    _Printer(args.format, sys.stdout)(query(directory, _filter(args), scan=scan))
+    _report_skipped(scan)
+    return 0
 
 
 def _paint(text: str, code: str | None, colour: bool) -> str:
     return f"\x1b[{code}m{text}\x1b[0m" if colour and code else text
 
 
-def _value(value: object) -> str:
+def _value(name: str, value: object) -> str:
+    if name in _USER_FIELDS and type(value) is int:  # ausearch -i: a uid with its user name
+        user = user_name(value)  # this host's name for it: say which number it is too
+        return f"{value}({user})" if user else str(value)
     if isinstance(value, str):
         return value if value and " " not in value and "=" not in value else json.dumps(value)
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
@@ -214,81 +319,9 @@ def format_record(record: Record, colour: bool) -> str:
         head = f"{fields.pop('kind')!s:<10} "
     elif record.type == "seal":
         fields = {"size": fields["size"], "key": fields["key_id"]}
-    rest = " ".join(f"{k}={_value(v)}" for k, v in fields.items() if k not in _HIDDEN)
+    rest = " ".join(f"{k}={_value(k, v)}" for k, v in fields.items() if k not in _HIDDEN)
     kind = _paint(f"{record.type:<15}", _TYPE_COLOURS.get(record.type), colour)
     return f"{stamp} {record.seq:>9} {kind} {head}{rest}".rstrip()
-
-
-def _records(lines: Iterable[Line]) -> Iterator[tuple[Line, Record]]:
-    for line in lines:
-        if not line.complete:
-            continue
-        try:
-            yield line, parse_line(line.data)
-        except FormatError:
-            continue  # `journal verify` reports it; tail shows what it can read
-
-
-def run_tail(args: argparse.Namespace) -> int:
-    if not args.journal.is_dir():
-        raise JournalError(f"journal directory {args.journal} does not exist")
-    keep = _Filter(args)
-    limit = args.lines if args.lines is not None else (None if args.since else 10)
-    colour = sys.stdout.isatty() and "NO_COLOR" not in os.environ
-    out = sys.stdout
-
-    def emit(line: Line, record: Record) -> None:
-        if args.json:
-            out.write(line.data.decode("utf-8") + "\n")
-        else:
-            out.write(format_record(record, colour) + "\n")
-
-    segments = list_segments(args.journal)
-    picked: list[tuple[Line, Record]] = []
-    for _, path in reversed(segments):  # newest first, stop once enough records are found
-        found = [lr for lr in _records(split_lines(path.name, read_segment(path))) if keep(lr[1])]
-        picked[:0] = found
-        if limit is not None and len(picked) >= limit:
-            break
-    if limit is not None:
-        picked = picked[-limit:] if limit > 0 else []
-    for line, record in picked:
-        emit(line, record)
-    out.flush()
-    if args.follow:
-        _follow(args.journal, segments, keep, emit, out)
-    return 0
-
-
-def _follow(
-    directory: Path, segments: list[tuple[int, Path]], keep: _Filter, emit: Any, out: TextIO
-) -> None:
-    """Print records as they are appended, moving on to the next segment when one appears."""
-    number, path = segments[-1] if segments else (1, directory / "seg-000001.jsonl")
-    offset = path.stat().st_size if path.exists() else 0
-    partial = b""
-    while True:
-        data = b""
-        if path.exists():
-            with path.open("rb") as f:
-                f.seek(offset)
-                data = f.read()
-        if data:
-            offset += len(data)
-            content = partial + data
-            cut = content.rfind(b"\n") + 1
-            partial = content[cut:]
-            for line, record in _records(split_lines(path.name, content[:cut])):
-                if keep(record):
-                    emit(line, record)
-            out.flush()
-            continue
-        newer = [(n, p) for n, p in list_segments(directory) if n > number]
-        if newer:
-            number, path = newer[0]
-            offset, partial = 0, b""
-            continue
-        time.sleep(_FOLLOW_POLL_S)
 
 
 # --------------------------------------------------------------------------------- verify
