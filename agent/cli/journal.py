@@ -195,7 +195,7 @@ def add_filters(p: argparse.ArgumentParser) -> None:
     (AND); a comma-separated list matches any of its values (OR)."""
     # ``--since -1h`` as journalctl takes it: argparse reads "-1h" as an option unless it
     # looks like a negative number, and this parser has no option that does
-    p._negative_number_matcher = _RELATIVE_TIME  # type: ignore[attr-defined]
+    p._negative_number_matcher = _RELATIVE_TIME
     group = p.add_argument_group("filters (combined: every one given must hold)")
     for flag, metavar, help in _FILTERS:
         group.add_argument(flag, metavar=metavar, help=help)
