@@ -43,6 +43,8 @@ from agent.journal.canonical import JsonValue
 from agent.journal.writer import DEFAULT_HEARTBEAT
 from agent.journaldown import REOPEN_SECONDS, Journal, JournalDown
 from agent.kernel.pins import DEFAULT_PIN_DIR, GUARD, PinDir, PinError
+from agent.kernel.probe import check_host_pid_namespace, check_privileges, missing_capabilities
+from agent.metrics import LoopStats, MetricsAddress, MetricsServer
 from agent.policy.mechanisms import HostCapabilities, host_capabilities
 from agent.policyload import Installer, load_policies
 from agent.recorder import Judge, RecordCounters, Recorder, RecordSource, text_safe
@@ -76,6 +78,7 @@ class AgentConfig:
     # pin the guard and the ring buffer there (agent.kernel.pins): enforcement outlives the
     # agent and a restart takes it over; None: nothing pinned, all of it ends with the agent
     pin_dir: Path | None = None
+    metrics: MetricsAddress | None = None  # --metrics HOST:PORT: the Prometheus endpoint
 
 
 class Stream(RecordSource, EventSource, Protocol):
@@ -184,7 +187,10 @@ class Agent:
         self.notifier = notifier or Notifier()
         self._signals: collections.deque[int] = collections.deque()
         self._stopping = False
-        self.counters = RecordCounters()
+        # by kind on the native record path too only with --metrics (a scan per batch)
+        self.counters = RecordCounters(native_kinds=config.metrics is not None)
+        self.stats = LoopStats()  # what the metrics endpoint reads beside the counters
+        self._metrics: MetricsServer | None = None
         self.reloads = 0
         self.caps: HostCapabilities | None = None
         self.enforcer: Enforcing | None = None
@@ -209,6 +215,8 @@ class Agent:
             "record_kinds": kinds,
             # what `sealtrail doctor` found: the mechanisms this run can enforce with
             "capabilities": asdict(self.caps) if self.caps else None,
+            # capabilities the agent's judgement relies on that this process lacks
+            "missing_capabilities": list(missing_capabilities()),
             "journal_dir": str(self.config.journal_dir),
             "policies_dir": str(self.config.policies_dir),
         }
@@ -229,10 +237,16 @@ class Agent:
         self.journal = journal = self.make.open_writer(cfg)
         stop_fields: dict[str, JsonValue] = {"reason": "signal"}
         try:
+            if cfg.metrics is not None:
+                self._metrics = MetricsServer(cfg.metrics, self)
+                log.info("metrics on http://%s/metrics", cfg.metrics)
             self.forwarder = self.make.open_forwarder(cfg, journal)
             if self.forwarder is not None:
                 self.forwarder.start()  # what earlier runs left unsent goes at once
             self.caps = self.make.capabilities()
+            for check in (check_privileges(), check_host_pid_namespace()):
+                if not check.ok:  # judged differently, never silently (docs/doctor.md)
+                    log.warning("agent: %s", check.detail)
             journal.append("start", self._start_fields())
             pins = self._pins()
             stream = self.make.open_stream(
@@ -282,6 +296,8 @@ class Agent:
                 self.journal.close({**stop_fields, **self.counters.fields()})
             finally:
                 self._stop_forwarding(self.journal)
+                if self._metrics is not None:
+                    self._metrics.close()
 
     def _pins(self) -> PinDir | None:
         """The pin directory, held for this run (``PinError`` if another agent holds it). A
@@ -348,6 +364,9 @@ class Agent:
         if forwarder is None:
             return
         records = forwarder.take_records()
+        self.stats.forward_errors.update(
+            str(fields.get("error")) for rtype, fields in records if rtype == "forward_error"
+        )
         if records:
             try:
                 journal.append_many(records)
@@ -371,7 +390,9 @@ class Agent:
         and write to status.json what happened. False if the set was rejected (the old one
         stays in force, whole)."""
         assert self.enforcer is not None and self.caps is not None
+        started = time.monotonic()
         result = load_policies(self.config.policies_dir, trigger, self.enforcer, self.caps)
+        self.stats.policy_load(result.result, time.monotonic() - started)
         result.log(trigger)
         journal.append(*result.record(trigger))
         self.last_load = text_safe(result.status())
@@ -433,6 +454,7 @@ class Agent:
             try:
                 recorder.poll(POLL_MS)
                 journal.tick()
+                self.stats.observe(journal)
                 self._forward(journal)
                 self._record_problems(journal)
                 self._dispatch_signals(journal)

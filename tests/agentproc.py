@@ -50,12 +50,16 @@ def unpin_all() -> None:
 
 
 def start_agent(
-    *args: str, env: dict[str, str] | None = None, log: Path | None = None
+    *args: str,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    wrap: tuple[str, ...] = (),
 ) -> subprocess.Popen[str]:
     """The agent, its stderr a pipe (for short runs read with ``communicate``) or, with
     ``log``, that file: an agent that runs for a whole module must not block on a full pipe
     nobody reads (it logs every policy load and mark update at INFO). Its pins go to a
-    directory of the test run's own unless ``--pin-dir`` is among ``args``."""
+    directory of the test run's own unless ``--pin-dir`` is among ``args``. ``wrap`` runs it
+    under another command (``setpriv``, ``unshare``) that execs it."""
     pin_dir = None
     if "--pin-dir" not in args and "--no-pin" not in args:
         pin_dir = fresh_pin_dir()
@@ -63,7 +67,7 @@ def start_agent(
     stderr = open(log, "a") if log is not None else subprocess.PIPE  # noqa: SIM115
     try:
         agent = subprocess.Popen(
-            [sys.executable, "-m", "agent.cli", "agent", *args],
+            [*wrap, sys.executable, "-m", "agent.cli", "agent", *args],
             stderr=stderr,
             text=True,
             preexec_fn=_die_with_parent,

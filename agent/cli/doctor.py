@@ -25,6 +25,8 @@ _LABELS = {
     "cgroup2": "cgroup v2",
     "cgroup_bpf": "cgroup BPF",
     "fanotify_perm": "fanotify perm",
+    "privileges": "privileges",
+    "host_pid_namespace": "PID namespace",
 }
 _WIDTH = 17
 

@@ -481,7 +481,11 @@ class Enforcer:
             return True
         if verdict.effective == Effect.KILL:
             kill_process(pid)
-        obj = {"path": req.path} | ({"judged_as": decided.path} if decided.path != req.path else {})
+        obj: dict[str, Any] = {"path": req.path}
+        if decided.path != req.path:
+            obj["judged_as"] = decided.path
+        if not (process.exe_known and process.ancestry_known):
+            obj["exe_unknown"] = True  # judged fail-closed: /proc/PID/exe could not be read
         self._record(state, verdict, decided.operation, pid, process.exe, obj,
                      after_the_fact=False)  # fmt: skip
         return False
@@ -542,7 +546,7 @@ class Enforcer:
             return
         after = bool(how and how.after_the_fact)
         if mechanism == Mechanism.SIGKILL_AFTER_THE_FACT and verdict.effective.stops:
-            kill_process(ev.pid)
+            self._kill_reported(ev.pid)
             self._record(state, verdict, request.operation, ev.pid, ev.exe, event_object(ev),
                          after_the_fact=True, action=Effect.KILL, mechanism=mechanism)  # fmt: skip
             return
@@ -589,9 +593,7 @@ class Enforcer:
         """What a deny mechanism let through, seen afterwards: the rule's fallback (killed if
         it says ``kill``), journaled as after the fact with what missed it."""
         how = state.enforcements.get((verdict.policy_name or "", verdict.rule_id or ""))
-        kill = how is not None and how.rule.fallback == "kill"
-        if kill:
-            kill_process(ev.pid)
+        kill = how is not None and how.rule.fallback == "kill" and self._kill_reported(ev.pid)
         obj = {**event_object(ev), "missed_by": str(missed_by)}
         if seen_as is not None:
             obj["judged_as"] = seen_as
@@ -599,6 +601,16 @@ class Enforcer:
                      after_the_fact=True, action=Effect.KILL if kill else Effect.AUDIT,
                      mechanism=Mechanism.SIGKILL_AFTER_THE_FACT if kill
                      else Mechanism.TRACEPOINT)  # fmt: skip
+
+    def _kill_reported(self, pid: int) -> bool:
+        """SIGKILL to a pid the kernel reported (an event's, not a fanotify request's, which
+        is already in the agent's PID namespace). From a container's PID namespace that number
+        names another process: never sent (``mechanisms._kills_by_pid`` refuses such rules in
+        enforce mode; this is the last line)."""
+        if not self.caps.host_pids:
+            log.error("not killing pid %d: the agent is not in the host's PID namespace", pid)
+            return False
+        return kill_process(pid)
 
     def _caller_exe(self, ev: model.ExecEvent) -> str | None:
         # the exec event names the new image; rules judge the caller: its parent's image if
@@ -626,7 +638,8 @@ class Enforcer:
             and not self._guard.kernel_kills_at_cgroup
         ):
             if ev.ts_ns >= self._started_ns:
-                kill_process(ev.pid)  # the kernel denied; this kernel cannot signal from there
+                # the kernel denied; this kernel cannot signal from there
+                killed = self._kill_reported(ev.pid)
             else:  # judged while no agent ran: by now the pid may be another process's
                 killed = False
                 log.warning("guard: not killing pid %d, denied before this agent started",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 
@@ -18,14 +19,16 @@ def process_of(tid: int, with_ancestors: bool) -> tuple[Process, int]:
     status = procfs.read_status(tid)
     tgid = procfs.first_int(status, "Tgid", tid)
     ppid = procfs.first_int(status, "PPid")
-    exe = procfs.exe_of(tid)
+    exe, exe_known = read_exe(tid)
     ancestors: list[str] = []
+    ancestry_known = True
     if with_ancestors:
         if exe:
             ancestors.append(exe)
         pid, hops = ppid, 0
         while pid > 1 and hops < MAX_ANCESTORS:
-            parent_exe = procfs.exe_of(pid)
+            parent_exe, known = read_exe(pid)
+            ancestry_known &= known
             if parent_exe:
                 ancestors.append(parent_exe)
             pid = procfs.ppid_of(pid)
@@ -36,8 +39,21 @@ def process_of(tid: int, with_ancestors: bool) -> tuple[Process, int]:
         gid=procfs.first_int(status, "Gid"),
         cgroup=procfs.cgroup_of(tid),
         ancestors=tuple(ancestors),
+        exe_known=exe_known,
+        ancestry_known=ancestry_known,
     )
     return process, tgid
+
+
+def read_exe(pid: int) -> tuple[str | None, bool]:
+    """The task's binary and whether it is known. No binary (a kernel thread, a task exiting
+    or gone: ENOENT, ESRCH) is known to be none; a refusal (EACCES, EPERM: the agent lacks
+    CAP_SYS_PTRACE for another user's task, or an LSM said no) leaves it unknown, which the
+    evaluator judges fail-closed."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)"), True
+    except OSError as exc:
+        return None, exc.errno in (errno.ENOENT, errno.ESRCH)
 
 
 def kill_process(pid: int) -> bool:

@@ -66,6 +66,8 @@ CHECKS = (
     "cgroup2",
     "cgroup_bpf",
     "fanotify_perm",
+    "privileges",
+    "host_pid_namespace",
 )
 REQUIRED = ("btf", "tracepoints", "ringbuf")
 
@@ -91,6 +93,8 @@ def run_checks(
         "cgroup2": _check_mount(cgroup2, "cgroup v2", "no cgroup2 entry in /proc/self/mountinfo"),
         "cgroup_bpf": _isolated(lambda: _check_load_only("doctor_cgroup", "cgroup/connect4")),
         "fanotify_perm": _isolated(_check_fanotify),
+        "privileges": check_privileges(),
+        "host_pid_namespace": check_host_pid_namespace(),
     }
 
 
@@ -194,13 +198,73 @@ _CAP_SYS_ADMIN, _CAP_PERFMON, _CAP_BPF = 21, 38, 39
 _UNPRIVILEGED = ": not privileged (needs root, or CAP_BPF + CAP_PERFMON)"
 
 
+def _effective() -> int:
+    """This process's effective capability set (0 if /proc cannot say)."""
+    try:
+        return procfs.effective_capabilities(procfs.read_status("self"))
+    except OSError:
+        return 0
+
+
 def _privileged() -> bool:
     """CAP_SYS_ADMIN, or CAP_BPF + CAP_PERFMON: an EPERM then means the kernel said no."""
-    try:
-        eff = procfs.effective_capabilities(procfs.read_status("self"))
-    except OSError:
-        eff = 0
+    eff = _effective()
     return bool(eff >> _CAP_SYS_ADMIN & 1) or bool(eff >> _CAP_BPF & eff >> _CAP_PERFMON & 1)
+
+
+#: Capabilities whose absence changes how the agent judges rather than whether it loads (a
+#: load that needs CAP_BPF, CAP_PERFMON or CAP_NET_ADMIN fails its own check), and what each
+#: costs; the unit file (packaging/sealtrail-agent.service) grants all of them.
+_JUDGING_CAPS = (
+    (21, "CAP_SYS_ADMIN", "no fanotify permission events: open and exec rules without BPF-LSM "
+     "take their fallback (fanotify_perm fails)"),
+    (19, "CAP_SYS_PTRACE", "/proc/PID/exe of other users' tasks is refused: rules with an exe "
+     "subject judge those tasks fail-closed (verdicts say exe_unknown)"),
+    (5, "CAP_KILL", "kills from userspace (fallback = \"kill\", after the fact) fail for other "
+     "users' processes"),
+    (2, "CAP_DAC_READ_SEARCH", "marks on files the agent may not read by name cannot be "
+     "verified or removed by handle (open_by_handle_at)"),
+)  # fmt: skip
+
+
+def check_privileges() -> Check:
+    """Does the agent hold every capability its judgement relies on? Not required to run:
+    each missing one is named with what it changes (docs/doctor.md)."""
+    eff = _effective()
+    missing = [f"{name}: {cost}" for bit, name, cost in _JUDGING_CAPS if not eff >> bit & 1]
+    if missing:
+        return Check(False, "missing " + "; ".join(missing))
+    return Check(True, ", ".join(name for _, name, _ in _JUDGING_CAPS) + " held")
+
+
+def missing_capabilities() -> list[str]:
+    """The names of the judging capabilities (``_JUDGING_CAPS``) this process lacks."""
+    eff = _effective()
+    return [name for bit, name, _ in _JUDGING_CAPS if not eff >> bit & 1]
+
+
+#: The initial PID namespace's inode number (include/linux/proc_ns.h: PROC_PID_INIT_INO).
+PROC_PID_INIT_INO = 0xEFFFFFFC
+
+
+def check_host_pid_namespace() -> Check:
+    """Is the agent in the host's PID namespace? The kernel's hooks and tracepoints see every
+    task on the host and report pids as the host numbers them; from a container's PID namespace
+    those numbers name other processes (or none), so a kill by pid would miss or hit the wrong
+    process, and the agent judges the host's tasks, not only the container's."""
+    try:
+        ino = os.stat("/proc/self/ns/pid").st_ino
+    except OSError as exc:
+        return Check(False, f"/proc/self/ns/pid: {os.strerror(exc.errno or 0)}", exc.errno)
+    if ino == PROC_PID_INIT_INO:
+        return Check(True, "the host's PID namespace: kernel pids name the same processes here")
+    return Check(
+        False,
+        f"a PID namespace of its own (pid:[{ino}], a container): the kernel's hooks judge every "
+        "process on the host, events carry the host's pids, and kills by pid from userspace "
+        "are off (rules needing them are refused in enforce mode); run the agent on the host "
+        "or with the host's PID namespace",
+    )
 
 
 def _load_reason(program: str, err: int | None) -> str:
@@ -278,7 +342,10 @@ def _check_fanotify() -> Check:
         fd = fanotify_init(FAN_CLASS_CONTENT, os.O_RDONLY)
     except KernelError as exc:
         err = exc.errno
-        return Check(False, f"fanotify_init(FAN_CLASS_CONTENT): {os.strerror(err)}", err)
+        why = ""
+        if err == errno.EPERM and not _effective() >> _CAP_SYS_ADMIN & 1:
+            why = ": the agent lacks CAP_SYS_ADMIN (no finer capability grants permission events)"
+        return Check(False, f"fanotify_init(FAN_CLASS_CONTENT): {os.strerror(err)}{why}", err)
     try:
         # Nobody opens the marked file while the mark exists, so no event ever waits on us.
         with tempfile.NamedTemporaryFile(prefix="sealtrail-doctor-") as tmp:

@@ -8,7 +8,6 @@ find mount points and overlays.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,14 +107,6 @@ def first_int(fields: Mapping[str, str], name: str, default: int = -1) -> int:
 def effective_capabilities(fields: Mapping[str, str]) -> int:
     """The ``CapEff`` bit set of a parsed status."""
     return int(fields.get("CapEff", "0"), 16)
-
-
-def exe_of(pid: int | str) -> str | None:
-    """The task's binary (/proc/<pid>/exe), without the ``(deleted)`` mark; None if unknown."""
-    try:
-        return os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)")
-    except OSError:
-        return None
 
 
 def ppid_of(pid: int) -> int:

@@ -51,6 +51,11 @@ class Process:
     gid: int
     cgroup: str | None = None  # cgroup v2 path relative to the cgroup2 mount
     ancestors: tuple[str, ...] = ()  # exes of earlier images of this process and its ancestors
+    #: False when the binary could not be read (/proc/PID/exe refused: the agent without
+    #: CAP_SYS_PTRACE, a task of another user): judged fail-closed (``Evaluator._subject``)
+    exe_known: bool = True
+    #: False when an ancestor's binary could not be read (lineage rules: fail-closed too)
+    ancestry_known: bool = True
 
 
 @dataclass(frozen=True)
@@ -139,6 +144,13 @@ class Evaluator:
             for name, spec in MAPS.items()
             if spec.kind == "lpm_trie"
         }
+        # per operation, the bits of allow rules: the exceptions an unknown binary must not get
+        allow: dict[int, int] = {}
+        for rule in compiled.rules:
+            if rule.action == "allow":
+                op = OPS[rule.operation]
+                allow[op] = allow.get(op, 0) | 1 << rule.index
+        self._allow = allow
 
     def lpm_value(self, name: str, lookup: tuple[int, bytes]) -> bytes | None:
         """The packed value the kernel's LPM trie ``name`` returns for ``lookup``, if any."""
@@ -220,6 +232,14 @@ class Evaluator:
         gid = self._id("gid", op, process.gid)
         cgroup = self._lpm("cgroup", path_lookup(op, process.cgroup)) if process.cgroup else (0, 0)
         inherit, xinherit = self._lineage(op, process.ancestors)
+        if not (process.exe_known and process.ancestry_known):
+            # A binary the agent could not read may be any binary: fail closed. The exe
+            # condition of every deny, kill and audit rule holds (what is known can only add
+            # an exemption it proves), no allow rule gets a match it cannot prove, and every
+            # allow rule's `except` exempts.
+            allow = self._allow.get(op, 0)
+            inherit |= ~allow
+            xinherit |= allow
         subject = (
             (exe[0] | inherit | slot[Slot.EXE_ANY])
             & (uid[0] | slot[Slot.UID_ANY])

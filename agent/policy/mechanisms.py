@@ -92,10 +92,10 @@ _CALL_NAMES = {"truncate": "truncate(2)/ftruncate(2)"}
 
 
 def enforcement_for(rule: CompiledRule, host: HostCapabilities) -> Enforcement:
-    main = _enforcement(rule, rule.operation, host)
+    main = _kills_by_pid(_enforcement(rule, rule.operation, host), host)
     if rule.operation != "open" or "truncate" not in rule.access:
         return main
-    call = _enforcement(rule, "truncate", host)
+    call = _kills_by_pid(_enforcement(rule, "truncate", host), host)
     how = call.mechanism or "NONE"
     flag = " after the fact" if call.after_the_fact else ""
     note = f"{_CALL_NAMES['truncate']}: {how}{flag}, {call.note or call.error}"
@@ -184,6 +184,24 @@ def _residual(how: Enforcement, op: str, hook: Mechanism) -> Enforcement:
     then = "killed" if fallback == "kill" else "audited"
     note = f"open on this host, detected afterwards and {then}: {'; '.join(gaps)}"
     return dataclasses.replace(how, note="; ".join(n for n in (how.note, note) if n), gaps=gaps)
+
+
+def _kills_by_pid(how: Enforcement, host: HostCapabilities) -> Enforcement:
+    """A kill after the fact is sent from userspace to the pid the kernel reported. Outside the
+    host's PID namespace (the agent in a container) that number names another process or none:
+    such a rule cannot be enforced as written (``probe.check_host_pid_namespace``)."""
+    if host.host_pids or how.error or how.rule.mode == "monitor":
+        return how
+    after = how.mechanism == Mechanism.SIGKILL_AFTER_THE_FACT
+    residual = how.rule.fallback == "kill" and bool(how.gaps)
+    if not (after or residual):
+        return how
+    return dataclasses.replace(
+        how,
+        error="the agent is not in the host's PID namespace (a container): a kill after the "
+        "fact by the kernel's pid would reach another process; run the agent with the host's "
+        'PID namespace, or set fallback = "audit"',
+    )
 
 
 def judged_in_kernel_at_exec(mechanism: Mechanism | None) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from agent.events.model import ConnectEvent, OpenEvent, TruncateEvent
 from agent.policy.compile import CompiledPolicySet
-from agent.policy.evaluate import Evaluator, Process, judged_kinds, request_from_event
+from agent.policy.evaluate import Evaluator, Process, Request, judged_kinds, request_from_event
 
 from .conftest import Write, compiled_from, judge
 
@@ -187,3 +187,58 @@ def test_truncate_events_are_judged_by_open_rules_guarding_truncate(write: Write
     assert judged_kinds("open", ("write", "truncate")) == {"open", "truncate"}
     assert judged_kinds("open", ("write",)) == {"open"}
     assert judged_kinds("unlink", ()) == {"unlink"}
+
+
+def test_an_unreadable_binary_is_judged_fail_closed(write: Write) -> None:
+    """/proc/PID/exe refused (agent without CAP_SYS_PTRACE): the binary may be any binary, so
+    deny rules scoped to a binary hold, their exceptions do not exempt, and no allow rule scoped
+    to a binary lets it through."""
+    compiled = compiled_from(
+        write(
+            'name = "p"\nmode = "enforce"\n'
+            '[[rules]]\nid = "apt-may"\noperation = "open"\ntargets.paths = ["/etc/apt/"]\n'
+            'action = "allow"\nsubjects.exe = ["/usr/bin/apt"]\n'
+            '[[rules]]\nid = "vim-not"\noperation = "open"\ntargets.paths = ["/etc/"]\n'
+            'action = "deny"\nsubjects.exe = ["/usr/bin/vim"]\n'
+            '[[rules]]\nid = "all-but-sshd"\noperation = "open"\n'
+            'targets.paths = ["/srv/ssh/"]\naction = "deny"\n'
+            'subjects.except.exe = ["/usr/sbin/sshd"]\n'
+            '[[rules]]\nid = "anyone-tmp"\noperation = "open"\ntargets.paths = ["/tmp/"]\n'
+            'action = "allow"\n'
+        )
+    )
+    evaluator = Evaluator(compiled)
+
+    def verdict(path: str, exe: str | None, known: bool) -> tuple[str, str | None]:
+        process = Process(exe, 1000, 1000, exe_known=known)
+        v = evaluator.decide(Request("open", process, path=path, access=("read",)))
+        return v.effective, v.rule_id
+
+    # known binaries: as written
+    assert verdict("/etc/passwd", "/usr/bin/cat", True) == ("allow", None)
+    assert verdict("/etc/apt/sources.list", "/usr/bin/apt", True) == ("allow", "apt-may")
+    assert verdict("/etc/apt/sources.list", "/usr/bin/vim", True) == ("deny", "vim-not")
+    assert verdict("/srv/ssh/sshd_config", "/usr/sbin/sshd", True) == ("allow", None)
+    # unknown binary: every deny's exe condition holds, no exception or exe-scoped allow helps
+    assert verdict("/etc/passwd", None, False) == ("deny", "vim-not")
+    assert verdict("/etc/apt/sources.list", None, False) == ("deny", "vim-not")
+    assert verdict("/srv/ssh/sshd_config", None, False) == ("deny", "all-but-sshd")
+    # what no rule scoped to a binary decides is unchanged
+    assert verdict("/tmp/x", None, False) == ("allow", "anyone-tmp")
+    assert verdict("/var/log/x", None, False) == ("allow", None)
+    # no binary at all (a kernel thread) is known to be none: judged as such
+    assert verdict("/etc/passwd", None, True) == ("allow", None)
+
+
+def test_an_unreadable_ancestor_is_judged_fail_closed(write: Write) -> None:
+    compiled = one_rule(
+        write,
+        'operation = "open"\ntargets.paths = ["/data/"]\naction = "deny"\n'
+        '[rules.subjects]\nexe = ["/usr/sbin/nginx"]\ndescendants = true\n',
+    )
+    evaluator = Evaluator(compiled)
+    known = Process("/bin/sh", 0, 0, ancestors=("/bin/sh", "/usr/bin/bash"))
+    unknown = Process("/bin/sh", 0, 0, ancestors=("/bin/sh",), ancestry_known=False)
+    for process, expected in ((known, "allow"), (unknown, "deny")):
+        request = Request("open", process, path="/data/x", access=("read",))
+        assert evaluator.decide(request).effective == expected, process

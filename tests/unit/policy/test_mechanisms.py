@@ -144,3 +144,22 @@ def test_connect_rules_say_what_the_cgroup_hooks_judge_and_what_they_do_not() ->
     for action in ("deny", "kill"):
         got = enforcement_for(rule("connect", action), DEV)
         assert "judged at sendmsg" in got.note and "raw sockets" in got.note, got.note
+
+
+def test_in_a_container_a_kill_by_the_kernels_pid_is_refused_not_aimed_elsewhere() -> None:
+    """Outside the host's PID namespace a kernel pid names another process: every rule that
+    needs a kill sent from userspace is an error in enforce mode; in-kernel kills, denies and
+    audit fallbacks are not affected."""
+    contained = HostCapabilities(
+        lsm=False, cgroup_sock=True, fanotify=True, send_signal=True, host_pids=False
+    )
+    for op, action, fallback in (("unlink", "deny", "kill"), ("exec", "deny", "kill"),
+                                 ("open", "deny", "kill")):  # fmt: skip
+        got = enforcement_for(rule(op, action, fallback), contained)
+        assert got.error and "not in the host's PID namespace" in got.error, (op, got)
+        assert enforcement_for(rule(op, action, fallback), DEV).error is None
+        assert enforcement_for(rule(op, action, fallback, "monitor"), contained).error is None
+    unaffected = (("exec", "deny", "audit"), ("connect", "kill", None),
+                  ("unlink", "deny", "audit"), ("exec", "kill", "audit"))  # fmt: skip
+    for op, action, fallback in unaffected:
+        assert enforcement_for(rule(op, action, fallback), contained).error is None, op
