@@ -27,6 +27,7 @@ from agent.forward.forwarder import ForwardConfig
 from agent.forward.pacing import DEFAULT_RATE, DEFAULT_STOP_WAIT, Pacing
 from agent.journal.writer import DEFAULT_EPOCH_SECONDS, DEFAULT_HEARTBEAT
 from agent.kernel.pins import DEFAULT_PIN_DIR
+from agent.metrics import MetricsAddress
 from agent.tomlconfig import FieldError
 
 #: Every key of agent.toml and the flag of ``sealtrail agent`` that overrides it.
@@ -42,6 +43,8 @@ FLAGS = {
     "heartbeat_seconds": "--heartbeat",
     "pin_dir": "--pin-dir",
     "pin": "--no-pin",
+    "metrics": "--metrics",
+    "metrics_remote": "--metrics-remote",
     "forward.url": "--forward",
     "forward.tls": "--forward-tls",
     "forward.wait_seconds": "--forward-wait",
@@ -119,6 +122,10 @@ class AgentSettings:
     pin_dir: Path = DEFAULT_PIN_DIR
     #: Pin them at all; false: the in-kernel guard ends with the agent.
     pin: bool = True
+    #: The Prometheus endpoint, ``HOST:PORT``; None: none (docs/metrics.md).
+    metrics: str | None = None
+    #: Let ``metrics`` be a non-loopback address (the endpoint has no authentication).
+    metrics_remote: bool = False
     forward: ForwardSettings = field(default_factory=ForwardSettings)
 
     def __post_init__(self) -> None:
@@ -136,8 +143,10 @@ class AgentSettings:
             "heartbeat_seconds",
             tomlconfig.number("heartbeat_seconds", self.heartbeat_seconds, 0.001),
         )
-        if not isinstance(self.pin, bool):
-            raise FieldError("pin", f"must be true or false, not {self.pin!r}")
+        for name in ("pin", "metrics_remote"):
+            if not isinstance(getattr(self, name), bool):
+                raise FieldError(name, f"must be true or false, not {getattr(self, name)!r}")
+        self.metrics_address()
         if not isinstance(self.forward, ForwardSettings):
             raise FieldError("forward", "must be a table")
 
@@ -153,6 +162,16 @@ class AgentSettings:
         except FieldError as exc:
             raise UsageError(f"{FLAGS.get(exc.key, exc.key)}: {exc.message}") from None
 
+    def metrics_address(self) -> MetricsAddress | None:
+        """Where the metrics endpoint listens (None: it is off); checked when made."""
+        if self.metrics is None:
+            return None
+        try:
+            text = tomlconfig.string("metrics", self.metrics)
+            return MetricsAddress.parse(text, remote=self.metrics_remote)
+        except UsageError as exc:
+            raise FieldError("metrics", str(exc)) from None
+
     # ------------------------------------------------------------------------------ serial
     def to_toml(self) -> str:
         """The file that gives exactly these settings (``from_toml`` reads it back equal)."""
@@ -165,6 +184,8 @@ class AgentSettings:
             f"epoch_seconds = {tomlconfig.num(self.epoch_seconds)}",
             f"heartbeat_seconds = {tomlconfig.num(self.heartbeat_seconds)}",
             f"pin = {'true' if self.pin else 'false'}",
+            _optional("metrics", self.metrics),
+            f"metrics_remote = {'true' if self.metrics_remote else 'false'}",
             "",
             "[forward]",
             _optional("url", f.url),
@@ -214,6 +235,7 @@ def load_settings(path: Path | None) -> AgentSettings:
 # ------------------------------------------------------------------------------ helpers
 _ABSENT = {
     "cgroup": "not set, the cgroup v2 root (the whole host)",
+    "metrics": "not set, no metrics endpoint (docs/metrics.md)",
     "url": "not set, no forwarding",
     "tls": "not set (the enrollment bundle directory, with url)",
 }

@@ -104,6 +104,19 @@ def register(sub: Any) -> None:
         action="store_true",
         help="detach and remove what agents pinned in --pin-dir, then exit (no agent may run)",
     )
+    met = p.add_argument_group("Prometheus metrics (docs/metrics.md)")
+    met.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9464; a "
+        "PORT alone: 127.0.0.1); default: off",
+    )
+    met.add_argument(
+        "--metrics-remote",
+        action="store_const",
+        const=True,
+        help="allow a non-loopback --metrics address (the endpoint has no authentication)",
+    )
     fwd = p.add_argument_group("forwarding to a collector")
     fwd.add_argument(
         "--forward", metavar="URL", help="ship the journal to the collector at https://HOST:PORT"
@@ -170,5 +183,6 @@ def run(args: argparse.Namespace) -> int:
         heartbeat=settings.heartbeat_seconds,
         forward=settings.forward.config(),
         pin_dir=settings.pin_dir if settings.pin else None,
+        metrics=settings.metrics_address(),
     )
     return Agent(config).run()
