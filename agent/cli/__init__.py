@@ -17,7 +17,18 @@ from agent.errors import SealtrailError
 from agent.logsetup import setup_logging
 
 # Modules under agent.cli that provide subcommands, in --help order.
-_COMMANDS = ("agent", "status", "watch", "doctor", "keys", "journal", "policy", "collector")
+_COMMANDS = (
+    "agent",
+    "status",
+    "watch",
+    "doctor",
+    "keys",
+    "journal",
+    "policy",
+    "collector",
+    "witness",
+    "verify_bundle",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
