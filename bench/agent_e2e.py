@@ -76,6 +76,7 @@ def start_agent(root: Path, cgroup: Path, ringbuf: int) -> tuple[subprocess.Pope
         str(SEALTRAIL), "agent", "--journal", str(root / "journal"), "--keys",
         str(root / "keys"), "--policies", str(root / "policies"), "--cgroup", str(cgroup),
         "--run-dir", str(root / "run"), "--record", "connect", "--ringbuf-size", str(ringbuf),
+        "--no-pin",  # pins in the default directory outlive the run and block other agents
     ]  # fmt: skip
     ncpu = os.cpu_count() or 1
     t0 = time.perf_counter()

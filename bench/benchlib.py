@@ -259,14 +259,14 @@ class BpfStats:
         os.close(self.fd)
 
 
-def own_prog_ids() -> set[int]:
-    """Ids of the BPF programs whose fds this process holds."""
+def own_prog_ids(pid: int | str = "self") -> set[int]:
+    """Ids of the BPF programs whose fds this process (or process ``pid``) holds."""
     ids: set[int] = set()
-    for fd in os.listdir("/proc/self/fd"):
+    for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
-            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:bpf-prog":
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:bpf-prog":
                 continue
-            with open(f"/proc/self/fdinfo/{fd}") as f:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
                 for line in f:
                     if line.startswith("prog_id:"):
                         ids.add(int(line.split()[1]))
@@ -284,9 +284,10 @@ def _all_progs() -> list[dict[str, object]]:
     return progs if isinstance(progs, list) else []
 
 
-def own_prog_stats() -> dict[str, tuple[int, int]]:
-    """name -> (run_time_ns, run_cnt) for the BPF programs whose fds this process holds."""
-    ids = own_prog_ids()
+def own_prog_stats(pid: int | str = "self") -> dict[str, tuple[int, int]]:
+    """name -> (run_time_ns, run_cnt) for the BPF programs whose fds this process (or process
+    ``pid``) holds."""
+    ids = own_prog_ids(pid)
     stats: dict[str, tuple[int, int]] = {}
     for prog in _all_progs():
         if prog.get("id") in ids:

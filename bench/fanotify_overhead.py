@@ -199,6 +199,9 @@ class Agent:
                 "--policies", str(self.dirs[config]), "--journal", str(state / "journal"),
                 "--keys", str(state / "keys"), "--run-dir", str(state / "run"),
                 "--cgroup", str(cgroup),
+                # pins in the default directory would outlive the run and stop every other
+                # agent on the machine from starting with a pin directory of its own
+                "--no-pin",
             ],
             cwd=self.repo, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=stderr, preexec_fn=_die_with_parent,
