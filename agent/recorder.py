@@ -21,6 +21,7 @@ from agent.enforce.verdict import VerdictRecord
 from agent.events import model
 from agent.events.decode import KIND_OP, OP_KIND, Decoder, record_op
 from agent.events.stream import StreamItem
+from agent.events.who import LoginIdentities
 from agent.journal.canonical import MAX_SAFE_INT, JsonValue
 from agent.journaldown import Journal
 from agent.kernel import abi
@@ -185,6 +186,8 @@ class Recorder:
     stream: RecordSource
     enforcer: Judge
     counters: RecordCounters = field(default_factory=RecordCounters)
+    #: whose the verdicts are: the login uid and session of each pid, from its events
+    identities: LoginIdentities = field(default_factory=LoginIdentities)
 
     def __post_init__(self) -> None:
         self._encoder = self._native_encoder()
@@ -235,6 +238,7 @@ class Recorder:
                 )
                 pending.append(("loss", loss_fields(item)))
                 continue
+            self.identities.note(item)
             guard = isinstance(item, model.GuardEvent)
             if not guard:  # a guard decision is a verdict record
                 pending.append(("event", event_fields(item)))
@@ -280,7 +284,9 @@ class Recorder:
         verdicts = self.enforcer.verdicts
         while verdicts:
             verdict = verdicts.popleft()
-            seq = self.journal.append("verdict", text_safe(verdict.fields()))
+            fields = verdict.fields()
+            fields.update(self.identities.fields(verdict.pid))
+            seq = self.journal.append("verdict", text_safe(fields))
             self.counters.verdicts += 1
             self.counters.verdicts_by[verdict.action, verdict.rule] += 1
             if verdict.action in _LOGGED_ACTIONS:

@@ -92,8 +92,8 @@ int64_t st_chain_write(struct st_chain *c, int fd, const uint8_t *line, uint64_t
 }
 
 /* ------------------------------------------------------------------ encoding */
-/* Bytes of a network event line besides host, boot id and exe: keys and punctuation ~330,
- * numbers <= 10 x 20, two addresses <= 2 x 48, comm <= 16 x 6, prev 64. */
+/* Bytes of a network event line besides host, boot id and exe: keys and punctuation ~345,
+ * numbers <= 12 x 20, two addresses <= 2 x 48, comm <= 16 x 6, prev 64. */
 #define FIXED_LINE_MAX 1024
 
 struct out {
@@ -221,6 +221,9 @@ static int encode_net(struct out *o, const struct st_encode *e, const struct st_
 	if (n->ret > ST_SAFE_INT || n->ret < -ST_SAFE_INT)
 		return -1;
 	*o->p++ = '{';
+	LIT(o, "\"auid\":");
+	put_u64(o, n->hdr.auid);
+	*o->p++ = ',';
 	if (op == ST_OP_LISTEN) {
 		LIT(o, "\"backlog\":");
 		put_u64(o, n->backlog);
@@ -271,6 +274,8 @@ static int encode_net(struct out *o, const struct st_encode *e, const struct st_
 	put_i64(o, n->ret);
 	LIT(o, ",\"seq\":");
 	put_u64(o, c->next_seq);
+	LIT(o, ",\"ses\":");
+	put_u64(o, n->hdr.ses);
 	LIT(o, ",\"tid\":");
 	put_u64(o, n->hdr.tid);
 	if (n->hdr.flags & ST_F_TRUNCATED)

@@ -77,6 +77,13 @@ static __always_inline void fill_hdr(struct st_hdr *h, __u32 op, __u32 size)
 	h->ppid = BPF_CORE_READ(task, real_parent, tgid);
 	h->uid = (__u32)uid_gid;
 	h->gid = uid_gid >> 32;
+	h->auid = ST_AUID_UNSET;
+	h->ses = ST_AUID_UNSET;
+	/* loginuid and sessionid exist only with CONFIG_AUDIT: relocated where they do */
+	if (bpf_core_field_exists(task->loginuid)) {
+		h->auid = BPF_CORE_READ(task, loginuid.val);
+		h->ses = BPF_CORE_READ(task, sessionid);
+	}
 	h->_pad0 = 0;
 	h->cgroup_id = bpf_get_current_cgroup_id();
 	bpf_get_current_comm(h->comm, sizeof(h->comm));

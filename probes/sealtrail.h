@@ -36,6 +36,10 @@ typedef int64_t __s64;
 #define ST_FILTER_PREFIX_MAX 256 /* bytes of a --path-prefix key */
 #define ST_SCRATCH_SIZE 20480  /* per-CPU event assembly buffer; >= largest record */
 
+/* st_hdr.auid and st_hdr.ses of a task no login set, and of every task on a kernel built
+ * without CONFIG_AUDIT: (u32)-1, as the kernel's AUDIT_UID_UNSET and AUDIT_SID_UNSET */
+#define ST_AUID_UNSET 0xffffffffu
+
 /* ---- opcodes: hdr.op ---- */
 enum st_op {
 	ST_OP_NONE = 0,
@@ -75,9 +79,12 @@ struct st_hdr {
 	__u32 ppid;        /* tgid of real_parent */
 	__u32 uid;
 	__u32 gid;
-	__u32 _pad0;
+	__u32 auid;        /* audit login uid (task->loginuid; auditd's auid): who logged in, kept
+			    * through sudo and su; ST_AUID_UNSET if no login set it */
 	__u64 cgroup_id;   /* cgroup v2 id of the task */
 	char comm[ST_COMM_LEN];
+	__u32 ses;         /* audit session id (task->sessionid; auditd's ses), ST_AUID_UNSET if none */
+	__u32 _pad0;
 };
 
 /* ST_OP_EXEC; data: exe (resolved), filename (as passed to execve), args, cwd */
@@ -354,7 +361,7 @@ enum st_mechanism {
 };
 
 #ifdef __VMLINUX_H__
-_Static_assert(sizeof(struct st_hdr) == 64, "st_hdr layout");
+_Static_assert(sizeof(struct st_hdr) == 72, "st_hdr layout");
 _Static_assert(sizeof(struct st_verdict) % 8 == 0, "st_verdict alignment");
 _Static_assert(sizeof(struct st_exec) % 8 == 0, "st_exec alignment");
 _Static_assert(sizeof(struct st_file) % 8 == 0, "st_file alignment");

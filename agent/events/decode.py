@@ -151,6 +151,8 @@ class Decoder:
             "comm": comm,
             "exe": exe,
             "truncated": bool(h.flags & abi.F_TRUNCATED),
+            "auid": h.auid,
+            "ses": h.ses,
         }
 
     @staticmethod

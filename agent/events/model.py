@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 PATH_KERNEL = "kernel"  # built from the kernel's dentries: absolute, symlinks and .. resolved
 PATH_ARG_CWD = "arg+cwd"  # relative path as passed, joined (lexically) to the kernel's cwd/dirfd
 PATH_ARG = "arg"  # absolute path as passed to the syscall, not resolved
+#: ``auid``/``ses`` of a task no login set (the kernel's AUDIT_UID_UNSET, ``(u32)-1``)
+AUID_UNSET = 0xFFFFFFFF
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,6 +32,11 @@ class Event:
     comm: str
     exe: str | None = None  # acting binary (from the exec we saw, or /proc via psutil)
     truncated: bool = False  # some string hit its documented limit
+    # who: the audit login uid (task->loginuid, auditd's auid: the user who logged in, kept
+    # through sudo and su) and audit session id of the acting task, as the kernel held them;
+    # AUID_UNSET where no login set them; None where the event did not come from the probes
+    auid: int | None = None
+    ses: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind}

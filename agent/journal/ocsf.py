@@ -294,10 +294,8 @@ def _network(record: Record, line: bytes, kind: str) -> dict[str, Any]:
     family = _str(f, "family")
     if family in ("ipv4", "ipv6"):
         info["protocol_ver_id"] = 4 if family == "ipv4" else 6
-    if kind in ("connect", "accept"):
-        info["direction_id"] = 2 if kind == "connect" else 1
-    if info:
-        event["connection_info"] = info
+    info["direction_id"] = {"connect": 2, "accept": 1}.get(kind, 0)  # Outbound, Inbound, Unknown
+    event["connection_info"] = info
     event["actor"] = _actor(f)
     _status(event, result if type(result) is int else None)
     return event

@@ -13,6 +13,7 @@ import os
 from ctypes import c_char, c_int64, c_uint8, c_uint16, c_uint32, c_uint64
 
 PATH_MAX = 4096
+AUID_UNSET = 0xFFFFFFFF
 PATH_DEPTH = 48
 NAME_MAX = 256
 ARGS_MAX = 4096
@@ -161,9 +162,11 @@ class Hdr(_S):
         ("ppid", c_uint32),
         ("uid", c_uint32),
         ("gid", c_uint32),
-        ("_pad0", c_uint32),
+        ("auid", c_uint32),  # audit login uid (task->loginuid), AUID_UNSET if none
         ("cgroup_id", c_uint64),
         ("comm", c_char * COMM_LEN),
+        ("ses", c_uint32),  # audit session id (task->sessionid), AUID_UNSET if none
+        ("_pad0", c_uint32),
     ]
 
 
@@ -369,6 +372,7 @@ STRUCTS: dict[str, type[ctypes.Structure]] = {
 # ``#define`` in the header -> its mirror here; the ABI test walks this table.
 DEFINES: dict[str, int] = {
     "ST_PATH_MAX": PATH_MAX,
+    "ST_AUID_UNSET": AUID_UNSET,
     "ST_PATH_DEPTH": PATH_DEPTH,
     "ST_NAME_MAX": NAME_MAX,
     "ST_ARGS_MAX": ARGS_MAX,

@@ -160,8 +160,11 @@ def enum_errors(btf: Btf, c_name: str = "st_op") -> list[str]:
     found = btf.enum(c_name)
     if found is None:
         return [f"enum {c_name} not in this BTF"]
-    got = {v["name"]: v["val"] for v in found["values"]}
-    want = _mirror_values(c_name)
+    # values as the enum's size holds them: bpftool prints an unsigned 32-bit enum value with
+    # the top bit set (ST_AUID_UNSET, 0xffffffff) sign-extended to 64 bits
+    mask = (1 << (8 * found["size"])) - 1
+    got = {v["name"]: v["val"] & mask for v in found["values"]}
+    want = {name: value & mask for name, value in _mirror_values(c_name).items()}
     return [
         f"enum {c_name}: {name}: C {got.get(name)}, mirror {want.get(name)}"
         for name in sorted(got.keys() | want.keys())
