@@ -92,6 +92,7 @@ unit: venv
 	$(VENV)/bin/pytest -q tests/unit
 
 test: bootstrap lint
+	@$(MAKE) --no-print-directory apt APT_PACKAGES="$(BENCH_APT_PACKAGES)"
 	$(VENV)/bin/pytest -q tests
 	$(MAKE) test-vm
 	$(MAKE) test-packaging
@@ -126,8 +127,19 @@ test-packaging: deb venv tracefs
 	tests/packaging/piuparts.sh $(BUILD)/deb/sealtrail_*_amd64.deb
 	SEALTRAIL_PACKAGING=1 $(VENV)/bin/pytest -q -s tests/packaging
 
+# sealtrail against auditd and journald's Forward Secure Sealing in one run (bench/suite):
+# report, charts and raw JSON in bench/results/ (~15-30 min). bench-smoke: every configuration
+# once with tiny counts, output in build/bench/smoke (tests/bench runs it in `make test`).
+# The single-purpose scripts: python -m bench (bench/README.md).
+BENCH_APT_PACKAGES := auditd systemd-journal-remote
+.PHONY: bench-smoke
 bench: bootstrap
-	$(VENV)/bin/python -m bench
+	@$(MAKE) --no-print-directory apt APT_PACKAGES="$(BENCH_APT_PACKAGES)"
+	$(VENV)/bin/python -m bench.suite $(ARGS)
+
+bench-smoke: bootstrap
+	@$(MAKE) --no-print-directory apt APT_PACKAGES="$(BENCH_APT_PACKAGES)"
+	$(VENV)/bin/python -m bench.suite --smoke --out $(BUILD)/bench/smoke
 
 clean:
 	rm -rf $(BUILD) $(OBJDIR) $(NATIVE_LIB)
