@@ -31,7 +31,9 @@ _COMMANDS = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The parser; ``only``: register just that command (its module alone is imported: a
+    query must not pay for importing the agent, the report's plotting library, ...)."""
     parser = argparse.ArgumentParser(
         prog="sealtrail",
         description="Linux host agent: eBPF observation, enforcement and a tamper-evident journal.",
@@ -39,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"sealtrail {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in _COMMANDS:
+    for name in (only,) if only in _COMMANDS else _COMMANDS:
         try:
             module = importlib.import_module(f"agent.cli.{name}")
         except ModuleNotFoundError as exc:
@@ -51,8 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    command = next((w for w in words if not w.startswith("-")), None)
+    parser = build_parser(command)
+    args = parser.parse_args(words)
     # the agent is a daemon: what it does (policy loaded, key created) is INFO and shown; a
     # one-shot command shows warnings and errors unless asked (-v)
     base = logging.INFO if args.command == "agent" else logging.WARNING
