@@ -38,7 +38,7 @@ import fnmatch
 import pwd
 import re
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -47,7 +47,7 @@ from typing import BinaryIO, NamedTuple
 import orjson
 
 from agent.errors import FormatError, UsageError
-from agent.journal.canonical import JsonValue
+from agent.journal.canonical import JsonValue, canonical
 from agent.journal.record import REQUIRED_FIELDS, VERDICT_ACTIONS, Record
 from agent.journal.segments import Line, list_segments
 
@@ -186,6 +186,12 @@ class Filter:
     _checks: tuple[Callable[[Record], bool], ...] = field(
         init=False, repr=False, compare=False, default=()
     )
+    #: Byte strings a stored line must hold for the record to match (one of each group):
+    #: canonical JSON writes a field one way only, so lines that cannot match are passed over
+    #: without parsing them (the full check follows on the rest).
+    needles: tuple[tuple[bytes, ...], ...] = field(
+        init=False, repr=False, compare=False, default=()
+    )
 
     def __post_init__(self) -> None:
         if self.since is not None and self.until is not None and self.until < self.since:
@@ -207,6 +213,37 @@ class Filter:
                     "hex digits (lower case)"
                 )
         object.__setattr__(self, "_checks", tuple(self._build()))
+        object.__setattr__(self, "needles", tuple(self._needles()))
+
+    def _needles(self) -> Iterator[tuple[bytes, ...]]:
+        def text(name: str, values: Iterable[str], *, prefix: bool = False) -> Iterator[bytes]:
+            for value in values:
+                encoded = canonical(value)
+                yield b'"' + name.encode() + b'":' + (encoded[:-1] if prefix else encoded)
+
+        def number(name: str, values: Iterable[int]) -> tuple[bytes, ...]:
+            return tuple(b'"%s":%d' % (name.encode(), v) for v in values)
+
+        if self.types is not None:
+            yield tuple(text("type", self.types))
+        if self.hosts is not None:
+            yield tuple(text("host", self.hosts))
+        if self.kinds is not None:
+            yield (*text("kind", self.kinds), *text("operation", self.kinds))
+        if self.actions is not None:
+            yield tuple(text("action", self.actions))
+        if self.rules is not None:
+            yield tuple(text("rule", self.rules))
+        if self.policies is not None:
+            yield (*text("policy", self.policies, prefix=True),
+                   *text("digest", self.policies, prefix=True))  # fmt: skip
+        for name, wanted in (("pid", self.pids), ("auid", self.auids), ("ses", self.sessions)):
+            if wanted is not None:
+                yield number(name, wanted)
+
+    def may_match(self, line: bytes) -> bool:
+        """False if the stored ``line`` cannot hold a matching record (``needles``)."""
+        return all(any(n in line for n in group) for group in self.needles)
 
     def _build(self) -> Iterator[Callable[[Record], bool]]:
         since, until = self.since, self.until
@@ -430,8 +467,15 @@ def query(
     segments = list_segments(directory)
     first, offset = seek_time(directory, flt.since) if flt.since is not None else (0, 0)
     until = flt.until
+    # lines that cannot match are passed over unparsed, up to where records after ``until``
+    # may begin (a second jump); from there every record is parsed, to stop at the first
+    stop_at = seek_time(directory, until + 1) if until is not None else (len(segments), 0)
+    may_match = flt.may_match if flt.needles else None
     for index in range(first, len(segments)):
         for line in _lines(segments[index][1], offset if index == first else 0):
+            before_end = (index, line.offset) < stop_at
+            if may_match is not None and before_end and not may_match(line.data):
+                continue
             record = _record(line.data)
             if record is None:
                 scan.skipped += 1
@@ -484,6 +528,8 @@ def last(directory: Path, flt: Filter | None, count: int, *, scan: Scan | None =
         return found
     for _, path in reversed(list_segments(directory)):
         for line in _lines_backward(path):
+            if flt.since is None and not flt.may_match(line.data):
+                continue
             record = _record(line.data)
             if record is None:
                 scan.skipped += 1
@@ -548,7 +594,8 @@ def follow(
             pos = 0
             while pos < cut:
                 nl = content.index(b"\n", pos)
-                record = _record(content[pos:nl])
+                data = content[pos:nl]
+                record = _record(data) if flt.may_match(data) else None
                 if record is not None and flt(record):
                     yield Match(Line(path.name, base + pos, content[pos:nl]), record)
                 pos = nl + 1

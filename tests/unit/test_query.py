@@ -220,6 +220,13 @@ def test_since_and_until_select_the_time_range_through_the_jump(journal: Path) -
         found = seqs(query(journal, Filter(since=since, until=until)))
         assert found == [s for s, ts, _ in records if since <= ts <= until], (first, end)
     assert seqs(query(journal, Filter(since=T0 + 10_000 * STEP))) == []
+    # with a filter whose lines are passed over unparsed, the end of the range still holds
+    since, until = T0 + 120 * STEP, T0 + 420 * STEP
+    picked = Filter(since=since, until=until, actions=frozenset({"would_deny"}), pids=frozenset({104}))
+    assert seqs(query(journal, picked)) == [
+        s for s, ts, d in records
+        if since <= ts <= until and d.get("action") == "would_deny" and d.get("pid") == 104
+    ]  # fmt: skip
 
 
 def test_the_jump_lands_in_the_right_segment_without_reading_from_the_start(
