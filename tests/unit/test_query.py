@@ -222,7 +222,9 @@ def test_since_and_until_select_the_time_range_through_the_jump(journal: Path) -
     assert seqs(query(journal, Filter(since=T0 + 10_000 * STEP))) == []
     # with a filter whose lines are passed over unparsed, the end of the range still holds
     since, until = T0 + 120 * STEP, T0 + 420 * STEP
-    picked = Filter(since=since, until=until, actions=frozenset({"would_deny"}), pids=frozenset({104}))
+    picked = Filter(
+        since=since, until=until, actions=frozenset({"would_deny"}), pids=frozenset({104})
+    )
     assert seqs(query(journal, picked)) == [
         s for s, ts, d in records
         if since <= ts <= until and d.get("action") == "would_deny" and d.get("pid") == 104
