@@ -158,8 +158,10 @@ def main() -> None:
     }
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / "journal_query.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(f"journal: {size / 1e9:.2f} GB, {len(segments)} segments, "
-          f"{result['records']} records over {args.days:g} days; cold page cache each run")  # fmt: skip
+    print(
+        f"journal: {size / 1e9:.2f} GB, {len(segments)} segments, {result['records']} records "
+        f"over {args.days:g} days; cold page cache each run"
+    )
 
     def row(name: str, times: list[float], n: object) -> list[object]:
         return [name, statistics.median(times) * 1e3, min(times) * 1e3, max(times) * 1e3, n]
