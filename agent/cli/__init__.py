@@ -26,6 +26,7 @@ _COMMANDS = (
     "journal",
     "policy",
     "collector",
+    "report",
     "witness",
     "verify_bundle",
 )
