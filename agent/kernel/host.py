@@ -138,6 +138,12 @@ def derive_plan(checks: dict[str, Check]) -> Plan:
             "next agent, bounded by the unit's start limits); run by hand, the kernel allows "
             "them while no agent runs"
         )
+    if not caps.host_pids:
+        notes.append(
+            "the agent is in a PID namespace of its own (a container): its probes and hooks "
+            "are the kernel's, so its rules judge every process on the host, not only the "
+            "container's; rules needing a kill by pid from userspace are refused in enforce mode"
+        )
     if "tp_btf" not in events and events:
         notes.append("no tp_btf: process lifecycle events (exec/fork/exit) unavailable")
     return Plan(events, enforcement, bool(in_kernel), tuple(notes))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agent.kernel import host, probe
+from agent.kernel.mechanism import HostCapabilities
 from agent.kernel.probe import Check
 
 
@@ -79,3 +80,13 @@ def test_can_run_needs_each_required_check(required: str) -> None:
 def test_can_run_without_optional_capabilities() -> None:
     optional = {name: True for name in probe.CHECKS if name not in probe.REQUIRED}
     assert _report(**optional).can_run
+
+
+def test_a_container_pid_namespace_is_a_plan_note_and_no_userspace_kills() -> None:
+    checks = _checks(host_pid_namespace=True)
+    plan = host.derive_plan(checks)
+    assert any("judge every process on the host" in note for note in plan.notes), plan.notes
+    assert not HostCapabilities.from_checks(checks).host_pids
+    on_host = host.derive_plan(_checks())
+    assert not any("container" in note for note in on_host.notes)
+    assert HostCapabilities.from_checks(_checks()).host_pids
