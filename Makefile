@@ -7,7 +7,8 @@ PYTHON ?= python3
 VENV := .venv
 BUILD := build
 OBJDIR := agent/kernel/obj
-APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool gcc libssl-dev postgresql libsystemd-dev pkg-config patchelf
+# chromium: the headless browser tests/report renders sealtrail report's page in
+APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool gcc libssl-dev postgresql libsystemd-dev pkg-config patchelf chromium
 PROBES := $(wildcard probes/*.bpf.c)
 OBJECTS := $(patsubst probes/%.bpf.c,$(OBJDIR)/%.bpf.o,$(PROBES))
 BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_x86 -Wall -Werror -I$(BUILD) -Iprobes
