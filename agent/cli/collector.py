@@ -210,6 +210,26 @@ def _register_operator(sub: Any) -> None:
         f"(default {DEFAULT_SEGMENT_BYTES})",
     )
     export.set_defaults(func=run_export)
+    prove = sub.add_parser(
+        "prove",
+        help="print one record's evidence bundle",
+        description="Print the evidence bundle of record SEQ of HOST: its inclusion in the "
+        "host's journal, the host checkpoint's inclusion in the fleet log, and the latest "
+        "witnessed fleet checkpoint; check it with `sealtrail verify-bundle` (docs/witness.md).",
+    )
+    _dir(prove)
+    _store(prove, "override the store of collector.toml")
+    prove.add_argument("--host", required=True, metavar="NAME", help="the host")
+    prove.add_argument("--seq", required=True, type=int, metavar="N", help="the record's seq")
+    prove.set_defaults(func=run_prove)
+    vkey = sub.add_parser(
+        "fleet-vkey",
+        help="print the fleet log's verifier key (the policy's log line)",
+        description="Print the C2SP vkey of the collector's fleet checkpoints, for the 'log' "
+        "line of a witnesses.policy and for every witness's witness.toml.",
+    )
+    _dir(vkey)
+    vkey.set_defaults(func=run_fleet_vkey)
 
 
 def _dir(parser: argparse.ArgumentParser) -> None:
@@ -465,4 +485,23 @@ def run_export(args: argparse.Namespace) -> int:
         f"check them: sealtrail journal verify --journal {done.out} --key {done.key}",
         file=sys.stderr,
     )
+    return 0
+
+
+def run_prove(args: argparse.Namespace) -> int:
+    from agent.collector.prove import prove
+
+    _, store = _open_store(args)
+    with store:
+        bundle = prove(store, args.host, args.seq)
+    sys.stdout.buffer.write(bundle)
+    sys.stdout.buffer.flush()
+    return 0
+
+
+def run_fleet_vkey(args: argparse.Namespace) -> int:
+    from agent.collector.fleet import note_signer
+
+    config = load_config(Path(args.dir).absolute())
+    print(note_signer(config.path(config.files.signing_key), config.name).verifier.to_text())
     return 0

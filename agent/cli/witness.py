@@ -102,7 +102,7 @@ def run_status(args: argparse.Namespace) -> int:
         )
     if args.json:
         print(json.dumps({"name": cfg.name, "logs": rows}, indent=2))
-        return 0
+        return 1 if conflicts else 0
     print(f"witness {cfg.name}")
     for r in rows:
         when = (

@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from agent.collector import fleet
 from agent.collector.protocol import START_HEADER, Receipt
 from agent.collector.store.base import Head, Host, Status, Store
 from agent.errors import FormatError, SealtrailError
@@ -194,6 +195,7 @@ class Ingest:
             checkpoint,
             seal_ns,
             now,
+            fleet_entry=None if checkpoint is None else fleet.entry_of(checkpoint),
         )
         if not stored:
             return None  # another collector advanced the head: judge again from there

@@ -34,6 +34,8 @@ API = "/v1"
 HEAD_PATH = f"{API}/head"
 INGEST_PATH = f"{API}/ingest"
 HEALTH_PATH = f"{API}/health"
+#: The latest witnessed fleet checkpoint (a C2SP signed note; docs/witness.md).
+FLEET_CHECKPOINT_PATH = f"{API}/fleet/checkpoint"
 METRICS_PATH = "/metrics"
 LINES_TYPE = "application/x-sealtrail-lines"
 START_HEADER = "Sealtrail-Start"

@@ -32,9 +32,11 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from agent import __version__
 from agent.collector import pki
 from agent.collector.config import CollectorConfig
+from agent.collector.fleet import POLICY_FILE, FleetPublisher, load_policy, note_signer
 from agent.collector.ingest import Accepted, Gap, Ingest, Rejected
 from agent.collector.keyfiles import read_private
 from agent.collector.protocol import (
+    FLEET_CHECKPOINT_PATH,
     HEAD_PATH,
     HEALTH_PATH,
     INGEST_PATH,
@@ -208,6 +210,16 @@ def _answer(state: _State, outcome: object) -> web.Response:
     return _error(422, outcome.error, outcome.detail, seq=outcome.seq, size=outcome.size)
 
 
+async def handle_fleet_checkpoint(request: web.Request) -> web.StreamResponse:
+    """The latest fleet checkpoint that met the witnesses' quorum (404 before the first)."""
+    state = request.app[_STATE]
+    published = await _run(state, state.ingest.store.fleet_published)
+    if published is None:
+        return web.Response(status=404, text="no fleet checkpoint is published yet\n")
+    assert isinstance(published, tuple)
+    return web.Response(body=published[1], headers={"Content-Type": "text/plain; charset=utf-8"})
+
+
 async def handle_health(request: web.Request) -> web.StreamResponse:
     state = request.app[_STATE]
     return web.json_response({"ok": True, "version": __version__, "name": state.ingest.name})
@@ -252,6 +264,7 @@ def build_app(
     app.router.add_get(HEAD_PATH, handle_head)
     app.router.add_post(INGEST_PATH, handle_ingest)
     app.router.add_get(HEALTH_PATH, handle_health)
+    app.router.add_get(FLEET_CHECKPOINT_PATH, handle_fleet_checkpoint)
     app.router.add_get(METRICS_PATH, handle_metrics)
 
     async def shutdown(app: web.Application) -> None:
@@ -307,6 +320,15 @@ async def serve(
         reuse_address=True,
     )
     stop = stop or asyncio.Event()
+    publisher = FleetPublisher(
+        store,
+        note_signer(config.path(config.files.signing_key), config.name),
+        load_policy(config.directory / POLICY_FILE),
+        heartbeat=config.heartbeat_seconds,
+    )
+    if publisher.policy is None:
+        log.warning("no %s: fleet checkpoints are signed by the collector alone", POLICY_FILE)
+    publishing = asyncio.create_task(publisher.run(stop))
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
@@ -317,6 +339,8 @@ async def serve(
     try:
         await stop.wait()
     finally:
+        stop.set()
+        await publishing
         server.close()
         await server.wait_closed()
         await runner.cleanup()

@@ -587,7 +587,7 @@ def test_a_v1_store_is_migrated_to_one_row_per_run(
     monkeypatch.setattr(sql, "MIGRATE_BATCH_BYTES", 40 * (len(web[60]) + 1))  # 40 of 51..90
 
     with open_store(store_url) as again:
-        assert raw_query(store_url, "SELECT version FROM schema_version") == [(2,)]
+        assert raw_query(store_url, "SELECT version FROM schema_version") == [(sql.SCHEMA_VERSION,)]
         stored = {(h, seq): line for h, seq, line in rows}
         for host in ("web-01", "db-01"):
             got = list(again.records(host, 0, 200))

@@ -60,7 +60,7 @@ class Log:
 
 
 class WitnessProc:
-    def __init__(self, directory: Path, name: str, logs: list[Log]) -> None:
+    def __init__(self, directory: Path, name: str, logs: list[Log | str]) -> None:
         self.dir = directory
         self.name = name
         self.port = free_port()
@@ -69,7 +69,7 @@ class WitnessProc:
         if not (directory / "witness.toml").exists():
             argv = ["witness", "init", "--dir", str(directory), "--name", name]
             for log in logs:
-                argv += ["--log", log.signer.verifier.to_text()]
+                argv += ["--log", log if isinstance(log, str) else log.signer.verifier.to_text()]
             sealtrail(*argv)
         self.vkey = VerifierKey.from_text((directory / "witness.vkey").read_text())
 

@@ -127,6 +127,8 @@ class Store(Closing, ABC):
         checkpoint_json: str | None,
         last_seal_ns: int | None,
         now_ns: int,
+        *,
+        fleet_entry: tuple[int, bytes] | None = None,
     ) -> bool:
         """Store records ``expected_size`` .. ``expected_size + len(lines) - 1`` and advance the
         head, in one transaction, only if the head's size is still ``expected_size``.
@@ -135,6 +137,8 @@ class Store(Closing, ABC):
         ``lines[i]`` is stored byte for byte with ``hashes[i]`` (32 bytes, its record hash).
         ``checkpoint_json``/``last_seal_ns`` None keep the previous ones. Sets the last receive
         time. Durable when it returns True. The status is not changed (``set_status``).
+        ``fleet_entry`` (the host size it covers, its bytes) joins the fleet log in the same
+        transaction.
         """
 
     @abstractmethod
@@ -153,6 +157,33 @@ class Store(Closing, ABC):
     @abstractmethod
     def record_hashes(self, host: str, start: int, end: int) -> Iterator[bytes]:
         """The record hashes of start <= seq < end, in order, in bounded chunks."""
+
+    # ------------------------------------------------------------------------------ fleet log
+    # The collector's fleet log (agent.collector.fleet): entries are added by ``append``'s
+    # ``fleet_entry`` (host size, entry bytes) in the transaction that accepts the batch.
+    @abstractmethod
+    def fleet_size(self) -> int:
+        """Entries in the fleet log."""
+
+    @abstractmethod
+    def fleet_entries(self, start: int, end: int) -> Iterator[bytes]:
+        """The entries start <= idx < end, in order, read in bounded chunks."""
+
+    @abstractmethod
+    def fleet_find(self, host: str, seq: int, below: int) -> tuple[int, bytes] | None:
+        """(idx, entry) of the host's first checkpoint covering record ``seq``, idx < below."""
+
+    @abstractmethod
+    def fleet_last_of(self, host: str, below: int) -> tuple[int, int] | None:
+        """(idx, host size) of the host's last entry with idx < below."""
+
+    @abstractmethod
+    def fleet_publish(self, size: int, note: bytes, now_ns: int) -> None:
+        """Keep ``note`` as the published (witnessed) fleet checkpoint of ``size``."""
+
+    @abstractmethod
+    def fleet_published(self) -> tuple[int, bytes] | None:
+        """(size, note) of the largest published fleet checkpoint."""
 
     # ------------------------------------------------------------------------------ quarantine
     @abstractmethod

@@ -26,7 +26,7 @@ from agent.collector.store.base import Head, Host, QuarantineEntry, Status, Stor
 from agent.journal.keys import PublicKey
 from agent.journal.record import is_hex64
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Seqs per query when streaming records: a query reads the batches that start in a window of
 #: this many seqs (about 2 MB of lines, plus the rest of the last batch, which the server's body
 #: limit bounds to 16 MiB).
@@ -71,7 +71,22 @@ BATCHES = """CREATE TABLE batches (
         host_id {int} NOT NULL, first_seq {int} NOT NULL, count {int} NOT NULL,
         lines {blob}{lines_compression} NOT NULL, hashes {blob} NOT NULL,
         PRIMARY KEY (host_id, first_seq))"""
-SCHEMA = (*_HOSTS_HEADS_QUARANTINE, BATCHES)
+# Version 3: the fleet log (agent.collector.fleet): one row per accepted host checkpoint, in
+# the order of the tree's leaves (``idx`` from 0, gapless: the next one comes from ``fleet_head``
+# under its row lock, in the transaction that accepts the batch), and the fleet checkpoints
+# published (signed notes with their witnesses' cosignatures).
+# (Idempotent: a store made by a later version and labelled older opens the same.)
+FLEET = (
+    """CREATE TABLE IF NOT EXISTS fleet (
+        idx {int} PRIMARY KEY, host TEXT NOT NULL, host_size {int} NOT NULL,
+        entry {blob} NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS fleet_host ON fleet (host, host_size)",
+    "CREATE TABLE IF NOT EXISTS fleet_head (id {int} PRIMARY KEY, size {int} NOT NULL)",
+    "INSERT INTO fleet_head (id, size) SELECT 1, 0 WHERE NOT EXISTS (SELECT 1 FROM fleet_head)",
+    """CREATE TABLE IF NOT EXISTS fleet_published (
+        size {int} PRIMARY KEY, note {blob} NOT NULL, published_ns {int} NOT NULL)""",
+)
+SCHEMA = (*_HOSTS_HEADS_QUARANTINE, BATCHES, *FLEET)
 
 _ACTIVE = "SELECT id FROM hosts WHERE name = ? AND retired_ns IS NULL"
 _HOST_COLUMNS = "name, fingerprint, genesis_key, enrolled_ns"
@@ -132,6 +147,9 @@ class SqlStore(Store, Generic[C]):
                     cur.execute(statement.format(**types))
             elif version == 1:
                 self._from_v1(cur, types)
+            if version in (1, 2):
+                for statement in FLEET:
+                    cur.execute(statement.format(**types))
             if row is None:
                 cur.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
             elif version != SCHEMA_VERSION:
@@ -319,6 +337,8 @@ class SqlStore(Store, Generic[C]):
         checkpoint_json: str | None,
         last_seal_ns: int | None,
         now_ns: int,
+        *,
+        fleet_entry: tuple[int, bytes] | None = None,
     ) -> bool:
         if type(expected_size) is not int or expected_size < 0:
             raise StoreError(f"append: expected size must be an integer >= 0, not {expected_size}")
@@ -360,6 +380,8 @@ class SqlStore(Store, Generic[C]):
                     if stored is not None and stored[0] + stored[1] > expected_size:
                         raise _overlap(host, expected_size, end, stored)
                     _insert_batch(cur, host_id, expected_size, len(lines), joined, b"".join(hashes))
+                if fleet_entry is not None:
+                    self._fleet_append(cur, host, *fleet_entry)
         except Duplicate:
             raise _overlap(host, expected_size, end, None) from None
         return True
@@ -381,6 +403,80 @@ class SqlStore(Store, Generic[C]):
             )
             if cur.rowcount != 1:
                 raise _unknown(host)
+
+    # ------------------------------------------------------------------------------ fleet log
+    def _fleet_append(self, cur: C, host: str, host_size: int, entry: bytes) -> None:
+        # the row lock on fleet_head orders concurrent collectors: one index each, no gap
+        cur.execute("UPDATE fleet_head SET size = size + 1 WHERE id = 1")
+        cur.execute("SELECT size FROM fleet_head WHERE id = 1")
+        idx = int(cur.fetchone()[0]) - 1
+        cur.execute(
+            "INSERT INTO fleet (idx, host, host_size, entry) VALUES (?, ?, ?, ?)",
+            (idx, host, host_size, entry),
+        )
+
+    def fleet_size(self) -> int:
+        with self._read() as cur:
+            cur.execute("SELECT size FROM fleet_head WHERE id = 1")
+            return int(cur.fetchone()[0])
+
+    def fleet_entries(self, start: int, end: int) -> Iterator[bytes]:
+        pos = start
+        while pos < end:
+            with self._read() as cur:
+                cur.execute(
+                    "SELECT idx, entry FROM fleet WHERE idx >= ? AND idx < ? ORDER BY idx",
+                    (pos, min(end, pos + CHUNK_ROWS)),
+                )
+                rows = cur.fetchall()
+            if not rows:
+                return
+            for idx, entry in rows:
+                if int(idx) != pos:
+                    raise StoreError(f"the fleet log lacks entry {pos}")
+                yield bytes(entry)
+                pos += 1
+
+    def fleet_find(self, host: str, seq: int, below: int) -> tuple[int, bytes] | None:
+        with self._read() as cur:
+            cur.execute(
+                "SELECT idx, entry FROM fleet WHERE host = ? AND host_size > ? AND idx < ?"
+                " ORDER BY host_size, idx LIMIT 1",
+                (host, seq, below),
+            )
+            row = cur.fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    def fleet_last_of(self, host: str, below: int) -> tuple[int, int] | None:
+        with self._read() as cur:
+            cur.execute(
+                "SELECT idx, host_size FROM fleet WHERE host = ? AND idx < ?"
+                " ORDER BY idx DESC LIMIT 1",
+                (host, below),
+            )
+            row = cur.fetchone()
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    def fleet_publish(self, size: int, note: bytes, now_ns: int) -> None:
+        with self._write() as cur:
+            cur.execute("SELECT MAX(size) FROM fleet_published")
+            top = cur.fetchone()[0]
+            if top is not None and int(top) >= size:
+                cur.execute(
+                    "UPDATE fleet_published SET note = ?, published_ns = ? WHERE size = ?",
+                    (note, now_ns, size),
+                )
+                return
+            cur.execute(
+                "INSERT INTO fleet_published (size, note, published_ns) VALUES (?, ?, ?)",
+                (size, note, now_ns),
+            )
+
+    def fleet_published(self) -> tuple[int, bytes] | None:
+        with self._read() as cur:
+            cur.execute("SELECT size, note FROM fleet_published ORDER BY size DESC LIMIT 1")
+            row = cur.fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]))
 
     # ------------------------------------------------------------------------------ records
     def records(self, host: str, start: int, end: int) -> Iterator[tuple[int, bytes]]:
