@@ -48,7 +48,11 @@ def _num(name: str, value: int) -> str:
 
 
 def _table(head: Sequence[str], rows: Iterable[Sequence[object]], numeric: int = 0) -> str:
-    """A table; the last ``numeric`` columns right-aligned. Every cell escaped."""
+    """A table ("None." without rows); the last ``numeric`` columns right-aligned. Every cell
+    escaped."""
+    rows = list(rows)
+    if not rows:
+        return "<p>None.</p>"
     out = ["<table><tr>", *(f"<th>{_e(h)}</th>" for h in head), "</tr>"]
     for row in rows:
         out.append("<tr>")
