@@ -603,14 +603,15 @@ class Enforcer:
                      else Mechanism.TRACEPOINT)  # fmt: skip
 
     def _kill_reported(self, pid: int) -> bool:
-        """SIGKILL to a pid the kernel reported (an event's, not a fanotify request's, which
-        is already in the agent's PID namespace). From a container's PID namespace that number
-        names another process: never sent (``mechanisms._kills_by_pid`` refuses such rules in
-        enforce mode; this is the last line)."""
+        """SIGKILL to a pid the kernel reported (an event's; a fanotify request's is already in
+        the agent's PID namespace); False if not sent. From a container's PID namespace that
+        number names another process: never sent (``mechanisms._kills_by_pid`` refuses such
+        rules in enforce mode; this is the last line)."""
         if not self.caps.host_pids:
             log.error("not killing pid %d: the agent is not in the host's PID namespace", pid)
             return False
-        return kill_process(pid)
+        kill_process(pid)  # a task already gone is not an error: the kill was the verdict
+        return True
 
     def _caller_exe(self, ev: model.ExecEvent) -> str | None:
         # the exec event names the new image; rules judge the caller: its parent's image if
