@@ -96,6 +96,16 @@ def agent_log(agent: subprocess.Popen[str], log: Path) -> str:
     return log.read_text() if log.exists() else ""
 
 
+def wait_started(agent: subprocess.Popen[str], run_dir: Path, log: Path, timeout: float) -> None:
+    """Until the agent (started with ``log`` and ``--run-dir run_dir``) wrote its status, i.e.
+    enforces; fails with its log if it stops or takes longer than ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not (run_dir / "status.json").exists():
+        assert agent.poll() is None, agent_log(agent, log)
+        assert time.monotonic() < deadline, "agent did not start"
+        time.sleep(0.1)
+
+
 def journal_records(journal: Path) -> list[dict[str, Any]]:
     """Every complete record of a live journal (the agent may be writing the last line)."""
     out = []

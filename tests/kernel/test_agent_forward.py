@@ -19,11 +19,11 @@ from agent.journal.keys import KeyStore
 from agent.journal.segments import iter_lines
 from tests.agentproc import (
     CONNECT_DENY_POLICY,
-    agent_log,
     connect_in_cgroup,
     journal_records,
     start_agent,
     stop_agent,
+    wait_started,
 )
 from tests.collector.server_proc import Collector, sealtrail
 
@@ -60,11 +60,7 @@ def test_the_agent_forwards_its_journal_and_the_collector_holds_exactly_it(
         log=log,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 30 * SLOW
-        while not (run_dir / "status.json").exists():
-            assert agent.poll() is None, agent_log(agent, log)
-            assert time.monotonic() < deadline, "agent did not start"
-            time.sleep(0.1)
+        wait_started(agent, run_dir, log, 30 * SLOW)
         out = connect_in_cgroup(cgroup, port)
         assert out == "1", out  # EPERM
         deadline = time.monotonic() + 15 * SLOW

@@ -20,7 +20,13 @@ import pytest
 
 from agent.enforce.cgroups import cgroup2_root
 from agent.events.model import AUID_UNSET
-from tests.agentproc import CONNECT_DENY_POLICY, agent_log, journal_records, start_agent, stop_agent
+from tests.agentproc import (
+    CONNECT_DENY_POLICY,
+    journal_records,
+    start_agent,
+    stop_agent,
+    wait_started,
+)
 
 pytestmark = pytest.mark.kernel
 
@@ -70,11 +76,7 @@ def test_events_and_verdicts_carry_the_login_uid_and_session_through_su(
         "--run-dir", str(run_dir), log=log,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 30 * SLOW
-        while not (run_dir / "status.json").exists():
-            assert agent.poll() is None, agent_log(agent, log)
-            assert time.monotonic() < deadline, "agent did not start"
-            time.sleep(0.1)
+        wait_started(agent, run_dir, log, 30 * SLOW)
         script = f'echo $$ > {cgroup}/cgroup.procs && exec "$@"'
         out = subprocess.run(
             ["/bin/sh", "-c", script, "sh", sys.executable, "-c", SESSION, str(LOGIN), str(port)],
