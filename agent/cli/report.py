@@ -62,16 +62,21 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError("--journal needs --key PUB, the host's genesis public key")
         if args.host:
             raise UsageError("--host goes with --collector")
-        page = journal_report(args.journal, PublicKey.load(args.key), since=since, until=until)
+        genesis = PublicKey.load(args.key)
+        page, errors = journal_report(args.journal, genesis, since=since, until=until)
     else:
         if args.key is not None:
             raise UsageError("--key goes with --journal (the collector holds enrolled keys)")
-        page = collector_report(args.collector, args.host, since=since, until=until)
+        page, errors = collector_report(args.collector, args.host, since=since, until=until)
     tmp = args.output.with_name(args.output.name + ".tmp")
     try:
         tmp.write_text(page, encoding="utf-8")
         os.replace(tmp, args.output)
     except OSError as exc:
         raise UsageError(f"cannot write {args.output}: {exc.strerror}") from None
+    if errors:
+        print(f"report written to {args.output}; verification found {errors} errors: the "
+              "records they touch are listed there and left out")  # fmt: skip
+        return 1
     print(f"report written to {args.output}")
     return 0

@@ -30,12 +30,13 @@ def _window(since: int | None, until: int | None) -> str:
 
 def journal_report(
     directory: Path, genesis: PublicKey, *, since: int | None = None, until: int | None = None
-) -> str:
-    """The report of one journal directory, as HTML."""
+) -> tuple[str, int]:
+    """The report of one journal directory, as HTML, and the errors verification found."""
     aggregate = Aggregate(since, until)
     evidence = from_journal(directory, genesis, aggregate)
     title = f"sealtrail report: {evidence.summary.host or directory}"
-    return render([HostReport(evidence, aggregate)], title=title, window=_window(since, until))
+    page = render([HostReport(evidence, aggregate)], title=title, window=_window(since, until))
+    return page, evidence.summary.errors
 
 
 def collector_report(
@@ -44,9 +45,9 @@ def collector_report(
     *,
     since: int | None = None,
     until: int | None = None,
-) -> str:
+) -> tuple[str, int]:
     """The report of hosts in a collector's store (all enrolled ones if ``hosts`` is empty),
-    each verified again from its enrolled genesis key."""
+    each verified again from its enrolled genesis key; and the errors found, all hosts'."""
     config = load_config(directory.absolute())
     reports: list[HostReport] = []
     with open_store(config.store_url(), quarantine_limit=config.quarantine_limit) as store:
@@ -55,4 +56,5 @@ def collector_report(
             aggregate = Aggregate(since, until)
             reports.append(HostReport(from_store(store, host, aggregate), aggregate))
     names = ", ".join(r.evidence.summary.host or "?" for r in reports) or "no hosts"
-    return render(reports, title=f"sealtrail report: {names}", window=_window(since, until))
+    page = render(reports, title=f"sealtrail report: {names}", window=_window(since, until))
+    return page, sum(r.evidence.summary.errors for r in reports)

@@ -81,11 +81,13 @@ class Aggregate:
     with_uid: int = 0
     with_loginuid: int = 0
 
+    def __post_init__(self) -> None:
+        self._from = -1 if self.since is None else self.since
+        self._to = 1 << 64 if self.until is None else self.until
+
     def __call__(self, record: dict[str, Any]) -> None:
         ts = int(record["ts"])
-        if (self.since is not None and ts < self.since) or (
-            self.until is not None and ts > self.until
-        ):
+        if not self._from <= ts <= self._to:
             return
         self.records += 1
         if self.first_ts is None:

@@ -128,75 +128,76 @@ class _Bad:
         return None
 
 
-class _Batches:
-    """The second pass: records wait for their seal, then go on together or are excluded."""
+#: Where a line is, for the listing: (segment or source, byte offset or seq) -> text.
+Where = Callable[[str, int], str]
 
-    def __init__(self, evidence: Evidence, bad: _Bad, sink: Callable[[Record], None]) -> None:
+
+class _Batches:
+    """The second pass: records wait for their seal, then go on together or are excluded.
+    Positions are kept as (segment, offset) and written out only for a record left out."""
+
+    def __init__(
+        self, evidence: Evidence, bad: _Bad, sink: Callable[[Record], None], where: Where
+    ) -> None:
         self.evidence = evidence
         self.bad = bad
         self.sink = sink
-        self.pending: list[tuple[Record, str]] = []
+        self.where = where
+        self.pending: list[tuple[Record, str, int]] = []
+        self.lo = _NONE  # the lowest seq waiting (a damaged journal may not be in order)
 
-    def line(self, data: bytes, where: str, complete: bool = True) -> None:
-        ev = self.evidence
-        if not complete:
-            ev.exclude(Excluded(None, None, where, "torn line (no newline): not a record"))
-            return
-        try:
-            record = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            record = None
-        if not isinstance(record, dict) or type(record.get("seq")) is not int:
-            ev.unparsed += 1
-            ev.exclude(Excluded(None, None, where, "not a journal record (malformed line)"))
-            return
-        self.pending.append((record, where))
-        if record.get("type") == "seal":
-            self._settle(record)
+    def line(self, data: bytes, segment: str, offset: int, complete: bool = True) -> None:
+        if complete:
+            try:
+                record = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                record = None
+            if type(record) is dict and type(seq := record.get("seq")) is int:
+                self.pending.append((record, segment, offset))
+                self.lo = min(self.lo, seq)
+                if record.get("type") == "seal":
+                    self._settle(record)
+                return
+            self.evidence.unparsed += 1
+            why = "not a journal record (malformed line)"
+        else:
+            why = "torn line (no newline): not a record"
+        self.evidence.exclude(Excluded(None, None, self.where(segment, offset), why))
 
     def _settle(self, seal: Record) -> None:
         batch, self.pending = self.pending, []
-        lo, hi = min(r["seq"] for r, _ in batch), seal["seq"]
+        lo, hi, self.lo = self.lo, seal["seq"], _NONE
         why = self.bad.why(lo, hi)
         if why is not None:
-            for record, where in batch:
-                own = self.bad.why(record["seq"], record["seq"])
-                reason = (
-                    own
-                    or f"in the seal batch of records {lo}\u2013{hi}, which does not verify: {why}"
-                )
-                self.evidence.exclude(
-                    Excluded(record["seq"], _text(record.get("type")), where, reason)
-                )
+            reason = f"in the seal batch of records {lo}\u2013{hi}, which does not verify: {why}"
+            self._exclude(batch, reason)
             return
         ev = self.evidence
-        for record, _ in batch:
-            ev.verified += 1
+        ev.verified += len(batch)
+        sink = self.sink
+        for record, _, _ in batch:
             if record["type"] == "key_rotation":
-                ev.rotations.append(
-                    Rotation(
-                        record["seq"],
-                        int(record["ts"]),
-                        str(record["old_key_id"]),
-                        str(record["new_key_id"]),
-                    )
-                )
-            self.sink(record)
+                ev.rotations.append(Rotation(record["seq"], int(record["ts"]),
+                                             str(record["old_key_id"]),
+                                             str(record["new_key_id"])))  # fmt: skip
+            sink(record)
         ev.seal = Seal(
             hi, int(seal["size"]), str(seal["root"]), str(seal["key_id"]), int(seal["ts"])
         )
 
+    def _exclude(self, batch: list[tuple[Record, str, int]], reason: str) -> None:
+        for record, segment, offset in batch:
+            seq = record["seq"]
+            own = self.bad.why(seq, seq)
+            self.evidence.exclude(Excluded(seq, _text(record.get("type")),
+                                           self.where(segment, offset), own or reason))  # fmt: skip
+
     def finish(self) -> None:
-        for record, where in self.pending:
-            self.evidence.exclude(
-                Excluded(
-                    record["seq"],
-                    _text(record.get("type")),
-                    where,
-                    "after the last valid seal: signed by nothing (yet)",
-                )
-            )
+        self._exclude(self.pending, "after the last valid seal: signed by nothing (yet)")
         self.pending = []
+
+
+_NONE = 1 << 63
 
 
 def _text(value: object) -> str | None:
@@ -219,9 +220,9 @@ def from_journal(directory: Path, genesis: PublicKey, sink: Callable[[Record], N
     _collect(verifier.finish(), bad)
     bad.freeze()
     evidence = Evidence(str(directory), genesis.key_id, verifier.summary)
-    batches = _Batches(evidence, bad, sink)
+    batches = _Batches(evidence, bad, sink, lambda segment, at: f"{segment} at byte {at}")
     for line in segment_lines(directory):
-        batches.line(line.data, f"{line.segment} at byte {line.offset}", line.complete)
+        batches.line(line.data, line.segment, line.offset, line.complete)
     batches.finish()
     return evidence
 
@@ -234,8 +235,9 @@ def from_store(store: Store, host: Host, sink: Callable[[Record], None]) -> Evid
     bad.freeze()
     genesis = PublicKey.from_line(host.genesis_key)
     evidence = Evidence(f"collector store, host {host.name}", genesis.key_id, report.summary)
-    batches = _Batches(evidence, bad, sink)
+    batches = _Batches(evidence, bad, sink, lambda source, seq: f"{source} seq {seq}")
+    source = f"store:{host.name}"
     for seq, line in store.records(host.name, 0, report.head.size):
-        batches.line(line, f"store:{host.name} seq {seq}")
+        batches.line(line, source, seq)
     batches.finish()
     return evidence

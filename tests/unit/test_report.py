@@ -87,9 +87,9 @@ class Numbers(html.parser.HTMLParser):
         return int(value)
 
 
-def report(capsys: pytest.CaptureFixture[str], out: Path, *argv: object) -> str:
-    rc, stdout, stderr = run_cli(capsys, "report", *argv, "-o", out)
-    assert rc == 0, stderr
+def report(capsys: pytest.CaptureFixture[str], out: Path, *argv: object, rc: int = 0) -> str:
+    status, stdout, stderr = run_cli(capsys, "report", *argv, "-o", out)
+    assert status == rc, stderr
     assert f"report written to {out}" in stdout
     return out.read_text()
 
@@ -146,7 +146,9 @@ def test_a_tampered_record_is_listed_and_its_batch_left_out(
             data = seg.read_bytes()
             seg.write_bytes(data.replace(b'"pid":1040,', b'"pid":1041,', 1))
             break  # the event only: its verdict has the same pid
-    page = report(capsys, tmp_path / "r.html", "--journal", j.dir, "--key", j.keys / "journal.pub")
+    page = report(
+        capsys, tmp_path / "r.html", "--journal", j.dir, "--key", j.keys / "journal.pub", rc=1
+    )  # written, and the exit status says it failed
     n = Numbers(page)
     assert n.found["status"] == ["FAILED"] and n.one("errors") >= 1
     seals = [r["seq"] for r in before if r["type"] == "seal"]
