@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import signal
+import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
@@ -18,9 +19,12 @@ from agent import native
 from agent.config import AgentSettings, load_settings
 from agent.errors import ConfigError, UsageError
 from agent.events import model
+from agent.forward.client import Answer
 from agent.kernel.abi import Op
 from agent.metrics import HELP, MetricsAddress
 from tests.agentproc import journal_records
+from tests.forward.fakes import FakeCollector
+from tests.forward.test_daemon import with_forwarder
 from tests.unit.daemon.fakes import ScriptedStream
 from tests.unit.daemon.test_service import Service, send
 from tests.unit.events.records import connect_record, exec_record
@@ -135,3 +139,33 @@ def test_every_metric_is_documented() -> None:
     doc = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
     for name in HELP:
         assert f"`sealtrail_{name}" in doc, name
+
+
+def test_forwarding_lag_and_rejects_are_the_journals(tmp_path: Path) -> None:
+    svc = Service(tmp_path, [[exec_record(10 + i, b"/bin/sh")] for i in range(3)])
+    collector = FakeCollector("h")
+    collector.hook = lambda start, body: Answer(
+        422, {"error": "tamper", "detail": "hash mismatch", "seq": start}, None
+    )
+    with_forwarder(svc, collector)
+    svc.agent.config = dataclasses.replace(svc.config, metrics=MetricsAddress("127.0.0.1", 0))
+    seen: list[tuple[dict[str, Any], list[dict[str, Any]]]] = []
+
+    def look() -> None:
+        assert svc.agent._metrics is not None
+        seen.append((scrape(svc.agent._metrics.port), journal_records(svc.config.journal_dir)))
+
+    svc.at(3, lambda: time.sleep(0.5))  # sealed, sent, rejected, its forward_error handed back
+    svc.at(5, look)
+    svc.at(6, send(signal.SIGTERM))
+    svc.run()
+    metrics, records = seen[0]
+    errors = Counter(r["error"] for r in records if r["type"] == "forward_error")
+    assert errors["rejected"] == 1  # each rejection journaled once
+    assert metrics["sealtrail_forward_rejects_total"] == [({}, 1.0)]
+    assert by_label(metrics["sealtrail_forward_errors_total"], "error") == errors
+    assert metrics["sealtrail_forward_rejected"] == [({}, 1.0)]
+    assert metrics["sealtrail_forward_sent_records_total"] == [({}, 0.0)]
+    lag = metrics["sealtrail_forward_lag_records"][0][1]
+    sealed = metrics["sealtrail_journal_sealed_records"][0][1]
+    assert lag == sealed > 0  # nothing acknowledged: every durable record is lag
