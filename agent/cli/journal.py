@@ -230,16 +230,19 @@ def _journal_dir(args: argparse.Namespace) -> Path:
 
 
 class _Printer:
-    """Writes matches in the chosen output form, flushing after each batch."""
+    """Writes matches in the chosen output form, flushing after each batch (``live``: after
+    each match, for a follow that never ends); ``last_seq`` is the last record printed."""
 
     def __init__(self, output: str, out: TextIO) -> None:
         self.output = output
         self.out = out
         self.colour = output == "text" and out.isatty() and "NO_COLOR" not in os.environ
+        self.last_seq = -1
 
-    def __call__(self, matches: Iterable[Match]) -> None:
+    def __call__(self, matches: Iterable[Match], *, live: bool = False) -> None:
         write = self.out.write
         for match in matches:
+            self.last_seq = match.record.seq
             if self.output == "json":
                 write(match.line.data.decode("utf-8") + "\n")
             elif self.output == "ocsf":
@@ -248,6 +251,8 @@ class _Printer:
                     write(ocsf.dumps(event) + "\n")
             else:
                 write(format_record(match.record, self.colour) + "\n")
+            if live:
+                self.out.flush()
         self.out.flush()
 
 
@@ -272,8 +277,9 @@ def run_tail(args: argparse.Namespace) -> int:
     else:
         printer(last(directory, flt, limit, scan=scan))
     _report_skipped(scan)
-    if args.follow:
-        printer(follow(directory, flt, start))
+    if args.follow:  # from where the journal ended before the first read: none missed,
+        done = printer.last_seq  # and none printed twice
+        printer((m for m in follow(directory, flt, start) if m.record.seq > done), live=True)
     return 0
 
 
