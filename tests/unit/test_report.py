@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html.parser
 import re
+import sqlite3
 import time
 from collections import Counter
 from pathlib import Path
@@ -228,3 +229,33 @@ def test_usage_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
     rc, _, err = run_cli(capsys, "report", "--journal", j.dir, "--key", j.keys / "journal.pub",
                          "--since", "whenever", "-o", tmp_path / "r.html")  # fmt: skip
     assert rc == 2 and "--since 'whenever': not a time" in err
+
+
+def test_a_record_changed_in_the_store_is_listed_and_left_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = tmp_path / "store.sqlite"
+    with open_store(f"sqlite:///{db}") as store:
+        a, b = (StoredJournal(tmp_path / "hosts", h, 100) for h in ("host-a", "host-b"))
+        for fingerprint, host in (("a" * 64, a), ("b" * 64, b)):
+            host.enroll(store, time.time_ns(), fingerprint)
+            host.forward(store)
+    seq = a.seq_of(b'"pid":1050,')
+    with sqlite3.connect(db) as conn:  # behind the collector's back: one stored line changed
+        (host_id,) = conn.execute("SELECT id FROM hosts WHERE name = 'host-a'").fetchone()
+        rows = conn.execute("SELECT first_seq, lines FROM batches WHERE host_id = ?", (host_id,))
+        first, lines = next((f, bytes(ln)) for f, ln in rows if b'"pid":1050,' in bytes(ln))
+        changed = lines.replace(b'"pid":1050,', b'"pid":1051,')
+        conn.execute("UPDATE batches SET lines = ? WHERE host_id = ? AND first_seq = ?",
+                     (changed, host_id, first))  # fmt: skip
+    coll = collector_dir(tmp_path, f"sqlite:///{db}")
+    page = report(capsys, tmp_path / "r.html", "--collector", coll, rc=1)
+    n = Numbers(page)
+    assert n.found["status"] == ["FAILED", "verified"]
+    excluded_a, excluded_b = (int(v) for v in n.found["excluded"])
+    assert excluded_b == 0 and excluded_a > 0
+    verified_a, verified_b = (int(v) for v in n.found["verified"])
+    assert verified_a + excluded_a == len(a.lines) and verified_b == len(b.lines)
+    section_a = page.split("Host host-a", 1)[1].split("Host host-b", 1)[0]
+    assert f"<tr><td>{seq}</td>" in section_a  # the changed record is listed
+    assert "the stored record hash is not the hash of the stored line" in section_a
