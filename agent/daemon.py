@@ -239,7 +239,7 @@ class Agent:
         try:
             if cfg.metrics is not None:
                 self._metrics = MetricsServer(cfg.metrics, self)
-                log.info("metrics on http://%s/metrics", cfg.metrics)
+                log.info("metrics on http://%s/metrics", self._metrics.address)
             self.forwarder = self.make.open_forwarder(cfg, journal)
             if self.forwarder is not None:
                 self.forwarder.start()  # what earlier runs left unsent goes at once

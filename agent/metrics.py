@@ -258,6 +258,8 @@ class MetricsServer:
         self._server: WSGIServer = server
         self._thread: threading.Thread = thread
         self.port: int = server.server_port
+        #: Where it listens (the port the kernel chose for port 0).
+        self.address = MetricsAddress(address.host, self.port)
 
     def close(self) -> None:
         self._server.shutdown()

@@ -69,9 +69,10 @@ CONTROLS = (
         "and deletion of system-level objects; each entry with user, type, time, outcome, "
         "origin and the affected resource (10.2.1-10.2.2).",
         "Process executions, exits, network connections, binds, listens and accepts by default; "
-        "file opens, unlinks, renames, chmod and chown where a policy rule targets them; every "
-        "policy decision with its outcome; the agent's own start and stop (`start`, `stop`, "
-        "`recovery` after an unclean stop). Each with uid, pid, binary, time, object and host.",
+        "file opens, truncates, unlinks, renames, chmod and chown where a policy rule targets "
+        "them; every policy decision with its outcome; the agent's own start and stop "
+        "(`start`, `stop`, `recovery` after an unclean stop). Each with uid, pid, binary, time, "
+        "object and host.",
         "Logins and authentication (PAM, sshd) are not recorded; file activity only on paths "
         "policies name; the uid, not a user name; access to the journal files themselves is not "
         "recorded unless a rule targets them.",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import signal
+import socket
 import time
 import urllib.request
 from collections import Counter
@@ -17,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent import native
 from agent.config import AgentSettings, load_settings
-from agent.errors import ConfigError, UsageError
+from agent.errors import ConfigError, SealtrailError, UsageError
 from agent.events import model
 from agent.forward.client import Answer
 from agent.kernel.abi import Op
@@ -169,3 +170,18 @@ def test_forwarding_lag_and_rejects_are_the_journals(tmp_path: Path) -> None:
     lag = metrics["sealtrail_forward_lag_records"][0][1]
     sealed = metrics["sealtrail_journal_sealed_records"][0][1]
     assert lag == sealed > 0  # nothing acknowledged: every durable record is lag
+
+
+def test_a_port_in_use_stops_the_agent_with_the_reason(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        svc = Service(tmp_path, [])
+        svc.agent.config = dataclasses.replace(
+            svc.config, metrics=MetricsAddress("127.0.0.1", port)
+        )
+        with pytest.raises(SealtrailError, match=rf"metrics endpoint 127.0.0.1:{port}: cannot "):
+            svc.run()
+    stop = [r for r in journal_records(svc.config.journal_dir) if r["type"] == "stop"][-1]
+    assert stop["reason"] == "error" and "cannot listen" in stop["error"]
