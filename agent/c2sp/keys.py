@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -111,11 +112,15 @@ class VerifierKey:
             )
         return key
 
+    @functools.cached_property
+    def _ed25519(self) -> Ed25519PublicKey:
+        return Ed25519PublicKey.from_public_bytes(self.public)
+
     def verify(self, text: bytes, blob: bytes) -> int | None:
         """Check a signature ``blob`` (the bytes after the key id) over note ``text``. Returns
         None for a good Ed25519 signature, the time for a good cosignature; raises NoteError
         saying what is wrong otherwise."""
-        public = Ed25519PublicKey.from_public_bytes(self.public)
+        public = self._ed25519
         if self.sig_type == ED25519:
             if len(blob) != 64:
                 raise NoteError(f"signature by {self.name} has {len(blob)} bytes, not 64")

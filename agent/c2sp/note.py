@@ -8,12 +8,14 @@ fails rejects the note, and at least one known key must have signed.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from agent.c2sp.keys import NoteError, VerifierKey, b64decode, b64encode, check_name
 
 DASH = "\u2014 "
+_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f]").search
 #: Signature lines accepted at most (the specification asks for at least 16).
 MAX_SIGNATURES = 100
 MAX_NOTE_BYTES = 1 << 20
@@ -56,9 +58,10 @@ class Note:
             decoded = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise NoteError(f"note byte {exc.start} is not UTF-8") from None
-        for i, c in enumerate(decoded):
-            if (ord(c) < 0x20 and c != "\n") or c == "\x7f":
-                raise NoteError(f"note character {i} is a control character ({ord(c):#04x})")
+        bad = _CONTROL(decoded)
+        if bad is not None:
+            c = bad.group()
+            raise NoteError(f"note character {bad.start()} is a control character ({ord(c):#04x})")
         split = decoded.rfind("\n\n")
         if split < 0:
             raise NoteError("a note needs its text, a blank line and signature lines")

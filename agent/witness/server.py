@@ -1,15 +1,18 @@
 """``sealtrail witness serve``: the tlog-witness HTTP server (aiohttp, like the collector).
 
-Each add-checkpoint is judged and persisted with no ``await`` between reading the state and
-committing the new one, so on the one event loop the check and the update are atomic (the race
-of tlog-witness, "add-checkpoint", cannot happen); the commit and the high-water line are on
-disk before the answer is sent. Plain HTTP: the protocol authenticates the log by its signature,
-not the connection; put TLS in front where the network is not trusted (docs/witness.md).
+Each add-checkpoint is judged against the witness's view and changes it in one step on the one
+event loop, so the check and the update are atomic (the race of tlog-witness, "add-checkpoint",
+cannot happen); the update is then written with the others judged meanwhile (``GroupCommit``:
+one SQLite transaction and one fdatasync of the high-water file per group), and the answer is
+sent only once its group is on disk. Plain HTTP: the protocol authenticates the log by its
+signature, not the connection; put TLS in front where the network is not trusted
+(docs/witness.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import signal
@@ -25,22 +28,47 @@ from agent.c2sp.note import Note, Signature
 from agent.errors import FormatError
 from agent.journal import merkle
 from agent.witness.config import WitnessConfig
+from agent.witness.errors import WitnessError
 from agent.witness.protocol import ADD_CHECKPOINT, MAX_BODY, SIZE_TYPE, AddCheckpoint
-from agent.witness.state import WitnessState, origin_hash
+from agent.witness.state import Update, WitnessState, origin_hash
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes
+    content_type: str = "text/plain; charset=utf-8"
+    #: A cosignature is sent only once this update is on disk.
+    update: Update | None = None
+
+
 class Witness:
-    """The judging half, without HTTP: ``add`` returns (status, body, content type)."""
+    """The judging half, without HTTP. ``add`` judges against ``view``, the latest checkpoint
+    of each log as cosigned, including cosignatures whose group is still being written: the
+    check and the change of the view happen in one call, with nothing in between, so no two
+    requests are ever judged against the same view (the race of tlog-witness cannot happen)."""
 
-    config: WitnessConfig
-    signer: Signer
-    state: WitnessState
-    clock: Callable[[], float] = time.time
+    def __init__(
+        self,
+        config: WitnessConfig,
+        signer: Signer,
+        state: WitnessState,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.signer = signer
+        self.state = state
+        self.clock = clock
+        self.view = {c.origin: (c.size, c.root, c.note) for c in state.logs()}
+        #: Set when a group could not be written: the view is ahead of the disk, so the
+        #: witness answers 503 until it is restarted from what is on disk.
+        self.broken: str | None = None
 
-    def add(self, body: bytes) -> tuple[int, bytes, str]:
+    def add(self, body: bytes) -> Answer:
+        if self.broken is not None:
+            return _text(503, f"the witness cannot record cosignatures: {self.broken}")
         try:
             request = AddCheckpoint.parse(body)
             checkpoint = Checkpoint.parse(request.note.text)
@@ -55,18 +83,18 @@ class Witness:
             return _text(403, f"log signature: {exc}")
         if request.old > checkpoint.size:
             return _text(400, f"old size {request.old} is larger than the checkpoint's")
-        latest = self.state.latest(checkpoint.origin)
-        known = 0 if latest is None else latest.size
+        latest = self.view.get(checkpoint.origin)
+        known = 0 if latest is None else latest[0]
         if request.old != known:
-            return 409, f"{known}\n".encode("ascii"), SIZE_TYPE
-        problem = self._inconsistency(request, checkpoint, latest.root if latest else None)
+            return Answer(409, f"{known}\n".encode("ascii"), SIZE_TYPE)
+        problem = self._inconsistency(request, checkpoint, latest[1] if latest else None)
         # a log-signed note with the signatures checked, for the monitoring GET and as evidence
         signed = Note(request.note.text, tuple(v.signature for v in verified))
         now = self.clock()
         if problem is not None:
             if latest is not None:
                 self.state.conflict(
-                    checkpoint.origin, problem, signed.to_bytes(), latest.note, int(now * 1e9)
+                    checkpoint.origin, problem, signed.to_bytes(), latest[2], int(now * 1e9)
                 )
                 log.warning("log %s: kept a conflicting checkpoint: %s", checkpoint.origin, problem)
             return _text(422, problem)
@@ -74,12 +102,9 @@ class Witness:
             self.signer.name, self.signer.key_id, self.signer.sign(checkpoint.text(), int(now))
         )
         note = signed.with_signatures([cosignature]).to_bytes()
-        if not self.state.advance(
-            checkpoint.origin, known, checkpoint.size, checkpoint.root, note, int(now * 1e9)
-        ):  # only another process on the same state gets here
-            latest = self.state.latest(checkpoint.origin)
-            return 409, f"{0 if latest is None else latest.size}\n".encode("ascii"), SIZE_TYPE
-        return 200, cosignature.line().encode("utf-8"), "text/plain; charset=utf-8"
+        self.view[checkpoint.origin] = (checkpoint.size, checkpoint.root, note)
+        update = Update(checkpoint.origin, known, checkpoint.size, checkpoint.root, note)
+        return Answer(200, cosignature.line().encode("utf-8"), update=update)
 
     @staticmethod
     def _inconsistency(
@@ -101,6 +126,7 @@ class Witness:
         return None
 
     def checkpoint(self, hashed_origin: str) -> bytes | None:
+        """The latest cosigned checkpoint on disk (the monitoring GET)."""
         for origin in self.config.logs:
             if origin_hash(origin) == hashed_origin:
                 latest = self.state.latest(origin)
@@ -108,19 +134,71 @@ class Witness:
         return None
 
 
-def _text(status: int, message: str) -> tuple[int, bytes, str]:
-    return status, (message + "\n").encode("utf-8"), "text/plain; charset=utf-8"
+class GroupCommit:
+    """Writes updates in groups: while one group is being written (in a thread), the updates
+    judged meanwhile wait and go together in the next one (one transaction, one fdatasync)."""
+
+    def __init__(self, witness: Witness) -> None:
+        self.witness = witness
+        self._queue: list[tuple[Update, asyncio.Future[None]]] = []
+        self._writing = False
+        self._task: asyncio.Task[None] | None = None
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="commit")
+
+    async def commit(self, update: Update) -> None:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._queue.append((update, done))
+        if not self._writing:
+            self._writing = True
+            self._task = loop.create_task(self._drain())
+        await done
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._queue:
+                group, self._queue = self._queue, []
+                updates = [u for u, _ in group]
+                now = time.time_ns()
+                try:
+                    await loop.run_in_executor(self._pool, self.witness.state.advance, updates, now)
+                except WitnessError as exc:
+                    log.error("cosignatures not recorded, answering 503 from now on: %s", exc)
+                    self.witness.broken = str(exc)
+                    for _, done in group + self._queue:
+                        done.set_exception(exc)
+                    self._queue = []
+                    return
+                for _, done in group:
+                    done.set_result(None)
+        finally:
+            self._writing = False
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+def _text(status: int, message: str) -> Answer:
+    return Answer(status, (message + "\n").encode("utf-8"))
 
 
 _WITNESS: web.AppKey[Witness] = web.AppKey("witness", Witness)
+_COMMIT: web.AppKey[GroupCommit] = web.AppKey("commit", GroupCommit)
 
 
 async def handle_add(request: web.Request) -> web.StreamResponse:
     if request.content_length is not None and request.content_length > MAX_BODY:
         return web.Response(status=413, text=f"a request is at most {MAX_BODY} bytes\n")
     body = await request.read()
-    status, payload, content_type = request.app[_WITNESS].add(body)
-    return web.Response(status=status, body=payload, headers={"Content-Type": content_type})
+    answer = request.app[_WITNESS].add(body)
+    if answer.update is not None:
+        try:
+            await request.app[_COMMIT].commit(answer.update)
+        except WitnessError as exc:
+            return web.Response(status=503, text=f"cosignature not recorded: {exc}\n")
+    headers = {"Content-Type": answer.content_type}
+    return web.Response(status=answer.status, body=answer.body, headers=headers)
 
 
 async def handle_checkpoint(request: web.Request) -> web.StreamResponse:
@@ -133,6 +211,12 @@ async def handle_checkpoint(request: web.Request) -> web.StreamResponse:
 def build_app(witness: Witness) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
     app[_WITNESS] = witness
+    app[_COMMIT] = commit = GroupCommit(witness)
+
+    async def close(app: web.Application) -> None:
+        commit.close()
+
+    app.on_cleanup.append(close)
     app.router.add_post(ADD_CHECKPOINT, handle_add)
     app.router.add_get("/{origin:[0-9a-f]{64}}/checkpoint", handle_checkpoint)
     return app

@@ -7,6 +7,10 @@ signed checkpoint that contradicted what the witness had cosigned (same size and
 or no valid consistency proof), with the note it had cosigned: a pair of log-signed notes that
 prove a split view to anyone.
 
+Updates are committed in groups (``advance`` takes every update judged while the previous
+group was being written: one transaction, one fdatasync), and no answer is sent before its
+group is on disk.
+
 Rollback protection: after each commit the witness appends ``<counter> <origin hash> <size>
 <root>`` to the high-water file and fdatasyncs it before it answers. At start the state's
 counter must be at least the file's last one; a state restored from a backup or a snapshot that
@@ -23,6 +27,7 @@ import hashlib
 import os
 import sqlite3
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +56,17 @@ class Cosigned:
     root: bytes
     note: bytes
     updated_ns: int
+
+
+@dataclass(frozen=True)
+class Update:
+    """A cosigned checkpoint to record: ``origin`` goes from ``old_size`` to ``size``."""
+
+    origin: str
+    old_size: int
+    size: int
+    root: bytes
+    note: bytes
 
 
 @dataclass(frozen=True)
@@ -137,39 +153,52 @@ class WitnessState:
             ).fetchall()
         return [Cosigned(r[0], int(r[1]), bytes(r[2]), bytes(r[3]), int(r[4])) for r in rows]
 
-    def advance(
-        self, origin: str, old_size: int, size: int, root: bytes, note: bytes, now_ns: int
-    ) -> bool:
-        """Make ``note`` (size, root) the latest of ``origin`` if the latest is still of
-        ``old_size`` (0: none); durable, and in the high-water file, when it returns True."""
+    def advance(self, updates: Sequence[Update], now_ns: int) -> None:
+        """Make each update (in order) the latest of its log, every one by compare-and-swap on
+        the size it extends, in one transaction; then one line per update in the high-water
+        file and one fdatasync. Durable when it returns; WitnessError (nothing applied, or the
+        high-water file not written) otherwise."""
         with self._lock:
             db = self._db
             try:
                 db.execute("BEGIN IMMEDIATE")
-                row = db.execute("SELECT size FROM logs WHERE origin = ?", (origin,)).fetchone()
-                if (0 if row is None else int(row[0])) != old_size:
-                    db.execute("ROLLBACK")
-                    return False
-                db.execute(
-                    "INSERT INTO logs (origin, size, root, note, updated_ns) VALUES (?, ?, ?, ?, ?)"
-                    " ON CONFLICT (origin) DO UPDATE SET size = excluded.size,"
-                    " root = excluded.root, note = excluded.note, updated_ns = excluded.updated_ns",
-                    (origin, size, root, note, now_ns),
-                )
-                db.execute("UPDATE counter SET n = n + 1")
+                for u in updates:
+                    row = db.execute(
+                        "SELECT size FROM logs WHERE origin = ?", (u.origin,)
+                    ).fetchone()
+                    if (0 if row is None else int(row[0])) != u.old_size:
+                        raise WitnessError(
+                            f"witness state {self.path}: log {u.origin} is no longer at size "
+                            f"{u.old_size} (is another witness process using this state?)"
+                        )
+                    db.execute(
+                        "INSERT INTO logs (origin, size, root, note, updated_ns)"
+                        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (origin) DO UPDATE SET"
+                        " size = excluded.size, root = excluded.root, note = excluded.note,"
+                        " updated_ns = excluded.updated_ns",
+                        (u.origin, u.size, u.root, u.note, now_ns),
+                    )
+                db.execute("UPDATE counter SET n = n + ?", (len(updates),))
                 db.execute("COMMIT")
             except sqlite3.Error as exc:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise WitnessError(f"witness state {self.path}: {exc}") from None
-            self.counter += 1
-            line = f"{self.counter} {origin_hash(origin)} {size} {b64encode(root)}\n"
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            lines = []
+            for u in updates:
+                self.counter += 1
+                lines.append(
+                    f"{self.counter} {origin_hash(u.origin)} {u.size} {b64encode(u.root)}\n"
+                )
             try:
-                write_all(self._hw, line.encode("ascii"))
+                write_all(self._hw, "".join(lines).encode("ascii"))
                 os.fdatasync(self._hw)
             except OSError as exc:
                 raise WitnessError(f"cannot write {self.highwater}: {exc.strerror}") from None
-            return True
 
     def conflict(self, origin: str, reason: str, note: bytes, cosigned: bytes, now_ns: int) -> None:
         """Keep a validly signed checkpoint that contradicts the cosigned one (proof)."""
