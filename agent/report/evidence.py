@@ -118,12 +118,13 @@ class _Bad:
             self._ends.append(top)
 
     def why(self, lo: int, hi: int) -> str | None:
-        """The first error whose range meets ``lo..hi``, or None."""
+        """The first error whose range meets ``lo..hi``, or None. The ranges that start at or
+        before ``hi`` are ``[:i]``; the running maximum of their ends rises, so the first one
+        that may reach ``lo`` is found by bisection too."""
         i = bisect.bisect_right(self._starts, hi)
-        if i == 0 or self._ends[i - 1] < lo:
-            return None
-        for start, end, message in self._ranges[:i]:
-            if end >= lo and start <= hi:
+        for j in range(bisect.bisect_left(self._ends, lo, 0, i), i):
+            _, end, message = self._ranges[j]
+            if end >= lo:
                 return message
         return None
 
