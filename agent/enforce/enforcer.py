@@ -55,7 +55,8 @@ from agent.journal.canonical import JsonValue
 from agent.kernel.fanotify import FAN_EVENT_ON_CHILD, FAN_OPEN_EXEC_PERM, FAN_OPEN_PERM
 from agent.kernel.mechanism import HostCapabilities, Mechanism
 from agent.kernel.pins import GUARD
-from agent.policy.compile import CompiledPolicySet, compile_policy_set
+from agent.native.fanfilter import FilterSpec, own_mount_ns
+from agent.policy.compile import CompiledPolicySet, compile_policy_set, path_patterns
 from agent.policy.evaluate import (
     Effect,
     Evaluator,
@@ -235,6 +236,7 @@ class Enforcer:
                 if table is not None:
                     table.undo(added)
                 raise
+            self._set_filter(None)  # no answer in C by the old plan once the new one holds
             self._state = state  # the switch
             self._policy_set, self._mark_rules, self._mark_plan = policy_set, mark_rules, marks
             self._hold(marks)
@@ -245,9 +247,41 @@ class Enforcer:
             errors += self._watch(marks)
             errors += self.verify()
             errors += self._exempt(marks)
+            self._set_filter(self._filter_spec(state, marks))
         if marks.truncated:
             errors.append(f"more than {len(marks.marks)} objects to mark: marked that many")
         return InstallResult(enforcements, tuple(errors))
+
+    def _set_filter(self, spec: FilterSpec | None) -> None:
+        if self._fanotify is not None:
+            self._fanotify.set_filter(spec)
+
+    def _filter_spec(self, state: _State, marks: MarkPlan) -> FilterSpec | None:
+        """What the native reader may answer ALLOW without asking ``_decide_permission``
+        (agent.native.fanfilter): the files directly in a marked directory that no open or
+        exec entry of the compiled paths table matches, neither by name nor by identity.
+        Directories with another name in the agent's namespace (a bind mount, an overlay
+        layer) are left to Python, which judges every name (``_judge_aliases``)."""
+        if self._fanotify is None or not self._fanotify.has_native:
+            return None
+        dirs = []
+        for key, mask in marks.marks.items():
+            if not key.ino or not mask & FAN_EVENT_ON_CHILD:
+                continue
+            place = os.path.realpath(marks.places[key])
+            if self._mounts.aliases(os.path.join(place, "x"), None, key.dev):
+                continue
+            dirs.append((place, key.dev, key.ino))
+        try:
+            mount_ns = own_mount_ns()
+        except OSError:
+            return None
+        return FilterSpec(
+            mount_ns,
+            tuple(dirs),
+            tuple(path_patterns(state.compiled, ("open", "exec"))),
+            frozenset((dev, ino) for dev, ino, _ in state.identities),
+        )
 
     def _mark_table(self) -> MarkTable:
         """The group and its marks: made, or inherited (its marks adopted). Its reader starts
@@ -392,9 +426,11 @@ class Enforcer:
                 except KernelError as exc:
                     log.error("fanotify marks: %s; trying again at the next change", exc)
                     return
-                self._state = replace(state, identities=dict(marks.identities))
+                self._set_filter(None)  # the identities and directories change
+                self._state = state = replace(state, identities=dict(marks.identities))
                 self._mark_plan = marks
                 errors = self._table.prune(marks) + self._watch(marks)
+                self._set_filter(self._filter_spec(state, marks))
                 unseen = _unmarked_subdirs(marks, set(marks.watch) - watched)
                 if not unseen or marks.truncated:
                     break

@@ -58,6 +58,7 @@ from agent.kernel.fanotify import (
     fanotify_init,
     fanotify_mark,
 )
+from agent.native import fanfilter
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +123,8 @@ class FanotifyGuard:
             os.set_blocking(fd, False)
         self.fd = fd
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        #: the native fast path (agent.native.fanfilter): events no rule names answered in C
+        self._native = fanfilter.Reader.create()
         self._thread: threading.Thread | None = None
         self._stop = False
         self.answered = 0
@@ -226,16 +229,38 @@ class FanotifyGuard:
             finally:
                 os.close(event_fd)
 
+    def set_filter(self, spec: fanfilter.FilterSpec | None) -> None:
+        """What the native reader may answer without Python (``None``: nothing); a no-op
+        without the native core. Once this returns no event is judged by the previous one."""
+        if self._native is not None:
+            self._native.install(spec)
+
+    @property
+    def has_native(self) -> bool:
+        return self._native is not None
+
+    @property
+    def answered_natively(self) -> int:
+        """Permission events the native fast path answered ALLOW (not in ``answered``)."""
+        return self._native.allowed if self._native is not None else 0
+
+    def _read(self, poller: select.poll) -> bytes:
+        """The next events to judge here (b"" when there is nothing, or woken)."""
+        if self._native is not None:
+            return self._native.read(self.fd, self._wake_r)  # blocks without the GIL
+        poller.poll()
+        try:
+            return os.read(self.fd, 64 * 1024)
+        except BlockingIOError:
+            return b""
+
     def _run(self) -> None:
         poller = select.poll()
         poller.register(self.fd, select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
         while not self._stop:
-            poller.poll()
             try:
-                buf = os.read(self.fd, 64 * 1024)
-            except BlockingIOError:
-                continue
+                buf = self._read(poller)
             except OSError:
                 if self._stop:
                     return
@@ -257,7 +282,12 @@ class FanotifyGuard:
         os.write(self._wake_w, b"x")
         if self._thread is not None:
             self._thread.join(5)
+            if self._thread.is_alive():  # never free what a running reader uses
+                self._native = None
             self._thread = None
+        if self._native is not None:
+            self._native.close()
+            self._native = None
         for fd in (self.fd, self._wake_r, self._wake_w):
             with contextlib.suppress(OSError):
                 os.close(fd)

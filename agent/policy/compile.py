@@ -61,7 +61,7 @@ import functools
 import ipaddress
 import sys
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
 from agent.errors import PolicyInvalid
@@ -178,6 +178,25 @@ def lpm_key(prefixlen: int, data: bytes, size: int) -> bytes:
     if not prefixlen % 8:  # whole bytes (every path key): nothing to mask
         return head + data[: prefixlen // 8].ljust(size, b"\0")
     return head + prefix_bits(prefixlen, data, size)
+
+
+def path_patterns(
+    compiled: CompiledPolicySet, operations: Iterable[str]
+) -> list[tuple[bytes, bool]]:
+    """The paths table's entries for ``operations``, as (path bytes, exact): an exact entry
+    matches that path, the others every path that starts with it (what the LPM lookup of
+    ``path_lookup`` can match; the native fanotify filter's ``patterns``)."""
+    ops = {OPS[name] for name in operations}
+    out = []
+    for key in compiled.maps["paths"]:
+        prefixlen = int.from_bytes(key[:_PREFIXLEN_SIZE], _BYTEORDER)
+        data = key[_PREFIXLEN_SIZE : _PREFIXLEN_SIZE + prefixlen // 8]
+        if not data or data[0] not in ops:
+            continue
+        body = data[1:]
+        exact = body.endswith(b"\0")
+        out.append((body[:-1] if exact else body, exact))
+    return out
 
 
 def path_entry(op: int, pattern: str) -> tuple[int, bytes]:

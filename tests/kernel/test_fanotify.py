@@ -75,3 +75,50 @@ def test_agent_gone_means_allowed(tmp_path: Path) -> None:
     assert subprocess.run(["cat", str(f)], capture_output=True).returncode != 0
     guard.close()
     assert subprocess.run(["cat", str(f)], capture_output=True).returncode == 0
+
+
+def test_the_native_reader_answers_what_no_rule_names_and_asks_about_the_rest(
+    tmp_path: Path,
+) -> None:
+    """With a filter installed, opens of files no entry names are answered in C (``decide``
+    never sees them); a named file, a hard link to an exact rule's file and everything while
+    no filter is installed still reach ``decide``, which denies them here."""
+    import os
+
+    from agent.native.fanfilter import FilterSpec, own_mount_ns
+
+    secret = tmp_path / "secret"
+    secret.write_text("s3cret\n")
+    os.link(secret, tmp_path / "alias")
+    (tmp_path / "public").write_text("hello\n")
+    seen: list[str] = []
+
+    def decide(req: PermissionRequest) -> bool:
+        seen.append(req.path)
+        return not req.path.startswith(str(tmp_path / "secret")) and req.path != str(
+            tmp_path / "alias"
+        )
+
+    st, sec = os.stat(tmp_path), os.stat(secret)
+    spec = FilterSpec(
+        own_mount_ns(),
+        ((str(tmp_path), st.st_dev, st.st_ino),),
+        ((str(secret).encode(), True),),
+        frozenset({(sec.st_dev, sec.st_ino)}),
+    )
+    with FanotifyGuard(decide) as guard:
+        assert guard.has_native, "the native core is built by make native"
+        guard.mark_dir(str(tmp_path))
+        guard.set_filter(spec)
+        public = [subprocess.run(["cat", str(tmp_path / "public")], capture_output=True,
+                                 text=True) for _ in range(20)]  # fmt: skip
+        denied = subprocess.run(["cat", str(secret)], capture_output=True, text=True)
+        linked = subprocess.run(["cat", str(tmp_path / "alias")], capture_output=True, text=True)
+        natively = guard.answered_natively
+        guard.set_filter(None)
+        asked = subprocess.run(["cat", str(tmp_path / "public")], capture_output=True, text=True)
+    assert all(p.stdout == "hello\n" for p in public) and asked.stdout == "hello\n"
+    assert "Operation not permitted" in denied.stderr and "Operation not permitted" in linked.stderr
+    assert natively >= 20, natively
+    assert seen.count(str(tmp_path / "public")) == 1, seen  # only the open without a filter
+    assert str(secret) in seen and str(tmp_path / "alias") in seen

@@ -1,0 +1,306 @@
+/* The fanotify permission reader's fast path (agent/native/fanfilter.py, agent/enforce/fanotify.py).
+ *
+ * fanotify marks whole directories (the parent of a prefix rule such as /etc/sudoers*, the
+ * directories of a tree rule), so the kernel asks about every file opened there, most of which
+ * no rule names (every exec opens /etc/ld.so.cache). Answering those from Python costs a
+ * wake-up and the GIL per open while the caller waits. This reader answers ALLOW here, without
+ * the GIL, only when the filter proves the Python decision would be a plain "no rule names
+ * this file" allow (Enforcer._decide_permission's first test); everything else is handed to
+ * Python unchanged, as the raw fanotify metadata. The proof, all of it conservative:
+ *   - the event is FAN_OPEN_PERM and/or FAN_OPEN_EXEC_PERM on a regular file;
+ *   - (st_dev, st_ino) is not a file an exact rule names (identity, any name it has);
+ *   - its name here (readlink of /proc/self/fd/N, not " (deleted)") lies directly in a
+ *     directory the plan marked, on the same device, whose name still leads to that very
+ *     directory (stat: same device and inode, so nothing was mounted over it since) and which
+ *     has no other name in the agent's mount namespace (the builder leaves such out);
+ *   - the caller is in the agent's mount namespace (/proc/TID/ns/mnt), so that name is the
+ *     one it used and no bind mount of another namespace is involved;
+ *   - no open or exec entry of the compiled paths table could match the name: an exact entry
+ *     equal to it, or a prefix entry it starts with (a superset of the kernel's LPM lookup,
+ *     which matches the same entries on a path cut at ST_LPM_PATH_DATA bytes).
+ * With no filter installed (NULL: while a policy is being switched) every event goes to Python.
+ * Hand-written because no library reads fanotify; the format is the kernel's uapi.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <limits.h>
+#include <linux/fanotify.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+struct st_fan_dir {
+	char *path;
+	size_t len;
+	uint64_t dev, ino;
+};
+
+struct st_fan_pattern {
+	char *text;
+	size_t len;
+	int exact;
+};
+
+struct st_fan_id {
+	uint64_t dev, ino;
+};
+
+struct st_fan_filter {
+	uint64_t mnt_dev, mnt_ino; /* the agent's /proc/self/ns/mnt */
+	struct st_fan_dir *dirs;
+	size_t n_dirs, cap_dirs;
+	struct st_fan_pattern *patterns;
+	size_t n_patterns, cap_patterns;
+	struct st_fan_id *ids;
+	size_t n_ids, cap_ids;
+	int sealed;
+};
+
+struct st_fan_reader {
+	pthread_mutex_t lock;
+	struct st_fan_filter *filter;
+	uint64_t allowed; /* answered here */
+	char buf[64 * 1024];
+};
+
+static int grow(void **items, size_t *cap, size_t n, size_t size)
+{
+	if (n < *cap)
+		return 0;
+	size_t want = *cap ? *cap * 2 : 16;
+	void *p = realloc(*items, want * size);
+	if (!p)
+		return -ENOMEM;
+	*items = p;
+	*cap = want;
+	return 0;
+}
+
+struct st_fan_filter *st_fan_filter_new(uint64_t mnt_dev, uint64_t mnt_ino)
+{
+	struct st_fan_filter *f = calloc(1, sizeof(*f));
+	if (f) {
+		f->mnt_dev = mnt_dev;
+		f->mnt_ino = mnt_ino;
+	}
+	return f;
+}
+
+void st_fan_filter_free(struct st_fan_filter *f)
+{
+	if (!f)
+		return;
+	for (size_t i = 0; i < f->n_dirs; i++)
+		free(f->dirs[i].path);
+	for (size_t i = 0; i < f->n_patterns; i++)
+		free(f->patterns[i].text);
+	free(f->dirs);
+	free(f->patterns);
+	free(f->ids);
+	free(f);
+}
+
+int st_fan_filter_dir(struct st_fan_filter *f, const char *path, uint64_t dev, uint64_t ino)
+{
+	if (f->sealed || path[0] != '/')
+		return -EINVAL;
+	if (grow((void **)&f->dirs, &f->cap_dirs, f->n_dirs, sizeof(*f->dirs)))
+		return -ENOMEM;
+	size_t len = strlen(path);
+	while (len > 1 && path[len - 1] == '/')
+		len--;
+	char *copy = strndup(path, len);
+	if (!copy)
+		return -ENOMEM;
+	f->dirs[f->n_dirs++] = (struct st_fan_dir){copy, len, dev, ino};
+	return 0;
+}
+
+int st_fan_filter_pattern(struct st_fan_filter *f, const char *text, size_t len, int exact)
+{
+	if (f->sealed)
+		return -EINVAL;
+	if (grow((void **)&f->patterns, &f->cap_patterns, f->n_patterns, sizeof(*f->patterns)))
+		return -ENOMEM;
+	char *copy = malloc(len + 1);
+	if (!copy)
+		return -ENOMEM;
+	memcpy(copy, text, len);
+	copy[len] = 0;
+	f->patterns[f->n_patterns++] = (struct st_fan_pattern){copy, len, exact};
+	return 0;
+}
+
+int st_fan_filter_identity(struct st_fan_filter *f, uint64_t dev, uint64_t ino)
+{
+	if (f->sealed)
+		return -EINVAL;
+	if (grow((void **)&f->ids, &f->cap_ids, f->n_ids, sizeof(*f->ids)))
+		return -ENOMEM;
+	f->ids[f->n_ids++] = (struct st_fan_id){dev, ino};
+	return 0;
+}
+
+static int cmp_dir(const void *a, const void *b)
+{
+	const struct st_fan_dir *x = a, *y = b;
+	size_t n = x->len < y->len ? x->len : y->len;
+	int c = memcmp(x->path, y->path, n);
+	return c ? c : (x->len > y->len) - (x->len < y->len);
+}
+
+static int cmp_id(const void *a, const void *b)
+{
+	const struct st_fan_id *x = a, *y = b;
+	if (x->dev != y->dev)
+		return x->dev < y->dev ? -1 : 1;
+	return (x->ino > y->ino) - (x->ino < y->ino);
+}
+
+void st_fan_filter_seal(struct st_fan_filter *f)
+{
+	qsort(f->dirs, f->n_dirs, sizeof(*f->dirs), cmp_dir);
+	qsort(f->ids, f->n_ids, sizeof(*f->ids), cmp_id);
+	f->sealed = 1;
+}
+
+/* 1: the Python decision would be a plain allow (module comment); 0: ask Python. */
+int st_fan_filter_allows(const struct st_fan_filter *f, int event_fd, int tid, uint64_t mask)
+{
+	if (!f || !f->sealed)
+		return 0;
+	if (!mask || (mask & ~(uint64_t)(FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM)))
+		return 0;
+	struct stat st;
+	if (fstat(event_fd, &st) || !S_ISREG(st.st_mode))
+		return 0;
+	struct st_fan_id id = {st.st_dev, st.st_ino};
+	if (f->n_ids && bsearch(&id, f->ids, f->n_ids, sizeof(*f->ids), cmp_id))
+		return 0;
+	char link[64], path[PATH_MAX];
+	snprintf(link, sizeof(link), "/proc/self/fd/%d", event_fd);
+	ssize_t n = readlink(link, path, sizeof(path) - 1);
+	if (n <= 1 || n >= (ssize_t)sizeof(path) - 1 || path[0] != '/')
+		return 0;
+	path[n] = 0;
+	if (n >= 10 && !memcmp(path + n - 10, " (deleted)", 10))
+		return 0;
+	char *slash = memrchr(path, '/', (size_t)n);
+	size_t dlen = slash == path ? 1 : (size_t)(slash - path);
+	struct st_fan_dir key = {path, dlen, 0, 0};
+	const struct st_fan_dir *dir = bsearch(&key, f->dirs, f->n_dirs, sizeof(*f->dirs), cmp_dir);
+	if (!dir || dir->dev != (uint64_t)st.st_dev)
+		return 0;
+	/* that name's directory is still the marked one (not a mount over it since) */
+	struct stat parent;
+	char saved = path[dlen];
+	path[dlen] = 0;
+	int gone = stat(path, &parent);
+	path[dlen] = saved;
+	if (gone || (uint64_t)parent.st_dev != dir->dev || (uint64_t)parent.st_ino != dir->ino)
+		return 0;
+	struct stat ns;
+	snprintf(link, sizeof(link), "/proc/%d/ns/mnt", tid);
+	if (stat(link, &ns) || (uint64_t)ns.st_ino != f->mnt_ino || (uint64_t)ns.st_dev != f->mnt_dev)
+		return 0;
+	for (size_t i = 0; i < f->n_patterns; i++) {
+		const struct st_fan_pattern *p = &f->patterns[i];
+		if (p->exact ? ((size_t)n == p->len && !memcmp(path, p->text, p->len))
+			     : ((size_t)n >= p->len && !memcmp(path, p->text, p->len)))
+			return 0;
+	}
+	return 1;
+}
+
+struct st_fan_reader *st_fan_reader_new(void)
+{
+	struct st_fan_reader *r = calloc(1, sizeof(*r));
+	if (r && pthread_mutex_init(&r->lock, NULL)) {
+		free(r);
+		return NULL;
+	}
+	return r;
+}
+
+/* Install ``f`` (NULL: ask Python about everything); returns the filter it replaces, which no
+ * event is being judged with any more once this returns (the caller frees it). */
+struct st_fan_filter *st_fan_reader_swap(struct st_fan_reader *r, struct st_fan_filter *f)
+{
+	pthread_mutex_lock(&r->lock);
+	struct st_fan_filter *old = r->filter;
+	r->filter = f;
+	pthread_mutex_unlock(&r->lock);
+	return old;
+}
+
+uint64_t st_fan_reader_allowed(struct st_fan_reader *r)
+{
+	pthread_mutex_lock(&r->lock);
+	uint64_t n = r->allowed;
+	pthread_mutex_unlock(&r->lock);
+	return n;
+}
+
+void st_fan_reader_free(struct st_fan_reader *r)
+{
+	if (!r)
+		return;
+	st_fan_filter_free(r->filter);
+	pthread_mutex_destroy(&r->lock);
+	free(r);
+}
+
+/* Wait for events on fan_fd (or a byte on wake_fd), answer what the filter allows, and copy
+ * the metadata of every other event into out (at most cap bytes: cap >= sizeof(r->buf) holds
+ * a whole read). Returns the bytes copied, 0 if woken with nothing to hand over, -errno on a
+ * read error. Loops while everything read was answered here. */
+ssize_t st_fan_read(struct st_fan_reader *r, int fan_fd, int wake_fd, char *out, size_t cap)
+{
+	struct pollfd fds[2] = {{.fd = fan_fd, .events = POLLIN}, {.fd = wake_fd, .events = POLLIN}};
+	int self = (int)syscall(SYS_gettid);
+	if (cap < sizeof(r->buf))
+		return -EINVAL;
+	for (;;) {
+		if (poll(fds, 2, -1) < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (fds[1].revents)
+			return 0;
+		ssize_t got = read(fan_fd, r->buf, sizeof(r->buf));
+		if (got < 0) {
+			if (errno == EAGAIN || errno == EINTR)
+				continue;
+			return -errno;
+		}
+		size_t used = 0;
+		pthread_mutex_lock(&r->lock);
+		for (ssize_t off = 0; off + (ssize_t)sizeof(struct fanotify_event_metadata) <= got;) {
+			struct fanotify_event_metadata *m = (void *)(r->buf + off);
+			if (m->event_len < sizeof(*m) || off + (ssize_t)m->event_len > got)
+				break;
+			int mine = m->fd >= 0 && m->vers == FANOTIFY_METADATA_VERSION &&
+				   (m->pid == self ||
+				    st_fan_filter_allows(r->filter, m->fd, m->pid, m->mask));
+			struct fanotify_response resp = {.fd = m->fd, .response = FAN_ALLOW};
+			if (mine && write(fan_fd, &resp, sizeof(resp)) == (ssize_t)sizeof(resp)) {
+				close(m->fd);
+				r->allowed++;
+			} else {
+				memcpy(out + used, m, m->event_len);
+				used += m->event_len;
+			}
+			off += m->event_len;
+		}
+		pthread_mutex_unlock(&r->lock);
+		if (used)
+			return (ssize_t)used;
+	}
+}
