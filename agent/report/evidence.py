@@ -117,6 +117,15 @@ class _Bad:
             top = max(top, end)
             self._ends.append(top)
 
+    def own(self, seq: int) -> str | None:
+        """The narrowest error that names ``seq`` (a record's own finding before its batch's)."""
+        i = bisect.bisect_right(self._starts, seq)
+        found = [(end - start, message)
+                 for start, end, message in (self._ranges[j] for j in
+                                             range(bisect.bisect_left(self._ends, seq, 0, i), i))
+                 if end >= seq]  # fmt: skip
+        return min(found)[1] if found else None
+
     def why(self, lo: int, hi: int) -> str | None:
         """The first error whose range meets ``lo..hi``, or None. The ranges that start at or
         before ``hi`` are ``[:i]``; the running maximum of their ends rises, so the first one
@@ -189,7 +198,7 @@ class _Batches:
     def _exclude(self, batch: list[tuple[Record, str, int]], reason: str) -> None:
         for record, segment, offset in batch:
             seq = record["seq"]
-            own = self.bad.why(seq, seq)
+            own = self.bad.own(seq)
             self.evidence.exclude(Excluded(seq, _text(record.get("type")),
                                            self.where(segment, offset), own or reason))  # fmt: skip
 
