@@ -81,6 +81,19 @@ def load_policy(path: Path) -> Policy | None:
         raise CollectorError(str(exc)) from None
 
 
+def covering(store: Store, host: str) -> dict[str, object] | None:
+    """The latest published fleet checkpoint and the host's last entry in it, for the
+    ingest answer (the agent keeps it: agent.forward.fleetnote)."""
+    published = store.fleet_published()
+    if published is None:
+        return None
+    size, note = published
+    last = store.fleet_last_of(host, size)
+    if last is None:
+        return None
+    return {"checkpoint": note.decode("utf-8"), "index": last[0], "host_size": last[1]}
+
+
 class FleetTree:
     """The fleet log's leaf hashes in memory, read from the store as it grows."""
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import json
 import logging
 import signal
 import ssl
@@ -32,7 +33,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from agent import __version__
 from agent.collector import pki
 from agent.collector.config import CollectorConfig
-from agent.collector.fleet import POLICY_FILE, FleetPublisher, load_policy, note_signer
+from agent.collector.fleet import POLICY_FILE, FleetPublisher, covering, load_policy, note_signer
 from agent.collector.ingest import Accepted, Gap, Ingest, Rejected
 from agent.collector.keyfiles import read_private
 from agent.collector.protocol import (
@@ -184,7 +185,17 @@ async def handle_ingest(request: web.Request) -> web.StreamResponse:
     finally:
         state.waiting -= 1
         state.metrics.waiting.dec()
-    return _answer(state, outcome)
+    answer = _answer(state, outcome)
+    if isinstance(outcome, Accepted):
+        fleet = await _run(state, lambda: covering(state.ingest.store, host.name))
+        if fleet is not None:
+            answer = _with(answer, fleet=fleet)
+    return answer
+
+
+def _with(answer: web.Response, **more: object) -> web.Response:
+    assert answer.text is not None
+    return web.json_response({**json.loads(answer.text), **more}, status=answer.status)
 
 
 def _answer(state: _State, outcome: object) -> web.Response:

@@ -55,6 +55,7 @@ from typing import Any, NamedTuple, Protocol
 
 from agent.collector.protocol import Receipt
 from agent.errors import FormatError, ForwardError, JournalError
+from agent.forward import fleetnote
 from agent.forward.client import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_READ_TIMEOUT,
@@ -158,6 +159,8 @@ class Forwarder:
             maxlen=MAX_QUEUED
         )
         self._receipt: Receipt | None = None  # the newest verified receipt
+        #: the largest fleet checkpoint covering this host the collector sent (thread's own)
+        self.fleet: fleetnote.FleetNote | None = None
         self._unjournaled = False  # it acknowledges records other than bookkeeping
         self._journaled_at = -RECEIPT_INTERVAL
         # the thread's own
@@ -441,7 +444,25 @@ class Forwarder:
         with self._cond:
             self._receipt = receipt
             self._unjournaled = self._unjournaled or substantive
+        if body.get("fleet") is not None:
+            self._keep_fleet(body["fleet"], receipt.collector)
         return NOW
+
+    def _keep_fleet(self, doc: object, collector: str) -> None:
+        """Keep a larger witnessed fleet checkpoint covering this host (``fleetnote``)."""
+        try:
+            fleet = fleetnote.check(doc, collector, self._key)
+        except FormatError as exc:
+            log.warning("the collector's fleet checkpoint is not trusted: %s", exc)
+            return
+        if self.fleet is not None and fleet.size <= self.fleet.size:
+            return
+        self.fleet = fleet
+        if self._status_dir is not None:
+            try:
+                fleetnote.keep(self._status_dir, fleet)
+            except OSError as exc:
+                log.warning("cannot keep the fleet checkpoint: %s", exc.strerror)
 
     def _move_head(self, size: int, last_hash: str | None = None) -> Wait:
         with self._cond:

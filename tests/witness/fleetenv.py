@@ -78,6 +78,7 @@ class Fleet:
         self.host = HostJournal(root, "host-a")
         KeyStore(self.host.keys).init()
         self.client: Client | None = None
+        self.last_answer: dict[str, object] = {}
 
     def witness(self, name: str) -> WitnessProc:
         w = WitnessProc(self.root / name, f"{name}.example", [self.vkey])
@@ -114,6 +115,7 @@ class Fleet:
         while pos < len(lines) - 1:
             ans = client.ingest(pos, lines[pos : min(pos + batch, len(lines))])
             assert ans.status == 200, ans.doc
+            self.last_answer = ans.doc
             if ans.doc["size"] == pos:
                 break
             pos = ans.doc["size"]

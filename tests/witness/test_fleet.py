@@ -66,6 +66,18 @@ def test_witnessed_fleet_checkpoint_and_evidence_bundle(fleet_on: Fleet, tmp_pat
     note = fleet.wait_published(lambda n: _size(n) == entries)
     cosigned, _ = policy.verify_checkpoint(Note.parse(note), fleet.origin)
     assert cosigned == {"W1", "W2", "W3"} or len(cosigned) >= 2
+    # the next answers carry it, and the agent's check of it passes with collector.pub
+    fleet.send(100)
+    answered = Note.parse(fleet.last_answer["fleet"]["checkpoint"].encode())
+    assert policy.verify_checkpoint(answered, fleet.origin)  # witnessed, as published
+    from agent.forward import fleetnote
+
+    kept = fleetnote.check(
+        fleet.last_answer["fleet"],
+        fleet.origin,
+        PublicKey.load(tmp_path / "host-a-bundle" / "collector.pub"),
+    )
+    assert kept.size >= entries and kept.host_size > 0
     # the witnesses serve what they cosigned (monitoring GET)
     for w in fleet.witnesses:
         assert sealtrail("witness", "status", "--dir", str(w.dir)).returncode == 0
