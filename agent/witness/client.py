@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -62,7 +62,7 @@ class Cosigners:
             if name in self._busy and not self._busy[name].done():
                 out.failures[name] = "still busy with an earlier checkpoint"
                 continue
-            task = asyncio.ensure_future(self._one(witness, note, checkpoint, proof))
+            task = asyncio.ensure_future(self._timed(self._ask(witness, note, checkpoint, proof)))
             self._busy[name] = task
             tasks[task] = name
         pending = set(tasks)
@@ -83,16 +83,10 @@ class Cosigners:
     def _reachable(self, out: Outcome, pending: set[str]) -> bool:
         return self.policy.satisfied(set(out.cosignatures) | pending)
 
-    async def _one(
-        self,
-        witness: Witness,
-        note: Note,
-        checkpoint: Checkpoint,
-        proof: Callable[[int], Sequence[bytes]],
-    ) -> Signature | str:
+    async def _timed(self, asking: Awaitable[Signature | str]) -> Signature | str:
         try:
             async with asyncio.timeout(self.timeout):
-                return await self._ask(witness, note, checkpoint, proof)
+                return await asking
         except TimeoutError:
             return f"no answer in {self.timeout:g} s"
         except aiohttp.ClientError as exc:

@@ -3,8 +3,8 @@ and a log that signs checkpoints over a real RFC 9162 tree (the journal's Merkle
 
 from __future__ import annotations
 
+import contextlib
 import http.client
-import os
 import signal
 import subprocess
 import sys
@@ -18,6 +18,7 @@ from agent.c2sp.note import Note, Signature
 from agent.journal import merkle
 from agent.journal.protect import clear_all
 from agent.witness.protocol import AddCheckpoint
+from tests.agentproc import end_process
 from tests.collector.server_proc import ROOT, free_port, sealtrail
 
 
@@ -98,13 +99,9 @@ class WitnessProc:
         proc, self.proc = self.proc, None
         if proc is None:
             return 0
-        if proc.poll() is None:
-            os.kill(proc.pid, sig)
-        try:
-            return proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.kill(proc.pid, signal.SIGKILL)
-            return proc.wait()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            end_process(proc, sig, 30)
+        return proc.returncode
 
     def cleanup(self) -> None:
         self.stop()
