@@ -114,7 +114,8 @@ def test_witnessed_fleet_checkpoint_and_evidence_bundle(fleet_on: Fleet, tmp_pat
     assert len(messages) > 5  # the failures name different steps
     took = time.perf_counter() - started
     print(
-        f"{took:.1f} s: {2 * len(data)} changes of a {len(data)}-byte bundle refused, {len(messages)} messages"
+        f"{took:.1f} s: {2 * len(data)} changes of a {len(data)}-byte bundle refused, "
+        f"{len(messages)} distinct messages"
     )
     other = sealtrail(
         "verify-bundle", str(bundle), "--host-key", str(fleet.root / "coll" / "collector.pub"),
