@@ -9,7 +9,8 @@ with the journal's pages dropped from the page cache first (``posix_fadvise(DONT
 its own files only: cold reads, without touching what others have cached):
 
 - the jump alone (``seek_time``: which segment, which byte offset);
-- ``journal query --since <last hour>`` in-process, counting the records;
+- ``journal query --since <last hour>`` in-process, counting the records (each parsed);
+- the same lines unparsed (``stored_lines``: what ``-o json`` with only a time range does);
 - the same with ``--action deny`` (few matches) and with ``--auid 1000``;
 - ``sealtrail journal query --since @T -o json > /dev/null`` as a process (Python start included);
 - ``journal tail -n 10`` (reads backwards from the end);
@@ -38,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchlib import num, print_table
 from journal_bench import realistic
 
-from agent.journal.query import Filter, last, query, seek_time
+from agent.journal.query import Filter, last, query, seek_time, stored_lines
 from agent.journal.segments import list_segments
 from agent.journal.writer import JournalWriter
 
@@ -78,7 +79,7 @@ def generate(directory: Path, gb: float, days: float) -> dict[str, Any]:
             print(f"\r{written / 1e9:.2f} GB, {i} records", end="", file=sys.stderr, flush=True)
     w.close({"reason": "bench"})
     print(file=sys.stderr)
-    return {"records": i, "generate_s": time.perf_counter() - t}
+    return {"appended": i, "generate_s": time.perf_counter() - t}
 
 
 def drop_cache(directory: Path) -> None:
@@ -123,6 +124,8 @@ def main() -> None:
     seek_t, _ = timed(runs, directory, lambda: seek_time(directory, hour_ago))
     hour = Filter(since=hour_ago)
     hour_t, hour_n = timed(runs, directory, lambda: sum(1 for _ in query(directory, hour)))
+    unparsed = lambda: sum(1 for _ in stored_lines(directory, hour_ago))  # noqa: E731
+    raw_t, raw_n = timed(runs, directory, unparsed)
     deny = Filter(since=hour_ago, actions=frozenset({"deny"}))
     deny_t, deny_n = timed(runs, directory, lambda: sum(1 for _ in query(directory, deny)))
     auid = Filter(since=hour_ago, auids=frozenset({1000}))
@@ -145,6 +148,7 @@ def main() -> None:
         "last_hour_records": hour_n,
         "seek_s": seek_t,
         "last_hour_s": hour_t,
+        "last_hour_stored_lines_s": raw_t,
         "last_hour_deny_s": deny_t,
         "last_hour_deny_records": deny_n,
         "last_hour_auid_s": auid_t,
@@ -171,6 +175,7 @@ def main() -> None:
         [
             row("jump to the last hour (seek_time)", seek_t, None),
             row("query --since last hour (count)", hour_t, hour_n),
+            row("stored lines of the last hour, unparsed", raw_t, raw_n),
             row("query --since last hour --action deny", deny_t, deny_n),
             row("query --since last hour --auid 1000", auid_t, auid_n),
             row("sealtrail journal query ... -o json (process)", cli_t, hour_n),

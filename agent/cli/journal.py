@@ -36,7 +36,17 @@ from agent.journal.checkpoint import (
     SignedCheckpoint,
 )
 from agent.journal.keys import PublicKey
-from agent.journal.query import Filter, Match, Scan, end_position, follow, last, query, user_name
+from agent.journal.query import (
+    Filter,
+    Match,
+    Scan,
+    end_position,
+    follow,
+    last,
+    query,
+    stored_lines,
+    user_name,
+)
 from agent.journal.reader import latest_checkpoint, prove, prove_consistency
 from agent.journal.record import Record
 from agent.journal.segments import SegmentNumbering, journal_chunks, list_segments
@@ -283,20 +293,25 @@ def run_tail(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_query(args: argparse.Namespace) -> int:
-    directory = _journal_dir(args)
+def _print_query(directory: Path, flt: Filter, output: str, limit: int | None) -> None:
+    if output == "json" and flt.only_time:  # records as stored: no need to parse each
+        out = sys.stdout
+        for line in itertools.islice(stored_lines(directory, flt.since, flt.until), limit):
+            out.write(line.data.decode("utf-8", "backslashreplace") + "\n")
+        out.flush()
+        return
     scan = Scan()
-    printer = _Printer(args.output, sys.stdout)
-    printer(itertools.islice(query(directory, _filter(args), scan=scan), args.lines))
+    _Printer(output, sys.stdout)(itertools.islice(query(directory, flt, scan=scan), limit))
     _report_skipped(scan)
+
+
+def run_query(args: argparse.Namespace) -> int:
+    _print_query(_journal_dir(args), _filter(args), args.output, args.lines)
     return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
-    directory = _journal_dir(args)
-    scan = Scan()
-    _Printer(args.format, sys.stdout)(query(directory, _filter(args), scan=scan))
-    _report_skipped(scan)
+    _print_query(_journal_dir(args), _filter(args), args.format, None)
     return 0
 
 

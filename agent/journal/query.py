@@ -241,6 +241,13 @@ class Filter:
             if wanted is not None:
                 yield number(name, wanted)
 
+    @property
+    def only_time(self) -> bool:
+        """True if nothing but ``since`` and ``until`` is asked for (``stored_lines`` will do)."""
+        others = (self.types, self.kinds, self.actions, self.rules, self.policies, self.pids,
+                  self.exes, self.paths, self.hosts, self.auids, self.sessions)  # fmt: skip
+        return all(value is None for value in others)
+
     def may_match(self, line: bytes) -> bool:
         """False if the stored ``line`` cannot hold a matching record (``needles``)."""
         return all(any(n in line for n in group) for group in self.needles)
@@ -484,6 +491,37 @@ def query(
                 return
             if flt(record):
                 yield Match(line, record)
+
+
+def stored_lines(directory: Path, since: int | None = None, until: int | None = None) -> Iterator[
+    Line
+]:  # fmt: skip
+    """The stored lines of the records written from ``since`` to ``until`` (ns, inclusive),
+    for output as stored (``-o json``): only the lines near the two ends are parsed, to find
+    where the range begins and ends; between them lines are handed out as they are (a damaged
+    line too: ``journal verify`` says what is wrong with it). The same lines as ``query``
+    with a filter of only ``since`` and ``until`` (on the same clock assumption), without
+    parsing each (about 15 us a record on this project's CI machine kind)."""
+    segments = list_segments(directory)
+    first, offset = seek_time(directory, since) if since is not None else (0, 0)
+    stop_at = seek_time(directory, until + 1) if until is not None else (len(segments), 0)
+    started = since is None
+    for index in range(first, len(segments)):
+        for line in _lines(segments[index][1], offset if index == first else 0):
+            before_end = (index, line.offset) < stop_at
+            if started and before_end:
+                yield line
+                continue
+            ts = _ts_of(line.data)
+            if ts is None:
+                continue
+            if not started:
+                if since is not None and ts < since:
+                    continue
+                started = True
+            if until is not None and ts > until:
+                return
+            yield line
 
 
 def _lines_backward(path: Path) -> Iterator[Line]:

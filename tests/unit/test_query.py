@@ -26,6 +26,7 @@ from agent.journal.query import (
     parse_time,
     query,
     seek_time,
+    stored_lines,
 )
 from agent.journal.record import record_hash
 from agent.journal.segments import list_segments
@@ -219,6 +220,8 @@ def test_since_and_until_select_the_time_range_through_the_jump(journal: Path) -
         since, until = T0 + first * STEP, T0 + (end - 1) * STEP
         found = seqs(query(journal, Filter(since=since, until=until)))
         assert found == [s for s, ts, _ in records if since <= ts <= until], (first, end)
+        unparsed = [json.loads(line.data)["seq"] for line in stored_lines(journal, since, until)]
+        assert unparsed == found  # the same lines, found without parsing each
     assert seqs(query(journal, Filter(since=T0 + 10_000 * STEP))) == []
     # with a filter whose lines are passed over unparsed, the end of the range still holds
     since, until = T0 + 120 * STEP, T0 + 420 * STEP
@@ -275,6 +278,11 @@ def test_cli_query_and_tail_outputs(journal: Path, capsys: pytest.CaptureFixture
     ]
     rc, out, _ = run(capsys, "journal", "query", *j, "-o", "json", "--kind", "connect")
     assert rc == 0 and out.splitlines() == [s for s in stored if '"kind":"connect"' in s]
+    since, until = (T0 + 100 * STEP) / 1e9, (T0 + 200 * STEP) / 1e9
+    rc, out, _ = run(capsys, "journal", "query", *j, "--since", f"@{since}",
+                     "--until", f"@{until}", "--json")  # fmt: skip
+    in_range = [s for s in stored if since * 1e9 <= int(json.loads(s)["ts"]) <= until * 1e9]
+    assert rc == 0 and in_range and out.splitlines() == in_range
     rc, out, _ = run(capsys, "journal", "tail", *j, "-o", "json", "-n", "3")
     assert out.splitlines() == stored[-3:]
     rc, out, _ = run(capsys, "journal", "query", *j, "--action", "deny", "-n", "2")
