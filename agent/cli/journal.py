@@ -26,6 +26,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+import orjson
+
 from agent import paths
 from agent.errors import FormatError, JournalError, KeyStoreError, UsageError
 from agent.journal import ocsf
@@ -323,9 +325,11 @@ def _value(name: str, value: object) -> str:
     if name in _USER_FIELDS and type(value) is int:  # ausearch -i: a uid with its user name
         user = user_name(value)  # this host's name for it: say which number it is too
         return f"{value}({user})" if user else str(value)
+    if type(value) is int:
+        return str(value)
     if isinstance(value, str):
         return value if value and " " not in value and "=" not in value else json.dumps(value)
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return orjson.dumps(value).decode("utf-8")  # compact, non-ASCII as it is
 
 
 def format_record(record: Record, colour: bool) -> str:

@@ -35,6 +35,7 @@ journal verify`` is what says whether the journal is authentic.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import pwd
 import re
 import time
@@ -344,8 +345,10 @@ def _auid(text: str) -> int:
         raise UsageError(f"--auid {text!r}: no such user on this host (give the uid)") from None
 
 
+@functools.lru_cache(maxsize=4096)
 def user_name(uid: int) -> str | None:
-    """The name of ``uid`` on this host (``ausearch -i``), None if it has none."""
+    """The name of ``uid`` on this host (``ausearch -i``), None if it has none (cached: a
+    lookup reads /etc/passwd, and a listing asks for the same few uids on every line)."""
     if uid == AUID_UNSET:
         return "unset"
     try:
