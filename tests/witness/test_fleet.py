@@ -94,6 +94,7 @@ def test_witnessed_fleet_checkpoint_and_evidence_bundle(fleet_on: Fleet, tmp_pat
         str(policy_path),
     )  # fmt: skip
     assert "verified: record 123" in ok.stdout
+    print(ok.stdout)
     data = bundle.read_bytes()
     assert data.startswith(b"c2sp.org/tlog-proof@v1\nextra ")
     key = PublicKey.load(fleet.host.pub)
