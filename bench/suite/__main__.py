@@ -62,7 +62,9 @@ def commit() -> str:
         return subprocess.run(["git", "-C", str(REPO), *a], capture_output=True,
                               text=True).stdout.strip()  # fmt: skip
 
-    dirty = git("status", "--porcelain", "--", "agent", "native", "probes", "bench")
+    dirty = git("status", "--porcelain", "--", "agent", "native", "probes", "policies")
+    if agent.SRC != REPO:
+        return git("rev-parse", "--short", "HEAD") + " (agent, native core, probes, policies)"
     return git("rev-parse", "--short", "HEAD") + (" (working tree differs)" if dirty else "")
 
 
@@ -89,6 +91,8 @@ def main() -> int:
                     help="s to wait for other sessions' tracing programs to go")  # fmt: skip
     ap.add_argument("--render", type=Path, help="only render this results JSON into --out")
     benchlib.add_probes_option(ap)
+    ap.add_argument("--working-tree", action="store_true",
+                    help="agent and policies of the working tree (default: HEAD)")  # fmt: skip
     args = ap.parse_args()
     if args.render:
         res = json.loads(args.render.read_text())
@@ -108,8 +112,12 @@ def main() -> int:
     def log(msg: str) -> None:
         print(f"[{time.monotonic() - t_start:6.1f} s] {msg}", flush=True)
 
-    mach = machine()
     probes = benchlib.prepare(args)
+    if not args.working_tree:
+        # every agent and CLI below runs the commit's code: first on their PYTHONPATH
+        agent.SRC = agent.snapshot()
+        os.environ["PYTHONPATH"] = str(agent.SRC)
+    mach = machine()
     work = Path(tempfile.mkdtemp(prefix="sealtrail-suite-", dir="/var/tmp"))
     try:
         with BenchCgroup("sealtrail-suite") as cgroup:
@@ -160,7 +168,7 @@ def main() -> int:
 def _audit_rules() -> list[list[str]]:
     from .auditd import rules
 
-    return rules(REPO / "policies")
+    return rules(agent.SRC / "policies")
 
 
 if __name__ == "__main__":

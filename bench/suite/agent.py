@@ -8,6 +8,7 @@ import contextlib
 import ctypes
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -15,12 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import policy_overhead
-from benchlib import REPO
+from benchlib import OUT_DIR, REPO
 from fanotify_overhead import confine
 
 from agent.journal import protect
 
 SEALTRAIL = REPO / ".venv" / "bin" / "sealtrail"
+SNAPSHOTS = OUT_DIR / "suite-src"
+#: where the agent's code and the example policies come from: the working tree, or a snapshot
+#: of a commit (``snapshot``), which the agents and CLIs get first on their PYTHONPATH
+SRC = REPO
 #: bench agents pin below here, never in the machine's /sys/fs/bpf/sealtrail
 PIN_ROOT = Path("/sys/fs/bpf/sealtrail-bench")
 DEFAULT_PINS = Path("/sys/fs/bpf/sealtrail")
@@ -30,6 +35,31 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 def _die_with_parent() -> None:
     _libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG: no agent outlives the bench
+
+
+def snapshot(rev: str = "HEAD") -> Path:
+    """``git archive`` of the agent, its native core, the probes and the policies as committed
+    at ``rev``, with the native core built (the Makefile's flags less -Werror), in
+    build/bench/suite-src/COMMIT: the agent that is measured is a commit's, even while other
+    engineers edit agent/ in the working tree (a half-saved module would fail a run)."""
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", rev], check=True,
+                            capture_output=True, text=True).stdout.strip()  # fmt: skip
+    dest = SNAPSHOTS / commit[:12]
+    if (dest / ".complete").exists():
+        return dest
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    paths = ["agent", "native", "probes", "policies"]
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, *paths], check=True,
+                             capture_output=True).stdout  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    lib = dest / "agent" / "native" / "lib" / "libsealtrail.so"
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    sources = sorted(str(p.relative_to(dest)) for p in (dest / "native").glob("*.c"))
+    subprocess.run(["gcc", "-O2", "-g", "-fPIC", "-shared", "-Wall", "-Wno-deprecated-declarations",
+                    *sources, "-o", str(lib), "-lcrypto"], check=True, cwd=dest)  # fmt: skip
+    (dest / ".complete").write_text(commit + "\n")
+    return dest
 
 
 def policy_dirs(work: Path, cgroup: Path) -> dict[str, Path]:
@@ -42,7 +72,7 @@ def policy_dirs(work: Path, cgroup: Path) -> dict[str, Path]:
     rules1000 policy_overhead's 1,000 generated rules (connect, bind, open, exec; everything
               they target was made by the benchmark)
     """
-    files = sorted((REPO / "policies").glob("*.toml"))
+    files = sorted((SRC / "policies").glob("*.toml"))
     out = {}
     for name in ("monitor", "enforce", "rules1000"):
         out[name] = work / "policies" / name

@@ -22,20 +22,26 @@ SEALTRAIL = ("monitor", "enforce", "rules1000")
 CHARTS = ("overhead.png", "throughput.png", "evidence.png")
 
 
-def ns(v: float | None) -> str:
-    """A duration in ns, in the unit that keeps it readable."""
+def ns(v: float | None, sign: str = "") -> str:
+    """A duration in ns, in the unit that keeps it readable (``sign="+"``: always signed)."""
     if v is None:
         return "-"
     a = abs(v)
     if a >= 1e6:
-        return f"{v / 1e6:,.2f} ms"
+        return f"{v / 1e6:{sign},.2f} ms"
     if a >= 1e4:
-        return f"{v / 1e3:,.1f} µs"
-    return f"{v:,.0f} ns"
+        return f"{v / 1e3:{sign},.1f} µs"
+    return f"{v:{sign},.0f} ns"
 
 
 def n(v: float | None, spec: str = ",.0f") -> str:
     return "-" if v is None else format(v, spec)
+
+
+def run_label(r: dict[str, Any]) -> str:
+    rate = "flood" if r["offered_rate"] is None else f"{r['offered_rate']:,.0f}/s"
+    ring = f"\n{r['ringbuf_bytes'] >> 10} KiB ring" if r.get("ringbuf_bytes") == 64 << 10 else ""
+    return f"{r['who']}\n{rate}{ring}"
 
 
 def charts(res: dict[str, Any], out: Path) -> list[Path]:
@@ -61,24 +67,32 @@ def charts(res: dict[str, Any], out: Path) -> list[Path]:
     plt.close(fig)
 
     tp = res["throughput"]["runs"]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    offered = [*sorted({r["offered_rate"] for r in tp if r["offered_rate"]}), None]
+    ticks = [f"{o:,.0f}" if o else "flood" for o in offered]
     for who, marker in (("sealtrail", "o"), ("auditd", "s")):
-        runs = [r for r in tp if r["who"] == who and r.get("ringbuf_bytes", 8 << 20) == 8 << 20]
-        made = [r["produced_per_s"] for r in runs]
-        ax1.plot(made, [r["recorded"] / max(r["produced"], 1) * 100 for r in runs], marker,
-                 label=f"{who}: recorded %", linestyle="-")  # fmt: skip
-        ax2.plot(made, [r["lost"] + max(r["unaccounted"], 0) for r in runs], marker,
-                 label=f"{who}: lost + unaccounted", linestyle="-")  # fmt: skip
-    ax1.set_xlabel("events made per second (load generator)")
-    ax1.set_ylabel("% of events recorded")
-    ax1.set_ylim(0, 105)
+        runs = {r["offered_rate"]: r for r in tp
+                if r["who"] == who and r.get("ringbuf_bytes", 8 << 20) == 8 << 20}  # fmt: skip
+        xs = [i for i, o in enumerate(offered) if o in runs]
+        ax1.plot(xs, [runs[offered[i]]["produced_per_s"] for i in xs], marker, linestyle="-",
+                 label=f"with {who}")  # fmt: skip
+    ax1.set_xticks(range(len(offered)), ticks)
+    ax1.set_xlabel("offered UDP connects per second")
+    ax1.set_ylabel("UDP connects made per second")
+    ax1.set_yscale("log")
     ax1.legend(fontsize=8)
-    ax2.set_xlabel("events made per second (load generator)")
-    ax2.set_ylabel("events not recorded")
-    ax2.legend(fontsize=8)
-    for ax in (ax1, ax2):
-        ax.set_xscale("log")
-    fig.suptitle("Offered UDP connects: recorded vs lost (8 MiB ring; auditd backlog 8192)",
+    ax1.set_title("auditd's backlog wait slows the workload itself", fontsize=9)
+    labels = [run_label(r) for r in tp]
+    rec = [r["recorded"] for r in tp]
+    lost = [r["lost"] + max(r["unaccounted"], 0) for r in tp]
+    ax2.bar(range(len(tp)), rec, color="#4c72b0", label="recorded")
+    ax2.bar(range(len(tp)), lost, bottom=rec, color="#c44e52", label="lost (loss records / "
+            "audit lost) + unaccounted")  # fmt: skip
+    ax2.set_xticks(range(len(tp)), labels, fontsize=6)
+    ax2.set_ylabel("events of the run")
+    ax2.legend(fontsize=7)
+    ax2.set_title("every event recorded or counted as lost", fontsize=9)
+    fig.suptitle("Throughput: UDP connects into sealtrail's sealed journal and auditd's log",
                  fontsize=10)  # fmt: skip
     fig.tight_layout()
     paths.append(out / "throughput.png")
@@ -171,7 +185,7 @@ def markdown(res: dict[str, Any], charts_rel: list[str]) -> str:
         cells = [row["workload"], row["records"],
                  f"{ns(base['median'])} ({ns(base['min'])}..{ns(base['max'])})"]  # fmt: skip
         for cfg in ("monitor", "enforce", "rules1000", "auditd"):
-            cells.append(f"+{ns(c[cfg]['added'])} ({ns(c[cfg]['min'])}..{ns(c[cfg]['max'])})")
+            cells.append(f"{ns(c[cfg]['added'], '+')} ({ns(c[cfg]['min'])}..{ns(c[cfg]['max'])})")
         for cfg in SEALTRAIL:
             cells.append(n(c[cfg]["ratio"], ".1f") + "x" * (c[cfg]["ratio"] is not None))
         met = [cfg for cfg in SEALTRAIL if c[cfg]["goal_met"]]
@@ -184,8 +198,11 @@ def markdown(res: dict[str, Any], charts_rel: list[str]) -> str:
     if "overhead.png" in charts_rel:
         w("![added cost per operation](overhead.png)\n")
     w("BPF run time of the agent's programs per operation (`BPF_ENABLE_STATS`, a separate pass"
-      " with a quarter of the iterations, round 0) and the agent's CPU time per operation "
-      "(utime+stime of all its threads, median of rounds):\n")  # fmt: skip
+      " with a quarter of the iterations, round 0; the probes are host-wide, so their run time "
+      "per second without our workload, measured for 1 s before, is subtracted) and the "
+      "agent's CPU time per operation (utime+stime of all its threads over the sample, which "
+      "includes recording other sessions' events; clock-tick resolution; median of "
+      "rounds):\n")  # fmt: skip
     w("| operation | " + " | ".join(f"{CONFIG_LABEL[c]} BPF | CPU" for c in SEALTRAIL) + " |")
     w("|---|" + "---|---|" * len(SEALTRAIL))
     for row in ov["rows"]:
@@ -199,7 +216,7 @@ def markdown(res: dict[str, Any], charts_rel: list[str]) -> str:
     top = {}
     for cfg in SEALTRAIL:
         for wl, d in ov["bpf_ns_per_op"].get(cfg, {}).items():
-            for prog, v in d["by_program"].items():
+            for prog, v in d.get("by_program", {}).items():
                 if v >= 1:
                     top.setdefault(f"{wl}", {})[f"{prog} ({cfg})"] = v
     if top:
@@ -216,8 +233,8 @@ def markdown(res: dict[str, Any], charts_rel: list[str]) -> str:
     for row, cfg in losses:
         c = row["configs"]
         goal = "ratio ≥ 5" if row["records"] == "both" else "sealtrail-added ≤ auditd-added"
-        w(f"- **{row['workload']}, {CONFIG_LABEL[cfg]}**: +{ns(c[cfg]['added'])} against "
-          f"auditd's +{ns(c['auditd']['added'])} (goal: {goal}). Measured: "
+        w(f"- **{row['workload']}, {CONFIG_LABEL[cfg]}**: {ns(c[cfg]['added'], '+')} against "
+          f"auditd's {ns(c['auditd']['added'], '+')} (goal: {goal}). Measured: "
           f"{loss_reason(row, cfg, ov)}.")  # fmt: skip
     w("")
 
@@ -229,8 +246,8 @@ def markdown(res: dict[str, Any], charts_rel: list[str]) -> str:
       "journal event records (sealtrail) or SYSCALL records in audit.log (auditd) of the load "
       "generator's pid; `lost`: the count of sealtrail's `loss` records, auditd's kernel `lost` "
       "counter (delta); `unaccounted` = made - recorded - lost.\n")  # fmt: skip
-    w("| who | offered/s | ring | made/s | recorded | lost | unaccounted | recorded/s | "
-      "backlog max | CPU % | RSS max | verify |")  # fmt: skip
+    w("| who | offered/s | ring | made/s | recorded | lost | unaccounted | recorded/s "
+      "(journal ts) | backlog max | CPU % | RSS max | verify |")  # fmt: skip
     w("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in tp["runs"]:
         st = r["who"] == "sealtrail"
@@ -285,10 +302,11 @@ def markdown(res: dict[str, Any], charts_rel: list[str]) -> str:
     s = ev["sealtrail"]
     w(f"The same {ev['records']:,} records (journal_bench's mix of exec, exit, fork, connect, "
       "accept, open and verdict records) in both.\n")  # fmt: skip
-    w("| journal | seal interval | verify records/s (best of wall times) | verify wall s | "
+    w("| journal | seal interval | verify records/s (CLI, best wall time) | verify wall s | "
       "bytes/record used | bytes/record allocated | seals/tags | verify result |")  # fmt: skip
     w("|---|---|---|---|---|---|---|---|")
-    w(f"| sealtrail | {s['seal_interval']} | {n(s['verify_per_s'])} | "
+    w(f"| sealtrail | {s['seal_interval']} | {n(s['verify_per_s'])} "
+      f"(in process: {n(s['verify_in_process_per_s'])}) | "
       f"{min(s['verify_wall_s']):.2f} | {s['bytes_per_record']:.0f} | "
       f"{s['bytes_per_record']:.0f} | {s['seals']} | rc {s['verify_rc']}: "
       f"{s['verify_summary'][:60]} |")  # fmt: skip
@@ -306,7 +324,8 @@ def markdown(res: dict[str, Any], charts_rel: list[str]) -> str:
       "100 ms. FSS's default interval is 15 min (`journalctl --setup-keys` default): entries "
       "of the current epoch are unsealed until the epoch ends or the file is closed. The "
       "100 ms FSS key is the same tool with `--interval=100ms`. Wall times include each "
-      "CLI's start (the Python interpreter for sealtrail).\n")  # fmt: skip
+      "CLI's start (the Python interpreter for sealtrail); `in process` is journal_bench's "
+      "verifier run (native fast path, file reads included) without it.\n")  # fmt: skip
     if "evidence.png" in charts_rel:
         w("![evidence](evidence.png)\n")
     w(f"Raw numbers: [{res['json_name']}]({res['json_name']}).")

@@ -20,8 +20,8 @@ from typing import Any
 
 import agent_e2e
 import benchlib
-from benchlib import REPO
 
+from . import agent as suite_agent
 from . import auditd
 from .agent import Agent, rss_kib
 
@@ -109,7 +109,7 @@ def sealtrail_run(
 
 
 def auditd_run(rate: float | None, seconds: float, work: Path, cgroup: Path) -> dict[str, Any]:
-    with auditd.Auditd(work, REPO / "policies") as a:
+    with auditd.Auditd(work, suite_agent.SRC / "policies") as a:
         assert a.proc is not None
         time.sleep(0.3)
         before = auditd.status()
