@@ -35,8 +35,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[dev]'
-	# a second C2SP implementation for tests/witness/test_interop.py; it declares Python >= 3.12
-	# but runs on 3.11 (its tests here pass), so it is installed without that check
+	# a second C2SP implementation for tests/witness/test_c2sp.py; it declares Python >= 3.12
+	# but runs on 3.11 (tests/witness/test_c2sp.py uses it), so it is installed without that check
 	$(VENV)/bin/pip install -q --no-deps --ignore-requires-python aics-tlog==0.2.1
 	touch $@
 
