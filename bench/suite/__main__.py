@@ -112,11 +112,9 @@ def main() -> int:
     def log(msg: str) -> None:
         print(f"[{time.monotonic() - t_start:6.1f} s] {msg}", flush=True)
 
-    probes = benchlib.prepare(args)
-    if not args.working_tree:
-        # every agent and CLI below runs the commit's code: first on their PYTHONPATH
-        agent.SRC = agent.snapshot()
-        os.environ["PYTHONPATH"] = str(agent.SRC)
+    # default: a snapshot of HEAD (agent, native core, probes, policies), built apart
+    build = benchlib.build_probes if args.working_tree else agent.snapshot_probes
+    probes = benchlib.prepare(args, build)
     mach = machine()
     work = Path(tempfile.mkdtemp(prefix="sealtrail-suite-", dir="/var/tmp"))
     try:
@@ -128,7 +126,8 @@ def main() -> int:
             log("throughput: sealtrail and auditd at the same offered rates")
             tp = throughput.measure(rates, args.seconds, 1.0 if args.smoke else 5.0,
                                     1 if args.smoke else 3, not args.smoke, work / "tp",
-                                    cgroup, policies["enforce"], log)  # fmt: skip
+                                    cgroup, policies["enforce"], log,
+                                    (10_000.0,) if args.smoke else (10_000.0, None))  # fmt: skip
         log(f"evidence: {args.records:,} records, sealtrail and journald FSS")
         ev = evidence.measure(args.records, work / "ev", 1 if args.smoke else 3)
     finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import json
 import os
 import shutil
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import policy_overhead
-from benchlib import OUT_DIR, REPO
+from benchlib import BPF_CFLAGS, OUT_DIR, REPO
 from fanotify_overhead import confine
 
 from agent.journal import protect
@@ -58,8 +59,27 @@ def snapshot(rev: str = "HEAD") -> Path:
     sources = sorted(str(p.relative_to(dest)) for p in (dest / "native").glob("*.c"))
     subprocess.run(["gcc", "-O2", "-g", "-fPIC", "-shared", "-Wall", "-Wno-deprecated-declarations",
                     *sources, "-o", str(lib), "-lcrypto"], check=True, cwd=dest)  # fmt: skip
+    obj = dest / "agent" / "kernel" / "obj"  # where the snapshot's agent looks for its probes
+    obj.mkdir(parents=True, exist_ok=True)
+    for src in sorted((dest / "probes").glob("*.bpf.c")):
+        subprocess.run(["clang", *BPF_CFLAGS, f"-I{REPO / 'build'}", f"-I{dest / 'probes'}",
+                        "-c", str(src), "-o", str(obj / src.name.replace(".bpf.c", ".bpf.o"))],
+                       check=True)  # fmt: skip
     (dest / ".complete").write_text(commit + "\n")
     return dest
+
+
+def snapshot_probes() -> dict[str, str]:
+    """benchlib.prepare's ``build``: the snapshot of HEAD with its own probes (not the shared
+    build/bench/obj another benchmark may be rebuilding), recorded like build_probes does."""
+    global SRC
+    SRC = snapshot()
+    os.environ.pop("SEALTRAIL_BPF_DIR", None)  # the snapshot's agent/kernel/obj
+    os.environ["PYTHONPATH"] = str(SRC)  # every agent and CLI below runs the commit's code
+    info = {"probes_commit": (SRC / ".complete").read_text().strip()}
+    for o in sorted((SRC / "agent" / "kernel" / "obj").glob("*.bpf.o")):
+        info[o.name] = hashlib.sha256(o.read_bytes()).hexdigest()[:16]
+    return info
 
 
 def policy_dirs(work: Path, cgroup: Path) -> dict[str, Path]:
@@ -110,7 +130,7 @@ class Agent:
         self.start_s = 0.0
 
     def start(self, cpu: int | None = None) -> Agent:
-        self.state.mkdir(parents=True)
+        self.state.mkdir(parents=True, exist_ok=True)  # keys may have been made first
         wait_default_pins_gone()
 
         def child() -> None:

@@ -250,6 +250,8 @@ def markdown(res: dict[str, Any], charts_rel: list[str]) -> str:
       "(journal ts) | backlog max | CPU % | RSS max | verify |")  # fmt: skip
     w("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in tp["runs"]:
+        if r["who"] not in ("sealtrail", "auditd"):
+            continue
         st = r["who"] == "sealtrail"
         w("| " + " | ".join([
             r["who"], "flood" if r["offered_rate"] is None else n(r["offered_rate"]),
@@ -267,8 +269,26 @@ def markdown(res: dict[str, Any], charts_rel: list[str]) -> str:
       "the flood runs show where the load generator or the agent's CPU ends).\n")  # fmt: skip
     if "throughput.png" in charts_rel:
         w("![throughput](throughput.png)\n")
-    w("Loopback collector: not measured by this suite (bench/forward.py and "
-      "bench/collector_ingest.py measure the forwarder and the collector).\n")  # fmt: skip
+    coll = [r for r in tp["runs"] if r["who"] == "sealtrail+collector"]
+    if coll:
+        w("To a loopback collector: the same agent with `--forward` to `sealtrail collector "
+          "serve` on 127.0.0.1 (mutual TLS, SQLite store, both on this machine), the load as "
+          "above. `caught up`: seconds after the load ended until the collector held every "
+          "journal line written by then; `held`: after the agent's clean stop (it forwards "
+          "up to its final seal), records in the collector against records in the "
+          "journal.\n")  # fmt: skip
+        w("| offered/s | made/s | recorded | lost | unaccounted | caught up | delivered/s | "
+          "held / journal |")  # fmt: skip
+        w("|---|---|---|---|---|---|---|---|")
+        for r in coll:
+            w("| " + " | ".join([
+                "flood" if r["offered_rate"] is None else n(r["offered_rate"]),
+                n(r["produced_per_s"]), n(r["recorded"]), n(r["lost"]), n(r["unaccounted"]),
+                f"{r['catch_up_after_load_s']:.2f} s", n(r["delivered_per_s"]),
+                f"{r['collector_held']:,} / {r['journal_records']:,}"
+                + (" (all)" if r["collector_holds_journal"] else " (NOT all)"),
+            ]) + " |")  # fmt: skip
+        w("")
 
     w("## Agent footprint and start\n")
     idle = tp["idle"]

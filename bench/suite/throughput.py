@@ -10,6 +10,7 @@ on CPU 0 with the example policies (enforcing) and its default record kinds.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -24,6 +25,7 @@ import benchlib
 from . import agent as suite_agent
 from . import auditd
 from .agent import Agent, rss_kib
+from .collector import Collector, cli
 
 AGENT_CPU, LOADGEN_CPU = 0, 1
 
@@ -108,6 +110,47 @@ def sealtrail_run(
     return res
 
 
+def journal_lines(journal: Path) -> int:
+    return sum(p.read_bytes().count(b"\n") for p in journal.glob("seg-*"))
+
+
+def collector_run(
+    rate: float | None, seconds: float, work: Path, cgroup: Path, policies: Path
+) -> dict[str, Any]:
+    """The agent forwarding to a loopback collector while the load runs: how long after the
+    load the collector held every journal line written until then, and whether after the
+    agent's clean stop (it forwards up to its final seal) it holds exactly the journal."""
+    host = socket.gethostname()  # the agent journals as this host
+    agent = Agent(work, policies, cgroup)
+    cli("keys", "init", "--keys", str(agent.keys))
+    with Collector(work / "collector", host, agent.keys / "journal.pub") as coll:
+        agent.cmd += ["--forward", f"https://127.0.0.1:{coll.port}", "--forward-tls",
+                      str(coll.bundle), "--forward-wait", "60"]  # fmt: skip
+        agent.start(AGENT_CPU)
+        try:
+            time.sleep(0.3)
+            t0 = time.monotonic()
+            pid, row = offer(rate, seconds, cgroup)
+            t_end, lines = time.monotonic(), journal_lines(agent.journal)
+            while coll.held(host) < lines and time.monotonic() - t_end < 120:
+                time.sleep(0.05)
+            caught_up = time.monotonic()
+        finally:
+            agent.stop()
+        held = coll.held(host)
+    res = agent_e2e.read_journal(agent.journal, pid)
+    produced = int(row["iters"] + row["warmup"])
+    return {
+        "who": "sealtrail+collector", "offered_rate": rate, "produced": produced,
+        "produced_per_s": row["iters"] / row["secs"], "recorded": res["recorded"],
+        "lost": res["lost"], "unaccounted": produced - int(res["recorded"]) - int(res["lost"]),
+        "journal_records": res["records"], "collector_held": held,
+        "collector_holds_journal": held == res["records"],
+        "lines_at_load_end": lines, "catch_up_after_load_s": caught_up - t_end,
+        "delivered_per_s": lines / (caught_up - t0),
+    }  # fmt: skip
+
+
 def auditd_run(rate: float | None, seconds: float, work: Path, cgroup: Path) -> dict[str, Any]:
     with auditd.Auditd(work, suite_agent.SRC / "policies") as a:
         assert a.proc is not None
@@ -187,6 +230,7 @@ def time_to_enforce(work: Path, cgroup: Path) -> dict[str, Any]:
 def measure(
     rates: list[float], seconds: float, idle_s: float, starts: int, flood: bool, work: Path,
     cgroup: Path, policies: Path, log: Callable[[str], None],
+    collector_rates: tuple[float | None, ...] = (10_000.0,),
 ) -> dict[str, Any]:  # fmt: skip
     runs: list[dict[str, Any]] = []
     plan: list[tuple[float | None, int]] = [(r, 8 << 20) for r in rates]
@@ -204,6 +248,12 @@ def measure(
             log(f"  auditd    {what:>10}: recorded {a['recorded']} lost {a['lost']} "
                 f"backlog max {a['backlog_max']} unaccounted {a['unaccounted']}")  # fmt: skip
             runs.append(a)
+    for rate in collector_rates:
+        r = collector_run(rate, seconds, work / f"collector-{len(runs)}", cgroup, policies)
+        log(f"  collector  {'flood' if rate is None else f'{rate:,.0f}/s':>10}: journal "
+            f"{r['journal_records']} held {r['collector_held']} caught up "
+            f"{r['catch_up_after_load_s']:.2f} s after the load")  # fmt: skip
+        runs.append(r)
     clean = [r for r in runs if r["who"] == "sealtrail" and r["lost"] == 0
              and r["unaccounted"] == 0 and r["verify"]["rc"] == 0]  # fmt: skip
     enforce = [time_to_enforce(work / f"enforce-{i}", cgroup) for i in range(starts)]

@@ -54,6 +54,8 @@ def test_smoke_run_writes_report_charts_and_numbers(tmp_path: Path) -> None:
         if r["who"] == "sealtrail":
             assert r["verify"]["rc"] == 0, r["verify"]  # the sealed journal verifies
             assert r["recorded"] + r["lost"] > 0
+        if r["who"] == "sealtrail+collector":  # the loopback collector holds the whole journal
+            assert r["collector_holds_journal"], r
     ev = res["evidence"]
     assert ev["sealtrail"]["verify_rc"] == 0
     assert ev["journald"].get("verify_rc") == 0, ev["journald"]  # FSS set up and verified
