@@ -236,7 +236,10 @@ async def serve(
         await runner.setup()
         host, port = config.listen_address()
         site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:
+            raise WitnessError(f"cannot listen on {config.listen}: {exc.strerror}") from None
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
