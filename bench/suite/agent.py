@@ -21,6 +21,7 @@ from benchlib import BPF_CFLAGS, OUT_DIR, REPO
 from fanotify_overhead import confine
 
 from agent.journal import protect
+from tests.agentproc import end_process
 
 SEALTRAIL = REPO / ".venv" / "bin" / "sealtrail"
 SNAPSHOTS = OUT_DIR / "suite-src"
@@ -171,13 +172,8 @@ class Agent:
         from agent.kernel.pins import unpin
 
         try:
-            if self.proc is not None and self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
+            if self.proc is not None:
+                end_process(self.proc, signal.SIGTERM, 60)
         finally:
             unpin(self.pin_dir)
             with contextlib.suppress(OSError):

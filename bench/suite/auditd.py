@@ -17,6 +17,8 @@ import time
 import tomllib
 from pathlib import Path
 
+from tests.agentproc import end_process
+
 #: the syscalls sealtrail records by default (``--record`` accept,bind,connect,exec,exit,listen:
 #: exit is process lifecycle, which audit has no cheap rule for, so it is left out)
 SYSCALL_RULES = (
@@ -135,13 +137,8 @@ class Auditd:
 
     def __exit__(self, *_exc: object) -> None:
         try:
-            if self.proc is not None and self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
+            if self.proc is not None:
+                end_process(self.proc, signal.SIGTERM, 15)
         finally:
             auditctl("-D")
             b = self.before

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from benchlib import closed_tcp_port
 
+from tests.agentproc import end_process
+
 from .agent import SEALTRAIL
 
 
@@ -57,10 +59,5 @@ class Collector:
             return int(store.head(host).size)
 
     def __exit__(self, *_exc: object) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            end_process(self.proc, signal.SIGTERM, 30)
