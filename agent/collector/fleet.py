@@ -33,6 +33,7 @@ from agent.c2sp.checkpoint import Checkpoint
 from agent.c2sp.keys import NoteError, Signer
 from agent.c2sp.note import Note, Signature
 from agent.c2sp.policy import Policy
+from agent.collector import layout
 from agent.collector.errors import CollectorError
 from agent.collector.keyfiles import read_private
 from agent.collector.store.base import Store
@@ -45,7 +46,7 @@ from agent.witness.evidence import entry_bytes
 
 log = logging.getLogger(__name__)
 
-POLICY_FILE = "witnesses.policy"
+POLICY_FILE = layout.WITNESS_POLICY
 #: Fleet checkpoints are signed at most this often while the log grows.
 MIN_INTERVAL = 1.0
 

@@ -7,6 +7,8 @@ A collector directory (``collector init --dir DIR``, mode 0700)::
     server.crt        the server certificate; server.key its key (0600)
     collector.key     the Ed25519 receipt signing key (0600); collector.pub its public key
     store.sqlite      the default store (with its -wal and -shm files)
+    witnesses.policy  optional: the witnesses that cosign the fleet log, and the quorum
+                      (C2SP tlog-policy; docs/witness.md)
 
 An enrollment bundle (``collector enroll --out OUTDIR``, mode 0700), what ``sealtrail agent
 --forward-tls OUTDIR`` reads::
@@ -27,6 +29,7 @@ SERVER_KEY = "server.key"
 SIGNING_KEY = "collector.key"
 SIGNING_PUB = "collector.pub"
 STORE = "store.sqlite"
+WITNESS_POLICY = "witnesses.policy"
 
 CLIENT_CERT = "client.crt"
 CLIENT_KEY = "client.key"
