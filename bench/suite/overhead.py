@@ -18,7 +18,7 @@ from typing import Any
 
 import benchlib
 from benchlib import REPO, BpfStats, summary
-from fanotify_overhead import cpu_ticks, wait_quiet
+from fanotify_overhead import cpu_ticks, fanotify_marks, wait_quiet
 
 from . import agent as suite_agent
 from .agent import Agent, rss_kib
@@ -59,6 +59,8 @@ def workloads(work: Path, scale: float) -> list[Workload]:
                  "9", n(200_000), "both"),
         Workload("tcp connect+accept", "socket, connect, accept, close x2 on loopback",
                  "tcpaccept", "", n(20_000), "both"),
+        Workload("getppid", "getppid(2): no rule and no probe is about it (the control: what "
+                 "any syscall pays)", "getppid", "", n(400_000), "neither"),
         Workload("tar x", "tar -x of this repository's source tree (git archive HEAD)", "tar",
                  str(work / "src.tar"), n(8), "neither"),
     ]  # fmt: skip
@@ -141,6 +143,7 @@ def measure(
     starts: dict[str, list[float]] = {c: [] for c in SEALTRAIL}
     tainted: dict[str, list[list[str]]] = {}
     rss: dict[str, list[int]] = {c: [] for c in SEALTRAIL}
+    marks: dict[str, dict[str, int]] = {}
     hz = os.sysconf("SC_CLK_TCK")
     for rnd in range(rounds):
         shift = rnd % len(CONFIGS)
@@ -169,6 +172,7 @@ def measure(
                         us = (cpu_ticks(agent.pid) - c0) / hz * 1e6 / (wl.iters * 1.1)
                         agent_cpu[config].setdefault(wl.name, []).append(us)
                     rss[config].append(rss_kib(agent.pid))
+                    marks[config] = fanotify_marks(agent.pid)
                     if rnd == 0:
                         bpf[config] = bpf_pass(wls, cgroup, work, agent.pid)
                 shutil.rmtree(agent.state, ignore_errors=True)
@@ -179,6 +183,7 @@ def measure(
                                "loadgen": f"{w.mode} {w.arg}".strip()} for w in wls},
         "tarball": tarball, "rounds": rounds, "samples_ns": samples, "agent_cpu_us": agent_cpu,
         "bpf_ns_per_op": bpf, "start_s": starts, "tainted": tainted, "agent_rss_kib": rss,
+        "fanotify_marks": marks,
         "rows": rows(samples, {w.name: w.records for w in wls}),
     }  # fmt: skip
 

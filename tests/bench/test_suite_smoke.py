@@ -41,7 +41,7 @@ def test_smoke_run_writes_report_charts_and_numbers(tmp_path: Path) -> None:
     res = json.loads((out / "smoke.json").read_text())
     ov = res["overhead"]
     configs = ("none", "monitor", "enforce", "rules1000", "auditd")
-    assert {r["workload"] for r in ov["rows"]} == set(ov["workloads"]) and len(ov["rows"]) == 6
+    assert {r["workload"] for r in ov["rows"]} == set(ov["workloads"]) and len(ov["rows"]) == 7
     for row in ov["rows"]:
         for c in configs:
             assert isinstance(row["configs"][c]["median"], float), (row["workload"], c)
