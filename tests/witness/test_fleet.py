@@ -200,6 +200,7 @@ def test_split_view_gets_no_quorum(fleet: Fleet) -> None:
         out = sealtrail("witness", "status", "--dir", str(w.dir), "--json", check=False)
         assert out.returncode == 1 and '"conflicts": 2' in out.stdout
     # the true history still gets its cosignatures
-    assert len(present([*leaves, merkle.leaf_hash(b"next")], known)) == 3
+    # (the call returns once the quorum is met: 2 of 3 at least)
+    assert policy.satisfied(present([*leaves, merkle.leaf_hash(b"next")], known))
     with pytest.raises(NoteError):
         policy.verify_checkpoint(Note.parse(b"x\n\n\xe2\x80\x94 a AAAAAAA=\n"), signer.name)

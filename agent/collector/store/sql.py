@@ -74,13 +74,14 @@ BATCHES = """CREATE TABLE batches (
 # Version 3: the fleet log (agent.collector.fleet): one row per accepted host checkpoint, in
 # the order of the tree's leaves (``idx`` from 0, gapless: the next one comes from ``fleet_head``
 # under its row lock, in the transaction that accepts the batch), and the fleet checkpoints
-# published (signed notes with their witnesses' cosignatures).
+# published (signed notes with their witnesses' cosignatures). Entries name the host binding
+# (``hosts.id``), not the name: a name enrolled again with a new genesis key is another journal.
 # (Idempotent: a store made by a later version and labelled older opens the same.)
 FLEET = (
     """CREATE TABLE IF NOT EXISTS fleet (
-        idx {int} PRIMARY KEY, host TEXT NOT NULL, host_size {int} NOT NULL,
+        idx {int} PRIMARY KEY, host_id {int} NOT NULL, host_size {int} NOT NULL,
         entry {blob} NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS fleet_host ON fleet (host, host_size)",
+    "CREATE INDEX IF NOT EXISTS fleet_host ON fleet (host_id, host_size)",
     "CREATE TABLE IF NOT EXISTS fleet_head (id {int} PRIMARY KEY, size {int} NOT NULL)",
     "INSERT INTO fleet_head (id, size) SELECT 1, 0 WHERE NOT EXISTS (SELECT 1 FROM fleet_head)",
     """CREATE TABLE IF NOT EXISTS fleet_published (
@@ -381,7 +382,7 @@ class SqlStore(Store, Generic[C]):
                         raise _overlap(host, expected_size, end, stored)
                     _insert_batch(cur, host_id, expected_size, len(lines), joined, b"".join(hashes))
                 if fleet_entry is not None:
-                    self._fleet_append(cur, host, *fleet_entry)
+                    self._fleet_append(cur, host_id, *fleet_entry)
         except Duplicate:
             raise _overlap(host, expected_size, end, None) from None
         return True
@@ -405,14 +406,14 @@ class SqlStore(Store, Generic[C]):
                 raise _unknown(host)
 
     # ------------------------------------------------------------------------------ fleet log
-    def _fleet_append(self, cur: C, host: str, host_size: int, entry: bytes) -> None:
+    def _fleet_append(self, cur: C, host_id: int, host_size: int, entry: bytes) -> None:
         # the row lock on fleet_head orders concurrent collectors: one index each, no gap
         cur.execute("UPDATE fleet_head SET size = size + 1 WHERE id = 1")
         cur.execute("SELECT size FROM fleet_head WHERE id = 1")
         idx = int(cur.fetchone()[0]) - 1
         cur.execute(
-            "INSERT INTO fleet (idx, host, host_size, entry) VALUES (?, ?, ?, ?)",
-            (idx, host, host_size, entry),
+            "INSERT INTO fleet (idx, host_id, host_size, entry) VALUES (?, ?, ?, ?)",
+            (idx, host_id, host_size, entry),
         )
 
     def fleet_size(self) -> int:
@@ -440,8 +441,8 @@ class SqlStore(Store, Generic[C]):
     def fleet_find(self, host: str, seq: int, below: int) -> tuple[int, bytes] | None:
         with self._read() as cur:
             cur.execute(
-                "SELECT idx, entry FROM fleet WHERE host = ? AND host_size > ? AND idx < ?"
-                " ORDER BY host_size, idx LIMIT 1",
+                f"SELECT idx, entry FROM fleet WHERE host_id = ({_ACTIVE}) AND host_size > ?"
+                " AND idx < ? ORDER BY host_size, idx LIMIT 1",
                 (host, seq, below),
             )
             row = cur.fetchone()
@@ -450,8 +451,8 @@ class SqlStore(Store, Generic[C]):
     def fleet_last_of(self, host: str, below: int) -> tuple[int, int] | None:
         with self._read() as cur:
             cur.execute(
-                "SELECT idx, host_size FROM fleet WHERE host = ? AND idx < ?"
-                " ORDER BY idx DESC LIMIT 1",
+                f"SELECT idx, host_size FROM fleet WHERE host_id = ({_ACTIVE}) AND idx < ?"
+                " ORDER BY host_size DESC, idx DESC LIMIT 1",
                 (host, below),
             )
             row = cur.fetchone()
