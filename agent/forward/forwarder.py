@@ -276,6 +276,14 @@ class Forwarder:
             else {"collector": receipt.collector, "size": receipt.size, "ts": str(receipt.ts)},
             "last_error": self._last_error,
             "rejected": self._rejected,
+            # the largest witnessed fleet checkpoint covering this host (fleetnote)
+            "fleet": None
+            if self.fleet is None
+            else {
+                "size": self.fleet.size,
+                "index": self.fleet.index,
+                "host_size": self.fleet.host_size,
+            },
             "sent_records": self.sent_records,
             "sent_bytes": self.sent_bytes,
             "updated_ns": _now_ns(),

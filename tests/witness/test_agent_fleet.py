@@ -78,6 +78,7 @@ def test_keeps_the_largest_fleet_checkpoint(journal: Journal, tmp_path: Path) ->
     kept = Note.parse((tmp_path / FILE).read_bytes())
     assert Checkpoint.parse(kept.text).size == 9
     assert kept.open([collector.signer.verifier])
+    assert fwd.status()["fleet"] == {"size": 9, "index": 8, "host_size": 5}
 
 
 def test_ignores_a_fleet_checkpoint_the_collector_did_not_sign(
