@@ -87,7 +87,7 @@ def main() -> int:
                     help="paced offered rates, events/s (floods follow)")  # fmt: skip
     ap.add_argument("--seconds", type=float, default=3.0, help="load per throughput run")
     ap.add_argument("--records", type=int, default=200_000, help="evidence: records")
-    ap.add_argument("--wait-foreign", type=float, default=20.0,
+    ap.add_argument("--wait-foreign", type=float, default=10.0,
                     help="s to wait for other sessions' tracing programs to go")  # fmt: skip
     ap.add_argument("--render", type=Path, help="only render this results JSON into --out")
     benchlib.add_probes_option(ap)
@@ -116,7 +116,9 @@ def main() -> int:
     build = benchlib.build_probes if args.working_tree else agent.snapshot_probes
     probes = benchlib.prepare(args, build)
     mach = machine()
-    work = Path(tempfile.mkdtemp(prefix="sealtrail-suite-", dir="/var/tmp"))
+    # not below /tmp, /var/tmp or /dev/shm: the example tmp-exec rule names those
+    benchlib.OUT_DIR.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="suite-", dir=benchlib.OUT_DIR))
     try:
         with BenchCgroup("sealtrail-suite") as cgroup:
             policies = agent.policy_dirs(work / "p", cgroup)

@@ -32,6 +32,10 @@ from benchlib import REPO
 SEALTRAIL = REPO / ".venv" / "bin" / "sealtrail"
 JOURNAL_REMOTE = "/lib/systemd/systemd-journal-remote"
 MACHINE_ID = "5ea17a11be4c45e0a5ea17a11be4c45e"
+#: the entries' wall-clock times start this far after now: journal-remote writes the seal tags
+#: by the real clock, and an entry older than a tag already written fails verification
+#: ("Older entry after newer tag"); writing and keying take seconds
+START_AHEAD_US = 120_000_000
 
 SETUP = rf"""
 set -e
@@ -114,7 +118,7 @@ def journald_side(
 ) -> dict[str, Any]:
     d = work / f"journald-{interval}"
     d.mkdir(parents=True)
-    start_us = time.time_ns() // 1000 + 5_000_000  # after the key's start, made next
+    start_us = time.time_ns() // 1000 + START_AHEAD_US
     with (d / "export").open("wb") as f:
         for i, (rtype, fields) in enumerate(records):
             f.write(export_entry(rtype, fields, i, start_us))
