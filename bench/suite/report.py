@@ -323,6 +323,18 @@ def markdown(res: dict[str, Any], charts_rel: list[str]) -> str:
             f"rc {r['verify']['rc']}" if st else "-",
         ]) + " |")  # fmt: skip
     w("")
+    st_runs = [r for r in tp["runs"] if r["who"] == "sealtrail"]
+    kinds: dict[str, int] = {}
+    for r in st_runs:
+        for k, v in r.get("types", {}).items():
+            kinds[k] = kinds.get(k, 0) + v
+    w("Journal records of the sealtrail runs by type: "
+      + ", ".join(f"{k} {v:,}" for k, v in sorted(kinds.items())) + ".")  # fmt: skip
+    errs = [e for r in st_runs for e in r.get("mismatch_errors", [])]
+    if errs:
+        w(f" The policy_mismatch records say what the agent could not keep as the policy says, "
+          f"e.g. `{errs[0][:160]}`.")  # fmt: skip
+    w("")
     w(f"Highest rate sealtrail recorded with zero loss and zero unaccounted: "
       f"**{n(tp['best_lossless_rate'])} events/s** (the highest offered rate here that it met; "
       "the flood runs show where the load generator or the agent's CPU ends).\n")  # fmt: skip

@@ -9,6 +9,7 @@ on CPU 0 with the example policies (enforcing) and its default record kinds.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -98,6 +99,7 @@ def sealtrail_run(
     finally:
         rc = agent.stop()
     res = agent_e2e.read_journal(agent.journal, pid)
+    res["mismatch_errors"] = mismatch_errors(agent.journal)
     produced = int(row["iters"] + row["warmup"])
     recorded, lost = int(res["recorded"]), int(res["lost"])
     res.update({
@@ -108,6 +110,17 @@ def sealtrail_run(
         "verify": agent_e2e.verify(agent.state), "start_s": agent.start_s, "idle": idle,
     })  # fmt: skip
     return res
+
+
+def mismatch_errors(journal: Path, most: int = 3) -> list[str]:
+    """The first errors of the run's policy_mismatch records (what the agent could not keep
+    as the policy says, e.g. a mark on a directory that vanished)."""
+    out: list[str] = []
+    for seg in sorted(journal.glob("seg-*")):
+        for line in seg.read_bytes().splitlines():
+            if b'"type":"policy_mismatch"' in line and len(out) < most:
+                out += [str(e) for e in json.loads(line).get("errors", [])][: most - len(out)]
+    return out
 
 
 def journal_lines(journal: Path) -> int:
