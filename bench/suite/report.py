@@ -411,10 +411,10 @@ def markdown(res: dict[str, Any], charts_rel: list[str]) -> str:
           f"{j['bytes_allocated_per_record']:.0f} | {j['tags']} | rc {j['verify_rc']}: "
           f"{j['verify_summary'][:60]} |")  # fmt: skip
     w("")
-    w("sealtrail seals at most every 100 ms (or 8192 records): a record is signed within "
-      "100 ms. FSS's default interval is 15 min (`journalctl --setup-keys` default): entries "
-      "of the current epoch are unsealed until the epoch ends or the file is closed. The "
-      "100 ms FSS key is the same tool with `--interval=100ms`. Wall times include each "
+    w("sealtrail's writer seals every 100 ms or 8192 records (the seals column counts them). "
+      "FSS seals by epoch: `journalctl --setup-keys` makes 15 min epochs unless told "
+      "`--interval`; the 100 ms key is the same tool with `--interval=100ms`, and the tags "
+      "column counts the seal tags journal-remote wrote into the files. Wall times include each "
       "CLI's start (the Python interpreter for sealtrail); `in process` is journal_bench's "
       "verifier run (native fast path, file reads included) without it.\n")  # fmt: skip
     if "evidence.png" in charts_rel:
