@@ -83,7 +83,9 @@ def check_journal(journal: Path, keys: Path, marker: str, port: int) -> None:
         "fanotify": True,
         "send_signal": True,
         "fileless_exec_hook": True,  # sched_prepare_exec (6.10+)
+        "host_pids": True,  # the host's PID namespace
     } or os.environ.get("SEALTRAIL_EXPECT_LSM")
+    assert recs[0]["missing_capabilities"] == []  # root: every capability judgement relies on
     assert recs[-1]["type"] == "seal" and recs[-2]["type"] == "stop"
     execs = [r for r in recs if r["type"] == "event" and r["kind"] == "exec"]
     mine = [r for r in execs if r["argv"] == ["/bin/echo", marker]]
