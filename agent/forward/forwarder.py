@@ -84,7 +84,10 @@ STATUS_INTERVAL = 1.0
 STATUS_NAME = "forward.json"
 #: Records the forwarder itself causes: a receipt for nothing else is not journaled (each
 #: journaled receipt is a record to forward, whose receipt would be journaled, forever).
-BOOKKEEPING = frozenset({"receipt", "forward_error", "seal"})
+#: at most one fleet_checkpoint record per this many seconds: each is forwarded and accepted,
+#: which grows the fleet log, so an idle host would otherwise journal one per fleet publication
+FLEET_RECORD_INTERVAL = 60.0
+BOOKKEEPING = frozenset({"receipt", "forward_error", "seal", "fleet_checkpoint"})
 #: forward_error records waiting for the main loop, at most.
 MAX_QUEUED = 64
 
@@ -161,6 +164,7 @@ class Forwarder:
         self._receipt: Receipt | None = None  # the newest verified receipt
         #: the largest fleet checkpoint covering this host the collector sent (thread's own)
         self.fleet: fleetnote.FleetNote | None = None
+        self._fleet_journaled: float | None = None  # when the last fleet_checkpoint was queued
         self._unjournaled = False  # it acknowledges records other than bookkeeping
         self._journaled_at = -RECEIPT_INTERVAL
         # the thread's own
@@ -466,6 +470,19 @@ class Forwarder:
         if self.fleet is not None and fleet.size <= self.fleet.size:
             return
         self.fleet = fleet
+        # in the host's own chain too: the run directory is gone at the next boot, the
+        # journal keeps the collector's witnessed word that records 0..host_size-1 are in it
+        now = self._clock()
+        if self._fleet_journaled is None or now - self._fleet_journaled >= FLEET_RECORD_INTERVAL:
+            self._fleet_journaled = now
+            fields: dict[str, JsonValue] = {
+                "collector": collector,
+                "checkpoint": fleet.note.decode("utf-8"),
+                "index": fleet.index,
+                "host_size": fleet.host_size,
+            }
+            with self._cond:
+                self._records.append(("fleet_checkpoint", fields))
         if self._status_dir is not None:
             try:
                 fleetnote.keep(self._status_dir, fleet)

@@ -46,6 +46,9 @@ REQUIRED_FIELDS: Mapping[str, frozenset[str]] = {
     # the collector's signed word that it holds records 0..size-1 (agent.forward)
     "receipt": frozenset({"collector", "size", "root", "collector_ts", "key_id", "sig"}),
     "forward_error": frozenset({"collector", "error", "detail"}),
+    # the collector's witnessed fleet checkpoint whose entry `index` is this host's checkpoint
+    # of `host_size` records (agent.forward.fleetnote; docs/witness.md)
+    "fleet_checkpoint": frozenset({"collector", "checkpoint", "index", "host_size"}),
     # the agent took over the guard an earlier agent pinned (agent.kernel.pins)
     "guard_takeover": frozenset({"pin_dir", "generation"}),
     # enforcement an earlier run held through a restart was released (agent.enforce.handover)

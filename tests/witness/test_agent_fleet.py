@@ -15,6 +15,7 @@ from agent.forward.forwarder import Forwarder
 from agent.forward.pacing import Pacing
 from agent.forward.source import JournalSource
 from agent.journal import merkle
+from agent.journal.record import check_fields
 from agent.journal.segments import iter_lines
 from tests.forward.fakes import FakeCollector
 from tests.unit.journal.conftest import Journal, journal
@@ -79,6 +80,13 @@ def test_keeps_the_largest_fleet_checkpoint(journal: Journal, tmp_path: Path) ->
     assert Checkpoint.parse(kept.text).size == 9
     assert kept.open([collector.signer.verifier])
     assert fwd.status()["fleet"] == {"size": 9, "index": 8, "host_size": 5}
+    # journaled too, each larger one once (the run directory does not survive a reboot)
+    kept_records = [f for t, f in fwd.take_records() if t == "fleet_checkpoint"]
+    sizes = [Checkpoint.parse(Note.parse(str(f["checkpoint"]).encode()).text).size
+             for f in kept_records]  # fmt: skip
+    assert sizes == [3], sizes  # at most one a minute (FLEET_RECORD_INTERVAL)
+    assert kept_records[-1]["index"] == 2 and kept_records[-1]["collector"] == "coll"
+    check_fields("fleet_checkpoint", kept_records[-1])  # a record the journal takes
 
 
 def test_ignores_a_fleet_checkpoint_the_collector_did_not_sign(
@@ -93,3 +101,4 @@ def test_ignores_a_fleet_checkpoint_the_collector_did_not_sign(
             break
     assert collector.lines  # forwarding went on
     assert fwd.fleet is None and not (tmp_path / FILE).exists()
+    assert not [t for t, _ in fwd.take_records() if t == "fleet_checkpoint"]
