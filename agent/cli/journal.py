@@ -18,7 +18,6 @@ import argparse
 import itertools
 import json
 import os
-import re
 import sys
 import time
 from collections.abc import Iterable
@@ -39,6 +38,7 @@ from agent.journal.checkpoint import (
 )
 from agent.journal.keys import PublicKey
 from agent.journal.query import (
+    RELATIVE_TIME,
     Filter,
     Match,
     Scan,
@@ -199,15 +199,12 @@ _FILTERS = (
 )  # fmt: skip
 
 
-_RELATIVE_TIME = re.compile(r"^-\d+(\.\d+)?[a-zA-Zµ \d.]*$")
-
-
 def add_filters(p: argparse.ArgumentParser) -> None:
     """The filters ``tail``, ``query`` and ``export`` share: each combines with the others
     (AND); a comma-separated list matches any of its values (OR)."""
     # ``--since -1h`` as journalctl takes it: argparse reads "-1h" as an option unless it
     # looks like a negative number, and this parser has no option that does
-    p._negative_number_matcher = _RELATIVE_TIME
+    p._negative_number_matcher = RELATIVE_TIME
     group = p.add_argument_group("filters (combined: every one given must hold)")
     for flag, metavar, help in _FILTERS:
         group.add_argument(flag, metavar=metavar, help=help)

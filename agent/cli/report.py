@@ -10,7 +10,7 @@ from typing import Any
 
 from agent.errors import UsageError
 from agent.journal.keys import PublicKey
-from agent.journal.query import parse_time
+from agent.journal.query import RELATIVE_TIME, parse_time
 from agent.report import collector_report, journal_report
 
 
@@ -39,7 +39,8 @@ def register(sub: Any) -> None:
         metavar="NAME",
         help="with --collector: this host (repeat for more; default: every enrolled host)",
     )
-    p.add_argument("--since", metavar="TIME", help="records at or after TIME (--since=-1h)")
+    p._negative_number_matcher = RELATIVE_TIME  # --since -1h, as journal query takes it
+    p.add_argument("--since", metavar="TIME", help="records at or after TIME (e.g. -1h)")
     p.add_argument("--until", metavar="TIME", help="records at or before TIME")
     p.add_argument("-o", "--output", type=Path, required=True, metavar="FILE",
                    help="the HTML file to write")  # fmt: skip

@@ -87,6 +87,11 @@ def _span(text: str) -> float | None:
     return total if pos else None
 
 
+#: what argparse must take as a value, not an option, after --since/--until: "-1h", "-2d 3h"
+#: (journalctl's relative times; parsers set it as their ``_negative_number_matcher``)
+RELATIVE_TIME = re.compile(r"^-\d+(\.\d+)?[a-zA-Zµ \d.]*$")
+
+
 def parse_time(text: str, now: float | None = None) -> int:
     """A point in time as nanoseconds since the epoch, from the forms ``journalctl --since``
     takes (systemd.time(7)), read in local time unless a zone is given:

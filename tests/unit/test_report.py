@@ -230,6 +230,10 @@ def test_usage_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture
     rc, _, err = run_cli(capsys, "report", "--journal", j.dir, "--key", j.keys / "journal.pub",
                          "--since", "whenever", "-o", tmp_path / "r.html")  # fmt: skip
     assert rc == 2 and "--since 'whenever': not a time" in err
+    # a relative time without "=", as journal query and journalctl take it
+    rc, _, err = run_cli(capsys, "report", "--journal", j.dir, "--key", j.keys / "journal.pub",
+                         "--since", "-1h", "-o", tmp_path / "r.html")  # fmt: skip
+    assert rc == 0 and (tmp_path / "r.html").exists(), err
 
 
 def test_a_record_changed_in_the_store_is_listed_and_left_out(
