@@ -15,9 +15,11 @@ verify-proof  check either proof with the public key alone
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterable
@@ -319,29 +321,49 @@ def _paint(text: str, code: str | None, colour: bool) -> str:
 
 
 def _value(name: str, value: object) -> str:
-    if name in _USER_FIELDS and type(value) is int:  # ausearch -i: a uid with its user name
-        user = user_name(value)  # this host's name for it: say which number it is too
-        return f"{value}({user})" if user else str(value)
-    if type(value) is int:
-        return str(value)
+    """A field's value for a text line. Journal strings are the observed world's (paths, argv,
+    comm): anything but plain printable text (spaces, "=", quotes, control characters such as
+    a newline or a terminal escape, bidi overrides) is shown JSON-quoted with escapes, so no
+    value can forge a line or drive the terminal."""
     if isinstance(value, str):
-        return value if value and " " not in value and "=" not in value else json.dumps(value)
-    return orjson.dumps(value).decode("utf-8")  # compact, non-ASCII as it is
+        if value and value.isprintable() and not _QUOTED(value):
+            return value
+        return json.dumps(value)
+    if type(value) is int:
+        if name in _USER_FIELDS:  # ausearch -i: a uid with its user name
+            user = user_name(value)
+            return f"{value}({user})" if user else str(value)
+        return str(value)
+    dumped = orjson.dumps(value).decode("utf-8")  # compact, non-ASCII as it is, if printable
+    return dumped if dumped.isprintable() else json.dumps(value)
+
+
+_QUOTED = re.compile(r'[\s="\\]').search
+
+
+@functools.lru_cache(maxsize=4096)
+def _second(sec: int) -> str:
+    return datetime.fromtimestamp(sec).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def format_record(record: Record, colour: bool) -> str:
     """One aligned, human-readable line: time, seq, type, then the interesting fields."""
-    stamp = datetime.fromtimestamp(record.ts / 1e9).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
-    fields = dict(record.fields)
+    sec, ns = divmod(record.ts, 1_000_000_000)
+    stamp = f"{_second(sec)}.{ns // 1_000_000:03d}"
+    fields = record.fields
     head = ""
+    skip: frozenset[str] | tuple[str, ...] = ()
     if record.type == "verdict":
-        action = str(fields.pop("action"))
+        action = str(fields["action"])
         head = _paint(f"{action:<10}", _COLOURS.get(action), colour) + " "
+        skip = ("action",)
     elif record.type == "event":
-        head = f"{fields.pop('kind')!s:<10} "
+        head = f"{fields['kind']!s:<10} "
+        skip = ("kind",)
     elif record.type == "seal":
         fields = {"size": fields["size"], "key": fields["key_id"]}
-    rest = " ".join(f"{k}={_value(k, v)}" for k, v in fields.items() if k not in _HIDDEN)
+    rest = " ".join([f"{k}={_value(k, v)}" for k, v in fields.items()
+                     if k not in _HIDDEN and k not in skip])  # fmt: skip
     kind = _paint(f"{record.type:<15}", _TYPE_COLOURS.get(record.type), colour)
     return f"{stamp} {record.seq:>9} {kind} {head}{rest}".rstrip()
 

@@ -339,3 +339,20 @@ def test_follow_from_the_end_waits_for_a_torn_line_to_be_completed(tmp_path: Pat
         f.write(line[10:] + b"\n")
     (match,) = follow(directory, None, start, idle=lambda: False)
     assert match.line.data == line
+
+
+def test_text_output_quotes_what_could_forge_a_line_or_drive_the_terminal() -> None:
+    """Paths and argv are the observed world's: a newline, a terminal escape, a bidi override
+    or a space comes out JSON-quoted with escapes; a plain path as it is."""
+    from agent.cli.journal import format_record
+    from agent.journal.record import Record
+
+    hostile = "/tmp/x\n2026-12-02 00:00:00.000         7 verdict         allow \x1b]0;pwned\x07"
+    fields = {"kind": "open", "path": hostile, "exe": "/usr/bin/\u202eexe", "argv": ["a\x1bb"],
+              "comm": "ok", "note": "two words"}  # fmt: skip
+    record = Record(seq=3, ts=1_764_633_600_123_456_789, host="h", boot_id="b",
+                    type="event", prev="0" * 64, fields=fields)  # fmt: skip
+    line = format_record(record, colour=False)
+    assert "\n" not in line and "\x1b" not in line and "\u202e" not in line, repr(line)
+    assert json.dumps(hostile) in line and "comm=ok" in line and 'note="two words"' in line
+    assert ".123 " in line  # milliseconds, truncated
