@@ -35,6 +35,33 @@ from tests.kernel.test_enforce import PY, SLOW, Env
 pytestmark = pytest.mark.kernel
 
 TOUCH = "/usr/bin/touch"
+TEE = "/usr/bin/tee"  # tee -a FILE: exit 1 if the open fails (touch falls back to utimensat)
+SPAWNER = r"""
+/* argv[1] = 0: run tee -a argv[2] from the main thread; 1: from a second thread after the
+   main thread (the thread group leader) has exited: /proc/TGID/exe then says ENOENT */
+#include <pthread.h>
+#include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+static char **args;
+static void *run(void *unused) {
+    (void)unused;
+    if (atoi(args[1])) usleep(200000);
+    pid_t pid = fork();
+    if (!pid) { execl("/usr/bin/tee", "tee", "-a", args[2], (char *)0); _exit(127); }
+    int st = 0;
+    waitpid(pid, &st, 0);
+    exit(WIFEXITED(st) ? WEXITSTATUS(st) : 126);
+}
+int main(int argc, char **argv) {
+    pthread_t t;
+    args = argv;
+    if (argc < 3) return 2;
+    if (!atoi(argv[1])) run(0);
+    pthread_create(&t, 0, run, 0);
+    pthread_exit(0);
+}
+"""
 RACES = 20  # exact paths that do not exist at the load, for the link race
 
 POLICY = """
@@ -67,6 +94,27 @@ operation = "exec"
 targets.paths = ["{work}/bin/bad*"]
 action = "deny"
 fallback = "kill"
+
+[[rules]]
+id = "nt-trusted-only"
+description = "only the trusted binary writes guarded (exe subject read from /proc/PID/exe)"
+operation = "open"
+access = ["write"]
+targets.paths = ["{work}/etc/guarded"]
+action = "deny"
+fallback = "kill"
+subjects.except.exe = ["{work}/bin/trusted"]
+
+[[rules]]
+id = "nt-lineage"
+description = "nothing started below the spawner writes lineage (descendants = true)"
+operation = "open"
+access = ["write"]
+targets.paths = ["{work}/etc/lineage"]
+action = "deny"
+fallback = "kill"
+subjects.exe = ["{work}/bin/spawner"]
+subjects.descendants = true
 
 [[rules]]
 id = "nt-key-write"
@@ -110,9 +158,22 @@ def env() -> Iterator[Env]:
     work = root / "work"
     for d in ("etc/sec.d", "tree", "other", "mnt", "bin"):
         (work / d).mkdir(parents=True)
-    for f in ("etc/secret", "etc/key", "tree/f", "etc/fresh", "etc/sec.d/f"):
+    for f in (
+        "etc/secret",
+        "etc/key",
+        "tree/f",
+        "etc/fresh",
+        "etc/sec.d/f",
+        "etc/guarded",
+        "etc/lineage",
+    ):
         (work / f).write_text("protected\n")
     shutil.copy(TOUCH, work / "bin/badtool")
+    shutil.copy(TEE, work / "bin/trusted")
+    shutil.copy(TEE, work / "bin/trusted (deleted)")  # a literal name
+    (root / "spawner.c").write_text(SPAWNER)
+    subprocess.run(["gcc", "-O1", "-pthread", "-o", str(work / "bin/spawner"),
+                    str(root / "spawner.c")], check=True)  # fmt: skip
     policies = root / "policies"
     policies.mkdir()
     races = ", ".join(f'"{work}/etc/race-{i}"' for i in range(RACES))
@@ -248,7 +309,9 @@ def test_file_bind_mount_of_an_exact_rule_file(env: Env) -> None:
 
 def run(argv: list[str]) -> subprocess.CompletedProcess[str] | PermissionError:
     try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=30 * SLOW)
+        return subprocess.run(
+            argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30 * SLOW
+        )
     except PermissionError as exc:
         return exc
 
@@ -284,6 +347,50 @@ def test_exec_through_a_file_bind_mount_is_not_silent(env: Env) -> None:
     finally:
         umount(ok)
     assert isinstance(r, PermissionError) or logged, "SILENT: exec through a file bind mount"
+
+
+# ---------------------------------------------------------------- exe subjects (13d54a8)
+
+
+def test_exe_subject_sanity(env: Env) -> None:
+    g = str(env.work / "etc/guarded")
+    assert run([str(env.work / "bin/trusted"), "-a", g]).returncode == 0  # the exception
+    assert run([TEE, "-a", g]).returncode != 0  # everyone else
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="HOLE (older than 13d54a8): read_exe strips a literal "
+    "' (deleted)' suffix, so a binary named 'trusted (deleted)' is judged as "
+    "'trusted' and gets its except.exe exemption",
+)
+def test_exe_named_like_a_deleted_trusted_binary(env: Env) -> None:
+    """A copy of any binary named "<trusted> (deleted)" (next to the trusted one): readlink
+    of /proc/PID/exe says ".../bin/trusted (deleted)" for it, exactly as for the trusted
+    binary after an unlink; process.read_exe drops the suffix, and the except.exe rule
+    exempts it. `policy test` with that exe (its real path) says deny."""
+    r = run([str(env.work / "bin/trusted (deleted)"), "-a", str(env.work / "etc/guarded")])
+    assert r.returncode != 0, "written by a binary that only looks like the trusted one"
+
+
+def test_lineage_sanity(env: Env) -> None:
+    r = run([str(env.work / "bin/spawner"), "0", str(env.work / "etc/lineage")])
+    assert r.returncode != 0, "the spawner's child wrote lineage"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="HOLE (13d54a8): /proc/TGID/exe of a live process "
+    "whose thread group leader exited says ENOENT, which read_exe takes as "
+    "'known to have no binary': the lineage rule's ancestor is lost",
+)
+def test_lineage_through_a_parent_whose_leader_exited(env: Env) -> None:
+    """The spawner's main thread exits (pthread_exit) and a second thread forks tee. The
+    child (tee)'s PPid is the spawner's tgid, whose /proc/TGID/exe is ENOENT (the leader's mm is
+    gone) although the process runs its binary: the ancestor list lacks the spawner, the
+    descendants rule does not match, the write is allowed."""
+    r = run([str(env.work / "bin/spawner"), "1", str(env.work / "etc/lineage")])
+    assert r.returncode != 0, "written by a descendant of the spawner"
 
 
 THREAD_NS = r"""
