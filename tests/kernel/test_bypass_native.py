@@ -155,6 +155,7 @@ def env() -> Iterator[Env]:
     if host_capabilities().lsm:
         pytest.skip("BPF-LSM loads here: open rules are not enforced by fanotify")
     root = Path(tempfile.mkdtemp(prefix="sealtrail-native-")).resolve()
+    os.chmod(root, 0o755)  # the user-namespace case runs as nobody
     work = root / "work"
     for d in ("etc/sec.d", "tree", "other", "mnt", "bin"):
         (work / d).mkdir(parents=True)
@@ -174,6 +175,8 @@ def env() -> Iterator[Env]:
     (root / "spawner.c").write_text(SPAWNER)
     subprocess.run(["gcc", "-O1", "-pthread", "-o", str(work / "bin/spawner"),
                     str(root / "spawner.c")], check=True)  # fmt: skip
+    (work / "etc/secpub").write_text("")
+    os.chmod(work / "etc/secpub", 0o666)  # nobody may write it, but for the rule
     policies = root / "policies"
     policies.mkdir()
     races = ", ".join(f'"{work}/etc/race-{i}"' for i in range(RACES))
@@ -423,6 +426,23 @@ def test_thread_in_a_private_mount_namespace(env: Env) -> None:
     r = subprocess.run([PY, "-c", THREAD_NS, str(env.work / "etc/secret"), str(plain)],
                        capture_output=True, text=True, timeout=30 * SLOW)  # fmt: skip
     assert r.returncode == 13, (r.returncode, r.stdout, r.stderr)
+
+
+def test_unprivileged_user_namespace_file_bind_mount(env: Env) -> None:
+    """Closed: nobody, in `unshare -rm`, binds secpub (rule etc/sec*) onto plain6 in its own
+    namespace: the caller's namespace is not the agent's, the filter hands it to Python,
+    which reads the caller's mountinfo and judges the alias."""
+    if not shutil.which("unshare") or not shutil.which("setpriv"):
+        pytest.skip("no unshare/setpriv")
+    plain = fresh(env, "etc/plain6")
+    script = f"mount --bind {env.work}/etc/secpub {plain} && echo x >> {plain}"
+    r = run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "unshare", "-rm",
+             "sh", "-c", script])  # fmt: skip
+    assert isinstance(r, subprocess.CompletedProcess)
+    if "unshare failed" in r.stderr or "mount:" in r.stderr:
+        pytest.skip(r.stderr)
+    assert r.returncode != 0 and "not permitted" in r.stderr, (r.returncode, r.stderr)
+    assert (env.work / "etc/secpub").read_text() == ""
 
 
 # ---------------------------------------------------------------- hard links, names
