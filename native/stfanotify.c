@@ -7,12 +7,15 @@
  * the GIL, only when the filter proves the Python decision would be a plain "no rule names
  * this file" allow (Enforcer._decide_permission's first test); everything else is handed to
  * Python unchanged, as the raw fanotify metadata. The proof, all of it conservative:
- *   - the event is FAN_OPEN_PERM and/or FAN_OPEN_EXEC_PERM on a regular file;
+ *   - the event is FAN_OPEN_PERM and/or FAN_OPEN_EXEC_PERM on a regular file with one name
+ *     (st_nlink 1: a hard link made since the plan may be a name an exact rule gives);
  *   - (st_dev, st_ino) is not a file an exact rule names (identity, any name it has);
  *   - its name here (readlink of /proc/self/fd/N, not " (deleted)") lies directly in a
  *     directory the plan marked, on the same device, whose name still leads to that very
  *     directory (stat: same device and inode, so nothing was mounted over it since) and which
- *     has no other name in the agent's mount namespace (the builder leaves such out);
+ *     has no other name in the agent's mount namespace (the builder leaves such out), and
+ *     the file was reached through that directory's mount (statx mount ids: a file
+ *     bind-mounted onto a name in the directory is another file, with names of its own);
  *   - the caller is in the agent's mount namespace (/proc/TID/ns/mnt), so that name is the
  *     one it used and no bind mount of another namespace is involved;
  *   - no open or exec entry of the compiled paths table could match the name: an exact entry
@@ -23,6 +26,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <linux/fanotify.h>
 #include <poll.h>
@@ -33,6 +37,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 struct st_fan_dir {
@@ -177,10 +182,15 @@ int st_fan_filter_allows(const struct st_fan_filter *f, int event_fd, int tid, u
 		return 0;
 	if (!mask || (mask & ~(uint64_t)(FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM)))
 		return 0;
-	struct stat st;
-	if (fstat(event_fd, &st) || !S_ISREG(st.st_mode))
+	struct statx st;
+	if (statx(event_fd, "", AT_EMPTY_PATH, STATX_BASIC_STATS | STATX_MNT_ID, &st) ||
+	    !(st.stx_mask & STATX_MNT_ID) || !S_ISREG(st.stx_mode))
 		return 0;
-	struct st_fan_id id = {st.st_dev, st.st_ino};
+	/* another name may be a rule's (a hard link the directory watcher has not seen yet) */
+	if (st.stx_nlink != 1)
+		return 0;
+	uint64_t dev = makedev(st.stx_dev_major, st.stx_dev_minor);
+	struct st_fan_id id = {dev, st.stx_ino};
 	if (f->n_ids && bsearch(&id, f->ids, f->n_ids, sizeof(*f->ids), cmp_id))
 		return 0;
 	char link[64], path[PATH_MAX];
@@ -195,15 +205,19 @@ int st_fan_filter_allows(const struct st_fan_filter *f, int event_fd, int tid, u
 	size_t dlen = slash == path ? 1 : (size_t)(slash - path);
 	struct st_fan_dir key = {path, dlen, 0, 0};
 	const struct st_fan_dir *dir = bsearch(&key, f->dirs, f->n_dirs, sizeof(*f->dirs), cmp_dir);
-	if (!dir || dir->dev != (uint64_t)st.st_dev)
+	if (!dir || dir->dev != dev)
 		return 0;
-	/* that name's directory is still the marked one (not a mount over it since) */
-	struct stat parent;
+	/* that name's directory is still the marked one (not a mount over it since), and the
+	 * file was reached through the directory's own mount: not a file bind-mounted onto a
+	 * name in it, whose own name may be a rule's */
+	struct statx parent;
 	char saved = path[dlen];
 	path[dlen] = 0;
-	int gone = stat(path, &parent);
+	int gone = statx(AT_FDCWD, path, 0, STATX_INO | STATX_MNT_ID, &parent);
 	path[dlen] = saved;
-	if (gone || (uint64_t)parent.st_dev != dir->dev || (uint64_t)parent.st_ino != dir->ino)
+	if (gone || !(parent.stx_mask & STATX_MNT_ID) || parent.stx_mnt_id != st.stx_mnt_id ||
+	    makedev(parent.stx_dev_major, parent.stx_dev_minor) != dir->dev ||
+	    parent.stx_ino != dir->ino)
 		return 0;
 	struct stat ns;
 	snprintf(link, sizeof(link), "/proc/%d/ns/mnt", tid);

@@ -124,6 +124,9 @@ class _State:
     identities: dict[tuple[int, int, str], str] = field(default_factory=dict)
     lineage: bool = False
     operations: frozenset[str] = frozenset()  # the operations some rule guards
+    #: operation -> the paths its exact rules name (a hard link made to one since the plan
+    #: is found by asking them: ``_identity_target``)
+    exact_paths: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 class Enforcer:
@@ -212,6 +215,14 @@ class Enforcer:
                 Evaluator(compiled),
                 {(e.rule.policy_name, e.rule.rule_id): e for e in enforcements},
                 identities=dict(marks.identities),
+                exact_paths={
+                    op: tuple(
+                        text.decode("utf-8", "surrogateescape")
+                        for text, exact in path_patterns(compiled, (op,))
+                        if exact
+                    )
+                    for op in ("open", "exec")
+                },
                 lineage=compiled.follows_descendants,
                 operations=frozenset().union(
                     *(judged_kinds(e.rule.operation, e.rule.access) for e in enforcements)
@@ -741,14 +752,24 @@ def _unknown(ev: model.GuardEvent) -> SavedRule:
 
 
 def _identity_target(state: _State, fd: int, operation: str) -> str | None:
-    """The path an exact ``operation`` rule names for this very file (same device and inode)."""
-    if not state.identities:
+    """The path an exact ``operation`` rule names for this very file (same device and inode).
+    A file with more than one name whose identity the plan lacks (a hard link made to a rule's
+    path since the directory watcher last looked) is compared with each exact path at once."""
+    if not state.identities and not state.exact_paths.get(operation):
         return None
     try:
         st = os.fstat(fd)
     except OSError:
         return None
     path = state.identities.get((st.st_dev, st.st_ino, operation))
+    if path is None and st.st_nlink > 1:
+        for candidate in state.exact_paths.get(operation, ()):
+            try:
+                other = os.stat(candidate)
+            except OSError:
+                continue
+            if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+                return candidate
     if path is None:
         return None
     # only while the rule's path still names this inode: a file replaced since (renamed over)

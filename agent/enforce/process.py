@@ -45,17 +45,6 @@ def process_of(tid: int, with_ancestors: bool) -> tuple[Process, int]:
     return process, tgid
 
 
-def read_exe(pid: int) -> tuple[str | None, bool]:
-    """The task's binary and whether it is known. No binary (a kernel thread, a task exiting
-    or gone: ENOENT, ESRCH) is known to be none; a refusal (EACCES, EPERM: the agent lacks
-    CAP_SYS_PTRACE for another user's task, or an LSM said no) leaves it unknown, which the
-    evaluator judges fail-closed."""
-    try:
-        return os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)"), True
-    except OSError as exc:
-        return None, exc.errno in (errno.ENOENT, errno.ESRCH)
-
-
 def kill_process(pid: int) -> bool:
     """SIGKILL through a pidfd (no signal to a recycled pid once the fd is open)."""
     try:
@@ -69,3 +58,52 @@ def kill_process(pid: int) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+def read_exe(pid: int) -> tuple[str | None, bool]:
+    """The task's binary and whether it is known. A kernel thread, or a task that is gone, is
+    known to have none; anything else the agent cannot read is unknown, which the evaluator
+    judges fail-closed: a refusal (EACCES, EPERM: the agent lacks CAP_SYS_PTRACE for another
+    user's task, or an LSM said no), and a thread group whose leader exited (its exe link is
+    gone, ENOENT) when no other thread's link can be read either."""
+    try:
+        return _binary(f"/proc/{pid}/exe"), True
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ESRCH):
+            return None, False
+    flags = procfs.stat_flags(pid)
+    if flags is None:
+        return None, True  # gone
+    if flags & PF_KTHREAD:
+        return None, True  # a kernel thread: no binary
+    try:  # the leader exited, the other threads still run its binary
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return None, False
+    for tid in tasks:
+        try:
+            return _binary(f"/proc/{pid}/task/{tid}/exe"), True
+        except OSError:
+            continue
+    return None, False
+
+
+#: include/linux/sched.h: the task is a kernel thread
+PF_KTHREAD = 0x00200000
+_DELETED = " (deleted)"
+
+
+def _binary(proc_link: str) -> str:
+    """The binary's path from its /proc link: the kernel marks an unlinked binary by appending
+    " (deleted)", which a file may also carry in its real name. Only a binary with no name left
+    (st_nlink 0) loses the mark: a file literally named "trusted (deleted)" is judged by that
+    name, not as "trusted". OSError if the link cannot be read."""
+    link = os.readlink(proc_link)
+    if not link.endswith(_DELETED):
+        return link
+    try:
+        if os.stat(proc_link).st_nlink != 0:
+            return link
+    except OSError:
+        return link  # cannot tell: the literal name, which no rule is likely to exempt
+    return link.removesuffix(_DELETED)

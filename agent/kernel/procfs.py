@@ -118,6 +118,15 @@ def ppid_of(pid: int) -> int:
         return 0
 
 
+def stat_flags(pid: int) -> int | None:
+    """The task's PF_* flags from /proc/<pid>/stat (field 9); None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[6])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def parse_cgroup(text: str) -> str | None:
     """The cgroup v2 path of a /proc/<pid>/cgroup text (its ``0::`` line)."""
     for line in text.splitlines():

@@ -9,8 +9,12 @@ get an open that a rule denies answered ALLOW that way, with a real agent on a f
 journaled after the fact. Every rule names only directories this module created; mounts made
 here are undone in ``finally``; helper processes are this test's own subprocesses.
 
-Cases marked ``xfail(strict=True)`` are open holes (the report of the review says why and what
-fixes them); they turn into failures once fixed, so the marker must then be removed.
+The review found six holes, each closed since and kept here as a regression test: a file
+bind-mounted onto a name in a marked directory (open and exec: the filter compares statx mount
+ids), a hard link to an exact rule's path made and used at once (files with more than one name
+go to Python, which compares them with every exact path), a binary literally named
+"<trusted> (deleted)" (the mark is dropped only when the binary has no name left), and a
+parent whose thread group leader exited (its binary read from another thread, else unknown).
 """
 
 from __future__ import annotations
@@ -243,12 +247,6 @@ def test_sanity_rules_deny_and_fast_path_answers(env: Env) -> None:
 # ---------------------------------------------------------------- file bind mounts
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: a file bind mount inside a marked directory: "
-    "the fast path reads the mount point's name and never asks Python, which "
-    "judges the file's other name (_judge_aliases / mounts.aliases)",
-)
 def test_file_bind_mount_in_the_marked_directory(env: Env) -> None:
     """``mount --bind etc/secret etc/plain`` (one filesystem, the agent's namespace): the
     open's dentry is still secret's, whose parent etc is marked, so fanotify asks; the name
@@ -262,11 +260,6 @@ def test_file_bind_mount_in_the_marked_directory(env: Env) -> None:
         umount(plain)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: a tree-rule file bind-mounted onto a name in "
-    "another marked directory is answered ALLOW in C",
-)
 def test_file_bind_mount_of_a_tree_file_into_a_marked_directory(env: Env) -> None:
     """The same across directories: tree/f (tree rule) bound onto etc/plain2. The dentry's
     parent is tree (marked); the name read back is etc/plain2, etc is a marked directory of
@@ -279,12 +272,6 @@ def test_file_bind_mount_of_a_tree_file_into_a_marked_directory(env: Env) -> Non
         umount(plain)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: the write through a file bind mount is not "
-    "journaled either: the open probe matches the path etc/plain3 in the "
-    "kernel, which no rule names, so the event stream never judges it",
-)
 def test_file_bind_mount_in_the_marked_directory_is_journaled(env: Env) -> None:
     """What is left of the hole above: the open event is judged afterwards by its aliases
     (missed by fanotify, after the fact, fallback kill): loud, not silent."""
@@ -319,11 +306,6 @@ def run(argv: list[str]) -> subprocess.CompletedProcess[str] | PermissionError:
         return exc
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: exec of a prefix-rule binary through a file "
-    "bind mount in the marked directory is answered ALLOW in C",
-)
 def test_exec_through_a_file_bind_mount(env: Env) -> None:
     """bin/badtool (rule bin/bad*) bound onto bin/ok, then bin/ok run: the same as the open
     case, for FAN_OPEN_EXEC_PERM."""
@@ -361,12 +343,6 @@ def test_exe_subject_sanity(env: Env) -> None:
     assert run([TEE, "-a", g]).returncode != 0  # everyone else
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE (older than 13d54a8): read_exe strips a literal "
-    "' (deleted)' suffix, so a binary named 'trusted (deleted)' is judged as "
-    "'trusted' and gets its except.exe exemption",
-)
 def test_exe_named_like_a_deleted_trusted_binary(env: Env) -> None:
     """A copy of any binary named "<trusted> (deleted)" (next to the trusted one): readlink
     of /proc/PID/exe says ".../bin/trusted (deleted)" for it, exactly as for the trusted
@@ -381,12 +357,6 @@ def test_lineage_sanity(env: Env) -> None:
     assert r.returncode != 0, "the spawner's child wrote lineage"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE (13d54a8): /proc/TGID/exe of a live process "
-    "whose thread group leader exited says ENOENT, which read_exe takes as "
-    "'known to have no binary': the lineage rule's ancestor is lost",
-)
 def test_lineage_through_a_parent_whose_leader_exited(env: Env) -> None:
     """The spawner's main thread exits (pthread_exit) and a second thread forks tee. The
     child (tee)'s PPid is the spawner's tgid, whose /proc/TGID/exe is ENOENT (the leader's mm is
@@ -482,12 +452,6 @@ print(got)
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE (not new in 1828b5e): a hard link made to an "
-    "exact rule's not-yet-existing path is written through its other name "
-    "before the directory watcher adds the identity; nothing is journaled",
-)
 def test_exact_file_linked_later_and_written_at_once(env: Env) -> None:
     """etc/race-N do not exist at the load (exact rule): one process links a file of its
     own there and at once opens its first name for writing, RACES times. The identity is

@@ -82,6 +82,9 @@ def test_only_a_file_no_rule_names_directly_in_a_marked_directory_is_answered(
         assert not allows(marked / "sudoers-x")  # prefix entry
         assert not allows(marked / "shadow")  # exact entry
         assert not allows(marked / "shadow-link")  # by identity, under another name
+        os.link(marked / "hosts", other / "hosts-link")  # a second name no identity knows yet
+        assert not allows(marked / "hosts")  # may be an exact rule's name: Python looks
+        (other / "hosts-link").unlink()
         assert not allows(other / "file")  # not a marked directory
         assert not allows(marked / "hosts", FAN_OPEN_PERM | FAN_ONDIR)  # not only perm bits
         assert not allows(marked / "hosts", 0)
