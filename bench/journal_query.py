@@ -135,6 +135,9 @@ def main() -> None:
            "--since", f"@{hour_ago / 1e9:.9f}", "-o", "json"]  # fmt: skip
     cli_t, _ = timed(runs, directory, lambda: subprocess.run(
         cli, stdout=subprocess.DEVNULL, check=True, cwd=ROOT))  # fmt: skip
+    text = [*cli[:-1], "text"]  # the default output: aligned rows, user names resolved
+    text_t, _ = timed(runs, directory, lambda: subprocess.run(
+        text, stdout=subprocess.DEVNULL, check=True, cwd=ROOT))  # fmt: skip
     # a scan from the start, estimated: one whole segment through the same code, times all
     mid = len(segments) // 2
     one = Filter(since=_first_ts(segments[mid][1]), until=_first_ts(segments[mid + 1][1]) - 1)
@@ -154,6 +157,7 @@ def main() -> None:
         "last_hour_auid_s": auid_t,
         "last_hour_auid_records": auid_n,
         "cli_last_hour_json_s": cli_t,
+        "cli_last_hour_text_s": text_t,
         "tail_10_s": tail_t,
         "one_segment_scan_s": scan_t[0],
         "one_segment_records": scan_n,
@@ -179,6 +183,7 @@ def main() -> None:
             row("query --since last hour --action deny", deny_t, deny_n),
             row("query --since last hour --auid 1000", auid_t, auid_n),
             row("sealtrail journal query ... -o json (process)", cli_t, hour_n),
+            row("sealtrail journal query ... -o text (process)", text_t, hour_n),
             row("tail -n 10", tail_t, 10),
             row("scan of one whole segment", scan_t, scan_n),
             ["scan from the start (estimate)", result["full_scan_estimate_s"] * 1e3, None, None,
