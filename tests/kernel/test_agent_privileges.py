@@ -13,14 +13,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from agent.enforce.cgroups import cgroup2_root
-from tests.agentproc import agent_log, journal_records, start_agent, stop_agent
+from tests.agentproc import journal_records, start_agent, stop_agent, wait_started
 
 pytestmark = pytest.mark.kernel
 
@@ -55,14 +54,6 @@ def shared_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _status(run_dir: Path) -> dict[str, object]:
-    try:
-        doc: dict[str, object] = json.loads((run_dir / "status.json").read_text())
-        return doc
-    except (OSError, ValueError):
-        return {}
-
-
 def test_without_cap_sys_ptrace_a_binary_scoped_deny_judges_other_users_fail_closed(
     tmp_path: Path, shared_dir: Path
 ) -> None:
@@ -84,11 +75,9 @@ def test_without_cap_sys_ptrace_a_binary_scoped_deny_judges_other_users_fail_clo
         log=log, wrap=drop,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 30 * SLOW
-        while _status(run_dir).get("result") != "loaded":
-            assert agent.poll() is None, agent_log(agent, log)
-            assert time.monotonic() < deadline, "agent did not start"
-            time.sleep(0.1)
+        wait_started(agent, run_dir, log, 30 * SLOW)
+        status = json.loads((run_dir / "status.json").read_text())
+        assert status["result"] == "loaded", status
         logged = log.read_text()
         assert "CAP_SYS_PTRACE" in logged and "fail-closed" in logged, logged
         # another user's cat: its binary cannot be read, so the rule holds (EPERM)
