@@ -129,7 +129,7 @@ test-packaging: deb venv tracefs
 	SEALTRAIL_PACKAGING=1 $(VENV)/bin/pytest -q -s tests/packaging
 
 # sealtrail against auditd and journald's Forward Secure Sealing in one run (bench/suite):
-# report, charts and raw JSON in bench/results/ (~15-30 min). bench-smoke: every configuration
+# report, charts and raw JSON in bench/results/ (12 min here). bench-smoke: every configuration
 # once with tiny counts, output in build/bench/smoke (tests/bench runs it in `make test`).
 # The single-purpose scripts: python -m bench (bench/README.md).
 BENCH_APT_PACKAGES := auditd systemd-journal-remote
