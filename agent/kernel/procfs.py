@@ -109,22 +109,24 @@ def effective_capabilities(fields: Mapping[str, str]) -> int:
     return int(fields.get("CapEff", "0"), 16)
 
 
-def ppid_of(pid: int) -> int:
-    """The parent's tgid from /proc/<pid>/stat (after the parenthesised comm); 0 if unknown."""
+def _stat_field(pid: int, index: int) -> int | None:
+    """Field ``index`` (0: the state) after the parenthesised comm of /proc/<pid>/stat, as an
+    int; None if the task is gone or the line is not as expected."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
+            return int(f.read().rsplit(")", 1)[1].split()[index])
     except (OSError, ValueError, IndexError):
-        return 0
+        return None
+
+
+def ppid_of(pid: int) -> int:
+    """The parent's tgid from /proc/<pid>/stat; 0 if unknown."""
+    return _stat_field(pid, 1) or 0
 
 
 def stat_flags(pid: int) -> int | None:
     """The task's PF_* flags from /proc/<pid>/stat (field 9); None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[6])
-    except (OSError, ValueError, IndexError):
-        return None
+    return _stat_field(pid, 6)
 
 
 def parse_cgroup(text: str) -> str | None:
