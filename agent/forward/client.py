@@ -125,7 +125,9 @@ class CollectorClient:
     def head(self) -> Answer:
         return self._request("GET", HEAD_PATH, None, {})
 
-    def ingest(self, start: int, body: bytes) -> Answer:
+    def ingest(self, start: int, body: memoryview) -> Answer:
+        """POST the lines in ``body``; http.client sends the headers, then ``body`` itself
+        (no copy; TCP_NODELAY, so the second write does not wait for an ACK)."""
         headers = {"Content-Type": LINES_TYPE, START_HEADER: str(start)}
         return self._request("POST", INGEST_PATH, body, headers)
 
@@ -155,7 +157,7 @@ class CollectorClient:
         return self._conn
 
     def _request(
-        self, method: str, path: str, body: bytes | None, headers: dict[str, str]
+        self, method: str, path: str, body: memoryview | None, headers: dict[str, str]
     ) -> Answer:
         try:
             conn = self._connection()

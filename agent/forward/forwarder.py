@@ -109,7 +109,7 @@ class Transport(Protocol):
     """What the forwarder needs of a collector connection: ``client.CollectorClient``."""
 
     def head(self) -> Answer: ...
-    def ingest(self, start: int, body: bytes) -> Answer: ...
+    def ingest(self, start: int, body: memoryview) -> Answer: ...
     def close(self) -> None: ...
     def abort(self) -> None: ...
 
@@ -452,7 +452,7 @@ class Forwarder:
         self.sent_bytes += len(batch.data)
         if self._rejected is not None and batch.end > self._rejected["seq"]:
             self._rejected = None
-        substantive = _substantive(batch.data)
+        substantive = _substantive(batch)
         with self._cond:
             self._receipt = receipt
             self._unjournaled = self._unjournaled or substantive
@@ -531,7 +531,7 @@ class Forwarder:
             return False
         if batch is None:
             return False
-        line = batch.data[: batch.data.index(b"\n")]
+        line = bytes(batch.data[:-1])  # its one line, less the newline
         return hashlib.sha256(RECORD_PREFIX + line).hexdigest() == record_hash
 
     def _rejected_batch(self, batch: Batch, body: dict[str, Any]) -> Wait:
@@ -637,16 +637,17 @@ def _now_ns() -> str:
     return str(time.time_ns())
 
 
-def _substantive(data: bytes) -> bool:
-    """Whether the lines hold a record other than bookkeeping, read from the end (where the
-    batch's real records usually are: a few lines decide)."""
-    end = len(data) - 1
-    while end > 0:
-        start = data.rfind(b"\n", 0, end) + 1
+def _substantive(batch: Batch) -> bool:
+    """Whether the batch holds a record other than bookkeeping, read from the end (where its
+    real records usually are: a few lines decide; the last one is parsed already)."""
+    if batch.last.type not in BOOKKEEPING:
+        return True
+    lines = batch.lines_from_end()
+    next(lines)  # the last
+    for line in lines:
         try:
-            if parse_line(data[start:end]).type not in BOOKKEEPING:
+            if parse_line(line).type not in BOOKKEEPING:
                 return True
         except FormatError:
             return True
-        end = start - 1
     return False

@@ -54,7 +54,8 @@ class FakeCollector:
         body = {"host": self.host, "size": size, "last_hash": last, "receipt": self._receipt(size)}
         return Answer(200, body, None)
 
-    def ingest(self, start: int, body: bytes) -> Answer:
+    def ingest(self, start: int, body: bytes | memoryview) -> Answer:
+        body = bytes(body)  # the forwarder's view is valid only until its next read
         lines = body.splitlines()
         self.requests.append(("ingest", start, len(lines)))
         scripted = self._scripted()
