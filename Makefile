@@ -10,7 +10,8 @@ OBJDIR := agent/kernel/obj
 # chromium: the headless browser tests/report renders sealtrail report's page in
 APT_PACKAGES := clang llvm libbpf-dev libbpf1 bpftool gcc libssl-dev postgresql libsystemd-dev pkg-config patchelf chromium
 PROBES := $(wildcard probes/*.bpf.c)
-OBJECTS := $(patsubst probes/%.bpf.c,$(OBJDIR)/%.bpf.o,$(PROBES))
+# events-compat: events.bpf.c for kernels without bpf_rdonly_cast (before 6.2; agent/events/stream.py)
+OBJECTS := $(patsubst probes/%.bpf.c,$(OBJDIR)/%.bpf.o,$(PROBES)) $(OBJDIR)/events-compat.bpf.o
 BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_x86 -Wall -Werror -I$(BUILD) -Iprobes
 
 .PHONY: all bootstrap apt venv probes native tracefs run test lint unit kernel bench clean
@@ -50,6 +51,10 @@ $(BUILD)/vmlinux.h:
 $(OBJDIR)/%.bpf.o: probes/%.bpf.c probes/sealtrail.h probes/common.h $(BUILD)/vmlinux.h
 	mkdir -p $(OBJDIR)
 	clang $(BPF_CFLAGS) -c $< -o $@.tmp && mv $@.tmp $@
+
+$(OBJDIR)/events-compat.bpf.o: probes/events.bpf.c probes/sealtrail.h probes/common.h $(BUILD)/vmlinux.h
+	mkdir -p $(OBJDIR)
+	clang $(BPF_CFLAGS) -DST_COMPAT -c $< -o $@.tmp && mv $@.tmp $@
 
 # The native core (journal chain and verify fast path, kernel record encoder, ring-buffer sample
 # sink); agent/native/ loads it and checks it against its mirror (agent/native/layout.py).

@@ -30,6 +30,7 @@ for obj in "$REPO"/probes/*.bpf.c; do
     o=$REPO/agent/kernel/obj/$(basename "${obj%.c}").o
     [ -f "$o" ] || die "$o missing: run make probes"
 done
+[ -f "$REPO/agent/kernel/obj/events-compat.bpf.o" ] || die "events-compat.bpf.o missing: run make probes"
 [ -f "$REPO/agent/native/lib/libsealtrail.so" ] || die "native core missing: run make native"
 # The package is for the distribution it is built on: its Python minor version, in the venv, the
 # dependencies, the trigger and the lintian overrides (Debian 12: 3.11; Ubuntu 24.04: 3.12).
@@ -66,7 +67,8 @@ unshare -m --propagation private bash -euo pipefail -c '
 mkdir -p "$STAGE/opt"
 mv "$WORK/upper/sealtrail" "$STAGE/opt/sealtrail"
 SITE=$(echo "$STAGE$PREFIX"/lib/python3.*/site-packages)
-for f in agent/native/lib/libsealtrail.so agent/kernel/obj/events.bpf.o agent/kernel/obj/guard.bpf.o; do
+for f in agent/native/lib/libsealtrail.so agent/kernel/obj/events.bpf.o \
+    agent/kernel/obj/events-compat.bpf.o agent/kernel/obj/guard.bpf.o; do
     [ -f "$SITE/$f" ] || die "$f is not in the installed package (package data in pyproject.toml)"
 done
 # The source tree's path, recorded by pip, means nothing on the target.

@@ -5,10 +5,16 @@
  * (Debian 12's 6.1 and later) and on the development kernel, which refuses trampolines.
  *
  * Work on a miss is one array lookup: ops nobody asked for return before touching anything.
- * Syscall arguments are saved at sys_enter (pointers only) and the record is built at
- * sys_exit, where the result is known and, for a successful open, the kernel's own view of
- * the file can be read from the new fd.
+ * File syscalls are seen at sys_exit only, where the result is known and, for a successful
+ * open, the kernel's own view of the file can be read from the new fd: their arguments are
+ * still in the task's saved user registers (bpf_task_pt_regs), so nothing is saved at
+ * sys_enter (a hash update and a lookup + delete per call, the most of a miss's cost).
+ * Network syscalls save their arguments at sys_enter (pointers only) in st_pending.
  */
+/* make probes also builds this file with -DST_COMPAT: events-compat.bpf.o (common.h) */
+#ifndef ST_COMPAT
+#define ST_BTF_CAST 1
+#endif
 #include "common.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -31,6 +37,18 @@ struct {
 	__type(value, __u8);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 } st_path_prefixes SEC(".maps");
+
+/*
+ * The first components st_path_prefixes can match (userspace derives them from its keys):
+ * a resolved file whose path starts with none of them is dropped before its path is built.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1024);
+	__type(key, struct st_prefix_key);
+	__type(value, __u8);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+} st_top_names SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -175,7 +193,6 @@ static __always_inline int save_args(struct trace_event_raw_sys_enter *ctx, __u3
 	struct st_pending p = {};
 	p.op = op;
 	p.variant = variant;
-	p.ts_ns = bpf_ktime_get_boot_ns();
 	/*
 	 * One load per arg, and only the syscall's own args: the kernel refuses to attach a
 	 * program that reads past the tracepoint's record (EACCES), and the verifier refuses
@@ -235,18 +252,59 @@ static __always_inline bool take_pending(struct st_pending *a, __u32 op)
 	return a->op == op;
 }
 
-static __always_inline int finish_file(struct trace_event_raw_sys_exit *ctx, __u32 op)
+/*
+ * The arguments of the syscall this task is leaving, from its saved user registers: the
+ * kernel does not write them back during a syscall (x86-64 returns in ax; arm64's x0 is
+ * read as orig_x0 by the _SYSCALL macros), so they are the values the syscall used.
+ */
+static __always_inline void syscall_args(struct st_pending *a, __u32 op, __u32 variant,
+					 const int nargs)
 {
-	struct st_pending a;
-	if (!take_pending(&a, op))
-		return 0;
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(task);
+	a->op = op;
+	a->variant = variant;
+	/* regs is a BTF pointer: plain loads (CO-RE relocated), no helper call per register */
+	a->args[0] = PT_REGS_PARM1_SYSCALL(regs);
+	if (nargs > 1)
+		a->args[1] = PT_REGS_PARM2_SYSCALL(regs);
+	if (nargs > 2)
+		a->args[2] = PT_REGS_PARM3_SYSCALL(regs);
+	if (nargs > 3)
+		a->args[3] = PT_REGS_PARM4_SYSCALL(regs);
+	if (nargs > 4)
+		a->args[4] = PT_REGS_PARM5_SYSCALL(regs);
+}
 
-	struct st_file *e = get_scratch();
+static __always_inline int finish_file(struct trace_event_raw_sys_exit *ctx, __u32 op,
+				       __u32 variant, const int nargs)
+{
+	if (!wanted(op))
+		return 0;
 	struct pathbuf *pb = get_pathbuf();
-	if (!e || !pb)
+	if (!pb)
 		return 0;
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task_btf();
 	long ret = ctx->ret;
+	struct st_config *cfg = get_config();
+	bool filtered = cfg && (cfg->filter_ops & (1u << op));
+	/*
+	 * The common miss, first and cheap: a file opened whose path the filter below would
+	 * drop, told by its first component (st_top_names) with pointer reads only, before
+	 * anything else is read or built.
+	 */
+	bool opened = op == ST_OP_OPEN && ret >= 0;
+	if (filtered && opened) {
+		struct file *f = fd_file(task, ret);
+		if (f && top_name_file(pb, f) && !bpf_map_lookup_elem(&st_top_names, &pb->key))
+			return 0;
+	}
+	struct st_pending a = {};
+	syscall_args(&a, op, variant, nargs);
+
+	struct st_file *e = get_scratch();
+	if (!e)
+		return 0;
 	__u8 *data = (__u8 *)(e + 1);
 	bool truncated = false, relative = false, relative2 = false, resolved = false;
 	long dirfd = AT_FDCWD, dirfd2 = AT_FDCWD;
@@ -327,6 +385,10 @@ static __always_inline int finish_file(struct trace_event_raw_sys_exit *ctx, __u
 	__u32 off = 0, n = 0;
 	struct file *f = fd >= 0 ? fd_file(task, fd) : NULL;
 	if (f) {
+		/* the same first-component test for the fd of fchmod, fchown, ftruncate */
+		if (filtered && !opened && top_name_file(pb, f) &&
+		    !bpf_map_lookup_elem(&st_top_names, &pb->key))
+			return 0;
 		struct path fpath = BPF_CORE_READ(f, f_path);
 		n = put_walked(data, pb, &fpath, &truncated);
 		resolved = n > 0;
@@ -361,8 +423,7 @@ static __always_inline int finish_file(struct trace_event_raw_sys_exit *ctx, __u
 	 * /x/a/ that its base /x is not under, so relative paths go to userspace, which joins
 	 * and filters them. A rename is kept if either of its paths is wanted.
 	 */
-	struct st_config *cfg = get_config();
-	if (cfg && (cfg->filter_ops & (1u << op))) {
+	if (filtered) {
 		bool drop = !relative && path_filtered(pb, data, e->path_len);
 		if (drop && op == ST_OP_RENAME)
 			drop = !relative2 && path_filtered(pb, data + (e->path_len & (ST_PATH_MAX * 2 - 1)),
@@ -487,14 +548,17 @@ static __always_inline int finish_net(struct trace_event_raw_sys_exit *ctx, __u3
 	{                                                                               \
 		return save_args(ctx, op, variant, nargs);                              \
 	}
-#define EXIT_FILE(name, op)                                                             \
+#define EXIT_FILE(name, op, variant, nargs)                                              \
 	SEC("tp/syscalls/sys_exit_" #name)                                              \
-	int st_exit_##name(struct trace_event_raw_sys_exit *ctx) { return finish_file(ctx, op); }
+	int st_exit_##name(struct trace_event_raw_sys_exit *ctx)                        \
+	{                                                                               \
+		return finish_file(ctx, op, variant, nargs);                            \
+	}
 #define EXIT_NET(name, op)                                                              \
 	SEC("tp/syscalls/sys_exit_" #name)                                              \
 	int st_exit_##name(struct trace_event_raw_sys_exit *ctx) { return finish_net(ctx, op); }
 
-#define FILE_SYSCALL(name, nargs, op, variant) ENTER(name, op, variant, nargs) EXIT_FILE(name, op)
+#define FILE_SYSCALL(name, nargs, op, variant) EXIT_FILE(name, op, variant, nargs)
 #define NET_SYSCALL(name, nargs, op, variant) ENTER(name, op, variant, nargs) EXIT_NET(name, op)
 
 FILE_SYSCALL(open, 3, ST_OP_OPEN, ST_V_OPEN)

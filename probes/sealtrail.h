@@ -191,8 +191,7 @@ struct st_prefix_key {
 	__u8 data[ST_FILTER_PREFIX_MAX];
 };
 
-/* syscall variants inside one op family (st_pending.variant): which args mean what.
- * Userspace reads st_pending too (the fanotify mechanism learns an open's flags there). */
+/* syscall variants inside one op family (st_pending.variant): which args mean what */
 enum st_variant {
 	ST_V_OPEN, ST_V_OPENAT, ST_V_OPENAT2, ST_V_CREAT, ST_V_OPEN_BY_HANDLE,
 	ST_V_UNLINK, ST_V_UNLINKAT,
@@ -203,12 +202,13 @@ enum st_variant {
 	ST_V_TRUNCATE, ST_V_FTRUNCATE,
 };
 
-/* st_pending (hash, key = tid): syscall arguments saved at sys_enter until sys_exit */
+/* st_pending (hash, key = tid): a network syscall's arguments, saved at sys_enter until
+ * sys_exit (file syscalls read theirs at sys_exit from the task's saved registers) */
 struct st_pending {
 	__u64 args[6];
 	__u32 op;
 	__u32 variant;      /* which syscall of the op's family (BPF-internal ST_V_*) */
-	__u64 ts_ns;
+	__u64 _reserved;    /* 0 */
 };
 
 /* st_drops (per-CPU array, key = op): records lost because the ring buffer was full */

@@ -52,6 +52,7 @@ from agent.events import model
 from agent.events.decode import open_access
 from agent.events.loader import is_dynamic_loader, is_loader_process
 from agent.journal.canonical import JsonValue
+from agent.kernel import procfs
 from agent.kernel.fanotify import FAN_EVENT_ON_CHILD, FAN_OPEN_EXEC_PERM, FAN_OPEN_PERM
 from agent.kernel.mechanism import HostCapabilities, Mechanism
 from agent.kernel.pins import GUARD
@@ -100,10 +101,6 @@ class EventSource(Protocol):
 
     def reconfigure(self, extra_kinds: frozenset[str], path_patterns: tuple[str, ...]) -> None:
         """Stream these kinds too, file kinds only under these rule paths."""
-        ...
-
-    def pending_open_flags(self, tid: int) -> int | None:
-        """The flags of the open(2) thread ``tid`` is inside, if the probes saw it begin."""
         ...
 
 
@@ -505,8 +502,9 @@ class Enforcer:
         if req.is_exec:
             requests.append(Request("exec", process, path=req.path))
         else:
-            flags = self.stream.pending_open_flags(req.tid)
-            # unknown flags (the open began before we looked): judge every access (fail closed)
+            flags = procfs.syscall_open_flags(req.tid)
+            # unknown flags (no ptrace access, openat2, io_uring): judge every access
+            # (fail closed)
             access = (
                 open_access(flags) if flags is not None else ("read", "write", "create", "truncate")
             )

@@ -7,6 +7,7 @@ path prefixes); loss is reported as ``LossEvent`` items in the stream, never sil
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -91,6 +92,37 @@ def pattern_key(pattern: str) -> bytes:
     return abi.prefix_key(raw + b"\0")
 
 
+@functools.cache
+def events_object() -> str:
+    """``events``, or ``events-compat`` where the kernel has no ``bpf_rdonly_cast`` kfunc
+    (before 6.2): the same probes, but their path-filter walk reads each pointer through a
+    helper call, about six times slower on a miss (probes/common.h). Told by the name in the
+    kernel's BTF string table (a kfunc is a BTF function of that name); unreadable BTF means
+    no CO-RE at all, and the compat object's load then says why."""
+    try:
+        with open("/sys/kernel/btf/vmlinux", "rb") as f:
+            btf = f.read()
+    except OSError:
+        return "events-compat"
+    return "events" if b"\0bpf_rdonly_cast\0" in btf else "events-compat"
+
+
+def top_name_key(key: bytes) -> bytes:
+    """The st_top_names key for an st_path_prefixes key: what the first component of a path
+    it matches must be. A key naming a whole first component ("/etc/shadow", "/etc\\0",
+    "/boot/") needs exactly that name ("etc\\0"); one ending inside it ("/us" of "/us*", "/")
+    needs a name starting so ("us", "")."""
+    length = int.from_bytes(key[:4], "little") // 8
+    data = key[4 : 4 + length]
+    if not data.startswith(b"/"):
+        raise ValueError(f"path prefix key {data!r} is not absolute")
+    rest = data[1:]
+    for i, byte in enumerate(rest):
+        if byte in (0x2F, 0):  # '/' or the NUL of an exact key: the first component ends
+            return abi.prefix_key(rest[:i] + b"\0")
+    return abi.prefix_key(rest)
+
+
 def _matches(keys: set[bytes], path: str) -> bool:
     """Would the LPM trie of ``keys`` match ``path`` (with its NUL, as the probe looks it up)?"""
     raw = os.fsencode(path) + b"\0"
@@ -127,6 +159,7 @@ class EventStream(Closing):
         self.started_ns = 0
         self._attached: set[str] = set()
         self._patterns: set[bytes] = set()
+        self._top_keys: set[bytes] = set()
         self._filter_kinds: frozenset[str] = frozenset()
 
     # ---- lifecycle ----
@@ -147,7 +180,7 @@ class EventStream(Closing):
 
     def _start(self) -> None:
         cfg = self.config
-        obj = BpfObject(object_path("events"))
+        obj = BpfObject(object_path(events_object()))
         try:
             if cfg.pins is not None:
                 obj.pin_maps(cfg.pins.maps_dir(EVENTS), only={abi.MAP_EVENTS, abi.MAP_DROPS})
@@ -177,7 +210,9 @@ class EventStream(Closing):
             if kind in _SCHED:
                 names.add(_SCHED[kind])
             for sc in _SYSCALLS.get(kind, ()):
-                names.update({f"st_enter_{sc}", f"st_exit_{sc}"})
+                names.add(f"st_exit_{sc}")
+                if kind not in model.FILE_KINDS:  # file syscalls have no sys_enter program
+                    names.add(f"st_enter_{sc}")
         return names
 
     def _attach(self, programs: set[str]) -> None:
@@ -209,14 +244,21 @@ class EventStream(Closing):
         if keys:
             for kind in filter_kinds & kinds:
                 filter_ops |= 1 << KIND_OP[kind]
-        trie = obj.map(abi.MAP_PATH_PREFIXES)
-        for key in keys - self._patterns:  # add before removing: no moment without a prefix
+        trie, tops = obj.map(abi.MAP_PATH_PREFIXES), obj.map(abi.MAP_TOP_NAMES)
+        # add before removing, first components before prefixes: at no moment does the
+        # probes' first-component test drop what their prefix test would keep
+        top_keys = {top_name_key(key) for key in keys}
+        for key in top_keys - self._top_keys:
+            tops.update(key, b"\1")
+        for key in keys - self._patterns:
             trie.update(key, b"\1")
         conf = abi.Config(op_mask=mask, filter_ops=filter_ops)
         obj.map(abi.MAP_CONFIG).update(b"\0" * 4, bytes(conf))
         for key in self._patterns - keys:
             trie.delete(key)
-        self._patterns = keys
+        for key in self._top_keys - top_keys:
+            tops.delete(key)
+        self._patterns, self._top_keys = keys, top_keys
         self._filter_kinds = frozenset(kind for kind in kinds if filter_ops & (1 << KIND_OP[kind]))
 
     def reconfigure(self, extra_kinds: frozenset[str], path_patterns: tuple[str, ...]) -> None:
@@ -239,25 +281,6 @@ class EventStream(Closing):
         if self._obj is None:
             raise KernelError("event stream is not started")
         return {name: self._obj.map(name).fd for name in (abi.MAP_EVENTS, abi.MAP_DROPS)}
-
-    def pending_open_flags(self, tid: int) -> int | None:
-        """The flags of the open(2) thread ``tid`` is inside, from the probes' st_pending."""
-        if self._obj is None:
-            return None
-        raw = self._obj.map(abi.MAP_PENDING).lookup(tid.to_bytes(4, "little"))
-        if raw is None:
-            return None
-        p = abi.Pending.from_buffer_copy(raw)
-        if p.op != abi.Op.OPEN:
-            return None
-        v = p.variant
-        if v == abi.Variant.OPEN:
-            return int(p.args[1])
-        if v == abi.Variant.OPENAT:
-            return int(p.args[2])
-        if v == abi.Variant.CREAT:
-            return 0o100 | 0o1 | 0o1000
-        return None  # openat2 (flags behind a user pointer), open_by_handle_at: unknown
 
     def close(self) -> None:
         if self._rb:

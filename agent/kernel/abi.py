@@ -248,7 +248,7 @@ class Pending(_S):
         ("args", c_uint64 * 6),
         ("op", c_uint32),
         ("variant", c_uint32),
-        ("ts_ns", c_uint64),
+        ("_reserved", c_uint64),
     ]
 
 
@@ -406,6 +406,7 @@ MAP_EVENTS = "st_events"
 MAP_CONFIG = "st_config"
 MAP_DROPS = "st_drops"
 MAP_PATH_PREFIXES = "st_path_prefixes"
+MAP_TOP_NAMES = "st_top_names"
 MAP_PENDING = "st_pending"
 RODATA_SECTION = ".rodata.st"
 MAP_GUARD_CFG = "st_guard_cfg"

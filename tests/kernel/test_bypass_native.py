@@ -526,3 +526,45 @@ def test_reload_adds_a_rule_in_an_already_marked_directory(env: Env) -> None:
     finally:
         (env.policies / "b.toml").unlink()
         reload(env)
+
+
+# ---------------------------------------------------------------- the open's flags
+
+OPEN_VIA = r"""
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+how, path = sys.argv[1], os.fsencode(sys.argv[2])
+if how == "open":  # open(2) itself, which libc no longer calls
+    fd = libc.syscall(2, path, os.O_RDONLY)
+elif how == "open-w":
+    fd = libc.syscall(2, path, os.O_WRONLY | os.O_APPEND)
+elif how == "openat":
+    fd = libc.syscall(257, -100, path, os.O_RDONLY)
+elif how == "openat-w":
+    fd = libc.syscall(257, -100, path, os.O_WRONLY | os.O_APPEND)
+elif how == "creat":
+    fd = libc.syscall(85, path, 0o644)
+elif how == "openat2":  # flags in user memory: unknown to the agent, every access judged
+    open_how = (ctypes.c_uint64 * 3)(os.O_RDONLY, 0, 0)
+    fd = libc.syscall(437, -100, path, open_how, 24)
+err = ctypes.get_errno()
+sys.exit(0 if fd >= 0 else 13 if err == 1 else 2)
+"""
+
+
+@pytest.mark.parametrize(
+    ("how", "allowed"),
+    [("open", True), ("openat", True), ("open-w", False), ("openat-w", False),
+     ("creat", False), ("openat2", False)],
+)  # fmt: skip
+def test_the_access_judged_is_the_syscalls_own(env: Env, how: str, allowed: bool) -> None:
+    """The fanotify decision reads the open's flags from the registers the kernel saved at
+    syscall entry (/proc/TID/syscall; nothing another thread can rewrite meanwhile): a read
+    of a write-denied file is allowed through open(2) and openat(2), a write or creat is
+    refused; openat2's flags live in user memory, so it is judged as any access."""
+    assert os.uname().machine == "x86_64", "syscall numbers here are x86-64's"
+    key = env.work / "etc/key"
+    r = subprocess.run([PY, "-c", OPEN_VIA, how, str(key)], capture_output=True,
+                       timeout=30 * SLOW)  # fmt: skip
+    assert r.returncode == (0 if allowed else 13), (how, r.returncode, r.stderr)
