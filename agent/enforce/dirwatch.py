@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import logging
 import os
 import select
@@ -112,7 +113,13 @@ class DirWatch:
             for path in sorted(set(directories) - set(self._wds)):
                 wd = _libc.inotify_add_watch(self._fd, os.fsencode(path), WATCH_MASK)
                 if wd < 0:
-                    failed.append(f"{path}: {os.strerror(ctypes.get_errno())}")
+                    err = ctypes.get_errno()
+                    if err in (errno.ENOENT, errno.ENOTDIR):
+                        # removed (or replaced by a file) since it was planned: nothing is
+                        # there to watch or mark, and its parent's watch reported the removal
+                        log.debug("not watched, gone since planned: %s", path)
+                        continue
+                    failed.append(f"{path}: {os.strerror(err)}")
                 else:
                     self._wds[path] = wd
                     self._paths[wd] = path

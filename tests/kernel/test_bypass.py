@@ -393,3 +393,26 @@ def test_a_tree_filled_before_its_watch_is_marked_to_the_bottom(env: Env) -> Non
     assert not (env.root / "deep-ran").exists() or missed(
         env, "no-exec-tree-a", str(bottom / "tool")
     )
+
+
+def test_directories_that_vanish_at_once_are_no_mismatch(env: Env) -> None:
+    """A busy tree (a test suite's temp dirs under a /tmp/ rule): directories made and removed
+    before the watcher reaches them leave nothing to mark and nothing to watch. That is no
+    difference between the kernel and the policy: no policy_mismatch record, and the tree
+    stays enforced."""
+    before = len(env.records())
+    script = (
+        "import os, shutil, sys, time\n"
+        "top = sys.argv[1]\n"
+        "for i in range(60):\n"
+        "    for j in range(20):\n"
+        "        os.makedirs(os.path.join(top, f'v{i}', f'{j}', 'a', 'b'))\n"
+        "    time.sleep(0.001 * (i % 30))  # every lifetime from 0 to 30 ms\n"
+        "    shutil.rmtree(os.path.join(top, f'v{i}'))\n"
+    )
+    subprocess.run([PY, "-c", script, str(env.work / "tree-a")], check=True, timeout=60)
+    time.sleep(2.0)  # the watcher's updates for all of them
+    shutil.copy(TOUCH, env.work / "tree-a/after")
+    assert until(lambda: denied([str(env.work / "tree-a/after"), str(env.root / "after-ran")]))
+    mismatches = [r for r in env.records()[before:] if r["type"] == "policy_mismatch"]
+    assert not mismatches, mismatches[:3]
