@@ -57,14 +57,49 @@ def relative_under(path: str, top: str) -> str | None:
     return path[len(top) + 1 :] if path.startswith(top + "/") else None
 
 
-def _mount_of(path: str, table: list[Mount]) -> tuple[Mount, str] | None:
-    """The mount ``path`` is on (the last one on the longest mount point) and the rest."""
+def _mount_of_scan(path: str, table: list[Mount]) -> tuple[Mount, str] | None:
+    """``_mount_of`` by a scan of every mount (the reference its tests compare with)."""
     best: tuple[Mount, str] | None = None
     for m in table:
         rest = relative_under(path, m.point)
         if rest is not None and (best is None or len(m.point) >= len(best[0].point)):
             best = (m, rest)
     return best
+
+
+#: Mount tables -> {mount point: the last mount on it}, for the tables in use (a table is
+#: replaced, not changed, when the mounts change; the table is kept here so its id stays its).
+_INDEXES: dict[int, tuple[list[Mount], dict[str, Mount]]] = {}
+
+
+def _index(table: list[Mount]) -> dict[str, Mount]:
+    known = _INDEXES.get(id(table))
+    if known is not None and known[0] is table:
+        return known[1]
+    if len(_INDEXES) >= 32:  # the recent tables and a few foreign ones
+        _INDEXES.clear()
+    index = {m.point: m for m in table}  # in order: the last mount on a point wins
+    _INDEXES[id(table)] = (table, index)
+    return index
+
+
+def _mount_of(path: str, table: list[Mount]) -> tuple[Mount, str] | None:
+    """The mount ``path`` is on (the last one on the longest mount point) and the rest: the
+    path and then each of its parent directories looked up among the mount points, so an
+    event costs its depth in dictionary lookups, not one comparison per mount."""
+    if not path.startswith("/"):
+        return None
+    index = _index(table)
+    probe = path
+    while True:
+        m = index.get(probe)
+        if m is not None:
+            rest = relative_under(path, m.point)
+            if rest is not None:
+                return m, rest
+        if probe == "/":
+            return None
+        probe = probe.rpartition("/")[0] or "/"
 
 
 def _join(top: str, rest: str) -> str:
