@@ -499,6 +499,15 @@ class Enforcer:
             and not any(state.evaluator.targets(operation, p) for p in paths)
         ):
             return True  # a sibling of a marked file that no rule names: no need to ask /proc
+        if (
+            identity is None
+            and loader_target is not None
+            and not any(state.evaluator.targets("open", p) for p in paths)
+            and procfs.in_exec(req.tid)
+        ):
+            # the kernel's own open of a binary being exec'd (after its FAN_OPEN_EXEC_PERM,
+            # which judged the exec): no loader mapping a program, and no open rule names it
+            return True
         process, pid = process_of(req.tid, state.lineage)
         requests: list[Request] = []
         if req.is_exec:

@@ -16,7 +16,7 @@ MAX_ANCESTORS = 64
 def process_of(tid: int, with_ancestors: bool) -> tuple[Process, int]:
     """The acting process (exe, real uid/gid, cgroup v2 path, ancestry), and the thread's
     process id (tgid); OSError if the thread is gone."""
-    status = procfs.read_status(tid)
+    status = procfs.read_status(tid, last="Gid")  # Tgid, PPid, Uid, Gid come before it
     tgid = procfs.first_int(status, "Tgid", tid)
     ppid = procfs.first_int(status, "PPid")
     exe, exe_known = read_exe(tid)

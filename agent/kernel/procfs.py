@@ -84,20 +84,24 @@ def find_mount(mounts: Iterable[Mount], fstype: str, prefer: str | None = None) 
 # ---- /proc/<pid>/status, exe, stat, cgroup ----
 
 
-def parse_status(text: str) -> dict[str, str]:
-    """``Name:\\tvalue`` lines of /proc/<pid>/status -> {name: value}."""
+def parse_status(text: str, last: str | None = None) -> dict[str, str]:
+    """``Name:\\tvalue`` lines of /proc/<pid>/status -> {name: value}; up to the field
+    ``last`` only, if given (the fields come in a fixed order: Uid and Gid are the 9th and
+    10th of about 60)."""
     fields: dict[str, str] = {}
     for line in text.splitlines():
         name, sep, value = line.partition(":")
         if sep:
             fields[name] = value.strip()
+            if name == last:
+                break
     return fields
 
 
-def read_status(pid: int | str) -> dict[str, str]:
+def read_status(pid: int | str, last: str | None = None) -> dict[str, str]:
     """/proc/<pid>/status as ``parse_status`` reads it; OSError if the task is gone."""
     with open(f"/proc/{pid}/status") as f:
-        return parse_status(f.read())
+        return parse_status(f.read(), last)
 
 
 def first_int(fields: Mapping[str, str], name: str, default: int = -1) -> int:
@@ -176,17 +180,33 @@ def open_flags(text: str, machine: str) -> int | None:
     return value if how == "fixed" else args[value] & 0xFFFFFFFF
 
 
+#: execve and execveat by ``platform.machine()``
+_EXEC_CALLS = {"x86_64": frozenset({59, 322}), "aarch64": frozenset({221, 281})}
+
+
+def _syscall_text(tid: int) -> str | None:
+    try:
+        with open(f"/proc/{tid}/syscall") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def in_exec(tid: int) -> bool:
+    """Is task ``tid`` blocked in execve/execveat (what /proc/<tid>/syscall shows)? False if
+    unknown: a caller may only skip work on True."""
+    text = _syscall_text(tid)
+    parsed = parse_syscall(text) if text is not None else None
+    return parsed is not None and parsed[0] in _EXEC_CALLS.get(platform.machine(), ())
+
+
 def syscall_open_flags(tid: int) -> int | None:
     """The flags of the open(2) task ``tid`` is blocked in (a fanotify permission event
     holds it there): read from the registers the kernel saved at its syscall entry, which no
     other thread can change while it waits. Needs ptrace access to the task (root with
     CAP_SYS_PTRACE); None if unreadable or not an open."""
-    try:
-        with open(f"/proc/{tid}/syscall") as f:
-            text = f.read()
-    except OSError:
-        return None
-    return open_flags(text, platform.machine())
+    text = _syscall_text(tid)
+    return open_flags(text, platform.machine()) if text is not None else None
 
 
 def parse_cgroup(text: str) -> str | None:

@@ -126,3 +126,19 @@ def test_open_flags_other_architectures() -> None:
     assert procfs.open_flags(line, "aarch64") == 0x241  # openat is 56 there
     assert procfs.open_flags(line, "x86_64") is None  # 56 is clone here
     assert procfs.open_flags(line, "riscv64") is None  # no table: unknown, fail closed
+
+
+def test_parse_status_stops_at_the_last_field_asked_for() -> None:
+    text = "Name:\tcat\nTgid:\t7\nPPid:\t1\nUid:\t0\t0\t0\t0\nGid:\t5\t5\t5\t5\nVmRSS:\t1 kB\n"
+    assert procfs.parse_status(text, "Gid") == {
+        "Name": "cat", "Tgid": "7", "PPid": "1", "Uid": "0\t0\t0\t0", "Gid": "5\t5\t5\t5"
+    }  # fmt: skip
+    assert procfs.parse_status(text)["VmRSS"] == "1 kB"
+    assert procfs.parse_status(text, "Nothing")["VmRSS"] == "1 kB"  # no such field: all
+
+
+def test_in_exec_is_false_for_a_task_in_another_syscall_or_gone() -> None:
+    import os
+
+    assert procfs.in_exec(os.getpid()) is False  # this task is running: "running"
+    assert procfs.in_exec(2**22 + 7) is False  # no such task
