@@ -5,11 +5,14 @@
  * (Debian 12's 6.1 and later) and on the development kernel, which refuses trampolines.
  *
  * Work on a miss is one array lookup: ops nobody asked for return before touching anything.
- * File syscalls are seen at sys_exit only, where the result is known and, for a successful
- * open, the kernel's own view of the file can be read from the new fd: their arguments are
- * still in the task's saved user registers (bpf_task_pt_regs), so nothing is saved at
- * sys_enter (a hash update and a lookup + delete per call, the most of a miss's cost).
- * Network syscalls save their arguments at sys_enter (pointers only) in st_pending.
+ * File records are built at sys_exit, where the result is known and, for a successful open,
+ * the kernel's own view of the file can be read from the new fd; the arguments are read there
+ * from the task's saved user registers (bpf_task_pt_regs). Only the open family also has a
+ * sys_enter program: it saves the arguments in st_pending while the open runs, because the
+ * fanotify mechanism asks there which flags the open it is judging has, and must get no
+ * answer for an open the kernel makes outside an open syscall (io_uring task work, a core
+ * dump, an io-wq worker: the saved registers then show an older syscall). Network syscalls
+ * save their arguments at sys_enter (pointers only) in st_pending too.
  */
 /* make probes also builds this file with -DST_COMPAT: events-compat.bpf.o (common.h) */
 #ifndef ST_COMPAT
@@ -279,6 +282,11 @@ static __always_inline void syscall_args(struct st_pending *a, __u32 op, __u32 v
 static __always_inline int finish_file(struct trace_event_raw_sys_exit *ctx, __u32 op,
 				       __u32 variant, const int nargs)
 {
+	if (op == ST_OP_OPEN) {
+		/* always, wanted or not: the open is over, its flags must not outlive it */
+		__u32 tid = (__u32)bpf_get_current_pid_tgid();
+		bpf_map_delete_elem(&st_pending, &tid);
+	}
 	if (!wanted(op))
 		return 0;
 	struct pathbuf *pb = get_pathbuf();
@@ -559,13 +567,16 @@ static __always_inline int finish_net(struct trace_event_raw_sys_exit *ctx, __u3
 	int st_exit_##name(struct trace_event_raw_sys_exit *ctx) { return finish_net(ctx, op); }
 
 #define FILE_SYSCALL(name, nargs, op, variant) EXIT_FILE(name, op, variant, nargs)
+/* an open: its arguments are in st_pending while it runs (module comment) */
+#define OPEN_SYSCALL(name, nargs, variant)                                              \
+	ENTER(name, ST_OP_OPEN, variant, nargs) EXIT_FILE(name, ST_OP_OPEN, variant, nargs)
 #define NET_SYSCALL(name, nargs, op, variant) ENTER(name, op, variant, nargs) EXIT_NET(name, op)
 
-FILE_SYSCALL(open, 3, ST_OP_OPEN, ST_V_OPEN)
-FILE_SYSCALL(openat, 4, ST_OP_OPEN, ST_V_OPENAT)
-FILE_SYSCALL(openat2, 4, ST_OP_OPEN, ST_V_OPENAT2)
-FILE_SYSCALL(creat, 2, ST_OP_OPEN, ST_V_CREAT)
-FILE_SYSCALL(open_by_handle_at, 3, ST_OP_OPEN, ST_V_OPEN_BY_HANDLE)
+OPEN_SYSCALL(open, 3, ST_V_OPEN)
+OPEN_SYSCALL(openat, 4, ST_V_OPENAT)
+OPEN_SYSCALL(openat2, 4, ST_V_OPENAT2)
+OPEN_SYSCALL(creat, 2, ST_V_CREAT)
+OPEN_SYSCALL(open_by_handle_at, 3, ST_V_OPEN_BY_HANDLE)
 FILE_SYSCALL(unlink, 1, ST_OP_UNLINK, ST_V_UNLINK)
 FILE_SYSCALL(unlinkat, 3, ST_OP_UNLINK, ST_V_UNLINKAT)
 FILE_SYSCALL(rename, 2, ST_OP_RENAME, ST_V_RENAME)

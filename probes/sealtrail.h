@@ -202,8 +202,9 @@ enum st_variant {
 	ST_V_TRUNCATE, ST_V_FTRUNCATE,
 };
 
-/* st_pending (hash, key = tid): a network syscall's arguments, saved at sys_enter until
- * sys_exit (file syscalls read theirs at sys_exit from the task's saved registers) */
+/* st_pending (hash, key = tid): the arguments of an open or network syscall, saved at
+ * sys_enter until its sys_exit. Userspace reads it too: the fanotify mechanism learns there
+ * the flags of the open it judges (only while that open syscall runs). */
 struct st_pending {
 	__u64 args[6];
 	__u32 op;

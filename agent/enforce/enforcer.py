@@ -40,7 +40,7 @@ from typing import Any, Protocol
 
 from agent.enforce.cgroups import CgroupPaths
 from agent.enforce.dirwatch import DirWatch, NewDir
-from agent.enforce.fanotify import FanotifyGuard, MarkTable, PermissionRequest
+from agent.enforce.fanotify import FanotifyGuard, MarkTable, PermissionRequest, name_here
 from agent.enforce.guard import GUARDED_OPS, LSM_OPS, Guard, RuleRef, SavedRule
 from agent.enforce.handover import Handover, private_chain, startup_files
 from agent.enforce.marks import MarkPlan, MarkRule, OsView, extend_plan, plan_marks
@@ -52,7 +52,6 @@ from agent.events import model
 from agent.events.decode import open_access
 from agent.events.loader import is_dynamic_loader, is_loader_process
 from agent.journal.canonical import JsonValue
-from agent.kernel import procfs
 from agent.kernel.fanotify import FAN_EVENT_ON_CHILD, FAN_OPEN_EXEC_PERM, FAN_OPEN_PERM
 from agent.kernel.mechanism import HostCapabilities, Mechanism
 from agent.kernel.pins import GUARD
@@ -101,6 +100,10 @@ class EventSource(Protocol):
 
     def reconfigure(self, extra_kinds: frozenset[str], path_patterns: tuple[str, ...]) -> None:
         """Stream these kinds too, file kinds only under these rule paths."""
+        ...
+
+    def pending_open_flags(self, tid: int) -> int | None:
+        """The flags of the open(2) syscall thread ``tid`` is inside, if the probes saw it."""
         ...
 
 
@@ -493,29 +496,26 @@ class Enforcer:
         except OSError:
             dev = None
         paths = [req.path, *self._mounts.aliases(req.path, req.tid, dev)]
+        if not _names(req.path, req.fd):
+            # the name the event gives leads elsewhere, or nowhere, here (a detached mount's
+            # "/f"): the file's own name in this namespace is judged too
+            here = name_here(req.fd)
+            if here is not None and here not in paths:
+                paths.append(here)
         if (
             identity is None
             and loader_target is None
             and not any(state.evaluator.targets(operation, p) for p in paths)
         ):
             return True  # a sibling of a marked file that no rule names: no need to ask /proc
-        if (
-            identity is None
-            and loader_target is not None
-            and not any(state.evaluator.targets("open", p) for p in paths)
-            and procfs.in_exec(req.tid)
-        ):
-            # the kernel's own open of a binary being exec'd (after its FAN_OPEN_EXEC_PERM,
-            # which judged the exec): no loader mapping a program, and no open rule names it
-            return True
         process, pid = process_of(req.tid, state.lineage)
         requests: list[Request] = []
         if req.is_exec:
             requests.append(Request("exec", process, path=req.path))
         else:
-            flags = procfs.syscall_open_flags(req.tid)
-            # unknown flags (no ptrace access, openat2, io_uring): judge every access
-            # (fail closed)
+            flags = self.stream.pending_open_flags(req.tid)
+            # unknown flags (openat2, an open outside an open syscall: io_uring, a core
+            # dump; the open began before the probes): judge every access (fail closed)
             access = (
                 open_access(flags) if flags is not None else ("read", "write", "create", "truncate")
             )
@@ -758,6 +758,15 @@ def _unknown(ev: model.GuardEvent) -> SavedRule:
     """The rule of a verdict whose policy generation is not known here (its rule table was
     lost with an earlier agent): named by its number, taken as the kernel took it."""
     return SavedRule(f"#{ev.rule_index}@{ev.generation}", "", "enforce", ev.rule_action)
+
+
+def _names(path: str, fd: int) -> bool:
+    """Does ``path`` lead, in this namespace, to the file ``fd`` refers to?"""
+    try:
+        here, there = os.stat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def _identity_target(state: _State, fd: int, operation: str) -> str | None:

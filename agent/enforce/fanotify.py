@@ -472,6 +472,46 @@ _libc.open_by_handle_at.argtypes = [ctypes.c_int, ctypes.POINTER(_FileHandle), c
 _libc.open_by_handle_at.restype = ctypes.c_int
 
 
+_libc.name_to_handle_at.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.POINTER(_FileHandle),
+                                    ctypes.POINTER(ctypes.c_int), ctypes.c_int]  # fmt: skip
+_libc.name_to_handle_at.restype = ctypes.c_int
+_AT_EMPTY_PATH = 0x1000
+
+
+def name_here(fd: int) -> str | None:
+    """The name, in this mount namespace, of the file ``fd`` refers to, found from the file
+    itself: its handle opened again through a mount of its filesystem that this namespace
+    shows, and that file's path. For a file reached through a mount no path here leads to (a
+    detached ``open_tree`` clone, whose files read as "/f"), this is the name the rules mean.
+    None if the filesystem cannot say (no handles, a file that has no name left). Needs
+    CAP_DAC_READ_SEARCH, which the agent has."""
+    handle = _FileHandle(128, 0)  # MAX_HANDLE_SZ
+    mount_id = ctypes.c_int()
+    if _libc.name_to_handle_at(fd, b"", ctypes.byref(handle), ctypes.byref(mount_id),
+                               _AT_EMPTY_PATH) != 0:  # fmt: skip
+        return None
+    try:
+        mount = mount_point(os.fstat(fd).st_dev)
+        if mount is None:
+            return None
+        mfd = os.open(mount, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # not O_PATH: EBADF
+    except OSError:
+        return None
+    try:
+        again = _libc.open_by_handle_at(mfd, ctypes.byref(handle), os.O_PATH | os.O_CLOEXEC)
+    finally:
+        os.close(mfd)
+    if again < 0:
+        return None
+    try:
+        name = os.readlink(f"/proc/self/fd/{again}")
+    except OSError:
+        return None
+    finally:
+        os.close(again)
+    return name if name.startswith("/") and not name.endswith(" (deleted)") else None
+
+
 def _open_by_handle(key: MarkKey, fields: dict[str, str] | None) -> int | None:
     """The marked inode, through the file handle fdinfo lists for its mark (``fields``; the
     object was renamed since it was marked). Needs CAP_DAC_READ_SEARCH, which the agent has."""

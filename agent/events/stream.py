@@ -211,7 +211,7 @@ class EventStream(Closing):
                 names.add(_SCHED[kind])
             for sc in _SYSCALLS.get(kind, ()):
                 names.add(f"st_exit_{sc}")
-                if kind not in model.FILE_KINDS:  # file syscalls have no sys_enter program
+                if kind == "open" or kind not in model.FILE_KINDS:  # the others: exit only
                     names.add(f"st_enter_{sc}")
         return names
 
@@ -281,6 +281,27 @@ class EventStream(Closing):
         if self._obj is None:
             raise KernelError("event stream is not started")
         return {name: self._obj.map(name).fd for name in (abi.MAP_EVENTS, abi.MAP_DROPS)}
+
+    def pending_open_flags(self, tid: int) -> int | None:
+        """The flags of the open(2) thread ``tid`` is inside, from the probes' st_pending:
+        saved at that open syscall's entry, gone at its exit, so an open the kernel makes
+        outside an open syscall (io_uring, a core dump) has none. None if unknown."""
+        if self._obj is None:
+            return None
+        raw = self._obj.map(abi.MAP_PENDING).lookup(tid.to_bytes(4, "little"))
+        if raw is None:
+            return None
+        p = abi.Pending.from_buffer_copy(raw)
+        if p.op != abi.Op.OPEN:
+            return None
+        v = p.variant
+        if v == abi.Variant.OPEN:
+            return int(p.args[1])
+        if v in (abi.Variant.OPENAT, abi.Variant.OPEN_BY_HANDLE):
+            return int(p.args[2])
+        if v == abi.Variant.CREAT:
+            return os.O_CREAT | os.O_WRONLY | os.O_TRUNC
+        return None  # openat2: its flags are in user memory another thread may rewrite
 
     def close(self) -> None:
         if self._rb:

@@ -8,8 +8,6 @@ find mount points and overlays.
 
 from __future__ import annotations
 
-import os
-import platform
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -133,80 +131,6 @@ def ppid_of(pid: int) -> int:
 def stat_flags(pid: int) -> int | None:
     """The task's PF_* flags from /proc/<pid>/stat (field 9); None if it is gone."""
     return _stat_field(pid, 6)
-
-
-# ---- /proc/<tid>/syscall ----
-
-#: Where the flags of an open are, by syscall number (``platform.machine()``): ``("arg", i)``
-#: the argument index, or ``("fixed", flags)`` (creat; an exec opens its file, interpreter
-#: and loader read-only). openat2 is absent on purpose: its flags are in user memory that
-#: another thread may have rewritten since the kernel copied it, so they are unknown (the
-#: caller fails closed).
-_CREAT = ("fixed", os.O_CREAT | os.O_WRONLY | os.O_TRUNC)
-_EXEC = ("fixed", os.O_RDONLY)
-_OPEN_FLAGS: dict[str, dict[int, tuple[str, int]]] = {
-    # open, openat, open_by_handle_at, creat, execve, execveat
-    "x86_64": {2: ("arg", 1), 257: ("arg", 2), 304: ("arg", 2), 85: _CREAT, 59: _EXEC, 322: _EXEC},
-    # asm-generic: openat, open_by_handle_at, execve, execveat
-    "aarch64": {56: ("arg", 2), 265: ("arg", 2), 221: _EXEC, 281: _EXEC},
-}
-
-
-def parse_syscall(text: str) -> tuple[int, tuple[int, ...]] | None:
-    """``NR ARG1 .. ARG6 SP PC`` (proc(5), hex arguments) -> the number and the six arguments;
-    None for a task that is running or not in a syscall (``running``, ``-1 SP PC``)."""
-    words = text.split()
-    try:
-        nr = int(words[0])
-        args = tuple(int(word, 16) for word in words[1:7])
-    except (IndexError, ValueError):
-        return None
-    if nr < 0 or len(args) != 6:
-        return None
-    return nr, args
-
-
-def open_flags(text: str, machine: str) -> int | None:
-    """The flags of the open a /proc/<tid>/syscall text shows; None if it is no open this
-    table knows (the caller must then assume any access)."""
-    parsed = parse_syscall(text)
-    if parsed is None:
-        return None
-    nr, args = parsed
-    where = _OPEN_FLAGS.get(machine, {}).get(nr)
-    if where is None:
-        return None
-    how, value = where
-    return value if how == "fixed" else args[value] & 0xFFFFFFFF
-
-
-#: execve and execveat by ``platform.machine()``
-_EXEC_CALLS = {"x86_64": frozenset({59, 322}), "aarch64": frozenset({221, 281})}
-
-
-def _syscall_text(tid: int) -> str | None:
-    try:
-        with open(f"/proc/{tid}/syscall") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
-def in_exec(tid: int) -> bool:
-    """Is task ``tid`` blocked in execve/execveat (what /proc/<tid>/syscall shows)? False if
-    unknown: a caller may only skip work on True."""
-    text = _syscall_text(tid)
-    parsed = parse_syscall(text) if text is not None else None
-    return parsed is not None and parsed[0] in _EXEC_CALLS.get(platform.machine(), ())
-
-
-def syscall_open_flags(tid: int) -> int | None:
-    """The flags of the open(2) task ``tid`` is blocked in (a fanotify permission event
-    holds it there): read from the registers the kernel saved at its syscall entry, which no
-    other thread can change while it waits. Needs ptrace access to the task (root with
-    CAP_SYS_PTRACE); None if unreadable or not an open."""
-    text = _syscall_text(tid)
-    return open_flags(text, platform.machine()) if text is not None else None
 
 
 def parse_cgroup(text: str) -> str | None:

@@ -559,8 +559,8 @@ sys.exit(0 if fd >= 0 else 13 if err == 1 else 2)
      ("creat", False), ("openat2", False)],
 )  # fmt: skip
 def test_the_access_judged_is_the_syscalls_own(env: Env, how: str, allowed: bool) -> None:
-    """The fanotify decision reads the open's flags from the registers the kernel saved at
-    syscall entry (/proc/TID/syscall; nothing another thread can rewrite meanwhile): a read
+    """The fanotify decision judges the open's own flags (saved by the probes at that open
+    syscall's entry, from its registers: nothing another thread can rewrite meanwhile): a read
     of a write-denied file is allowed through open(2) and openat(2), a write or creat is
     refused; openat2's flags live in user memory, so it is judged as any access."""
     assert os.uname().machine == "x86_64", "syscall numbers here are x86-64's"

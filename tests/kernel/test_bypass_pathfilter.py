@@ -4,16 +4,19 @@
 /proc/TID/syscall shows the number and argument registers the task saved at its *last*
 syscall entry, also while the kernel opens a file for it outside that syscall: at the exit
 of a blocked openat(2) a signal's core dump or an io_uring task work runs, and an io-wq
-worker carries a copy of its creator's registers for life. The decision then judges the
-decoy openat's O_RDONLY, not the open that is asked about. The old code (st_pending, saved
-at sys_enter, removed at sys_exit, before signals and task work run) found no pending open
-there and judged every access (fail closed). The same file needs ptrace access: an agent
-without CAP_SYS_PTRACE judges another user's read of a write-denied file as a write.
+worker carries a copy of its creator's registers for life. The decision then judged the
+decoy openat's O_RDONLY, not the open that is asked about; and the file needs ptrace access,
+so an agent without CAP_SYS_PTRACE judged another user's read of a write-denied file as a
+write. Fixed since: the open family's flags are saved again by a sys_enter program in
+st_pending and removed at sys_exit, before signals and task work run, so an open outside an
+open syscall finds none and every access is judged (fail closed); these tests keep it so.
 
-Found on the way, older than 7ad357b (7ad357b~1 lets it through the same way): a file opened
+Found on the way, older than 7ad357b (7ad357b~1 let it through the same way): a file opened
 through a detached mount (open_tree OPEN_TREE_CLONE, root or any user in a user namespace)
 is named from that mount's root, "/f", by the event fd's readlink and by the probes' walk
-alike: no rule path matches, the write is allowed and nothing is journaled.
+alike: no rule path matched, the write was allowed and nothing was journaled. Fixed since:
+a name that does not lead to the event's file here makes the decision judge the file's own
+name too (enforcer.name_here, by file handle).
 
 The first-component pre-filter held: against 7ad357b~1's probes, both builds kept and dropped
 the same opens (chroot, overlay both ways, tmpfs over a prefix, rbind of /, /proc/self/root,
@@ -37,6 +40,7 @@ import pytest
 
 from agent.enforce.cgroups import cgroup2_root
 from agent.policy.mechanisms import host_capabilities
+from tests.kernel.test_bypass import until
 from tests.kernel.test_enforce import PY, SLOW, Env
 
 pytestmark = pytest.mark.kernel
@@ -241,11 +245,6 @@ def uring(env: Env, how: str) -> str:
     return r.stdout.strip() or r.stderr.strip()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="7ad357b: /proc/TID/syscall shows the decoy openat "
-    "whose exit runs the io_uring task work: judged as its O_RDONLY",
-)
 def test_io_uring_open_run_as_task_work_at_a_decoy_openats_exit(env: Env) -> None:
     """The linked io_uring openat(O_WRONLY) runs inline in the task's task work, at the exit
     of its blocked openat(FIFO, O_RDONLY); the decision reads 257 .. flags 0 and allows a
@@ -255,11 +254,6 @@ def test_io_uring_open_run_as_task_work_at_a_decoy_openats_exit(env: Env) -> Non
     assert (env.work / "etc/key").read_text() == "protected\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="7ad357b: an io-wq worker's /proc/TID/syscall is a "
-    "copy of its creator's registers (a decoy openat's O_RDONLY)",
-)
 def test_io_uring_open_on_a_worker_made_at_a_decoy_openats_exit(env: Env) -> None:
     """IOSQE_ASYNC: the worker that runs the open is created by the task work, with the
     task's registers copied (create_io_thread): its /proc/TID/syscall says 257 .. flags 0
@@ -269,10 +263,6 @@ def test_io_uring_open_on_a_worker_made_at_a_decoy_openats_exit(env: Env) -> Non
     assert (env.work / "etc/key").read_text() == "protected\n"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="7ad357b: a core dump during a decoy openat(O_RDONLY) is judged as that openat's read",
-)
 def test_core_dump_into_a_create_denied_tree(env: Env) -> None:
     """The kernel opens the core file (core_pattern "core": in the cwd) O_CREAT|O_WRONLY
     while the dying task's registers still show its interrupted openat(FIFO, O_RDONLY): the
@@ -298,24 +288,23 @@ def otree(env: Env, name: str, *prefix: str) -> str:
     return r.stdout.strip() or r.stderr.strip()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not 7ad357b's (7ad357b~1 too): a detached mount's "
-    "files are named from its root ('/f'), by fanotify and by the probes",
-)
 def test_write_through_a_detached_clone_of_a_denied_tree(env: Env) -> None:
     """open_tree(tree, OPEN_TREE_CLONE) and openat(clone, "f", O_WRONLY): the file's path in
-    a detached mount is "/f" (the event fd's readlink, the probes' walk)."""
+    a detached mount is "/f" (the event fd's readlink, the probes' walk). The decision also
+    judges the file's name here (its handle reopened through a mount this namespace shows),
+    and the verdict says which name it was judged as."""
     out = otree(env, "f")
     assert out == "errno 1", f"tree/f written through a detached mount ({out})"
     assert (env.work / "tree/f").read_text() == "protected\n"
 
+    def judged() -> bool:
+        return any(r["type"] == "verdict" and r.get("object", {}).get("judged_as") == want
+                   for r in env.records())  # fmt: skip
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="not 7ad357b's (7ad357b~1 too): a detached mount's "
-    "files are named from its root ('/f'), by fanotify and by the probes",
-)
+    want = str(env.work / "tree/f")
+    assert until(judged), "no verdict judged as the file's own name"
+
+
 def test_write_through_a_detached_clone_by_nobody_in_a_user_namespace(env: Env) -> None:
     """The same without privilege: nobody in `unshare -rm` clones its own namespace's copy
     of tree and writes tree/pub (mode 0666) through it."""
@@ -344,11 +333,6 @@ fallback = "audit"
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="7ad357b: /proc/TID/syscall needs ptrace access; "
-    "without it every access is judged, a read too (st_pending needed none)",
-)
 def test_without_cap_sys_ptrace_another_users_read_of_a_write_denied_file(
     tmp_path: Path,
 ) -> None:

@@ -81,6 +81,9 @@ class ScriptedStream:
     def reconfigure(self, extra_kinds: frozenset[str], path_patterns: tuple[str, ...]) -> None:
         self.reconfigured.append((extra_kinds, path_patterns))
 
+    def pending_open_flags(self, tid: int) -> int | None:
+        return None
+
 
 def verdict_on(ev: model.Event, action: str = "deny") -> VerdictRecord:
     return VerdictRecord(action=action, rule="r1", policy="p", digest="d" * 64,

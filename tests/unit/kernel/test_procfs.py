@@ -98,36 +98,6 @@ def test_cgroup_v2_path_is_the_unified_line() -> None:
     assert procfs.parse_cgroup("12:cpu:/old\n") is None
 
 
-# ---- /proc/<tid>/syscall: an open's flags ----
-
-
-@pytest.mark.parametrize(
-    ("text", "flags"),
-    [
-        ("257 0xffffff9c 0x7ffd12 0x241 0x1b6 0x0 0x0 0x7ffd00 0x7f0001\n", 0x241),  # openat
-        ("2 0x7ffd12 0x0 0x0 0x0 0x0 0x0 0x7ffd00 0x7f0001\n", 0),  # open, O_RDONLY
-        ("85 0x7ffd12 0x1a4 0x0 0x0 0x0 0x0 0x7ffd00 0x7f0001\n", 0o1101),  # creat
-        ("304 0x3 0x7ffd12 0x80000 0x0 0x0 0x0 0x7ffd00 0x7f0001\n", 0x80000),  # by handle
-        ("59 0x7ffd12 0x7ffd20 0x7ffd30 0x0 0x0 0x0 0x7ffd00 0x7f0001\n", 0),  # execve
-        ("437 0xffffff9c 0x7ffd12 0x7ffd40 0x18 0x0 0x0 0x7ffd00 0x7f0001\n", None),  # openat2
-        ("0 0x3 0x7ffd12 0x10 0x0 0x0 0x0 0x7ffd00 0x7f0001\n", None),  # read(2): no open
-        ("running\n", None),
-        ("-1 0x7ffd00 0x7f0001\n", None),  # not in a syscall
-        ("257 0xffffff9c\n", None),  # cut short
-        ("", None),
-    ],
-)
-def test_open_flags_x86_64(text: str, flags: int | None) -> None:
-    assert procfs.open_flags(text, "x86_64") == flags
-
-
-def test_open_flags_other_architectures() -> None:
-    line = "56 0xffffff9c 0x7ffd12 0x241 0x1b6 0x0 0x0 0x7ffd00 0x7f0001"
-    assert procfs.open_flags(line, "aarch64") == 0x241  # openat is 56 there
-    assert procfs.open_flags(line, "x86_64") is None  # 56 is clone here
-    assert procfs.open_flags(line, "riscv64") is None  # no table: unknown, fail closed
-
-
 def test_parse_status_stops_at_the_last_field_asked_for() -> None:
     text = "Name:\tcat\nTgid:\t7\nPPid:\t1\nUid:\t0\t0\t0\t0\nGid:\t5\t5\t5\t5\nVmRSS:\t1 kB\n"
     assert procfs.parse_status(text, "Gid") == {
@@ -135,10 +105,3 @@ def test_parse_status_stops_at_the_last_field_asked_for() -> None:
     }  # fmt: skip
     assert procfs.parse_status(text)["VmRSS"] == "1 kB"
     assert procfs.parse_status(text, "Nothing")["VmRSS"] == "1 kB"  # no such field: all
-
-
-def test_in_exec_is_false_for_a_task_in_another_syscall_or_gone() -> None:
-    import os
-
-    assert procfs.in_exec(os.getpid()) is False  # this task is running: "running"
-    assert procfs.in_exec(2**22 + 7) is False  # no such task
