@@ -132,6 +132,16 @@ def _enforcement(rule: CompiledRule, op: str, host: HostCapabilities) -> Enforce
     return _fallback(rule, op, host)
 
 
+#: What the syscall tracepoints (the event stream, so every after-the-fact judgement) never
+#: see: no tracepoint runs for io_uring's operations, nor for 32-bit (ia32) system calls,
+#: which the kernel's syscall events skip (tests/kernel/test_bypass_pathfilter.py).
+UNSEEN = (
+    "io_uring (no syscall tracepoint runs; sysctl kernel.io_uring_disabled=2 closes that) or "
+    "a 32-bit program's system call (ia32: syscall tracepoints skip them; a kernel without "
+    "IA32 emulation, or booted with ia32_emulation=0, has none)"
+)
+
+
 def fanotify_gaps(rule: CompiledRule) -> tuple[str, ...]:
     """The ways to a fanotify-enforced rule's objects that the kernel does not ask the agent
     about (hosts without BPF-LSM; measured, docs in policies/README.md). What gets through one
@@ -143,9 +153,9 @@ def fanotify_gaps(rule: CompiledRule) -> tuple[str, ...]:
         what = "a directory on a rule path that is created, renamed or mounted over later"
     gaps = [
         f"{what} is marked when the agent sees the change (inotify, mountinfo): an {op} "
-        "there before that is not stopped, and one made through io_uring is not seen "
-        "afterwards either (no syscall tracepoint runs; sysctl kernel.io_uring_disabled=2 "
-        "closes that)"
+        "there before that is not stopped"
+        # an exec is seen afterwards whatever made it (sched_process_exec, not a syscall's)
+        + ("" if op == "exec" else f", and one made through {UNSEEN} is not seen afterwards either")
     ]
     if op == "open" and {"write", "truncate"} & set(rule.access):
         gaps.append(
@@ -271,19 +281,26 @@ def _hook_note(rule: CompiledRule, op: str, hook: Mechanism) -> str:
 def _fallback(rule: CompiledRule, operation: str, host: HostCapabilities) -> Enforcement:
     """Enforce mode, no mechanism for the action as written: only an explicit fallback."""
     op = _CALL_NAMES.get(operation, operation)
+    # what the syscall tracepoints never see is not judged afterwards either (an exec is seen
+    # at sched_process_exec, whatever made it)
+    unseen = () if operation == "exec" else (f"a {op} made through {UNSEEN} is not seen",)
     if rule.fallback == "audit":
         return Enforcement(
             rule,
             Mechanism.TRACEPOINT,
             after_the_fact=True,
-            note=f"fallback: audited, {op} not stopped",
+            note="; ".join((f"fallback: audited, {op} not stopped", *unseen)),
+            gaps=unseen,
         )
     if rule.fallback == "kill" and host.send_signal:
         return Enforcement(
             rule,
             Mechanism.SIGKILL_AFTER_THE_FACT,
             after_the_fact=True,
-            note=f"fallback: the {op} takes effect, then the process is killed",
+            note="; ".join(
+                (f"fallback: the {op} takes effect, then the process is killed", *unseen)
+            ),
+            gaps=unseen,
         )
     if not host.send_signal and (rule.action == "kill" or rule.fallback == "kill"):
         error = (
