@@ -158,6 +158,7 @@ class Forwarder:
         # shared with the main thread, under _cond
         self._durable = durable
         self._stop_at: float | None = None
+        self._waiting_for_records = False  # an idle wait, which new records end
         self._records: collections.deque[tuple[str, dict[str, JsonValue]]] = collections.deque(
             maxlen=MAX_QUEUED
         )
@@ -165,6 +166,9 @@ class Forwarder:
         #: the largest fleet checkpoint covering this host the collector sent (thread's own)
         self.fleet: fleetnote.FleetNote | None = None
         self._fleet_journaled: float | None = None  # when the last fleet_checkpoint was queued
+        #: the last fleet answer that checked out: the collector repeats it with every batch
+        #: until it publishes another, and the same document checks the same way again
+        self._fleet_checked: object = None
         self._unjournaled = False  # it acknowledges records other than bookkeeping
         self._journaled_at = -RECEIPT_INTERVAL
         # the thread's own
@@ -175,6 +179,7 @@ class Forwarder:
         #: receipts for more than was sent are fine up to here (records it holds already)
         self._probe_until: int | None = None
         self._send_after = 0.0  # caught up: no batch before this (Pacing.batch_interval)
+        self._sending_all = False  # the batch in flight holds all that was durable
         self._attempt = 0
         self._rejections = 0
         self._problem_key: tuple[object, ...] | None = None
@@ -225,7 +230,8 @@ class Forwarder:
         with self._cond:
             if durable > self._durable:
                 self._durable = durable
-                self._cond.notify()
+                if self._waiting_for_records:  # else the wake-up is for nothing (``_sleep``)
+                    self._cond.notify()
 
     def take_records(self) -> list[tuple[str, dict[str, JsonValue]]]:
         """Records for the journal: forward errors, and the newest receipt at most once per
@@ -330,7 +336,13 @@ class Forwarder:
                 left = until - self._clock()
                 if left <= 0:
                     return
-                self._cond.wait(left)
+                # a backoff or the batch interval is not cut short by new records, so the
+                # main loop's notify (at every seal) only wakes an idle wait
+                self._waiting_for_records = wait.idle
+                try:
+                    self._cond.wait(left)
+                finally:
+                    self._waiting_for_records = False
 
     def step(self) -> Wait:
         """One exchange with the collector (or none, when caught up or waiting on the rate)."""
@@ -363,6 +375,7 @@ class Forwarder:
             if batch.start == self._acked:
                 self._oldest_unacked_ns = batch.first.ts
             self._state = "forwarding"
+            self._sending_all = batch.end >= durable
             answer = self._client.ingest(batch.start, batch.data)
             self._rate.spend(batch.count)
             return self._answered(batch, answer)
@@ -444,7 +457,10 @@ class Forwarder:
         self._head = self._acked = batch.end
         if self._probe_until is not None and batch.end >= self._probe_until:
             self._probe_until = None  # all it held matched: what follows is new to it
-        if batch.end >= self._durable:  # it took all there was: caught up
+        # it took all there was: caught up. What became durable while it was on its way waits
+        # for the interval too: sent at once, it would be a batch of a seal or two, for the
+        # cost of a full one (a request costs about the same whatever its size)
+        if self._sending_all:
             self._send_after = self._clock() + self.pacing.batch_interval
         self._attempt = self._rejections = 0
         self._problem_key = None
@@ -462,11 +478,14 @@ class Forwarder:
 
     def _keep_fleet(self, doc: object, collector: str) -> None:
         """Keep a larger witnessed fleet checkpoint covering this host (``fleetnote``)."""
+        if (doc, collector) == self._fleet_checked:
+            return  # checked, and kept unless one as large was already (below)
         try:
             fleet = fleetnote.check(doc, collector, self._key)
         except FormatError as exc:
             log.warning("the collector's fleet checkpoint is not trusted: %s", exc)
             return
+        self._fleet_checked = (doc, collector)
         if self.fleet is not None and fleet.size <= self.fleet.size:
             return
         self.fleet = fleet

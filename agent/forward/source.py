@@ -43,7 +43,10 @@ from agent.errors import FormatError, JournalError
 from agent.journal.record import Record, parse_line
 from agent.journal.segments import list_segments, segment_name
 
-DEFAULT_BATCH_BYTES = 1 << 20
+#: A batch interval's records at 10 k events/s (``pacing.BATCH_INTERVAL``: 5,000 lines of about
+#: 250 bytes) in one request, with room; a backlog goes in as few requests as the collector's
+#: body limit allows. The buffer is this large, resident only as far as batches fill it.
+DEFAULT_BATCH_BYTES = 4 << 20
 DEFAULT_BATCH_RECORDS = 16384
 #: The largest batch read to reach a seal, and the longest line: the collector's default body
 #: limit (docs/collector.md).

@@ -4,14 +4,16 @@ journals: what it sends, when it moves on, what it waits, what it journals."""
 from __future__ import annotations
 
 import random
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
 from agent.collector.protocol import Receipt
+from agent.forward import fleetnote
 from agent.forward.client import Answer
-from agent.forward.forwarder import Forwarder, Wait
+from agent.forward.forwarder import NOW, Forwarder, Wait
 from agent.forward.pacing import Pacing
 from agent.forward.records import receipt_of
 from agent.forward.source import JournalSource
@@ -406,3 +408,99 @@ def test_a_batch_over_the_collectors_body_limit_is_sent_again_in_halves(
     run(fwd, steps=400)
     assert collector.lines == stored(journal)  # all of it, in batches under the limit
     assert not [f for _, f in fwd.take_records() if f.get("error") == "refused"]
+
+
+def test_a_fleet_answer_the_collector_repeats_is_checked_once(
+    journal: Journal, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The collector sends its latest fleet checkpoint with every accepted batch: the same
+    document checks the same way, so only a new one is checked (and kept if larger)."""
+    journal.fill(200, seal_every=10)
+    docs = [{"checkpoint": f"note {size}", "index": 0, "host_size": 1} for size in (3, 3, 3, 5)]
+    checked: list[object] = []
+
+    def check(doc: dict[str, object], collector: str, key: object) -> fleetnote.FleetNote:
+        checked.append(doc)
+        text = str(doc["checkpoint"])
+        return fleetnote.FleetNote(text.encode(), int(text.split()[1]), 0, 1)
+
+    class Fleet(FakeCollector):
+        def ingest(self, start: int, body: bytes | memoryview) -> Answer:
+            answer = super().ingest(start, body)
+            doc = docs.pop(0) if len(docs) > 1 else docs[0]
+            return Answer(answer.status, {**answer.body, "fleet": dict(doc)}, None)
+
+    monkeypatch.setattr(fleetnote, "check", check)
+    collector = Fleet(journal.host)
+    fwd = forwarder(journal, collector, max_records=20)
+    run(fwd)
+    assert len([r for r in collector.requests if r[0] == "ingest"]) > 5
+    assert [d["checkpoint"] for d in checked] == ["note 3", "note 5"]  # type: ignore[index]
+    assert fwd.fleet is not None and fwd.fleet.size == 5
+
+
+def test_new_records_wake_an_idle_forwarder_but_not_one_waiting_out_an_interval(
+    journal: Journal,
+) -> None:
+    """The main loop notifies at every seal; during a backoff or the batch interval that
+    would wake the thread for nothing."""
+    w = journal.fill(20, seal_every=10, close=False)
+    clock = Clock()
+    fwd = forwarder(journal, FakeCollector(journal.host), durable=w.sealed_size, clock=clock)
+    waits: list[bool] = []  # each wait of the thread: did it end before its timeout?
+
+    class Counted(threading.Condition):
+        def wait(self, timeout: float | None = None) -> bool:
+            waits.append(super().wait(timeout))
+            clock.now += 0 if waits[-1] else timeout or 0  # the time waited, as it passed
+            return waits[-1]
+
+    fwd._cond = Counted()
+
+    def notify_soon() -> None:
+        time.sleep(0.05)
+        w.append("event", {"kind": "exec", "pid": 1})
+        w.flush_and_seal()
+        fwd.notify(w.sealed_size)
+
+    took = []
+    for wait in (Wait(5.0, idle=True), Wait(0.3)):
+        waits.clear()
+        helper = threading.Thread(target=notify_soon)
+        helper.start()
+        started = time.monotonic()
+        fwd._head = fwd._durable  # caught up
+        fwd._sleep(wait)
+        took.append(time.monotonic() - started)
+        helper.join()
+        assert waits == ([True] if wait.idle else [False]), wait
+    assert took[0] < 1.0 <= 5.0 and took[1] >= 0.3  # the idle wait ended with the new records
+    w.close({"reason": "test"})
+
+
+def test_records_made_durable_while_a_batch_is_on_its_way_wait_for_the_interval(
+    journal: Journal,
+) -> None:
+    """Sent at once, they would be a request of a seal or two for the cost of a full one."""
+    w = journal.fill(40, seal_every=20, close=False)
+    collector = FakeCollector(journal.host)
+    clock = Clock()
+    fwd = forwarder(journal, collector, clock=clock, batch_interval=0.5, durable=w.sealed_size)
+    run(fwd)  # caught up
+
+    def seal(*_request: object) -> None:
+        w.append("event", {"kind": "exec", "pid": 2})
+        w.flush_and_seal()
+        fwd.notify(w.sealed_size)
+
+    clock.now += 0.5
+    seal()
+    collector.hook = seal  # the main loop seals again while the batch is on its way
+    sent = len(collector.requests)
+    assert fwd.step() == NOW and len(collector.requests) == sent + 1
+    collector.hook = None
+    assert fwd.step() == Wait(0.5) and len(collector.requests) == sent + 1
+    clock.now += 0.5
+    run(fwd)
+    assert len(collector.requests) == sent + 2 and collector.lines == stored(journal)
+    w.close({"reason": "test"})
