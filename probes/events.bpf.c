@@ -4,7 +4,8 @@
  * syscalls (tracepoints syscalls/sys_{enter,exit}_*). Everything attaches on stock kernels
  * (Debian 12's 6.1 and later) and on the development kernel, which refuses trampolines.
  *
- * Work on a miss is one array lookup: ops nobody asked for return before touching anything.
+ * Work on a miss is one array lookup: ops nobody asked for return before touching anything
+ * (an open's sys_exit also removes what its sys_enter saved).
  * File records are built at sys_exit, where the result is known and, for a successful open,
  * the kernel's own view of the file can be read from the new fd; the arguments are read there
  * from the task's saved user registers (bpf_task_pt_regs). Only the open family also has a
