@@ -2,6 +2,7 @@
 and what the forwarder thread costs the main thread (the GIL).
 
     python bench/forward.py [--backlog 1000000] [--rate 10000] [--seconds 20]
+                            [--phases catch-up,steady,gil]
 
 1. catch-up: a real journal of ``--backlog`` records (sealed every 1,000, as a busy agent seals
    them) sent by ``Forwarder`` from 0 to its end through a ``collector serve`` process over
@@ -9,7 +10,8 @@ and what the forwarder thread costs the main thread (the GIL).
    (``pthread_getcpuclockid``: that thread only, not the collector).
 2. steady: the daemon's loop (append ``--rate`` events/s, ``tick``, ``take_records``,
    ``notify``) for ``--seconds`` with the forwarder running: its thread's CPU per event beside
-   the main thread's, and the latency from a record's ``ts`` to its batch's receipt.
+   the main thread's, how many requests, and the latency from a record's ``ts`` to its
+   batch's receipt. (What forwarding costs the real agent: ``bench/forward_agent.py``.)
 3. GIL: how late the main thread wakes from a 1 ms sleep (as the event loop wakes from
    ``poll``), with no forwarder, and while a forwarder catches up a backlog at full speed on
    a thread of this process, then in a child process on the same CPU (the collector on
@@ -151,7 +153,7 @@ def steady(server: Server, root: Path, rate: int, seconds: float) -> dict[str, f
                  for seq in range(start, end)]  # fmt: skip
     latencies.sort()
     return {"events": n, "main_cpu_us_per_event": main_cpu / n * 1e6,
-            "forwarder_cpu_us_per_event": fwd_cpu / n * 1e6,
+            "forwarder_cpu_us_per_event": fwd_cpu / n * 1e6, "batches": len(fwd.acks),
             "latency_ms_p50": statistics.median(latencies),
             "latency_ms_p99": latencies[int(len(latencies) * 0.99)],
             "latency_ms_max": latencies[-1]}  # fmt: skip
@@ -180,9 +182,10 @@ def gil(server: Server, root: Path, records: int) -> dict[str, float]:
     process's CPU (the collector pinned to the others, as if it were elsewhere): what the
     thread costs the main thread beyond sharing a CPU with it is the GIL's share."""
     cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) > 1 and server.proc is not None:
-        for task in os.listdir(f"/proc/{server.proc.pid}/task"):  # the collector's threads
-            os.sched_setaffinity(int(task), cpus[1:])
+    if len(cpus) > 1 and server.procs:
+        for proc in server.procs:
+            for task in os.listdir(f"/proc/{proc.pid}/task"):  # the collector's threads
+                os.sched_setaffinity(int(task), cpus[1:])
         os.sched_setaffinity(0, cpus[:1])
     out: dict[str, float] = {}
 
@@ -216,17 +219,21 @@ def main() -> None:
     p.add_argument("--backlog", type=int, default=1_000_000)
     p.add_argument("--rate", type=int, default=10_000)
     p.add_argument("--seconds", type=float, default=20.0)
+    p.add_argument("--phases", default="catch-up,steady,gil", help="which, comma-separated")
     args = p.parse_args()
+    phases = args.phases.split(",")
     with tempfile.TemporaryDirectory(prefix="st-forward-") as tmp:
         root = Path(tmp)
         server = Server(root, None)
         server.start()
         try:
-            for name, result in (
-                ("catch-up", catch_up(server, root, args.backlog)),
-                ("steady", steady(server, root, args.rate, args.seconds)),
-                ("gil", gil(server, root, min(args.backlog, 1_000_000))),
-            ):
+            runs = {
+                "catch-up": lambda: catch_up(server, root, args.backlog),
+                "steady": lambda: steady(server, root, args.rate, args.seconds),
+                "gil": lambda: gil(server, root, min(args.backlog, 1_000_000)),
+            }
+            for name in phases:
+                result = runs[name]()
                 cells = ", ".join(f"{k} {v:,.2f}" for k, v in result.items())
                 print(f"{name}: {cells}", flush=True)
         finally:
