@@ -5,9 +5,11 @@ With each accepted batch the collector may send ``"fleet": {"checkpoint": <signe
 this host's checkpoint of N records. The forwarder checks the collector's signature on the note
 (the key it checks receipts with, as a signed-note key named after the collector) and keeps the
 largest one in ``fleet-checkpoint`` beside its status file (written whole: temporary file,
-fsync, rename), so the host holds the collector's witnessed word that its records 0..N-1 are in
-the fleet's history. The witnesses' cosignatures ride along in the note; the host does not
-judge them (it has no witness policy): ``sealtrail verify-bundle`` does, with the policy.
+rename; no fsync: the run directory does not outlive a reboot, and the journal's
+``fleet_checkpoint`` records keep it durably), so the host holds the collector's witnessed
+word that its records 0..N-1 are in the fleet's history. The witnesses' cosignatures ride
+along in the note; the host does not judge them (it has no witness policy):
+``sealtrail verify-bundle`` does, with the policy.
 """
 
 from __future__ import annotations
@@ -21,7 +23,6 @@ from agent.c2sp.checkpoint import Checkpoint
 from agent.c2sp.keys import ED25519, NoteError, VerifierKey
 from agent.c2sp.note import Note
 from agent.errors import FormatError
-from agent.journal.durable import fsync_dir
 from agent.journal.keys import PublicKey
 
 FILE = "fleet-checkpoint"
@@ -61,8 +62,6 @@ def keep(directory: Path, fleet: FleetNote) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
     try:
         os.write(fd, fleet.note)
-        os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(directory)
+    os.replace(tmp, path)  # a reader sees the old note or the new one, whole
