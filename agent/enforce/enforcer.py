@@ -98,8 +98,10 @@ class EventSource(Protocol):
         """Maps the guard's object shares (its verdicts go to the same ring buffer)."""
         ...
 
-    def reconfigure(self, extra_kinds: frozenset[str], path_patterns: tuple[str, ...]) -> None:
-        """Stream these kinds too, file kinds only under these rule paths."""
+    def reconfigure(
+        self, extra_kinds: frozenset[str], path_patterns: tuple[str, ...], open_flags: bool = False
+    ) -> None:
+        """Stream these kinds too, file kinds only under these rule paths; opens' flags too."""
         ...
 
     def pending_open_flags(self, tid: int) -> int | None:
@@ -236,12 +238,12 @@ class Enforcer:
             # loop) must not keep a policy from loading: it is left out and reported below
             added = table.add(marks, strict=False) if table is not None else []
             try:
-                self._update_stream(policy_set)
+                self._update_stream(policy_set, mark_rules)
                 try:
                     self._install_guard(compiled, enforcements)
                 except BaseException:
                     if self._policy_set is not None:
-                        self._update_stream(self._policy_set)
+                        self._update_stream(self._policy_set, self._mark_rules)
                     raise
             except BaseException:
                 if table is not None:
@@ -467,8 +469,9 @@ class Enforcer:
             errors += self._guard.verify(self._state.compiled)
         return errors
 
-    def _update_stream(self, policy_set: PolicySet) -> None:
-        """Ask the kernel for the file events rules target (and only those)."""
+    def _update_stream(self, policy_set: PolicySet, mark_rules: tuple[MarkRule, ...]) -> None:
+        """Ask the kernel for the file events rules target (and only those), and for opens'
+        flags where fanotify judges open rules (``_decide_permission`` needs them)."""
         kinds: set[str] = set()
         patterns: set[str] = set()
         for _, _, rule in policy_set.rules():
@@ -480,7 +483,11 @@ class Enforcer:
                     patterns.update(rule.targets.paths)
             elif rule.operation in ("listen", "accept", "exec"):
                 kinds.add(rule.operation)
-        self.stream.reconfigure(extra_kinds=frozenset(kinds), path_patterns=tuple(sorted(patterns)))
+        self.stream.reconfigure(
+            extra_kinds=frozenset(kinds),
+            path_patterns=tuple(sorted(patterns)),
+            open_flags=any(rule.operation == "open" for rule in mark_rules),
+        )
 
     # ---- fanotify decisions (its own thread) ----
     def _decide_permission(self, req: PermissionRequest) -> bool:

@@ -59,6 +59,10 @@ class StreamConfig:
     exclude_self: bool = True
     # Load every program (attach only what kinds need) so reconfigure() can add kinds later.
     load_all: bool = False
+    # Save each open's flags while it runs (the open family's sys_enter programs), for
+    # pending_open_flags: what the fanotify mechanism judges opens by. Off, an open costs its
+    # sys_exit program only.
+    open_flags: bool = False
     # Pin the ring buffer and drop counters there (agent.kernel.pins): what the pinned guard
     # judges while no agent runs waits in them for the next one. None: nothing pinned.
     pins: PinDir | None = field(default=None, compare=False)
@@ -184,7 +188,7 @@ class EventStream(Closing):
         try:
             if cfg.pins is not None:
                 obj.pin_maps(cfg.pins.maps_dir(EVENTS), only={abi.MAP_EVENTS, abi.MAP_DROPS})
-            wanted_programs = self._programs_for(cfg.kinds)
+            wanted_programs = self._programs_for(cfg.kinds, cfg.open_flags)
             if not cfg.load_all:
                 obj.only_load(lambda name, _section: name in wanted_programs)
             obj.resize_map(abi.MAP_EVENTS, cfg.ringbuf_bytes)
@@ -204,14 +208,15 @@ class EventStream(Closing):
         self._loss_since_ns = self.started_ns
 
     @staticmethod
-    def _programs_for(kinds: frozenset[str]) -> set[str]:
+    def _programs_for(kinds: frozenset[str], open_flags: bool = True) -> set[str]:
         names: set[str] = set()
         for kind in kinds:
             if kind in _SCHED:
                 names.add(_SCHED[kind])
             for sc in _SYSCALLS.get(kind, ()):
                 names.add(f"st_exit_{sc}")
-                if kind == "open" or kind not in model.FILE_KINDS:  # the others: exit only
+                # file syscalls: exit only, but an open's flags are saved at its entry
+                if kind not in model.FILE_KINDS or (kind == "open" and open_flags):
                     names.add(f"st_enter_{sc}")
         return names
 
@@ -261,9 +266,13 @@ class EventStream(Closing):
         self._patterns, self._top_keys = keys, top_keys
         self._filter_kinds = frozenset(kind for kind in kinds if filter_ops & (1 << KIND_OP[kind]))
 
-    def reconfigure(self, extra_kinds: frozenset[str], path_patterns: tuple[str, ...]) -> None:
+    def reconfigure(
+        self, extra_kinds: frozenset[str], path_patterns: tuple[str, ...], open_flags: bool = False
+    ) -> None:
         """Stream ``extra_kinds`` too, file kinds among them only under ``path_patterns``
-        (policy syntax: exact path, "/dir/" for everything below, "prefix*")."""
+        (policy syntax: exact path, "/dir/" for everything below, "prefix*"); save opens'
+        flags too if ``open_flags`` (or the config) asks (``StreamConfig.open_flags``; once
+        on, the programs stay attached)."""
         if self._obj is None:
             raise KernelError("event stream is not started")
         kinds = self.config.kinds | extra_kinds
@@ -273,7 +282,7 @@ class EventStream(Closing):
             raise KernelError("reconfigure needs StreamConfig(load_all=True)")
         keys = {pattern_key(p) for p in path_patterns}
         file_kinds = extra_kinds & model.FILE_KINDS
-        self._attach(self._programs_for(kinds))
+        self._attach(self._programs_for(kinds, open_flags or self.config.open_flags))
         self._write_config(self._obj, kinds, file_kinds, keys)
 
     def shared_maps(self) -> dict[str, int]:

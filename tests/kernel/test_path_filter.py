@@ -165,3 +165,35 @@ def test_a_pattern_ending_inside_the_first_component(
         seen = opened(stream, {f"{work}/f"})
     assert f"{work}/f" in seen
     assert not outside.parts[1].startswith(top[:2]) and f"{outside}/g" not in seen
+
+
+@pytest.mark.parametrize("asked", [True, False])
+def test_an_opens_flags_are_known_while_it_runs_only_when_asked(
+    tmp_path: Path, probes: str, asked: bool
+) -> None:
+    """``StreamConfig.open_flags``: the open family's sys_enter programs save the flags of an
+    open while it runs (the fanotify mechanism judges opens by them); without it an open
+    costs its sys_exit program only, and no flags are known."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    config = StreamConfig(kinds=frozenset({"open"}), path_prefixes=(str(tmp_path),),
+                          open_flags=asked)  # fmt: skip
+    flags = os.O_RDONLY | os.O_CLOEXEC
+    with EventStream(config) as stream:
+        # blocks in openat(2) until a writer comes: the flags are pending meanwhile
+        child = subprocess.Popen([PY, "-c", f"import os; os.open({str(fifo)!r}, {flags})"])
+        try:
+            deadline = time.monotonic() + 10
+            seen = None
+            while time.monotonic() < deadline and seen is None:
+                seen = stream.pending_open_flags(child.pid)
+                if not asked:
+                    time.sleep(0.5)  # long enough to be in the open
+                    seen = stream.pending_open_flags(child.pid)
+                    break
+                time.sleep(0.01)
+        finally:
+            os.close(os.open(fifo, os.O_WRONLY))  # let the child's open finish
+            child.wait(10)
+        assert stream.pending_open_flags(child.pid) is None  # over: nothing left behind
+    assert seen == (flags & 0xFFFFFFFF if asked else None), seen

@@ -78,7 +78,9 @@ class ScriptedStream:
     def shared_maps(self) -> dict[str, int]:
         return {}
 
-    def reconfigure(self, extra_kinds: frozenset[str], path_patterns: tuple[str, ...]) -> None:
+    def reconfigure(
+        self, extra_kinds: frozenset[str], path_patterns: tuple[str, ...], open_flags: bool = False
+    ) -> None:
         self.reconfigured.append((extra_kinds, path_patterns))
 
     def pending_open_flags(self, tid: int) -> int | None:
