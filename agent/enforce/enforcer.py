@@ -499,11 +499,11 @@ class Enforcer:
         loader_target = None if req.is_exec else _identity_target(state, req.fd, "exec")
         # the names this file has here, if the caller reached it through another mount
         try:
-            dev: int | None = os.fstat(req.fd).st_dev
+            st: os.stat_result | None = os.fstat(req.fd)
         except OSError:
-            dev = None
-        paths = [req.path, *self._mounts.aliases(req.path, req.tid, dev)]
-        if not _names(req.path, req.fd):
+            st = None
+        paths = [req.path, *self._mounts.aliases(req.path, req.tid, st.st_dev if st else None)]
+        if not _names(req.path, st):
             # the name the event gives leads elsewhere, or nowhere, here (a detached mount's
             # "/f"): the file's own name in this namespace is judged too
             here = name_here(req.fd)
@@ -767,13 +767,15 @@ def _unknown(ev: model.GuardEvent) -> SavedRule:
     return SavedRule(f"#{ev.rule_index}@{ev.generation}", "", "enforce", ev.rule_action)
 
 
-def _names(path: str, fd: int) -> bool:
-    """Does ``path`` lead, in this namespace, to the file ``fd`` refers to?"""
+def _names(path: str, file: os.stat_result | None) -> bool:
+    """Does ``path`` lead, in this namespace, to the file whose ``fstat`` is ``file``?"""
+    if file is None:
+        return False
     try:
-        here, there = os.stat(path), os.fstat(fd)
+        here = os.stat(path)
     except OSError:
         return False
-    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+    return (here.st_dev, here.st_ino) == (file.st_dev, file.st_ino)
 
 
 def _identity_target(state: _State, fd: int, operation: str) -> str | None:

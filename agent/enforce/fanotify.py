@@ -491,17 +491,10 @@ def name_here(fd: int) -> str | None:
                                _AT_EMPTY_PATH) != 0:  # fmt: skip
         return None
     try:
-        mount = mount_point(os.fstat(fd).st_dev)
-        if mount is None:
-            return None
-        mfd = os.open(mount, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # not O_PATH: EBADF
+        again = _open_handle(handle, os.fstat(fd).st_dev)
     except OSError:
         return None
-    try:
-        again = _libc.open_by_handle_at(mfd, ctypes.byref(handle), os.O_PATH | os.O_CLOEXEC)
-    finally:
-        os.close(mfd)
-    if again < 0:
+    if again is None:
         return None
     try:
         name = os.readlink(f"/proc/self/fd/{again}")
@@ -520,7 +513,14 @@ def _open_by_handle(key: MarkKey, fields: dict[str, str] | None) -> int | None:
     raw = bytes.fromhex(fields["f_handle"])
     handle = _FileHandle(len(raw), int(fields["fhandle-type"], 16))
     ctypes.memmove(handle.f_handle, raw, len(raw))
-    mount = mount_point(key.dev)
+    return _open_handle(handle, key.dev)
+
+
+def _open_handle(handle: _FileHandle, dev: int) -> int | None:
+    """An ``O_PATH`` fd on the object ``handle`` names on the filesystem ``dev``, opened
+    through a mount of it this namespace shows; None if it has none or the handle is stale.
+    OSError if that mount cannot be opened."""
+    mount = mount_point(dev)
     if mount is None:
         return None
     mfd = os.open(mount, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # not O_PATH: EBADF
