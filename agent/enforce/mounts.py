@@ -57,16 +57,6 @@ def relative_under(path: str, top: str) -> str | None:
     return path[len(top) + 1 :] if path.startswith(top + "/") else None
 
 
-def _mount_of_scan(path: str, table: list[Mount]) -> tuple[Mount, str] | None:
-    """``_mount_of`` by a scan of every mount (the reference its tests compare with)."""
-    best: tuple[Mount, str] | None = None
-    for m in table:
-        rest = relative_under(path, m.point)
-        if rest is not None and (best is None or len(m.point) >= len(best[0].point)):
-            best = (m, rest)
-    return best
-
-
 #: Mount tables -> {mount point: the last mount on it}, for the tables in use (a table is
 #: replaced, not changed, when the mounts change; the table is kept here so its id stays its).
 _INDEXES: dict[int, tuple[list[Mount], dict[str, Mount]]] = {}

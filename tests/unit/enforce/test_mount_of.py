@@ -5,8 +5,19 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.enforce.mounts import _mount_of, _mount_of_scan
+from agent.enforce.mounts import _mount_of, relative_under
 from agent.kernel.procfs import Mount
+
+
+def _mount_of_scan(path: str, table: list[Mount]) -> tuple[Mount, str] | None:
+    """The reference: every mount compared, the last one on the longest mount point wins."""
+    best: tuple[Mount, str] | None = None
+    for m in table:
+        rest = relative_under(path, m.point)
+        if rest is not None and (best is None or len(m.point) >= len(best[0].point)):
+            best = (m, rest)
+    return best
+
 
 parts = st.sampled_from(["a", "b", "ab", "a b", "."])
 points = st.lists(parts, max_size=3).map(lambda p: "/" + "/".join(p))
