@@ -208,119 +208,54 @@ static __always_inline __u32 walk_path(struct pathbuf *pb, const struct path *pa
 	return off;
 }
 
-#ifndef ST_BTF_CAST
-/* The compat build (kernels without bpf_rdonly_cast, before 6.2): every load a helper. */
-struct top_ctx {
-	struct dentry *dentry;
-	struct dentry *mnt_root;
-	struct mount *mnt;
-	struct dentry *top; /* the highest component below the root seen so far; NULL: none */
-	bool done;          /* reached the root of the walk_path string */
-	bool pseudo;        /* a file no directory holds: walk_path names it without a '/' */
-};
-
 /*
- * One step of top_name's walk: walk_step's moves (d_parent, mount crossings, the same
- * stops), reading pointers only, no names: what a miss of the path filter costs.
+ * How top_name_file reads the kernel's structures. The default build: bpf_rdonly_cast (6.2+)
+ * makes a pointer read from the fd table a BTF pointer, so the walk is plain loads
+ * (probe-mem, inline): about 100 ns instead of 600 for a path 6 deep here. The compat build
+ * (-DST_COMPAT, events-compat.bpf.o, for kernels without the kfunc) reads each field through
+ * a helper call; the agent picks the object (agent/events/stream.py).
  */
-static __always_inline long top_step(__u32 index, void *arg)
-{
-	struct top_ctx *w = arg;
-	struct dentry *dentry = w->dentry;
-	struct mount *mnt = w->mnt;
-	struct dentry *parent = BPF_CORE_READ(dentry, d_parent);
-
-	if (dentry == w->mnt_root || dentry == parent) {
-		struct mount *mnt_parent = BPF_CORE_READ(mnt, mnt_parent);
-		if (dentry != w->mnt_root || mnt_parent == mnt) {
-			w->done = true;
-			w->pseudo = dentry != w->mnt_root;
-			return 1;
-		}
-		w->dentry = BPF_CORE_READ(mnt, mnt_mountpoint);
-		w->mnt = mnt_parent;
-		w->mnt_root = BPF_CORE_READ(mnt_parent, mnt.mnt_root);
-		return 0;
-	}
-	w->top = dentry;
-	w->dentry = parent;
-	return 0;
-}
-
-/*
- * The first component of the path walk_path would build for @path, as an st_prefix_key in
- * pb->key ("NAME\0", prefixlen including the NUL; the root itself: "\0"). False when that
- * string would not start with "/NAME" (a pseudo file, a walk cut at ST_PATH_DEPTH): then
- * only the whole path can be filtered.
- */
-static __always_inline bool top_name(struct pathbuf *pb, const struct path *path)
-{
-	struct top_ctx w = {};
-	struct vfsmount *vfsmnt = BPF_CORE_READ(path, mnt);
-	w.dentry = BPF_CORE_READ(path, dentry);
-	w.mnt = container_of(vfsmnt, struct mount, mnt);
-	w.mnt_root = BPF_CORE_READ(vfsmnt, mnt_root);
-	/* a bounded loop, not bpf_loop: no indirect call per step (most of a miss's cost) */
-	for (int i = 0; i < ST_PATH_DEPTH; i++)
-		if (top_step(i, &w))
-			break;
-	if (!w.done || w.pseudo)
-		return false;
-	__u32 len = 0;
-	struct dentry *top = w.top; /* a local: CO-RE relocates kernel types only */
-	if (top) {
-		struct qstr name = BPF_CORE_READ(top, d_name);
-		len = name.len & (ST_NAME_MAX - 1);
-		if (bpf_probe_read_kernel(pb->key.data, len, name.name))
-			return false;
-	}
-	pb->key.data[len & (ST_NAME_MAX - 1)] = 0;
-	pb->key.prefixlen = (len + 1) * 8;
-	return true;
-}
-
-static __always_inline bool top_name_file(struct pathbuf *pb, struct file *f)
-{
-	struct path path = BPF_CORE_READ(f, f_path);
-	return top_name(pb, &path);
-}
-#else
-/*
- * The default build: bpf_rdonly_cast (6.2+) makes @f a BTF pointer, so the walk is plain
- * loads (probe-mem, inline) instead of a helper call per step: about 100 ns instead of 600
- * for a path 6 deep here. The agent loads events-compat.bpf.o where the kernel lacks it.
- */
+#ifdef ST_BTF_CAST
 extern void *bpf_rdonly_cast(const void *obj, __u32 btf_id) __ksym;
+#define TOP_AS(ptr, type) ((struct type *)bpf_rdonly_cast((ptr), bpf_core_type_id_kernel(struct type)))
+#define TOP_LOAD(ptr, field) ((ptr)->field)
+#else
+#define TOP_AS(ptr, type) ((struct type *)(ptr))
+#define TOP_LOAD(ptr, field) BPF_CORE_READ(ptr, field)
+#endif
 
-static __always_inline struct mount *btf_mount(struct vfsmount *m)
+/*
+ * The first component of the path walk_path would build for @file (a pointer read from the
+ * fd table), as an st_prefix_key in pb->key ("NAME\0", prefixlen including the NUL; the root
+ * itself: "\0"). walk_step's moves (d_parent, mount crossings, the same stops), pointers only,
+ * no names but the last: what a miss of the path filter costs. False when that string would
+ * not start with "/NAME" (a pseudo file, a walk cut at ST_PATH_DEPTH): then only the whole
+ * path can be filtered.
+ */
+static __always_inline bool top_name_file(struct pathbuf *pb, struct file *file)
 {
-	unsigned long addr = (unsigned long)m - bpf_core_field_offset(struct mount, mnt);
-	return bpf_rdonly_cast((void *)addr, bpf_core_type_id_kernel(struct mount));
-}
-
-/* top_name over @f (a pointer read from the fd table) */
-static __always_inline bool top_name_file(struct pathbuf *pb, struct file *f)
-{
-	struct file *bf = bpf_rdonly_cast(f, bpf_core_type_id_kernel(struct file));
-	struct dentry *dentry = bf->f_path.dentry;
-	struct mount *mnt = btf_mount(bf->f_path.mnt);
-	struct dentry *mnt_root = mnt->mnt.mnt_root;
+	struct file *f = TOP_AS(file, file);
+	struct dentry *dentry = TOP_LOAD(f, f_path.dentry);
+	unsigned long vfsmnt = (unsigned long)TOP_LOAD(f, f_path.mnt);
+	struct mount *mnt = TOP_AS((void *)(vfsmnt - bpf_core_field_offset(struct mount, mnt)), mount);
+	struct dentry *mnt_root = TOP_LOAD(mnt, mnt.mnt_root);
 	struct dentry *top = NULL;
 	bool done = false;
 
+	/* a bounded loop, not bpf_loop: no indirect call per step */
 	for (int i = 0; i < ST_PATH_DEPTH; i++) {
-		struct dentry *parent = dentry->d_parent;
+		struct dentry *parent = TOP_LOAD(dentry, d_parent);
 		if (dentry == mnt_root || dentry == parent) {
-			struct mount *mnt_parent = mnt->mnt_parent;
 			if (dentry != mnt_root)
 				return false; /* a pseudo file */
+			struct mount *mnt_parent = TOP_LOAD(mnt, mnt_parent);
 			if (mnt_parent == mnt) {
 				done = true;
 				break;
 			}
-			dentry = mnt->mnt_mountpoint;
-			mnt = bpf_rdonly_cast(mnt_parent, bpf_core_type_id_kernel(struct mount));
-			mnt_root = mnt->mnt.mnt_root;
+			dentry = TOP_LOAD(mnt, mnt_mountpoint);
+			mnt = TOP_AS(mnt_parent, mount);
+			mnt_root = TOP_LOAD(mnt, mnt.mnt_root);
 			continue;
 		}
 		top = dentry;
@@ -330,15 +265,15 @@ static __always_inline bool top_name_file(struct pathbuf *pb, struct file *f)
 		return false;
 	__u32 len = 0;
 	if (top) {
-		len = top->d_name.len & (ST_NAME_MAX - 1);
-		if (bpf_probe_read_kernel(pb->key.data, len, top->d_name.name))
+		struct qstr name = TOP_LOAD(top, d_name);
+		len = name.len & (ST_NAME_MAX - 1);
+		if (bpf_probe_read_kernel(pb->key.data, len, name.name))
 			return false;
 	}
 	pb->key.data[len & (ST_NAME_MAX - 1)] = 0;
 	pb->key.prefixlen = (len + 1) * 8;
 	return true;
 }
-#endif
 
 /* Copy a walked path into the record at @dst; returns bytes written (NUL included). */
 static __always_inline __u32 put_walked(void *dst, struct pathbuf *pb, const struct path *path,

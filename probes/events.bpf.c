@@ -256,6 +256,12 @@ static __always_inline bool take_pending(struct st_pending *a, __u32 op)
 	return a->op == op;
 }
 
+/* Does the path filter drop @f, told by its path's first component alone (st_top_names)? */
+static __always_inline bool first_component_drops(struct pathbuf *pb, struct file *f)
+{
+	return top_name_file(pb, f) && !bpf_map_lookup_elem(&st_top_names, &pb->key);
+}
+
 /*
  * The arguments of the syscall this task is leaving, from its saved user registers: the
  * kernel does not write them back during a syscall (x86-64 returns in ax; arm64's x0 is
@@ -305,7 +311,7 @@ static __always_inline int finish_file(struct trace_event_raw_sys_exit *ctx, __u
 	bool opened = op == ST_OP_OPEN && ret >= 0;
 	if (filtered && opened) {
 		struct file *f = fd_file(task, ret);
-		if (f && top_name_file(pb, f) && !bpf_map_lookup_elem(&st_top_names, &pb->key))
+		if (f && first_component_drops(pb, f))
 			return 0;
 	}
 	struct st_pending a = {};
@@ -395,8 +401,7 @@ static __always_inline int finish_file(struct trace_event_raw_sys_exit *ctx, __u
 	struct file *f = fd >= 0 ? fd_file(task, fd) : NULL;
 	if (f) {
 		/* the same first-component test for the fd of fchmod, fchown, ftruncate */
-		if (filtered && !opened && top_name_file(pb, f) &&
-		    !bpf_map_lookup_elem(&st_top_names, &pb->key))
+		if (filtered && !opened && first_component_drops(pb, f))
 			return 0;
 		struct path fpath = BPF_CORE_READ(f, f_path);
 		n = put_walked(data, pb, &fpath, &truncated);
