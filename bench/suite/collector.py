@@ -24,26 +24,32 @@ def cli(*argv: str) -> None:
 
 
 class Collector:
-    """``with Collector(dir, host, journal_pub) as c:`` serves on 127.0.0.1:``c.port`` with
-    ``c.bundle`` enrolled for ``host``; stopped with SIGTERM (by its pid) on exit."""
+    """``with Collector(dir, host, journal_pub) as c:`` serves on ``c.addr``:``c.port``
+    (127.0.0.1, or ``addr`` inside the network namespace ``netns``) with ``c.bundle`` enrolled
+    for ``host``; stopped with SIGTERM (by its pid) on exit."""
 
-    def __init__(self, directory: Path, host: str, journal_pub: Path) -> None:
-        self.dir, self.port = directory, closed_tcp_port()
+    def __init__(
+        self, directory: Path, host: str, journal_pub: Path, addr: str = "127.0.0.1",
+        netns: str | None = None,
+    ) -> None:  # fmt: skip
+        self.dir, self.port, self.addr, self.netns = directory, closed_tcp_port(), addr, netns
         self.bundle = directory.parent / "bundle"
+        san = [] if addr == "127.0.0.1" else ["--san", addr]  # else the default names
         cli("collector", "init", "--dir", str(directory), "--name", "bench-collector",
-            "--listen", f"127.0.0.1:{self.port}")  # fmt: skip
+            "--listen", f"{addr}:{self.port}", *san)  # fmt: skip
         cli("collector", "enroll", "--dir", str(directory), "--host", host, "--journal-key",
             str(journal_pub), "--out", str(self.bundle))  # fmt: skip
         self.proc: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Collector:
         with (self.dir.parent / "collector.log").open("wb") as log:
-            self.proc = subprocess.Popen([str(SEALTRAIL), "collector", "serve", "--dir",
+            netns = ["ip", "netns", "exec", self.netns] if self.netns else []
+            self.proc = subprocess.Popen([*netns, str(SEALTRAIL), "collector", "serve", "--dir",
                                           str(self.dir)], stdout=log, stderr=log)  # fmt: skip
         deadline = time.monotonic() + 60
         while True:
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                with socket.create_connection((self.addr, self.port), timeout=1):
                     return self
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
