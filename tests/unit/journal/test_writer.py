@@ -56,14 +56,17 @@ def test_every_record_is_sealed_within_the_interval(journal: Journal) -> None:
     w.tick()
     summary = journal.verify()
     assert summary.ok and summary.unsealed == 0  # sealed by tick while idle
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < 0.2:
+    t0 = now = time.monotonic()
+    slowest = 0.0  # one append's wall time: a stall of the machine (an fsync under load)
+    while now - t0 < 0.2:
         w.append("event", {"kind": "exit"})
+        slowest, now = max(slowest, time.monotonic() - now), time.monotonic()
     data = records(journal)
     seals = [r for r in data if r["type"] == "seal"]
     assert len(seals) >= 3  # sealed inline by append while records flow
     gaps = [int(str(b["ts"])) - int(str(a["ts"])) for a, b in itertools.pairwise(seals)]
-    assert max(gaps) < 0.05e9 + 0.03e9
+    # the first append after the interval seals: later only by as much as one append took
+    assert max(gaps) < (0.05 + slowest + 0.03) * 1e9
     w.close()
 
 
