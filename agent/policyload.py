@@ -51,6 +51,8 @@ class LoadResult:
     digest: str | None
     files: tuple[str, ...]
     errors: tuple[str, ...]
+    #: places a rule needs that the host's mechanism cannot hold (``InstallResult.not_marked``)
+    not_marked: tuple[str, ...] = ()
 
     def status(self) -> dict[str, JsonValue]:
         if self.result == "rejected":
@@ -59,6 +61,8 @@ class LoadResult:
                                      "files": list(self.files)}  # fmt: skip
         if self.errors:
             out["errors"] = list(self.errors)
+        if self.not_marked:
+            out["not_marked"] = list(self.not_marked)
         return out
 
     @property
@@ -76,6 +80,8 @@ class LoadResult:
                       "errors": list(self.errors)}  # fmt: skip
         else:
             fields = {"digest": self.digest, "files": list(self.files)}
+        if self.not_marked:
+            fields["not_marked"] = list(self.not_marked)
         return self.record_type, text_safe({**fields, "trigger": trigger})
 
     def log(self, trigger: str) -> None:
@@ -151,5 +157,5 @@ def load_policies(
         return LoadResult("rejected", kept, (), (f"{type(exc).__name__}: {exc}",))
     digest = enforcer.digest
     if installed.errors:
-        return LoadResult("mismatch", digest, files, installed.errors)
-    return LoadResult("loaded", digest, files, ())
+        return LoadResult("mismatch", digest, files, installed.errors, installed.not_marked)
+    return LoadResult("loaded", digest, files, (), installed.not_marked)

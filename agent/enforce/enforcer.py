@@ -115,6 +115,9 @@ class InstallResult:
 
     enforcements: tuple[Enforcement, ...]
     errors: tuple[str, ...] = ()
+    #: places rules need marked on a filesystem that refuses permission events (procfs),
+    #: judged after the fact there: ``marks.MarkPlan.unmarkable``, one line per place
+    not_marked: tuple[str, ...] = ()
 
 
 @dataclass
@@ -166,6 +169,7 @@ class Enforcer:
         self._mounts = MountView()
         self._installing = False
         self._exempted: set[str] = set()  # the agent's own exec chain (handover.private_chain)
+        self._reported_unmarked: tuple[str, ...] = ()  # _not_marked's last lines
         self._stored = False  # the group is in the service manager's fd store
         self._started_ns = time.time_ns()  # verdicts from before: judged while no agent ran
         self._startup: tuple[set[tuple[int, int]], set[tuple[int, int]]] | None = None
@@ -265,7 +269,21 @@ class Enforcer:
             self._set_filter(self._filter_spec(state, marks))
         if marks.truncated:
             errors.append(f"more than {len(marks.marks)} objects to mark: marked that many")
-        return InstallResult(enforcements, tuple(errors))
+        return InstallResult(enforcements, tuple(errors), self._not_marked(marks))
+
+    def _not_marked(self, marks: MarkPlan) -> tuple[str, ...]:
+        """``marks.unmarkable`` as lines, logged when they change (an install, or a refresh
+        after a mount): not errors, the host's limit, which ``policy check --host`` names."""
+        lines = tuple(
+            f"{place}: on a filesystem that refuses permission events (procfs); "
+            f"{', '.join(f'{p}/{r}' for p, r in sorted(refs))} judged after the fact there"
+            for place, refs in sorted(marks.unmarkable.items())
+        )
+        if lines != self._reported_unmarked:
+            for line in sorted(set(lines) - set(self._reported_unmarked)):
+                log.warning("fanotify: not marked: %s", line)
+            self._reported_unmarked = lines
+        return lines
 
     def _set_filter(self, spec: FilterSpec | None) -> None:
         if self._fanotify is not None:
@@ -445,6 +463,7 @@ class Enforcer:
                 self._state = state = replace(state, identities=dict(marks.identities))
                 self._mark_plan = marks
                 errors = self._table.prune(marks) + self._watch(marks)
+                self._not_marked(marks)
                 self._set_filter(self._filter_spec(state, marks))
                 unseen = _unmarked_subdirs(marks, set(marks.watch) - watched)
                 if not unseen or marks.truncated:

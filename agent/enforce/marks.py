@@ -23,12 +23,19 @@ What each rule shape needs (fanotify directory marks see direct children only):
 - ``/a/b/`` (subtree): ``/a/b`` and every directory below it.
 - no paths (every file): a filesystem mark on every mounted filesystem that holds files.
 
+A directory on a filesystem that refuses permission events (procfs: ``fanotify_mark`` fails
+with EINVAL, ``FS_DISALLOW_NOTIFY_PERM``; a chroot's or container's ``/proc`` below ``/tmp/``)
+is not marked and not descended into: it is listed in :attr:`MarkPlan.unmarkable` and
+``policy check --host`` names the gap (``mechanisms.fanotify_gaps``). One such mount must not
+keep a policy from loading.
+
 Directories that appear later (``mkdir``, a rename, a mount) are not marked by this plan: the
 enforcer watches :attr:`MarkPlan.watch` and plans again when one changes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from collections.abc import Iterable, Iterator
@@ -61,6 +68,8 @@ class Stat:
     ino: int
     is_dir: bool  # after following symlinks
     is_link: bool = False  # the path itself is a symlink
+    #: on a filesystem that refuses fanotify permission events (procfs)
+    unmarkable: bool = False
 
 
 class FsView(Protocol):
@@ -98,6 +107,9 @@ class MarkPlan:
     #: (the parent of an exact path: a file created under that name), or only directories
     watch: dict[str, bool] = field(default_factory=dict)
     truncated: bool = False
+    #: places a rule needs marked that are on a filesystem refusing permission events -> the
+    #: rules that needed them (not marked: what happens there is judged after the fact)
+    unmarkable: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
 
     def add(self, key: MarkKey, mask: int, place: str, ref: tuple[str, str]) -> bool:
         if key not in self.marks and len(self.marks) >= MAX_MARKS:
@@ -146,6 +158,9 @@ def _mark_dir(
     st = fs.stat(path)
     if st is None or not st.is_dir:
         return None
+    if st.unmarkable:
+        out.unmarkable.setdefault(path, set()).add(rule.ref)
+        return st
     out.add(MarkKey(st.dev, st.ino), perm | FAN_EVENT_ON_CHILD, path, rule.ref)
     if not st.is_link:
         _watch(out, path, files)
@@ -173,6 +188,9 @@ def _existing_ancestor(fs: FsView, path: str) -> str:
 def _plan_exact(out: MarkPlan, fs: FsView, rule: MarkRule, perm: int, path: str) -> None:
     parent = os.path.dirname(path) or "/"
     st = fs.stat(path)
+    if st is not None and not st.is_dir and st.unmarkable:
+        out.unmarkable.setdefault(path, set()).add(rule.ref)
+        return
     if st is not None and not st.is_dir:
         mask = perm | (FAN_OPEN_PERM if rule.operation == "exec" else 0)
         out.add(MarkKey(st.dev, st.ino), mask, path, rule.ref)
@@ -243,6 +261,8 @@ def _walk_dirs(fs: FsView, root: str) -> Iterator[str]:
             continue
         seen.add((st.dev, st.ino))
         yield directory
+        if st.unmarkable:
+            continue  # not marked (_mark_dir lists it), and nothing below it can be
         for name in sorted(fs.listdir(directory), reverse=True):
             child = os.path.join(directory, name)
             sub = fs.stat(child)
@@ -250,15 +270,36 @@ def _walk_dirs(fs: FsView, root: str) -> Iterator[str]:
                 stack.append(child)
 
 
+#: filesystem types whose ``fs_flags`` have ``FS_DISALLOW_NOTIFY_PERM``: fanotify_mark with a
+#: permission event fails with EINVAL there (measured on 6.18 for proc, sysfs, cgroup2, bpf,
+#: tracefs, devtmpfs, devpts and tmpfs: only proc refuses; Linux sets the flag on proc only)
+NO_PERMISSION_EVENTS = frozenset({"proc"})
+
+
 class OsView:
-    """The real filesystem."""
+    """The real filesystem (the agent's mount namespace)."""
+
+    def __init__(self) -> None:
+        self._fstypes: dict[int, str] = {}  # st_dev -> type, read from mountinfo when needed
 
     def stat(self, path: str) -> Stat | None:
         try:
             st = os.stat(path)
         except (OSError, ValueError):
             return None
-        return Stat(st.st_dev, st.st_ino, stat.S_ISDIR(st.st_mode), os.path.islink(path))
+        return Stat(st.st_dev, st.st_ino, stat.S_ISDIR(st.st_mode), os.path.islink(path),
+                    self._fstype(st.st_dev) in NO_PERMISSION_EVENTS)  # fmt: skip
+
+    def _fstype(self, dev: int) -> str:
+        """The type of the filesystem on ``dev``; mountinfo is read again for a device not
+        in the last reading (mounted since)."""
+        if dev not in self._fstypes:
+            self._fstypes = {}
+            for m in read_mounts():
+                major, _, minor = m.dev.partition(":")
+                with contextlib.suppress(ValueError):
+                    self._fstypes[os.makedev(int(major), int(minor))] = m.fstype
+        return self._fstypes.get(dev, "")
 
     def listdir(self, path: str) -> list[str]:
         try:
@@ -286,6 +327,7 @@ def extend_plan(
     out = MarkPlan(
         dict(plan.marks), dict(plan.places), {k: set(v) for k, v in plan.refs.items()},
         dict(plan.identities), dict(plan.watch), plan.truncated,
+        {k: set(v) for k, v in plan.unmarkable.items()},
     )  # fmt: skip
     rules = list(rules)
     changes = list(new_dirs)
@@ -299,6 +341,8 @@ def extend_plan(
             del out.marks[key], out.places[key], out.refs[key]
         for path in [p for p in out.watch if _within(p, gone)]:
             del out.watch[path]
+        for path in [p for p in out.unmarkable if _within(p, gone)]:
+            del out.unmarkable[path]
     for parent, name, went in changes:
         new = os.path.join(parent, name)
         if went:

@@ -157,6 +157,14 @@ def fanotify_gaps(rule: CompiledRule) -> tuple[str, ...]:
         # an exec is seen afterwards whatever made it (sched_process_exec, not a syscall's)
         + ("" if op == "exec" else f", and one made through {UNSEEN} is not seen afterwards either")
     ]
+    if op == "open" and (rule.paths is None or any(
+        p.endswith(("*", "/")) or p.startswith("/proc/") for p in rule.paths
+    )):  # fmt: skip
+        gaps.append(
+            "a file on procfs (the /proc of a chroot or a container mounted below a rule's "
+            "directory, or a rule path in /proc): procfs refuses fanotify permission events, so "
+            "an open there is not stopped"
+        )
     if op == "open" and {"write", "truncate"} & set(rule.access):
         gaps.append(
             "a file opened for writing before the policy loaded (or while the agent was down) "

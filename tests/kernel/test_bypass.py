@@ -19,6 +19,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -340,6 +341,51 @@ def test_reload_of_an_empty_directory_is_rejected_and_enforcement_stays(env: Env
     assert "policy_rejected" in types
 
 
+def test_a_proc_mount_below_rule_directories_does_not_keep_the_policy_from_loading(
+    env: Env,
+) -> None:
+    """procfs refuses fanotify permission events (EINVAL): a chroot's /proc below a tree or
+    prefix rule (piuparts, debootstrap, a container's root under /tmp) made every load fail,
+    and an agent starting then would not start at all. Now it loads, says what it could not
+    mark, and everything else stays enforced; a /proc mounted after load changes nothing."""
+    mounted: list[Path] = []
+
+    def mount_proc(where: Path) -> None:
+        where.mkdir(exist_ok=True)
+        subprocess.run(["mount", "-t", "proc", "proc", str(where)], check=True)
+        mounted.append(where)
+
+    try:
+        mount_proc(env.work / "tree-a/proc")
+        mount_proc(env.work / "etc/sudoers.d/proc")
+        r = reload(env)
+        assert r.returncode == 0 and "loaded" in r.stdout, r.stdout + r.stderr
+        s = status(env)
+        assert s["result"] == "loaded" and "errors" not in s, s
+        if not env.lsm:
+            assert sorted(line.split(":")[0] for line in s["not_marked"]) == [
+                str(env.work / "etc/sudoers.d/proc"), str(env.work / "tree-a/proc")
+            ], s  # fmt: skip
+            loaded = [r for r in env.records() if r["type"] == "policy_loaded"][-1]
+            assert loaded["not_marked"] == s["not_marked"]
+        assert denied([str(env.work / "tree-a/tool"), str(env.root / "proc-ran")])
+        assert denied([PY, "-c", WRITE, str(env.work / "etc/sudoers.d/10-old")])
+        # the same binary through the proc mount's magic link is the same file: denied
+        via = env.work / "tree-a/proc/self/root" / str(env.work / "tree-a/tool").lstrip("/")
+        assert denied([str(via), str(env.root / "proc-ran")])
+        mount_proc(env.work / "tree-b/proc")  # after load: the directory watcher's refresh
+        assert denied([str(env.work / "tree-b/tool"), str(env.root / "proc-ran")])
+        time.sleep(0.5 * SLOW)
+        assert not [r for r in env.records() if r["type"] == "policy_mismatch"]
+        assert not (env.root / "proc-ran").exists()
+    finally:
+        for where in reversed(mounted):
+            subprocess.run(["umount", str(where)], check=True)
+            where.rmdir()
+    assert reload(env).returncode == 0
+    assert "not_marked" not in status(env)
+
+
 def test_policy_check_host_reports_what_fanotify_leaves_open(env: Env) -> None:
     r = env.sealtrail("policy", "check", "--host", "--json", str(env.policies))
     assert r.returncode == 0, r.stdout + r.stderr
@@ -351,6 +397,8 @@ def test_policy_check_host_reports_what_fanotify_leaves_open(env: Env) -> None:
         return
     assert any("created, renamed or mounted" in g for g in by_rule["sudoers-write"]["open_on_host"])
     assert any("dynamic loader" in g for g in by_rule["no-exec-tree-a"]["open_on_host"])
+    assert any("procfs" in g for g in by_rule["sudoers-write"]["open_on_host"])
+    assert not any("procfs" in g for g in by_rule["shadow-write"]["open_on_host"])
     # exact exec rules are closed against the loader: that way is not listed for them
     assert not any("dynamic loader" in g for g in by_rule["no-exec-tool"]["open_on_host"])
     bare = env.root / "nofallback"

@@ -222,3 +222,25 @@ def test_a_directory_gone_from_a_tree_leaves_the_plan_with_its_subtree() -> None
     assert shrunk is not None
     assert {shrunk.places[k] for k in shrunk.marks} == {"/tmp", "/tmp/keep"}
     assert "/tmp/a/b" not in shrunk.watch
+
+
+def test_a_procfs_below_a_tree_rule_is_listed_not_marked_and_not_walked() -> None:
+    """procfs refuses permission events (fanotify_mark: EINVAL): a chroot's /proc below /tmp/
+    used to make the whole policy fail to load. It is left out, named, and not descended into
+    (its /proc/<pid>/... would be thousands of directories no mark can take)."""
+    fs = FakeFs(
+        "/tmp/chroot/proc/1/fd/", "/tmp/chroot/proc/1/environ", "/tmp/chroot/bin/", "/tmp/x/"
+    )
+    for path in ("/tmp/chroot/proc", "/tmp/chroot/proc/1", "/tmp/chroot/proc/1/fd"):
+        fs.nodes[path] = Stat(9, fs.nodes[path].ino, True, unmarkable=True)
+    fs.nodes["/tmp/chroot/proc/1/environ"] = Stat(9, 99, False, unmarkable=True)
+    plan = plan_marks([rule("t", "exec", "/tmp/"), rule("o", "open", "/tmp/*")], fs)
+    marked = {plan.places[k] for k in plan.marks}
+    assert marked == {"/tmp", "/tmp/chroot", "/tmp/chroot/bin", "/tmp/x"}
+    assert plan.unmarkable == {"/tmp/chroot/proc": {("p", "t"), ("p", "o")}}
+    # a rule path in /proc itself: listed, never a mark the kernel would refuse
+    exact = plan_marks([rule("k", "open", "/tmp/chroot/proc/1/environ")], fs)
+    assert exact.marks == {} and set(exact.unmarkable) == {"/tmp/chroot/proc/1/environ"}
+    # the directory gone: so is the entry
+    later = extend_plan(plan, [rule("t", "exec", "/tmp/")], fs, [("/tmp", "chroot", True)])
+    assert later is not None and later.unmarkable == {}
