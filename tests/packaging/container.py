@@ -48,6 +48,10 @@ class ContainerError(RuntimeError):
     pass
 
 
+class BootTimeout(ContainerError):
+    """systemd inside did not finish starting in time (the message says what it waited on)."""
+
+
 def cached_rootfs() -> Path:
     """The cached root filesystem for the current recipe, built from nothing if absent."""
     recipe = HERE / "rootfs.sh"
@@ -75,14 +79,15 @@ class Container:
         self.dir = Path(tempfile.mkdtemp(prefix="session-", dir=CACHE))
         self.root = self.dir / "root"
         self.bpffs = self.dir / "bpffs"
-        self.cgroup = cgroup2_mount() / f"sealtrail-pkgtest-{os.getpid()}"
+        # one per container (a module's failed boot must not leave the next one's name taken)
+        self.cgroup = cgroup2_mount() / f"sealtrail-pkgtest-{os.getpid()}-{self.dir.name}"
         self.log = self.dir / "nspawn.log"
         self._rootfs = rootfs
         self._nspawn: subprocess.Popen[bytes] | None = None
         self.leader = 0
 
     # ---- life cycle ----
-    def boot(self, timeout: float = 60) -> float:
+    def boot(self, timeout: float = 180) -> float:
         """Copy the rootfs, boot it, wait for systemd to finish starting; the boot's seconds."""
         subprocess.run(
             ["cp", "-a", "--reflink=auto", str(self._rootfs), str(self.root)], check=True
@@ -138,11 +143,8 @@ class Container:
                     if self.leader:
                         os.kill(self.leader, signal.SIGKILL)
                 nspawn.wait(timeout=10)
-        if self.cgroup.exists():  # nspawn's payload/ and supervisor/ below it, depth first
-            subs = [p for p in self.cgroup.rglob("*") if p.is_dir()]
-            for sub in sorted(subs, key=lambda p: len(p.parts), reverse=True):
-                sub.rmdir()
-            self.cgroup.rmdir()
+        if self.cgroup.exists():
+            self._remove_cgroup()
         if self.bpffs.is_mount():
             subprocess.run(["umount", str(self.bpffs)], check=True)
         # The journal's segments are append-only or immutable (chattr): clear before removing.
@@ -150,12 +152,49 @@ class Container:
                        capture_output=True, check=False)  # fmt: skip
         subprocess.run(["rm", "-rf", str(self.dir)], check=True)
 
+    def _remove_cgroup(self, timeout: float = 30) -> None:
+        """Kill whatever is still in the container's cgroup, wait until it is empty, remove it.
+
+        Processes killed by SIGKILL leave their cgroup a little later than ``wait`` on nspawn
+        returns (CI: ``rmdir`` of the container's journald cgroup failed with EBUSY), so this
+        waits for ``cgroup.events`` to say ``populated 0`` before removing, depth first.
+        """
+        kill = self.cgroup / "cgroup.kill"
+        if kill.exists():
+            kill.write_text("1")
+        deadline = time.monotonic() + timeout
+        while "populated 1" in (self.cgroup / "cgroup.events").read_text():
+            if time.monotonic() > deadline:
+                left = sorted({pid for f in self.cgroup.rglob("cgroup.procs")
+                               for pid in f.read_text().split()})  # fmt: skip
+                raise ContainerError(f"{self.cgroup}: processes left after {timeout} s: {left}")
+            time.sleep(0.05)
+        subs = [p for p in self.cgroup.rglob("*") if p.is_dir()]
+        for sub in sorted(subs, key=lambda p: len(p.parts), reverse=True):
+            sub.rmdir()
+        self.cgroup.rmdir()
+
     def _check_alive(self, deadline: float) -> None:
         assert self._nspawn is not None
         if self._nspawn.poll() is not None:
             raise ContainerError(f"systemd-nspawn exited: {self.log.read_text()[-2000:]}")
         if time.monotonic() > deadline:
-            raise ContainerError(f"container not up in time: {self.log.read_text()[-2000:]}")
+            raise BootTimeout(f"container not up in time: {self._boot_state()}")
+
+    def _boot_state(self) -> str:
+        """What systemd inside was waiting for, for the error of a boot that did not finish."""
+        parts = [f"nspawn log: {self.log.read_text()[-2000:]!r}"]
+        if self.leader:
+            for argv in (("systemctl", "is-system-running", "--no-pager"),
+                         ("systemctl", "list-jobs", "--no-pager"),
+                         ("ps", "-eo", "pid,stat,wchan:32,args")):  # fmt: skip
+                try:
+                    out = self.run(*argv, check=False, timeout=10)
+                except subprocess.TimeoutExpired:
+                    parts.append(f"{shlex.join(argv)}: no answer in 10 s")
+                    continue
+                parts.append(f"{shlex.join(argv)}:\n{out.stdout}{out.stderr}")
+        return "\n".join(parts)
 
     @staticmethod
     def _child_of(pid: int) -> int:
