@@ -10,6 +10,7 @@ journal before the enforcer sees it, and what the enforcer decided follows it.
 from __future__ import annotations
 
 import collections
+import ctypes
 import logging
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -35,14 +36,22 @@ log = logging.getLogger(__name__)
 
 #: Event kinds the native encoder journals straight from ring-buffer bytes (native/strecord.c)
 #: when nothing but the journal needs them.
-NATIVE_KINDS = ("connect", "bind", "listen", "accept")
+NATIVE_KINDS = ("connect", "bind", "listen", "accept", "fork", "exit")
+
+
+class ProcessTable(ExeHistory, Protocol):
+    """The stream's process table (``agent.events.proctable.ProcTable``), which also learns
+    of the forks and exits the native encoder journals (the Python path observes them)."""
+
+    def forked(self, child_pid: int, exe: str | None) -> None: ...
+    def exited(self, pid: int) -> None: ...
 
 
 class RecordSource(Protocol):
     """What the recorder reads: ``agent.events.stream.EventStream`` (a fake in unit tests)."""
 
     @property
-    def proctable(self) -> ExeHistory: ...
+    def proctable(self) -> ProcessTable: ...
     @property
     def decoder(self) -> Decoder: ...
     @property
@@ -98,12 +107,15 @@ def record_batch(
     ops_mask: int,
     slow: Callable[[list[bytes]], None],
     kinds: Counter[str] | None = None,
+    proc: Callable[[bytes], None] | None = None,
 ) -> int:
     """Journal a ring-buffer batch in order; returns the records the native encoder took.
 
     Runs of ``ops_mask`` records go to ``journal.append_events``; the record where the encoder
     stops, and every following one up to the next it may take, go to ``slow`` as raw records.
-    ``kinds``: count the records the encoder took by kind there (``count_kinds``).
+    ``kinds``: count the records the encoder took by kind there (``count_kinds``). ``proc``:
+    given each fork or exit record the encoder took, before the next run is scanned (the
+    process table learns it there, as the Python path's ``observe``).
     """
     taken_total = 0
     pos, end = 0, len(batch)
@@ -119,6 +131,11 @@ def record_batch(
                 count_kinds(batch, before, pos, kinds)
             if stop == ENC_SLOW:
                 break
+        if proc is not None:
+            for at in encoder.procs:
+                if at >= pos:
+                    break  # not taken: the Python path observes it
+                proc(record_at(batch, at)[0])
         if pos >= end:
             break
         if stop != ENC_SLOW and run_end > start:
@@ -138,6 +155,16 @@ def record_batch(
 #: Where a record's opcode is in a native batch, from its ``[u32 size]``: the ABI mirror's.
 _OP_START = 4 + abi.Hdr.op.offset
 _OP_END = _OP_START + abi.Hdr.op.size
+
+
+def observe_native(table: ProcessTable, raw: bytes) -> None:
+    """A fork or exit record the native encoder journaled, told to the process table as the
+    Python path's ``observe`` would: a child runs its parent's binary, an exited pid none."""
+    p = abi.Proc.from_buffer_copy(raw[: ctypes.sizeof(abi.Proc)])
+    if p.hdr.op == abi.Op.FORK:
+        table.forked(p.child_pid, table.lookup(p.hdr.pid, ""))
+    else:
+        table.exited(p.hdr.pid)
 
 
 def count_kinds(batch: bytes, start: int, end: int, kinds: Counter[str]) -> None:
@@ -272,6 +299,7 @@ class Recorder:
             self._native_ops(),
             lambda raws: self.record(stream.decode_records(raws)),
             self.counters.kinds if self.counters.native_kinds else None,
+            self._native_proc,
         )
         self.counters.recorded += taken
         self.counters.recorded_native += taken
@@ -279,6 +307,9 @@ class Recorder:
         # with no loss too: the verdicts the enforcer's own threads made (fanotify) are
         # journaled at every poll, as on the Python path, not at the next decoded record
         self.record([loss] if loss is not None else [])
+
+    def _native_proc(self, raw: bytes) -> None:
+        observe_native(self.stream.proctable, raw)
 
     def _record_verdicts(self) -> None:
         verdicts = self.enforcer.verdicts

@@ -149,8 +149,11 @@ void st_hex32(char out[64], const uint8_t in[32]);
 /* A libbpf ring_buffer sample callback: appends the sample to the struct st_batch at ctx. */
 int st_batch_sample(void *ctx, void *data, size_t size);
 void st_batch_free(struct st_batch *b);
+/* st_scan_run lists at most this many forks and exits of a run. */
+#define ST_SCAN_MAX_PROCS 256
 uint64_t st_scan_run(const uint8_t *batch, uint64_t len, uint64_t pos, uint64_t ops_mask,
-		     uint32_t *pids, uint32_t max, uint32_t *n_pids);
+		     uint32_t *pids, uint32_t max, uint32_t *n_pids, uint64_t *procs,
+		     uint32_t max_procs, uint32_t *n_procs);
 uint64_t st_encode_run(struct st_chain *c, struct st_encode *e, const uint8_t *batch,
 		       uint64_t pos);
 

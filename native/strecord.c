@@ -11,7 +11,7 @@
  *
  * The Python path stays the reference: st_encode_run() takes only records it can encode
  * exactly as agent/events/decode.py + agent/daemon.py:event_fields + JournalWriter would (byte
- * for byte, proved by tests/unit/test_native_record.py on captured and generated records), and
+ * for byte, proved by tests/unit/native/test_native_record.py on generated records), and
  * stops at the first one it cannot (another kind, a family other than IPv4/IPv6, a comm that
  * is not printable ASCII, a pid whose exe the caller did not supply, a value outside the
  * record domain). The caller then decodes that record in Python.
@@ -179,6 +179,17 @@ static const char *protocol_name(unsigned p)
 	return NULL;
 }
 
+/* The record's boottime stamp on the wall clock (decode.py Clock.wall), which Python
+ * computes without bounds; -1 where that is not a u64 (the record is handed back). */
+static int wall_ns(const struct st_encode *e, uint64_t boot_ns, uint64_t *out)
+{
+	int64_t off = e->clock_offset;
+	if (off >= 0 ? boot_ns > UINT64_MAX - (uint64_t)off : boot_ns < (uint64_t)0 - (uint64_t)off)
+		return -1;
+	*out = boot_ns + (uint64_t)off;
+	return 0;
+}
+
 static int find_exe(const struct st_encode *e, uint32_t pid)
 {
 	for (uint64_t i = 0; i < e->n_exe; i++)
@@ -219,6 +230,9 @@ static int encode_net(struct out *o, const struct st_encode *e, const struct st_
 	if (n->family != 2 && n->family != 10)
 		return -1;
 	if (n->ret > ST_SAFE_INT || n->ret < -ST_SAFE_INT)
+		return -1;
+	uint64_t wall;
+	if (wall_ns(e, n->hdr.ts_ns, &wall))
 		return -1;
 	*o->p++ = '{';
 	LIT(o, "\"auid\":");
@@ -285,19 +299,123 @@ static int encode_net(struct out *o, const struct st_encode *e, const struct st_
 	LIT(o, ",\"ts\":\"");
 	put_u64(o, ts);
 	LIT(o, "\",\"ts_ns\":\"");
-	put_u64(o, n->hdr.ts_ns + (uint64_t)e->clock_offset);
+	put_u64(o, wall);
 	LIT(o, "\",\"type\":\"event\",\"uid\":");
 	put_u64(o, n->hdr.uid);
 	*o->p++ = '}';
 	return 0;
 }
 
-/* The run of samples from pos that only ops in ops_mask make up, and its distinct pids (at most
- * max; the run ends before the sample that would add one more). Returns the run's end. */
-uint64_t st_scan_run(const uint8_t *batch, uint64_t len, uint64_t pos, uint64_t ops_mask,
-		     uint32_t *pids, uint32_t max, uint32_t *n_pids)
+static int is_proc(unsigned op)
 {
-	uint32_t n = 0;
+	return op == ST_OP_FORK || op == ST_OP_EXIT;
+}
+
+/* One fork or exit event as its canonical journal line, as decode.py's _proc and
+ * recorder.event_fields write it (keys in RFC 8785 order); -1: not here. */
+static int encode_proc(struct out *o, const struct st_encode *e, const struct st_chain *c,
+		       const struct st_proc *p, int exe, uint64_t ts)
+{
+	int fork = p->hdr.op == ST_OP_FORK;
+	uint64_t wall;
+	if (wall_ns(e, p->hdr.ts_ns, &wall))
+		return -1;
+	*o->p++ = '{';
+	LIT(o, "\"auid\":");
+	put_u64(o, p->hdr.auid);
+	LIT(o, ",\"boot_id\":");
+	put(o, e->boot, e->boot_len);
+	LIT(o, ",\"cgroup_id\":\"");
+	put_u64(o, p->hdr.cgroup_id);
+	LIT(o, "\",");
+	if (fork) {
+		LIT(o, "\"child_pid\":");
+		put_u64(o, p->child_pid);
+		*o->p++ = ',';
+	}
+	LIT(o, "\"comm\":");
+	if (put_comm(o, p->hdr.comm))
+		return -1;
+	uint32_t sig = p->exit_code & 0x7f;
+	if (!fork) {
+		if (p->exit_code & 0x80)
+			LIT(o, ",\"core_dumped\":true");
+		else
+			LIT(o, ",\"core_dumped\":false");
+		/* decode.py: max(0, ts_ns - start_ns) if start_ns else 0, boottime ns */
+		uint64_t duration = 0;
+		if (p->start_ns && p->hdr.ts_ns > p->start_ns)
+			duration = p->hdr.ts_ns - p->start_ns;
+		LIT(o, ",\"duration_ns\":\"");
+		put_u64(o, duration);
+		*o->p++ = '"';
+	}
+	LIT(o, ",\"exe\":");
+	put(o, e->exe_json + e->exe_off[exe], e->exe_len[exe]);
+	if (!fork) {
+		LIT(o, ",\"exit_code\":");
+		if (sig)
+			LIT(o, "null");
+		else
+			put_u64(o, (p->exit_code >> 8) & 0xff);
+	}
+	LIT(o, ",\"gid\":");
+	put_u64(o, p->hdr.gid);
+	LIT(o, ",\"host\":");
+	put(o, e->host, e->host_len);
+	if (fork)
+		LIT(o, ",\"kind\":\"fork\"");
+	else
+		LIT(o, ",\"kind\":\"exit\"");
+	LIT(o, ",\"pid\":");
+	put_u64(o, p->hdr.pid);
+	LIT(o, ",\"ppid\":");
+	put_u64(o, p->hdr.ppid);
+	LIT(o, ",\"prev\":\"");
+	st_hex32(o->p, c->prev);
+	o->p += 64;
+	LIT(o, "\",\"seq\":");
+	put_u64(o, c->next_seq);
+	LIT(o, ",\"ses\":");
+	put_u64(o, p->hdr.ses);
+	if (!fork) {
+		LIT(o, ",\"signal\":");
+		if (sig)
+			put_u64(o, sig);
+		else
+			LIT(o, "null");
+	}
+	LIT(o, ",\"tid\":");
+	put_u64(o, p->hdr.tid);
+	if (p->hdr.flags & ST_F_TRUNCATED)
+		LIT(o, ",\"truncated\":true");
+	else
+		LIT(o, ",\"truncated\":false");
+	LIT(o, ",\"ts\":\"");
+	put_u64(o, ts);
+	LIT(o, "\",\"ts_ns\":\"");
+	put_u64(o, wall);
+	LIT(o, "\",\"type\":\"event\",\"uid\":");
+	put_u64(o, p->hdr.uid);
+	*o->p++ = '}';
+	return 0;
+}
+
+/* The run of samples from pos that only ops in ops_mask make up, and its distinct pids (at most
+ * max; the run ends before the sample that would add one more). Its forks and exits (at most
+ * max_procs) are listed in procs[] by offset: they change which binary a pid runs, which the
+ * caller's process table learns after the run, as the Python path observes each event before
+ * it decodes the next. So that every exe looked up for the run before it is encoded is the one
+ * the Python path would name, the run ends before a sample of a pid that a fork earlier in the
+ * run created or an exit earlier in the run ended. Returns the run's end. */
+uint64_t st_scan_run(const uint8_t *batch, uint64_t len, uint64_t pos, uint64_t ops_mask,
+		     uint32_t *pids, uint32_t max, uint32_t *n_pids, uint64_t *procs,
+		     uint32_t max_procs, uint32_t *n_procs)
+{
+	uint32_t changed[ST_SCAN_MAX_PROCS];
+	uint32_t n = 0, m = 0;
+	if (max_procs > ST_SCAN_MAX_PROCS)
+		max_procs = ST_SCAN_MAX_PROCS;
 	while (pos + 4 <= len) {
 		uint32_t size;
 		memcpy(&size, batch + pos, 4);
@@ -307,6 +425,17 @@ uint64_t st_scan_run(const uint8_t *batch, uint64_t len, uint64_t pos, uint64_t 
 		memcpy(&h, batch + pos + 4, sizeof(h));
 		if (h.op >= 64 || !(ops_mask & (1ULL << h.op)))
 			break;
+		uint32_t k = 0;
+		while (k < m && changed[k] != h.pid)
+			k++;
+		if (k < m)
+			break; /* forked or exited earlier in this run: its exe is looked up after it */
+		struct st_proc p;
+		if (is_proc(h.op)) {
+			if (size < sizeof(p) || m == max_procs)
+				break;
+			memcpy(&p, batch + pos + 4, sizeof(p));
+		}
 		uint32_t i = 0;
 		while (i < n && pids[i] != h.pid)
 			i++;
@@ -315,9 +444,14 @@ uint64_t st_scan_run(const uint8_t *batch, uint64_t len, uint64_t pos, uint64_t 
 				break;
 			pids[n++] = h.pid;
 		}
+		if (is_proc(h.op)) {
+			procs[m] = pos;
+			changed[m++] = h.op == ST_OP_FORK ? p.child_pid : h.pid;
+		}
 		pos += 4 + size;
 	}
 	*n_pids = n;
+	*n_procs = m;
 	return pos;
 }
 
@@ -344,13 +478,16 @@ uint64_t st_encode_run(struct st_chain *c, struct st_encode *e, const uint8_t *b
 		if (e->run_end - pos < 4)
 			break;
 		memcpy(&size, batch + pos, 4);
-		if (size < sizeof(struct st_net) || e->run_end - pos - 4 < size)
+		if (size < sizeof(struct st_hdr) || e->run_end - pos - 4 < size)
 			break;
-		struct st_net n;
-		memcpy(&n, batch + pos + 4, sizeof(n));
-		if (!is_net(n.hdr.op) || !(e->ops_mask & (1ULL << n.hdr.op)))
+		struct st_hdr h;
+		memcpy(&h, batch + pos + 4, sizeof(h));
+		if (h.op >= 64 || !(e->ops_mask & (1ULL << h.op)))
 			break;
-		int exe = find_exe(e, n.hdr.pid);
+		if (is_net(h.op) ? size < sizeof(struct st_net)
+				 : !is_proc(h.op) || size < sizeof(struct st_proc))
+			break;
+		int exe = find_exe(e, h.pid);
 		if (exe < 0)
 			break;
 		uint64_t need = FIXED_LINE_MAX + e->host_len + e->boot_len + e->exe_len[exe] + 1;
@@ -367,7 +504,17 @@ uint64_t st_encode_run(struct st_chain *c, struct st_encode *e, const uint8_t *b
 			ts = (uint64_t)now.tv_sec * 1000000000ULL + (uint64_t)now.tv_nsec;
 		}
 		char *line = o.p;
-		if (encode_net(&o, e, c, &n, exe, ts)) {
+		int failed;
+		if (is_net(h.op)) {
+			struct st_net n;
+			memcpy(&n, batch + pos + 4, sizeof(n));
+			failed = encode_net(&o, e, c, &n, exe, ts);
+		} else {
+			struct st_proc p;
+			memcpy(&p, batch + pos + 4, sizeof(p));
+			failed = encode_proc(&o, e, c, &p, exe, ts);
+		}
+		if (failed) {
 			o.p = line;
 			break;
 		}

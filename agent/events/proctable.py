@@ -52,10 +52,18 @@ class ProcTable:
             if before is not None:
                 self._previous[event.pid] = before
             self._put(event.pid, event.exe)
-        elif isinstance(event, model.ForkEvent) and event.exe:
-            self._unknown.discard(event.child_pid)
-            self._put(event.child_pid, event.exe)
+        elif isinstance(event, model.ForkEvent):
+            self.forked(event.child_pid, event.exe)
         elif isinstance(event, model.ExitEvent):
-            self._exe.pop(event.pid, None)
-            self._previous.pop(event.pid, None)
-            self._unknown.discard(event.pid)
+            self.exited(event.pid)
+
+    def forked(self, child_pid: int, exe: str | None) -> None:
+        """``child_pid`` was forked by a process running ``exe`` (None: not known)."""
+        if exe:
+            self._unknown.discard(child_pid)
+            self._put(child_pid, exe)
+
+    def exited(self, pid: int) -> None:
+        self._exe.pop(pid, None)
+        self._previous.pop(pid, None)
+        self._unknown.discard(pid)

@@ -1,4 +1,5 @@
-"""Network events from ring-buffer bytes straight to journal lines, in C (``native/strecord.c``).
+"""Network, fork and exit events from ring-buffer bytes straight to journal lines, in C
+(``native/strecord.c``).
 
 ``st_encode_run`` takes only records it can encode exactly as the Python path would
 (``agent/events/decode.py`` + the daemon's event fields + ``JournalWriter``) and stops at the
@@ -24,7 +25,7 @@ _U32P = ctypes.POINTER(ctypes.c_uint32)
 
 
 class EventEncoder:
-    """Network events from a ring-buffer batch straight to journal lines, in C.
+    """Network, fork and exit events from a ring-buffer batch straight to journal lines, in C.
 
     ``exe_of(pid)`` names the binary of a pid as the Python decoder would (the process
     table); ``clock_offset`` is the decoder's boottime-to-wall offset. The host and boot id are
@@ -32,6 +33,7 @@ class EventEncoder:
     """
 
     MAX_PIDS = 64
+    MAX_PROCS = 256  # ST_SCAN_MAX_PROCS
     OUT_CAP = 4 << 20
 
     def __init__(
@@ -58,6 +60,8 @@ class EventEncoder:
         e.out_cap = self.OUT_CAP
         self._pids = (ctypes.c_uint32 * self.MAX_PIDS)()
         self._n_pids = ctypes.c_uint32()
+        self._procs = (ctypes.c_uint64 * self.MAX_PROCS)()
+        self._n_procs = ctypes.c_uint32()
         self._exe_pid = (ctypes.c_uint32 * self.MAX_PIDS)()
         self._exe_off = (ctypes.c_uint32 * self.MAX_PIDS)()
         self._exe_len = (ctypes.c_uint32 * self.MAX_PIDS)()
@@ -68,7 +72,9 @@ class EventEncoder:
 
     def scan(self, batch: bytes, pos: int, ops_mask: int) -> int:
         """End of the run from ``pos`` that only ``ops_mask`` ops make up (and at most
-        MAX_PIDS pids); prepares the exe of each of its pids."""
+        MAX_PIDS pids, MAX_PROCS forks and exits); prepares the exe of each of its pids.
+        Its forks and exits are in ``procs``: the process table must learn those the encoder
+        takes (``native/strecord.c``: a run ends before a pid whose exe one of them changed)."""
         end = int(
             self._scan(
                 batch,
@@ -78,6 +84,9 @@ class EventEncoder:
                 ctypes.cast(self._pids, _U32P),
                 self.MAX_PIDS,
                 ctypes.byref(self._n_pids),
+                self._procs,
+                self.MAX_PROCS,
+                ctypes.byref(self._n_procs),
             )
         )
         blob = bytearray()
@@ -110,6 +119,11 @@ class EventEncoder:
         e.limit = limit
         e.fixed_ts = fixed_ts
         return int(self._encode(chain.ptr, self._ptr, batch, pos))
+
+    @property
+    def procs(self) -> list[int]:
+        """Offsets of the forks and exits of the last scanned run, in order."""
+        return self._procs[: self._n_procs.value]
 
     @property
     def taken(self) -> int:

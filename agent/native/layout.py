@@ -225,7 +225,18 @@ def declare(lib: ctypes.CDLL) -> None:
     lib.st_chain_add.restype = None
     lib.st_chain_add.argtypes = [p(StChain), ctypes.c_char_p, u64]
     lib.st_scan_run.restype = u64
-    lib.st_scan_run.argtypes = [ctypes.c_char_p, u64, u64, u64, _U32P, ctypes.c_uint32, _U32P]
+    lib.st_scan_run.argtypes = [
+        ctypes.c_char_p,
+        u64,
+        u64,
+        u64,
+        _U32P,
+        ctypes.c_uint32,
+        _U32P,
+        p(u64),
+        ctypes.c_uint32,
+        _U32P,
+    ]
     lib.st_encode_run.restype = u64
     lib.st_encode_run.argtypes = [p(StChain), p(StEncode), ctypes.c_char_p, u64]
     lib.st_batch_free.restype = None

@@ -197,6 +197,91 @@ def test_agent_records_network_events_the_same_either_way(tmp_path: Path, path: 
         protect.clear_all(journal)
 
 
+FORK_CLIENT = """
+import os, signal, socket, sys, time
+kids = []
+pid = os.fork()
+if pid == 0:  # the child: runs its parent's binary, connects, exits 3
+    u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.connect(("127.0.0.1", 9))
+    os._exit(3)
+kids.append(pid)
+os.waitpid(pid, 0)
+pid = os.fork()
+if pid == 0:
+    time.sleep(60)
+    os._exit(0)
+kids.append(pid)
+os.kill(pid, signal.SIGKILL)
+os.waitpid(pid, 0)
+print(os.getpid(), *kids, flush=True)
+"""
+
+
+@pytest.mark.parametrize("path", ["native", "python"])
+def test_agent_records_forks_and_exits_the_same_either_way(tmp_path: Path, path: str) -> None:
+    """fork and exit records, and the binary a forked child's own events name (its parent's,
+    learned from the fork), whether the native encoder wrote them or the Python path did."""
+    from agent import native
+
+    if path == "native" and not native.available():
+        pytest.fail("native core not built: run `make native`")
+    journal, keys, policies = tmp_path / "journal", tmp_path / "keys", tmp_path / "policies"
+    policies.mkdir()
+    env = dict(os.environ, SEALTRAIL_NATIVE="1" if path == "native" else "0")
+    agent = start_agent(
+        "--journal",
+        str(journal),
+        "--keys",
+        str(keys),
+        "--policies",
+        str(policies),
+        "--record",
+        "exec,fork,exit,connect",
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 20 * SLOW
+        while not any(
+            b'"type":"policy_loaded"' in seg.read_bytes() for seg in journal.glob("seg-*.jsonl")
+        ):
+            assert time.monotonic() < deadline and agent.poll() is None, "agent did not start"
+            time.sleep(0.1)
+        time.sleep(0.5 * SLOW)
+        client = subprocess.run(
+            [sys.executable, "-c", FORK_CLIENT], capture_output=True, text=True, check=True
+        )
+        parent, child, killed = (int(x) for x in client.stdout.split())
+        time.sleep(0.5)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        _, err = agent.communicate(timeout=30 * SLOW)
+    try:
+        assert agent.returncode == 0, err
+        recs = [r for r in records(journal) if r["type"] == "event"]
+        exe = os.path.realpath(sys.executable)
+        forks = [r for r in recs if r["kind"] == "fork" and r["pid"] == parent]
+        assert [r["child_pid"] for r in forks] == [child, killed]
+        assert all(r["exe"] == exe and r["ppid"] == os.getpid() for r in forks)
+        connect = next(r for r in recs if r["kind"] == "connect" and r["pid"] == child)
+        assert connect["exe"] == exe and connect["remote_port"] == 9  # the parent's binary
+        exits = {r["pid"]: r for r in recs if r["kind"] == "exit" and r["pid"] in (child, killed)}
+        got = {pid: (r["exit_code"], r["signal"], r["core_dumped"], r["exe"])
+               for pid, r in exits.items()}  # fmt: skip
+        assert got == {child: (3, None, False, exe), killed: (None, 9, False, exe)}
+        assert int(exits[killed]["duration_ns"]) > 0
+        assert all(isinstance(r["ts_ns"], str) for r in [*forks, *exits.values()])
+        stop = next(r for r in records(journal) if r["type"] == "stop")
+        if path == "native":
+            assert stop["recorded_native"] >= len(forks) + len(exits) + 1
+        else:
+            assert stop["recorded_native"] == 0
+        verify = sealtrail("journal", "verify", "--journal", str(journal),
+                           "--key", str(keys / "journal.pub"), "--strict")  # fmt: skip
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+    finally:
+        protect.clear_all(journal)
+
+
 def test_a_file_name_that_is_not_utf8_is_journaled_escaped(tmp_path: Path) -> None:
     """Anyone can name a file with bytes that are not UTF-8 and run it: the agent must record
     it (bytes as \\xNN, "escaped": true) and keep running, not stop on an encoding error."""

@@ -71,7 +71,8 @@ def test_events_are_journaled_in_order_and_counted(journal: JournalWriter) -> No
     assert recorder.native is journal.takes_events
     counters = recorder.counters
     assert counters.recorded == 5 and counters.lost == counters.verdicts == 0
-    assert counters.recorded_native == (2 if recorder.native else 0)  # connect and bind
+    # connect, fork, bind and exit
+    assert counters.recorded_native == (4 if recorder.native else 0)
 
 
 def test_both_paths_write_the_same_event_fields(tmp_path: Path) -> None:
@@ -104,12 +105,12 @@ def test_what_the_enforcer_acts_on_is_journaled_before_it_acts(journal: JournalW
         assert (last["type"], last["kind"], last["pid"]) == ("event", ev.kind, ev.pid)
     kinds = [r.get("kind", r["type"]) for r in records(journal, "event", "verdict")]
     # the verdicts follow their events, at the end of the run of decoded records
-    if recorder.native:  # the bind went the native way, after that run
-        assert kinds == ["exec", "connect", "fork", "verdict", "verdict", "bind", "exit"]
+    if recorder.native:  # fork, bind and exit went the native way, after that run
+        assert kinds == ["exec", "connect", "verdict", "verdict", "fork", "bind", "exit"]
     else:
         assert kinds == ["exec", "connect", "fork", "bind", "exit", "verdict", "verdict"]
     assert kinds.count("verdict") == 2 and recorder.counters.verdicts == 2
-    assert recorder.counters.recorded_native == (1 if recorder.native else 0)  # the bind only
+    assert recorder.counters.recorded_native == (3 if recorder.native else 0)
 
 
 @pytest.mark.parametrize("journal", PATHS, indirect=True)
