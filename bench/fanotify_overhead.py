@@ -5,11 +5,14 @@ the bench's own) once per configuration and round, waits for RUN/status.json to 
 ``loaded`` (or ``mismatch``), times the load generator, and stops it with SIGTERM:
 
 - workloads: fork+exec of /bin/true (no rule names it); open+close of a file under /var/tmp
-  no rule names; fork+exec of a copy of /bin/true that an exact exec rule judges (subject
-  uid 65534, so the agent is asked for every exec of it and answers allow); getppid (control)
+  no rule names; fork+exec of a copy of /bin/true that an exact exec rule judges; getppid
+  (control)
 - configurations: ``none`` (no agent), ``examples`` (the checkout's ``policies/``), each of
-  ``privileged-ports``, ``tmp-exec``, ``system-files``, ``web-servers`` alone, and ``judged``
-  (only the rule of the third workload); for each ``--agent NAME=PATH`` checkout too
+  ``privileged-ports``, ``tmp-exec``, ``system-files``, ``web-servers`` alone, ``judged`` (only
+  the rule of the third workload, for uid 65534: the caller's ids rule it out, which the
+  native fanotify filter answers since the id screens) and ``judged-exe`` (the same rule for
+  the caller's uid, except the load generator's binary: the Python evaluator decides, allow);
+  for each ``--agent NAME=PATH`` checkout too
   (``PYTHONPATH=PATH``, ``cwd=PATH``, its own ``agent/kernel/obj`` and native library, its own
   ``policies/``), interleaved round by round with the others.
 
@@ -42,7 +45,7 @@ from benchlib import OUT_DIR, REPO, BenchCgroup, summary
 
 PYTHON = REPO / ".venv" / "bin" / "python"
 SINGLES = ("privileged-ports", "tmp-exec", "system-files", "web-servers")
-CONFIGS = ("examples", *SINGLES, "judged")
+CONFIGS = ("examples", *SINGLES, "judged", "judged-exe")
 WORKLOADS = ("exec true", "open+close", "exec judged", "getppid")
 START_TIMEOUT = 90.0
 PR_SET_PDEATHSIG = 1
@@ -62,6 +65,27 @@ fallback = "kill"
 
 [rules.subjects]
 uid = [65534]
+"""
+
+#: the same rule for the caller's own uid, with an exception for the load generator: the ids
+#: admit the caller, so the decision (allow: the exception) is the Python evaluator's
+JUDGED_EXE_POLICY = """\
+name = "bench-judged-exe"
+description = "fanotify_overhead: an exact exec rule that judges the bench's copy of /bin/true"
+mode = "enforce"
+
+[[rules]]
+id = "judged-exec"
+operation = "exec"
+targets.paths = [{path}]
+action = "deny"
+fallback = "kill"
+
+[rules.subjects]
+uid = [{uid}]
+
+[rules.subjects.except]
+exe = [{loadgen}]
 """
 
 
@@ -183,6 +207,14 @@ class Agent:
         d = self.work / "policies" / "judged"
         d.mkdir(parents=True)
         (d / "judged.toml").write_text(JUDGED_POLICY.format(path=json.dumps(str(judged_bin))))
+        d = self.work / "policies" / "judged-exe"
+        d.mkdir(parents=True)
+        loadgen = json.dumps(str(benchlib.LOADGEN.resolve()))
+        (d / "judged.toml").write_text(
+            JUDGED_EXE_POLICY.format(
+                path=json.dumps(str(judged_bin)), uid=os.getuid(), loadgen=loadgen
+            )
+        )
         self.dirs = {c: self.work / "policies" / c for c in CONFIGS}
 
     def start(self, config: str, cgroup: Path, serial: int) -> Running:
@@ -507,6 +539,7 @@ def report(
         targets = (
             ("exec no rule can match", "exec true", None, 15_000.0),
             ("exec a rule judges (judged)", "exec judged", "judged", 50_000.0),
+            ("exec the evaluator decides", "exec judged", "judged-exe", 50_000.0),
             ("open no rule names", "open+close", None, 150.0),
         )
         for label, w, only, limit in targets:

@@ -21,6 +21,13 @@
  *   - no open or exec entry of the compiled paths table could match the name: an exact entry
  *     equal to it, or a prefix entry it starts with (a superset of the kernel's LPM lookup,
  *     which matches the same entries on a path cut at ST_LPM_PATH_DATA bytes).
+ * Or, whatever the file and its names: the caller's real uid and primary gid (/proc/TID/status,
+ * as agent/enforce/process.py reads them) admit no rule of the operations the event may be
+ * judged as (exec; an open: open and exec, the loader's case). The screens are the compiled
+ * tables' own uid and gid masks (Evaluator.id_screen): a rule can match only a subject in
+ * (uid.self | UID_ANY) & (gid.self | GID_ANY), so where that is empty for every such operation
+ * the evaluator's verdict is a plain allow (tests/unit/policy/test_id_screen.py proves it on
+ * generated policies).
  * With no filter installed (NULL: while a policy is being switched) every event goes to Python.
  * Hand-written because no library reads fanotify; the format is the kernel's uapi.
  */
@@ -56,6 +63,24 @@ struct st_fan_id {
 	uint64_t dev, ino;
 };
 
+/* A rule mask of the compiled tables (st_mask: bit i of rule index i is bit i%64 of w[i/64]). */
+#define ST_FAN_MASK_WORDS 16
+
+struct st_fan_idmask {
+	uint32_t id;
+	uint64_t w[ST_FAN_MASK_WORDS];
+};
+
+/* One operation's uid and gid masks; unset: the ids exclude nothing. */
+struct st_fan_screen {
+	int set;
+	uint64_t uid_any[ST_FAN_MASK_WORDS], gid_any[ST_FAN_MASK_WORDS];
+	struct st_fan_idmask *ids[2]; /* 0: uid, 1: gid; sorted by id when sealed */
+	size_t n[2], cap[2];
+};
+
+enum { ST_FAN_SCREEN_OPEN, ST_FAN_SCREEN_EXEC, ST_FAN_SCREENS };
+
 struct st_fan_filter {
 	uint64_t mnt_dev, mnt_ino; /* the agent's /proc/self/ns/mnt */
 	struct st_fan_dir *dirs;
@@ -64,6 +89,7 @@ struct st_fan_filter {
 	size_t n_patterns, cap_patterns;
 	struct st_fan_id *ids;
 	size_t n_ids, cap_ids;
+	struct st_fan_screen screens[ST_FAN_SCREENS];
 	int sealed;
 };
 
@@ -108,6 +134,10 @@ void st_fan_filter_free(struct st_fan_filter *f)
 	free(f->dirs);
 	free(f->patterns);
 	free(f->ids);
+	for (int i = 0; i < ST_FAN_SCREENS; i++) {
+		free(f->screens[i].ids[0]);
+		free(f->screens[i].ids[1]);
+	}
 	free(f);
 }
 
@@ -152,6 +182,41 @@ int st_fan_filter_identity(struct st_fan_filter *f, uint64_t dev, uint64_t ino)
 	return 0;
 }
 
+/* Operation ``which``'s screen: the UID_ANY and GID_ANY slots (ST_FAN_MASK_WORDS each). */
+int st_fan_filter_screen(struct st_fan_filter *f, int which, const uint64_t *uid_any,
+			 const uint64_t *gid_any)
+{
+	if (f->sealed || which < 0 || which >= ST_FAN_SCREENS)
+		return -EINVAL;
+	struct st_fan_screen *s = &f->screens[which];
+	memcpy(s->uid_any, uid_any, sizeof(s->uid_any));
+	memcpy(s->gid_any, gid_any, sizeof(s->gid_any));
+	s->set = 1;
+	return 0;
+}
+
+/* One entry of that screen's uid (kind 0) or gid (kind 1) table: the rules ``id`` satisfies. */
+int st_fan_filter_screen_id(struct st_fan_filter *f, int which, int kind, uint32_t id,
+			    const uint64_t *mask)
+{
+	if (f->sealed || which < 0 || which >= ST_FAN_SCREENS || kind < 0 || kind > 1 ||
+	    !f->screens[which].set)
+		return -EINVAL;
+	struct st_fan_screen *s = &f->screens[which];
+	if (grow((void **)&s->ids[kind], &s->cap[kind], s->n[kind], sizeof(*s->ids[kind])))
+		return -ENOMEM;
+	struct st_fan_idmask *e = &s->ids[kind][s->n[kind]++];
+	e->id = id;
+	memcpy(e->w, mask, sizeof(e->w));
+	return 0;
+}
+
+static int cmp_idmask(const void *a, const void *b)
+{
+	const struct st_fan_idmask *x = a, *y = b;
+	return (x->id > y->id) - (x->id < y->id);
+}
+
 static int cmp_dir(const void *a, const void *b)
 {
 	const struct st_fan_dir *x = a, *y = b;
@@ -172,8 +237,87 @@ void st_fan_filter_seal(struct st_fan_filter *f)
 {
 	qsort(f->dirs, f->n_dirs, sizeof(*f->dirs), cmp_dir);
 	qsort(f->ids, f->n_ids, sizeof(*f->ids), cmp_id);
+	for (int i = 0; i < ST_FAN_SCREENS; i++)
+		for (int k = 0; k < 2; k++)
+			if (f->screens[i].n[k])
+				qsort(f->screens[i].ids[k], f->screens[i].n[k],
+				      sizeof(*f->screens[i].ids[k]), cmp_idmask);
 	f->sealed = 1;
 }
+
+/* The first number of a /proc/TID/status field ("\nUid:\t1000\t..."); -1 if absent. The Name
+ * line, the only one a process sets, has its newlines escaped by the kernel. */
+static int status_id(const char *text, const char *field, uint32_t *out)
+{
+	const char *at = strstr(text, field);
+	if (!at)
+		return -1;
+	at += strlen(field);
+	while (*at == '\t' || *at == ' ')
+		at++;
+	char *end;
+	errno = 0;
+	unsigned long v = strtoul(at, &end, 10);
+	if (end == at || errno || v > UINT32_MAX)
+		return -1;
+	*out = (uint32_t)v;
+	return 0;
+}
+
+static const uint64_t *idmask(const struct st_fan_screen *s, int kind, uint32_t id)
+{
+	struct st_fan_idmask key = {.id = id};
+	const struct st_fan_idmask *e =
+		s->n[kind] ? bsearch(&key, s->ids[kind], s->n[kind], sizeof(key), cmp_idmask) : NULL;
+	return e ? e->w : NULL;
+}
+
+/* 1: the screen proves no rule of its operation admits this uid and gid. */
+static int screened_out(const struct st_fan_screen *s, uint32_t uid, uint32_t gid)
+{
+	if (!s->set)
+		return 0;
+	const uint64_t *u = idmask(s, 0, uid), *g = idmask(s, 1, gid);
+	for (int w = 0; w < ST_FAN_MASK_WORDS; w++)
+		if (((u ? u[w] : 0) | s->uid_any[w]) & ((g ? g[w] : 0) | s->gid_any[w]))
+			return 0;
+	return 1;
+}
+
+/* 1: the caller's ids admit no rule of an operation the event may be judged as. */
+static int ids_admit_no_rule(const struct st_fan_filter *f, int tid, uint64_t mask)
+{
+	const struct st_fan_screen *open_ = &f->screens[ST_FAN_SCREEN_OPEN];
+	const struct st_fan_screen *exec_ = &f->screens[ST_FAN_SCREEN_EXEC];
+	if (!exec_->set || ((mask & FAN_OPEN_PERM) && !open_->set))
+		return 0;
+	char name[64], text[4096];
+	snprintf(name, sizeof(name), "/proc/%d/status", tid);
+	int fd = open(name, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 0;
+	size_t got = 0;
+	for (;;) { /* Uid and Gid come within the first 4 KiB; read until full or the end */
+		ssize_t n = read(fd, text + got, sizeof(text) - 1 - got);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n <= 0)
+			break;
+		got += (size_t)n;
+		if (got == sizeof(text) - 1)
+			break;
+	}
+	close(fd);
+	text[got] = 0;
+	uint32_t uid, gid;
+	if (status_id(text, "\nUid:", &uid) || status_id(text, "\nGid:", &gid))
+		return 0;
+	if (!screened_out(exec_, uid, gid))
+		return 0;
+	return !(mask & FAN_OPEN_PERM) || screened_out(open_, uid, gid);
+}
+
+static int unnamed_file_allows(const struct st_fan_filter *f, int event_fd, int tid);
 
 /* 1: the Python decision would be a plain allow (module comment); 0: ask Python. */
 int st_fan_filter_allows(const struct st_fan_filter *f, int event_fd, int tid, uint64_t mask)
@@ -182,6 +326,12 @@ int st_fan_filter_allows(const struct st_fan_filter *f, int event_fd, int tid, u
 		return 0;
 	if (!mask || (mask & ~(uint64_t)(FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM)))
 		return 0;
+	return unnamed_file_allows(f, event_fd, tid) || ids_admit_no_rule(f, tid, mask);
+}
+
+/* A file directly in a marked directory that no open or exec entry names (module comment). */
+static int unnamed_file_allows(const struct st_fan_filter *f, int event_fd, int tid)
+{
 	struct statx st;
 	if (statx(event_fd, "", AT_EMPTY_PATH, STATX_BASIC_STATS | STATX_MNT_ID, &st) ||
 	    !(st.stx_mask & STATX_MNT_ID) || !S_ISREG(st.stx_mode))

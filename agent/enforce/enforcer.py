@@ -314,6 +314,7 @@ class Enforcer:
             tuple(dirs),
             tuple(path_patterns(state.compiled, ("open", "exec"))),
             frozenset((dev, ino) for dev, ino, _ in state.identities),
+            {op: state.evaluator.id_screen(op) for op in ("open", "exec")},
         )
 
     def _mark_table(self) -> MarkTable:

@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import ctypes
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from agent import native
+from agent.policy.compile import MASK_BYTES
+from agent.policy.evaluate import IdScreen
 
 #: at least the C reader's own read buffer (``struct st_fan_reader.buf``)
 BUFFER_BYTES = 64 * 1024
@@ -30,11 +33,23 @@ class FilterSpec:
     #: open and exec entries of the compiled paths table: (path bytes, exact)
     patterns: tuple[tuple[bytes, bool], ...] = ()
     identities: frozenset[tuple[int, int]] = field(default_factory=frozenset)
+    #: per operation ("open", "exec"): the uid and gid masks of its rules; an event may be
+    #: answered by the caller's ids alone only where every operation it may be judged as has one
+    screens: Mapping[str, IdScreen] = field(default_factory=dict)
 
 
 def own_mount_ns() -> tuple[int, int]:
     st = os.stat("/proc/self/ns/mnt")
     return st.st_dev, st.st_ino
+
+
+#: native/stfanotify.c's screen numbers
+SCREENS = {"open": 0, "exec": 1}
+
+
+def _mask(mask: int) -> bytes:
+    """A rule mask as the C filter takes it: the compiled tables' st_mask bytes."""
+    return mask.to_bytes(MASK_BYTES, "little")
 
 
 _P = ctypes.c_void_p
@@ -50,6 +65,16 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.st_fan_filter_pattern.restype = ctypes.c_int
     lib.st_fan_filter_identity.argtypes = [_P, _U64, _U64]
     lib.st_fan_filter_identity.restype = ctypes.c_int
+    lib.st_fan_filter_screen.argtypes = [_P, ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p]
+    lib.st_fan_filter_screen.restype = ctypes.c_int
+    lib.st_fan_filter_screen_id.argtypes = [
+        _P,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_uint32,
+        ctypes.c_char_p,
+    ]
+    lib.st_fan_filter_screen_id.restype = ctypes.c_int
     lib.st_fan_filter_seal.argtypes, lib.st_fan_filter_seal.restype = [_P], None
     lib.st_fan_filter_allows.argtypes = [_P, ctypes.c_int, ctypes.c_int, _U64]
     lib.st_fan_filter_allows.restype = ctypes.c_int
@@ -87,11 +112,22 @@ class Filter:
                 self._ok(lib.st_fan_filter_pattern(ptr, text, len(text), int(exact)), text)
             for dev, ino in spec.identities:
                 self._ok(lib.st_fan_filter_identity(ptr, dev, ino), (dev, ino))
+            for operation, screen in spec.screens.items():
+                self._screen(ptr, SCREENS[operation], screen)
         except BaseException:
             lib.st_fan_filter_free(ptr)
             self.ptr = None
             raise
         lib.st_fan_filter_seal(ptr)
+
+    def _screen(self, ptr: int, which: int, screen: IdScreen) -> None:
+        lib = self._lib
+        self._ok(lib.st_fan_filter_screen(ptr, which, _mask(screen.uid_any),
+                                          _mask(screen.gid_any)), screen)  # fmt: skip
+        for kind, table in ((0, screen.uids), (1, screen.gids)):
+            for value, mask in table.items():
+                rc = lib.st_fan_filter_screen_id(ptr, which, kind, value, _mask(mask))
+                self._ok(rc, (kind, value))
 
     @staticmethod
     def _ok(rc: int, what: object) -> None:

@@ -23,7 +23,7 @@ from agent.events.model import (
     RenameEvent,
     TruncateEvent,
 )
-from agent.kernel.abi import Slot, u32_key
+from agent.kernel.abi import PolIdKey, Slot, u32_key
 from agent.policy.compile import (
     ACCESS_SLOTS,
     MAPS,
@@ -142,6 +142,24 @@ class Verdict:
         }
 
 
+@dataclass(frozen=True)
+class IdScreen:
+    """What a caller's real uid and primary gid alone say of one operation's rules, from the
+    compiled tables: a rule can match only a subject in ``(uid.self | UID_ANY) & (gid.self |
+    GID_ANY)`` (``Evaluator._subject``), so a caller for whom that is empty matches no rule of
+    the operation, whatever the object, binary, cgroup or ancestry. The native fanotify filter
+    answers such callers' permission events itself (``native/stfanotify.c``)."""
+
+    uid_any: int
+    gid_any: int
+    uids: dict[int, int]  # uid -> the rules naming it (``uid.self``)
+    gids: dict[int, int]
+
+    def admits(self, uid: int, gid: int) -> bool:
+        """False if no rule of the operation can match a caller with these ids."""
+        return bool((self.uids.get(uid, 0) | self.uid_any) & (self.gids.get(gid, 0) | self.gid_any))
+
+
 class Evaluator:
     """Verdicts from one compiled policy set."""
 
@@ -197,6 +215,24 @@ class Evaluator:
             _, inh, _, xinh = self._lpm("exe", path_lookup(op, exe))
             inherit, xinherit = inherit | inh, xinherit | xinh
         return inherit, xinherit
+
+    def id_screen(self, operation: str) -> IdScreen:
+        """The uid and gid masks of ``operation``'s rules (``IdScreen``)."""
+        op = OPS[operation]
+        found = self.compiled.maps["masks"].get(u32_key(op))
+        if found is None:
+            return IdScreen(0, 0, {}, {})  # no rule of the operation: nobody is admitted
+        slot = _unpack(found)
+
+        def table(name: str) -> dict[int, int]:
+            out = {}
+            for key, value in self.compiled.maps[name].items():
+                k = PolIdKey.from_buffer_copy(key)
+                if k.op == op:
+                    out[int(k.id)] = _unpack(value)[0]
+            return out
+
+        return IdScreen(slot[Slot.UID_ANY], slot[Slot.GID_ANY], table("uid"), table("gid"))
 
     def targets(self, operation: str, path: str) -> bool:
         """Does any rule of ``operation`` name ``path`` (before asking who acts)?"""

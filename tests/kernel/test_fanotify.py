@@ -122,3 +122,58 @@ def test_the_native_reader_answers_what_no_rule_names_and_asks_about_the_rest(
     assert natively >= 20, natively
     assert seen.count(str(tmp_path / "public")) == 1, seen  # only the open without a filter
     assert str(secret) in seen and str(tmp_path / "alias") in seen
+
+
+def test_an_exec_a_rule_judges_is_answered_natively_for_a_caller_its_ids_rule_out(
+    tmp_path: Path,
+) -> None:
+    """An exact exec rule for one user (uid 65534): the exec of that binary by root is
+    answered in C from the id screens, without asking ``decide``; the rule's user is asked
+    (and denied here, as the rule says)."""
+    import errno
+    import os
+    import shutil
+    import tempfile
+
+    from agent.native.fanfilter import FilterSpec, own_mount_ns
+    from agent.policy.compile import compile_policy_set
+    from agent.policy.evaluate import Evaluator
+    from agent.policy.source import load_policy_set
+
+    where = Path(tempfile.mkdtemp(prefix="sealtrail-screen-", dir="/var/tmp"))  # others may exec
+    os.chmod(where, 0o755)
+    binary = where / "judged-true"
+    shutil.copy2("/bin/true", binary)
+    policy = tmp_path / "p.toml"
+    policy.write_text(
+        'name = "p"\nmode = "enforce"\n[[rules]]\nid = "nobody-true"\noperation = "exec"\n'
+        f'targets.paths = ["{binary}"]\naction = "deny"\n[rules.subjects]\nuid = [65534]\n'
+    )
+    policy_set, findings = load_policy_set([policy])
+    assert not findings, [str(f) for f in findings]
+    evaluator = Evaluator(compile_policy_set(policy_set))
+    seen: list[int] = []
+
+    def decide(req: PermissionRequest) -> bool:
+        seen.append(req.tid)
+        return False
+
+    spec = FilterSpec(
+        own_mount_ns(), screens={op: evaluator.id_screen(op) for op in ("open", "exec")}
+    )
+    try:
+        with FanotifyGuard(decide) as guard:
+            assert guard.has_native, "the native core is built by make native"
+            guard.mark_file(str(binary), open_=False, exec_=True)
+            guard.set_filter(spec)
+            as_root = [subprocess.run([str(binary)]).returncode for _ in range(20)]
+            natively = guard.answered_natively
+            try:
+                subprocess.run([str(binary)], user=65534, group=65534)
+                refused = 0
+            except PermissionError as exc:
+                refused = exc.errno
+    finally:
+        shutil.rmtree(where)
+    assert as_root == [0] * 20 and natively >= 20, (as_root, natively)
+    assert refused == errno.EPERM and len(seen) == 1, (refused, seen)

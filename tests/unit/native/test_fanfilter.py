@@ -18,7 +18,7 @@ from agent.kernel.fanotify import FAN_OPEN_EXEC_PERM, FAN_OPEN_PERM
 from agent.native import fanfilter
 from agent.native.fanfilter import Filter, FilterSpec, own_mount_ns
 from agent.policy.compile import compile_policy_set, path_patterns
-from agent.policy.evaluate import Evaluator
+from agent.policy.evaluate import Evaluator, IdScreen
 from agent.policy.source import load_policy_set
 
 lib = fanfilter._library()
@@ -210,3 +210,60 @@ def test_what_the_filter_answers_no_rule_of_the_evaluator_targets(
                 os.close(fd)
     finally:
         f.close()
+
+
+def _screens(write_dir: Path, body: str) -> dict[str, IdScreen]:
+    policy = write_dir / "screen.toml"
+    policy.write_text('name = "p"\nmode = "enforce"\n' + body)
+    policy_set, findings = load_policy_set([policy])
+    assert not findings, [str(x) for x in findings]
+    evaluator = Evaluator(compile_policy_set(policy_set))
+    return {op: evaluator.id_screen(op) for op in ("open", "exec")}
+
+
+@pytest.mark.kernel  # root: the callers run as other users
+def test_a_caller_whose_ids_no_rule_admits_is_answered_whatever_the_file(
+    tmp_path: Path, opened: list[int]
+) -> None:
+    """The id screens (``Evaluator.id_screen``): a file no marked directory holds, judged only
+    by who opens it. The caller is a process of another user; its ids are /proc's."""
+    target = tmp_path / "bin"
+    target.write_text("x")
+    os.chmod(tmp_path, 0o755)
+    www_only = _screens(
+        tmp_path,
+        '[[rules]]\nid = "sh"\noperation = "exec"\ntargets.paths = ["/bin/sh"]\n'
+        'action = "deny"\n[rules.subjects]\nuid = [33]\n',
+    )
+    everyone_open = _screens(
+        tmp_path,
+        '[[rules]]\nid = "sh"\noperation = "exec"\ntargets.paths = ["/bin/sh"]\n'
+        'action = "deny"\n[rules.subjects]\nuid = [33]\n'
+        '[[rules]]\nid = "w"\noperation = "open"\ntargets.paths = ["/etc/shadow"]\n'
+        'access = ["write"]\naction = "deny"\n',
+    )
+    callers = {uid: subprocess.Popen(["sleep", "30"], user=uid, group=uid) for uid in (65534, 33)}
+    try:
+
+        def allows(screens: dict[str, IdScreen], uid: int, mask: int) -> bool:
+            f = _filter(FilterSpec(own_mount_ns(), screens=screens))
+            try:
+                return f.allows(_open(opened, target), callers[uid].pid, mask)
+            finally:
+                f.close()
+
+        assert allows(www_only, 65534, FAN_OPEN_EXEC_PERM)
+        assert allows(www_only, 65534, FAN_OPEN_PERM)  # no open rule; exec: not uid 33
+        assert allows(www_only, 65534, FAN_OPEN_PERM | FAN_OPEN_EXEC_PERM)
+        assert not allows(www_only, 33, FAN_OPEN_EXEC_PERM)  # the rule's user: Python judges
+        assert not allows(www_only, 33, FAN_OPEN_PERM)  # an open may be the loader's exec
+        assert allows(everyone_open, 65534, FAN_OPEN_EXEC_PERM)
+        assert not allows(everyone_open, 65534, FAN_OPEN_PERM)  # the open rule takes anyone
+        assert not allows({"exec": www_only["exec"]}, 65534, FAN_OPEN_PERM)  # no open screen
+        assert not allows({}, 65534, FAN_OPEN_EXEC_PERM)  # no screens: nothing proven
+    finally:
+        for proc in callers.values():
+            proc.kill()
+            proc.wait()
+    gone = callers[65534].pid  # reaped: /proc has no such task, so nothing is proven
+    assert not allows(www_only, 65534, FAN_OPEN_EXEC_PERM) or os.path.exists(f"/proc/{gone}")
