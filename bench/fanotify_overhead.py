@@ -52,25 +52,7 @@ PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
 
 JUDGED_POLICY = """\
-name = "bench-judged"
-description = "fanotify_overhead: an exact exec rule that judges the bench's copy of /bin/true"
-mode = "enforce"
-
-[[rules]]
-id = "judged-exec"
-operation = "exec"
-targets.paths = [{path}]
-action = "deny"
-fallback = "kill"
-
-[rules.subjects]
-uid = [65534]
-"""
-
-#: the same rule for the caller's own uid, with an exception for the load generator: the ids
-#: admit the caller, so the decision (allow: the exception) is the Python evaluator's
-JUDGED_EXE_POLICY = """\
-name = "bench-judged-exe"
+name = "bench-{config}"
 description = "fanotify_overhead: an exact exec rule that judges the bench's copy of /bin/true"
 mode = "enforce"
 
@@ -83,7 +65,10 @@ fallback = "kill"
 
 [rules.subjects]
 uid = [{uid}]
-
+"""
+#: judged-exe: the same rule for the caller's own uid, except the load generator: the ids admit
+#: the caller, so the decision (allow: the exception) is the Python evaluator's
+JUDGED_EXCEPT = """
 [rules.subjects.except]
 exe = [{loadgen}]
 """
@@ -206,14 +191,14 @@ class Agent:
                 (d / files[stem].name).write_text(text)
         d = self.work / "policies" / "judged"
         d.mkdir(parents=True)
-        (d / "judged.toml").write_text(JUDGED_POLICY.format(path=json.dumps(str(judged_bin))))
+        path = json.dumps(str(judged_bin))
+        (d / "judged.toml").write_text(JUDGED_POLICY.format(config="judged", path=path, uid=65534))
         d = self.work / "policies" / "judged-exe"
         d.mkdir(parents=True)
         loadgen = json.dumps(str(benchlib.LOADGEN.resolve()))
         (d / "judged.toml").write_text(
-            JUDGED_EXE_POLICY.format(
-                path=json.dumps(str(judged_bin)), uid=os.getuid(), loadgen=loadgen
-            )
+            JUDGED_POLICY.format(config="judged-exe", path=path, uid=os.getuid())
+            + JUDGED_EXCEPT.format(loadgen=loadgen)
         )
         self.dirs = {c: self.work / "policies" / c for c in CONFIGS}
 

@@ -169,6 +169,24 @@ static int put_comm(struct out *o, const char *comm)
 	return 0;
 }
 
+/* The keys every event line ends with, from "tid" (RFC 8785 order) to the closing brace. */
+static void put_tail(struct out *o, const struct st_hdr *h, uint64_t ts, uint64_t wall)
+{
+	LIT(o, ",\"tid\":");
+	put_u64(o, h->tid);
+	if (h->flags & ST_F_TRUNCATED)
+		LIT(o, ",\"truncated\":true");
+	else
+		LIT(o, ",\"truncated\":false");
+	LIT(o, ",\"ts\":\"");
+	put_u64(o, ts);
+	LIT(o, "\",\"ts_ns\":\"");
+	put_u64(o, wall);
+	LIT(o, "\",\"type\":\"event\",\"uid\":");
+	put_u64(o, h->uid);
+	*o->p++ = '}';
+}
+
 static const char *protocol_name(unsigned p)
 {
 #define NAME(number, name)                                                                         \
@@ -290,19 +308,7 @@ static int encode_net(struct out *o, const struct st_encode *e, const struct st_
 	put_u64(o, c->next_seq);
 	LIT(o, ",\"ses\":");
 	put_u64(o, n->hdr.ses);
-	LIT(o, ",\"tid\":");
-	put_u64(o, n->hdr.tid);
-	if (n->hdr.flags & ST_F_TRUNCATED)
-		LIT(o, ",\"truncated\":true");
-	else
-		LIT(o, ",\"truncated\":false");
-	LIT(o, ",\"ts\":\"");
-	put_u64(o, ts);
-	LIT(o, "\",\"ts_ns\":\"");
-	put_u64(o, wall);
-	LIT(o, "\",\"type\":\"event\",\"uid\":");
-	put_u64(o, n->hdr.uid);
-	*o->p++ = '}';
+	put_tail(o, &n->hdr, ts, wall);
 	return 0;
 }
 
@@ -385,19 +391,7 @@ static int encode_proc(struct out *o, const struct st_encode *e, const struct st
 		else
 			LIT(o, "null");
 	}
-	LIT(o, ",\"tid\":");
-	put_u64(o, p->hdr.tid);
-	if (p->hdr.flags & ST_F_TRUNCATED)
-		LIT(o, ",\"truncated\":true");
-	else
-		LIT(o, ",\"truncated\":false");
-	LIT(o, ",\"ts\":\"");
-	put_u64(o, ts);
-	LIT(o, "\",\"ts_ns\":\"");
-	put_u64(o, wall);
-	LIT(o, "\",\"type\":\"event\",\"uid\":");
-	put_u64(o, p->hdr.uid);
-	*o->p++ = '}';
+	put_tail(o, &p->hdr, ts, wall);
 	return 0;
 }
 

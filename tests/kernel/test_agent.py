@@ -101,6 +101,35 @@ def check_journal(journal: Path, keys: Path, marker: str, port: int) -> None:
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
+def agent_on(tmp_path: Path, path: str, *args: str) -> tuple[subprocess.Popen[str], Path, Path]:
+    """The agent on the native record path or the Python one (SEALTRAIL_NATIVE=0), no policy;
+    its journal and key directories."""
+    from agent import native
+
+    if path == "native" and not native.available():
+        pytest.fail("native core not built: run `make native`")
+    journal, keys, policies = tmp_path / "journal", tmp_path / "keys", tmp_path / "policies"
+    policies.mkdir()
+    env = dict(os.environ, SEALTRAIL_NATIVE="1" if path == "native" else "0")
+    agent = start_agent(
+        "--journal", str(journal), "--keys", str(keys), "--policies", str(policies), *args,
+        env=env,
+    )  # fmt: skip
+    return agent, journal, keys
+
+
+def wait_loaded(agent: subprocess.Popen[str], journal: Path) -> None:
+    """Until the journal says policy_loaded, and a moment more: the probes are attached
+    before the policy is loaded."""
+    deadline = time.monotonic() + 20 * SLOW
+    while not any(
+        b'"type":"policy_loaded"' in seg.read_bytes() for seg in journal.glob("seg-*.jsonl")
+    ):
+        assert time.monotonic() < deadline and agent.poll() is None, "agent did not start"
+        time.sleep(0.1)
+    time.sleep(0.5 * SLOW)
+
+
 NET_CLIENT = """
 import os, socket, sys
 port4, port6 = int(sys.argv[1]), int(sys.argv[2])
@@ -119,29 +148,14 @@ print(os.getpid(), flush=True)
 def test_agent_records_network_events_the_same_either_way(tmp_path: Path, path: str) -> None:
     """connect/bind/listen/accept records: exact fields, whether the native encoder wrote them
     (the default) or the Python path did (SEALTRAIL_NATIVE=0)."""
-    from agent import native
-
-    if path == "native" and not native.available():
-        pytest.fail("native core not built: run `make native`")
-    journal, keys, policies = tmp_path / "journal", tmp_path / "keys", tmp_path / "policies"
-    policies.mkdir()
-    env = dict(os.environ, SEALTRAIL_NATIVE="1" if path == "native" else "0")
-    agent = start_agent(
-        "--journal", str(journal), "--keys", str(keys), "--policies", str(policies), env=env
-    )
+    agent, journal, keys = agent_on(tmp_path, path)
     l4, l6 = socket.socket(), socket.socket(socket.AF_INET6)
     try:
         for sock, addr in ((l4, "127.0.0.1"), (l6, "::1")):
             sock.bind((addr, 0))
             sock.listen(4)
         port4, port6 = l4.getsockname()[1], l6.getsockname()[1]
-        deadline = time.monotonic() + 20 * SLOW
-        while not any(
-            b'"type":"policy_loaded"' in seg.read_bytes() for seg in journal.glob("seg-*.jsonl")
-        ):
-            assert time.monotonic() < deadline and agent.poll() is None, "agent did not start"
-            time.sleep(0.1)
-        time.sleep(0.5 * SLOW)  # the probes are attached before the policy is loaded
+        wait_loaded(agent, journal)
         client = subprocess.run(
             [sys.executable, "-c", NET_CLIENT, str(port4), str(port6)],
             capture_output=True, text=True, check=True,
@@ -221,32 +235,9 @@ print(os.getpid(), *kids, flush=True)
 def test_agent_records_forks_and_exits_the_same_either_way(tmp_path: Path, path: str) -> None:
     """fork and exit records, and the binary a forked child's own events name (its parent's,
     learned from the fork), whether the native encoder wrote them or the Python path did."""
-    from agent import native
-
-    if path == "native" and not native.available():
-        pytest.fail("native core not built: run `make native`")
-    journal, keys, policies = tmp_path / "journal", tmp_path / "keys", tmp_path / "policies"
-    policies.mkdir()
-    env = dict(os.environ, SEALTRAIL_NATIVE="1" if path == "native" else "0")
-    agent = start_agent(
-        "--journal",
-        str(journal),
-        "--keys",
-        str(keys),
-        "--policies",
-        str(policies),
-        "--record",
-        "exec,fork,exit,connect",
-        env=env,
-    )
+    agent, journal, keys = agent_on(tmp_path, path, "--record", "exec,fork,exit,connect")
     try:
-        deadline = time.monotonic() + 20 * SLOW
-        while not any(
-            b'"type":"policy_loaded"' in seg.read_bytes() for seg in journal.glob("seg-*.jsonl")
-        ):
-            assert time.monotonic() < deadline and agent.poll() is None, "agent did not start"
-            time.sleep(0.1)
-        time.sleep(0.5 * SLOW)
+        wait_loaded(agent, journal)
         client = subprocess.run(
             [sys.executable, "-c", FORK_CLIENT], capture_output=True, text=True, check=True
         )
