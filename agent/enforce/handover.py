@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from agent.kernel import procfs
 from agent.kernel.pins import PinDir
 
 #: the name of the fanotify group in systemd's fd store
@@ -119,7 +120,7 @@ def startup_files(extra: tuple[Path, ...]) -> tuple[set[tuple[int, int]], set[tu
     theirs (a mark with FAN_EVENT_ON_CHILD there asks for their opens), ``extra`` among them."""
     names = {"/etc/ld.so.cache", "/etc/ld.so.preload", "/etc/localtime"}
     with contextlib.suppress(OSError):
-        for line in Path("/proc/self/maps").read_text().splitlines():
+        for line in procfs.proc_lines(procfs.read_exact("/proc/self/maps")):
             fields = line.split(maxsplit=5)
             if len(fields) == 6 and fields[5].startswith("/"):
                 names.add(fields[5])

@@ -20,6 +20,8 @@ import posixpath
 import re
 import struct
 
+from agent.kernel import procfs
+
 _LOADER = re.compile(
     r"ld-linux[\w.-]*\.so(\.\d+)*|ld64\.so\.\d+|ld\.so(\.\d+)*|ld-musl-\w+\.so\.\d+"
 )
@@ -80,12 +82,12 @@ def is_loader_process(pid: int) -> bool:
     try:
         exe = os.readlink(f"/proc/{pid}/exe")
         start = None
-        with open(f"/proc/{pid}/maps") as maps:
-            for line in maps:
-                fields = line.split(maxsplit=5)
-                if len(fields) == 6 and int(fields[2], 16) == 0 and fields[5].rstrip("\n") == exe:
-                    start = int(fields[0].split("-")[0], 16)
-                    break
+        # split at "\n" only: a file the process mapped may have a "\r" in its name
+        for line in procfs.proc_lines(procfs.read_exact(f"/proc/{pid}/maps")):
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and int(fields[2], 16) == 0 and fields[5] == exe:
+                start = int(fields[0].split("-")[0], 16)
+                break
         if start is None:
             return False
         fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)

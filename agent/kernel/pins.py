@@ -34,6 +34,7 @@ import os
 from pathlib import Path
 
 from agent.errors import KernelError, SealtrailError
+from agent.kernel import procfs
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def stale(exc: KernelError) -> bool:
 def bpffs_mount_of(path: Path) -> Path | None:
     """The BPF filesystem mount that holds ``path``, from /proc/self/mounts (None: not on one)."""
     best: Path | None = None
-    for line in Path("/proc/self/mounts").read_text().splitlines():
+    for line in procfs.proc_lines(procfs.read_exact("/proc/self/mounts")):
         fields = line.split()
         if len(fields) < 3 or fields[2] != "bpf":
             continue

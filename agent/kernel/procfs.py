@@ -24,10 +24,25 @@ class Mount:
     lower: tuple[str, ...] = ()  # overlay: its layers (upper first), as paths of its namespace
 
 
+def read_exact(path: str) -> str:
+    """A /proc file as text, exactly: bytes that are not UTF-8 kept (surrogateescape) and no
+    newline translation. Text mode would turn a ``\r`` into a line break, and the kernel
+    escapes only ``\n`` (and ``\\``) in what processes name themselves (the comm in status,
+    mount points, cgroup names): a ``\r`` there must stay inside its line."""
+    with open(path, "rb") as f:
+        return f.read().decode("utf-8", "surrogateescape")
+
+
+def proc_lines(text: str) -> list[str]:
+    """The lines of /proc text: split at ``\n`` only (``str.splitlines`` also splits at
+    ``\r``, ``\v``, ``\f``, ``\x1c``-``\x1e``, U+0085, U+2028, U+2029, which a process can put
+    in its name or a mount point to forge a line of its own)."""
+    return text.split("\n")
+
+
 def read_mounts(path: str = "/proc/self/mountinfo") -> list[Mount]:
     try:
-        with open(path) as f:
-            text = f.read()
+        text = read_exact(path)
     except OSError:
         return []
     return parse_mounts(text)
@@ -36,9 +51,11 @@ def read_mounts(path: str = "/proc/self/mountinfo") -> list[Mount]:
 def parse_mounts(text: str) -> list[Mount]:
     """The entries of mountinfo text (proc(5)), in order; malformed lines skipped."""
     out: list[Mount] = []
-    for line in text.splitlines():
+    for line in proc_lines(text):
         left, _, right = line.partition(" - ")
-        fields, tail = left.split(), right.split()
+        # fields are separated by one space; str.split() would also split at "\v", "\f",
+        # "\x1c"-"\x1f" and more, which the kernel leaves unescaped in a mount point
+        fields, tail = left.split(" "), right.split(" ")
         if len(fields) < 5 or len(tail) < 3:
             continue
         layers: tuple[str, ...] = ()
@@ -85,11 +102,12 @@ def find_mount(mounts: Iterable[Mount], fstype: str, prefer: str | None = None) 
 def parse_status(text: str, last: str | None = None) -> dict[str, str]:
     """``Name:\\tvalue`` lines of /proc/<pid>/status -> {name: value}; up to the field
     ``last`` only, if given (the fields come in a fixed order: Uid and Gid are the 9th and
-    10th of about 60)."""
+    10th of about 60). The first line is the process's own name, which it sets: whatever it
+    holds stays that line's value, and a field seen twice keeps its first (the kernel's)."""
     fields: dict[str, str] = {}
-    for line in text.splitlines():
+    for line in proc_lines(text):
         name, sep, value = line.partition(":")
-        if sep:
+        if sep and name not in fields:
             fields[name] = value.strip()
             if name == last:
                 break
@@ -98,8 +116,7 @@ def parse_status(text: str, last: str | None = None) -> dict[str, str]:
 
 def read_status(pid: int | str, last: str | None = None) -> dict[str, str]:
     """/proc/<pid>/status as ``parse_status`` reads it; OSError if the task is gone."""
-    with open(f"/proc/{pid}/status") as f:
-        return parse_status(f.read(), last)
+    return parse_status(read_exact(f"/proc/{pid}/status"), last)
 
 
 def first_int(fields: Mapping[str, str], name: str, default: int = -1) -> int:
@@ -135,16 +152,15 @@ def stat_flags(pid: int) -> int | None:
 
 def parse_cgroup(text: str) -> str | None:
     """The cgroup v2 path of a /proc/<pid>/cgroup text (its ``0::`` line)."""
-    for line in text.splitlines():
+    for line in proc_lines(text):
         if line.startswith("0::"):
-            return line[3:].strip()
+            return line[3:]  # as it is: a cgroup name may end in blanks
     return None
 
 
 def cgroup_of(pid: int | str) -> str | None:
     try:
-        with open(f"/proc/{pid}/cgroup") as f:
-            return parse_cgroup(f.read())
+        return parse_cgroup(read_exact(f"/proc/{pid}/cgroup"))
     except OSError:
         return None
 

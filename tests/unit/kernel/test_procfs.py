@@ -105,3 +105,38 @@ def test_parse_status_stops_at_the_last_field_asked_for() -> None:
     }  # fmt: skip
     assert procfs.parse_status(text)["VmRSS"] == "1 kB"
     assert procfs.parse_status(text, "Nothing")["VmRSS"] == "1 kB"  # no such field: all
+
+
+# What a process controls in /proc text: its name (status's first line, 15 bytes, where the
+# kernel escapes only "\n" and "\\"), its cgroup's name (a delegated subtree), a mount point
+# (a FUSE or user-namespace mount). None of them may forge a line.
+FORGING_BREAKS = ["\r", "\v", "\f", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
+
+
+@pytest.mark.parametrize("brk", FORGING_BREAKS)
+def test_a_name_cannot_forge_status_fields(brk: str) -> None:
+    forged = f"Name:\t{brk}Uid:\t0{brk}Gid:\t0{brk}Tgid:\t1\n"
+    fields = procfs.parse_status(forged + STATUS.split("\n", 1)[1], "Gid")
+    assert (procfs.first_int(fields, "Uid"), procfs.first_int(fields, "Gid")) == (1000, 100)
+    assert procfs.first_int(fields, "Tgid") == 4321
+
+
+def test_a_field_seen_twice_keeps_the_kernels_first_value() -> None:
+    assert procfs.first_int(procfs.parse_status(STATUS + "Uid:\t0\n"), "Uid") == 1000
+
+
+@pytest.mark.parametrize("brk", FORGING_BREAKS)
+def test_a_cgroup_name_cannot_forge_the_unified_line(brk: str) -> None:
+    text = f"0::/user.slice/x{brk}0::/system.slice/ssh.service\n"
+    assert procfs.parse_cgroup(text) == f"/user.slice/x{brk}0::/system.slice/ssh.service"
+
+
+@pytest.mark.parametrize("brk", [*FORGING_BREAKS, "\x1f"])
+def test_a_mount_point_cannot_forge_a_mount_or_lose_its_name(brk: str) -> None:
+    """The kernel escapes space, tab, newline and backslash in a mount point (\040 ...), and
+    nothing else: a line break or a blank of another kind stays part of the name."""
+    point = f"/home/u/m{brk}99\\0401\\0400:99{brk}/{brk}/etc"
+    text = f"36 1 8:1 / {point} rw - fuse.x /dev/fuse rw\n37 1 8:2 / /data rw - ext4 /dev/sdb rw\n"
+    mounts = procfs.parse_mounts(text)
+    name = f"/home/u/m{brk}99 1 0:99{brk}/{brk}/etc"
+    assert [(m.point, m.fstype) for m in mounts] == [(name, "fuse.x"), ("/data", "ext4")]
