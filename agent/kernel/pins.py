@@ -62,7 +62,7 @@ def bpffs_mount_of(path: Path) -> Path | None:
     """The BPF filesystem mount that holds ``path``, from /proc/self/mounts (None: not on one)."""
     best: Path | None = None
     for line in procfs.proc_lines(procfs.read_exact("/proc/self/mounts")):
-        fields = line.split()
+        fields = line.split(" ")  # one space apart; a mount point may hold other blanks
         if len(fields) < 3 or fields[2] != "bpf":
             continue
         mnt = Path(fields[1].replace("\\040", " "))

@@ -25,7 +25,7 @@ class Mount:
 
 
 def read_exact(path: str) -> str:
-    """A /proc file as text, exactly: bytes that are not UTF-8 kept (surrogateescape) and no
+    r"""A /proc file as text, exactly: bytes that are not UTF-8 kept (surrogateescape) and no
     newline translation. Text mode would turn a ``\r`` into a line break, and the kernel
     escapes only ``\n`` (and ``\\``) in what processes name themselves (the comm in status,
     mount points, cgroup names): a ``\r`` there must stay inside its line."""
@@ -34,7 +34,7 @@ def read_exact(path: str) -> str:
 
 
 def proc_lines(text: str) -> list[str]:
-    """The lines of /proc text: split at ``\n`` only (``str.splitlines`` also splits at
+    r"""The lines of /proc text: split at ``\n`` only (``str.splitlines`` also splits at
     ``\r``, ``\v``, ``\f``, ``\x1c``-``\x1e``, U+0085, U+2028, U+2029, which a process can put
     in its name or a mount point to forge a line of its own)."""
     return text.split("\n")

@@ -133,7 +133,7 @@ def test_a_cgroup_name_cannot_forge_the_unified_line(brk: str) -> None:
 
 @pytest.mark.parametrize("brk", [*FORGING_BREAKS, "\x1f"])
 def test_a_mount_point_cannot_forge_a_mount_or_lose_its_name(brk: str) -> None:
-    """The kernel escapes space, tab, newline and backslash in a mount point (\040 ...), and
+    r"""The kernel escapes space, tab, newline and backslash in a mount point (\040 ...), and
     nothing else: a line break or a blank of another kind stays part of the name."""
     point = f"/home/u/m{brk}99\\0401\\0400:99{brk}/{brk}/etc"
     text = f"36 1 8:1 / {point} rw - fuse.x /dev/fuse rw\n37 1 8:2 / /data rw - ext4 /dev/sdb rw\n"
