@@ -74,6 +74,7 @@ struct st_fan_idmask {
 /* One operation's uid and gid masks; unset: the ids exclude nothing. */
 struct st_fan_screen {
 	int set;
+	int admits_all; /* sealed: a rule takes any uid and any gid, so no caller is screened out */
 	uint64_t uid_any[ST_FAN_MASK_WORDS], gid_any[ST_FAN_MASK_WORDS];
 	struct st_fan_idmask *ids[2]; /* 0: uid, 1: gid; sorted by id when sealed */
 	size_t n[2], cap[2];
@@ -237,11 +238,14 @@ void st_fan_filter_seal(struct st_fan_filter *f)
 {
 	qsort(f->dirs, f->n_dirs, sizeof(*f->dirs), cmp_dir);
 	qsort(f->ids, f->n_ids, sizeof(*f->ids), cmp_id);
-	for (int i = 0; i < ST_FAN_SCREENS; i++)
+	for (int i = 0; i < ST_FAN_SCREENS; i++) {
+		struct st_fan_screen *s = &f->screens[i];
 		for (int k = 0; k < 2; k++)
-			if (f->screens[i].n[k])
-				qsort(f->screens[i].ids[k], f->screens[i].n[k],
-				      sizeof(*f->screens[i].ids[k]), cmp_idmask);
+			if (s->n[k])
+				qsort(s->ids[k], s->n[k], sizeof(*s->ids[k]), cmp_idmask);
+		for (int w = 0; w < ST_FAN_MASK_WORDS; w++)
+			s->admits_all |= (s->uid_any[w] & s->gid_any[w]) != 0;
+	}
 	f->sealed = 1;
 }
 
@@ -289,7 +293,9 @@ static int ids_admit_no_rule(const struct st_fan_filter *f, int tid, uint64_t ma
 {
 	const struct st_fan_screen *open_ = &f->screens[ST_FAN_SCREEN_OPEN];
 	const struct st_fan_screen *exec_ = &f->screens[ST_FAN_SCREEN_EXEC];
-	if (!exec_->set || ((mask & FAN_OPEN_PERM) && !open_->set))
+	/* nothing to prove (no screen, or one no caller passes): no need to read /proc */
+	if (!exec_->set || exec_->admits_all ||
+	    ((mask & FAN_OPEN_PERM) && (!open_->set || open_->admits_all)))
 		return 0;
 	char name[64], text[4096];
 	snprintf(name, sizeof(name), "/proc/%d/status", tid);
