@@ -11,7 +11,11 @@ the bench's own) once per configuration and round, waits for RUN/status.json to 
   ``privileged-ports``, ``tmp-exec``, ``system-files``, ``web-servers`` alone, ``judged`` (only
   the rule of the third workload, for uid 65534: the caller's ids rule it out, which the
   native fanotify filter answers since the id screens) and ``judged-exe`` (the same rule for
-  the caller's uid, except the load generator's binary: the Python evaluator decides, allow);
+  the caller's uid, except the load generator's binary: the Python evaluator decides, allow),
+  ``prefix-dir`` (an open rule for ``DIR/secret*``, DIR the open workload's directory: DIR is
+  marked, so every open there, none of which the rule names, is one permission round trip the
+  native filter answers: the case of ``/etc/ld.so.cache`` under ``/etc/sudoers*`` on every exec;
+  compare with ``bench/fanotify_floor.py``, the same round trip answered by a bare C thread);
   for each ``--agent NAME=PATH`` checkout too
   (``PYTHONPATH=PATH``, ``cwd=PATH``, its own ``agent/kernel/obj`` and native library, its own
   ``policies/``), interleaved round by round with the others.
@@ -45,7 +49,7 @@ from benchlib import OUT_DIR, REPO, BenchCgroup, summary
 
 PYTHON = REPO / ".venv" / "bin" / "python"
 SINGLES = ("privileged-ports", "tmp-exec", "system-files", "web-servers")
-CONFIGS = ("examples", *SINGLES, "judged", "judged-exe")
+CONFIGS = ("examples", *SINGLES, "judged", "judged-exe", "prefix-dir")
 WORKLOADS = ("exec true", "open+close", "exec judged", "getppid")
 START_TIMEOUT = 90.0
 PR_SET_PDEATHSIG = 1
@@ -65,6 +69,23 @@ fallback = "kill"
 
 [rules.subjects]
 uid = [{uid}]
+"""
+#: prefix-dir: a prefix open rule whose parent directory is the open workload's (see the doc)
+PREFIX_POLICY = """\
+name = "bench-prefix-dir"
+description = "fanotify_overhead: a prefix rule that marks the open workload's directory"
+mode = "enforce"
+
+[[rules]]
+id = "prefix-write"
+operation = "open"
+access = ["write", "create", "truncate"]
+targets.paths = [{prefix}]
+action = "deny"
+fallback = "kill"
+
+[rules.subjects]
+cgroup = [{cgroup}]
 """
 #: judged-exe: the same rule for the caller's own uid, except the load generator: the ids admit
 #: the caller, so the decision (allow: the exception) is the Python evaluator's
@@ -172,7 +193,7 @@ class Agent:
         self.work = work / name
         self.work.mkdir(parents=True)
 
-    def prepare(self, judged_bin: Path, cgroup: Path, unconfined: bool) -> None:
+    def prepare(self, judged_bin: Path, target: Path, cgroup: Path, unconfined: bool) -> None:
         src = self.repo / "policies"
         rel = "/" + cgroup.name
         files = {p.stem: p for p in sorted(src.glob("*.toml"))}
@@ -200,6 +221,10 @@ class Agent:
             JUDGED_POLICY.format(config="judged-exe", path=path, uid=os.getuid())
             + JUDGED_EXCEPT.format(loadgen=loadgen)
         )
+        d = self.work / "policies" / "prefix-dir"
+        d.mkdir(parents=True)
+        (d / "prefix.toml").write_text(PREFIX_POLICY.format(
+            prefix=json.dumps(f"{target.parent}/secret*"), cgroup=json.dumps(rel)))  # fmt: skip
         self.dirs = {c: self.work / "policies" / c for c in CONFIGS}
 
     def start(self, config: str, cgroup: Path, serial: int) -> Running:
@@ -379,7 +404,7 @@ def main() -> None:
             agents = []
             for name, repo, bpf in agents_spec:
                 a = Agent(name, repo, bpf, work)
-                a.prepare(judged_bin, cgroup, args.unconfined)
+                a.prepare(judged_bin, target, cgroup, args.unconfined)
                 agents.append(a)
                 meta[name] = {"repo": str(repo), "commit": describe(repo), "bpf_dir": str(bpf),
                               "confined_rules": a.confined}  # fmt: skip
