@@ -13,6 +13,9 @@
  *   exec-none    fork + execve(DIR/true) + waitpid (DIR/true: a copy of /bin/true), no mark
  *   exec-marked  the same with DIR marked FAN_OPEN_EXEC_PERM | FAN_EVENT_ON_CHILD: one
  *                permission event per exec (the binary's exec open), answered ALLOW
+ *   exec-both    the same with FAN_OPEN_PERM too, as the agent marks a binary an exact exec
+ *                rule judges (the loader's open of it is judged as an exec): the kernel asks
+ *                twice per exec, FAN_OPEN_EXEC_PERM and then FAN_OPEN_PERM for the same open
  *
  * -p: where the answering thread runs: unpinned (none, the default), on the CPU of the timed
  * loop (same, pinned too), on another CPU (other), or one answering thread pinned to each CPU,
@@ -183,13 +186,15 @@ int main(int argc, char **argv)
 		fprintf(stderr, "fanfloor: -p none|same|other|percpu\n");
 		return 2;
 	}
-	if (strstr(mode, "-marked")) {
+	int both = !strcmp(mode, "exec-both");
+	if (strstr(mode, "-marked") || both) {
 		fan = fanotify_init(FAN_CLASS_CONTENT | FAN_CLOEXEC | FAN_NONBLOCK,
 				    O_RDONLY | O_LARGEFILE);
 		if (fan < 0)
 			die("fanotify_init");
 		unsigned long long mask =
-			(exec_mode ? FAN_OPEN_EXEC_PERM : FAN_OPEN_PERM) | FAN_EVENT_ON_CHILD;
+			(exec_mode ? FAN_OPEN_EXEC_PERM : FAN_OPEN_PERM) | FAN_EVENT_ON_CHILD |
+			(both ? FAN_OPEN_PERM : 0);
 		if (fanotify_mark(fan, FAN_MARK_ADD, mask, AT_FDCWD, dir))
 			die("fanotify_mark");
 		long cpus = !strcmp(placement, "percpu") ? sysconf(_SC_NPROCESSORS_ONLN) : 1;

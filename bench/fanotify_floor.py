@@ -10,7 +10,9 @@ fanotify-based enforcer pays per event asked, however fast its decision; the age
 the exec that opens ``/etc/ld.so.cache`` below the ``/etc/sudoers*`` mark) are read against it.
 
 Cases, interleaved and rotated per round: open+close of DIR/f and fork+exec of DIR/true (a
-copy of /bin/true), unmarked and marked; the marked ones with the answering thread unpinned
+copy of /bin/true), unmarked and marked (and ``exec both events``: the binary's exec open asks
+twice, FAN_OPEN_EXEC_PERM then FAN_OPEN_PERM, as under the agent's mark of a binary an exact
+exec rule judges); the marked ones with the answering thread unpinned
 (where the scheduler puts it, as the agent's), on the timed loop's CPU (``same``), on the
 other CPU (``other``) and one thread per CPU (``percpu``, all polling the one group), and
 ``+checks``: with the system calls of the agent's native proof of a plain allow before each
@@ -50,6 +52,8 @@ CASES = (
     ("exec marked +checks", "exec-marked", "none", True, "exec"),
     ("exec marked, same CPU", "exec-marked", "same", False, "exec, same CPU"),
     ("exec marked, percpu", "exec-marked", "percpu", False, "exec"),
+    ("exec both events", "exec-both", "none", False, "exec"),
+    ("exec both events, same CPU", "exec-both", "same", False, "exec, same CPU"),
 )
 
 
@@ -70,7 +74,8 @@ def run(binary: Path, mode: str, placement: str, checks: bool, iters: int, d: Pa
     argv = [str(binary), "-n", str(iters), "-p", placement, *(["-c"] if checks else []), mode]
     out = subprocess.run([*argv, str(d)], capture_output=True, text=True, check=True).stdout
     fields = dict(kv.split("=", 1) for kv in out.split())
-    if mode.endswith("-marked") and int(fields["events"]) < iters:
+    want = {"none": 0, "marked": iters, "both": 2 * iters}[mode.split("-")[1]]
+    if int(fields["events"]) < want:
         raise SystemExit(f"bench: {mode}: {fields['events']} events for {iters} iterations")
     return float(fields["ns_per_iter"])
 
