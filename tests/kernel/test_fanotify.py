@@ -177,3 +177,134 @@ def test_an_exec_a_rule_judges_is_answered_natively_for_a_caller_its_ids_rule_ou
         shutil.rmtree(where)
     assert as_root == [0] * 20 and natively >= 20, (as_root, natively)
     assert refused == errno.EPERM and len(seen) == 1, (refused, seen)
+
+
+def _exec_twice_marked(where: Path) -> Path:
+    """A copy of /bin/true in ``where`` (readable by all), to be marked for exec and open as
+    the agent marks an exact exec rule's binary: the kernel asks twice per exec."""
+    import os
+
+    os.chmod(where, 0o755)
+    binary = where / "judged-true"
+    shutil.copy2("/bin/true", binary)
+    return binary
+
+
+def test_an_allowed_exec_s_own_open_is_answered_natively_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    """``decide`` allows the exec of a binary marked for exec and open and registers it
+    (``expect_exec_open``): the kernel's second question for that exec (FAN_OPEN_PERM of the
+    same open) is answered in C, so ``decide`` sees one question per exec instead of two.
+    A plain open of the binary, and the exec's open when ``decide`` did not register, still
+    reach ``decide``."""
+    from agent.native.fanfilter import FilterSpec, own_mount_ns
+
+    binary = _exec_twice_marked(tmp_path)
+    seen: list[tuple[bool, int]] = []
+    register = True
+
+    def decide(req: PermissionRequest) -> bool:
+        seen.append((req.is_exec, req.tid))
+        if req.is_exec and register:
+            assert guard.expect_exec_open(req)
+        return True
+
+    with FanotifyGuard(decide) as guard:
+        assert guard.has_native, "the native core is built by make native"
+        guard.mark_file(str(binary), open_=True, exec_=True)
+        guard.set_filter(FilterSpec(own_mount_ns()))
+        runs = [subprocess.run([str(binary)]).returncode for _ in range(20)]
+        registered = list(seen)
+        natively = guard.answered_natively
+        seen.clear()
+        with open(binary, "rb") as f:  # a plain open: its own question, never "expected"
+            f.read(1)
+        plain = list(seen)
+        seen.clear()
+        register = False
+        subprocess.run([str(binary)], check=True)
+        unregistered = list(seen)
+    assert runs == [0] * 20
+    assert [is_exec for is_exec, _ in registered] == [True] * 20, registered
+    assert natively >= 20, natively
+    assert plain == [(False, threading_tid())], plain
+    assert [is_exec for is_exec, _ in unregistered] == [True, False], unregistered
+
+
+def threading_tid() -> int:
+    import threading
+
+    return threading.get_native_id()
+
+
+def test_an_expected_open_is_dropped_by_another_question_a_new_filter_or_time(
+    tmp_path: Path,
+) -> None:
+    """The expectation stands only for the thread's very next question, on that very file,
+    under the filter it was registered with, within 100 ms: an open of another file first,
+    a filter installed since (a policy switch), a generation read before that switch, or
+    waiting too long, and the open of the registered file is asked in Python again."""
+    import os
+    import threading
+    import time
+
+    from agent.native.fanfilter import FilterSpec, own_mount_ns
+
+    binary = _exec_twice_marked(tmp_path)
+    other = tmp_path / "other"
+    other.write_text("x")
+    seen: list[str] = []
+
+    def decide(req: PermissionRequest) -> bool:
+        seen.append(req.path)
+        return True
+
+    def open_from(tid_box: list[int], ready: threading.Event, go: threading.Event,
+                  paths: list[Path]) -> None:  # fmt: skip
+        tid_box.append(threading.get_native_id())
+        ready.set()
+        go.wait(10)
+        for p in paths:
+            with open(p, "rb"):
+                pass
+
+    def case(setup: str) -> list[str]:
+        """A thread of this test registered for ``binary``, then ``setup``, then it opens."""
+        tid_box: list[int] = []
+        ready, go = threading.Event(), threading.Event()
+        paths = [other, binary] if setup == "other first" else [binary]
+        t = threading.Thread(target=open_from, args=(tid_box, ready, go, paths))
+        t.start()
+        ready.wait(10)
+        native = guard._native
+        assert native is not None
+        generation = native.generation()
+        if setup == "stale generation":
+            guard.set_filter(FilterSpec(own_mount_ns()))
+        fd = os.open(binary, os.O_RDONLY | os.O_PATH)
+        try:
+            registered = native.expect_open(generation, tid_box[0], fd)
+        finally:
+            os.close(fd)
+        assert registered == (setup != "stale generation"), setup
+        if setup == "new filter":
+            guard.set_filter(FilterSpec(own_mount_ns()))
+        elif setup == "too late":
+            time.sleep(0.15)
+        seen.clear()
+        go.set()
+        t.join(10)
+        return list(seen)
+
+    with FanotifyGuard(decide) as guard:
+        assert guard.has_native, "the native core is built by make native"
+        guard.mark_file(str(binary), open_=True, exec_=True)
+        guard.mark_file(str(other), open_=True)
+        guard.set_filter(FilterSpec(own_mount_ns()))
+        setups = ("expected", "other first", "new filter", "stale generation", "too late")
+        answered = {setup: case(setup) for setup in setups}
+    assert answered["expected"] == [], answered  # the control: answered in C
+    assert answered["other first"] == [str(other), str(binary)], answered
+    for setup in ("new filter", "stale generation", "too late"):
+        assert answered[setup] == [str(binary)], (setup, answered)
