@@ -28,14 +28,6 @@
  * (uid.self | UID_ANY) & (gid.self | GID_ANY), so where that is empty for every such operation
  * the evaluator's verdict is a plain allow (tests/unit/policy/test_id_screen.py proves it on
  * generated policies).
- * And an exec's own open: the kernel asks twice per exec of a binary marked for both
- * (FAN_OPEN_EXEC_PERM, then FAN_OPEN_PERM for the very same open, which the caller cannot
- * interleave with anything). Where Python allowed the first and found that no open rule names
- * the file (it registers the thread and file with st_fan_reader_expect_open before it
- * answers), the second is the same decision: the next event of that thread, if it is
- * FAN_OPEN_PERM alone on that very file (device and inode) within ST_FAN_EXPECT_NS under the
- * same filter, is answered ALLOW here. Any other event of the thread, a filter swap and the
- * time limit drop the expectation, so it can never stand for a later open.
  * With no filter installed (NULL: while a policy is being switched) every event goes to Python.
  * Hand-written because no library reads fanotify; the format is the kernel's uapi.
  */
@@ -53,7 +45,6 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
-#include <time.h>
 #include <unistd.h>
 
 struct st_fan_dir {
@@ -103,22 +94,10 @@ struct st_fan_filter {
 	int sealed;
 };
 
-/* An exec's own open, expected next from this thread (module comment). */
-struct st_fan_expect {
-	int tid; /* 0: free */
-	uint64_t dev, ino, until_ns;
-};
-
-#define ST_FAN_EXPECTS 64
-#define ST_FAN_EXPECT_NS 100000000ull /* 100 ms: the open follows the exec's answer at once */
-
 struct st_fan_reader {
 	pthread_mutex_t lock;
 	struct st_fan_filter *filter;
-	uint64_t generation; /* filters swapped in so far */
 	uint64_t allowed; /* answered here */
-	struct st_fan_expect expects[ST_FAN_EXPECTS];
-	unsigned next_expect;
 	char buf[64 * 1024];
 };
 
@@ -420,83 +399,14 @@ struct st_fan_reader *st_fan_reader_new(void)
 }
 
 /* Install ``f`` (NULL: ask Python about everything); returns the filter it replaces, which no
- * event is being judged with any more once this returns (the caller frees it). Expectations
- * registered under the old one are dropped: they were decided by the old policy. */
+ * event is being judged with any more once this returns (the caller frees it). */
 struct st_fan_filter *st_fan_reader_swap(struct st_fan_reader *r, struct st_fan_filter *f)
 {
 	pthread_mutex_lock(&r->lock);
 	struct st_fan_filter *old = r->filter;
 	r->filter = f;
-	r->generation++;
-	memset(r->expects, 0, sizeof(r->expects));
 	pthread_mutex_unlock(&r->lock);
 	return old;
-}
-
-/* The filter generation: read before a decision, handed back to st_fan_reader_expect_open. */
-uint64_t st_fan_reader_generation(struct st_fan_reader *r)
-{
-	pthread_mutex_lock(&r->lock);
-	uint64_t g = r->generation;
-	pthread_mutex_unlock(&r->lock);
-	return g;
-}
-
-static uint64_t monotonic_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-/* Python allowed thread ``tid``'s exec of the file ``event_fd`` is open on, and no open rule
- * names it (module comment): its next event may be answered ALLOW here if it is that exec's
- * own open. Only while the filter read as ``generation`` (before the decision) is installed.
- * Returns 1 if registered, 0 if not (a filter swapped in since, none installed, not a
- * regular file): then Python decides the open as any other. */
-int st_fan_reader_expect_open(struct st_fan_reader *r, uint64_t generation, int tid, int event_fd)
-{
-	struct stat st;
-	if (tid <= 0 || fstat(event_fd, &st) || !S_ISREG(st.st_mode))
-		return 0;
-	uint64_t now = monotonic_ns();
-	pthread_mutex_lock(&r->lock);
-	int ok = r->filter && r->filter->sealed && r->generation == generation;
-	if (ok) {
-		struct st_fan_expect *slot = NULL;
-		for (size_t i = 0; i < ST_FAN_EXPECTS && !slot; i++)
-			if (r->expects[i].tid == tid)
-				slot = &r->expects[i];
-		for (size_t i = 0; i < ST_FAN_EXPECTS && !slot; i++)
-			if (!r->expects[i].tid || r->expects[i].until_ns < now)
-				slot = &r->expects[i];
-		if (!slot) /* all in use: the oldest registration goes (its open asks Python) */
-			slot = &r->expects[r->next_expect++ % ST_FAN_EXPECTS];
-		*slot = (struct st_fan_expect){tid, (uint64_t)st.st_dev, (uint64_t)st.st_ino,
-					       now + ST_FAN_EXPECT_NS};
-	}
-	pthread_mutex_unlock(&r->lock);
-	return ok;
-}
-
-/* 1: this event is the expected open of an exec Python allowed (module comment). Any event of
- * a thread with an expectation consumes it. Called with r->lock held. */
-static int expected_open(struct st_fan_reader *r, const struct fanotify_event_metadata *m)
-{
-	struct st_fan_expect *e = NULL;
-	for (size_t i = 0; i < ST_FAN_EXPECTS && !e; i++)
-		if (r->expects[i].tid && r->expects[i].tid == m->pid)
-			e = &r->expects[i];
-	if (!e)
-		return 0;
-	struct st_fan_expect want = *e;
-	memset(e, 0, sizeof(*e));
-	if (m->mask != FAN_OPEN_PERM || !r->filter || !r->filter->sealed ||
-	    monotonic_ns() > want.until_ns)
-		return 0;
-	struct stat st;
-	return !fstat(m->fd, &st) && S_ISREG(st.st_mode) && (uint64_t)st.st_dev == want.dev &&
-	       (uint64_t)st.st_ino == want.ino;
 }
 
 uint64_t st_fan_reader_allowed(struct st_fan_reader *r)
@@ -547,7 +457,7 @@ ssize_t st_fan_read(struct st_fan_reader *r, int fan_fd, int wake_fd, char *out,
 			if (m->event_len < sizeof(*m) || off + (ssize_t)m->event_len > got)
 				break;
 			int mine = m->fd >= 0 && m->vers == FANOTIFY_METADATA_VERSION &&
-				   (m->pid == self || expected_open(r, m) ||
+				   (m->pid == self ||
 				    st_fan_filter_allows(r->filter, m->fd, m->pid, m->mask));
 			struct fanotify_response resp = {.fd = m->fd, .response = FAN_ALLOW};
 			if (mine && write(fan_fd, &resp, sizeof(resp)) == (ssize_t)sizeof(resp)) {

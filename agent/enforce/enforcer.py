@@ -561,12 +561,6 @@ class Enforcer:
             key=lambda judged: judged[0].effective.severity,
         )
         if not verdict.effective.stops:
-            if (
-                req.is_exec
-                and self._fanotify is not None
-                and _own_open_is_allowed(state, req, st, identity, paths)
-            ):
-                self._fanotify.expect_exec_open(req)  # before the answer: the open follows it
             return True
         if verdict.effective == Effect.KILL:
             kill_process(pid)
@@ -802,31 +796,6 @@ def _names(path: str, file: os.stat_result | None) -> bool:
     except OSError:
         return False
     return (here.st_dev, here.st_ino) == (file.st_dev, file.st_ino)
-
-
-def _own_open_is_allowed(
-    state: _State,
-    req: PermissionRequest,
-    st: os.stat_result | None,
-    identity: str | None,
-    paths: list[str],
-) -> bool:
-    """An exec ``req`` that is being allowed: whether the kernel's next question, the
-    FAN_OPEN_PERM of the same open, would be allowed too by ``_decide_permission``, so that the
-    native reader may answer it (``FanotifyGuard.expect_exec_open``).
-
-    It would: the caller is the same (it cannot run in between), so the exec requests that
-    open adds (the dynamic loader's case: an exec of the rule's path by the same process) are
-    among those just allowed, and no open rule names the file by its identity or by any of
-    the names judged here (``paths``). Only for a binary the plan marks as an exact exec
-    rule's identity (still named by that rule's path): its inode mark asks FAN_OPEN_PERM too,
-    so that open is that thread's very next question (the reader drops the expectation at any
-    other)."""
-    if st is None or identity is None or (st.st_dev, st.st_ino, "exec") not in state.identities:
-        return False
-    if _identity_target(state, req.fd, "open") is not None:
-        return False
-    return not any(state.evaluator.targets("open", p) for p in paths)
 
 
 def _identity_target(state: _State, fd: int, operation: str) -> str | None:

@@ -98,9 +98,6 @@ class PermissionRequest:
     path: str  # the kernel's path of the object (from the event fd)
     is_exec: bool  # execve of this file (FAN_OPEN_EXEC_PERM), else an open
     fd: int  # the event's fd on the object, valid during the decision (e.g. to fstat it)
-    #: the native reader's filter generation when the event was read (None: no native
-    #: reader), for ``FanotifyGuard.expect_exec_open``
-    generation: int | None = None
 
 
 Decide = Callable[[PermissionRequest], bool]  # True = allow
@@ -217,12 +214,10 @@ class FanotifyGuard:
             if tid == threading.get_native_id():
                 allow = True  # this very thread: it cannot wait for itself
             else:
-                generation = self._native.generation() if self._native is not None else None
                 path = os.readlink(f"/proc/self/fd/{event_fd}")
                 req = PermissionRequest(
-                    tid=tid, path=path, is_exec=bool(mask & FAN_OPEN_EXEC_PERM), fd=event_fd,
-                    generation=generation,
-                )  # fmt: skip
+                    tid=tid, path=path, is_exec=bool(mask & FAN_OPEN_EXEC_PERM), fd=event_fd
+                )
                 allow = bool(self._decide(req))
         except Exception:
             self.errors += 1
@@ -239,15 +234,6 @@ class FanotifyGuard:
         without the native core. Once this returns no event is judged by the previous one."""
         if self._native is not None:
             self._native.install(spec)
-
-    def expect_exec_open(self, req: PermissionRequest) -> bool:
-        """``decide`` is about to allow the exec ``req`` asks about, and no open rule names
-        its file under any name: the kernel's next question, FAN_OPEN_PERM for the same open,
-        is answered in the native reader (``fanfilter.Reader.expect_open``). Only for an exec
-        request read by the native reader; False if nothing was registered."""
-        if self._native is None or req.generation is None or not req.is_exec:
-            return False
-        return self._native.expect_open(req.generation, req.tid, req.fd)
 
     @property
     def has_native(self) -> bool:

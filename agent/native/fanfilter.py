@@ -81,10 +81,6 @@ def _declare(lib: ctypes.CDLL) -> None:
     lib.st_fan_reader_new.argtypes, lib.st_fan_reader_new.restype = [], _P
     lib.st_fan_reader_swap.argtypes, lib.st_fan_reader_swap.restype = [_P, _P], _P
     lib.st_fan_reader_allowed.argtypes, lib.st_fan_reader_allowed.restype = [_P], _U64
-    lib.st_fan_reader_generation.argtypes = [_P]
-    lib.st_fan_reader_generation.restype = _U64
-    lib.st_fan_reader_expect_open.argtypes = [_P, _U64, ctypes.c_int, ctypes.c_int]
-    lib.st_fan_reader_expect_open.restype = ctypes.c_int
     lib.st_fan_reader_free.argtypes, lib.st_fan_reader_free.restype = [_P], None
     lib.st_fan_read.argtypes = [_P, ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t]
     lib.st_fan_read.restype = ctypes.c_ssize_t
@@ -179,20 +175,6 @@ class Reader:
         old = self._lib.st_fan_reader_swap(self._ptr, new)
         if old:
             self._lib.st_fan_filter_free(old)
-
-    def generation(self) -> int:
-        """Filters installed so far: read before a decision, for ``expect_open``."""
-        assert self._ptr is not None
-        return int(self._lib.st_fan_reader_generation(self._ptr))
-
-    def expect_open(self, generation: int, tid: int, event_fd: int) -> bool:
-        """Python allows ``tid``'s exec of the file ``event_fd`` is open on, and no open rule
-        names that file: that exec's own open (the kernel's next question, FAN_OPEN_PERM on
-        the same file) is answered ALLOW in C (native/stfanotify.c). Call before answering
-        the exec. False (nothing registered) if a filter was installed since ``generation``
-        was read, none is, or the file is not a regular one."""
-        assert self._ptr is not None
-        return bool(self._lib.st_fan_reader_expect_open(self._ptr, generation, tid, event_fd))
 
     @property
     def allowed(self) -> int:
