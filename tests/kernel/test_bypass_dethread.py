@@ -1,0 +1,139 @@
+"""Kernel e2e: a thread that takes another's tid in the middle of its exec (issue 9).
+
+A multithreaded process's leader execs a binary an exact exec rule allows it; while the
+agent decides that exec (the leader waits in FAN_OPEN_EXEC_PERM), a second thread of the
+process execs the dynamic loader on the same binary. The kernel's de_thread kills the waiting
+leader and gives its tid to the second thread, so the loader's open of the binary (which the
+agent judges as an exec by the loader, denied) comes from the tid the agent just allowed an
+exec of the same file for. Found by a red-team review of a shortcut that answered a thread's
+next open of a file natively after Python allowed its exec: under it the loader ran the denied
+binary in about one race of six and nothing was journaled. The agent must answer each such
+open on its own: the loader never runs the binary, and the refusals are journaled.
+
+One agent; its rule names only a binary this test created.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from agent.enforce.guard import cgroup2_root
+from agent.policy.mechanisms import host_capabilities
+from tests.agentproc import journal_records, start_agent, stop_agent, wait_started
+
+pytestmark = pytest.mark.kernel
+
+LOADER = "/lib64/ld-linux-x86-64.so.2"
+ATTEMPTS = 150
+
+#: race X DELAY_US Y [args...]: the leader execs X; a second thread waits DELAY_US, then execs
+#: Y args (de_thread: the leader, waiting in X's permission event, is killed and the second
+#: thread takes its tid).
+RACE_C = textwrap.dedent(
+    """\
+    #define _GNU_SOURCE
+    #include <pthread.h>
+    #include <stdlib.h>
+    #include <unistd.h>
+    static char **yargv;
+    static int delay;
+    static void *second(void *unused)
+    {
+        (void)unused;
+        usleep(delay);
+        execv(yargv[0], yargv);
+        _exit(99);
+    }
+    int main(int argc, char **argv)
+    {
+        if (argc < 4)
+            return 2;
+        delay = atoi(argv[2]);
+        yargv = argv + 3;
+        pthread_t t;
+        pthread_create(&t, NULL, second, NULL);
+        char *xargv[] = {argv[1], NULL};
+        execv(argv[1], xargv);
+        pthread_join(t, NULL);
+        return 3;
+    }
+    """
+)
+
+POLICY = """
+name = "dethread"
+description = "the binary runs only from the race program"
+mode = "enforce"
+
+[[rules]]
+id = "x-only-from-race"
+description = "X, executed only by the race program (never by the loader)"
+operation = "exec"
+targets.paths = ["{x}"]
+action = "deny"
+fallback = "kill"
+
+[rules.subjects.except]
+exe = ["{race}"]
+"""
+
+
+@pytest.fixture(scope="module")
+def work() -> Iterator[tuple[Path, Path, Path]]:
+    if host_capabilities().lsm:
+        pytest.skip("BPF-LSM loads here: exec rules are not enforced by fanotify")
+    root = Path(tempfile.mkdtemp(prefix="sealtrail-dethread-", dir="/var/tmp"))
+    os.chmod(root, 0o755)
+    x = root / "X"
+    shutil.copy2("/usr/bin/touch", x)
+    race = root / "race"
+    (root / "race.c").write_text(RACE_C)
+    subprocess.run(["gcc", "-O1", "-pthread", "-o", str(race), str(root / "race.c")], check=True)
+    policies = root / "policies"
+    policies.mkdir()
+    (policies / "p.toml").write_text(POLICY.format(x=x, race=race))
+    cgroup = cgroup2_root() / f"sealtrail-dethread-{os.getpid()}"
+    cgroup.mkdir()
+    journal, run_dir, log = root / "journal", root / "run", root / "agent.log"
+    agent = start_agent("--journal", str(journal), "--keys", str(root / "keys"), "--policies",
+                        str(policies), "--cgroup", str(cgroup), "--run-dir", str(run_dir),
+                        log=log)  # fmt: skip
+    try:
+        wait_started(agent, run_dir, log, 60)
+        yield root, x, race
+    finally:
+        stop_agent(agent, 30, cgroup, journal)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_thread_that_takes_the_tid_of_an_allowed_exec_cannot_load_the_binary(
+    work: tuple[Path, Path, Path],
+) -> None:
+    root, x, race = work
+    direct = root / "w-direct"
+    r = subprocess.run([LOADER, str(x), str(direct)], capture_output=True, text=True)
+    assert r.returncode != 0 and not direct.exists(), r  # the control: ld.so X is refused
+    ran = []
+    for i in range(ATTEMPTS):
+        witness = root / f"w-{i}"
+        delay = (i * 37) % 1500  # µs: before, during and after the agent's decision
+        subprocess.run([str(race), str(x), str(delay), LOADER, str(x), str(witness)],
+                       capture_output=True, timeout=30)  # fmt: skip
+        if witness.exists():
+            ran.append((i, delay))
+    assert ran == [], f"the loader ran the denied binary in {len(ran)} of {ATTEMPTS}: {ran[:10]}"
+    verdicts = [
+        rec for rec in journal_records(root / "journal")
+        if rec.get("type") == "verdict" and rec.get("rule") == "x-only-from-race"
+    ]  # fmt: skip
+    # the race reached the loader (not vacuous): the control and some attempts were refused
+    assert len(verdicts) >= 2, json.dumps(verdicts)[:2000]
