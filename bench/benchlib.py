@@ -30,18 +30,21 @@ LOADGEN_SRC = BENCH_DIR / "loadgen.c"
 LOADGEN = OUT_DIR / "loadgen"
 
 
-def build_loadgen() -> Path:
-    """cc -O2 bench/loadgen.c -> build/bench/loadgen (rebuilt when the source is newer)."""
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    if LOADGEN.exists() and LOADGEN.stat().st_mtime >= LOADGEN_SRC.stat().st_mtime:
-        return LOADGEN
+def build_c(src: Path, out: Path, *flags: str) -> Path:
+    """cc -O2 ``src`` -> ``out`` (rebuilt when the source is newer)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists() and out.stat().st_mtime >= src.stat().st_mtime:
+        return out
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         raise SystemExit("bench: no C compiler (cc/gcc) found; apt-get install gcc")
-    subprocess.run(
-        [cc, "-O2", "-Wall", "-Wextra", "-o", str(LOADGEN), str(LOADGEN_SRC)], check=True
-    )
-    return LOADGEN
+    subprocess.run([cc, "-O2", *flags, "-Wall", "-Wextra", "-o", str(out), str(src)], check=True)
+    return out
+
+
+def build_loadgen() -> Path:
+    """cc -O2 bench/loadgen.c -> build/bench/loadgen (rebuilt when the source is newer)."""
+    return build_c(LOADGEN_SRC, LOADGEN)
 
 
 PROBE_SRC = OUT_DIR / "probes-src"

@@ -57,19 +57,6 @@ CASES = (
 )
 
 
-def build() -> Path:
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
-    if BIN.exists() and BIN.stat().st_mtime >= SRC.stat().st_mtime:
-        return BIN
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not cc:
-        raise SystemExit("bench: no C compiler (cc/gcc) found; apt-get install gcc")
-    subprocess.run(
-        [cc, "-O2", "-pthread", "-Wall", "-Wextra", "-o", str(BIN), str(SRC)], check=True
-    )
-    return BIN
-
-
 def run(binary: Path, mode: str, placement: str, checks: bool, iters: int, d: Path) -> float:
     argv = [str(binary), "-n", str(iters), "-p", placement, *(["-c"] if checks else []), mode]
     out = subprocess.run([*argv, str(d)], capture_output=True, text=True, check=True).stdout
@@ -88,7 +75,7 @@ def main() -> None:
     benchlib.need_root("fanotify permission marks")
     if (os.cpu_count() or 1) < 2:
         raise SystemExit("bench: the placements need 2 CPUs")
-    binary = build()
+    binary = benchlib.build_c(SRC, BIN, "-pthread")
     open_iters, exec_iters = (20_000, 500) if args.quick else (100_000, 2_000)
     d = Path(tempfile.mkdtemp(prefix="sealtrail-fanfloor-", dir="/var/tmp"))
     samples: dict[str, list[float]] = {name: [] for name, *_ in CASES}
