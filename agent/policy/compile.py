@@ -295,6 +295,8 @@ class CompiledRule:
     access: tuple[str, ...] = ()  # open rules: the access kinds they guard
     paths: tuple[str, ...] | None = None  # file and exec rules: targets.paths (None: every file)
     fileless: bool = False  # exec rules with targets.fileless (paths is then (): no file named)
+    ports: tuple[int | str, ...] | None = None  # network rules: targets.ports (None: every port)
+    protocol: str | None = None  # network rules: targets.protocol (None: tcp and udp)
 
     @property
     def flags(self) -> int:
@@ -459,7 +461,7 @@ def compile_policy_set(policy_set: PolicySet) -> CompiledPolicySet:
                     rule.action, rule.fallback, source.document.file, in_file,
                     rule.access_set if rule.operation == "open" else (),
                     () if rule.targets.fileless else rule.targets.paths,
-                    bool(rule.targets.fileless),
+                    bool(rule.targets.fileless), rule.targets.ports, rule.targets.protocol,
                 )
             )  # fmt: skip
         if entries:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from agent.errors import MechanismUnavailable
@@ -163,3 +165,54 @@ def test_in_a_container_a_kill_by_the_kernels_pid_is_refused_not_aimed_elsewhere
                   ("unlink", "deny", "audit"), ("exec", "kill", "audit"))  # fmt: skip
     for op, action, fallback in unaffected:
         assert enforcement_for(rule(op, action, fallback), contained).error is None, op
+
+
+def net_rule(
+    op: str, ports: tuple[int | str, ...] | None, protocol: str | None = None
+) -> CompiledRule:
+    return CompiledRule(op, 0, 0, "r", 0, "p", "enforce", "deny", None, "p.toml", 0,
+                        ports=ports, protocol=protocol)  # fmt: skip
+
+
+def test_a_bind_rule_on_ports_the_kernel_may_pick_says_so_and_a_privileged_one_does_not(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """bind(0), listen/connect/sendto on an unbound socket take a port of
+    ip_local_port_range without the bind hook (tests/kernel/test_bypass_reported.py)."""
+    from agent.policy import mechanisms
+
+    sysctl = tmp_path / "range"
+    sysctl.write_text("32768\t60999\n")
+    monkeypatch.setattr(mechanisms, "_PORT_RANGE", str(sysctl))
+    for ports in ((40000,), ("30000-33000",), None):
+        got = enforcement_for(net_rule("bind", ports), DEV)
+        assert any("ip_local_port_range" in g for g in got.gaps), (ports, got)
+        assert "port the kernel picks" in got.note and not got.error, got
+    for ports in (("1-1023",), (8080, "20000-32767")):
+        got = enforcement_for(net_rule("bind", ports), DEV)
+        assert not got.gaps and "kernel picks" not in got.note, (ports, got)
+    sysctl.write_text("1024 65535\n")
+    assert enforcement_for(net_rule("bind", (8080,)), DEV).gaps
+
+
+def test_a_udp_connect_rule_says_it_does_not_match_udplite() -> None:
+    assert "UDP-Lite" in enforcement_for(net_rule("connect", (53,), "udp"), DEV).note
+    assert "UDP-Lite" not in enforcement_for(net_rule("connect", (53,)), DEV).note
+    assert "source-route" in enforcement_for(net_rule("connect", None), DEV).note
+
+
+def test_prefix_and_tree_rules_name_the_handle_and_path_max_gaps() -> None:
+    """Directory marks miss an open by handle of an uncached dentry and directories deeper
+    than PATH_MAX (tests/kernel/test_bypass_reported.py); an exact file's inode mark does not."""
+    for op in ("open", "exec"):
+        for paths in (("/srv/a/",), ("/srv/b*",)):
+            r = CompiledRule(op, 0, 0, "r", 0, "p", "enforce", "deny", "kill", "p.toml", 0,
+                             access=("write",) if op == "open" else (), paths=paths)  # fmt: skip
+            gaps = enforcement_for(r, DEV).gaps
+            assert any("open_by_handle_at" in g for g in gaps), gaps
+            assert any("PATH_MAX" in g for g in gaps), gaps
+        access = ("write",) if op == "open" else ()
+        exact = CompiledRule(op, 0, 0, "r", 0, "p", "enforce", "deny", "kill", "p.toml", 0,
+                             access=access, paths=("/srv/f",))  # fmt: skip
+        gaps = enforcement_for(exact, DEV).gaps
+        assert not any("open_by_handle_at" in g or "PATH_MAX" in g for g in gaps), gaps

@@ -1,0 +1,243 @@
+"""Kernel e2e: ways around a rule that this host cannot close, tried for real; each is either
+stopped or named by ``policy check --host`` for that rule (issue 9: never a silent difference).
+Found by red-team reviews (2026-12-07):
+
+- an open by handle (open_by_handle_at, CAP_DAC_READ_SEARCH) of a file below a tree rule
+  whose directory entry is not cached: the kernel makes a disconnected dentry with no parent
+  to report to, so the tree's directory marks never ask;
+- a directory deeper than PATH_MAX below a tree rule: marks are planned by path name, so it
+  is never marked;
+- a port the kernel picks itself (listen, or bind to port 0, with IP_LOCAL_PORT_RANGE
+  narrowing the pick to the rule's port): no bind hook runs, as an unprivileged user.
+
+One agent; its rules name only a directory this test created and a port it chose, and the
+bind rule only processes in a cgroup of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from agent.enforce.guard import cgroup2_root
+from agent.policy.mechanisms import host_capabilities
+from tests.agentproc import journal_records, start_agent, stop_agent, wait_started
+
+pytestmark = pytest.mark.kernel
+
+PY = sys.executable
+
+POLICY = """
+name = "reported"
+description = "rules whose host gaps this test tries"
+mode = "enforce"
+
+[[rules]]
+id = "rep-tree-write"
+description = "nothing writes below the tree"
+operation = "open"
+access = ["write", "create", "truncate"]
+targets.paths = ["{tree}/"]
+action = "deny"
+fallback = "kill"
+
+[[rules]]
+id = "rep-bind"
+description = "nobody in the test's cgroup takes this port"
+operation = "bind"
+targets.ports = [{port}]
+action = "deny"
+"""
+
+#: In a child (a fallback kill must not hit pytest): open ``path`` by the handle in
+#: ``handle`` (saved by ``save``) for appending and write; exit 0 if written, 13 on EPERM.
+BY_HANDLE = textwrap.dedent(
+    """\
+    import ctypes, os, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    class Handle(ctypes.Structure):
+        _fields_ = [("bytes", ctypes.c_uint), ("type", ctypes.c_int),
+                    ("data", ctypes.c_ubyte * 128)]
+    h = Handle(bytes=128)
+    if sys.argv[1] == "save":
+        mount_id = ctypes.c_int()
+        if libc.name_to_handle_at(-100, sys.argv[2].encode(), ctypes.byref(h),
+                                  ctypes.byref(mount_id), 0):
+            sys.exit(f"name_to_handle_at: {os.strerror(ctypes.get_errno())}")
+        open(sys.argv[3], "wb").write(bytes(h))
+        sys.exit(0)
+    ctypes.memmove(ctypes.byref(h), open(sys.argv[3], "rb").read(), ctypes.sizeof(h))
+    mnt = os.open(sys.argv[2], os.O_RDONLY | os.O_DIRECTORY)
+    fd = libc.open_by_handle_at(mnt, ctypes.byref(h), os.O_WRONLY | os.O_APPEND)
+    if fd < 0:
+        sys.exit(13 if ctypes.get_errno() == 1 else f"open: {os.strerror(ctypes.get_errno())}")
+    os.write(fd, b"by handle\\n")
+    """
+)
+
+#: In a child: 17 directories of 250-byte names below argv[1] (by fd: the path passes
+#: PATH_MAX), a pause for the agent's directory watcher, then create and write a file there.
+DEEP = textwrap.dedent(
+    """\
+    import os, sys, time
+    fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(17):
+        os.mkdir("d" * 250, dir_fd=fd)
+        nfd = os.open("d" * 250, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = nfd
+    time.sleep(2)
+    try:
+        f = os.open("victim", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+    except PermissionError:
+        sys.exit(13)
+    os.write(f, b"deep\\n")
+    """
+)
+
+#: In a child in the cgroup, as nobody: the rule's port by bind(2) (refused), then by
+#: listen() on an unbound socket whose IP_LOCAL_PORT_RANGE is that one port. Prints the
+#: errno of the bind and the port listen got.
+AUTOBIND = textwrap.dedent(
+    """\
+    import os, socket, struct, sys
+    os.setgroups([]); os.setgid(65534); os.setuid(65534)
+    port = int(sys.argv[1])
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port)); bound = 0
+    except OSError as e:
+        bound = e.errno
+    a = socket.socket()
+    a.setsockopt(socket.IPPROTO_IP, 51, struct.pack("I", port << 16 | port))  # IP_LOCAL_PORT_RANGE
+    try:
+        a.listen(1); got = a.getsockname()[1]
+    except OSError as e:
+        got = -e.errno
+    print(bound, got)
+    """
+)
+
+
+@dataclass
+class Env:
+    root: Path
+    tree: Path
+    policies: Path
+    journal: Path
+    cgroup: Path
+    port: int
+
+    def open_on_host(self, rule: str) -> list[str]:
+        """What `policy check --host` says this host leaves open for ``rule``."""
+        r = subprocess.run([PY, "-m", "agent.cli", "policy", "check", "--host", "--json",
+                            str(self.policies)], capture_output=True, text=True)  # fmt: skip
+        report = json.loads(r.stdout)
+        return next(e["open_on_host"] for e in report["enforcement"] if e["rule"] == rule)
+
+    def verdicts(self, rule: str) -> list[dict[str, object]]:
+        return [r for r in journal_records(self.journal)
+                if r.get("type") == "verdict" and r.get("rule") == rule]  # fmt: skip
+
+
+def ephemeral_port() -> int:
+    """A free port in this host's ip_local_port_range (the ones the kernel picks)."""
+    low, high = (int(x) for x in Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    for port in range(high - 1, low, -7):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise AssertionError("no free port in ip_local_port_range")
+
+
+@pytest.fixture(scope="module")
+def env() -> Iterator[Env]:
+    if host_capabilities().lsm:
+        pytest.skip("BPF-LSM loads here: these are the fanotify mechanism's gaps")
+    root = Path(tempfile.mkdtemp(prefix="sealtrail-reported-", dir="/var/tmp")).resolve()
+    tree = root / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "sub" / "g").write_text("protected\n")
+    policies = root / "policies"
+    policies.mkdir()
+    port = ephemeral_port()
+    (policies / "p.toml").write_text(POLICY.format(tree=tree, port=port))
+    cgroup = cgroup2_root() / f"sealtrail-reported-{os.getpid()}"
+    cgroup.mkdir()
+    journal, run_dir, log = root / "journal", root / "run", root / "agent.log"
+    agent = start_agent("--journal", str(journal), "--keys", str(root / "keys"), "--policies",
+                        str(policies), "--cgroup", str(cgroup), "--run-dir", str(run_dir),
+                        log=log)  # fmt: skip
+    try:
+        wait_started(agent, run_dir, log, 60)
+        yield Env(root, tree, policies, journal, cgroup, port)
+    finally:
+        stop_agent(agent, 30, cgroup, journal)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def child(*argv: str, cgroup: Path | None = None) -> subprocess.CompletedProcess[str]:
+    enter = f"echo $$ > {cgroup}/cgroup.procs && " if cgroup else ""
+    return subprocess.run(["/bin/sh", "-c", enter + 'exec "$@"', "sh", PY, *argv],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+
+
+def test_a_write_by_handle_below_a_tree_is_stopped_or_reported(env: Env) -> None:
+    target = env.tree / "sub" / "g"
+    handle = env.root / "handle"
+    saved = child("-c", BY_HANDLE, "save", str(target), str(handle))
+    assert saved.returncode == 0, saved.stderr
+    direct = child("-c", "open(__import__('sys').argv[1], 'a').write('x')", str(target))
+    assert direct.returncode != 0, "the control: a plain write there is refused"
+    subprocess.run(["sync"], check=True)
+    Path("/proc/sys/vm/drop_caches").write_text("2")  # the file's dentry is no longer cached
+    by_handle = child("-c", BY_HANDLE, "open", str(env.tree), str(handle))
+    written = "by handle" in target.read_text()
+    if written:
+        assert any("open_by_handle_at" in g for g in env.open_on_host("rep-tree-write")), (
+            "written by handle, and policy check --host does not say so"
+        )
+    else:
+        assert by_handle.returncode != 0, by_handle
+
+
+def test_a_write_below_a_tree_deeper_than_path_max_is_stopped_or_reported(env: Env) -> None:
+    deep = env.tree / "deep"
+    deep.mkdir()
+    r = child("-c", DEEP, str(deep))
+    if r.returncode == 0:
+        assert any("PATH_MAX" in g for g in env.open_on_host("rep-tree-write")), (
+            "written deeper than PATH_MAX, and policy check --host does not say so"
+        )
+    else:
+        assert r.returncode in (13, -9), r  # refused, or killed by the fallback
+
+
+def test_a_port_the_kernel_picks_is_stopped_or_reported_for_a_bind_rule(env: Env) -> None:
+    r = child("-c", AUTOBIND, str(env.port), cgroup=env.cgroup)
+    assert r.returncode == 0, r.stderr
+    bound_errno, listened_on = (int(x) for x in r.stdout.split())
+    assert bound_errno == 1, "the control: bind(2) to the rule's port is refused (EPERM)"
+    deadline = time.monotonic() + 5
+    while not env.verdicts("rep-bind") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert env.verdicts("rep-bind"), "the refused bind is journaled"
+    if listened_on == env.port:
+        assert any("ip_local_port_range" in g for g in env.open_on_host("rep-bind")), (
+            "the kernel gave the rule's port to listen(), and policy check --host does not say so"
+        )
