@@ -137,3 +137,101 @@ def test_a_thread_that_takes_the_tid_of_an_allowed_exec_cannot_load_the_binary(
     ]  # fmt: skip
     # the race reached the loader (not vacuous): the control and some attempts were refused
     assert len(verdicts) >= 2, json.dumps(verdicts)[:2000]
+
+
+#: A 32-bit program without libc: after SLEEP_MS, open(TARGET) by int 0x80; exit 0 if opened.
+Y32_C = textwrap.dedent(
+    """\
+    static int sc3(int nr, int a, int b, int c)
+    {
+        int r;
+        __asm__ volatile("int $0x80" : "=a"(r) : "a"(nr), "b"(a), "c"(b), "d"(c) : "memory");
+        return r;
+    }
+    void _start(void)
+    {
+        struct { int s, ns; } ts = {0, SLEEP_MS * 1000000};
+        sc3(162, (int)&ts, 0, 0); /* nanosleep */
+        int fd = sc3(5, (int)TARGET, 0, 0); /* open, O_RDONLY */
+        sc3(1, fd >= 0 ? 0 : 1, 0, 0); /* exit */
+        for (;;)
+            ;
+    }
+    """
+)
+
+IA32_POLICY = """
+name = "dethread-ia32"
+description = "the binary runs only from the race program and the 32-bit one; nothing opens secret/"
+mode = "enforce"
+
+[[rules]]
+id = "x-exec"
+description = "X, marked for exec (allowed to the race program and the 32-bit one)"
+operation = "exec"
+targets.paths = ["{x}"]
+action = "deny"
+fallback = "kill"
+
+[rules.subjects.except]
+exe = ["{race}", "{y}"]
+
+[[rules]]
+id = "secret-open"
+description = "nothing opens below secret/ (a hard link to X is there)"
+operation = "open"
+targets.paths = ["{secret}/"]
+action = "deny"
+fallback = "audit"
+"""
+
+
+def test_a_32_bit_program_that_takes_the_tid_cannot_open_the_binary_by_a_denied_name() -> None:
+    """The same race with a 32-bit program as the second thread's exec: an exec into a 32-bit
+    program returns as a compat task, whose syscall exit no syscall tracepoint sees, and it
+    then opens the allowed binary through a hard link an open rule denies. Found by a red-team
+    review of a second version of that shortcut, which checked an in-execve mark kept by the
+    probes (10 of 60 opened when the mark was cleared only at the syscall's exit; neither
+    version is in the product). Every such open must be asked and refused."""
+    if host_capabilities().lsm:
+        pytest.skip("BPF-LSM loads here: exec rules are not enforced by fanotify")
+    root = Path(tempfile.mkdtemp(prefix="sealtrail-dethread32-", dir="/var/tmp"))
+    os.chmod(root, 0o755)
+    x = root / "X"
+    shutil.copy2("/usr/bin/false", x)  # exits 1: the race's 0 can only be the 32-bit open's
+    secret = root / "secret"
+    secret.mkdir()
+    os.link(x, secret / "X2")
+    race, y = root / "race", root / "y32"
+    (root / "race.c").write_text(RACE_C)
+    (root / "y32.c").write_text(Y32_C)
+    subprocess.run(["gcc", "-O1", "-pthread", "-o", str(race), str(root / "race.c")], check=True)
+    subprocess.run(["gcc", "-m32", "-O1", "-nostdlib", "-static", "-DSLEEP_MS=20",
+                    f'-DTARGET="{secret / "X2"}"', "-o", str(y), str(root / "y32.c")],
+                   check=True)  # fmt: skip
+    policies = root / "policies"
+    policies.mkdir()
+    (policies / "p.toml").write_text(IA32_POLICY.format(x=x, race=race, y=y, secret=secret))
+    cgroup = cgroup2_root() / f"sealtrail-dethread32-{os.getpid()}"
+    cgroup.mkdir()
+    journal, run_dir, log = root / "journal", root / "run", root / "agent.log"
+    agent = start_agent("--journal", str(journal), "--keys", str(root / "keys"), "--policies",
+                        str(policies), "--cgroup", str(cgroup), "--run-dir", str(run_dir),
+                        log=log)  # fmt: skip
+    try:
+        wait_started(agent, run_dir, log, 60)
+        assert subprocess.run([str(y)]).returncode == 1, "the control: its open is refused"
+        opened = [
+            delay for delay in ((i * 53) % 2000 for i in range(60))
+            if subprocess.run([str(race), str(x), str(delay), str(y)], capture_output=True,
+                              timeout=30).returncode == 0
+        ]  # fmt: skip
+        assert opened == [], f"opened the denied name in {len(opened)} of 60: {opened[:10]}"
+        refused = [
+            rec for rec in journal_records(journal)
+            if rec.get("type") == "verdict" and rec.get("rule") == "secret-open"
+        ]  # fmt: skip
+        assert len(refused) >= 2, "the control and some races reached the open, refused"
+    finally:
+        stop_agent(agent, 30, cgroup, journal)
+        shutil.rmtree(root, ignore_errors=True)
