@@ -43,7 +43,7 @@ from agent.enforce.dirwatch import DirWatch, NewDir
 from agent.enforce.fanotify import FanotifyGuard, MarkTable, PermissionRequest, name_here
 from agent.enforce.guard import GUARDED_OPS, LSM_OPS, Guard, RuleRef, SavedRule
 from agent.enforce.handover import Handover, private_chain, startup_files
-from agent.enforce.marks import MarkPlan, MarkRule, OsView, extend_plan, plan_marks
+from agent.enforce.marks import MarkPlan, MarkRule, OsView, extend_plan, plan_marks, too_long
 from agent.enforce.mounts import MountView
 from agent.enforce.process import kill_process, process_of
 from agent.enforce.verdict import VerdictRecord, event_object, guard_object
@@ -275,8 +275,14 @@ class Enforcer:
         """``marks.unmarkable`` as lines, logged when they change (an install, or a refresh
         after a mount): not errors, the host's limit, which ``policy check --host`` names."""
         lines = tuple(
-            f"{place}: on a filesystem that refuses permission events (procfs); "
-            f"{', '.join(f'{p}/{r}' for p, r in sorted(refs))} judged after the fact there"
+            (
+                f"{place}: longer than PATH_MAX, not marked (marks are placed by path name); "
+                f"{', '.join(f'{p}/{r}' for p, r in sorted(refs))}: an open or exec there is "
+                "not stopped, nor caught afterwards"
+                if too_long(place)
+                else f"{place}: on a filesystem that refuses permission events (procfs); "
+                f"{', '.join(f'{p}/{r}' for p, r in sorted(refs))} judged after the fact there"
+            )
             for place, refs in sorted(marks.unmarkable.items())
         )
         if lines != self._reported_unmarked:

@@ -36,6 +36,7 @@ enforcer watches :attr:`MarkPlan.watch` and plans again when one changes.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from collections.abc import Iterable, Iterator
@@ -70,6 +71,16 @@ class Stat:
     is_link: bool = False  # the path itself is a symlink
     #: on a filesystem that refuses fanotify permission events (procfs)
     unmarkable: bool = False
+
+
+#: What ``OsView.stat`` says of a path longer than PATH_MAX: not marked, not descended into,
+#: listed in :attr:`MarkPlan.unmarkable` (``too_long``).
+TOO_LONG = Stat(0, 0, is_dir=True, unmarkable=True)
+
+
+def too_long(path: str) -> bool:
+    """Whether ``path`` is one the agent cannot mark by name (PATH_MAX, with its NUL)."""
+    return len(os.fsencode(path)) >= os.pathconf("/", "PC_PATH_MAX")
 
 
 class FsView(Protocol):
@@ -259,7 +270,8 @@ def _walk_dirs(fs: FsView, root: str) -> Iterator[str]:
         st = fs.stat(directory)
         if st is None or not st.is_dir or (st.dev, st.ino) in seen:
             continue
-        seen.add((st.dev, st.ino))
+        if st is not TOO_LONG:  # no identity: each such path is listed on its own
+            seen.add((st.dev, st.ino))
         yield directory
         if st.unmarkable:
             continue  # not marked (_mark_dir lists it), and nothing below it can be
@@ -285,7 +297,13 @@ class OsView:
     def stat(self, path: str) -> Stat | None:
         try:
             st = os.stat(path)
-        except (OSError, ValueError):
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                # past PATH_MAX (made by descending with directory fds): marks are placed by
+                # path name, so it is listed as not marked (policy check --host names the gap)
+                return TOO_LONG
+            return None
+        except ValueError:
             return None
         return Stat(st.st_dev, st.st_ino, stat.S_ISDIR(st.st_mode), os.path.islink(path),
                     self._fstype(st.st_dev) in NO_PERMISSION_EVENTS)  # fmt: skip

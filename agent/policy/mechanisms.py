@@ -187,8 +187,8 @@ def fanotify_gaps(rule: CompiledRule) -> tuple[str, ...]:
         )
         gaps.append(
             "a directory whose path is longer than PATH_MAX (4096 bytes) below a prefix or tree "
-            f"is not marked (marks are planned by path name): an {op} of a file there is not "
-            "stopped, and the event stream cuts its path, so it is not caught afterwards either"
+            f"is not marked (marks are planned by path name; the agent logs it as not marked): "
+            f"an {op} of a file there is not stopped, nor caught afterwards"
         )
     return tuple(gaps)
 

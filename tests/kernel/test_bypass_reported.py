@@ -224,6 +224,11 @@ def test_a_write_below_a_tree_deeper_than_path_max_is_stopped_or_reported(env: E
         assert any("PATH_MAX" in g for g in env.open_on_host("rep-tree-write")), (
             "written deeper than PATH_MAX, and policy check --host does not say so"
         )
+        # and the agent said, as the directory appeared, that it could not mark it
+        log = env.root / "agent.log"
+        assert "longer than PATH_MAX, not marked" in log.read_text(errors="replace"), (
+            "the agent did not report the directory it could not mark"
+        )
     else:
         assert r.returncode in (13, -9), r  # refused, or killed by the fallback
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from agent.enforce.fanotify import parse_fdinfo
 from agent.enforce.marks import (
@@ -244,3 +245,26 @@ def test_a_procfs_below_a_tree_rule_is_listed_not_marked_and_not_walked() -> Non
     # the directory gone: so is the entry
     later = extend_plan(plan, [rule("t", "exec", "/tmp/")], fs, [("/tmp", "chroot", True)])
     assert later is not None and later.unmarkable == {}
+
+
+def test_a_directory_past_path_max_below_a_tree_is_listed_not_marked(tmp_path: Path) -> None:
+    """Made by descending with directory fds, its path is longer than PATH_MAX: it cannot be
+    marked by name, so the real planner lists it (``MarkPlan.unmarkable``, which the agent
+    logs and puts in status.json) instead of passing over it in silence."""
+    from agent.enforce.marks import OsView, plan_marks, too_long
+
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(17):
+            os.mkdir("d" * 250, dir_fd=fd)
+            nfd = os.open("d" * 250, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+    finally:
+        os.close(fd)
+    plan = plan_marks([rule("deep", "open", f"{tmp_path}/")], OsView())
+    assert len(plan.unmarkable) == 1, plan.unmarkable
+    (deep,) = plan.unmarkable
+    assert too_long(deep) and deep.startswith(str(tmp_path)), deep
+    marked = set(plan.places.values())
+    assert str(tmp_path) in marked and len(marked) >= 16, len(marked)  # the ones it can name
