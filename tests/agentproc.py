@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -176,3 +177,26 @@ def connect_in_cgroup(cgroup: Path, port: int) -> str:
     out = subprocess.run(["/bin/sh", "-c", script, "sh", sys.executable, "-c", code],
                          capture_output=True, text=True, timeout=30)  # fmt: skip
     return out.stdout.strip()
+
+
+@contextlib.contextmanager
+def agent_in(root: Path, policy: str, name: str) -> Iterator[tuple[Path, Path]]:
+    """A real agent for one test: ``policy`` (TOML text) in ``root``/policies, journal, keys
+    and run dir in ``root``, its guard on a new cgroup ``name``-PID; yields (journal, cgroup)
+    once it enforces, stops it and removes the cgroup at the end (``root`` is the caller's)."""
+    from agent.enforce.guard import cgroup2_root
+
+    policies = root / "policies"
+    policies.mkdir()
+    (policies / "p.toml").write_text(policy)
+    cgroup = cgroup2_root() / f"{name}-{os.getpid()}"
+    cgroup.mkdir()
+    journal, run_dir, log = root / "journal", root / "run", root / "agent.log"
+    agent = start_agent("--journal", str(journal), "--keys", str(root / "keys"), "--policies",
+                        str(policies), "--cgroup", str(cgroup), "--run-dir", str(run_dir),
+                        log=log)  # fmt: skip
+    try:
+        wait_started(agent, run_dir, log, 60)
+        yield journal, cgroup
+    finally:
+        stop_agent(agent, 30, cgroup, journal)

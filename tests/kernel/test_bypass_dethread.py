@@ -26,9 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.enforce.guard import cgroup2_root
 from agent.policy.mechanisms import host_capabilities
-from tests.agentproc import journal_records, start_agent, stop_agent, wait_started
+from tests.agentproc import agent_in, journal_records
 
 pytestmark = pytest.mark.kernel
 
@@ -98,20 +97,10 @@ def work() -> Iterator[tuple[Path, Path, Path]]:
     race = root / "race"
     (root / "race.c").write_text(RACE_C)
     subprocess.run(["gcc", "-O1", "-pthread", "-o", str(race), str(root / "race.c")], check=True)
-    policies = root / "policies"
-    policies.mkdir()
-    (policies / "p.toml").write_text(POLICY.format(x=x, race=race))
-    cgroup = cgroup2_root() / f"sealtrail-dethread-{os.getpid()}"
-    cgroup.mkdir()
-    journal, run_dir, log = root / "journal", root / "run", root / "agent.log"
-    agent = start_agent("--journal", str(journal), "--keys", str(root / "keys"), "--policies",
-                        str(policies), "--cgroup", str(cgroup), "--run-dir", str(run_dir),
-                        log=log)  # fmt: skip
     try:
-        wait_started(agent, run_dir, log, 60)
-        yield root, x, race
+        with agent_in(root, POLICY.format(x=x, race=race), "sealtrail-dethread"):
+            yield root, x, race
     finally:
-        stop_agent(agent, 30, cgroup, journal)
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -209,29 +198,25 @@ def test_a_32_bit_program_that_takes_the_tid_cannot_open_the_binary_by_a_denied_
     subprocess.run(["gcc", "-m32", "-O1", "-nostdlib", "-static", "-DSLEEP_MS=20",
                     f'-DTARGET="{secret / "X2"}"', "-o", str(y), str(root / "y32.c")],
                    check=True)  # fmt: skip
-    policies = root / "policies"
-    policies.mkdir()
-    (policies / "p.toml").write_text(IA32_POLICY.format(x=x, race=race, y=y, secret=secret))
-    cgroup = cgroup2_root() / f"sealtrail-dethread32-{os.getpid()}"
-    cgroup.mkdir()
-    journal, run_dir, log = root / "journal", root / "run", root / "agent.log"
-    agent = start_agent("--journal", str(journal), "--keys", str(root / "keys"), "--policies",
-                        str(policies), "--cgroup", str(cgroup), "--run-dir", str(run_dir),
-                        log=log)  # fmt: skip
+    policy = IA32_POLICY.format(x=x, race=race, y=y, secret=secret)
     try:
-        wait_started(agent, run_dir, log, 60)
-        assert subprocess.run([str(y)]).returncode == 1, "the control: its open is refused"
-        opened = [
-            delay for delay in ((i * 53) % 2000 for i in range(60))
-            if subprocess.run([str(race), str(x), str(delay), str(y)], capture_output=True,
-                              timeout=30).returncode == 0
-        ]  # fmt: skip
-        assert opened == [], f"opened the denied name in {len(opened)} of 60: {opened[:10]}"
-        refused = [
-            rec for rec in journal_records(journal)
-            if rec.get("type") == "verdict" and rec.get("rule") == "secret-open"
-        ]  # fmt: skip
-        assert len(refused) >= 2, "the control and some races reached the open, refused"
+        with agent_in(root, policy, "sealtrail-dethread32") as (journal, _):
+            run_ia32_races(x, race, y, journal)
     finally:
-        stop_agent(agent, 30, cgroup, journal)
         shutil.rmtree(root, ignore_errors=True)
+
+
+def run_ia32_races(x: Path, race: Path, y: Path, journal: Path) -> None:
+    """60 races; none opens the denied name, and the refusals are journaled."""
+    assert subprocess.run([str(y)]).returncode == 1, "the control: its open is refused"
+    opened = [
+        delay for delay in ((i * 53) % 2000 for i in range(60))
+        if subprocess.run([str(race), str(x), str(delay), str(y)], capture_output=True,
+                          timeout=30).returncode == 0
+    ]  # fmt: skip
+    assert opened == [], f"opened the denied name in {len(opened)} of 60: {opened[:10]}"
+    refused = [
+        rec for rec in journal_records(journal)
+        if rec.get("type") == "verdict" and rec.get("rule") == "secret-open"
+    ]  # fmt: skip
+    assert len(refused) >= 2, "the control and some races reached the open, refused"

@@ -17,7 +17,6 @@ bind rule only processes in a cgroup of its own.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -31,9 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.enforce.guard import cgroup2_root
 from agent.policy.mechanisms import host_capabilities
-from tests.agentproc import journal_records, start_agent, stop_agent, wait_started
+from tests.agentproc import agent_in, journal_records
 
 pytestmark = pytest.mark.kernel
 
@@ -173,21 +171,14 @@ def env() -> Iterator[Env]:
     tree = root / "tree"
     (tree / "sub").mkdir(parents=True)
     (tree / "sub" / "g").write_text("protected\n")
-    policies = root / "policies"
-    policies.mkdir()
     port = ephemeral_port()
-    (policies / "p.toml").write_text(POLICY.format(tree=tree, port=port))
-    cgroup = cgroup2_root() / f"sealtrail-reported-{os.getpid()}"
-    cgroup.mkdir()
-    journal, run_dir, log = root / "journal", root / "run", root / "agent.log"
-    agent = start_agent("--journal", str(journal), "--keys", str(root / "keys"), "--policies",
-                        str(policies), "--cgroup", str(cgroup), "--run-dir", str(run_dir),
-                        log=log)  # fmt: skip
     try:
-        wait_started(agent, run_dir, log, 60)
-        yield Env(root, tree, policies, journal, cgroup, port)
+        with agent_in(root, POLICY.format(tree=tree, port=port), "sealtrail-reported") as (
+            journal,
+            cgroup,
+        ):
+            yield Env(root, tree, root / "policies", journal, cgroup, port)
     finally:
-        stop_agent(agent, 30, cgroup, journal)
         shutil.rmtree(root, ignore_errors=True)
 
 
