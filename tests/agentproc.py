@@ -116,6 +116,12 @@ def journal_records(journal: Path) -> list[dict[str, Any]]:
     return out
 
 
+def rule_verdicts(journal: Path, rule: str) -> list[dict[str, Any]]:
+    """The verdict records ``rule`` has in a live journal so far."""
+    return [r for r in journal_records(journal)
+            if r.get("type") == "verdict" and r.get("rule") == rule]  # fmt: skip
+
+
 def end_process(proc: subprocess.Popen[str], sig: int, timeout: float) -> None:
     """Send ``sig`` to a process the test started (unless it is gone), wait for it, and
     SIGKILL it if it does not end in ``timeout`` seconds."""

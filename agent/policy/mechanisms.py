@@ -205,7 +205,8 @@ def _residual(how: Enforcement, op: str, hook: Mechanism) -> Enforcement:
         )
         return dataclasses.replace(how, gaps=(gap,))
     if op == "bind" and _ephemeral_overlap(how.rule.ports):  # no bind hook sees an autobind
-        return dataclasses.replace(how, gaps=(_AUTOBIND,))  # named in the note too
+        note = "; ".join(n for n in (how.note, _AUTOBIND) if n)
+        return dataclasses.replace(how, note=note, gaps=(_AUTOBIND,))
     if hook != Mechanism.FANOTIFY or op not in ("exec", "open"):
         return how
     gaps = fanotify_gaps(how.rule)
@@ -311,8 +312,6 @@ def _hook_note(rule: CompiledRule, op: str, hook: Mechanism) -> str:
                 "the same addresses and port numbers: leave protocol out to judge both"
             )
         return note
-    if op == "bind" and _ephemeral_overlap(rule.ports):
-        return _AUTOBIND
     return ""
 
 

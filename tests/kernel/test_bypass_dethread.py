@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from agent.policy.mechanisms import host_capabilities
-from tests.agentproc import agent_in, journal_records
+from tests.agentproc import agent_in, rule_verdicts
 
 pytestmark = pytest.mark.kernel
 
@@ -86,6 +86,14 @@ exe = ["{race}"]
 """
 
 
+def build_race(root: Path) -> Path:
+    """``RACE_C`` compiled in ``root``."""
+    (root / "race.c").write_text(RACE_C)
+    race = root / "race"
+    subprocess.run(["gcc", "-O1", "-pthread", "-o", str(race), str(root / "race.c")], check=True)
+    return race
+
+
 @pytest.fixture(scope="module")
 def work() -> Iterator[tuple[Path, Path, Path]]:
     if host_capabilities().lsm:
@@ -94,9 +102,7 @@ def work() -> Iterator[tuple[Path, Path, Path]]:
     os.chmod(root, 0o755)
     x = root / "X"
     shutil.copy2("/usr/bin/touch", x)
-    race = root / "race"
-    (root / "race.c").write_text(RACE_C)
-    subprocess.run(["gcc", "-O1", "-pthread", "-o", str(race), str(root / "race.c")], check=True)
+    race = build_race(root)
     try:
         with agent_in(root, POLICY.format(x=x, race=race), "sealtrail-dethread"):
             yield root, x, race
@@ -120,10 +126,7 @@ def test_a_thread_that_takes_the_tid_of_an_allowed_exec_cannot_load_the_binary(
         if witness.exists():
             ran.append((i, delay))
     assert ran == [], f"the loader ran the denied binary in {len(ran)} of {ATTEMPTS}: {ran[:10]}"
-    verdicts = [
-        rec for rec in journal_records(root / "journal")
-        if rec.get("type") == "verdict" and rec.get("rule") == "x-only-from-race"
-    ]  # fmt: skip
+    verdicts = rule_verdicts(root / "journal", "x-only-from-race")
     # the race reached the loader (not vacuous): the control and some attempts were refused
     assert len(verdicts) >= 2, json.dumps(verdicts)[:2000]
 
@@ -191,32 +194,22 @@ def test_a_32_bit_program_that_takes_the_tid_cannot_open_the_binary_by_a_denied_
     secret = root / "secret"
     secret.mkdir()
     os.link(x, secret / "X2")
-    race, y = root / "race", root / "y32"
-    (root / "race.c").write_text(RACE_C)
+    race, y = build_race(root), root / "y32"
     (root / "y32.c").write_text(Y32_C)
-    subprocess.run(["gcc", "-O1", "-pthread", "-o", str(race), str(root / "race.c")], check=True)
     subprocess.run(["gcc", "-m32", "-O1", "-nostdlib", "-static", "-DSLEEP_MS=20",
                     f'-DTARGET="{secret / "X2"}"', "-o", str(y), str(root / "y32.c")],
                    check=True)  # fmt: skip
     policy = IA32_POLICY.format(x=x, race=race, y=y, secret=secret)
     try:
         with agent_in(root, policy, "sealtrail-dethread32") as (journal, _):
-            run_ia32_races(x, race, y, journal)
+            assert subprocess.run([str(y)]).returncode == 1, "the control: its open is refused"
+            opened = [
+                delay for delay in ((i * 53) % 2000 for i in range(60))
+                if subprocess.run([str(race), str(x), str(delay), str(y)], capture_output=True,
+                                  timeout=30).returncode == 0
+            ]  # fmt: skip
+            assert opened == [], f"opened the denied name in {len(opened)} of 60: {opened[:10]}"
+            refused = rule_verdicts(journal, "secret-open")
+            assert len(refused) >= 2, "the control and some races reached the open, refused"
     finally:
         shutil.rmtree(root, ignore_errors=True)
-
-
-def run_ia32_races(x: Path, race: Path, y: Path, journal: Path) -> None:
-    """60 races; none opens the denied name, and the refusals are journaled."""
-    assert subprocess.run([str(y)]).returncode == 1, "the control: its open is refused"
-    opened = [
-        delay for delay in ((i * 53) % 2000 for i in range(60))
-        if subprocess.run([str(race), str(x), str(delay), str(y)], capture_output=True,
-                          timeout=30).returncode == 0
-    ]  # fmt: skip
-    assert opened == [], f"opened the denied name in {len(opened)} of 60: {opened[:10]}"
-    refused = [
-        rec for rec in journal_records(journal)
-        if rec.get("type") == "verdict" and rec.get("rule") == "secret-open"
-    ]  # fmt: skip
-    assert len(refused) >= 2, "the control and some races reached the open, refused"

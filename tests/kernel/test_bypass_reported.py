@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from agent.policy.mechanisms import host_capabilities
-from tests.agentproc import agent_in, journal_records
+from tests.agentproc import agent_in, rule_verdicts
 
 pytestmark = pytest.mark.kernel
 
@@ -146,8 +146,7 @@ class Env:
         return next(e["open_on_host"] for e in report["enforcement"] if e["rule"] == rule)
 
     def verdicts(self, rule: str) -> list[dict[str, object]]:
-        return [r for r in journal_records(self.journal)
-                if r.get("type") == "verdict" and r.get("rule") == rule]  # fmt: skip
+        return rule_verdicts(self.journal, rule)
 
 
 def ephemeral_port() -> int:
