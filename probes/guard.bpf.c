@@ -311,7 +311,8 @@ static __always_inline __u8 decide_report_as(struct guard_work *w, struct pathbu
 	v->exe_len = exe_len;
 	__u32 size = sizeof(*v) + path_len + (exe_len & (ST_PATH_MAX * 2 - 1));
 	fill_hdr(&v->hdr, ST_OP_VERDICT, size);
-	v->hdr.flags = ST_F_PATH_RESOLVED | (v->hdr.flags & (ST_F_SENDMSG | ST_F_TRUNCATE));
+	v->hdr.flags =
+		ST_F_PATH_RESOLVED | (v->hdr.flags & (ST_F_SENDMSG | ST_F_TRUNCATE | ST_F_AUTOBIND));
 	submit(v, size, ST_OP_VERDICT);
 	/* and deny: the operation never happens. Without the helper (cgroup programs on older
 	 * kernels) the agent kills on this record; the verifier drops the dead branch. */
@@ -393,6 +394,14 @@ static __always_inline bool unspecified_peer(struct guard_work *w)
 	return true;
 }
 
+/* Sockets whose bind(2) asked for port 0 (set at bind4/6, read once at post_bind4/6). */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, __u8);
+} st_autobind SEC(".maps");
+
 /* Returns 1 to allow, 0 to deny (the caller gets EPERM); @flags go to the verdict record. */
 static __always_inline int judge_sock(struct bpf_sock_addr *ctx, __u8 op, bool v6, __u16 flags)
 {
@@ -435,6 +444,19 @@ static __always_inline int judge_sock(struct bpf_sock_addr *ctx, __u8 op, bool v
 	}
 	__u16 port = bpf_ntohs((__u16)ctx->user_port);
 	__u8 proto = ctx->protocol;
+	if (op == ST_OP_BIND && port == 0) {
+		/* the kernel picks the port after this hook: post_bind4/6 judge that one */
+		__u8 *asked = bpf_sk_storage_get(&st_autobind, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (asked) {
+			*asked = 1;
+			return 1;
+		} /* no storage: judged here as port 0 (address rules still apply) */
+	} else if (op == ST_OP_BIND) {
+		/* a bind(0) that failed before post_bind left its mark: not this bind's */
+		__u8 *asked = bpf_sk_storage_get(&st_autobind, ctx->sk, 0, 0);
+		if (asked)
+			*asked = 0;
+	}
 	bool alias = op == ST_OP_CONNECT && unspecified_peer(w);
 	if (!fold_net_target(w, m, slot, op, ak, alias ? &w->alias_key : NULL, port, proto))
 		return 1; /* no rule targets this address/port: skip the subject work */
@@ -477,6 +499,72 @@ int st_guard_bind4(struct bpf_sock_addr *ctx) { return judge_sock(ctx, ST_OP_BIN
 
 SEC("cgroup/bind6")
 int st_guard_bind6(struct bpf_sock_addr *ctx) { return judge_sock(ctx, ST_OP_BIND, true, 0); }
+
+/*
+ * bind(2) to port 0: the kernel picks a port of ip_local_port_range (which IP_LOCAL_PORT_RANGE,
+ * any user's, narrows to one) after bind4/6 ran. post_bind4/6 run once it is picked, for binds
+ * that bind4/6 marked as asking for port 0, and judge that port by the same tables; returning 0
+ * releases it and the caller gets EPERM. A port picked by listen, connect or sendto on an
+ * unbound socket (inet_autobind, inet_csk_listen_start) runs no hook: policy check --host says
+ * so for the rule.
+ */
+static __always_inline int judge_post_bind(struct bpf_sock *sk, bool v6)
+{
+	__u8 *asked = bpf_sk_storage_get(&st_autobind, sk, 0, 0);
+	if (!asked || !*asked)
+		return 1;
+	*asked = 0;
+	__u32 zero = 0;
+	struct st_guard_cfg *cfg = bpf_map_lookup_elem(&st_guard_cfg, &zero);
+	if (!cfg)
+		return 1;
+	__u32 slot = cfg->slot & 1;
+	void *masks = inner(&st_pol_masks, slot);
+	__u32 opk = ST_OP_BIND;
+	struct st_pol_masks *m = masks ? bpf_map_lookup_elem(masks, &opk) : NULL;
+	if (!m)
+		return 1;
+	struct guard_work *w = get_work();
+	struct pathbuf *pb = get_pathbuf();
+	struct st_verdict *v = get_scratch();
+	if (!w || !pb || !v)
+		return 1;
+	struct st_lpm_addr_key *ak = &w->addr_key;
+	__builtin_memset(ak, 0, sizeof(*ak));
+	ak->prefixlen = 32 + 128;
+	ak->data[0] = ST_OP_BIND;
+	if (v6) {
+		__u32 a0 = sk->src_ip6[0], a1 = sk->src_ip6[1];
+		__u32 a2 = sk->src_ip6[2], a3 = sk->src_ip6[3];
+		__builtin_memcpy(&ak->data[4], &a0, 4);
+		__builtin_memcpy(&ak->data[8], &a1, 4);
+		__builtin_memcpy(&ak->data[12], &a2, 4);
+		__builtin_memcpy(&ak->data[16], &a3, 4);
+	} else {
+		__u32 a = sk->src_ip4;
+		ak->data[14] = 0xff;
+		ak->data[15] = 0xff;
+		__builtin_memcpy(&ak->data[16], &a, 4);
+	}
+	__u16 port = (__u16)sk->src_port; /* host order */
+	__u8 proto = sk->protocol;
+	if (!fold_net_target(w, m, slot, ST_OP_BIND, ak, NULL, port, proto))
+		return 1;
+	v->family = v6 ? AF_INET6 : AF_INET;
+	v->protocol = proto;
+	v->port = port;
+	__builtin_memcpy(v->addr, &ak->data[4], 16);
+	v->path_len = 0;
+	v->hdr.flags = ST_F_AUTOBIND;
+	__u8 action = decide_report_as(w, pb, v, m, cfg, ST_OP_BIND, ST_MECH_CGROUP_SOCK);
+	return action == ST_ACT_DENY || action == ST_ACT_KILL ? 0 : 1;
+}
+
+SEC("cgroup/post_bind4")
+int st_guard_post_bind4(struct bpf_sock *sk) { return judge_post_bind(sk, false); }
+
+SEC("cgroup/post_bind6")
+int st_guard_post_bind6(struct bpf_sock *sk) { return judge_post_bind(sk, true); }
 
 /* ---- lineage: rules that follow a binary's descendants ---- */
 

@@ -67,6 +67,7 @@ enum st_op {
 #define ST_F_NO_EXIT 0x8        /* result unknown (no exit event seen) */
 #define ST_F_SENDMSG 0x10       /* VERDICT: judged at sendmsg (a datagram sent without connect) */
 #define ST_F_TRUNCATE 0x20      /* VERDICT: judged at truncate (path_truncate/file_truncate) */
+#define ST_F_AUTOBIND 0x40      /* VERDICT: bind(2) to port 0, judged at post_bind on the port picked */
 
 /* ---- common header of every record ---- */
 struct st_hdr {

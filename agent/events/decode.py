@@ -264,7 +264,7 @@ class Decoder:
             addr=_addr(socket.AF_INET, addr[12:]) if mapped else _addr(socket.AF_INET6, addr),
             port=v.port,
             path=_text(path) if v.path_len else None,
-            call=_CALLS.get(v.hdr.flags & (abi.F_SENDMSG | abi.F_TRUNCATE), ""),
+            call=_CALLS.get(v.hdr.flags & (abi.F_SENDMSG | abi.F_TRUNCATE | abi.F_AUTOBIND), ""),
         )
 
     def _net(self, raw: bytes) -> model.Event:
@@ -300,7 +300,7 @@ MECHANISMS = {
     abi.Mechanism.SIGKILL: "sigkill",
     abi.Mechanism.EXEC_TRACEPOINT: "exec-tracepoint",
 }
-_CALLS = {abi.F_SENDMSG: "sendmsg", abi.F_TRUNCATE: "truncate"}
+_CALLS = {abi.F_SENDMSG: "sendmsg", abi.F_TRUNCATE: "truncate", abi.F_AUTOBIND: "autobind"}
 _SIZES: dict[type[abi._S], int] = {
     cls: ctypes.sizeof(cls) for cls in (abi.Exec, abi.Proc, abi.File, abi.Net, abi.Verdict)
 }

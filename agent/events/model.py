@@ -239,7 +239,8 @@ class GuardEvent(Event):
     addr: str
     port: int
     path: str | None = None  # file ops and exec: the object, as the kernel resolved it
-    call: str = ""  # the call judged when it is not ``op`` itself: "sendmsg", "truncate"
+    call: str = ""  # the call judged when it is not ``op`` itself: "sendmsg", "truncate",
+    # "autobind" (a bind to port 0, judged on the port the kernel picked)
 
     def object_text(self) -> str:
         what = self.path or f"{self.protocol} {_hostport(self.addr, self.port)}"

@@ -145,6 +145,7 @@ F_NO_EXIT = 0x8
 EXEC_FILELESS = 0x1  # st_exec.exec_flags
 F_SENDMSG = 0x10
 F_TRUNCATE = 0x20
+F_AUTOBIND = 0x40
 
 
 class _S(ctypes.Structure):
@@ -385,6 +386,7 @@ DEFINES: dict[str, int] = {
     "ST_F_NO_EXIT": F_NO_EXIT,
     "ST_F_SENDMSG": F_SENDMSG,
     "ST_F_TRUNCATE": F_TRUNCATE,
+    "ST_F_AUTOBIND": F_AUTOBIND,
     "ST_EXEC_FILELESS": EXEC_FILELESS,
     "ST_RULES_PER_OP": RULES_PER_OP,
     "ST_MASK_WORDS": MASK_WORDS,

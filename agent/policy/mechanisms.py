@@ -10,8 +10,9 @@ journal's; the deny hooks per operation are ``mechanism.DENY_HOOKS``, which doct
 - ``lsm``: BPF-LSM hook denies with EPERM (bprm_check_security, file_open, path_*/inode_*,
   socket_connect/bind/listen/accept).
 - ``fanotify``: FAN_OPEN_EXEC_PERM / FAN_OPEN_PERM answered from userspace with the Evaluator.
-- ``cgroup-sock``: cgroup/connect4|6, bind4|6 at the root cgroup deny with EPERM; connect rules
-  also judge datagrams sent without connect at cgroup/sendmsg4|6.
+- ``cgroup-sock``: cgroup/connect4|6, bind4|6 (post_bind4|6 for a bind to port 0) at the root
+  cgroup deny with EPERM; connect rules also judge datagrams sent without connect at
+  cgroup/sendmsg4|6.
 - ``<hook>+sigkill``: the deny hook stops the effect and bpf_send_signal(SIGKILL) ends the process.
 - ``fanotify+sigkill`` for exec: the exec permission is denied (the new image never runs) and
   the caller is killed.
@@ -334,13 +335,15 @@ def _ephemeral_overlap(ports: tuple[int | str, ...] | None) -> bool:
 
 
 _PORT_RANGE = "/proc/sys/net/ipv4/ip_local_port_range"
-#: The bind hooks see the port a bind(2) asks for; a port the kernel picks runs none of them
+#: The bind hooks see the port a bind(2) asks for, and post_bind the one the kernel picks for a
+#: bind to port 0; a port picked at listen, connect or sendto runs none of them
 #: (tests/kernel/test_bypass_reported.py).
 _AUTOBIND = (
-    "a port the kernel picks itself is not judged: bind to port 0, or listen, connect or "
-    "sendto on a socket not bound yet, takes a port of net.ipv4.ip_local_port_range without "
-    "the bind hook (and IP_LOCAL_PORT_RANGE narrows the pick to one port), so a rule port in "
-    "that range can be taken that way, not stopped and not judged afterwards"
+    "a port the kernel picks itself outside bind(2) is not judged: listen, connect or sendto "
+    "on a socket not bound yet takes a port of net.ipv4.ip_local_port_range without a bind "
+    "hook (and IP_LOCAL_PORT_RANGE narrows the pick to one port), so a rule port in that "
+    "range can be taken that way, not stopped and not judged afterwards (a bind to port 0 "
+    "is judged on the port picked)"
 )
 
 

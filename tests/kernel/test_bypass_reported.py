@@ -7,8 +7,9 @@ Found by red-team reviews (2026-12-07):
   to report to, so the tree's directory marks never ask;
 - a directory deeper than PATH_MAX below a tree rule: marks are planned by path name, so it
   is never marked;
-- a port the kernel picks itself (listen, or bind to port 0, with IP_LOCAL_PORT_RANGE
-  narrowing the pick to the rule's port): no bind hook runs, as an unprivileged user.
+- a port the kernel picks itself at listen (IP_LOCAL_PORT_RANGE narrowing the pick to the
+  rule's port): no bind hook runs, as an unprivileged user. A bind to port 0 picked the same
+  way is stopped since 2026-12-08 (post_bind4/6), and tested here.
 
 One agent; its rules name only a directory this test created and a port it chose, and the
 bind rule only processes in a cgroup of its own.
@@ -129,6 +130,26 @@ AUTOBIND = textwrap.dedent(
 )
 
 
+#: In a child in the cgroup, as nobody: bind(2) to port 0 of a TCP and a UDP socket, IPv4 and
+#: IPv6, each with IP_LOCAL_PORT_RANGE (IPV6 sockets too: it is an IPPROTO_IP option) set to
+#: argv[1]..argv[2]. Prints one "errno port" pair per bind (errno 0: bound, to that port).
+BIND_ZERO = textwrap.dedent(
+    """\
+    import os, socket, struct, sys
+    os.setgroups([]); os.setgid(65534); os.setuid(65534)
+    low, high = int(sys.argv[1]), int(sys.argv[2])
+    for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+        for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+            s = socket.socket(family, kind)
+            s.setsockopt(socket.IPPROTO_IP, 51, struct.pack("I", high << 16 | low))
+            try:
+                s.bind((host, 0)); print(0, s.getsockname()[1])
+            except OSError as e:
+                print(e.errno, 0)
+    """
+)
+
+
 @dataclass
 class Env:
     root: Path
@@ -236,3 +257,26 @@ def test_a_port_the_kernel_picks_is_stopped_or_reported_for_a_bind_rule(env: Env
         assert any("ip_local_port_range" in g for g in env.open_on_host("rep-bind")), (
             "the kernel gave the rule's port to listen(), and policy check --host does not say so"
         )
+
+
+def test_bind_to_port_zero_is_judged_on_the_port_the_kernel_picks(env: Env) -> None:
+    """bind(2) to port 0 whose pick is narrowed to the rule's port: refused (post_bind4/6) and
+    journaled with the port taken; a pick narrowed to another port is bound, not journaled."""
+    before = len(env.verdicts("rep-bind"))
+    r = child("-c", BIND_ZERO, str(env.port), str(env.port), cgroup=env.cgroup)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:4] == ["1 0"] * 4, f"tcp4 udp4 tcp6 udp6 binds: {r.stdout}"
+    deadline = time.monotonic() + 5
+    while len(env.verdicts("rep-bind")) < before + 4 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    new = env.verdicts("rep-bind")[before:]
+    assert len(new) == 4, new
+    for verdict in new:
+        obj = verdict["object"]
+        assert isinstance(obj, dict)
+        assert (verdict["action"], obj["port"], obj["call"]) == ("deny", env.port, "autobind")
+    other = env.port - 1 if env.port - 1 > 32768 else env.port + 1
+    r = child("-c", BIND_ZERO, str(other), str(other), cgroup=env.cgroup)
+    assert r.stdout.split("\n")[:4] == [f"0 {other}"] * 4, r.stdout
+    time.sleep(0.5)
+    assert len(env.verdicts("rep-bind")) == before + 4, "an allowed bind(0) is not journaled"

@@ -177,7 +177,7 @@ def net_rule(
 def test_a_bind_rule_on_ports_the_kernel_may_pick_says_so_and_a_privileged_one_does_not(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """bind(0), listen/connect/sendto on an unbound socket take a port of
+    """listen/connect/sendto on an unbound socket take a port of
     ip_local_port_range without the bind hook (tests/kernel/test_bypass_reported.py)."""
     from agent.policy import mechanisms
 
