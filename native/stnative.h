@@ -24,7 +24,7 @@
 #define ST_VERDICT_ACTIONS(X) X(allow) X(audit) X(deny) X(kill) X(would_deny) X(would_kill)
 /* IP protocol numbers and the names events carry (agent/events/decode.py PROTOCOLS). */
 #define ST_PROTOCOLS(X)                                                                            \
-	X(1, icmp) X(6, tcp) X(17, udp) X(58, icmpv6) X(132, sctp) X(136, udplite)
+	X(1, icmp) X(6, tcp) X(17, udp) X(58, icmpv6) X(132, sctp) X(136, udplite) X(262, mptcp)
 
 /* ------------------------------------------------------------------ the chain */
 #define ST_MAX_FRONTIER 64

@@ -17,6 +17,9 @@
 #define AT_FDCWD -100
 #define AF_INET 2
 #define AF_INET6 10
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define IPPROTO_ICMPV6 58 /* a #define in the uapi, not in the BTF */
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
 #define O_WRONLY 01

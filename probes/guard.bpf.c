@@ -331,8 +331,22 @@ static __always_inline __u8 decide_and_report(struct guard_work *w, struct pathb
 	return decide_report_as(w, pb, v, m, cfg, op, mechanism);
 }
 
-/* w->t = rules whose address (@ak, or @alias if not NULL), port and protocol match; false if
- * none */
+/*
+ * The protocol a rule's "tcp" or "udp" names: TCP and MPTCP (which falls back to TCP with any
+ * TCP peer), UDP and UDP-Lite (the same port numbers; a peer's UDP-Lite socket receives it).
+ * The evaluator maps them the same way (policy/compile.py PROTO_FAMILY).
+ */
+static __always_inline __u8 proto_family(__u32 proto)
+{
+	if (proto == IPPROTO_MPTCP)
+		return IPPROTO_TCP;
+	if (proto == IPPROTO_UDPLITE)
+		return IPPROTO_UDP;
+	return proto > 255 ? 255 : proto;
+}
+
+/* w->t = rules whose address (@ak, or @alias if not NULL), port and protocol (proto_family)
+ * match; false if none */
 static __always_inline bool fold_net_target(struct guard_work *w, struct st_pol_masks *m,
 					    __u32 slot, __u8 op, struct st_lpm_addr_key *ak,
 					    struct st_lpm_addr_key *alias, __u16 port, __u8 proto)
@@ -443,7 +457,7 @@ static __always_inline int judge_sock(struct bpf_sock_addr *ctx, __u8 op, bool v
 		__builtin_memcpy(&ak->data[16], &a, 4);
 	}
 	__u16 port = bpf_ntohs((__u16)ctx->user_port);
-	__u8 proto = ctx->protocol;
+	__u32 proto = ctx->protocol;
 	if (op == ST_OP_BIND && port == 0) {
 		/* the kernel picks the port after this hook: post_bind4/6 judge that one */
 		__u8 *asked = bpf_sk_storage_get(&st_autobind, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
@@ -458,7 +472,8 @@ static __always_inline int judge_sock(struct bpf_sock_addr *ctx, __u8 op, bool v
 			*asked = 0;
 	}
 	bool alias = op == ST_OP_CONNECT && unspecified_peer(w);
-	if (!fold_net_target(w, m, slot, op, ak, alias ? &w->alias_key : NULL, port, proto))
+	if (!fold_net_target(w, m, slot, op, ak, alias ? &w->alias_key : NULL, port,
+			     proto_family(proto)))
 		return 1; /* no rule targets this address/port: skip the subject work */
 
 	v->family = v6 ? AF_INET6 : AF_INET;
@@ -547,8 +562,8 @@ static __always_inline int judge_post_bind(struct bpf_sock *sk, bool v6)
 		__builtin_memcpy(&ak->data[16], &a, 4);
 	}
 	__u16 port = (__u16)sk->src_port; /* host order */
-	__u8 proto = sk->protocol;
-	if (!fold_net_target(w, m, slot, ST_OP_BIND, ak, NULL, port, proto))
+	__u32 proto = sk->protocol;
+	if (!fold_net_target(w, m, slot, ST_OP_BIND, ak, NULL, port, proto_family(proto)))
 		return 1;
 	v->family = v6 ? AF_INET6 : AF_INET;
 	v->protocol = proto;
@@ -565,6 +580,91 @@ int st_guard_post_bind4(struct bpf_sock *sk) { return judge_post_bind(sk, false)
 
 SEC("cgroup/post_bind6")
 int st_guard_post_bind6(struct bpf_sock *sk) { return judge_post_bind(sk, true); }
+
+/*
+ * Datagrams no sock_addr hook sees, judged as they leave by connect rules (the same tables):
+ * - UDP-Lite on a connected socket: its connect(2) runs no hook (udplite_prot has no
+ *   pre_connect), and sendmsg4/6 run only for a datagram with an address;
+ * - ICMP echo from a ping socket (socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP), open to the groups
+ *   in net.ipv4.ping_group_range) sent with an address: its connect(2) is judged, sendto is not.
+ * Both are sent in the sending task's context (udp_sendmsg, ping_v4/v6_sendmsg), so the
+ * subject is the caller; returning 0 drops the packet and the call fails with EPERM. Every
+ * other packet (TCP, UDP, a ping to the peer connect judged) costs two loads and compares.
+ */
+static __always_inline int judge_egress(struct __sk_buff *skb)
+{
+	struct bpf_sock *sk = skb->sk;
+	if (!sk)
+		return 1;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk)
+		return 1;
+	__u32 proto = sk->protocol;
+	bool lite = proto == IPPROTO_UDPLITE;
+	if (!lite && proto != IPPROTO_ICMP && proto != IPPROTO_ICMPV6)
+		return 1;
+	if (lite && sk->state != BPF_TCP_ESTABLISHED)
+		return 1; /* an unconnected datagram has an address: sendmsg4/6 judged it */
+	__u16 dst_port = bpf_ntohs((__u16)sk->dst_port);
+
+	__u32 zero = 0;
+	struct st_guard_cfg *cfg = bpf_map_lookup_elem(&st_guard_cfg, &zero);
+	if (!cfg)
+		return 1;
+	__u32 slot = cfg->slot & 1;
+	void *masks = inner(&st_pol_masks, slot);
+	__u32 opk = ST_OP_CONNECT;
+	struct st_pol_masks *m = masks ? bpf_map_lookup_elem(masks, &opk) : NULL;
+	if (!m)
+		return 1;
+	struct guard_work *w = get_work();
+	struct pathbuf *pb = get_pathbuf();
+	struct st_verdict *v = get_scratch();
+	if (!w || !pb || !v)
+		return 1;
+
+	struct st_lpm_addr_key *ak = &w->addr_key;
+	__builtin_memset(ak, 0, sizeof(*ak));
+	ak->prefixlen = 32 + 128;
+	ak->data[0] = ST_OP_CONNECT;
+	bool v6 = skb->protocol == bpf_htons(ETH_P_IPV6);
+	bool connected = sk->state == BPF_TCP_ESTABLISHED;
+	bool to_peer; /* to the address the socket is connected to */
+	if (v6) {
+		/* the ctx allows constant-offset loads only: one at a time, before comparing */
+		__u32 d0 = sk->dst_ip6[0], d1 = sk->dst_ip6[1];
+		__u32 d2 = sk->dst_ip6[2], d3 = sk->dst_ip6[3];
+		__u32 *a = (__u32 *)&ak->data[4];
+		if (bpf_skb_load_bytes(skb, 24, a, 16))
+			return 0; /* no destination to judge: refuse */
+		to_peer = connected && a[0] == d0 && a[1] == d1 && a[2] == d2 && a[3] == d3;
+	} else if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		__u32 d = sk->dst_ip4;
+		ak->data[14] = 0xff;
+		ak->data[15] = 0xff;
+		if (bpf_skb_load_bytes(skb, 16, &ak->data[16], 4))
+			return 0;
+		to_peer = connected && *(__u32 *)&ak->data[16] == d;
+	} else {
+		return 1;
+	}
+	if (lite ? !to_peer : to_peer)
+		return 1; /* UDP-Lite elsewhere: sendmsg judged it; ping to its peer: connect did */
+	__u16 port = lite ? dst_port : 0;
+	if (!fold_net_target(w, m, slot, ST_OP_CONNECT, ak, NULL, port, proto_family(proto)))
+		return 1;
+	v->family = v6 ? AF_INET6 : AF_INET;
+	v->protocol = proto;
+	v->port = port;
+	__builtin_memcpy(v->addr, &ak->data[4], 16);
+	v->path_len = 0;
+	v->hdr.flags = ST_F_SENDMSG;
+	__u8 action = decide_report_as(w, pb, v, m, cfg, ST_OP_CONNECT, ST_MECH_CGROUP_SOCK);
+	return action == ST_ACT_DENY || action == ST_ACT_KILL ? 0 : 1;
+}
+
+SEC("cgroup_skb/egress")
+int st_guard_egress(struct __sk_buff *skb) { return judge_egress(skb); }
 
 /* ---- lineage: rules that follow a binary's descendants ---- */
 
@@ -947,8 +1047,8 @@ int BPF_PROG(st_lsm_listen, struct socket *sock, int backlog, int ret)
 		return 0;
 	}
 	__u16 port = BPF_CORE_READ(sk, __sk_common.skc_num);
-	__u8 proto = BPF_CORE_READ(sk, sk_protocol);
-	if (!fold_net_target(w, m, slot, ST_OP_LISTEN, ak, NULL, port, proto))
+	__u32 proto = BPF_CORE_READ(sk, sk_protocol);
+	if (!fold_net_target(w, m, slot, ST_OP_LISTEN, ak, NULL, port, proto_family(proto)))
 		return 0;
 	v->family = family;
 	v->protocol = proto;

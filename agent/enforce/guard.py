@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 PROGRAMS = (
     "st_guard_connect4", "st_guard_connect6", "st_guard_sendmsg4", "st_guard_sendmsg6",
     "st_guard_bind4", "st_guard_bind6", "st_guard_post_bind4", "st_guard_post_bind6",
+    "st_guard_egress",
 )  # fmt: skip
 LINEAGE_PROGRAMS = ("st_guard_fork", "st_guard_exec", "st_guard_exit")
 LSM_PROGRAMS = (

@@ -21,7 +21,8 @@ from agent.kernel import abi
 
 OPEN_ACCMODE = 0o3
 O_WRONLY, O_RDWR, O_CREAT, O_TRUNC = 0o1, 0o2, 0o100, 0o1000
-PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp", 136: "udplite"}
+PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp", 136: "udplite",
+             262: "mptcp"}  # fmt: skip
 
 ExeLookup = Callable[[int, str], "str | None"]
 

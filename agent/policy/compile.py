@@ -97,6 +97,9 @@ MAX_RULES = abi.RULES_PER_OP  # per operation: the bits of a mask
 MASK_BYTES = ctypes.sizeof(abi.Mask)
 N_SLOTS = abi.SLOTS
 PROTO_SLOTS = {"tcp": Slot.PROTO_TCP, "udp": Slot.PROTO_UDP}
+#: The protocol a rule's "tcp" or "udp" matches, by an event's protocol name: MPTCP falls back
+#: to TCP with any TCP peer, UDP-Lite reaches the same port numbers (guard.bpf.c proto_family).
+PROTO_FAMILY = {"mptcp": "tcp", "udplite": "udp"}
 ACCESS_SLOTS = {name: Slot[f"ACCESS_{name.upper()}"] for name in ACCESS}
 assert set(PROTO_SLOTS) == set(PROTOCOLS)
 

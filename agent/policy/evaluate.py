@@ -28,6 +28,7 @@ from agent.policy.compile import (
     ACCESS_SLOTS,
     MAPS,
     OPS,
+    PROTO_FAMILY,
     PROTO_SLOTS,
     CompiledPolicySet,
     addr_lookup,
@@ -271,7 +272,8 @@ class Evaluator:
                 addr |= self._lpm("addrs", lookup)[0]
         if request.port is not None:
             port = self._lpm("ports", port_lookup(op, request.port))[0]
-        proto_slot = PROTO_SLOTS.get(request.protocol or "")
+        protocol = request.protocol or ""
+        proto_slot = PROTO_SLOTS.get(PROTO_FAMILY.get(protocol, protocol))
         proto = slot[proto_slot] if proto_slot is not None else 0
         return (
             (addr | slot[Slot.ADDR_ANY])

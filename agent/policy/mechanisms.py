@@ -12,7 +12,8 @@ journal's; the deny hooks per operation are ``mechanism.DENY_HOOKS``, which doct
 - ``fanotify``: FAN_OPEN_EXEC_PERM / FAN_OPEN_PERM answered from userspace with the Evaluator.
 - ``cgroup-sock``: cgroup/connect4|6, bind4|6 (post_bind4|6 for a bind to port 0) at the root
   cgroup deny with EPERM; connect rules also judge datagrams sent without connect at
-  cgroup/sendmsg4|6.
+  cgroup/sendmsg4|6, and at cgroup_skb/egress the ones no sock_addr hook sees (a connected
+  UDP-Lite socket's, a ping socket's sendto).
 - ``<hook>+sigkill``: the deny hook stops the effect and bpf_send_signal(SIGKILL) ends the process.
 - ``fanotify+sigkill`` for exec: the exec permission is denied (the new image never runs) and
   the caller is killed.
@@ -301,18 +302,13 @@ def _hook_note(rule: CompiledRule, op: str, hook: Mechanism) -> str:
     if op == "open" and hook == Mechanism.FANOTIFY and "create" in rule.access:
         return "a new file is created empty before its open is denied (no create hook without LSM)"
     if op == "connect" and hook == Mechanism.CGROUP_SOCK:
-        note = (
-            "UDP datagrams sent without connect are judged at sendmsg too; raw sockets "
-            "(CAP_NET_RAW) are not judged, nor where an IPv4 source-route option (IP_OPTIONS "
-            "or an IP_RETOPTS message, CAP_NET_RAW) sends the packet first: the hook judges "
-            "the address given, not the first hop"
+        return (
+            "UDP datagrams sent without connect are judged at sendmsg too, UDP-Lite on a "
+            "connected socket and ICMP echo from a ping socket as they leave (egress); raw "
+            "sockets (CAP_NET_RAW) are not judged, nor where an IPv4 source-route option "
+            "(IP_OPTIONS or an IP_RETOPTS message, CAP_NET_RAW) sends the packet first: the "
+            "hook judges the address given, not the first hop"
         )
-        if rule.protocol == "udp":
-            note += (
-                '; protocol = "udp" does not match UDP-Lite (IPPROTO_UDPLITE), which reaches '
-                "the same addresses and port numbers: leave protocol out to judge both"
-            )
-        return note
     return ""
 
 

@@ -85,6 +85,13 @@ operation = "connect"
 targets.addresses = ["127.0.0.0/8"]
 targets.ports = [{alias8}]
 action = "deny"
+
+[[rules]]
+id = "any-port"
+description = "two addresses only this module uses, by any protocol (ICMP too)"
+operation = "connect"
+targets.addresses = ["127.0.0.9/32", "fd00:5ea1::9/128"]
+action = "deny"
 """
 
 NET_MONITOR = """
@@ -437,6 +444,137 @@ def test_tcp_fast_open_is_judged_like_connect(env: Env, evaluator: Evaluator) ->
         listener.close()
     v = env.verdict("tfo-deny", action="deny")
     assert "call" not in v["object"]  # the connect hook itself (pre_connect)
+
+
+#: In the cgroup: a datagram by UDP-Lite (sendto, then connect + send) to argv[1]:argv[2], and
+#: an MPTCP connect to argv[1]:argv[3]. Prints "errno N" or "sent"/"connected" for each.
+OTHER_PROTOCOLS = textwrap.dedent(
+    """
+    import socket, sys
+    host, udp_port, tcp_port = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    out = []
+    for how in ("sendto", "connect"):
+        s = socket.socket(fam, socket.SOCK_DGRAM, 136)  # IPPROTO_UDPLITE
+        try:
+            if how == "sendto":
+                s.sendto(b"x", (host, udp_port))
+            else:
+                s.connect((host, udp_port)); s.send(b"x")
+            out.append("sent")
+        except OSError as e:
+            out.append(f"errno {e.errno}")
+    s = socket.socket(fam, socket.SOCK_STREAM, 262)  # IPPROTO_MPTCP
+    try:
+        s.connect((host, tcp_port)); out.append("connected")
+    except OSError as e:
+        out.append(f"errno {e.errno}")
+    print(",".join(out))
+    """
+)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_udplite_and_mptcp_are_judged_as_udp_and_tcp(
+    env: Env, evaluator: Evaluator, host: str
+) -> None:
+    """A protocol = "udp" rule stops UDP-Lite to its address and port, sent with an address
+    (sendmsg) or on a connected socket (no connect hook runs for UDP-Lite: judged at egress);
+    a "tcp" rule MPTCP (the hook sees its first subflow, a TCP connect). Before 2026-12-08
+    both UDP-Lite datagrams were delivered."""
+    udp, tcp_port = env.ports["udp_deny"], env.ports["tfo"]
+    assert policy_test(evaluator, host, udp, "udplite") == "deny"
+    assert policy_test(evaluator, "127.0.0.1", tcp_port, "mptcp") == "deny"
+    listener = Listener(tcp_port)
+    lite = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM, 136)
+    lite.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    lite.bind(("::", udp))
+    lite.settimeout(0.3)
+    def tcp_verdicts() -> int:
+        return sum(r["type"] == "verdict" and r["rule"] == "tfo-deny" for r in env.records())
+
+    before = tcp_verdicts()
+    try:
+        r = env.in_cgroup([PY, "-c", OTHER_PROTOCOLS, host, str(udp), str(tcp_port)])
+        # connect(2) of UDP-Lite runs no hook: its send is judged as it leaves (egress); the
+        # tcp rule names 127.0.0.1 only, and the listener is there only: ::1 is refused
+        expect = "errno 1,errno 1," + ("errno 1" if host == "127.0.0.1" else "errno 111")
+        assert r.stdout.strip() == expect, r
+        with pytest.raises(TimeoutError):
+            lite.recv(64)
+        assert listener.accepted() == 0
+    finally:
+        lite.close()
+        listener.close()
+    family = "ipv6" if ":" in host else "ipv4"
+    lite = {"addr": host, "call": "sendmsg", "family": family, "port": udp, "protocol": "udplite"}
+    verdicts = [r for r in env.records() if r["type"] == "verdict" and r["object"] == lite]
+    assert len(verdicts) >= 2, "the sendto and the connected send are both journaled"
+    assert all(v["mechanism"] == "cgroup-sock" and v["action"] == "deny" for v in verdicts)
+    if host == "127.0.0.1":  # the hook judges MPTCP's first subflow: a TCP connect
+        deadline = time.monotonic() + 10
+        while tcp_verdicts() == before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert tcp_verdicts() == before + 1
+
+
+#: In the cgroup, in a network namespace of its own (ping sockets need a group in
+#: net.ipv4.ping_group_range, which this host leaves empty; systemd opens it to all): as nobody,
+#: an ICMP echo by sendto, then by connect + send, to each address in argv[1:]. Prints
+#: "reply", "errno N" or "timeout" for each.
+PING = textwrap.dedent(
+    """
+    import ctypes, os, socket, struct, subprocess, sys
+    if ctypes.CDLL(None, use_errno=True).unshare(0x40000000):  # CLONE_NEWNET
+        sys.exit("unshare failed")
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    subprocess.run(["ip", "addr", "add", "fd00:5ea1::9/128", "dev", "lo", "nodad"], check=True)
+    subprocess.run(["ip", "addr", "add", "fd00:5ea1::10/128", "dev", "lo", "nodad"], check=True)
+    open("/proc/sys/net/ipv4/ping_group_range", "w").write("0 2147483647")
+    os.setgroups([]); os.setgid(65534); os.setuid(65534)
+    out = []
+    for host in sys.argv[1:]:
+        fam, proto, echo = ((socket.AF_INET6, 58, 128) if ":" in host
+                            else (socket.AF_INET, 1, 8))
+        packet = struct.pack("!BBHHH", echo, 0, 0, 0, 1) + b"payload"
+        for how in ("sendto", "connect"):
+            s = socket.socket(fam, socket.SOCK_DGRAM, proto)
+            s.settimeout(1)
+            try:
+                if how == "sendto":
+                    s.sendto(packet, (host, 0))
+                else:
+                    s.connect((host, 0)); s.send(packet)
+                s.recv(64); out.append("reply")
+            except TimeoutError:
+                out.append("timeout")
+            except OSError as e:
+                out.append(f"errno {e.errno}")
+    print(",".join(out))
+    """
+)
+
+
+def test_icmp_echo_from_a_ping_socket_is_judged_by_connect_rules(
+    env: Env, evaluator: Evaluator
+) -> None:
+    """An unprivileged ping socket's sendto runs no sock_addr hook (before 2026-12-08 the echo
+    and its payload reached a denied address): judged as it leaves; connect(2) on it was
+    already judged. Other addresses get their reply."""
+    denied = ("127.0.0.9", "fd00:5ea1::9")
+    for host in denied:
+        assert policy_test(evaluator, host, 0, "icmp") == "deny"
+    r = env.in_cgroup([PY, "-c", PING, *denied, "127.0.0.10", "fd00:5ea1::10"])
+    assert r.returncode == 0, r.stderr
+    got = r.stdout.strip().split(",")
+    # the v6 echo is dropped, but ping_v6_sendmsg does not pass the drop's EPERM back
+    assert got[:2] == ["errno 1"] * 2 and got[2] in ("errno 1", "timeout"), r.stdout
+    assert got[3:] == ["errno 1"] + ["reply"] * 4, r.stdout
+    for host in denied:
+        obj = {"addr": host, "call": "sendmsg", "family": "ipv6" if ":" in host else "ipv4",
+               "port": 0, "protocol": "icmpv6" if ":" in host else "icmp"}  # fmt: skip
+        env.verdict("any-port", action="deny", object=obj)  # the sendto, judged at egress
+        env.verdict("any-port", action="deny", object={k: obj[k] for k in obj if k != "call"})
 
 
 class DualListener(Listener):

@@ -51,6 +51,27 @@ def test_cidr_port_range_and_protocol(write: Write) -> None:
     assert judge(compiled, "connect", address="10.0.0.1", port=22, protocol="tcp")[0] == "deny"
 
 
+def test_tcp_names_mptcp_and_udp_names_udplite(write: Write) -> None:
+    """MPTCP falls back to TCP with a TCP peer, UDP-Lite reaches the same port numbers: a rule's
+    protocol names both (as the kernel guard's proto_family does; tests/kernel/test_bypass.py)."""
+    for protocol, also, other in (("tcp", "mptcp", "udplite"), ("udp", "udplite", "mptcp")):
+        compiled = one_rule(
+            write,
+            'operation = "connect"\naction = "deny"\n'
+            f'targets = {{ addresses = ["10.0.0.0/8"], ports = [53], protocol = "{protocol}" }}',
+        )
+        for name in (protocol, also):
+            assert judge(compiled, "connect", address="10.0.0.1", port=53, protocol=name)[0] == (
+                "deny"
+            ), name
+        assert judge(compiled, "connect", address="10.0.0.1", port=53, protocol=other)[0] == (
+            "allow"
+        )
+        assert judge(compiled, "connect", address="10.0.0.1", port=53, protocol="sctp")[0] == (
+            "allow"
+        )
+
+
 def test_subjects_descendants_except_cgroup_ids(write: Write) -> None:
     compiled = one_rule(
         write,

@@ -195,9 +195,7 @@ def test_a_bind_rule_on_ports_the_kernel_may_pick_says_so_and_a_privileged_one_d
     assert enforcement_for(net_rule("bind", (8080,)), DEV).gaps
 
 
-def test_a_udp_connect_rule_says_it_does_not_match_udplite() -> None:
-    assert "UDP-Lite" in enforcement_for(net_rule("connect", (53,), "udp"), DEV).note
-    assert "UDP-Lite" not in enforcement_for(net_rule("connect", (53,)), DEV).note
+def test_a_connect_rule_names_the_source_route_it_cannot_see() -> None:
     assert "source-route" in enforcement_for(net_rule("connect", None), DEV).note
 
 
