@@ -490,6 +490,7 @@ def test_udplite_and_mptcp_are_judged_as_udp_and_tcp(
     lite.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     lite.bind(("::", udp))
     lite.settimeout(0.3)
+
     def tcp_verdicts() -> int:
         return sum(r["type"] == "verdict" and r["rule"] == "tfo-deny" for r in env.records())
 
