@@ -96,19 +96,24 @@ static __always_inline void fill_hdr(struct st_hdr *h, __u32 op, __u32 size)
  * Wake the consumer only when the ring is 1/8 full: a wakeup per record cost ~22 us per exec
  * here (bench/syscall_overhead.py). The agent polls with a short timeout and drains anyway,
  * so that timeout bounds the latency of a quiet ring.
+ *
+ * The last quarter of the ring is kept for the guard's verdicts: a flood of events (connects
+ * are recorded host-wide, by any user) fills the ring to three quarters and is dropped (and
+ * counted) there, so the decisions the kernel took still reach the journal (and, where the
+ * agent kills on a verdict, the kill).
  */
-static __always_inline __u64 wakeup_flag(void)
-{
-	__u64 avail = bpf_ringbuf_query(&st_events, BPF_RB_AVAIL_DATA);
-	__u64 size = bpf_ringbuf_query(&st_events, BPF_RB_RING_SIZE);
-	return avail > size / 8 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
-}
-
 static __always_inline void submit(void *rec, __u64 size, __u32 op)
 {
 	if (size > ST_SCRATCH_SIZE)
 		size = ST_SCRATCH_SIZE;
-	if (bpf_ringbuf_output(&st_events, rec, size, wakeup_flag()))
+	__u64 avail = bpf_ringbuf_query(&st_events, BPF_RB_AVAIL_DATA);
+	__u64 ring = bpf_ringbuf_query(&st_events, BPF_RB_RING_SIZE);
+	if (op != ST_OP_VERDICT && avail > ring - ring / 4) {
+		count_drop(op);
+		return;
+	}
+	__u64 wakeup = avail > ring / 8 ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_output(&st_events, rec, size, wakeup))
 		count_drop(op);
 }
 

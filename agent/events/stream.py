@@ -415,7 +415,9 @@ class EventStream(Closing):
         if not any(delta) and not unstored:
             return None
         now = time.time_ns()
-        by_kind = {OP_KIND[op]: n for op, n in enumerate(delta) if n and op in OP_KIND}
+        # verdicts too: the kernel decided, and its record of it is what was lost
+        kind = {**OP_KIND, abi.Op.VERDICT: "verdict"}
+        by_kind = {kind.get(op, str(op)): n for op, n in enumerate(delta) if n}
         if unstored:  # taken from the ring but not stored (the agent ran out of memory)
             by_kind["unstored"] = unstored
             self._unstored_seen += unstored

@@ -292,3 +292,66 @@ def test_watch_cli_streams_json_and_stops_on_ctrl_c() -> None:
     obj = json.loads(line)
     assert obj["kind"] == "exec" and obj["argv"] == ["/bin/echo", marker]
     assert obj["exe"] == os.path.realpath("/bin/echo")
+
+
+def test_a_flood_of_events_leaves_room_for_the_guards_verdicts(tmp_path: Path) -> None:
+    """Nobody drains a 64 KiB ring while opens flood it, then a guarded process's connects are
+    denied: the last quarter of the ring is the verdicts', so every denial is recorded (before
+    2026-12-08 a flood, of connects by any user say, dropped them) and the opens' loss is
+    counted."""
+    import socket
+
+    from agent.enforce.guard import Guard, cgroup2_root
+    from agent.policy.check import check
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "p.toml").write_text(
+        f'name = "flood"\nmode = "enforce"\n[[rules]]\nid = "flood-deny"\n'
+        f'operation = "connect"\ntargets.addresses = ["127.0.0.1"]\ntargets.ports = [{port}]\n'
+        'action = "deny"\n'
+    )
+    report = check([policies])
+    assert report.compiled is not None, report.findings
+    target = tmp_path / "flood"
+    target.write_text("")
+    config = StreamConfig(
+        kinds=frozenset({"open"}), path_prefixes=(str(tmp_path.resolve()),), ringbuf_bytes=65536
+    )
+    flood = f"import os\nfor _ in range(3000):\n    os.close(os.open({str(target)!r}, os.O_RDONLY))"
+    connects = textwrap.dedent(
+        f"""\
+        import socket
+        for _ in range(20):
+            try:
+                socket.create_connection(("127.0.0.1", {port}), timeout=1); print("connected")
+            except PermissionError:
+                print("denied")
+        """
+    )
+    cgroup = cgroup2_root() / f"sealtrail-flood-{os.getpid()}"
+    cgroup.mkdir()
+    try:
+        with EventStream(config) as stream:
+            guard = Guard(cgroup, shared_maps=stream.shared_maps())
+            try:
+                guard.install(report.compiled)
+                subprocess.run([PY, "-c", flood], check=True, timeout=60, cwd="/")
+                enter = f'echo $$ > {cgroup}/cgroup.procs && exec "$@"'
+                r = subprocess.run(["/bin/sh", "-c", enter, "sh", PY, "-c", connects],
+                                   capture_output=True, text=True, timeout=60)  # fmt: skip
+                assert r.stdout.split() == ["denied"] * 20, r
+                items = stream.drain()
+                items += stream.drain()
+            finally:
+                guard.close()
+    finally:
+        cgroup.rmdir()
+    verdicts = [e for e in items if isinstance(e, model.GuardEvent)]
+    losses = [e for e in items if isinstance(e, model.LossEvent)]
+    assert len(verdicts) == 20, f"{len(verdicts)} of 20 denials recorded"
+    assert sum(x.by_kind.get("open", 0) for x in losses) > 0, "the flood overflowed its share"
+    assert all("verdict" not in x.by_kind for x in losses)
