@@ -9,7 +9,8 @@ import signal
 from agent.kernel import procfs
 from agent.policy.evaluate import Process
 
-#: Ancestors followed at most (a loop in /proc is impossible, a very deep tree is not).
+#: Ancestors followed at most (a loop in /proc is impossible, a very deep tree is not): a
+#: process further down than that has an ancestry not known, judged fail-closed.
 MAX_ANCESTORS = 64
 
 
@@ -33,6 +34,8 @@ def process_of(tid: int, with_ancestors: bool) -> tuple[Process, int]:
                 ancestors.append(parent_exe)
             pid = procfs.ppid_of(pid)
             hops += 1
+        if pid > 1:  # stopped at the limit: an ancestor not read may be any binary
+            ancestry_known = False
     process = Process(
         exe=exe,
         uid=procfs.first_int(status, "Uid"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -52,3 +53,42 @@ def test_a_binary_the_agent_may_not_read_is_unknown_not_absent(tmp_path: Path) -
     ).stdout.strip()  # fmt: skip
     assert out == "(None, False) (None, True)"
     assert read_exe(os.getpid()) == (os.path.realpath(sys.executable), True)
+
+
+def _chain(tmp_path: Path, depth: int) -> tuple[subprocess.Popen[str], int]:
+    """``depth`` shells, each waiting for the next (none execs it in its place), the last one
+    sleeping: (the outermost, the sleeper's pid)."""
+    script = tmp_path / "chain.sh"
+    script.write_text('if [ "$1" -gt 0 ]; then sh "$0" $(($1 - 1)); true; '
+                      'else echo $$; exec sleep 30; fi\n')  # fmt: skip
+    top = subprocess.Popen(["sh", str(script), str(depth)], stdout=subprocess.PIPE, text=True)
+    assert top.stdout is not None
+    return top, int(top.stdout.readline())
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        children = Path(f"/proc/{p}/task/{p}/children")
+        todo += [int(c) for c in children.read_text().split()] if children.exists() else []
+    return out
+
+
+def test_an_ancestry_deeper_than_the_walk_is_not_known(tmp_path: Path) -> None:
+    """A process further down than MAX_ANCESTORS is judged fail-closed (its ancestry is not
+    known) instead of as if the ancestors not read did not exist: a descendants rule missed
+    a process 70 levels down before 2026-12-08."""
+    from agent.enforce.process import MAX_ANCESTORS
+
+    for depth, known in ((5, True), (MAX_ANCESTORS + 6, False)):
+        top, leaf = _chain(tmp_path, depth)
+        try:
+            process, _ = process_of(leaf, with_ancestors=True)
+            assert process.ancestry_known is known, (depth, len(process.ancestors))
+        finally:
+            for pid in reversed(_descendants(top.pid)):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, 9)
+            top.wait()
