@@ -45,7 +45,7 @@ from agent.enforce.guard import GUARDED_OPS, LSM_OPS, Guard, RuleRef, SavedRule
 from agent.enforce.handover import Handover, private_chain, startup_files
 from agent.enforce.marks import MarkPlan, MarkRule, OsView, extend_plan, plan_marks, too_long
 from agent.enforce.mounts import MountView
-from agent.enforce.process import kill_process, process_of
+from agent.enforce.process import RECYCLED, kill_process, process_of
 from agent.enforce.verdict import VerdictRecord, event_object, guard_object
 from agent.errors import KernelError
 from agent.events import model
@@ -635,8 +635,10 @@ class Enforcer:
             return
         after = bool(how and how.after_the_fact)
         if mechanism == Mechanism.SIGKILL_AFTER_THE_FACT and verdict.effective.stops:
-            self._kill_reported(ev.pid)
-            self._record(state, verdict, request.operation, ev.pid, ev.exe, event_object(ev),
+            obj = event_object(ev)
+            if not self._kill_reported(ev.pid, ev.ts_ns):
+                obj["not_killed"] = "the process exited; its pid is a newer process's"
+            self._record(state, verdict, request.operation, ev.pid, ev.exe, obj,
                          after_the_fact=True, action=Effect.KILL, mechanism=mechanism)  # fmt: skip
             return
         action = Effect.AUDIT if after and verdict.effective.stops else None
@@ -682,7 +684,11 @@ class Enforcer:
         """What a deny mechanism let through, seen afterwards: the rule's fallback (killed if
         it says ``kill``), journaled as after the fact with what missed it."""
         how = state.enforcements.get((verdict.policy_name or "", verdict.rule_id or ""))
-        kill = how is not None and how.rule.fallback == "kill" and self._kill_reported(ev.pid)
+        kill = (
+            how is not None
+            and how.rule.fallback == "kill"
+            and self._kill_reported(ev.pid, ev.ts_ns)
+        )
         obj = {**event_object(ev), "missed_by": str(missed_by)}
         if seen_as is not None:
             obj["judged_as"] = seen_as
@@ -691,15 +697,20 @@ class Enforcer:
                      mechanism=Mechanism.SIGKILL_AFTER_THE_FACT if kill
                      else Mechanism.TRACEPOINT)  # fmt: skip
 
-    def _kill_reported(self, pid: int) -> bool:
+    def _kill_reported(self, pid: int, acted_at_ns: int) -> bool:
         """SIGKILL to a pid the kernel reported (an event's; a fanotify request's is already in
-        the agent's PID namespace); False if not sent. From a container's PID namespace that
-        number names another process: never sent (``mechanisms._kills_by_pid`` refuses such
-        rules in enforce mode; this is the last line)."""
+        the agent's PID namespace) for what it did at ``acted_at_ns``; False if not sent to
+        it: the pid is a process started since (the actor exited and its pid was taken:
+        ``kill_process``; a task simply gone is no error, the kill was the verdict). From a
+        container's PID namespace that number names another process: never sent
+        (``mechanisms._kills_by_pid`` refuses such rules in enforce mode; this is the last
+        line)."""
         if not self.caps.host_pids:
             log.error("not killing pid %d: the agent is not in the host's PID namespace", pid)
             return False
-        kill_process(pid)  # a task already gone is not an error: the kill was the verdict
+        if kill_process(pid, acted_at_ns) == RECYCLED:
+            log.warning("not killing pid %d: it is a process started after the act", pid)
+            return False
         return True
 
     def _caller_exe(self, ev: model.ExecEvent) -> str | None:
@@ -729,7 +740,7 @@ class Enforcer:
         ):
             if ev.ts_ns >= self._started_ns:
                 # the kernel denied; this kernel cannot signal from there
-                killed = self._kill_reported(ev.pid)
+                killed = self._kill_reported(ev.pid, ev.ts_ns)
             else:  # judged while no agent ran: by now the pid may be another process's
                 killed = False
                 log.warning("guard: not killing pid %d, denied before this agent started",

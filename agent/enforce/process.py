@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import time
 
 from agent.kernel import procfs
 from agent.policy.evaluate import Process
@@ -48,19 +49,43 @@ def process_of(tid: int, with_ancestors: bool) -> tuple[Process, int]:
     return process, tgid
 
 
-def kill_process(pid: int) -> bool:
-    """SIGKILL through a pidfd (no signal to a recycled pid once the fd is open)."""
+#: kill_process when ``acted_at_ns`` names a time before the pid's process started
+RECYCLED = "recycled"
+
+
+def kill_process(pid: int, acted_at_ns: int | None = None) -> bool | str:
+    """SIGKILL through a pidfd (no signal to a recycled pid once the fd is open): True if sent.
+    With ``acted_at_ns`` (the wall-clock time of what the process did, an event's ``ts_ns``):
+    not sent, and RECYCLED returned, if the process holding the pid now started after that,
+    by more than the kernel's start-time resolution (one clock tick): the actor exited and its
+    pid is another process's."""
     try:
         fd = os.pidfd_open(pid)
     except OSError:
         return False
     try:
+        if acted_at_ns is not None and started_after(pid, acted_at_ns):
+            return RECYCLED
         signal.pidfd_send_signal(fd, signal.SIGKILL)
         return True
     except OSError:
         return False
     finally:
         os.close(fd)
+
+
+_TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+
+
+def started_after(pid: int, wall_ns: int) -> bool:
+    """Whether the process holding ``pid`` started after ``wall_ns`` (CLOCK_REALTIME), by more
+    than one clock tick (/proc/PID/stat's starttime, in ticks of CLOCK_BOOTTIME); False if it
+    is gone or unreadable (nothing to protect then)."""
+    ticks = procfs.start_ticks(pid)
+    if ticks is None:
+        return False
+    boot_ns = wall_ns - (time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME))
+    return ticks * _TICK_NS > boot_ns + _TICK_NS
 
 
 def read_exe(pid: int) -> tuple[str | None, bool]:

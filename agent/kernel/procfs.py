@@ -145,6 +145,12 @@ def ppid_of(pid: int) -> int:
     return _stat_field(pid, 1) or 0
 
 
+def start_ticks(pid: int) -> int | None:
+    """When the task started, in clock ticks since boot (/proc/<pid>/stat field 22); None if
+    it is gone."""
+    return _stat_field(pid, 19)
+
+
 def stat_flags(pid: int) -> int | None:
     """The task's PF_* flags from /proc/<pid>/stat (field 9); None if it is gone."""
     return _stat_field(pid, 6)

@@ -92,3 +92,27 @@ def test_an_ancestry_deeper_than_the_walk_is_not_known(tmp_path: Path) -> None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, 9)
             top.wait()
+
+
+def test_a_kill_for_an_act_before_the_process_started_is_not_sent() -> None:
+    """After-the-fact kills name the pid of an event: a process that took that pid after the
+    act is not the actor and is not killed (before 2026-12-08 it was, and the journal named
+    the actor); the actor itself is."""
+    import time
+
+    from agent.enforce.process import RECYCLED, kill_process, started_after
+
+    before = time.time_ns() - 2_000_000_000  # an act two seconds before the sleeper started
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        time.sleep(0.1)
+        assert started_after(sleeper.pid, before)
+        assert not started_after(sleeper.pid, time.time_ns())
+        assert kill_process(sleeper.pid, acted_at_ns=before) == RECYCLED
+        assert sleeper.poll() is None, "a process started after the act was killed"
+        assert kill_process(sleeper.pid, acted_at_ns=time.time_ns()) is True
+        assert sleeper.wait(5) == -9
+    finally:
+        if sleeper.poll() is None:
+            sleeper.kill()
+            sleeper.wait()
