@@ -280,6 +280,14 @@ def unpack_masks(value: bytes) -> tuple[int, ...]:
 # ---- compiled form ----
 
 
+def _by_exe(rule: Rule) -> bool:
+    """Whether the rule's subjects, or their except, name an exe."""
+    subject = rule.subjects
+    return subject is not None and (
+        subject.exe is not None or (subject.except_ is not None and subject.except_.exe is not None)
+    )
+
+
 @dataclass(frozen=True)
 class CompiledRule:
     """One rule's place in the kernel tables, and what userspace needs to report it."""
@@ -300,6 +308,7 @@ class CompiledRule:
     fileless: bool = False  # exec rules with targets.fileless (paths is then (): no file named)
     ports: tuple[int | str, ...] | None = None  # network rules: targets.ports (None: every port)
     protocol: str | None = None  # network rules: targets.protocol (None: tcp and udp)
+    by_exe: bool = False  # subjects or their except name an exe
 
     @property
     def flags(self) -> int:
@@ -465,6 +474,7 @@ def compile_policy_set(policy_set: PolicySet) -> CompiledPolicySet:
                     rule.access_set if rule.operation == "open" else (),
                     () if rule.targets.fileless else rule.targets.paths,
                     bool(rule.targets.fileless), rule.targets.ports, rule.targets.protocol,
+                    _by_exe(rule),
                 )
             )  # fmt: skip
         if entries:

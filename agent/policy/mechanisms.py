@@ -95,7 +95,7 @@ _CALL_NAMES = {"truncate": "truncate(2)/ftruncate(2)"}
 
 
 def enforcement_for(rule: CompiledRule, host: HostCapabilities) -> Enforcement:
-    main = _kills_by_pid(_enforcement(rule, rule.operation, host), host)
+    main = _by_exe(_kills_by_pid(_enforcement(rule, rule.operation, host), host))
     if rule.operation != "open" or "truncate" not in rule.access:
         return main
     call = _kills_by_pid(_enforcement(rule, "truncate", host), host)
@@ -108,6 +108,40 @@ def enforcement_for(rule: CompiledRule, host: HostCapabilities) -> Enforcement:
         error="; ".join(e for e in (main.error, call.error) if e) or None,
         truncate_call=call,
     )
+
+
+def _userns_for_all() -> bool:
+    """Whether any user may make a user namespace here (user.max_user_namespaces, Debian's
+    kernel.unprivileged_userns_clone, Ubuntu's kernel.apparmor_restrict_unprivileged_userns);
+    True where a setting cannot be read."""
+
+    def value(name: str, default: int) -> int:
+        try:
+            return int(Path(f"/proc/sys/{name}").read_text())
+        except (OSError, ValueError):
+            return default
+
+    return (
+        value("user/max_user_namespaces", 1) > 0
+        and value("kernel/unprivileged_userns_clone", 1) == 1
+        and value("kernel/apparmor_restrict_unprivileged_userns", 0) == 0
+    )
+
+
+def _by_exe(how: Enforcement) -> Enforcement:
+    """Every hook names a process's binary by its mm's exe file, which the process itself may
+    replace (tests/kernel/test_bypass_reported.py)."""
+    if not how.rule.by_exe:
+        return how
+    who = "any user here (user namespaces are open to all)" if _userns_for_all() else "root here"
+    gap = (
+        "a process can make the kernel name another binary as its exe (prctl PR_SET_MM_MAP "
+        "or PR_SET_MM_EXE_FILE after unmapping its own, which needs CAP_SYS_ADMIN in a user "
+        f"namespace of its own: {who}): the rule's exe subjects and exceptions then judge the "
+        "binary it names"
+    )
+    note = "; ".join(n for n in (how.note, gap) if n)
+    return dataclasses.replace(how, note=note, gaps=(*how.gaps, gap))
 
 
 def _enforcement(rule: CompiledRule, op: str, host: HostCapabilities) -> Enforcement:
@@ -178,6 +212,13 @@ def fanotify_gaps(rule: CompiledRule) -> tuple[str, ...]:
             "a program under a prefix started through the dynamic loader (ld.so PROGRAM) is "
             "opened, not exec'd, and not stopped"
         )
+    gaps += without_an_open(rule, lsm=False)
+    if rule.paths is None or any(p.endswith(("*", "/")) for p in rule.paths):
+        # the agent names the file when it answers, by its name then
+        gaps.append(
+            f"a file renamed out of the rule's path while its {op} waits for the agent's answer "
+            "is judged by its new name (then renamed back): whoever may rename it"
+        )
     if rule.paths is not None and any(p.endswith(("*", "/")) for p in rule.paths):
         # directory marks: the kernel reports an open to the directory the file's dentry
         # hangs from (tests/kernel/test_bypass_reported.py tries both)
@@ -195,17 +236,50 @@ def fanotify_gaps(rule: CompiledRule) -> tuple[str, ...]:
     return tuple(gaps)
 
 
+def without_an_open(rule: CompiledRule, lsm: bool) -> list[str]:
+    """What an open rule names that happens without an open (policies/README.md, "Files
+    that appear without an open"); with BPF-LSM, path_mknod judges mknod(2) like an O_CREAT
+    open."""
+    gaps: list[str] = []
+    if rule.operation != "open":
+        return gaps
+    if "create" in rule.access:
+        how = "link(2)" if lsm else "mknod(2), link(2)"
+        gaps.append(
+            f"a file also appears without an open: {how} or rename(2) into the rule's path, "
+            "or an O_TMPFILE file linked in with linkat(2); none is judged by this rule"
+        )
+    if "write" in rule.access:
+        gaps.append(
+            "whoever may write a file's directory can replace the file at its name (rename(2) "
+            "over it, renameat2 RENAME_EXCHANGE): no open of it is judged by this rule"
+        )
+    if "truncate" in rule.access and "write" not in rule.access:
+        gaps.append(
+            "fallocate(2) (FALLOC_FL_PUNCH_HOLE, FALLOC_FL_COLLAPSE_RANGE) on a descriptor "
+            "opened for writing (this rule does not guard write) empties or shortens the file "
+            "without a truncate"
+        )
+    return gaps
+
+
 def _residual(how: Enforcement, op: str, hook: Mechanism) -> Enforcement:
     """fanotify leaves gaps (``fanotify_gaps``): in enforce mode the rule must say what is done
     with what gets through, never a silent difference from ``policy test``."""
-    if hook == Mechanism.LSM and any(p.endswith(("*", "/")) for p in how.rule.paths or ()):
-        # the LSM hooks judge the path of the mount the caller used
-        gap = (
-            "a bind mount or another mount namespace shows these files under another path, "
-            "which the kernel judges as that path: an exec there is caught afterwards "
-            f"({how.rule.fallback or 'audited'}), another operation is not"
-        )
-        return dataclasses.replace(how, gaps=(gap,))
+    if hook == Mechanism.LSM:
+        no_open = without_an_open(how.rule, lsm=True)
+        lsm_gaps = list(no_open)
+        if any(p.endswith(("*", "/")) for p in how.rule.paths or ()):
+            # the LSM hooks judge the path of the mount the caller used
+            lsm_gaps.insert(0, (
+                "a bind mount or another mount namespace shows these files under another path, "
+                "which the kernel judges as that path: an exec there is caught afterwards "
+                f"({how.rule.fallback or 'audited'}), another operation is not"
+            ))  # fmt: skip
+        if not lsm_gaps:
+            return how
+        note = "; ".join(n for n in (how.note, *no_open) if n)
+        return dataclasses.replace(how, note=note, gaps=tuple(lsm_gaps))
     if op == "bind" and _ephemeral_overlap(how.rule.ports):  # no bind hook sees an autobind
         note = "; ".join(n for n in (how.note, _AUTOBIND) if n)
         return dataclasses.replace(how, note=note, gaps=(_AUTOBIND,))

@@ -58,6 +58,15 @@ description = "nobody in the test's cgroup takes this port"
 operation = "bind"
 targets.ports = [{port}]
 action = "deny"
+
+[[rules]]
+id = "rep-connect-exe"
+description = "only /usr/bin/true may connect to this port"
+operation = "connect"
+targets.addresses = ["127.0.0.1/32"]
+targets.ports = [{port}]
+action = "deny"
+subjects.except.exe = ["/usr/bin/true"]
 """
 
 #: In a child (a fallback kill must not hit pytest): open ``path`` by the handle in
@@ -280,3 +289,33 @@ def test_bind_to_port_zero_is_judged_on_the_port_the_kernel_picks(env: Env) -> N
     assert r.stdout.split("\n")[:4] == [f"0 {other}"] * 4, r.stdout
     time.sleep(0.5)
     assert len(env.verdicts("rep-bind")) == before + 4, "an allowed bind(0) is not journaled"
+
+
+def test_a_forged_exe_is_stopped_or_reported_for_a_rule_that_names_an_exe(env: Env) -> None:
+    """As nobody, in a user namespace of its own, a process replaces the binary the kernel
+    names as its exe (prctl PR_SET_MM_MAP with an exe_fd of /usr/bin/true, after unmapping its
+    own) and connects to a port only /usr/bin/true may reach: stopped, or named by `policy
+    check --host` for the rule (red team 2026-12-08: the kernel guard reads mm->exe_file)."""
+    forge = env.root / "forgeexe"
+    subprocess.run(["gcc", "-O1", "-o", str(forge), str(Path(__file__).parent / "redteam" /
+                    "forgeexe.c")], check=True)  # fmt: skip
+    forge.chmod(0o755)
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", env.port))
+    listener.listen(8)
+    try:
+        control = child("-c", f"import socket; socket.create_connection(('127.0.0.1', {env.port}))",
+                        cgroup=env.cgroup)  # fmt: skip
+        assert "PermissionError" in control.stderr, "the control: python may not connect"
+        enter = f"echo $$ > {env.cgroup}/cgroup.procs && exec setpriv --reuid 65534 " \
+                f'--regid 65534 --clear-groups "$@"'  # fmt: skip
+        r = subprocess.run(["/bin/sh", "-c", enter, "sh", str(forge), "/usr/bin/true", "connect",
+                            str(env.port)], capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert r.stdout.startswith(("OK", "ERR o")), r  # forged, then connected or refused
+    finally:
+        listener.close()
+    if r.stdout.startswith("OK"):
+        assert any("PR_SET_MM" in g for g in env.open_on_host("rep-connect-exe")), (
+            "a forged exe connected, and policy check --host does not say so"
+        )

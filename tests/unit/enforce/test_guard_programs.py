@@ -20,4 +20,4 @@ def test_every_guard_program_is_attached_by_the_loader() -> None:
     attached = set(PROGRAMS) | set(LINEAGE_PROGRAMS) | set(LSM_PROGRAMS) | set(FILELESS_PROGRAMS)
     assert set(sections) == attached
     assert {n for n, s in sections.items() if s.startswith("lsm")} == set(LSM_PROGRAMS)
-    assert {n for n, s in sections.items() if s.startswith("cgroup/")} == set(PROGRAMS)
+    assert {n for n, s in sections.items() if s.startswith("cgroup")} == set(PROGRAMS)

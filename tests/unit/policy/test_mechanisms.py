@@ -214,3 +214,49 @@ def test_prefix_and_tree_rules_name_the_handle_and_path_max_gaps() -> None:
                              access=access, paths=("/srv/f",))  # fmt: skip
         gaps = enforcement_for(exact, DEV).gaps
         assert not any("open_by_handle_at" in g or "PATH_MAX" in g for g in gaps), gaps
+
+
+def _open_rule(
+    access: tuple[str, ...], paths: tuple[str, ...], by_exe: bool = False
+) -> CompiledRule:
+    return CompiledRule("open", 0, 0, "r", 0, "p", "enforce", "deny", "kill", "p.toml", 0,
+                        access=access, paths=paths, by_exe=by_exe)  # fmt: skip
+
+
+def test_open_rules_name_what_happens_without_an_open() -> None:
+    """Red team 2026-12-08: mknod, link, rename and O_TMPFILE+linkat make files in a
+    create-guarded tree, a rename replaces a write-guarded file, fallocate shortens a file
+    whose rule guards only truncate; with BPF-LSM path_mknod judges mknod."""
+
+    def gaps(rule: CompiledRule, host: HostCapabilities) -> str:
+        return " ".join(enforcement_for(rule, host).gaps)
+
+    create = _open_rule(("create",), ("/srv/t/",))
+    assert "mknod(2), link(2)" in gaps(create, DEV) and "O_TMPFILE" in gaps(create, DEV)
+    assert "mknod" not in gaps(create, STOCK) and "link(2)" in gaps(create, STOCK)
+    assert "RENAME_EXCHANGE" in gaps(_open_rule(("write",), ("/srv/f",)), STOCK)
+    assert "fallocate" in gaps(_open_rule(("truncate",), ("/srv/f",)), DEV)
+    assert "fallocate" not in gaps(_open_rule(("write", "truncate"), ("/srv/f",)), DEV)
+    assert not enforcement_for(_open_rule(("read",), ("/srv/f",)), STOCK).gaps
+
+
+def test_prefix_rules_name_a_rename_while_judged_and_exact_ones_do_not() -> None:
+    for paths, named in ((("/srv/t/",), True), (("/srv/p*",), True), (("/srv/f",), False)):
+        got = " ".join(enforcement_for(_open_rule(("read",), paths), DEV).gaps)
+        assert ("renamed out of the rule's path" in got) is named, (paths, got)
+
+
+def test_a_rule_that_names_an_exe_names_the_forged_exe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every hook reads the exe from the process's mm, which PR_SET_MM_MAP replaces
+    (tests/kernel/test_bypass_reported.py); who can do it depends on user namespaces."""
+    from agent.policy import mechanisms
+
+    for host in (DEV, STOCK):
+        got = enforcement_for(_open_rule(("write",), ("/srv/f",), by_exe=True), host)
+        assert any("PR_SET_MM" in g for g in got.gaps) and "PR_SET_MM" in got.note, got
+        plain = enforcement_for(_open_rule(("write",), ("/srv/f",)), host)
+        assert not any("PR_SET_MM" in g for g in plain.gaps)
+    for open_to_all, who in ((True, "any user here"), (False, "root here")):
+        monkeypatch.setattr(mechanisms, "_userns_for_all", lambda v=open_to_all: v)
+        got = enforcement_for(_open_rule(("write",), ("/srv/f",), by_exe=True), DEV)
+        assert any(who in g for g in got.gaps), got.gaps
