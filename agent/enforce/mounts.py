@@ -8,18 +8,29 @@ the other one. ``MountView.aliases`` maps that path back to the names the file h
 agent's own mount namespace, so a rule is judged on the object, not on the mount used to reach
 it. Read from ``/proc/<tid>/mountinfo`` of the asking thread (its namespace may not be ours);
 the agent's own table is cached and dropped when the directory watcher sees the mounts change.
+
+Another namespace's table is cached too (``_ForeignTables``), by namespace, and read again only
+when the kernel flags that its mounts changed (POLLPRI on the open mountinfo file): any user can
+make a namespace of 20,000 bind mounts, and reading that for every permission event it causes
+held every fanotify decision on the host for over a second each (red team 2026-12-08). At most
+``FOREIGN_MOUNTS_MAX`` mounts of another namespace are read: a mount past that is not known,
+so a file reached only through it is judged by the path that namespace shows (`policy check
+--host` says so for open and exec rules).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import os
 import select
 import threading
 import time
 
-from agent.kernel.procfs import Mount, parse_mounts, read_mounts
+from agent.kernel.procfs import FOREIGN_MOUNTS_MAX, Mount, parse_mounts, read_mounts
+
+log = logging.getLogger(__name__)
 
 #: Filesystems without files a policy could name (or whose files fanotify cannot mark).
 PSEUDO_FILESYSTEMS = frozenset(
@@ -96,6 +107,70 @@ def _join(top: str, rest: str) -> str:
     return os.path.join(top, rest) if rest else top
 
 
+def read_capped(fd: int, limit: int) -> tuple[str, bool]:
+    """The mountinfo text at ``fd`` (from its start), at most ``limit`` lines; and whether
+    lines were left out."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks, lines = [], 0
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+        lines += chunk.count(b"\n")
+        if lines > limit:
+            text = b"".join(chunks).split(b"\n")[:limit]
+            return b"\n".join(text).decode(errors="surrogateescape") + "\n", True
+    return b"".join(chunks).decode(errors="surrogateescape"), False
+
+
+class _ForeignTables:
+    """Other namespaces' mount tables, by namespace: each kept with its mountinfo open and read
+    again only when the kernel flags a change (POLLPRI/POLLERR once the namespace's mounts
+    changed after the last read); the 16 used last."""
+
+    KEEP = 16
+
+    def __init__(self) -> None:
+        self._tables: collections.OrderedDict[str, tuple[int, list[Mount]]] = (
+            collections.OrderedDict()
+        )
+        self.capped: set[str] = set()  # namespaces whose tables were cut at FOREIGN_MOUNTS_MAX
+
+    def table(self, ns: str, tid: int) -> list[Mount]:
+        held = self._tables.get(ns)
+        if held is not None:
+            fd, table = held
+            poller = select.poll()
+            poller.register(fd, select.POLLPRI | select.POLLERR)
+            if not poller.poll(0):
+                self._tables.move_to_end(ns)
+                return table
+            del self._tables[ns]
+            os.close(fd)
+        try:
+            fd = os.open(f"/proc/{tid}/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return []
+        # the namespace may have changed between the readlink and the open: key by the one open
+        if _mount_ns(str(tid)) != ns:
+            os.close(fd)
+            return read_mounts(f"/proc/{tid}/mountinfo")
+        try:
+            text, cut = read_capped(fd, FOREIGN_MOUNTS_MAX)
+        except OSError:
+            os.close(fd)
+            return []
+        if cut and ns not in self.capped:
+            self.capped.add(ns)
+            log.warning("mount namespace %s has more than %d mounts: the rest are not known "
+                        "(files reached only through them are judged by the path shown)",
+                        ns, FOREIGN_MOUNTS_MAX)  # fmt: skip
+        table = parse_mounts(text)
+        self._tables[ns] = (fd, table)
+        while len(self._tables) > self.KEEP:
+            _, (old, _) = self._tables.popitem(last=False)
+            os.close(old)
+        return table
+
+
 class MountView:
     #: How long a mount table that was replaced still names files for after-the-fact judging
     #: (a mount made, used and removed before the agent looked at the event).
@@ -111,6 +186,7 @@ class MountView:
         self._fd = os.open("/proc/self/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
         self._poll = select.poll()
         self._poll.register(self._fd, select.POLLPRI | select.POLLERR)
+        self._foreign = _ForeignTables()
 
     def invalidate(self) -> None:
         """The mounts changed: read the table again when next needed (keeping this one a
@@ -159,8 +235,14 @@ class MountView:
         (the file's st_dev, when known) catches a cached table older than a new mount;
         ``recent`` also asks the tables of the last seconds (judging after the fact)."""
         ours = self._table()
-        foreign = tid is not None and _mount_ns(str(tid)) not in (self._ns, None)
-        table = read_mounts(f"/proc/{tid}/mountinfo") if foreign else ours
+        ns = _mount_ns(str(tid)) if tid is not None else None
+        foreign = tid is not None and ns not in (self._ns, None)
+        if foreign:
+            assert ns is not None and tid is not None
+            with self._lock:
+                table = self._foreign.table(ns, tid)
+        else:
+            table = ours
         found = _mount_of(path, table)
         stale = found is not None and dev is not None and found[0].dev != _devname(dev)
         if stale and not foreign:  # mounted since the table was read: read it again

@@ -21,6 +21,7 @@ from agent.kernel import abi
 
 OPEN_ACCMODE = 0o3
 O_WRONLY, O_RDWR, O_CREAT, O_TRUNC = 0o1, 0o2, 0o100, 0o1000
+__O_TMPFILE = 0o20000000  # O_TMPFILE is this | O_DIRECTORY (x86, arm64)
 PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmpv6", 132: "sctp", 136: "udplite",
              262: "mptcp"}  # fmt: skip
 
@@ -64,7 +65,7 @@ def open_access(flags: int) -> tuple[str, ...]:
         out.append("read")
     if acc in (O_WRONLY, O_RDWR):
         out.append("write")
-    if flags & O_CREAT:
+    if flags & (O_CREAT | __O_TMPFILE):  # an O_TMPFILE open makes a file (linkat names it)
         out.append("create")
     if flags & O_TRUNC:
         out.append("truncate")

@@ -40,6 +40,10 @@ def proc_lines(text: str) -> list[str]:
     return text.split("\n")
 
 
+#: Mounts of another namespace the agent reads at most (agent.enforce.mounts)
+FOREIGN_MOUNTS_MAX = 10_000
+
+
 def read_mounts(path: str = "/proc/self/mountinfo") -> list[Mount]:
     try:
         text = read_exact(path)

@@ -38,6 +38,7 @@ from typing import Any
 from agent.errors import MechanismUnavailable
 from agent.kernel.mechanism import HostCapabilities as HostCapabilities  # its users' name
 from agent.kernel.mechanism import Mechanism, deny_hook
+from agent.kernel.procfs import FOREIGN_MOUNTS_MAX
 from agent.policy.compile import CompiledPolicySet, CompiledRule
 from agent.policy.evaluate import effective_action
 
@@ -213,6 +214,11 @@ def fanotify_gaps(rule: CompiledRule) -> tuple[str, ...]:
             "opened, not exec'd, and not stopped"
         )
     gaps += without_an_open(rule, lsm=False)
+    gaps.append(
+        f"a file reached through a mount that another mount namespace has past its first "
+        f"{FOREIGN_MOUNTS_MAX:,} mounts is judged by the path that namespace shows (the agent "
+        "reads that many of another namespace's mounts, and logs a namespace that has more)"
+    )
     if rule.paths is None or any(p.endswith(("*", "/")) for p in rule.paths):
         # the agent names the file when it answers, by its name then
         gaps.append(

@@ -53,6 +53,15 @@ action = "deny"
 fallback = "kill"
 
 [[rules]]
+id = "rep-tree-create"
+description = "no new file appears below tree-new/"
+operation = "open"
+access = ["create"]
+targets.paths = ["{tree}-new/"]
+action = "deny"
+fallback = "kill"
+
+[[rules]]
 id = "rep-bind"
 description = "nobody in the test's cgroup takes this port"
 operation = "bind"
@@ -200,6 +209,9 @@ def env() -> Iterator[Env]:
     tree = root / "tree"
     (tree / "sub").mkdir(parents=True)
     (tree / "sub" / "g").write_text("protected\n")
+    (root / "tree-new").mkdir()
+    (root / "tree-new").chmod(0o777)
+    root.chmod(0o755)  # nobody reaches tree-new
     port = ephemeral_port()
     try:
         with agent_in(root, POLICY.format(tree=tree, port=port), "sealtrail-reported") as (
@@ -319,3 +331,28 @@ def test_a_forged_exe_is_stopped_or_reported_for_a_rule_that_names_an_exe(env: E
         assert any("PR_SET_MM" in g for g in env.open_on_host("rep-connect-exe")), (
             "a forged exe connected, and policy check --host does not say so"
         )
+
+
+def test_an_o_tmpfile_in_a_create_guarded_tree_is_refused(env: Env) -> None:
+    """An O_TMPFILE opened in a create-guarded directory makes a file that linkat(2) names
+    there: judged as a create (red team 2026-12-08: judged as a write only, and linked in)."""
+    new = env.root / "tree-new"
+    script = (
+        "import ctypes, os, sys\n"  # imported as root: nobody cannot read this interpreter's lib
+        "os.setgroups([]); os.setgid(65534); os.setuid(65534)\n"
+        "try:\n"
+        f"    fd = os.open({str(new)!r}, os.O_TMPFILE | os.O_WRONLY, 0o644)\n"
+        "except PermissionError as e:\n"
+        "    sys.exit(13 if e.errno == 1 else f'open: {e}')\n"  # EPERM: the agent's answer
+        "os.write(fd, b'appeared')\n"
+        # linkat(AT_SYMLINK_FOLLOW) of /proc/self/fd/N: os.link calls link(2)
+        f"ctypes.CDLL(None).linkat(-100, f'/proc/self/fd/{{fd}}'.encode(), -100, "
+        f"{str(new / 'linked').encode()!r}, 0x400)\n"
+    )
+    r = child("-c", script)
+    assert r.returncode in (13, -9), r  # refused, or killed by the fallback
+    assert not (new / "linked").exists()
+    deadline = time.monotonic() + 5
+    while not env.verdicts("rep-tree-create") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert env.verdicts("rep-tree-create"), "the refusal is journaled"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import os
 import socket
 
 import pytest
@@ -219,3 +220,12 @@ def test_exec_of_the_loader_names_its_target() -> None:
     assert isinstance(ev, model.ExecEvent)
     assert (ev.fileless, ev.loader_target) == (False, "/srv/bin/tool")
     assert ev.to_dict()["loader_target"] == "/srv/bin/tool"
+
+
+def test_an_o_tmpfile_open_asks_for_create() -> None:
+    """O_TMPFILE makes a file that linkat(2) then names: a create-guarded tree judges it
+    (red team 2026-12-08: an O_TMPFILE opened in the tree was judged as a write only)."""
+    from agent.events.decode import open_access
+
+    assert open_access(os.O_TMPFILE | os.O_WRONLY) == ("write", "create")
+    assert open_access(os.O_DIRECTORY) == ("read",)
