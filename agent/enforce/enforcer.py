@@ -43,7 +43,15 @@ from agent.enforce.dirwatch import DirWatch, NewDir
 from agent.enforce.fanotify import FanotifyGuard, MarkTable, PermissionRequest, name_here
 from agent.enforce.guard import GUARDED_OPS, LSM_OPS, Guard, RuleRef, SavedRule
 from agent.enforce.handover import Handover, private_chain, startup_files
-from agent.enforce.marks import MarkPlan, MarkRule, OsView, extend_plan, plan_marks, too_long
+from agent.enforce.marks import (
+    MarkKey,
+    MarkPlan,
+    MarkRule,
+    OsView,
+    extend_plan,
+    plan_marks,
+    too_long,
+)
 from agent.enforce.mounts import MountView
 from agent.enforce.process import RECYCLED, kill_process, process_of
 from agent.enforce.verdict import VerdictRecord, event_object, guard_object
@@ -535,12 +543,18 @@ class Enforcer:
             here = name_here(req.fd)
             if here is not None and here not in paths:
                 paths.append(here)
+        left: list[str] = []
         if (
             identity is None
             and loader_target is None
             and not any(state.evaluator.targets(operation, p) for p in paths)
         ):
-            return True  # a sibling of a marked file that no rule names: no need to ask /proc
+            if not self._moved_out(req, st):
+                return True  # a sibling of a marked file that no rule names: no need to ask /proc
+            # renamed out of a marked directory while the event waited (and back, later): the
+            # name it had is gone; judge it as if still in each place a rule marks (fail closed)
+            left = self._places_left(operation, req.path)
+            paths += left
         process, pid = process_of(req.tid, state.lineage)
         requests: list[Request] = []
         if req.is_exec:
@@ -573,11 +587,49 @@ class Enforcer:
         obj: dict[str, Any] = {"path": req.path}
         if decided.path != req.path:
             obj["judged_as"] = decided.path
+        if decided.path in left:
+            obj["moved_while_judged"] = True
         if not (process.exe_known and process.ancestry_known):
             obj["exe_unknown"] = True  # judged fail-closed: /proc/PID/exe could not be read
         self._record(state, verdict, decided.operation, pid, process.exe, obj,
                      after_the_fact=False)  # fmt: skip
         return False
+
+    def _moved_out(self, req: PermissionRequest, st: os.stat_result | None) -> bool:
+        """Whether the file of a permission event is no longer where a mark of the event's
+        kind is (its inode, its directory, its filesystem): it was renamed out of a marked
+        directory while the event waited for the agent (red team 2026-12-08). Only for a
+        caller in the agent's mount namespace, whose names the agent's are; another's are
+        mapped by ``MountView.aliases``."""
+        if st is None or not self._mounts.ours(req.tid):
+            return False
+        bit = FAN_OPEN_EXEC_PERM if req.is_exec else FAN_OPEN_PERM
+        marks = self._mark_plan.marks
+        if (
+            marks.get(MarkKey(st.st_dev, 0), 0) | marks.get(MarkKey(st.st_dev, st.st_ino), 0)
+        ) & bit:
+            return False
+        try:
+            parent = os.stat(os.path.dirname(req.path))
+        except OSError:
+            return True
+        return not marks.get(MarkKey(parent.st_dev, parent.st_ino), 0) & bit
+
+    def _places_left(self, operation: str, path: str) -> list[str]:
+        """The names a file renamed out of a marked directory is judged by: its name in each
+        tree a rule of ``operation`` names, and each prefix itself (the name it had there is
+        not known)."""
+        name = os.path.basename(path)
+        out: list[str] = []
+        for rule in self._mark_rules:
+            if rule.operation != operation or rule.paths is None:
+                continue
+            for p in rule.paths:
+                if p.endswith("/"):
+                    out.append(p + name)
+                elif p.endswith("*"):
+                    out.append(p[:-1])
+        return list(dict.fromkeys(out))
 
     # ---- events from the stream (main loop) ----
     def needs(self, kind: str) -> bool:

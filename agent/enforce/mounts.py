@@ -227,6 +227,10 @@ class MountView:
                 self._recent.popleft()
             return [table for _, table in self._recent]
 
+    def ours(self, tid: int) -> bool:
+        """Whether thread ``tid`` is in the agent's mount namespace (its names are ours)."""
+        return _mount_ns(str(tid)) == self._ns
+
     def aliases(
         self, path: str, tid: int | None, dev: int | None = None, *, recent: bool = False
     ) -> list[str]:

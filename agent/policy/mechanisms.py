@@ -223,7 +223,9 @@ def fanotify_gaps(rule: CompiledRule) -> tuple[str, ...]:
         # the agent names the file when it answers, by its name then
         gaps.append(
             f"a file renamed out of the rule's path while its {op} waits for the agent's answer "
-            "is judged by its new name (then renamed back): whoever may rename it"
+            "is judged as if still in each of the rule's trees and prefixes, but one renamed "
+            "into another directory marked for the same kind of event (another rule's) is "
+            "judged by its new name there (then renamed back): whoever may rename it"
         )
     if rule.paths is not None and any(p.endswith(("*", "/")) for p in rule.paths):
         # directory marks: the kernel reports an open to the directory the file's dentry

@@ -18,6 +18,7 @@ bind rule only processes in a cgroup of its own.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -212,6 +213,11 @@ def env() -> Iterator[Env]:
     (root / "tree-new").mkdir()
     (root / "tree-new").chmod(0o777)
     root.chmod(0o755)  # nobody reaches tree-new
+    for writable in (tree / "w", root / "out"):  # the rename race's, nobody's
+        writable.mkdir()
+        os.chown(writable, 65534, 65534)
+    (tree / "w" / "f").write_text("orig\n")
+    os.chown(tree / "w" / "f", 65534, 65534)
     port = ephemeral_port()
     try:
         with agent_in(root, POLICY.format(tree=tree, port=port), "sealtrail-reported") as (
@@ -356,3 +362,56 @@ def test_an_o_tmpfile_in_a_create_guarded_tree_is_refused(env: Env) -> None:
     while not env.verdicts("rep-tree-create") and time.monotonic() < deadline:
         time.sleep(0.1)
     assert env.verdicts("rep-tree-create"), "the refusal is journaled"
+
+
+#: As nobody, ``argv[1]`` times: a child opens ``argv[2]`` for appending while the parent
+#: renames it to ``argv[3]`` an instant later and back once the child has its answer; a
+#: child that got a descriptor writes through it. Prints how many did.
+RENAME_RACE = textwrap.dedent(
+    """\
+    import os, sys, time
+    os.setgroups([]); os.setgid(65534); os.setuid(65534)
+    tries, inside, outside = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    won = 0
+    for i in range(tries):
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(r)
+            try:
+                fd = os.open(inside, os.O_WRONLY | os.O_APPEND)
+            except OSError:
+                os.write(w, b"D"); os._exit(0)
+            os.write(w, b"W")
+            time.sleep(0.05)  # the parent puts it back
+            os.write(fd, b"raced\\n")
+            os._exit(0)
+        os.close(w)
+        time.sleep(0.0005)
+        try:
+            os.rename(inside, outside)
+        except OSError:
+            pass
+        answer = os.read(r, 1)
+        os.close(r)
+        try:
+            os.rename(outside, inside)
+        except OSError:
+            pass
+        os.waitpid(pid, 0)
+        won += answer == b"W"
+    print(won)
+    """
+)
+
+
+def test_a_file_renamed_out_of_a_tree_while_its_open_waits_is_still_refused(env: Env) -> None:
+    """The agent names a file when it answers, by its name then: renamed out of the tree while
+    its open waited, it was judged by the outside name and allowed (red team 2026-12-08: 4 of
+    100 writes). A file no mark of the event's kind is on any more is judged as if still in
+    each tree and prefix a rule marks."""
+    inside, outside = env.tree / "w" / "f", env.root / "out" / "f"
+    r = child("-c", RENAME_RACE, "300", str(inside), str(outside))
+    assert r.returncode == 0, r.stderr
+    assert int(r.stdout) == 0, f"{r.stdout.strip()} of 300 writes got a descriptor"
+    assert "raced" not in (inside if inside.exists() else outside).read_text()
