@@ -82,10 +82,19 @@ def check_fields(rtype: str, fields: Mapping[str, object]) -> None:
         raise FormatError(f"type fields reuse common names: {clash}")
     if not required <= fields.keys():
         raise FormatError(f"{rtype} record lacks fields {sorted(required - fields.keys())}")
-    if rtype == "verdict" and fields["action"] not in VERDICT_ACTIONS:
-        raise FormatError(
-            f"verdict action {fields['action']!r} is not one of {sorted(VERDICT_ACTIONS)}"
-        )
+    if rtype == "verdict":
+        action = fields["action"]
+        # a hostile list or object is unhashable: test the type before the set lookup
+        if not isinstance(action, str) or action not in VERDICT_ACTIONS:
+            raise FormatError(
+                f"verdict action {_short(action)} is not one of {sorted(VERDICT_ACTIONS)}"
+            )
+
+
+def _short(value: object, limit: int = 80) -> str:
+    """``repr`` of a value from a record, cut so that a hostile one cannot flood a message."""
+    text = repr(value) if isinstance(value, str | int | bool | None) else type(value).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def parse_ts(value: object) -> int:

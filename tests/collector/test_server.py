@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import http.client
+import json
 import shutil
 import signal
 import socket
@@ -161,6 +162,29 @@ def test_gap_fork_rollback_tamper_and_replay_are_rejected(
     # the genuine continuation is still accepted after all that
     ok = client.ingest(held, lines[held:])
     assert ok.status == 200 and ok.doc["size"] == len(lines)
+
+
+def test_hostile_records_are_malformed_422_and_quarantined(
+    collector: Collector, host_a: HostJournal, tmp_path: Path
+) -> None:
+    client = _enrolled(collector, host_a, tmp_path)
+    lines = host_a.lines()
+    verdict = next(i for i in range(2, 40) if b'"type":"verdict"' in lines[i])
+    seal = next(i for i in range(verdict, len(lines)) if b'"type":"seal"' in lines[i])
+    listed = json.loads(lines[verdict])
+    listed["action"] = ["deny"]
+    deep = lines[verdict][:-1] + b',"zz":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    hostile = json.dumps(listed, sort_keys=True, separators=(",", ":")).encode()
+    for first in (False, True):  # the first line (parsed before the verifier) and a later one
+        for bad in (hostile, deep):
+            batch = list(lines[: seal + 1])
+            batch[0 if first else verdict] = bad
+            ans = client.ingest(0, batch)
+            assert ans.status == 422 and ans.doc["error"] == "malformed", ans.doc
+    with open_store(collector.store or "") as store:
+        kept = store.quarantined("host-a")
+        assert [q.reason.split(":")[0] for q in kept] == ["malformed"] * 4
+    assert collector.alive() and client.ingest(0, lines).status == 200
 
 
 def test_another_hosts_records_and_foreign_keys_are_refused(

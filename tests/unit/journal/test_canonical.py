@@ -86,3 +86,39 @@ def test_parse_rejects_floats_and_noncanonical_numbers() -> None:
     ):
         with pytest.raises(FormatError):
             parse_line(bad)
+
+
+def test_hostile_nesting_is_a_format_error_not_a_recursion_error() -> None:
+    from agent.journal.canonical import load_json, parse_canonical
+
+    deep = b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(FormatError, match="nested too deeply"):
+        parse_canonical(deep)
+    with pytest.raises(FormatError, match="nested too deeply"):
+        load_json(deep)
+    nested: object = []
+    for _ in range(5000):
+        nested = [nested]
+    with pytest.raises(FormatError):
+        canonical({"a": nested})  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize("action", [[], ["deny"], {}, {"deny": 1}, 1, None, True])
+def test_a_verdict_action_of_another_type_is_a_format_error(action: object) -> None:
+    from agent.journal.record import parse_line
+
+    line = canonical(
+        {
+            "action": action,  # type: ignore[dict-item]
+            "boot_id": "b",
+            "host": "h",
+            "policy": "p",
+            "prev": "0" * 64,
+            "rule": "r",
+            "seq": 0,
+            "ts": "1",
+            "type": "verdict",
+        }
+    )
+    with pytest.raises(FormatError, match="verdict action"):
+        parse_line(line)
