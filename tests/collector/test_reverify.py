@@ -13,6 +13,7 @@ import pytest
 from agent.cli import main
 from agent.collector.reverify import HostReport, verify_host
 from agent.collector.store import Store
+from agent.journal.canonical import canonical
 from agent.journal.record import record_hash
 from agent.journal.segments import Chunk
 from agent.journal.verify import Finding, Verifier
@@ -134,6 +135,27 @@ def test_a_changed_last_line_is_found(store: Store, web: StoredJournal, url: str
     assert any(f.seq == last and f.message.startswith("malformed record") for f in found)
     # the stop record before it lost its seal with it
     assert (last - 1, last) in [(f.seq, f.seq_end) for f in found if "only sealed" in f.message]
+
+
+@pytest.mark.parametrize("change", ["extra-field", "padding-bits"])
+def test_a_final_seal_changed_with_its_hash_is_found(
+    store: Store, web: StoredJournal, url: str, change: str
+) -> None:
+    """The final seal is covered by no later record: every byte of it must be signed."""
+    last = len(web.lines) - 1
+    seal = json.loads(web.lines[last])
+    if change == "extra-field":
+        seal["note"] = "all clear"
+    else:
+        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+        sig = seal["sig"]
+        seal["sig"] = sig[:-3] + alphabet[alphabet.index(sig[-3]) ^ 1] + "=="
+    changed = canonical(seal)
+    tamper(url, "web-01", last, line=changed, digest=record_hash(changed))
+    report, found = check(store)
+    assert not report.ok
+    expected = "nothing signs" if change == "extra-field" else "not canonical base64"
+    assert any(f.seq == last and expected in f.message for f in found), errors(found)
 
 
 def test_a_line_changed_with_its_hash_is_found_by_the_chain(
