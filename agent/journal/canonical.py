@@ -130,7 +130,13 @@ def parse_canonical(data: bytes) -> dict[str, JsonValue]:
         out = orjson.dumps(parsed, option=_OPTIONS)  # floats were refused while parsing
     except orjson.JSONEncodeError:
         out = b""
-    if out != data and (data.isascii() or _exact(parsed) != data):
+    if data.isascii():  # ASCII keys sort the same by code point and by UTF-16 unit
+        canonical_bytes = out == data
+    else:  # orjson sorts by code point: equal bytes are not enough above U+FFFF
+        canonical_bytes = (out == data and not _needs_rfc8785_sort(parsed)) or (
+            _exact(parsed) == data
+        )
+    if not canonical_bytes:
         raise FormatError("not canonical JSON (RFC 8785)")
     return parsed
 

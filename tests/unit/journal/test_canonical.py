@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import orjson
 import pytest
 import rfc8785
 
@@ -122,3 +123,19 @@ def test_a_verdict_action_of_another_type_is_a_format_error(action: object) -> N
     )
     with pytest.raises(FormatError, match="verdict action"):
         parse_line(line)
+
+
+def test_only_the_utf16_key_order_parses() -> None:
+    """Above U+FFFF code-point order (orjson's) and UTF-16 order (RFC 8785's) differ."""
+    from agent.journal.canonical import parse_canonical
+
+    value = {"\uffff": 1, "\U00010000": 2}
+    codepoint = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    assert codepoint != rfc8785.dumps(value)
+    with pytest.raises(FormatError, match="not canonical"):
+        parse_canonical(codepoint)
+    assert parse_canonical(rfc8785.dumps(value)) == value
+    nested = {"a": [{"\uffff": 1, "\U00010000": 2}]}
+    with pytest.raises(FormatError, match="not canonical"):
+        parse_canonical(orjson.dumps(nested, option=orjson.OPT_SORT_KEYS))
+    assert parse_canonical(rfc8785.dumps(nested)) == nested
