@@ -92,6 +92,10 @@ FLEET_RECORD_INTERVAL = 60.0
 BOOKKEEPING = frozenset({"receipt", "forward_error", "seal", "fleet_checkpoint"})
 #: forward_error records waiting for the main loop, at most.
 MAX_QUEUED = 64
+#: Characters of a collector's own text (a rejection's code and detail) kept in what is
+#: journaled, logged and in the status file: a hostile collector's megabyte stays out.
+MAX_DETAIL = 1000
+MAX_CODE = 64
 
 
 @dataclass(frozen=True)
@@ -556,8 +560,8 @@ class Forwarder:
         return hashlib.sha256(RECORD_PREFIX + line).hexdigest() == record_hash
 
     def _rejected_batch(self, batch: Batch, body: dict[str, Any]) -> Wait:
-        code, seq = str(body.get("error")), body.get("seq")
-        detail = str(body.get("detail", ""))
+        code, seq = _printable(body.get("error"), MAX_CODE), body.get("seq")
+        detail = _printable(body.get("detail", ""), MAX_DETAIL)
         at = seq if type(seq) is int and batch.start <= seq < batch.end else batch.start
         self._state = "rejected"
         known = self._rejected
@@ -592,9 +596,10 @@ class Forwarder:
         if status >= 500:
             return self._unreachable(f"{self.collector}: HTTP {status} {body.get('error', '')}")
         self._head = None
+        code = _printable(body.get("error", "no error named"), MAX_CODE)
         self._problem(
             "refused",
-            f"HTTP {status}: {body.get('error', 'no error named')}: {body.get('detail', '')}",
+            f"HTTP {status}: {code}: {_printable(body.get('detail', ''), MAX_DETAIL)}",
             key=("refused", status),
         )
         return self._rejected_wait()
@@ -656,6 +661,14 @@ class Forwarder:
 
 def _now_ns() -> str:
     return str(time.time_ns())
+
+
+def _printable(value: object, limit: int) -> str:
+    """A collector's text as it may be journaled: printable (other characters escaped as
+    ``repr`` escapes them) and at most ``limit`` characters, saying how long it was if cut."""
+    text = value if isinstance(value, str) else repr(value)
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])[:limit]
+    return f"{shown}... (cut: {len(text)} characters)" if len(text) > limit else shown
 
 
 def _substantive(batch: Batch) -> bool:

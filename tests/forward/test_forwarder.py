@@ -504,3 +504,21 @@ def test_records_made_durable_while_a_batch_is_on_its_way_wait_for_the_interval(
     run(fwd)
     assert len(collector.requests) == sent + 2 and collector.lines == stored(journal)
     w.close({"reason": "test"})
+
+
+def test_a_huge_rejection_detail_is_cut_and_kept_printable(journal: Journal) -> None:
+    journal.fill(40, seal_every=20)
+    collector = FakeCollector(journal.host)
+    detail = "\x1b[2J" + "X" * 1_000_000
+    collector.hook = lambda start, body: Answer(
+        422, {"error": "tamper\n" * 1000, "detail": detail, "seq": start}, None
+    )
+    fwd = forwarder(journal, collector)
+    while fwd.step().seconds == 0:
+        pass
+    (error,) = [f for t, f in fwd.take_records() if t == "forward_error"]
+    status = fwd.status()
+    for text in (error["detail"], status["last_error"]["detail"], status["rejected"]["detail"]):
+        assert isinstance(text, str) and text.isprintable() and len(text) < 2200
+        assert "cut: 1000004 characters" in text
+    assert len(str(error["code"])) < 100 and str(error["code"]).isprintable()
