@@ -399,7 +399,9 @@ class Forwarder:
             return self._refused(answer)
         size, host = answer.body.get("size"), answer.body.get("host")
         if type(size) is not int or size < 0:
-            self._problem("protocol", f"the head answer has no size: {answer.body!r:.200}")
+            what = answer.problem or f"without a size: {answer.body!r:.200}"
+            self._head = None
+            self._problem("protocol", f"the head answer is not one: {what}")
             return self._retry()
         if host != self.host:
             self._problem(
