@@ -33,6 +33,7 @@ from agent.collector.protocol import (
 )
 from agent.collector.provision import enroll_host
 from agent.collector.store import open_store
+from agent.journal.canonical import canonical
 from agent.journal.keys import KeyStore, PublicKey
 from agent.journal.merkle import CompactTree
 from agent.journal.record import record_hash
@@ -185,6 +186,25 @@ def test_hostile_records_are_malformed_422_and_quarantined(
         kept = store.quarantined("host-a")
         assert [q.reason.split(":")[0] for q in kept] == ["malformed"] * 4
     assert collector.alive() and client.ingest(0, lines).status == 200
+
+
+def test_a_batch_that_does_not_chain_to_the_head_names_its_first_record(
+    collector: Collector, host_a: HostJournal, tmp_path: Path
+) -> None:
+    client = _enrolled(collector, host_a, tmp_path)
+    lines = host_a.lines()
+    held = client.ingest(0, lines[:100]).doc["size"]
+    batch = list(lines[held : held + 60])
+    first = json.loads(batch[0])
+    first["prev"] = "ab" * 32  # not the head's last hash; the next record chains to it
+    batch[0] = canonical(first)
+    second = json.loads(batch[1])
+    second["prev"] = record_hash(batch[0]).hex()
+    batch[1] = canonical(second)
+    ans = client.ingest(held, batch)
+    assert ans.status == 422 and ans.doc["error"] == "tamper" and ans.doc["seq"] == held
+    assert ans.doc["detail"].startswith(f"record {held} in batch:{held} at byte 0: "), ans.doc
+    assert f"not the hash of record {held - 1}" in ans.doc["detail"]
 
 
 def test_another_hosts_records_and_foreign_keys_are_refused(
