@@ -292,6 +292,78 @@ def test_bad_input_gets_a_clear_4xx_and_the_server_stays_up(
     assert collector.alive() and client.ingest(0, lines).status == 200
 
 
+def _held_upload(client: Client, length: int) -> ssl.SSLSocket:
+    """An upload that sends its headers (Content-Length ``length``) and none of its body."""
+    sock = client.ctx.wrap_socket(
+        socket.create_connection(("127.0.0.1", client.port), timeout=10),
+        server_hostname="127.0.0.1",
+    )
+    sock.sendall(
+        f"POST {INGEST_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {LINES_TYPE}\r\n"
+        f"{START_HEADER}: 0\r\nContent-Length: {length}\r\n\r\n".encode()
+    )
+    return sock
+
+
+def _reserved(client: Client) -> float:
+    text = str(client.request("GET", METRICS_PATH).doc)
+    (line,) = [
+        ln for ln in text.splitlines() if ln.startswith("sealtrail_collector_body_bytes_reserved ")
+    ]
+    return float(line.split()[1])
+
+
+def _wait_reserved(client: Client, value: int) -> None:
+    deadline = time.monotonic() + 20
+    while _reserved(client) != value:
+        assert time.monotonic() < deadline, f"reserved {_reserved(client)}, not {value}"
+        time.sleep(0.05)
+
+
+def test_one_host_cannot_hold_the_memory_or_the_places_of_others(
+    collector: Collector, tmp_path: Path
+) -> None:
+    """Uploads are admitted before their bodies are read: at most 2 in flight per host, and
+    bodies of at most 4 x body_bytes in all; beyond, 429 or 503 with Retry-After at once."""
+    config = collector.dir / "collector.toml"
+    text = config.read_text()
+    assert "body_bytes = 16777216" in text
+    config.write_text(text.replace("body_bytes = 16777216", "body_bytes = 1048576"))
+    clients = {}
+    for name in ("host-a", "host-b", "host-c"):
+        journal = HostJournal(tmp_path, name)
+        KeyStore(journal.keys).init()
+        journal.fill(30, seal_every=10)
+        bundle = collector.enroll(name, journal.pub, tmp_path / f"{name}-bundle")
+        clients[name] = (collector.client(bundle), journal.lines())
+    collector.start()
+    a = clients["host-a"][0]
+    b, b_lines = clients["host-b"]
+    c, c_lines = clients["host-c"]
+    mib = 1 << 20
+    held = [_held_upload(a, mib), _held_upload(a, mib)]
+    _wait_reserved(a, 2 * mib)
+    third = _held_upload(a, mib)  # its body is never sent: refused on its headers alone
+    answer = third.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 429 ") and "Retry-After: 1" in answer, answer
+    assert '"busy"' in answer
+    third.close()
+    # the other hosts are served meanwhile
+    ok = b.ingest(0, b_lines)
+    assert ok.status == 200 and ok.doc["size"] == len(b_lines)
+    held += [_held_upload(b, mib), _held_upload(b, mib)]
+    _wait_reserved(a, 4 * mib)  # the whole budget of 4 x body_bytes
+    busy = c.ingest(0, c_lines)
+    assert busy.status == 503 and busy.doc["error"] == "busy"
+    assert busy.headers["retry-after"] == "1"
+    for sock in held:
+        sock.close()
+    _wait_reserved(a, 0)  # the places are given back when the uploads end
+    ok = c.ingest(0, c_lines)
+    assert ok.status == 200 and ok.doc["size"] == len(c_lines)
+    assert collector.alive()
+
+
 def test_a_slow_client_is_cut_off_and_others_are_served(
     tmp_path: Path, host_a: HostJournal
 ) -> None:
