@@ -163,6 +163,7 @@ def open_forwarder(config: AgentConfig, journal: JournalWriter) -> Forwarding | 
         host=journal.host,
         durable=journal.sealed_size,
         run_dir=config.run_dir,
+        roots=journal.seal_roots,
     )
 
 

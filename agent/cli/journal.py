@@ -32,6 +32,7 @@ import orjson
 from agent import paths
 from agent.errors import FormatError, JournalError, KeyStoreError, UsageError
 from agent.journal import ocsf
+from agent.journal.canonical import load_json
 from agent.journal.checkpoint import (
     CONSISTENCY_FORMAT,
     ConsistencyProof,
@@ -396,11 +397,14 @@ class _Progress:
 def _load_json(path: str | Path, what: str) -> Any:
     try:
         text = sys.stdin.read() if str(path) == "-" else Path(path).read_text(encoding="utf-8")
-        return json.loads(text)
     except OSError as exc:
         raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from None
-    except ValueError as exc:
+    except ValueError as exc:  # not UTF-8
         raise FormatError(f"{what} {path} is not JSON: {exc}") from None
+    try:
+        return load_json(text)
+    except FormatError as exc:
+        raise FormatError(f"{what} {path}: {exc}") from None
 
 
 def _genesis(path: Path) -> PublicKey:

@@ -14,6 +14,9 @@ memory). Then what the store keeps beside the records must agree with them:
   after it were added behind the collector's back: they are authenticated by nothing);
 - the head's chain state is the one the verifier reached (ingest resumes from it), its last
   hash that of the last record, and its checkpoint the one the last valid seal signs.
+- the host's last fleet-log entry is a stored seal's checkpoint (a store cut back behind it,
+  head and all, still verifies on its own), and the published fleet checkpoint covers no more
+  entries than the fleet log holds.
 
 Findings are the verifier's, with the seq. The verifier reads each run of records as a segment
 named ``store:HOST@SEQ`` (the run that starts at record SEQ; byte offsets count within it);
@@ -34,6 +37,7 @@ from agent.journal.record import parse_line, record_hash
 from agent.journal.segments import Chunk
 from agent.journal.state import ChainState
 from agent.journal.verify import MAX_KEPT_FINDINGS, Finding, Summary, Verifier
+from agent.witness.evidence import parse_entry
 
 #: Bytes of lines fed to the verifier at a time (one run, ``store:HOST@SEQ``).
 CHUNK_BYTES = 4 << 20
@@ -104,6 +108,7 @@ class _HostCheck:
             out(self.verifier.finish())
             out(self._unsealed())
         out(self._rows(size))
+        out(self._fleet(size))
         if self.report.ok:
             out(self._head(size))
         return self.report
@@ -168,6 +173,50 @@ class _HostCheck:
                 f"stored beyond the head, which holds records 0\u2013{size - 1}: {_BEHIND}", seq
             )
             break
+
+    # ------------------------------------------------------------------------------ fleet log
+    def _fleet(self, size: int) -> Iterator[Finding]:
+        """The host's last fleet-log entry (a checkpoint of its records the collector logged
+        when it accepted them, and signed receipts for) must be one of the stored seals: a
+        store cut back behind it, head and all, still verifies on its own."""
+        entries = self.store.fleet_size()
+        published = self.store.fleet_published()
+        if published is not None and published[0] > entries:
+            yield self._error(
+                f"the published fleet checkpoint covers {published[0]} fleet-log entries, the "
+                f"fleet log holds {entries}: " + _BEHIND,
+                None,
+            )
+        last = self.store.fleet_last_of(self.name, entries)
+        if last is None:
+            return
+        index, host_size = last
+        if host_size >= size:  # the seal at seq host_size is not stored
+            held = f"holds {size} records" if size else "holds none"
+            yield self._error(
+                f"the fleet log's entry {index} is a checkpoint of {host_size} records of "
+                f"{self.name} (its seal is record {host_size}), the store {held}: records "
+                "were cut after the collector logged and acknowledged them: " + _BEHIND,
+                size,
+                seq_end=host_size,
+            )
+            return
+        if host_size > self.last_seq:  # its seal is missing from the rows: ``_rows`` says so
+            return
+        try:
+            (entry,) = self.store.fleet_entries(index, index + 1)
+            logged = parse_entry(entry)
+            line = next(iter(self.store.records(self.name, host_size, host_size + 1)))[1]
+            stored = Checkpoint.from_seal(parse_line(line))
+        except (FormatError, ValueError, StopIteration) as exc:
+            yield self._error(f"the fleet log's entry {index} cannot be read ({exc})", host_size)
+            return
+        if stored != logged:
+            yield self._error(
+                f"the fleet log's entry {index} is not the checkpoint the stored seal "
+                f"{host_size} signs: " + _BEHIND,
+                host_size,
+            )
 
     # ------------------------------------------------------------------------------ head
     def _head(self, size: int) -> Iterator[Finding]:

@@ -7,8 +7,10 @@ the peer certificate to the application (docs/collector.md, "Why aiohttp").
 
 The event loop only parses HTTP and authenticates; verification and the store's durable commit
 are CPU- and IO-bound, so they run in a small thread pool (native verification and SQLite
-release the GIL), one batch per host at a time (a lock per host), a bounded number at once:
-beyond that the server answers 503 with Retry-After, which the forwarder honours. Slow
+release the GIL), one batch per host at a time (a lock per host), a bounded number at once.
+Uploads are admitted on their headers, before their bodies are read: at most
+``HOST_IN_FLIGHT`` per host (429 beyond) and bodies of at most ``BODY_BUDGET_FACTOR`` x the
+body limit in all (503 beyond), both with Retry-After, which the forwarder honours. Slow
 clients are cut off: TLS handshake, request headers and body each have a timeout; bodies over
 the limit get 413 before they are read.
 """
@@ -56,6 +58,14 @@ log = logging.getLogger(__name__)
 WORKERS = 4
 MAX_WAITING = 256
 RETRY_AFTER_SECONDS = 1
+#: Batches of one host being read, waiting or judged at once; beyond, 429 before the body is
+#: read. A host's batches are judged one at a time anyway (a lock per host), and a forwarder
+#: sends one at a time: more in flight are only a host holding memory and others' places.
+HOST_IN_FLIGHT = 2
+#: Bodies being read or held, in bytes, are at most this many times ``body_bytes`` (64 MiB by
+#: default); a batch that would go beyond gets 503 before its body is read. Its declared
+#: Content-Length is reserved (``body_bytes`` for a chunked body) until its answer is made.
+BODY_BUDGET_FACTOR = 4
 
 
 class Metrics:
@@ -89,6 +99,11 @@ class Metrics:
         self.waiting = Gauge(
             "sealtrail_collector_batches_waiting", "Batches waiting for a worker", registry=r
         )
+        self.held = Gauge(
+            "sealtrail_collector_body_bytes_reserved",
+            "Bytes reserved for request bodies being read or judged",
+            registry=r,
+        )
 
 
 @dataclass
@@ -99,6 +114,38 @@ class _State:
     pool: concurrent.futures.ThreadPoolExecutor
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     waiting: int = 0
+    #: batches per host admitted and not answered yet (``HOST_IN_FLIGHT``)
+    in_flight: dict[str, int] = field(default_factory=dict)
+    #: bytes reserved for the bodies of those batches (``BODY_BUDGET_FACTOR``)
+    reserved: int = 0
+
+    @property
+    def budget(self) -> int:
+        return BODY_BUDGET_FACTOR * self.config.body_limit
+
+    def admit(self, host: str, claim: int) -> web.Response | None:
+        """Reserve a place for one batch of ``host`` of ``claim`` bytes, or the refusal."""
+        if self.in_flight.get(host, 0) >= HOST_IN_FLIGHT:
+            self.metrics.refused.labels("host-busy").inc()
+            return _busy(
+                429, f"{HOST_IN_FLIGHT} batches of this host are in flight; send one at a time"
+            )
+        if self.waiting >= MAX_WAITING or self.reserved + claim > self.budget:
+            self.metrics.refused.labels("busy").inc()
+            return _busy(503, "too many batches waiting; retry later")
+        self.in_flight[host] = self.in_flight.get(host, 0) + 1
+        self.reserved += claim
+        self.metrics.held.set(self.reserved)
+        return None
+
+    def release(self, host: str, claim: int) -> None:
+        left = self.in_flight[host] - 1
+        if left:
+            self.in_flight[host] = left
+        else:
+            del self.in_flight[host]
+        self.reserved -= claim
+        self.metrics.held.set(self.reserved)
 
 
 _STATE: web.AppKey[_State] = web.AppKey("sealtrail", _State)
@@ -106,6 +153,14 @@ _STATE: web.AppKey[_State] = web.AppKey("sealtrail", _State)
 
 def _error(status: int, error: str, detail: str, **extra: object) -> web.Response:
     return web.json_response({"error": error, "detail": detail, **extra}, status=status)
+
+
+def _busy(status: int, detail: str) -> web.Response:
+    return web.json_response(
+        {"error": "busy", "detail": detail},
+        status=status,
+        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+    )
 
 
 def _peer_host(request: web.Request, state: _State) -> Host | web.Response:
@@ -157,6 +212,20 @@ async def handle_ingest(request: web.Request) -> web.StreamResponse:
     if request.content_length is not None and request.content_length > limit:
         state.metrics.refused.labels("too-large").inc()
         return _error(413, "too-large", f"a batch may have at most {limit} bytes")
+    # Admitted before a byte of the body is read: memory for bodies stays within the budget,
+    # and one host cannot take the places of others.
+    claim = limit if request.content_length is None else request.content_length
+    refused = state.admit(host.name, claim)
+    if refused is not None:
+        return refused
+    try:
+        return await _ingest(request, state, host, start)
+    finally:
+        state.release(host.name, claim)
+
+
+async def _ingest(request: web.Request, state: _State, host: Host, start: int) -> web.Response:
+    limit = state.config.body_limit
     try:
         body = await asyncio.wait_for(request.read(), state.config.timeouts.request_seconds)
     except TimeoutError:
@@ -167,13 +236,6 @@ async def handle_ingest(request: web.Request) -> web.StreamResponse:
         return _error(413, "too-large", f"a batch may have at most {limit} bytes")
     if not body:
         return _error(400, "bad-request", "empty batch")
-    if state.waiting >= MAX_WAITING:
-        state.metrics.refused.labels("busy").inc()
-        return web.json_response(
-            {"error": "busy", "detail": "too many batches waiting; retry later"},
-            status=503,
-            headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-        )
     lock = state.locks.setdefault(host.name, asyncio.Lock())
     state.waiting += 1
     state.metrics.waiting.inc()

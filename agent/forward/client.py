@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import json
 import socket
 import ssl
 import time
@@ -25,7 +24,8 @@ from urllib.parse import urlsplit
 
 from agent.collector import layout
 from agent.collector.protocol import HEAD_PATH, INGEST_PATH, LINES_TYPE, START_HEADER
-from agent.errors import ForwardError, KeyStoreError
+from agent.errors import FormatError, ForwardError, KeyStoreError
+from agent.journal.canonical import load_json
 from agent.journal.keys import PublicKey
 
 DEFAULT_CONNECT_TIMEOUT = 10.0
@@ -72,11 +72,12 @@ class Bundle:
 
 class Answer(NamedTuple):
     """An HTTP answer: status, the JSON object (empty if it was not one), Retry-After in
-    seconds (None without one)."""
+    seconds (None without one), and why the body is not a JSON object (None if it is)."""
 
     status: int
     body: dict[str, Any]
     retry_after: float | None
+    problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,8 @@ class CollectorClient:
         except (OSError, http.client.HTTPException) as exc:
             self.close()
             raise ForwardError(f"{self.endpoint}: {_describe(exc)}") from None
-        return Answer(response.status, _json_object(data), parse_retry_after(retry_after))
+        doc, problem = _json_object(data)
+        return Answer(response.status, doc, parse_retry_after(retry_after), problem)
 
 
 def _describe(exc: BaseException) -> str:
@@ -183,12 +185,16 @@ def _describe(exc: BaseException) -> str:
     return str(exc) or type(exc).__name__
 
 
-def _json_object(data: bytes) -> dict[str, Any]:
+def _json_object(data: bytes) -> tuple[dict[str, Any], str | None]:
+    """The answer's JSON object, or {} and what it is instead (a hostile collector's nesting
+    thousands deep included: that is a protocol problem, not a crash of the forwarder)."""
     try:
-        value = json.loads(data)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
+        value = load_json(data)
+    except FormatError as exc:
+        return {}, f"the answer ({len(data)} bytes) is {exc}"
+    if not isinstance(value, dict):
+        return {}, f"the answer is a JSON {type(value).__name__}, not an object"
+    return value, None
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

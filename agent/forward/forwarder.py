@@ -71,7 +71,9 @@ from agent.forward.records import receipt_fields
 from agent.forward.source import DEFAULT_BATCH_BYTES, DEFAULT_BATCH_RECORDS, Batch, JournalSource
 from agent.journal.canonical import JsonValue
 from agent.journal.keys import PublicKey
+from agent.journal.merkle import CompactTree
 from agent.journal.record import RECORD_PREFIX, parse_line
+from agent.journal.roots import SealRoots
 from agent.status import write_status
 
 log = logging.getLogger(__name__)
@@ -92,6 +94,10 @@ FLEET_RECORD_INTERVAL = 60.0
 BOOKKEEPING = frozenset({"receipt", "forward_error", "seal", "fleet_checkpoint"})
 #: forward_error records waiting for the main loop, at most.
 MAX_QUEUED = 64
+#: Characters of a collector's own text (a rejection's code and detail) kept in what is
+#: journaled, logged and in the status file: a hostile collector's megabyte stays out.
+MAX_DETAIL = 1000
+MAX_CODE = 64
 
 
 @dataclass(frozen=True)
@@ -144,11 +150,19 @@ class Forwarder:
         status_dir: Path | None = None,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        roots: SealRoots | None = None,
     ) -> None:
+        """``roots``: the writer's Merkle roots at its recent seals (``JournalWriter.seal_roots``);
+        a receipt's root at a size not among them is computed from the journal."""
         self.host = host
         self.collector = collector
         self.pacing = pacing
         self._source = source
+        self._roots = roots or SealRoots()
+        #: the tree of the journal's first records, computed when ``roots`` did not know a size
+        #: (a head at start-up, a receipt far behind); extended from where it is when it can be
+        self._tree = CompactTree()
+        self._tree_source: JournalSource | None = None
         self._client = client
         self._key = collector_key
         self._status_dir = status_dir
@@ -196,7 +210,14 @@ class Forwarder:
 
     @classmethod
     def open(
-        cls, config: ForwardConfig, journal_dir: Path, *, host: str, durable: int, run_dir: Path
+        cls,
+        config: ForwardConfig,
+        journal_dir: Path,
+        *,
+        host: str,
+        durable: int,
+        run_dir: Path,
+        roots: SealRoots | None = None,
     ) -> Forwarder:
         """A forwarder to ``config.url`` with the bundle in ``config.tls_dir``; ``ForwardError``
         names what is wrong with either before anything is sent."""
@@ -220,6 +241,7 @@ class Forwarder:
             collector=str(endpoint),
             pacing=config.pacing,
             status_dir=run_dir,
+            roots=roots,
         )
 
     # ------------------------------------------------------------------ the main thread's side
@@ -395,7 +417,9 @@ class Forwarder:
             return self._refused(answer)
         size, host = answer.body.get("size"), answer.body.get("host")
         if type(size) is not int or size < 0:
-            self._problem("protocol", f"the head answer has no size: {answer.body!r:.200}")
+            what = answer.problem or f"without a size: {answer.body!r:.200}"
+            self._head = None
+            self._problem("protocol", f"the head answer is not one: {what}")
             return self._retry()
         if host != self.host:
             self._problem(
@@ -405,6 +429,8 @@ class Forwarder:
             )
             return self._rejected_wait()
         self._reachable()
+        last = answer.body.get("last_hash")
+        last = last if isinstance(last, str) else None
         if answer.body.get("receipt") is not None and size:
             try:
                 receipt = Receipt.from_dict(answer.body["receipt"])
@@ -412,10 +438,16 @@ class Forwarder:
             except FormatError as exc:
                 self._problem("receipt", f"the head's receipt is not trusted: {exc}")
             else:
-                if receipt.size == size:
+                differs = self._root_differs(receipt) if receipt.size == size else None
+                if receipt.size == size and differs is None:
                     self._acked = max(self._acked, size)
-        last = answer.body.get("last_hash")
-        return self._move_head(size, last if isinstance(last, str) else None)
+                elif differs is not None and last is not None and self._holds(size - 1, last):
+                    # its last record is this journal's, its root is not: a lie, not a wiped
+                    # or replaced journal (``_move_head`` judges those)
+                    self._head = None
+                    self._problem("root-mismatch", f"the head's receipt: {differs}")
+                    return self._retry()
+        return self._move_head(size, last)
 
     def _answered(self, batch: Batch, answer: Answer) -> Wait:
         status, body = answer.status, answer.body
@@ -456,6 +488,29 @@ class Forwarder:
             )
             return self._retry()
         self._reachable()
+        with self._cond:
+            durable = self._durable
+        if probing and receipt.size > durable:
+            # It skipped what was sent as the same bytes, and holds records this journal does
+            # not have: the journal lost its end. Its receipt is for records not here: neither
+            # trusted nor journaled. Once the resend is through, that is the ``ahead`` state.
+            self._head = batch.end
+            if self._probe_until is not None and batch.end >= self._probe_until:
+                self._head = None
+                self._problem(
+                    "ahead",
+                    f"the collector holds {receipt.size} records of host {self.host}, and "
+                    f"records 0-{batch.end - 1} match this journal, which has only {durable}: "
+                    "the journal lost records the collector holds (cut since they were sent)",
+                    key=("ahead",),
+                )
+                return self._rejected_wait()
+            return NOW
+        differs = self._root_differs(receipt)
+        if differs is not None:
+            self._head = None
+            self._problem("root-mismatch", f"records {batch.start}-{batch.end - 1}: {differs}")
+            return self._retry()
         self._head = self._acked = batch.end
         if self._probe_until is not None and batch.end >= self._probe_until:
             self._probe_until = None  # all it held matched: what follows is new to it
@@ -533,7 +588,7 @@ class Forwarder:
                 self._head = 0
                 return NOW
             self._head = None
-            self._problem("ahead", why)
+            self._problem("ahead", why, key=("ahead",))
             return self._rejected_wait()
         if size < self._acked:
             self._problem(
@@ -543,6 +598,45 @@ class Forwarder:
             )
         self._head = size
         return NOW
+
+    def _root_differs(self, receipt: Receipt) -> str | None:
+        """Why a receipt's root is not this journal's root at its size (None: it is).
+
+        The collector signs whatever root it likes: only the journal's own says it holds
+        these records. A size beyond what the journal holds cannot be this journal's."""
+        try:
+            mine = self._root_at(receipt.size)
+        except JournalError as exc:
+            return f"the receipt for {receipt.size} records cannot be checked: {exc}"
+        if mine is None:
+            return f"the receipt is for {receipt.size} records, the journal holds fewer"
+        if mine.hex() != receipt.root:
+            return (f"the collector signed root {receipt.root} for {receipt.size} records, "
+                    f"the journal's is {mine.hex()}: it does not hold these records")  # fmt: skip
+        return None
+
+    def _root_at(self, size: int) -> bytes | None:
+        """The journal's Merkle root of records 0 .. size-1 (None if it has fewer): the
+        writer's, or computed from the journal (once at start-up for the head, then only for a
+        size the writer no longer keeps, extending the tree from where it was)."""
+        known = self._roots.get(size)
+        if known is not None:
+            return known
+        with self._cond:
+            durable = self._durable
+        if size > durable:
+            return None
+        if size < self._tree.size:
+            self._tree = CompactTree()
+        if self._tree_source is None:
+            self._tree_source = JournalSource(self._source.directory)
+        while self._tree.size < size:
+            batch = self._tree_source.read(self._tree.size, size)
+            if batch is None:
+                raise JournalError(f"record {self._tree.size} is not complete in the journal")
+            for line in bytes(batch.data).splitlines():
+                self._tree.append(hashlib.sha256(RECORD_PREFIX + line).digest())
+        return self._tree.root()
 
     def _holds(self, seq: int, record_hash: str) -> bool:
         """Is the stored record ``seq`` of this journal the one with ``record_hash``?"""
@@ -556,8 +650,8 @@ class Forwarder:
         return hashlib.sha256(RECORD_PREFIX + line).hexdigest() == record_hash
 
     def _rejected_batch(self, batch: Batch, body: dict[str, Any]) -> Wait:
-        code, seq = str(body.get("error")), body.get("seq")
-        detail = str(body.get("detail", ""))
+        code, seq = _printable(body.get("error"), MAX_CODE), body.get("seq")
+        detail = _printable(body.get("detail", ""), MAX_DETAIL)
         at = seq if type(seq) is int and batch.start <= seq < batch.end else batch.start
         self._state = "rejected"
         known = self._rejected
@@ -592,9 +686,10 @@ class Forwarder:
         if status >= 500:
             return self._unreachable(f"{self.collector}: HTTP {status} {body.get('error', '')}")
         self._head = None
+        code = _printable(body.get("error", "no error named"), MAX_CODE)
         self._problem(
             "refused",
-            f"HTTP {status}: {body.get('error', 'no error named')}: {body.get('detail', '')}",
+            f"HTTP {status}: {code}: {_printable(body.get('detail', ''), MAX_DETAIL)}",
             key=("refused", status),
         )
         return self._rejected_wait()
@@ -656,6 +751,14 @@ class Forwarder:
 
 def _now_ns() -> str:
     return str(time.time_ns())
+
+
+def _printable(value: object, limit: int) -> str:
+    """A collector's text as it may be journaled: printable (other characters escaped as
+    ``repr`` escapes them) and at most ``limit`` characters, saying how long it was if cut."""
+    text = value if isinstance(value, str) else repr(value)
+    shown = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])[:limit]
+    return f"{shown}... (cut: {len(text)} characters)" if len(text) > limit else shown
 
 
 def _substantive(batch: Batch) -> bool:

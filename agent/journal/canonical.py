@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import orjson
 import rfc8785
@@ -86,15 +86,32 @@ def canonical(value: JsonValue) -> bytes:
     itself enforces string keys and the 2**53 integer limit (OPT_STRICT_INTEGER), and ASCII
     keys sort the same by code point and by UTF-16 unit. Everything else takes ``_exact``.
     """
-    if type(value) is dict and _plain(value):
-        try:
-            out = orjson.dumps(value, option=_OPTIONS)
-        except orjson.JSONEncodeError:
-            pass
-        else:
-            if out.isascii():
-                return out
+    try:
+        if type(value) is dict and _plain(value):
+            try:
+                out = orjson.dumps(value, option=_OPTIONS)
+            except orjson.JSONEncodeError:
+                pass
+            else:
+                if out.isascii():
+                    return out
+    except RecursionError:
+        raise FormatError("value is nested too deeply") from None
     return _exact(value)
+
+
+def load_json(data: str | bytes) -> Any:
+    """``json.loads`` for input from anyone: FormatError for anything that is not JSON text.
+
+    Deep nesting makes the stdlib parser raise RecursionError, which is no ValueError: a
+    hostile document must read as malformed, never escape as a traceback.
+    """
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise FormatError("not valid JSON: nested too deeply") from None
+    except ValueError as exc:  # includes UnicodeDecodeError
+        raise FormatError(f"not valid JSON: {exc}") from None
 
 
 def parse_canonical(data: bytes) -> dict[str, JsonValue]:
@@ -103,6 +120,8 @@ def parse_canonical(data: bytes) -> dict[str, JsonValue]:
         parsed = _decode(data.decode("utf-8"))
     except FormatError:
         raise
+    except RecursionError:  # deep nesting: hostile input, not a record
+        raise FormatError("not valid JSON: nested too deeply") from None
     except ValueError as exc:  # includes UnicodeDecodeError
         raise FormatError(f"not valid JSON: {exc}") from None
     if type(parsed) is not dict:
@@ -111,7 +130,13 @@ def parse_canonical(data: bytes) -> dict[str, JsonValue]:
         out = orjson.dumps(parsed, option=_OPTIONS)  # floats were refused while parsing
     except orjson.JSONEncodeError:
         out = b""
-    if out != data and (data.isascii() or _exact(parsed) != data):
+    if data.isascii():  # ASCII keys sort the same by code point and by UTF-16 unit
+        canonical_bytes = out == data
+    else:  # orjson sorts by code point: equal bytes are not enough above U+FFFF
+        canonical_bytes = (out == data and not _needs_rfc8785_sort(parsed)) or (
+            _exact(parsed) == data
+        )
+    if not canonical_bytes:
         raise FormatError("not canonical JSON (RFC 8785)")
     return parsed
 

@@ -54,10 +54,19 @@ def b64(data: bytes) -> str:
 
 
 def unb64(text: str, what: str) -> bytes:
+    """Decode canonical base64 only: the one spelling ``b64`` writes.
+
+    The decoder ignores the unused low bits of the last character, so several texts decode to
+    the same bytes; a signature whose spelling can change without failing would leave bytes of
+    a signed line that nothing covers. Re-encoding and comparing refuses every other spelling.
+    """
     try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError):
         raise FormatError(f"{what} is not valid base64") from None
+    if b64(raw) != text:
+        raise FormatError(f"{what} is not canonical base64 (non-zero padding bits)")
+    return raw
 
 
 @dataclass(frozen=True)

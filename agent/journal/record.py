@@ -57,6 +57,10 @@ REQUIRED_FIELDS: Mapping[str, frozenset[str]] = {
     "fanotify_takeover": frozenset({"marks", "denied_unanswered"}),
 }
 WRITER_TYPES = frozenset({"recovery", "key_rotation", "seal", "stop"})
+#: Types whose records hold exactly their required fields. A seal's signature covers only the
+#: checkpoint (size, root, key_id, prev, ts, host), so any other field in a seal line would be
+#: bytes nothing signs: the final seal of a journal is covered by no later record either.
+EXACT_TYPES = frozenset({"seal"})
 VERDICT_ACTIONS = frozenset({"allow", "audit", "deny", "kill", "would_deny", "would_kill"})
 
 
@@ -82,10 +86,22 @@ def check_fields(rtype: str, fields: Mapping[str, object]) -> None:
         raise FormatError(f"type fields reuse common names: {clash}")
     if not required <= fields.keys():
         raise FormatError(f"{rtype} record lacks fields {sorted(required - fields.keys())}")
-    if rtype == "verdict" and fields["action"] not in VERDICT_ACTIONS:
-        raise FormatError(
-            f"verdict action {fields['action']!r} is not one of {sorted(VERDICT_ACTIONS)}"
-        )
+    if rtype in EXACT_TYPES and fields.keys() != required:
+        extra = sorted(str(k) for k in fields.keys() - required)
+        raise FormatError(f"{rtype} record has fields nothing signs: {extra}")
+    if rtype == "verdict":
+        action = fields["action"]
+        # a hostile list or object is unhashable: test the type before the set lookup
+        if not isinstance(action, str) or action not in VERDICT_ACTIONS:
+            raise FormatError(
+                f"verdict action {_short(action)} is not one of {sorted(VERDICT_ACTIONS)}"
+            )
+
+
+def _short(value: object, limit: int = 80) -> str:
+    """``repr`` of a value from a record, cut so that a hostile one cannot flood a message."""
+    text = repr(value) if isinstance(value, str | int | bool | None) else type(value).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def parse_ts(value: object) -> int:

@@ -138,8 +138,9 @@ class _Link:
     seq: int
     segment: str
     offset: int
-    before_segment: str
-    before_offset: int
+    #: Where record ``seq - 1`` was read; None when this run did not read it (a verifier
+    #: resumed from a chain state: the record was verified and accepted earlier).
+    before: tuple[str, int] | None
 
 
 class Verifier:
@@ -180,7 +181,7 @@ class Verifier:
         self._numbering = numbering
         self._strict = strict
         self._against = against
-        self._prev_at: tuple[str, int] = ("", 0)
+        self._prev_at: tuple[str, int] | None = None  # where the last record fed was read
         self._host: str | None = None
         self._boot: str | None = None
         self._segment: str | None = None
@@ -663,7 +664,7 @@ class Verifier:
         pending = self._link
         if pending is None:
             assert line is not None and broken
-            self._link = _Link(self._expected, line.segment, line.offset, *self._prev_at)
+            self._link = _Link(self._expected, line.segment, line.offset, self._prev_at)
             return
         self._link = None
         if broken:
@@ -674,12 +675,23 @@ class Verifier:
                 pending.segment,
                 pending.offset,
             )
+        elif pending.before is None:  # this run read no record before it: blame it
+            what = (
+                "its prev is not 64 zeros, as record 0's must be"
+                if pending.seq == 0
+                else f"its prev is not the hash of record {pending.seq - 1}, verified earlier"
+            )
+            yield self._error(
+                f"does not chain to the journal before it: {what}",
+                pending.seq,
+                pending.segment,
+                pending.offset,
+            )
         else:
             yield self._error(
                 f"hash mismatch: record {pending.seq} chains to a different hash",
                 pending.seq - 1,
-                pending.before_segment,
-                pending.before_offset,
+                *pending.before,
             )
 
     def _check_against(self, line: Line) -> Iterator[Finding]:

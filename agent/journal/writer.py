@@ -27,6 +27,7 @@ from agent.journal.keys import KeyStore, SigningKey, b64
 from agent.journal.live import LiveSegment
 from agent.journal.record import WRITER_TYPES, check_fields
 from agent.journal.recover import Recovery, Scan, ScanState, save_scan_state, scan
+from agent.journal.roots import SealRoots
 from agent.journal.state import ChainState, key_text
 from agent.native.encoder import EventEncoder, realtime_clock
 
@@ -73,6 +74,8 @@ class JournalWriter:
         #: records and ``append_events`` extend.
         self._chain = scan.chain
         self._last_seal_seq = scan.last_seal_seq
+        #: the Merkle root at each recent seal boundary, for the forwarder (``roots``)
+        self.seal_roots = SealRoots()
         self._epoch_ns = int(epoch_seconds * 1e9)
         self._epoch_start = scan.epoch_start if scan.epoch_start is not None else clock()
         self._rotated_key_id = scan.key_id  # as the scan finds them: from the last key rotation
@@ -341,6 +344,7 @@ class JournalWriter:
         seq = self._emit(seal)
         self._live.sync()
         self._last_seal_seq = seq
+        self.seal_roots.add(seq + 1, chain.root())
         self._sealed_at = time.monotonic()
         self._unsealed = 0
         if rotate_segment and self._live.size >= self._segment_bytes:

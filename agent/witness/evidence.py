@@ -18,7 +18,6 @@ policy (a bundle is made for the policy it is verified with).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from agent.c2sp.checkpoint import Checkpoint
@@ -27,7 +26,7 @@ from agent.c2sp.policy import Policy
 from agent.c2sp.proof import TlogProof
 from agent.errors import FormatError
 from agent.journal import merkle
-from agent.journal.canonical import canonical
+from agent.journal.canonical import canonical, load_json
 from agent.journal.checkpoint import Checkpoint as HostCheckpoint
 from agent.journal.checkpoint import InclusionProof
 from agent.journal.keys import PublicKey, b64, unb64
@@ -48,8 +47,8 @@ def entry_bytes(checkpoint: HostCheckpoint, sig: bytes) -> bytes:
 def parse_entry(entry: bytes) -> tuple[HostCheckpoint, bytes]:
     """The host checkpoint and seal signature an entry holds; FormatError if it is not one."""
     try:
-        doc = json.loads(entry)
-    except ValueError:
+        doc = load_json(entry)
+    except FormatError:
         raise FormatError("a fleet entry is not JSON") from None
     if not isinstance(doc, dict) or set(doc) != {"format", "checkpoint", "sig"}:
         raise FormatError("a fleet entry has exactly format, checkpoint and sig")
@@ -87,9 +86,9 @@ def verify_bundle(data: bytes, host_key: PublicKey, policy: Policy) -> Evidence:
     if proof.extra is None:
         raise BundleError("bundle: no 'extra' line: the host's inclusion proof is missing")
     try:
-        doc = json.loads(proof.extra)
-    except (ValueError, UnicodeDecodeError):
-        raise BundleError("bundle: the host proof (extra) is not JSON") from None
+        doc = load_json(proof.extra)
+    except FormatError as exc:
+        raise BundleError(f"bundle: the host proof (extra) is {exc}") from None
     try:
         host_proof = InclusionProof.from_dict(doc)
     except FormatError as exc:

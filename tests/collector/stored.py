@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli import main
+from agent.collector import fleet
 from agent.collector.config import make_config
 from agent.collector.store import Store
 from agent.journal.checkpoint import Checkpoint, SignedCheckpoint
@@ -67,7 +68,10 @@ class StoredJournal:
             checkpoint = json.dumps(SignedCheckpoint(cp, sig, seal.seq).to_dict())
             state = json.dumps(verifier.state().to_dict())
             hashes = [record_hash(line) for line in batch]
-            assert store.append(self.host, size, batch, hashes, state, checkpoint, seal.ts, seal.ts)
+            assert store.append(
+                self.host, size, batch, hashes, state, checkpoint, seal.ts, seal.ts,
+                fleet_entry=fleet.entry_of(checkpoint),
+            )  # fmt: skip
             size += len(batch)
 
 

@@ -13,11 +13,13 @@ import pytest
 from agent.cli import main
 from agent.collector.reverify import HostReport, verify_host
 from agent.collector.store import Store
-from agent.journal.record import record_hash
+from agent.journal.canonical import canonical
+from agent.journal.checkpoint import Checkpoint, SignedCheckpoint
+from agent.journal.record import parse_line, record_hash
 from agent.journal.segments import Chunk
 from agent.journal.verify import Finding, Verifier
 from tests.collector.stored import StoredJournal, collector_dir, forwarded, run_cli
-from tests.collector.test_store import HOST_ID, cut_records, raw_execute, tamper
+from tests.collector.test_store import HOST_ID, cut_records, raw_execute, raw_query, tamper
 from tests.unit.journal.conftest import first_error_seq
 
 
@@ -134,6 +136,59 @@ def test_a_changed_last_line_is_found(store: Store, web: StoredJournal, url: str
     assert any(f.seq == last and f.message.startswith("malformed record") for f in found)
     # the stop record before it lost its seal with it
     assert (last - 1, last) in [(f.seq, f.seq_end) for f in found if "only sealed" in f.message]
+
+
+@pytest.mark.parametrize("change", ["extra-field", "padding-bits"])
+def test_a_final_seal_changed_with_its_hash_is_found(
+    store: Store, web: StoredJournal, url: str, change: str
+) -> None:
+    """The final seal is covered by no later record: every byte of it must be signed."""
+    last = len(web.lines) - 1
+    seal = json.loads(web.lines[last])
+    if change == "extra-field":
+        seal["note"] = "all clear"
+    else:
+        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+        sig = seal["sig"]
+        seal["sig"] = sig[:-3] + alphabet[alphabet.index(sig[-3]) ^ 1] + "=="
+    changed = canonical(seal)
+    tamper(url, "web-01", last, line=changed, digest=record_hash(changed))
+    report, found = check(store)
+    assert not report.ok
+    expected = "nothing signs" if change == "extra-field" else "not canonical base64"
+    assert any(f.seq == last and expected in f.message for f in found), errors(found)
+
+
+def test_a_store_cut_back_behind_its_fleet_log_is_found(
+    store: Store, web: StoredJournal, url: str
+) -> None:
+    """Batches deleted and the head set back consistently (what a database admin can do): the
+    records left verify on their own, but the fleet log holds the host's later checkpoint."""
+    assert check(store)[0].ok
+    rows = raw_query(
+        url, f"SELECT first_seq, count FROM batches WHERE host_id = {HOST_ID} ORDER BY first_seq",
+        ("web-01",),
+    )  # fmt: skip
+    keep = int(rows[0][1])
+    cut_records(url, "web-01", keep)
+    verifier = Verifier(web.genesis, expected_host="web-01")
+    list(verifier.feed_chunk(Chunk("x", 0, b"".join(ln + b"\n" for ln in web.lines[:keep]))))
+    seal = parse_line(web.lines[keep - 1])
+    cp, sig = Checkpoint.from_seal(seal)
+    raw_execute(
+        url,
+        "UPDATE heads SET size = ?, state = ?, last_hash = ?, checkpoint = ?"
+        f" WHERE host_id = {HOST_ID}",
+        (keep, json.dumps(verifier.state().to_dict()), record_hash(web.lines[keep - 1]),
+         json.dumps(SignedCheckpoint(cp, sig, seal.seq).to_dict()), "web-01"),
+    )  # fmt: skip
+    report, found = check(store)
+    assert not report.ok
+    (finding,) = [f for f in found if "fleet log" in f.message]
+    last_seal = len(web.lines) - 1
+    assert f"checkpoint of {last_seal} records of web-01" in finding.message
+    assert f"the store holds {keep} records" in finding.message
+    assert (finding.seq, finding.seq_end) == (keep, last_seal)
 
 
 def test_a_line_changed_with_its_hash_is_found_by_the_chain(

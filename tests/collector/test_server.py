@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import http.client
+import json
 import shutil
 import signal
 import socket
@@ -32,6 +33,7 @@ from agent.collector.protocol import (
 )
 from agent.collector.provision import enroll_host
 from agent.collector.store import open_store
+from agent.journal.canonical import canonical
 from agent.journal.keys import KeyStore, PublicKey
 from agent.journal.merkle import CompactTree
 from agent.journal.record import record_hash
@@ -163,6 +165,48 @@ def test_gap_fork_rollback_tamper_and_replay_are_rejected(
     assert ok.status == 200 and ok.doc["size"] == len(lines)
 
 
+def test_hostile_records_are_malformed_422_and_quarantined(
+    collector: Collector, host_a: HostJournal, tmp_path: Path
+) -> None:
+    client = _enrolled(collector, host_a, tmp_path)
+    lines = host_a.lines()
+    verdict = next(i for i in range(2, 40) if b'"type":"verdict"' in lines[i])
+    seal = next(i for i in range(verdict, len(lines)) if b'"type":"seal"' in lines[i])
+    listed = json.loads(lines[verdict])
+    listed["action"] = ["deny"]
+    deep = lines[verdict][:-1] + b',"zz":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    hostile = json.dumps(listed, sort_keys=True, separators=(",", ":")).encode()
+    for first in (False, True):  # the first line (parsed before the verifier) and a later one
+        for bad in (hostile, deep):
+            batch = list(lines[: seal + 1])
+            batch[0 if first else verdict] = bad
+            ans = client.ingest(0, batch)
+            assert ans.status == 422 and ans.doc["error"] == "malformed", ans.doc
+    with open_store(collector.store or "") as store:
+        kept = store.quarantined("host-a")
+        assert [q.reason.split(":")[0] for q in kept] == ["malformed"] * 4
+    assert collector.alive() and client.ingest(0, lines).status == 200
+
+
+def test_a_batch_that_does_not_chain_to_the_head_names_its_first_record(
+    collector: Collector, host_a: HostJournal, tmp_path: Path
+) -> None:
+    client = _enrolled(collector, host_a, tmp_path)
+    lines = host_a.lines()
+    held = client.ingest(0, lines[:100]).doc["size"]
+    batch = list(lines[held : held + 60])
+    first = json.loads(batch[0])
+    first["prev"] = "ab" * 32  # not the head's last hash; the next record chains to it
+    batch[0] = canonical(first)
+    second = json.loads(batch[1])
+    second["prev"] = record_hash(batch[0]).hex()
+    batch[1] = canonical(second)
+    ans = client.ingest(held, batch)
+    assert ans.status == 422 and ans.doc["error"] == "tamper" and ans.doc["seq"] == held
+    assert ans.doc["detail"].startswith(f"record {held} in batch:{held} at byte 0: "), ans.doc
+    assert f"not the hash of record {held - 1}" in ans.doc["detail"]
+
+
 def test_another_hosts_records_and_foreign_keys_are_refused(
     collector: Collector, host_a: HostJournal, tmp_path: Path
 ) -> None:
@@ -246,6 +290,78 @@ def test_bad_input_gets_a_clear_4xx_and_the_server_stays_up(
     assert huge.status == 413
     assert client.request("GET", "/v1/nothing").status == 404
     assert collector.alive() and client.ingest(0, lines).status == 200
+
+
+def _held_upload(client: Client, length: int) -> ssl.SSLSocket:
+    """An upload that sends its headers (Content-Length ``length``) and none of its body."""
+    sock = client.ctx.wrap_socket(
+        socket.create_connection(("127.0.0.1", client.port), timeout=10),
+        server_hostname="127.0.0.1",
+    )
+    sock.sendall(
+        f"POST {INGEST_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {LINES_TYPE}\r\n"
+        f"{START_HEADER}: 0\r\nContent-Length: {length}\r\n\r\n".encode()
+    )
+    return sock
+
+
+def _reserved(client: Client) -> float:
+    text = str(client.request("GET", METRICS_PATH).doc)
+    (line,) = [
+        ln for ln in text.splitlines() if ln.startswith("sealtrail_collector_body_bytes_reserved ")
+    ]
+    return float(line.split()[1])
+
+
+def _wait_reserved(client: Client, value: int) -> None:
+    deadline = time.monotonic() + 20
+    while _reserved(client) != value:
+        assert time.monotonic() < deadline, f"reserved {_reserved(client)}, not {value}"
+        time.sleep(0.05)
+
+
+def test_one_host_cannot_hold_the_memory_or_the_places_of_others(
+    collector: Collector, tmp_path: Path
+) -> None:
+    """Uploads are admitted before their bodies are read: at most 2 in flight per host, and
+    bodies of at most 4 x body_bytes in all; beyond, 429 or 503 with Retry-After at once."""
+    config = collector.dir / "collector.toml"
+    text = config.read_text()
+    assert "body_bytes = 16777216" in text
+    config.write_text(text.replace("body_bytes = 16777216", "body_bytes = 1048576"))
+    clients = {}
+    for name in ("host-a", "host-b", "host-c"):
+        journal = HostJournal(tmp_path, name)
+        KeyStore(journal.keys).init()
+        journal.fill(30, seal_every=10)
+        bundle = collector.enroll(name, journal.pub, tmp_path / f"{name}-bundle")
+        clients[name] = (collector.client(bundle), journal.lines())
+    collector.start()
+    a = clients["host-a"][0]
+    b, b_lines = clients["host-b"]
+    c, c_lines = clients["host-c"]
+    mib = 1 << 20
+    held = [_held_upload(a, mib), _held_upload(a, mib)]
+    _wait_reserved(a, 2 * mib)
+    third = _held_upload(a, mib)  # its body is never sent: refused on its headers alone
+    answer = third.recv(4096).decode()
+    assert answer.startswith("HTTP/1.1 429 ") and "Retry-After: 1" in answer, answer
+    assert '"busy"' in answer
+    third.close()
+    # the other hosts are served meanwhile
+    ok = b.ingest(0, b_lines)
+    assert ok.status == 200 and ok.doc["size"] == len(b_lines)
+    held += [_held_upload(b, mib), _held_upload(b, mib)]
+    _wait_reserved(a, 4 * mib)  # the whole budget of 4 x body_bytes
+    busy = c.ingest(0, c_lines)
+    assert busy.status == 503 and busy.doc["error"] == "busy"
+    assert busy.headers["retry-after"] == "1"
+    for sock in held:
+        sock.close()
+    _wait_reserved(a, 0)  # the places are given back when the uploads end
+    ok = c.ingest(0, c_lines)
+    assert ok.status == 200 and ok.doc["size"] == len(c_lines)
+    assert collector.alive()
 
 
 def test_a_slow_client_is_cut_off_and_others_are_served(

@@ -15,6 +15,7 @@ from agent.collector.protocol import Receipt
 from agent.errors import ForwardError
 from agent.forward.client import Answer
 from agent.journal.keys import SigningKey
+from agent.journal.merkle import CompactTree
 from agent.journal.record import RECORD_PREFIX
 
 
@@ -32,7 +33,10 @@ class FakeCollector:
     aborted: int = 0
 
     def _receipt(self, size: int) -> dict[str, object]:
-        root = hashlib.sha256(b"root %d" % size).digest()
+        tree = CompactTree()  # the true root of what it holds (the forwarder checks it)
+        for line in self.lines[:size]:
+            tree.append(hashlib.sha256(RECORD_PREFIX + line).digest())
+        root = tree.root()
         host = self.signed_host or self.host
         return Receipt.sign(self.key, "coll", host, size, root, None).to_dict()
 

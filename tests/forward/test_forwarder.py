@@ -19,6 +19,7 @@ from agent.forward.records import receipt_of
 from agent.forward.source import JournalSource
 from agent.journal.keys import SigningKey
 from agent.journal.record import Record
+from agent.journal.roots import SealRoots
 from agent.journal.segments import iter_lines
 from tests.forward.conftest import Journal
 from tests.forward.fakes import FakeCollector, down
@@ -44,6 +45,7 @@ def forwarder(
     clock: Clock | None = None,
     status_dir: Path | None = None,
     max_records: int = 50,
+    roots: SealRoots | None = None,
     **pacing: object,
 ) -> Forwarder:
     return Forwarder(
@@ -57,6 +59,7 @@ def forwarder(
         status_dir=status_dir,
         clock=clock or Clock(),
         rng=random.Random(7),
+        roots=roots,
     )
 
 
@@ -332,15 +335,25 @@ def test_a_collector_ahead_of_the_journal_gets_it_from_0_and_says_where_it_diffe
 
 def test_a_journal_cut_short_is_acknowledged_as_held_and_then_waits(journal: Journal) -> None:
     """Every record this journal has, the collector holds already (the journal lost its end):
-    the resend is acknowledged as held, and nothing is sent twice into the store."""
+    the resend is matched, nothing is sent twice into the store, no receipt for records the
+    journal does not have is taken, and the forwarder is ``ahead``: it waits, sending nothing."""
     journal.fill(40, seal_every=20)
     collector = FakeCollector(journal.host)
     collector.lines = stored(journal) + [b"lost"] * 10
     fwd = forwarder(journal, collector)
-    run(fwd)
+    while (wait := fwd.step()).seconds == 0:
+        pass
+    assert wait.seconds == Pacing().refused_backoff
     assert collector.lines == stored(journal) + [b"lost"] * 10
-    errors = [fields for _, fields in fwd.take_records() if "error" in fields]
-    assert [e["error"] for e in errors] == ["diverged"], errors
+    records = fwd.take_records()
+    assert [f["error"] for _, f in records] == ["diverged", "ahead"], records
+    status = fwd.status()
+    assert status["last_error"]["error"] == "ahead" and status["acknowledged"] == 0
+    sent = len(collector.requests)
+    for _ in range(5):  # after each long wait: the head again, never the journal again
+        assert fwd.step().seconds >= Pacing().refused_backoff
+    assert {r[0] for r in collector.requests[sent:]} == {"head"}
+    assert fwd.take_records() == []
 
 
 def test_a_collector_whose_last_record_is_not_ours_gets_the_journal_from_0(
@@ -504,3 +517,39 @@ def test_records_made_durable_while_a_batch_is_on_its_way_wait_for_the_interval(
     run(fwd)
     assert len(collector.requests) == sent + 2 and collector.lines == stored(journal)
     w.close({"reason": "test"})
+
+
+def test_a_huge_rejection_detail_is_cut_and_kept_printable(journal: Journal) -> None:
+    journal.fill(40, seal_every=20)
+    collector = FakeCollector(journal.host)
+    detail = "\x1b[2J" + "X" * 1_000_000
+    collector.hook = lambda start, body: Answer(
+        422, {"error": "tamper\n" * 1000, "detail": detail, "seq": start}, None
+    )
+    fwd = forwarder(journal, collector)
+    while fwd.step().seconds == 0:
+        pass
+    (error,) = [f for t, f in fwd.take_records() if t == "forward_error"]
+    status = fwd.status()
+    for text in (error["detail"], status["last_error"]["detail"], status["rejected"]["detail"]):
+        assert isinstance(text, str) and text.isprintable() and len(text) < 2200
+        assert "cut: 1000004 characters" in text
+    assert len(str(error["code"])) < 100 and str(error["code"]).isprintable()
+
+
+def test_receipts_are_checked_against_the_writers_roots_without_hashing_the_journal(
+    journal: Journal,
+) -> None:
+    writer = journal.fill(100, seal_every=20)
+    collector = FakeCollector(journal.host)
+    fwd = forwarder(journal, collector, roots=writer.seal_roots)
+    run(fwd)
+    assert collector.lines == stored(journal)
+    assert fwd.status()["acknowledged"] == len(stored(journal))
+    assert fwd._tree.size == 0  # every receipt's root was the writer's: no line hashed again
+    cold = forwarder(
+        journal, FakeCollector(journal.host, key=collector.key, lines=list(collector.lines))
+    )
+    run(cold)  # no roots: the head's is computed from the journal, once
+    assert cold.status()["acknowledged"] == len(stored(journal))
+    assert cold._tree.size == len(stored(journal))

@@ -5,6 +5,8 @@ slow, lying, or shown a split view."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import subprocess
 import sys
 import time
@@ -18,6 +20,7 @@ from agent.c2sp.checkpoint import Checkpoint
 from agent.c2sp.keys import NoteError
 from agent.c2sp.note import Note, Signature
 from agent.c2sp.policy import Policy
+from agent.c2sp.proof import TlogProof
 from agent.collector.fleet import note_signer
 from agent.collector.store import open_store
 from agent.journal import merkle
@@ -99,6 +102,17 @@ def test_witnessed_fleet_checkpoint_and_evidence_bundle(fleet_on: Fleet, tmp_pat
     assert data.startswith(b"c2sp.org/tlog-proof@v1\nextra ")
     key = PublicKey.load(fleet.host.pub)
     assert verify_bundle(data, key, policy).record.seq == 123
+    # hostile JSON in the host proof is refused with a message, never a traceback
+    proof = TlogProof.parse(data)
+    assert proof.extra is not None
+    doc = json.loads(proof.extra)
+    rotation = {"type": "verdict", "action": [], "policy": "p", "rule": "r", "seq": 1, "ts": "1",
+                "host": "host-a", "boot_id": "b", "prev": "0" * 64}  # fmt: skip
+    doc["checkpoint"]["rotations"] = [rotation]
+    for extra in (b"[" * 100_000 + b"]" * 100_000, json.dumps(doc).encode()):
+        hostile = dataclasses.replace(proof, extra=extra).to_bytes()
+        with pytest.raises(BundleError, match=r"^bundle: "):
+            verify_bundle(hostile, key, policy)
     # every single-byte change of the bundle, at every position, fails with a message
     messages: dict[str, int] = {}
     started = time.perf_counter()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import orjson
 import pytest
 import rfc8785
 
@@ -86,3 +87,55 @@ def test_parse_rejects_floats_and_noncanonical_numbers() -> None:
     ):
         with pytest.raises(FormatError):
             parse_line(bad)
+
+
+def test_hostile_nesting_is_a_format_error_not_a_recursion_error() -> None:
+    from agent.journal.canonical import load_json, parse_canonical
+
+    deep = b'{"a":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(FormatError, match="nested too deeply"):
+        parse_canonical(deep)
+    with pytest.raises(FormatError, match="nested too deeply"):
+        load_json(deep)
+    nested: object = []
+    for _ in range(5000):
+        nested = [nested]
+    with pytest.raises(FormatError):
+        canonical({"a": nested})  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize("action", [[], ["deny"], {}, {"deny": 1}, 1, None, True])
+def test_a_verdict_action_of_another_type_is_a_format_error(action: object) -> None:
+    from agent.journal.record import parse_line
+
+    line = canonical(
+        {
+            "action": action,  # type: ignore[dict-item]
+            "boot_id": "b",
+            "host": "h",
+            "policy": "p",
+            "prev": "0" * 64,
+            "rule": "r",
+            "seq": 0,
+            "ts": "1",
+            "type": "verdict",
+        }
+    )
+    with pytest.raises(FormatError, match="verdict action"):
+        parse_line(line)
+
+
+def test_only_the_utf16_key_order_parses() -> None:
+    """Above U+FFFF code-point order (orjson's) and UTF-16 order (RFC 8785's) differ."""
+    from agent.journal.canonical import parse_canonical
+
+    value = {"\uffff": 1, "\U00010000": 2}
+    codepoint = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    assert codepoint != rfc8785.dumps(value)
+    with pytest.raises(FormatError, match="not canonical"):
+        parse_canonical(codepoint)
+    assert parse_canonical(rfc8785.dumps(value)) == value
+    nested = {"a": [{"\uffff": 1, "\U00010000": 2}]}
+    with pytest.raises(FormatError, match="not canonical"):
+        parse_canonical(orjson.dumps(nested, option=orjson.OPT_SORT_KEYS))
+    assert parse_canonical(rfc8785.dumps(nested)) == nested

@@ -349,3 +349,29 @@ def test_verify_against_a_malformed_checkpoint_is_one_clear_line(
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert rc == 1 and len(lines) == 1 and named in lines[0], err
     assert "Traceback" not in err and out == ""
+
+
+def test_hostile_documents_are_one_line_errors_not_tracebacks(
+    filled: Journal, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pub = str(filled.keys / "journal.pub")
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    rc, _, err = run(
+        capsys, "journal", "verify", "--journal", str(filled.dir), "--key", pub, "--against",
+        str(deep),
+    )  # fmt: skip
+    assert rc == 1 and "nested too deeply" in err and "Traceback" not in err
+    rc, _, err = run(capsys, "journal", "verify-proof", str(deep), "--key", pub)
+    assert rc == 1 and "nested too deeply" in err and "Traceback" not in err
+    rc, out, _ = run(capsys, "journal", "checkpoint", "--journal", str(filled.dir))
+    doc = json.loads(out)
+    doc["rotations"][0] = {**doc["rotations"][0], "type": "verdict", "action": [], "policy": "p",
+                           "rule": "r"}  # fmt: skip
+    cp = tmp_path / "cp.json"
+    cp.write_text(json.dumps(doc))
+    rc, _, err = run(
+        capsys, "journal", "verify", "--journal", str(filled.dir), "--key", pub, "--against",
+        str(cp),
+    )  # fmt: skip
+    assert rc == 1 and "verdict action" in err and "Traceback" not in err

@@ -508,3 +508,25 @@ def test_current_epoch_rewritten_with_its_key_passes(journal: Journal) -> None:
     journal.rewrite(path, lines)
     rebuild_from(journal, earlier, signer=current_key(journal))
     assert any("not in the rotation chain" in e for e in errors(journal.verify()))
+
+
+@pytest.mark.parametrize("change", ["extra-field", "padding-bits"])
+def test_every_byte_of_the_final_seal_is_covered(journal: Journal, change: str) -> None:
+    """Nothing follows the final seal: its line may hold only what its signature covers."""
+    journal.fill(40, seal_every=20)
+    path = journal.segments()[-1]
+    stored = path.read_bytes().splitlines()
+    seal = json.loads(stored[-1])
+    assert seal["type"] == "seal" and journal.verify(strict=True).ok
+    if change == "extra-field":
+        seal["note"] = "all clear, nothing happened"
+    else:  # the last character before "==" carries 4 bits the decoder ignores
+        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+        sig = seal["sig"]
+        seal["sig"] = sig[:-3] + alphabet[alphabet.index(sig[-3]) ^ 1] + "=="
+    stored[-1] = canonical(seal)
+    journal.rewrite(path, stored)
+    summary = journal.verify(strict=True)  # the Python and the native path alike
+    assert not summary.ok
+    expected = "nothing signs" if change == "extra-field" else "not canonical base64"
+    assert any(f"record {seal['seq']} " in e and expected in e for e in errors(summary))

@@ -80,3 +80,23 @@ def test_findings_kept_are_bounded(
     lines = [lines[0]._replace(data=b"garbage") for _ in range(50)]
     summary = verify_lines(lines, KeyStore(journal.keys).genesis())
     assert len(summary.findings) == 10 and summary.errors >= 50
+
+
+@pytest.mark.parametrize("hostile", ["verdict-action-list", "deep-nesting"])
+def test_hostile_records_are_malformed_findings_on_both_paths(
+    journal: Journal, hostile: str
+) -> None:
+    journal.fill(60, seal_every=20)
+    path = journal.segments()[0]
+    stored = path.read_bytes().splitlines()
+    i = next(n for n, line in enumerate(stored) if b'"type":"verdict"' in line)
+    if hostile == "verdict-action-list":
+        record = json.loads(stored[i])
+        record["action"] = ["deny"]
+        stored[i] = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
+    else:
+        stored[i] = stored[i][:-1] + b',"zz":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    journal.rewrite(path, stored)
+    summary = journal.verify(strict=True)  # both the native and the Python path
+    assert not summary.ok
+    assert any(f"record {i} " in e and "malformed record" in e for e in errors(summary))
