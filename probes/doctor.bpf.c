@@ -57,3 +57,21 @@ int doctor_cgroup(struct bpf_sock_addr *ctx)
 {
 	return 1;
 }
+
+/*
+ * The guard's egress judge (st_guard_egress) names the sending task as the sock_addr hooks do:
+ * the helpers it needs are offered to cgroup_skb programs only on newer kernels (6.1 refuses
+ * bpf_get_current_pid_tgid there). Volatile results: the verifier must see each call.
+ */
+__u64 doctor_sink = 0;
+
+SEC("cgroup_skb/egress")
+int doctor_egress(struct __sk_buff *skb)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	char comm[16];
+	bpf_get_current_comm(comm, sizeof(comm));
+	doctor_sink += bpf_get_current_pid_tgid() + bpf_get_current_uid_gid() +
+		       bpf_get_current_cgroup_id() + comm[0] + (task ? 1 : 0);
+	return 1;
+}

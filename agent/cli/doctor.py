@@ -24,6 +24,7 @@ _LABELS = {
     "send_signal": "bpf_send_signal",
     "cgroup2": "cgroup v2",
     "cgroup_bpf": "cgroup BPF",
+    "cgroup_egress": "cgroup egress judge",
     "fanotify_perm": "fanotify perm",
     "privileges": "privileges",
     "host_pid_namespace": "PID namespace",

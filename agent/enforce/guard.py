@@ -52,6 +52,10 @@ PROGRAMS = (
     "st_guard_bind4", "st_guard_bind6", "st_guard_post_bind4", "st_guard_post_bind6",
     "st_guard_egress",
 )  # fmt: skip
+#: cgroup programs whose helpers older kernels refuse there (6.1: the egress judge's
+#: bpf_get_current_pid_tgid): loaded without them, which `policy check --host` reports
+#: (HostCapabilities.cgroup_egress, doctor's cgroup_egress check)
+CGROUP_OPTIONAL = ("st_guard_egress",)
 LINEAGE_PROGRAMS = ("st_guard_fork", "st_guard_exec", "st_guard_exit")
 LSM_PROGRAMS = (
     "st_lsm_exec", "st_lsm_file_open", "st_lsm_create", "st_lsm_unlink", "st_lsm_rename",
@@ -76,6 +80,11 @@ class _Table:
     value_size: int
     max_entries: int
     flags: int = 0
+
+
+def _refused(exc: KernelError, programs: tuple[str, ...]) -> bool:
+    """Whether a load failed on one of ``programs`` (libbpf names the program it failed)."""
+    return any(f"prog '{name}': failed to load" in str(exc) for name in programs)
 
 
 def _tables() -> dict[str, _Table]:
@@ -251,14 +260,25 @@ class Guard(Closing):
         self.fileless_exec = not lsm and btf_has_name(PREPARE_EXEC_HOOK)
         if not self.fileless_exec:
             self._skipped |= frozenset(FILELESS_PROGRAMS)
-        try:
-            self._obj = self._load_pinned(shared_maps, cgroup_signal=True)
-        except KernelError as exc:
-            if "bpf_send_signal" not in str(exc):
-                raise
-            log.info("guard: no bpf_send_signal in cgroup programs here; kills from userspace")
-            self.kernel_kills_at_cgroup = False
-            self._obj = self._load_pinned(shared_maps, cgroup_signal=False)
+        cgroup_signal = True
+        while True:  # at most three tries: each fallback once
+            try:
+                self._obj = self._load_pinned(shared_maps, cgroup_signal=cgroup_signal)
+                break
+            except KernelError as exc:
+                if _refused(exc, CGROUP_OPTIONAL) and not set(CGROUP_OPTIONAL) <= self._skipped:
+                    log.info("guard: this kernel refuses %s; loading without it",
+                             ", ".join(CGROUP_OPTIONAL))  # fmt: skip
+                    self._skipped |= frozenset(CGROUP_OPTIONAL)
+                elif "bpf_send_signal" in str(exc) and cgroup_signal:
+                    log.info("guard: no bpf_send_signal in cgroup programs here; kills from "
+                             "userspace")  # fmt: skip
+                    cgroup_signal = False
+                else:
+                    raise
+        self.kernel_kills_at_cgroup = cgroup_signal
+        #: datagrams no sock_addr hook sees are judged at egress (CGROUP_OPTIONAL)
+        self.egress = not set(CGROUP_OPTIONAL) & self._skipped
         self._inner: dict[int, list[Map]] = {0: [], 1: []}
         self._installed: dict[int, dict[str, dict[bytes, bytes]]] = {0: {}, 1: {}}
         self.compiled: dict[int, CompiledPolicySet] = {}
@@ -298,6 +318,8 @@ class Guard(Closing):
         pins, keep = self.pins, set()
         cgroup_ino = os.stat(self.cgroup).st_ino  # the cgroup id: a pin per cgroup attached to
         for prog in PROGRAMS:
+            if prog in self._skipped:
+                continue
             if pins is None:
                 self._obj.attach_cgroup(prog, self.cgroup)
                 continue
@@ -446,6 +468,8 @@ class Guard(Closing):
                     f"plan {len(want)}; {len(set(have.items()) ^ set(want.items()))} differ"
                 )
         for prog in PROGRAMS:
+            if prog in self._skipped:
+                continue
             attached = cgroup_program_ids(self.cgroup, self._obj.attach_type(prog))
             if self._obj.program_id(prog) not in attached:
                 errors.append(f"guard: {prog} is not attached to {self.cgroup}")

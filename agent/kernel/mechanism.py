@@ -51,6 +51,9 @@ class HostCapabilities:
     fanotify: bool  # fanotify permission events
     send_signal: bool  # bpf_send_signal
     fileless_exec_hook: bool = False  # tp_btf/sched_prepare_exec (6.10+): fileless kill w/o LSM
+    #: cgroup_skb/egress programs may name the sending task (the guard judges UDP-Lite on a
+    #: connected socket and ping sockets' datagrams there): newer kernels, not 6.1
+    cgroup_egress: bool = True
     #: the agent is in the host's PID namespace: a pid the kernel reports names the same
     #: process here, so userspace may kill by it (after-the-fact kills); not in a container
     host_pids: bool = True
@@ -70,6 +73,7 @@ class HostCapabilities:
             fanotify=ok("fanotify_perm"),
             send_signal=ok("send_signal"),
             fileless_exec_hook=fileless_exec_hook,
+            cgroup_egress=ok("cgroup_egress"),
             # a check report without the namespace check (older JSON, unit tests): the host's
             host_pids=checks["host_pid_namespace"].ok if "host_pid_namespace" in checks else True,
         )

@@ -65,6 +65,7 @@ CHECKS = (
     "send_signal",
     "cgroup2",
     "cgroup_bpf",
+    "cgroup_egress",
     "fanotify_perm",
     "privileges",
     "host_pid_namespace",
@@ -92,6 +93,9 @@ def run_checks(
         ),
         "cgroup2": _check_mount(cgroup2, "cgroup v2", "no cgroup2 entry in /proc/self/mountinfo"),
         "cgroup_bpf": _isolated(lambda: _check_load_only("doctor_cgroup", "cgroup/connect4")),
+        "cgroup_egress": _isolated(
+            lambda: _check_load_only("doctor_egress", "cgroup_skb/egress naming its task")
+        ),
         "fanotify_perm": _isolated(_check_fanotify),
         "privileges": check_privileges(),
         "host_pid_namespace": check_host_pid_namespace(),

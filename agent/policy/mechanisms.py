@@ -97,6 +97,13 @@ _CALL_NAMES = {"truncate": "truncate(2)/ftruncate(2)"}
 
 def enforcement_for(rule: CompiledRule, host: HostCapabilities) -> Enforcement:
     main = _by_exe(_kills_by_pid(_enforcement(rule, rule.operation, host), host))
+    if (
+        rule.operation == "connect"
+        and not host.cgroup_egress
+        and main.mechanism is not None
+        and main.mechanism.hook == Mechanism.CGROUP_SOCK
+    ):
+        main = dataclasses.replace(main, gaps=(*main.gaps, _NO_EGRESS))
     if rule.operation != "open" or "truncate" not in rule.access:
         return main
     call = _kills_by_pid(_enforcement(rule, "truncate", host), host)
@@ -163,10 +170,10 @@ def _enforcement(rule: CompiledRule, op: str, host: HostCapabilities) -> Enforce
         )
     if rule.action == "kill" and host.send_signal and hook:
         note = "denied, then killed: the exec never runs" if op == "exec" else "denied, then killed"
-        how = Enforcement(rule, hook.killing(), note=_hook_note(rule, op, hook) or note)
+        how = Enforcement(rule, hook.killing(), note=_hook_note(rule, op, hook, host) or note)
         return _residual(how, op, hook)
     if rule.action == "deny" and hook:
-        return _residual(Enforcement(rule, hook, note=_hook_note(rule, op, hook)), op, hook)
+        return _residual(Enforcement(rule, hook, note=_hook_note(rule, op, hook, host)), op, hook)
     return _fallback(rule, op, host)
 
 
@@ -374,7 +381,7 @@ def fileless_exec(rule: CompiledRule, host: HostCapabilities) -> Enforcement:
     )
 
 
-def _hook_note(rule: CompiledRule, op: str, hook: Mechanism) -> str:
+def _hook_note(rule: CompiledRule, op: str, hook: Mechanism, host: HostCapabilities) -> str:
     """What the deny hook leaves open or covers beyond the operation's name: never hidden."""
     if op == "exec" and hook == Mechanism.LSM:
         return (
@@ -384,14 +391,26 @@ def _hook_note(rule: CompiledRule, op: str, hook: Mechanism) -> str:
     if op == "open" and hook == Mechanism.FANOTIFY and "create" in rule.access:
         return "a new file is created empty before its open is denied (no create hook without LSM)"
     if op == "connect" and hook == Mechanism.CGROUP_SOCK:
+        egress = (
+            "UDP-Lite on a connected socket and ICMP echo from a ping socket as they leave (egress)"
+            if host.cgroup_egress
+            else f"but not {_NO_EGRESS}"
+        )
         return (
-            "UDP datagrams sent without connect are judged at sendmsg too, UDP-Lite on a "
-            "connected socket and ICMP echo from a ping socket as they leave (egress); raw "
+            f"UDP datagrams sent without connect are judged at sendmsg too, {egress}; raw "
             "sockets (CAP_NET_RAW) are not judged, nor where an IPv4 source-route option "
             "(IP_OPTIONS or an IP_RETOPTS message, CAP_NET_RAW) sends the packet first: the "
             "hook judges the address given, not the first hop"
         )
     return ""
+
+
+#: What the connect hooks miss where cgroup_skb programs cannot name their task (6.1)
+_NO_EGRESS = (
+    "UDP-Lite on a connected socket (its connect runs no hook) nor ICMP echo sent with an "
+    "address from a ping socket (open to the groups in net.ipv4.ping_group_range): this kernel "
+    "refuses the egress judge (doctor: cgroup_egress), so those reach the address unjudged"
+)
 
 
 def _port_span(port: int | str) -> tuple[int, int]:

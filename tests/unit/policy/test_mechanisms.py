@@ -260,3 +260,16 @@ def test_a_rule_that_names_an_exe_names_the_forged_exe(monkeypatch: pytest.Monke
         monkeypatch.setattr(mechanisms, "_userns_for_all", lambda v=open_to_all: v)
         got = enforcement_for(_open_rule(("write",), ("/srv/f",), by_exe=True), DEV)
         assert any(who in g for g in got.gaps), got.gaps
+
+
+def test_a_connect_rule_names_what_a_kernel_without_the_egress_judge_leaves_open() -> None:
+    """Where cgroup_skb programs cannot name their task (Debian 12's 6.1), the guard loads
+    without its egress judge: a connected UDP-Lite socket and a ping socket's sendto reach
+    the address unjudged, and policy check --host says so."""
+    import dataclasses
+
+    old = dataclasses.replace(DEV, cgroup_egress=False)
+    got = enforcement_for(net_rule("connect", None), old)
+    assert any("UDP-Lite" in g and "ping socket" in g for g in got.gaps), got.gaps
+    assert "but not UDP-Lite" in got.note
+    assert not any("UDP-Lite" in g for g in enforcement_for(net_rule("connect", None), DEV).gaps)
