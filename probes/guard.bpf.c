@@ -416,46 +416,74 @@ struct {
 	__type(value, __u8);
 } st_autobind SEC(".maps");
 
-/* Returns 1 to allow, 0 to deny (the caller gets EPERM); @flags go to the verdict record. */
-static __always_inline int judge_sock(struct bpf_sock_addr *ctx, __u8 op, bool v6, __u16 flags)
+static __always_inline struct st_pol_masks *begin(struct st_guard_cfg **cfg, __u8 op)
 {
 	__u32 zero = 0;
-	struct st_guard_cfg *cfg = bpf_map_lookup_elem(&st_guard_cfg, &zero);
-	if (!cfg)
-		return 1;
-	__u32 slot = cfg->slot & 1;
-
-	void *masks = inner(&st_pol_masks, slot);
+	*cfg = bpf_map_lookup_elem(&st_guard_cfg, &zero);
+	if (!*cfg)
+		return NULL;
+	void *masks = inner(&st_pol_masks, (*cfg)->slot & 1);
 	__u32 opk = op;
-	struct st_pol_masks *m = masks ? bpf_map_lookup_elem(masks, &opk) : NULL;
-	if (!m)
-		return 1; /* no rule guards this op: the common, cheap path */
+	return masks ? bpf_map_lookup_elem(masks, &opk) : NULL;
+}
 
-	struct guard_work *w = get_work();
-	struct pathbuf *pb = get_pathbuf();
-	struct st_verdict *v = get_scratch();
-	if (!w || !pb || !v)
-		return 1;
-
-	/* keys live in w: with the dentry walk's frame, the stack is nearly full */
+/* The address key of @op for an IPv6 address (four words as the ctx gives them) or an IPv4
+ * one (@v6 false: @a3 only, mapped as ::ffff:a.b.c.d); kept in w (the stack is nearly full). */
+static __always_inline struct st_lpm_addr_key *net_key(struct guard_work *w, __u8 op, bool v6,
+						       __u32 a0, __u32 a1, __u32 a2, __u32 a3)
+{
 	struct st_lpm_addr_key *ak = &w->addr_key;
 	__builtin_memset(ak, 0, sizeof(*ak));
 	ak->prefixlen = 32 + 128;
 	ak->data[0] = op;
 	if (v6) {
-		/* the ctx allows 4-byte loads only */
-		__u32 a0 = ctx->user_ip6[0], a1 = ctx->user_ip6[1];
-		__u32 a2 = ctx->user_ip6[2], a3 = ctx->user_ip6[3];
 		__builtin_memcpy(&ak->data[4], &a0, 4);
 		__builtin_memcpy(&ak->data[8], &a1, 4);
 		__builtin_memcpy(&ak->data[12], &a2, 4);
-		__builtin_memcpy(&ak->data[16], &a3, 4);
 	} else {
-		__u32 a = ctx->user_ip4;
 		ak->data[14] = 0xff;
 		ak->data[15] = 0xff;
-		__builtin_memcpy(&ak->data[16], &a, 4);
 	}
+	__builtin_memcpy(&ak->data[16], &a3, 4);
+	return ak;
+}
+
+/* The record of a network decision about the address in w's key; returns the action taken
+ * (decide_report_as), 0 if the caller must deny. */
+static __always_inline int report_net(struct guard_work *w, struct pathbuf *pb,
+				      struct st_verdict *v, struct st_pol_masks *m,
+				      struct st_guard_cfg *cfg, __u8 op, bool v6, __u32 proto,
+				      __u16 port, __u16 flags)
+{
+	v->family = v6 ? AF_INET6 : AF_INET;
+	v->protocol = proto;
+	v->port = port;
+	__builtin_memcpy(v->addr, &w->addr_key.data[4], 16);
+	v->path_len = 0;
+	v->hdr.flags = flags;
+	__u8 action = decide_report_as(w, pb, v, m, cfg, op, ST_MECH_CGROUP_SOCK);
+	return action == ST_ACT_DENY || action == ST_ACT_KILL ? 0 : 1;
+}
+
+/* Returns 1 to allow, 0 to deny (the caller gets EPERM); @flags go to the verdict record. */
+static __always_inline int judge_sock(struct bpf_sock_addr *ctx, __u8 op, bool v6, __u16 flags)
+{
+	struct st_guard_cfg *cfg;
+	struct st_pol_masks *m = begin(&cfg, op);
+	if (!m)
+		return 1; /* no rule guards this op: the common, cheap path */
+	__u32 slot = cfg->slot & 1;
+	struct guard_work *w = get_work();
+	struct pathbuf *pb = get_pathbuf();
+	struct st_verdict *v = get_scratch();
+	if (!w || !pb || !v)
+		return 1;
+	struct st_lpm_addr_key *ak;
+	if (v6) /* the ctx allows 4-byte loads only */
+		ak = net_key(w, op, true, ctx->user_ip6[0], ctx->user_ip6[1], ctx->user_ip6[2],
+			     ctx->user_ip6[3]);
+	else
+		ak = net_key(w, op, false, 0, 0, 0, ctx->user_ip4);
 	__u16 port = bpf_ntohs((__u16)ctx->user_port);
 	__u32 proto = ctx->protocol;
 	if (op == ST_OP_BIND && port == 0) {
@@ -475,15 +503,7 @@ static __always_inline int judge_sock(struct bpf_sock_addr *ctx, __u8 op, bool v
 	if (!fold_net_target(w, m, slot, op, ak, alias ? &w->alias_key : NULL, port,
 			     proto_family(proto)))
 		return 1; /* no rule targets this address/port: skip the subject work */
-
-	v->family = v6 ? AF_INET6 : AF_INET;
-	v->protocol = proto;
-	v->port = port;
-	__builtin_memcpy(v->addr, &ak->data[4], 16);
-	v->path_len = 0;
-	v->hdr.flags = flags;
-	__u8 action = decide_report_as(w, pb, v, m, cfg, op, ST_MECH_CGROUP_SOCK);
-	return action == ST_ACT_DENY || action == ST_ACT_KILL ? 0 : 1;
+	return report_net(w, pb, v, m, cfg, op, v6, proto, port, flags);
 }
 
 SEC("cgroup/connect4")
@@ -529,50 +549,27 @@ static __always_inline int judge_post_bind(struct bpf_sock *sk, bool v6)
 	if (!asked || !*asked)
 		return 1;
 	*asked = 0;
-	__u32 zero = 0;
-	struct st_guard_cfg *cfg = bpf_map_lookup_elem(&st_guard_cfg, &zero);
-	if (!cfg)
-		return 1;
-	__u32 slot = cfg->slot & 1;
-	void *masks = inner(&st_pol_masks, slot);
-	__u32 opk = ST_OP_BIND;
-	struct st_pol_masks *m = masks ? bpf_map_lookup_elem(masks, &opk) : NULL;
+	struct st_guard_cfg *cfg;
+	struct st_pol_masks *m = begin(&cfg, ST_OP_BIND);
 	if (!m)
 		return 1;
+	__u32 slot = cfg->slot & 1;
 	struct guard_work *w = get_work();
 	struct pathbuf *pb = get_pathbuf();
 	struct st_verdict *v = get_scratch();
 	if (!w || !pb || !v)
 		return 1;
-	struct st_lpm_addr_key *ak = &w->addr_key;
-	__builtin_memset(ak, 0, sizeof(*ak));
-	ak->prefixlen = 32 + 128;
-	ak->data[0] = ST_OP_BIND;
-	if (v6) {
-		__u32 a0 = sk->src_ip6[0], a1 = sk->src_ip6[1];
-		__u32 a2 = sk->src_ip6[2], a3 = sk->src_ip6[3];
-		__builtin_memcpy(&ak->data[4], &a0, 4);
-		__builtin_memcpy(&ak->data[8], &a1, 4);
-		__builtin_memcpy(&ak->data[12], &a2, 4);
-		__builtin_memcpy(&ak->data[16], &a3, 4);
-	} else {
-		__u32 a = sk->src_ip4;
-		ak->data[14] = 0xff;
-		ak->data[15] = 0xff;
-		__builtin_memcpy(&ak->data[16], &a, 4);
-	}
+	struct st_lpm_addr_key *ak;
+	if (v6)
+		ak = net_key(w, ST_OP_BIND, true, sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2],
+			     sk->src_ip6[3]);
+	else
+		ak = net_key(w, ST_OP_BIND, false, 0, 0, 0, sk->src_ip4);
 	__u16 port = (__u16)sk->src_port; /* host order */
 	__u32 proto = sk->protocol;
 	if (!fold_net_target(w, m, slot, ST_OP_BIND, ak, NULL, port, proto_family(proto)))
 		return 1;
-	v->family = v6 ? AF_INET6 : AF_INET;
-	v->protocol = proto;
-	v->port = port;
-	__builtin_memcpy(v->addr, &ak->data[4], 16);
-	v->path_len = 0;
-	v->hdr.flags = ST_F_AUTOBIND;
-	__u8 action = decide_report_as(w, pb, v, m, cfg, ST_OP_BIND, ST_MECH_CGROUP_SOCK);
-	return action == ST_ACT_DENY || action == ST_ACT_KILL ? 0 : 1;
+	return report_net(w, pb, v, m, cfg, ST_OP_BIND, v6, proto, port, ST_F_AUTOBIND);
 }
 
 SEC("cgroup/post_bind4")
@@ -606,30 +603,22 @@ static __always_inline int judge_egress(struct __sk_buff *skb)
 	if (lite && sk->state != BPF_TCP_ESTABLISHED)
 		return 1; /* an unconnected datagram has an address: sendmsg4/6 judged it */
 	__u16 dst_port = bpf_ntohs((__u16)sk->dst_port);
-
-	__u32 zero = 0;
-	struct st_guard_cfg *cfg = bpf_map_lookup_elem(&st_guard_cfg, &zero);
-	if (!cfg)
-		return 1;
-	__u32 slot = cfg->slot & 1;
-	void *masks = inner(&st_pol_masks, slot);
-	__u32 opk = ST_OP_CONNECT;
-	struct st_pol_masks *m = masks ? bpf_map_lookup_elem(masks, &opk) : NULL;
+	struct st_guard_cfg *cfg;
+	struct st_pol_masks *m = begin(&cfg, ST_OP_CONNECT);
 	if (!m)
 		return 1;
+	__u32 slot = cfg->slot & 1;
 	struct guard_work *w = get_work();
 	struct pathbuf *pb = get_pathbuf();
 	struct st_verdict *v = get_scratch();
 	if (!w || !pb || !v)
 		return 1;
 
-	struct st_lpm_addr_key *ak = &w->addr_key;
-	__builtin_memset(ak, 0, sizeof(*ak));
-	ak->prefixlen = 32 + 128;
-	ak->data[0] = ST_OP_CONNECT;
 	bool v6 = skb->protocol == bpf_htons(ETH_P_IPV6);
 	bool connected = sk->state == BPF_TCP_ESTABLISHED;
 	bool to_peer; /* to the address the socket is connected to */
+	/* the packet's destination goes straight into the key: no stack left for a copy */
+	struct st_lpm_addr_key *ak = net_key(w, ST_OP_CONNECT, v6, 0, 0, 0, 0);
 	if (v6) {
 		/* the ctx allows constant-offset loads only: one at a time, before comparing */
 		__u32 d0 = sk->dst_ip6[0], d1 = sk->dst_ip6[1];
@@ -640,8 +629,6 @@ static __always_inline int judge_egress(struct __sk_buff *skb)
 		to_peer = connected && a[0] == d0 && a[1] == d1 && a[2] == d2 && a[3] == d3;
 	} else if (skb->protocol == bpf_htons(ETH_P_IP)) {
 		__u32 d = sk->dst_ip4;
-		ak->data[14] = 0xff;
-		ak->data[15] = 0xff;
 		if (bpf_skb_load_bytes(skb, 16, &ak->data[16], 4))
 			return 0;
 		to_peer = connected && *(__u32 *)&ak->data[16] == d;
@@ -653,14 +640,7 @@ static __always_inline int judge_egress(struct __sk_buff *skb)
 	__u16 port = lite ? dst_port : 0;
 	if (!fold_net_target(w, m, slot, ST_OP_CONNECT, ak, NULL, port, proto_family(proto)))
 		return 1;
-	v->family = v6 ? AF_INET6 : AF_INET;
-	v->protocol = proto;
-	v->port = port;
-	__builtin_memcpy(v->addr, &ak->data[4], 16);
-	v->path_len = 0;
-	v->hdr.flags = ST_F_SENDMSG;
-	__u8 action = decide_report_as(w, pb, v, m, cfg, ST_OP_CONNECT, ST_MECH_CGROUP_SOCK);
-	return action == ST_ACT_DENY || action == ST_ACT_KILL ? 0 : 1;
+	return report_net(w, pb, v, m, cfg, ST_OP_CONNECT, v6, proto, port, ST_F_SENDMSG);
 }
 
 SEC("cgroup_skb/egress")
@@ -765,17 +745,6 @@ int BPF_PROG(st_guard_exit, struct task_struct *task)
 #define EPERM 1
 
 /* Start a decision for a file op: the op's masks and the work areas; NULL = no rule. */
-static __always_inline struct st_pol_masks *begin(struct st_guard_cfg **cfg, __u8 op)
-{
-	__u32 zero = 0;
-	*cfg = bpf_map_lookup_elem(&st_guard_cfg, &zero);
-	if (!*cfg)
-		return NULL;
-	void *masks = inner(&st_pol_masks, (*cfg)->slot & 1);
-	__u32 opk = op;
-	return masks ? bpf_map_lookup_elem(masks, &opk) : NULL;
-}
-
 /*
  * w->t |= the paths-table mask of @path (walked into the record's data at @dst, which then
  * holds it for the report); returns the path's length (NUL included).

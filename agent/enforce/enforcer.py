@@ -501,6 +501,14 @@ class Enforcer:
             errors += self._table.verify(self._mark_plan)
         if self._guard is not None and self._state is not None:
             errors += self._guard.verify(self._state.compiled)
+            if self.caps.cgroup_egress and not self._guard.egress:
+                # the kernel takes the egress judge's helpers (doctor), yet it did not load:
+                # what policy check --host promises is not in force (a regression, not a host)
+                errors.append(
+                    "guard: st_guard_egress did not load although this kernel offers its "
+                    "helpers (doctor: cgroup_egress): connected UDP-Lite and ping datagrams "
+                    "are not judged"
+                )
         return errors
 
     def _update_stream(self, policy_set: PolicySet, mark_rules: tuple[MarkRule, ...]) -> None:
