@@ -97,10 +97,11 @@ static __always_inline void fill_hdr(struct st_hdr *h, __u32 op, __u32 size)
  * here (bench/syscall_overhead.py). The agent polls with a short timeout and drains anyway,
  * so that timeout bounds the latency of a quiet ring.
  *
- * The last quarter of the ring is kept for the guard's verdicts: a flood of events (connects
- * are recorded host-wide, by any user) fills the ring to three quarters and is dropped (and
- * counted) there, so the decisions the kernel took still reach the journal (and, where the
- * agent kills on a verdict, the kill).
+ * The ring is shared in tiers, so a flood of the cheapest events cannot crowd out the ones
+ * decisions depend on: connect and bind events (recorded host-wide, by any user, at 100k+/s;
+ * their rules are judged in the kernel, which reports verdicts) fill it to one half; other
+ * events (the truncate, open and exec events after-the-fact kills are decided on) to three
+ * quarters; the guard's verdicts to the end. What is dropped is counted (loss records).
  */
 static __always_inline void submit(void *rec, __u64 size, __u32 op)
 {
@@ -108,7 +109,12 @@ static __always_inline void submit(void *rec, __u64 size, __u32 op)
 		size = ST_SCRATCH_SIZE;
 	__u64 avail = bpf_ringbuf_query(&st_events, BPF_RB_AVAIL_DATA);
 	__u64 ring = bpf_ringbuf_query(&st_events, BPF_RB_RING_SIZE);
-	if (op != ST_OP_VERDICT && avail > ring - ring / 4) {
+	__u64 tier = ring - ring / 4;
+	if (op == ST_OP_VERDICT)
+		tier = ring;
+	else if (op == ST_OP_CONNECT || op == ST_OP_BIND)
+		tier = ring / 2;
+	if (avail > tier) {
 		count_drop(op);
 		return;
 	}

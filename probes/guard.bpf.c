@@ -581,7 +581,10 @@ int st_guard_post_bind6(struct bpf_sock *sk) { return judge_post_bind(sk, true);
 /*
  * Datagrams no sock_addr hook sees, judged as they leave by connect rules (the same tables):
  * - UDP-Lite on a connected socket: its connect(2) runs no hook (udplite_prot has no
- *   pre_connect), and sendmsg4/6 run only for a datagram with an address;
+ *   pre_connect), and sendmsg4/6 run only for a datagram with an address. Judged by the peer
+ *   it is connected to, not the packet's destination: a sticky IPv6 routing header (any
+ *   user may set a segment routing one) puts its first segment there (red team 2026-12-08);
+ *   one sent elsewhere with an address was judged by sendmsg too;
  * - ICMP echo from a ping socket (socket(AF_INET, SOCK_DGRAM, IPPROTO_ICMP), open to the groups
  *   in net.ipv4.ping_group_range) sent with an address: its connect(2) is judged, sendto is not.
  * Both are sent in the sending task's context (udp_sendmsg, ping_v4/v6_sendmsg), so the
@@ -635,8 +638,19 @@ static __always_inline int judge_egress(struct __sk_buff *skb)
 	} else {
 		return 1;
 	}
-	if (lite ? !to_peer : to_peer)
-		return 1; /* UDP-Lite elsewhere: sendmsg judged it; ping to its peer: connect did */
+	if (!lite && to_peer)
+		return 1; /* ping to its peer: connect judged it */
+	if (lite) { /* the peer connect(2) named, whatever the header says */
+		if (v6) {
+			__u32 *a = (__u32 *)&ak->data[4];
+			a[0] = sk->dst_ip6[0];
+			a[1] = sk->dst_ip6[1];
+			a[2] = sk->dst_ip6[2];
+			a[3] = sk->dst_ip6[3];
+		} else {
+			*(__u32 *)&ak->data[16] = sk->dst_ip4;
+		}
+	}
 	__u16 port = lite ? dst_port : 0;
 	if (!fold_net_target(w, m, slot, ST_OP_CONNECT, ak, NULL, port, proto_family(proto)))
 		return 1;

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -96,6 +97,12 @@ class ExeHistory(Protocol):
     def lookup(self, pid: int, comm: str) -> str | None: ...
 
 
+@functools.lru_cache(maxsize=4096)
+def _real_place(place: str) -> str:
+    """A planned mark's place as the kernel names it (the plan keeps the rule's spelling)."""
+    return os.path.realpath(place)
+
+
 class EventSource(Protocol):
     """What the enforcer asks of the event stream (``agent.events.stream.EventStream``)."""
 
@@ -114,6 +121,10 @@ class EventSource(Protocol):
 
     def pending_open_flags(self, tid: int) -> int | None:
         """The flags of the open(2) syscall thread ``tid`` is inside, if the probes saw it."""
+        ...
+
+    def boot_ns(self, wall_ns: int) -> int:
+        """The probes' CLOCK_BOOTTIME stamp of an event whose ``ts_ns`` is ``wall_ns``."""
         ...
 
 
@@ -544,7 +555,10 @@ class Enforcer:
             st: os.stat_result | None = os.fstat(req.fd)
         except OSError:
             st = None
-        paths = [req.path, *self._mounts.aliases(req.path, req.tid, st.st_dev if st else None)]
+        aliases, churning = self._mounts.aliases_checked(
+            req.path, req.tid, st.st_dev if st else None
+        )
+        paths = [req.path, *aliases]
         if not _names(req.path, st):
             # the name the event gives leads elsewhere, or nowhere, here (a detached mount's
             # "/f"): the file's own name in this namespace is judged too
@@ -557,11 +571,13 @@ class Enforcer:
             and loader_target is None
             and not any(state.evaluator.targets(operation, p) for p in paths)
         ):
-            if not self._moved_out(req, st):
+            # renamed out of a marked directory while the event waited (and back, later), or
+            # its directory renamed out: judged by the names it had (fail closed)
+            left = self._names_left(req, st, operation)
+            if churning:  # the caller's mounts change faster than the agent reads them
+                left += self._places_left(operation, req.path)
+            if not left:
                 return True  # a sibling of a marked file that no rule names: no need to ask /proc
-            # renamed out of a marked directory while the event waited (and back, later): the
-            # name it had is gone; judge it as if still in each place a rule marks (fail closed)
-            left = self._places_left(operation, req.path)
             paths += left
         process, pid = process_of(req.tid, state.lineage)
         requests: list[Request] = []
@@ -603,25 +619,37 @@ class Enforcer:
                      after_the_fact=False)  # fmt: skip
         return False
 
-    def _moved_out(self, req: PermissionRequest, st: os.stat_result | None) -> bool:
-        """Whether the file of a permission event is no longer where a mark of the event's
-        kind is (its inode, its directory, its filesystem): it was renamed out of a marked
-        directory while the event waited for the agent (red team 2026-12-08). Only for a
+    def _names_left(
+        self, req: PermissionRequest, st: os.stat_result | None, operation: str
+    ) -> list[str]:
+        """The names the file of a permission event had, if it is no longer where the marks
+        put it (red team 2026-12-08), else []: renamed out of a marked directory while the
+        event waited for the agent (no mark of the event's kind on its inode, its directory
+        or its filesystem any more: each tree and prefix a rule marks, ``_places_left``), or
+        its marked directory renamed away (the directory's name in the plan). Only for a
         caller in the agent's mount namespace, whose names the agent's are; another's are
         mapped by ``MountView.aliases``."""
         if st is None or not self._mounts.ours(req.tid):
-            return False
+            return []
         bit = FAN_OPEN_EXEC_PERM if req.is_exec else FAN_OPEN_PERM
-        marks = self._mark_plan.marks
+        plan = self._mark_plan
         if (
-            marks.get(MarkKey(st.st_dev, 0), 0) | marks.get(MarkKey(st.st_dev, st.st_ino), 0)
+            plan.marks.get(MarkKey(st.st_dev, 0), 0)
+            | plan.marks.get(MarkKey(st.st_dev, st.st_ino), 0)
         ) & bit:
-            return False
+            return []
+        where, name = os.path.split(req.path)
         try:
-            parent = os.stat(os.path.dirname(req.path))
+            parent = os.stat(where)
         except OSError:
-            return True
-        return not marks.get(MarkKey(parent.st_dev, parent.st_ino), 0) & bit
+            return self._places_left(operation, req.path)
+        key = MarkKey(parent.st_dev, parent.st_ino)
+        if not plan.marks.get(key, 0) & bit:
+            return self._places_left(operation, req.path)
+        place = plan.places.get(key)
+        if place is None or place == where or _real_place(place) == where:
+            return []
+        return [os.path.join(_real_place(place), name)]
 
     def _places_left(self, operation: str, path: str) -> list[str]:
         """The names a file renamed out of a marked directory is judged by: its name in each
@@ -696,7 +724,7 @@ class Enforcer:
         after = bool(how and how.after_the_fact)
         if mechanism == Mechanism.SIGKILL_AFTER_THE_FACT and verdict.effective.stops:
             obj = event_object(ev)
-            if not self._kill_reported(ev.pid, ev.ts_ns):
+            if not self._kill_reported(ev.pid, self._boot_ns(ev)):
                 obj["not_killed"] = "the process exited; its pid is a newer process's"
             self._record(state, verdict, request.operation, ev.pid, ev.exe, obj,
                          after_the_fact=True, action=Effect.KILL, mechanism=mechanism)  # fmt: skip
@@ -747,7 +775,7 @@ class Enforcer:
         kill = (
             how is not None
             and how.rule.fallback == "kill"
-            and self._kill_reported(ev.pid, ev.ts_ns)
+            and self._kill_reported(ev.pid, self._boot_ns(ev))
         )
         obj = {**event_object(ev), "missed_by": str(missed_by)}
         if seen_as is not None:
@@ -756,6 +784,11 @@ class Enforcer:
                      after_the_fact=True, action=Effect.KILL if kill else Effect.AUDIT,
                      mechanism=Mechanism.SIGKILL_AFTER_THE_FACT if kill
                      else Mechanism.TRACEPOINT)  # fmt: skip
+
+    def _boot_ns(self, ev: model.Event) -> int:
+        """The CLOCK_BOOTTIME stamp the probes gave ``ev`` (a wall clock stepped since the
+        agent started must not shift it: red team 2026-12-08)."""
+        return self.stream.boot_ns(ev.ts_ns)
 
     def _kill_reported(self, pid: int, acted_at_ns: int) -> bool:
         """SIGKILL to a pid the kernel reported (an event's; a fanotify request's is already in
@@ -800,7 +833,7 @@ class Enforcer:
         ):
             if ev.ts_ns >= self._started_ns:
                 # the kernel denied; this kernel cannot signal from there
-                killed = self._kill_reported(ev.pid, ev.ts_ns)
+                killed = self._kill_reported(ev.pid, self._boot_ns(ev))
             else:  # judged while no agent ran: by now the pid may be another process's
                 killed = False
                 log.warning("guard: not killing pid %d, denied before this agent started",

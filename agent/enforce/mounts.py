@@ -10,12 +10,15 @@ it. Read from ``/proc/<tid>/mountinfo`` of the asking thread (its namespace may 
 the agent's own table is cached and dropped when the directory watcher sees the mounts change.
 
 Another namespace's table is cached too (``_ForeignTables``), by namespace, and read again only
-when the kernel flags that its mounts changed (POLLPRI on the open mountinfo file): any user can
-make a namespace of 20,000 bind mounts, and reading that for every permission event it causes
-held every fanotify decision on the host for over a second each (red team 2026-12-08). At most
-``FOREIGN_MOUNTS_MAX`` mounts of another namespace are read: a mount past that is not known,
-so a file reached only through it is judged by the path that namespace shows (`policy check
---host` says so for open and exec rules).
+when the kernel flags that its mounts changed (POLLPRI on the open mountinfo file), at most
+every half second per namespace and every tenth of a second in all: any user can make a
+namespace of 20,000 bind mounts, and reading that for every permission event it causes held
+every fanotify decision on the host for over a second each, and a mount loop beside it 0.8 s
+(red team 2026-12-08). A table that may be older than its namespace's mounts is said to be:
+the decision then judges the file as if in each tree and prefix a rule marks (fail closed). At
+most ``FOREIGN_MOUNTS_MAX`` mounts of another namespace are read: a mount past that is not
+known, so a file reached only through it is judged by the path that namespace shows (`policy
+check --host` says so for open and exec rules).
 """
 
 from __future__ import annotations
@@ -124,51 +127,70 @@ def read_capped(fd: int, limit: int) -> tuple[str, bool]:
 class _ForeignTables:
     """Other namespaces' mount tables, by namespace: each kept with its mountinfo open and read
     again only when the kernel flags a change (POLLPRI/POLLERR once the namespace's mounts
-    changed after the last read); the 16 used last."""
+    changed after the last read), and then not more often than every ``REREAD_S``: a
+    namespace whose mounts change faster (a mount loop: red team 2026-12-08, every decision
+    on the host held 0.8 s) gets its last table, said to be stale, and the caller judges
+    fail-closed; the 16 used last."""
 
     KEEP = 16
+    REREAD_S = 0.5
+    #: and no two reads of any namespaces' tables closer than this: many namespaces churning
+    #: at once cost the decisions at most a read (FOREIGN_MOUNTS_MAX mounts) per interval
+    ANY_READ_S = 0.1
 
     def __init__(self) -> None:
-        self._tables: collections.OrderedDict[str, tuple[int, list[Mount]]] = (
+        # ns -> (its mountinfo fd, its table, when it was read, changed since: poll reports
+        # a change once)
+        self._tables: collections.OrderedDict[str, tuple[int, list[Mount], float, bool]] = (
             collections.OrderedDict()
         )
         self.capped: set[str] = set()  # namespaces whose tables were cut at FOREIGN_MOUNTS_MAX
+        self._last_read = -1e9
 
-    def table(self, ns: str, tid: int) -> list[Mount]:
+    def table(self, ns: str, tid: int) -> tuple[list[Mount], bool]:
+        """The namespace's table, and whether it may be older than its mounts."""
         held = self._tables.get(ns)
         if held is not None:
-            fd, table = held
+            fd, table, read_at, changed = held
             poller = select.poll()
             poller.register(fd, select.POLLPRI | select.POLLERR)
-            if not poller.poll(0):
-                self._tables.move_to_end(ns)
-                return table
+            changed = changed or bool(poller.poll(0))
+            self._tables.move_to_end(ns)
+            if not changed:
+                return table, False
+            now = time.monotonic()
+            if now - read_at < self.REREAD_S or now - self._last_read < self.ANY_READ_S:
+                self._tables[ns] = (fd, table, read_at, True)
+                return table, True
             del self._tables[ns]
             os.close(fd)
+        elif time.monotonic() - self._last_read < self.ANY_READ_S:
+            return [], True  # not read yet, and reads are spent: judged fail-closed
         try:
             fd = os.open(f"/proc/{tid}/mountinfo", os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
-            return []
+            return [], False
         # the namespace may have changed between the readlink and the open: key by the one open
         if _mount_ns(str(tid)) != ns:
             os.close(fd)
-            return read_mounts(f"/proc/{tid}/mountinfo")
+            return read_mounts(f"/proc/{tid}/mountinfo"), False
+        self._last_read = time.monotonic()
         try:
             text, cut = read_capped(fd, FOREIGN_MOUNTS_MAX)
         except OSError:
             os.close(fd)
-            return []
+            return [], False
         if cut and ns not in self.capped:
             self.capped.add(ns)
             log.warning("mount namespace %s has more than %d mounts: the rest are not known "
                         "(files reached only through them are judged by the path shown)",
                         ns, FOREIGN_MOUNTS_MAX)  # fmt: skip
         table = parse_mounts(text)
-        self._tables[ns] = (fd, table)
+        self._tables[ns] = (fd, table, time.monotonic(), False)
         while len(self._tables) > self.KEEP:
-            _, (old, _) = self._tables.popitem(last=False)
+            _, (old, _, _, _) = self._tables.popitem(last=False)
             os.close(old)
-        return table
+        return table, False
 
 
 class MountView:
@@ -238,13 +260,21 @@ class MountView:
         at ``path`` (a path as that thread's namespace shows it); [] if it has none. ``dev``
         (the file's st_dev, when known) catches a cached table older than a new mount;
         ``recent`` also asks the tables of the last seconds (judging after the fact)."""
+        return self.aliases_checked(path, tid, dev, recent=recent)[0]
+
+    def aliases_checked(
+        self, path: str, tid: int | None, dev: int | None = None, *, recent: bool = False
+    ) -> tuple[list[str], bool]:
+        """``aliases``, and whether they came from another namespace's table that may be older
+        than its mounts (changing faster than it is read again: judge fail-closed)."""
         ours = self._table()
         ns = _mount_ns(str(tid)) if tid is not None else None
         foreign = tid is not None and ns not in (self._ns, None)
+        old = False
         if foreign:
             assert ns is not None and tid is not None
             with self._lock:
-                table = self._foreign.table(ns, tid)
+                table, old = self._foreign.table(ns, tid)
         else:
             table = ours
         found = _mount_of(path, table)
@@ -254,10 +284,10 @@ class MountView:
             table = ours = self._table()
         out = _aliases(path, table, ours, foreign)
         if recent and not out and not foreign:
-            for old in self._recent_tables():
-                if old != ours:
-                    out += _aliases(path, old, old, False)
-        return [p for p in dict.fromkeys(out) if p != path]
+            for earlier in self._recent_tables():
+                if earlier != ours:
+                    out += _aliases(path, earlier, earlier, False)
+        return [p for p in dict.fromkeys(out) if p != path], old
 
 
 def _aliases(path: str, table: list[Mount], ours: list[Mount], foreign: bool) -> list[str]:

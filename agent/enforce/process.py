@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import os
 import signal
-import time
 
 from agent.kernel import procfs
 from agent.policy.evaluate import Process
@@ -55,10 +54,11 @@ RECYCLED = "recycled"
 
 def kill_process(pid: int, acted_at_ns: int | None = None) -> bool | str:
     """SIGKILL through a pidfd (no signal to a recycled pid once the fd is open): True if sent.
-    With ``acted_at_ns`` (the wall-clock time of what the process did, an event's ``ts_ns``):
-    not sent, and RECYCLED returned, if the process holding the pid now started after that,
-    by more than the kernel's start-time resolution (one clock tick): the actor exited and its
-    pid is another process's."""
+    With ``acted_at_ns`` (when the process did what it is killed for, in CLOCK_BOOTTIME ns as
+    the probes stamp it: the wall clock may be stepped meanwhile): not sent, and RECYCLED
+    returned, if the process holding the pid now started after that, by more than the
+    kernel's start-time resolution (one clock tick): the actor exited and its pid is another
+    process's."""
     try:
         fd = os.pidfd_open(pid)
     except OSError:
@@ -77,14 +77,13 @@ def kill_process(pid: int, acted_at_ns: int | None = None) -> bool | str:
 _TICK_NS = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
 
 
-def started_after(pid: int, wall_ns: int) -> bool:
-    """Whether the process holding ``pid`` started after ``wall_ns`` (CLOCK_REALTIME), by more
+def started_after(pid: int, boot_ns: int) -> bool:
+    """Whether the process holding ``pid`` started after ``boot_ns`` (CLOCK_BOOTTIME), by more
     than one clock tick (/proc/PID/stat's starttime, in ticks of CLOCK_BOOTTIME); False if it
     is gone or unreadable (nothing to protect then)."""
     ticks = procfs.start_ticks(pid)
     if ticks is None:
         return False
-    boot_ns = wall_ns - (time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME))
     return ticks * _TICK_NS > boot_ns + _TICK_NS
 
 

@@ -291,6 +291,11 @@ class EventStream(Closing):
             raise KernelError("event stream is not started")
         return {name: self._obj.map(name).fd for name in (abi.MAP_EVENTS, abi.MAP_DROPS)}
 
+    def boot_ns(self, wall_ns: int) -> int:
+        """The CLOCK_BOOTTIME stamp of an event whose ``ts_ns`` is ``wall_ns`` (the decoder
+        adds one offset, taken at start)."""
+        return wall_ns - self.decoder.clock.offset_ns
+
     def pending_open_flags(self, tid: int) -> int | None:
         """The flags of the open(2) thread ``tid`` is inside, from the probes' st_pending:
         saved at that open syscall's entry, gone at its exit, so an open the kernel makes

@@ -41,7 +41,7 @@ def proc_lines(text: str) -> list[str]:
 
 
 #: Mounts of another namespace the agent reads at most (agent.enforce.mounts)
-FOREIGN_MOUNTS_MAX = 10_000
+FOREIGN_MOUNTS_MAX = 2_000
 
 
 def read_mounts(path: str = "/proc/self/mountinfo") -> list[Mount]:

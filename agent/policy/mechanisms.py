@@ -235,6 +235,7 @@ def fanotify_gaps(rule: CompiledRule) -> tuple[str, ...]:
             "judged by its new name there (then renamed back): whoever may rename it"
         )
     if rule.paths is not None and any(p.endswith(("*", "/")) for p in rule.paths):
+        gaps.append(_HARD_LINK)
         # directory marks: the kernel reports an open to the directory the file's dentry
         # hangs from (tests/kernel/test_bypass_reported.py tries both)
         gaps.append(
@@ -249,6 +250,14 @@ def fanotify_gaps(rule: CompiledRule) -> tuple[str, ...]:
             f"an {op} of a file there is not stopped, nor caught afterwards"
         )
     return tuple(gaps)
+
+
+#: Prefix and tree rules match names (policies/README.md "Hard links"): on every host
+_HARD_LINK = (
+    "a hard link made outside the rule's path (by the file's owner where "
+    "fs.protected_hardlinks allows, or by root) is another name of the file, judged by that "
+    "name, as policy test judges it"
+)
 
 
 def without_an_open(rule: CompiledRule, lsm: bool) -> list[str]:
@@ -285,6 +294,7 @@ def _residual(how: Enforcement, op: str, hook: Mechanism) -> Enforcement:
         no_open = without_an_open(how.rule, lsm=True)
         lsm_gaps = list(no_open)
         if any(p.endswith(("*", "/")) for p in how.rule.paths or ()):
+            lsm_gaps.append(_HARD_LINK)
             # the LSM hooks judge the path of the mount the caller used
             lsm_gaps.insert(0, (
                 "a bind mount or another mount namespace shows these files under another path, "

@@ -578,6 +578,43 @@ def test_icmp_echo_from_a_ping_socket_is_judged_by_connect_rules(
         env.verdict("any-port", action="deny", object={k: obj[k] for k in obj if k != "call"})
 
 
+#: In the cgroup, in a network namespace of its own with fd00:5ea1::9 and ::10 on lo, as
+#: nobody: UDP-Lite connected to [fd00:5ea1::9]:argv[1], with a sticky segment routing header
+#: (IPV6_RTHDR type 4, which any user may set) whose first segment is ::10, then send. Prints
+#: "sent" or "errno N".
+ROUTED_LITE = textwrap.dedent(
+    """
+    import ctypes, os, socket, subprocess, sys
+    if ctypes.CDLL(None, use_errno=True).unshare(0x40000000):  # CLONE_NEWNET
+        sys.exit("unshare failed")
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    for a in ("fd00:5ea1::9/128", "fd00:5ea1::10/128"):
+        subprocess.run(["ip", "addr", "add", a, "dev", "lo", "nodad"], check=True)
+    os.setgroups([]); os.setgid(65534); os.setuid(65534)
+    s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM, 136)
+    s.connect(("fd00:5ea1::9", int(sys.argv[1])))
+    # type 4, two segments: the final one (the kernel fills it in), then the first hop
+    srh = bytes([0, 4, 4, 1, 1, 0, 0, 0]) + bytes(16) + socket.inet_pton(socket.AF_INET6,
+                                                                         "fd00:5ea1::10")
+    s.setsockopt(socket.IPPROTO_IPV6, 57, srh)  # IPV6_RTHDR
+    try:
+        s.send(b"routed"); print("sent")
+    except OSError as e:
+        print("errno", e.errno)
+    """
+)
+
+
+def test_connected_udplite_is_judged_by_its_peer_whatever_the_routing_header(env: Env) -> None:
+    """A sticky segment routing header puts its first segment in the packet's destination: the
+    egress judge judged that, so a connected UDP-Lite socket reached a denied peer (red team
+    2026-12-08). It judges the peer the socket is connected to."""
+    r = env.in_cgroup([PY, "-c", ROUTED_LITE, "5353"])
+    assert r.stdout.strip() == "errno 1", r
+    env.verdict("any-port", action="deny", object={"addr": "fd00:5ea1::9", "call": "sendmsg",
+                "family": "ipv6", "port": 5353, "protocol": "udplite"})  # fmt: skip
+
+
 class DualListener(Listener):
     """TCP on the dual-stack wildcard: reached through every local address."""
 

@@ -217,7 +217,10 @@ def env() -> Iterator[Env]:
         writable.mkdir()
         os.chown(writable, 65534, 65534)
     (tree / "w" / "f").write_text("orig\n")
-    os.chown(tree / "w" / "f", 65534, 65534)
+    (tree / "w" / "sub").mkdir()
+    (tree / "w" / "sub" / "f").write_text("orig\n")
+    for mine in (tree / "w" / "f", tree / "w" / "sub", tree / "w" / "sub" / "f"):
+        os.chown(mine, 65534, 65534)
     port = ephemeral_port()
     try:
         with agent_in(root, POLICY.format(tree=tree, port=port), "sealtrail-reported") as (
@@ -365,13 +368,14 @@ def test_an_o_tmpfile_in_a_create_guarded_tree_is_refused(env: Env) -> None:
 
 
 #: As nobody, ``argv[1]`` times: a child opens ``argv[2]`` for appending while the parent
-#: renames it to ``argv[3]`` an instant later and back once the child has its answer; a
-#: child that got a descriptor writes through it. Prints how many did.
+#: renames ``argv[3]`` (the file, or a directory above it) to ``argv[4]`` an instant later
+#: and back once the child has its answer; a child that got a descriptor writes through it.
+#: Prints how many did.
 RENAME_RACE = textwrap.dedent(
     """\
     import os, sys, time
     os.setgroups([]); os.setgid(65534); os.setuid(65534)
-    tries, inside, outside = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+    tries, target, inside, outside = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
     won = 0
     for i in range(tries):
         r, w = os.pipe()
@@ -379,11 +383,11 @@ RENAME_RACE = textwrap.dedent(
         if pid == 0:
             os.close(r)
             try:
-                fd = os.open(inside, os.O_WRONLY | os.O_APPEND)
+                fd = os.open(target, os.O_WRONLY | os.O_APPEND)
             except OSError:
                 os.write(w, b"D"); os._exit(0)
             os.write(w, b"W")
-            time.sleep(0.05)  # the parent puts it back
+            time.sleep(0.5)  # the parent puts it back (and a fallback kill comes)
             os.write(fd, b"raced\\n")
             os._exit(0)
         os.close(w)
@@ -405,13 +409,22 @@ RENAME_RACE = textwrap.dedent(
 )
 
 
-def test_a_file_renamed_out_of_a_tree_while_its_open_waits_is_still_refused(env: Env) -> None:
+@pytest.mark.parametrize("moved", ["f", "sub"])
+def test_a_file_renamed_out_of_a_tree_while_its_open_waits_is_still_refused(
+    env: Env, moved: str
+) -> None:
     """The agent names a file when it answers, by its name then: renamed out of the tree while
-    its open waited, it was judged by the outside name and allowed (red team 2026-12-08: 4 of
-    100 writes). A file no mark of the event's kind is on any more is judged as if still in
-    each tree and prefix a rule marks."""
-    inside, outside = env.tree / "w" / "f", env.root / "out" / "f"
-    r = child("-c", RENAME_RACE, "300", str(inside), str(outside))
+    its open waited (the file, or its directory), it was judged by the outside name and
+    allowed (red team 2026-12-08: 4 of 100 writes; the directory 3 of 3 when timed). A file no
+    mark of the event's kind is on any more is judged as if still in each tree and prefix a
+    rule marks; a marked directory renamed away by the name the plan has for it. A directory
+    renamed out may also lose its marks before the open reaches them (the agent follows the
+    rename: `policy check --host`'s "renamed later" gap): that open is seen afterwards and the
+    fallback kills the writer before it writes."""
+    inside, outside = env.tree / "w" / moved, env.root / "out" / moved
+    target = env.tree / "w" / ("f" if moved == "f" else "sub/f")
+    r = child("-c", RENAME_RACE, "300", str(target), str(inside), str(outside))
     assert r.returncode == 0, r.stderr
-    assert int(r.stdout) == 0, f"{r.stdout.strip()} of 300 writes got a descriptor"
-    assert "raced" not in (inside if inside.exists() else outside).read_text()
+    if moved == "f":
+        assert int(r.stdout) == 0, f"{r.stdout.strip()} of 300 writes got a descriptor"
+    assert "raced" not in target.read_text(), f"written ({r.stdout.strip()} got a descriptor)"

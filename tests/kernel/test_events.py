@@ -355,3 +355,34 @@ def test_a_flood_of_events_leaves_room_for_the_guards_verdicts(tmp_path: Path) -
     assert len(verdicts) == 20, f"{len(verdicts)} of 20 denials recorded"
     assert sum(x.by_kind.get("open", 0) for x in losses) > 0, "the flood overflowed its share"
     assert all("verdict" not in x.by_kind for x in losses)
+
+
+def test_a_flood_of_connects_leaves_room_for_file_events(tmp_path: Path) -> None:
+    """Connect events (recorded host-wide, for any user) fill at most half the ring: the file
+    events after-the-fact kills are decided on still get in (red team 2026-12-08: under a
+    connect flood 20 of 30 truncate(2) calls a kill rule guards were never seen)."""
+    target = tmp_path / "victim"
+    target.write_text("x" * 100)
+    config = StreamConfig(
+        kinds=frozenset({"connect", "truncate"}),
+        path_prefixes=(str(tmp_path.resolve()),),
+        ringbuf_bytes=65536,
+    )
+    flood = textwrap.dedent(
+        f"""\
+        import os, socket
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for _ in range(3000):
+            s.connect(("127.0.0.1", 9))
+        for n in range(20):
+            os.truncate({str(target)!r}, n)
+        """
+    )
+    with EventStream(config) as stream:
+        subprocess.run([PY, "-c", flood], check=True, timeout=60, cwd="/")
+        items = stream.drain()
+        items += stream.drain()
+    truncates = [e for e in items if isinstance(e, model.TruncateEvent)]
+    losses = [e for e in items if isinstance(e, model.LossEvent)]
+    assert sum(x.by_kind.get("connect", 0) for x in losses) > 0, "the flood filled its half"
+    assert len(truncates) == 20, f"{len(truncates)} of 20 truncates recorded"

@@ -69,6 +69,7 @@ def test_a_foreign_table_is_read_once_and_again_when_it_changes(
     proc.stdin.write("\n")
     proc.stdin.flush()
     assert proc.stdout.readline().strip() == "late"
+    time.sleep(mounts._ForeignTables.REREAD_S + 0.1)  # not read again sooner (next test)
     assert str(src / "f") in view.aliases(str(points / "late" / "f"), proc.pid)
     assert len(reads) == 2, "a mount made since was not seen"
 
@@ -85,3 +86,23 @@ def test_a_foreign_table_past_the_cap_is_cut_and_said_so(
     assert str(src / "f") in view.aliases(str(points / "b0" / "f"), proc.pid)
     assert time.monotonic() - started < 5
     assert view._foreign.capped, "the namespace cut short is remembered (and logged)"
+
+
+def test_a_table_that_changes_faster_than_it_is_read_is_said_to_be_stale(
+    namespace: tuple[subprocess.Popen[str], Path, Path],
+) -> None:
+    """A namespace whose mounts change again within REREAD_S of the last read gets its last
+    table, said to be stale (the decision then judges fail-closed): a mount loop beside the
+    cache held every decision 0.8 s (red team 2026-12-08). Read again once REREAD_S passed."""
+    proc, src, points = namespace
+    view = MountView()
+    assert view.aliases_checked(str(points / "b1" / "f"), proc.pid)[1] is False
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    assert proc.stdout.readline().strip() == "late"
+    found, stale = view.aliases_checked(str(points / "late" / "f"), proc.pid)
+    assert stale and found == [], "the mount made since is not in the table read before it"
+    time.sleep(mounts._ForeignTables.REREAD_S + 0.1)
+    found, stale = view.aliases_checked(str(points / "late" / "f"), proc.pid)
+    assert not stale and str(src / "f") in found

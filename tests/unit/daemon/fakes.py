@@ -5,6 +5,7 @@ that keeps what it was handed, with what the journal held at that moment."""
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,9 @@ class ScriptedStream:
         self, extra_kinds: frozenset[str], path_patterns: tuple[str, ...], open_flags: bool = False
     ) -> None:
         self.reconfigured.append((extra_kinds, path_patterns))
+
+    def boot_ns(self, wall_ns: int) -> int:
+        return wall_ns - (time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME))
 
     def pending_open_flags(self, tid: int) -> int | None:
         return None

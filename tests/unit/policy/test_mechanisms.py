@@ -273,3 +273,13 @@ def test_a_connect_rule_names_what_a_kernel_without_the_egress_judge_leaves_open
     assert any("UDP-Lite" in g and "ping socket" in g for g in got.gaps), got.gaps
     assert "but not UDP-Lite" in got.note
     assert not any("UDP-Lite" in g for g in enforcement_for(net_rule("connect", None), DEV).gaps)
+
+
+def test_prefix_rules_name_hard_links_made_outside_them() -> None:
+    """A hard link outside a tree is another name (policies/README "Hard links"), on every
+    host: named for prefix and tree rules (red team 2026-12-08), not for exact ones, which
+    match the inode."""
+    for host in (DEV, STOCK):
+        tree = " ".join(enforcement_for(_open_rule(("write",), ("/srv/t/",)), host).gaps)
+        exact = " ".join(enforcement_for(_open_rule(("write",), ("/srv/f",)), host).gaps)
+        assert "hard link made outside" in tree and "hard link made outside" not in exact
