@@ -555,10 +555,8 @@ class Enforcer:
             st: os.stat_result | None = os.fstat(req.fd)
         except OSError:
             st = None
-        aliases, churning = self._mounts.aliases_checked(
-            req.path, req.tid, st.st_dev if st else None
-        )
-        paths = [req.path, *aliases]
+        aliases = self._mounts.aliases_checked(req.path, req.tid, st.st_dev if st else None)
+        paths = [req.path, *aliases.names]
         if not _names(req.path, st):
             # the name the event gives leads elsewhere, or nowhere, here (a detached mount's
             # "/f"): the file's own name in this namespace is judged too
@@ -573,12 +571,12 @@ class Enforcer:
         ):
             # renamed out of a marked directory while the event waited (and back, later), or
             # its directory renamed out: judged by the names it had (fail closed)
-            left = self._names_left(req, st, operation)
-            if churning:  # the caller's mounts change faster than the agent reads them
+            left = self._names_left(req, st, operation, aliases.ours)
+            if aliases.stale:  # the caller's mounts change faster than the agent reads them
                 left += self._places_left(operation, req.path)
             if not left:
                 return True  # a sibling of a marked file that no rule names: no need to ask /proc
-            paths += left
+            paths += [p for p in dict.fromkeys(left) if p not in paths]
         process, pid = process_of(req.tid, state.lineage)
         requests: list[Request] = []
         if req.is_exec:
@@ -620,16 +618,16 @@ class Enforcer:
         return False
 
     def _names_left(
-        self, req: PermissionRequest, st: os.stat_result | None, operation: str
+        self, req: PermissionRequest, st: os.stat_result | None, operation: str, ours: bool
     ) -> list[str]:
         """The names the file of a permission event had, if it is no longer where the marks
         put it (red team 2026-12-08), else []: renamed out of a marked directory while the
         event waited for the agent (no mark of the event's kind on its inode, its directory
         or its filesystem any more: each tree and prefix a rule marks, ``_places_left``), or
         its marked directory renamed away (the directory's name in the plan). Only for a
-        caller in the agent's mount namespace, whose names the agent's are; another's are
-        mapped by ``MountView.aliases``."""
-        if st is None or not self._mounts.ours(req.tid):
+        caller in the agent's mount namespace (``ours``), whose names the agent's are;
+        another's are mapped by ``MountView.aliases``."""
+        if st is None or not ours:
             return []
         bit = FAN_OPEN_EXEC_PERM if req.is_exec else FAN_OPEN_PERM
         plan = self._mark_plan

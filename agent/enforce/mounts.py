@@ -30,6 +30,7 @@ import os
 import select
 import threading
 import time
+from typing import NamedTuple
 
 from agent.kernel.procfs import FOREIGN_MOUNTS_MAX, Mount, parse_mounts, read_mounts
 
@@ -193,6 +194,12 @@ class _ForeignTables:
         return table, False
 
 
+class Aliases(NamedTuple):
+    names: list[str]  # the file's other names in the agent's namespace
+    stale: bool  # from another namespace's table that may be older than its mounts
+    ours: bool  # the thread is in the agent's mount namespace
+
+
 class MountView:
     #: How long a mount table that was replaced still names files for after-the-fact judging
     #: (a mount made, used and removed before the agent looked at the event).
@@ -249,10 +256,6 @@ class MountView:
                 self._recent.popleft()
             return [table for _, table in self._recent]
 
-    def ours(self, tid: int) -> bool:
-        """Whether thread ``tid`` is in the agent's mount namespace (its names are ours)."""
-        return _mount_ns(str(tid)) == self._ns
-
     def aliases(
         self, path: str, tid: int | None, dev: int | None = None, *, recent: bool = False
     ) -> list[str]:
@@ -260,13 +263,14 @@ class MountView:
         at ``path`` (a path as that thread's namespace shows it); [] if it has none. ``dev``
         (the file's st_dev, when known) catches a cached table older than a new mount;
         ``recent`` also asks the tables of the last seconds (judging after the fact)."""
-        return self.aliases_checked(path, tid, dev, recent=recent)[0]
+        return self.aliases_checked(path, tid, dev, recent=recent).names
 
     def aliases_checked(
         self, path: str, tid: int | None, dev: int | None = None, *, recent: bool = False
-    ) -> tuple[list[str], bool]:
-        """``aliases``, and whether they came from another namespace's table that may be older
-        than its mounts (changing faster than it is read again: judge fail-closed)."""
+    ) -> Aliases:
+        """``aliases``, whether they came from another namespace's table that may be older
+        than its mounts (changing faster than it is read again: judge fail-closed), and
+        whether ``tid`` is in the agent's own namespace (its names are the agent's)."""
         ours = self._table()
         ns = _mount_ns(str(tid)) if tid is not None else None
         foreign = tid is not None and ns not in (self._ns, None)
@@ -287,7 +291,8 @@ class MountView:
             for earlier in self._recent_tables():
                 if earlier != ours:
                     out += _aliases(path, earlier, earlier, False)
-        return [p for p in dict.fromkeys(out) if p != path], old
+        names = [p for p in dict.fromkeys(out) if p != path]
+        return Aliases(names, old, ns is not None and ns == self._ns)
 
 
 def _aliases(path: str, table: list[Mount], ours: list[Mount], foreign: bool) -> list[str]:

@@ -96,13 +96,13 @@ def test_a_table_that_changes_faster_than_it_is_read_is_said_to_be_stale(
     cache held every decision 0.8 s (red team 2026-12-08). Read again once REREAD_S passed."""
     proc, src, points = namespace
     view = MountView()
-    assert view.aliases_checked(str(points / "b1" / "f"), proc.pid)[1] is False
+    assert view.aliases_checked(str(points / "b1" / "f"), proc.pid).stale is False
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write("\n")
     proc.stdin.flush()
     assert proc.stdout.readline().strip() == "late"
-    found, stale = view.aliases_checked(str(points / "late" / "f"), proc.pid)
+    found, stale, _ = view.aliases_checked(str(points / "late" / "f"), proc.pid)
     assert stale and found == [], "the mount made since is not in the table read before it"
     time.sleep(mounts._ForeignTables.REREAD_S + 0.1)
-    found, stale = view.aliases_checked(str(points / "late" / "f"), proc.pid)
+    found, stale, _ = view.aliases_checked(str(points / "late" / "f"), proc.pid)
     assert not stale and str(src / "f") in found
